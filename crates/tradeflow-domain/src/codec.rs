@@ -1,0 +1,297 @@
+//! The wire format: one JSON object per event, versioned by `schema_version`.
+//!
+//! Decoding reads the object field by field so that every refusal names the field and the
+//! reason; it never panics, whatever the bytes. `docs/wire-format.md` describes the format
+//! for producers in other languages.
+
+use crate::event::{Event, EventKind, Side};
+use crate::ids::{AccountId, EventId, Symbol};
+use crate::money::{AMOUNT_MAX, Money, PRICE_MAX, Quantity};
+use serde_json::{Map, Value, json};
+
+/// The only schema version this build reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+/// The largest encoded event accepted, in bytes.
+pub const ENCODED_LEN_MAX: usize = 64 * 1024;
+
+const COMMON_FIELDS: [&str; 6] = [
+    "schema_version",
+    "event_id",
+    "account_id",
+    "account_seq",
+    "occurred_at",
+    "type",
+];
+
+/// Why bytes are not an event this build accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Over [`ENCODED_LEN_MAX`].
+    #[error("message is {len} bytes, more than the {max} accepted")]
+    TooLarge {
+        /// Size of the message.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not JSON, or not UTF-8.
+    #[error("not JSON: {reason}")]
+    NotJson {
+        /// What the parser said.
+        reason: String,
+    },
+    /// JSON, but not an object.
+    #[error("expected a JSON object, got {found}")]
+    NotAnObject {
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// `schema_version` is one this build does not know.
+    #[error("unknown schema_version {version} (this build reads {SCHEMA_VERSION})")]
+    UnknownSchemaVersion {
+        /// The version found, as written.
+        version: String,
+    },
+    /// A required field is absent.
+    #[error("field `{field}` is missing")]
+    MissingField {
+        /// The field.
+        field: &'static str,
+    },
+    /// A field has the wrong JSON type.
+    #[error("field `{field}` must be {expected}, got {found}")]
+    WrongType {
+        /// The field.
+        field: &'static str,
+        /// The type wanted.
+        expected: &'static str,
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// A field has the right type but a refused value.
+    #[error("field `{field}`: {reason}")]
+    InvalidValue {
+        /// The field.
+        field: &'static str,
+        /// Why the value is refused.
+        reason: String,
+    },
+    /// A field this version does not define.
+    #[error(
+        "field `{field}` is not part of schema_version {SCHEMA_VERSION} for type `{event_type}`"
+    )]
+    UnknownField {
+        /// The field.
+        field: String,
+        /// The event type.
+        event_type: String,
+    },
+}
+
+impl DecodeError {
+    /// A short stable name for the kind of error, used in dead-letter headers and metrics.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::NotJson { .. } => "not_json",
+            DecodeError::NotAnObject { .. } => "not_an_object",
+            DecodeError::UnknownSchemaVersion { .. } => "unknown_schema_version",
+            DecodeError::MissingField { .. } => "missing_field",
+            DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::InvalidValue { .. } => "invalid_value",
+            DecodeError::UnknownField { .. } => "unknown_field",
+        }
+    }
+}
+
+/// Encodes an event as one line of JSON.
+pub fn encode(event: &Event) -> Vec<u8> {
+    let mut object = json!({
+        "schema_version": SCHEMA_VERSION,
+        "event_id": event.event_id.to_string(),
+        "account_id": event.account_id.as_str(),
+        "account_seq": event.account_seq,
+        "occurred_at": event.occurred_at_ns,
+        "type": event.kind.type_name(),
+    });
+    let fields = match &event.kind {
+        EventKind::Deposit { amount } | EventKind::Withdrawal { amount } => {
+            json!({ "amount": amount.minor() })
+        }
+        EventKind::TradeExecuted {
+            side,
+            symbol,
+            quantity,
+            price,
+        } => json!({
+            "side": side.as_str(),
+            "symbol": symbol.as_str(),
+            "quantity": quantity.shares(),
+            "price": price.minor(),
+        }),
+    };
+    if let (Some(object), Value::Object(fields)) = (object.as_object_mut(), fields) {
+        object.extend(fields);
+    }
+    // Serializing a `Value` built from strings and integers cannot fail.
+    serde_json::to_vec(&object).unwrap_or_default()
+}
+
+/// Decodes one event, refusing anything that is not a valid version-1 event.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() > ENCODED_LEN_MAX {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: ENCODED_LEN_MAX,
+        });
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|error| DecodeError::NotJson {
+        reason: error.to_string(),
+    })?;
+    let object = match value {
+        Value::Object(object) => object,
+        other => {
+            return Err(DecodeError::NotAnObject {
+                found: json_type(&other),
+            });
+        }
+    };
+    // The version is read first: a future version may change every other field.
+    let version = field(&object, "schema_version")?;
+    if version.as_u64() != Some(SCHEMA_VERSION) {
+        return Err(DecodeError::UnknownSchemaVersion {
+            version: version.to_string(),
+        });
+    }
+    let event_type = string(&object, "type")?;
+    let kind_fields: &[&str] = match event_type {
+        "deposit" | "withdrawal" => &["amount"],
+        "trade_executed" => &["side", "symbol", "quantity", "price"],
+        other => {
+            return Err(DecodeError::InvalidValue {
+                field: "type",
+                reason: format!(
+                    "unknown event type {other:?} (expected deposit, withdrawal or trade_executed)"
+                ),
+            });
+        }
+    };
+    if let Some(unknown) = object
+        .keys()
+        .find(|key| !COMMON_FIELDS.contains(&key.as_str()) && !kind_fields.contains(&key.as_str()))
+    {
+        return Err(DecodeError::UnknownField {
+            field: unknown.clone(),
+            event_type: event_type.to_owned(),
+        });
+    }
+
+    let event_id =
+        EventId::parse(string(&object, "event_id")?).map_err(|error| invalid("event_id", error))?;
+    let account_id = AccountId::new(string(&object, "account_id")?)
+        .map_err(|error| invalid("account_id", error))?;
+    let account_seq = integer(&object, "account_seq")?;
+    if account_seq < 1 {
+        return Err(DecodeError::InvalidValue {
+            field: "account_seq",
+            reason: format!("must be at least 1, got {account_seq}"),
+        });
+    }
+    let occurred_at_ns = integer(&object, "occurred_at")?;
+    let kind = match event_type {
+        "deposit" => EventKind::Deposit {
+            amount: amount(&object, "amount", AMOUNT_MAX)?,
+        },
+        "withdrawal" => EventKind::Withdrawal {
+            amount: amount(&object, "amount", AMOUNT_MAX)?,
+        },
+        _ => {
+            let side = match string(&object, "side")? {
+                "buy" => Side::Buy,
+                "sell" => Side::Sell,
+                other => {
+                    return Err(DecodeError::InvalidValue {
+                        field: "side",
+                        reason: format!("must be \"buy\" or \"sell\", got {other:?}"),
+                    });
+                }
+            };
+            let symbol = Symbol::new(string(&object, "symbol")?)
+                .map_err(|error| invalid("symbol", error))?;
+            let quantity = Quantity::new(integer(&object, "quantity")?)
+                .map_err(|error| invalid("quantity", error))?;
+            let price = amount(&object, "price", PRICE_MAX)?;
+            quantity
+                .notional(price)
+                .map_err(|error| invalid("quantity", error))?;
+            EventKind::TradeExecuted {
+                side,
+                symbol,
+                quantity,
+                price,
+            }
+        }
+    };
+    Ok(Event {
+        event_id,
+        account_id,
+        account_seq: u64::try_from(account_seq).unwrap_or_default(),
+        occurred_at_ns,
+        kind,
+    })
+}
+
+fn invalid(field: &'static str, error: impl std::fmt::Display) -> DecodeError {
+    DecodeError::InvalidValue {
+        field,
+        reason: error.to_string(),
+    }
+}
+
+fn field<'a>(object: &'a Map<String, Value>, name: &'static str) -> Result<&'a Value, DecodeError> {
+    object
+        .get(name)
+        .ok_or(DecodeError::MissingField { field: name })
+}
+
+fn string<'a>(object: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, DecodeError> {
+    let value = field(object, name)?;
+    value.as_str().ok_or(DecodeError::WrongType {
+        field: name,
+        expected: "a string",
+        found: json_type(value),
+    })
+}
+
+fn integer(object: &Map<String, Value>, name: &'static str) -> Result<i64, DecodeError> {
+    let value = field(object, name)?;
+    match value {
+        Value::Number(number) => number.as_i64().ok_or_else(|| DecodeError::InvalidValue {
+            field: name,
+            reason: format!("must be an integer that fits in 64 bits, got {number}"),
+        }),
+        other => Err(DecodeError::WrongType {
+            field: name,
+            expected: "an integer",
+            found: json_type(other),
+        }),
+    }
+}
+
+fn amount(object: &Map<String, Value>, name: &'static str, max: i64) -> Result<Money, DecodeError> {
+    Money::positive(integer(object, name)?, max).map_err(|error| invalid(name, error))
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,280 @@
+//! Codec tests: round trips for every event, and a named reason for every refusal.
+
+use super::*;
+use crate::money::QUANTITY_MAX;
+use proptest::prelude::*;
+
+fn arbitrary_event() -> impl Strategy<Value = Event> {
+    let kind = prop_oneof![
+        (1..=AMOUNT_MAX).prop_map(|amount| EventKind::Deposit {
+            amount: Money::from_minor(amount)
+        }),
+        (1..=AMOUNT_MAX).prop_map(|amount| EventKind::Withdrawal {
+            amount: Money::from_minor(amount)
+        }),
+        (
+            any::<bool>(),
+            "[A-Z][A-Z0-9.]{0,11}",
+            1..=QUANTITY_MAX,
+            1..=PRICE_MAX
+        )
+            .prop_map(|(buy, symbol, quantity, price)| {
+                EventKind::TradeExecuted {
+                    side: if buy { Side::Buy } else { Side::Sell },
+                    symbol: Symbol::new(symbol).expect("strategy yields valid symbols"),
+                    quantity: Quantity::new(quantity).expect("strategy yields valid quantities"),
+                    price: Money::from_minor(price),
+                }
+            }),
+    ];
+    (
+        any::<u128>(),
+        "[A-Za-z0-9_-]{1,64}",
+        1..=u64::MAX / 2,
+        any::<i64>(),
+        kind,
+    )
+        .prop_map(|(id, account, account_seq, occurred_at_ns, kind)| Event {
+            event_id: EventId::from_uuid(uuid::Uuid::from_u128(id)),
+            account_id: AccountId::new(account).expect("strategy yields valid ids"),
+            account_seq,
+            occurred_at_ns,
+            kind,
+        })
+}
+
+proptest! {
+    #[test]
+    fn every_event_round_trips(event in arbitrary_event()) {
+        prop_assert_eq!(decode(&encode(&event)), Ok(event));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_json_objects_never_panic(
+        fields in proptest::collection::btree_map("[a-z_]{1,16}", prop_oneof![any::<i64>().prop_map(Value::from), ".{0,20}".prop_map(Value::from), Just(Value::Null)], 0..10)
+    ) {
+        let object: Map<String, Value> = fields.into_iter().collect();
+        let _ = decode(&serde_json::to_vec(&Value::Object(object)).expect("serializable"));
+    }
+}
+
+fn deposit_json() -> Value {
+    json!({
+        "schema_version": 1,
+        "event_id": "0190b7c4-8f3e-7b2a-9c1d-2e3f4a5b6c7d",
+        "account_id": "acct-00001",
+        "account_seq": 1,
+        "occurred_at": 1_767_225_600_000_000_000_i64,
+        "type": "deposit",
+        "amount": 500
+    })
+}
+
+fn trade_json() -> Value {
+    json!({
+        "schema_version": 1,
+        "event_id": "0190b7c4-8f3e-7b2a-9c1d-2e3f4a5b6c7d",
+        "account_id": "acct-00001",
+        "account_seq": 2,
+        "occurred_at": 1_767_225_600_000_000_000_i64,
+        "type": "trade_executed",
+        "side": "buy",
+        "symbol": "ACME",
+        "quantity": 3,
+        "price": 1250
+    })
+}
+
+fn decode_with(
+    mut value: Value,
+    field: &str,
+    replacement: Option<Value>,
+) -> Result<Event, DecodeError> {
+    let object = value.as_object_mut().expect("test fixtures are objects");
+    match replacement {
+        Some(replacement) => object.insert(field.to_owned(), replacement),
+        None => object.remove(field),
+    };
+    decode(&serde_json::to_vec(&value).expect("serializable"))
+}
+
+#[test]
+fn the_fixtures_decode() {
+    assert!(decode_with(deposit_json(), "amount", Some(json!(500))).is_ok());
+    assert!(decode_with(trade_json(), "side", Some(json!("sell"))).is_ok());
+}
+
+#[test]
+fn refusals_name_the_field_and_the_reason() {
+    let cases: Vec<(Value, &str, Option<Value>, DecodeError)> = vec![
+        (
+            deposit_json(),
+            "schema_version",
+            Some(json!(2)),
+            DecodeError::UnknownSchemaVersion {
+                version: "2".into(),
+            },
+        ),
+        (
+            deposit_json(),
+            "schema_version",
+            Some(json!("1")),
+            DecodeError::UnknownSchemaVersion {
+                version: "\"1\"".into(),
+            },
+        ),
+        (
+            deposit_json(),
+            "schema_version",
+            None,
+            DecodeError::MissingField {
+                field: "schema_version",
+            },
+        ),
+        (
+            deposit_json(),
+            "amount",
+            None,
+            DecodeError::MissingField { field: "amount" },
+        ),
+        (
+            deposit_json(),
+            "amount",
+            Some(json!(0)),
+            DecodeError::InvalidValue {
+                field: "amount",
+                reason: "must be greater than zero, got 0".into(),
+            },
+        ),
+        (
+            deposit_json(),
+            "amount",
+            Some(json!(-10)),
+            DecodeError::InvalidValue {
+                field: "amount",
+                reason: "must be greater than zero, got -10".into(),
+            },
+        ),
+        (
+            deposit_json(),
+            "amount",
+            Some(json!(1.5)),
+            DecodeError::InvalidValue {
+                field: "amount",
+                reason: "must be an integer that fits in 64 bits, got 1.5".into(),
+            },
+        ),
+        (
+            deposit_json(),
+            "amount",
+            Some(json!("500")),
+            DecodeError::WrongType {
+                field: "amount",
+                expected: "an integer",
+                found: "a string",
+            },
+        ),
+        (
+            deposit_json(),
+            "account_seq",
+            Some(json!(0)),
+            DecodeError::InvalidValue {
+                field: "account_seq",
+                reason: "must be at least 1, got 0".into(),
+            },
+        ),
+        (
+            deposit_json(),
+            "account_id",
+            Some(json!("a b")),
+            DecodeError::InvalidValue {
+                field: "account_id",
+                reason: "character ' ' is not allowed (ASCII letters, digits, '-' and '_')".into(),
+            },
+        ),
+        (
+            deposit_json(),
+            "type",
+            Some(json!("refund")),
+            DecodeError::InvalidValue {
+                field: "type",
+                reason:
+                    "unknown event type \"refund\" (expected deposit, withdrawal or trade_executed)"
+                        .into(),
+            },
+        ),
+        (
+            deposit_json(),
+            "colour",
+            Some(json!("red")),
+            DecodeError::UnknownField {
+                field: "colour".into(),
+                event_type: "deposit".into(),
+            },
+        ),
+        (
+            trade_json(),
+            "quantity",
+            Some(json!(0)),
+            DecodeError::InvalidValue {
+                field: "quantity",
+                reason: "must be greater than zero, got 0".into(),
+            },
+        ),
+        (
+            trade_json(),
+            "price",
+            Some(json!(-1)),
+            DecodeError::InvalidValue {
+                field: "price",
+                reason: "must be greater than zero, got -1".into(),
+            },
+        ),
+        (
+            trade_json(),
+            "side",
+            Some(json!("hold")),
+            DecodeError::InvalidValue {
+                field: "side",
+                reason: "must be \"buy\" or \"sell\", got \"hold\"".into(),
+            },
+        ),
+        (
+            trade_json(),
+            "amount",
+            Some(json!(5)),
+            DecodeError::UnknownField {
+                field: "amount".into(),
+                event_type: "trade_executed".into(),
+            },
+        ),
+    ];
+    for (fixture, field, replacement, expected) in cases {
+        assert_eq!(
+            decode_with(fixture, field, replacement.clone()),
+            Err(expected),
+            "field {field} set to {replacement:?}"
+        );
+    }
+}
+
+#[test]
+fn non_objects_and_non_json_are_refused() {
+    assert!(matches!(
+        decode(b"not json"),
+        Err(DecodeError::NotJson { .. })
+    ));
+    assert_eq!(
+        decode(b"[1,2]"),
+        Err(DecodeError::NotAnObject { found: "an array" })
+    );
+    assert!(matches!(
+        decode(&vec![b' '; ENCODED_LEN_MAX + 1]),
+        Err(DecodeError::TooLarge { .. })
+    ));
+}

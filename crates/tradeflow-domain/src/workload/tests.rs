@@ -1,0 +1,133 @@
+//! Workload tests: determinism, the never-negative guarantee and the oracle.
+
+use super::*;
+use crate::ledger::{Ledger, Outcome};
+use crate::oracle::Oracle;
+use proptest::prelude::*;
+
+fn config(seed: u64, events: u64, accounts: u32, profile: RateProfile) -> WorkloadConfig {
+    WorkloadConfig {
+        seed,
+        events,
+        accounts,
+        rate_per_s: 1_000.0,
+        profile,
+    }
+}
+
+fn profile() -> impl Strategy<Value = RateProfile> {
+    prop_oneof![
+        Just(RateProfile::Steady),
+        Just(RateProfile::Ramp),
+        Just(RateProfile::Burst)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn applied_in_order_nothing_goes_negative(seed in any::<u64>(), events in 1_u64..2_000, accounts in 1_u32..50, profile in profile()) {
+        let workload = Workload::generate(&config(seed, events, accounts, profile)).expect("valid config");
+        let mut checked = Ledger::new();
+        let mut blind = Ledger::new();
+        for event in workload.plain_events() {
+            prop_assert_eq!(checked.apply_checked(event), Outcome::Applied, "seed {} event {:?}", seed, event);
+            prop_assert!(!blind.apply_blind(event).is_negative(), "seed {} went negative at {:?}", seed, event);
+        }
+    }
+
+    #[test]
+    fn the_oracle_is_a_fold_of_the_ledger_rules(seed in any::<u64>(), events in 1_u64..2_000, accounts in 1_u32..50) {
+        let workload = Workload::generate(&config(seed, events, accounts, RateProfile::Steady)).expect("valid config");
+        let oracle = Oracle::from_events(workload.plain_events());
+        let folded = workload.plain_events().fold(Ledger::new(), |mut ledger, event| {
+            ledger.apply_blind(event);
+            ledger
+        });
+        prop_assert_eq!(oracle.rejected(), 0);
+        prop_assert_eq!(oracle.events(), events);
+        prop_assert_eq!(oracle.ledger(), &folded);
+    }
+
+    #[test]
+    fn account_seqs_count_up_from_one_and_send_times_never_go_back(seed in any::<u64>(), events in 1_u64..2_000, profile in profile()) {
+        let workload = Workload::generate(&config(seed, events, 20, profile)).expect("valid config");
+        let mut last_seq: BTreeMap<&AccountId, u64> = BTreeMap::new();
+        let mut last_offset = 0;
+        for scheduled in &workload.events {
+            let last = last_seq.entry(&scheduled.event.account_id).or_insert(0);
+            prop_assert_eq!(scheduled.event.account_seq, *last + 1);
+            *last += 1;
+            prop_assert!(scheduled.intended_offset_ns >= last_offset);
+            last_offset = scheduled.intended_offset_ns;
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_events_and_another_seed_does_not() {
+    let first = Workload::generate(&config(7, 500, 10, RateProfile::Burst)).expect("valid config");
+    let again = Workload::generate(&config(7, 500, 10, RateProfile::Burst)).expect("valid config");
+    let other = Workload::generate(&config(8, 500, 10, RateProfile::Burst)).expect("valid config");
+    assert_eq!(first.events, again.events);
+    assert_eq!(first.accounts, again.accounts);
+    assert_ne!(first.events, other.events);
+}
+
+#[test]
+fn a_few_hot_accounts_carry_most_of_the_traffic() {
+    let workload =
+        Workload::generate(&config(1, 20_000, 1_000, RateProfile::Steady)).expect("valid config");
+    let hottest_ten = workload
+        .plain_events()
+        .filter(|event| {
+            workload.accounts[..10]
+                .iter()
+                .any(|account| account.id == event.account_id)
+        })
+        .count();
+    // Under a Zipf law with exponent 1.1 over 1,000 accounts the top 1% carry about 40%.
+    assert!(
+        hottest_ten > 20_000 / 4,
+        "the 10 hottest accounts carried only {hottest_ten} of 20000 events"
+    );
+}
+
+#[test]
+fn the_burst_profile_sends_the_middle_tenth_ten_times_faster() {
+    let steady =
+        Workload::generate(&config(3, 10_000, 10, RateProfile::Steady)).expect("valid config");
+    let burst =
+        Workload::generate(&config(3, 10_000, 10, RateProfile::Burst)).expect("valid config");
+    let span = |workload: &Workload, from: usize, to: usize| {
+        workload.events[to].intended_offset_ns - workload.events[from].intended_offset_ns
+    };
+    let ratio = span(&steady, 4_000, 4_999) as f64 / span(&burst, 4_000, 4_999) as f64;
+    assert!((9.9..10.1).contains(&ratio), "spike ratio {ratio}");
+    assert_eq!(span(&steady, 0, 3_999), span(&burst, 0, 3_999));
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    assert_eq!(
+        Workload::generate(&config(1, 0, 10, RateProfile::Steady)).err(),
+        Some(WorkloadError::Events { given: 0 })
+    );
+    assert_eq!(
+        Workload::generate(&config(1, 10, 0, RateProfile::Steady)).err(),
+        Some(WorkloadError::Accounts { given: 0 })
+    );
+    let mut nan_rate = config(1, 10, 10, RateProfile::Steady);
+    nan_rate.rate_per_s = f64::NAN;
+    assert!(matches!(
+        Workload::generate(&nan_rate),
+        Err(WorkloadError::Rate { .. })
+    ));
+    assert_eq!(
+        "sideways".parse::<RateProfile>(),
+        Err(WorkloadError::Profile {
+            given: "sideways".into()
+        })
+    );
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for the integration tests live in `helpers/`; this library is empty on purpose.

@@ -247,6 +247,14 @@ impl Workload {
             .map_or(0, |scheduled| scheduled.intended_offset_ns)
     }
 
+    /// The end of the run of events from `from` that are due once `elapsed_ns` have passed
+    /// since the start, taking at most `max` of them: what an open-loop source sends next.
+    pub fn due(&self, from: usize, elapsed_ns: u64, max: usize) -> usize {
+        let limit = self.events.len().min(from.saturating_add(max));
+        let window = &self.events[from.min(limit)..limit];
+        from + window.partition_point(|scheduled| scheduled.intended_offset_ns <= elapsed_ns)
+    }
+
     /// The events alone, in emission order.
     pub fn plain_events(&self) -> impl Iterator<Item = &Event> {
         self.events.iter().map(|scheduled| &scheduled.event)

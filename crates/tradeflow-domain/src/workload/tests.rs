@@ -131,3 +131,15 @@ fn bad_configurations_are_refused() {
         })
     );
 }
+
+#[test]
+fn due_takes_the_events_whose_time_has_come_up_to_a_maximum() {
+    let workload =
+        Workload::generate(&config(5, 100, 3, RateProfile::Steady)).expect("valid config");
+    // 1,000 events per second: event i is due at i ms.
+    assert_eq!(workload.due(0, 0, 50), 1);
+    assert_eq!(workload.due(0, 9_500_000, 50), 10);
+    assert_eq!(workload.due(0, 9_500_000, 4), 4);
+    assert_eq!(workload.due(10, 9_500_000, 50), 10);
+    assert_eq!(workload.due(90, u64::MAX, 50), 100);
+}

@@ -1,0 +1,247 @@
+//! The JSON run record, latency histograms and process figures.
+//!
+//! Every run writes the same record; later versions add fields and never remove or rename
+//! one.
+
+use crate::history::CheckReport;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// Highest latency the histogram holds: one hour, in microseconds. Longer values are
+/// clamped to it (and the run has bigger problems).
+pub const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+/// One run, as written to `--json` and to `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The workload seed.
+    pub seed: u64,
+    /// `poller` or `stream`.
+    pub architecture: String,
+    /// A short description of the configuration.
+    pub label: String,
+    /// `sqlite` or `postgres`.
+    pub store: String,
+    /// The broker backend, for stream runs.
+    pub broker: Option<String>,
+    /// Every knob of the run.
+    pub config: serde_json::Value,
+    /// Events generated.
+    pub events: u64,
+    /// Events applied.
+    pub applied: u64,
+    /// From the first intended send time to the last commit.
+    pub duration_s: f64,
+    /// `applied / duration_s`.
+    pub throughput_per_s: f64,
+    /// From each event's intended send time to the commit of its balance update.
+    pub latency_ms: LatencySummary,
+    /// Statements sent to the database.
+    pub db_statements: u64,
+    /// CPU and memory of this process.
+    pub process: ProcessStats,
+    /// The checker's verdicts.
+    pub check: CheckReport,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// A latency histogram (HDR, 3 significant digits, microseconds).
+#[derive(Debug, Clone)]
+pub struct LatencyRecorder {
+    histogram: Histogram<u64>,
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        LatencyRecorder::new()
+    }
+}
+
+impl LatencyRecorder {
+    /// An empty histogram.
+    pub fn new() -> LatencyRecorder {
+        let histogram = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+            .unwrap_or_else(|_| unreachable!("the bounds are valid constants"));
+        LatencyRecorder { histogram }
+    }
+
+    /// Records one latency in nanoseconds (negative values, from clock steps, count as 0).
+    pub fn record_ns(&mut self, latency_ns: i64) {
+        let micros = u64::try_from(latency_ns / 1_000)
+            .unwrap_or(0)
+            .clamp(1, LATENCY_US_MAX);
+        self.histogram.saturating_record(micros);
+    }
+
+    /// Adds another recorder's values.
+    pub fn merge(&mut self, other: &LatencyRecorder) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    /// The percentiles.
+    pub fn summary(&self) -> LatencySummary {
+        if self.histogram.is_empty() {
+            return LatencySummary::default();
+        }
+        let ms = |micros: u64| micros as f64 / 1_000.0;
+        LatencySummary {
+            p50: ms(self.histogram.value_at_quantile(0.50)),
+            p90: ms(self.histogram.value_at_quantile(0.90)),
+            p99: ms(self.histogram.value_at_quantile(0.99)),
+            p999: ms(self.histogram.value_at_quantile(0.999)),
+            max: ms(self.histogram.max()),
+        }
+    }
+}
+
+/// Where a run stands, published while it runs so that a front end can draw progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunProgress {
+    /// Events the workload holds.
+    pub total: u64,
+    /// Events the source has emitted (inserted, or published and acknowledged).
+    pub emitted: u64,
+    /// Events applied to balances.
+    pub applied: u64,
+    /// Emitted but not yet processed: the poller's backlog or the stream's lag.
+    pub backlog: u64,
+}
+
+/// CPU time and peak memory of the current process.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ProcessStats {
+    /// User plus system CPU seconds.
+    pub cpu_s: f64,
+    /// Peak resident set size in MB.
+    pub rss_max_mb: f64,
+}
+
+impl ProcessStats {
+    /// Reads them from the kernel (`getrusage`); zeros where it is not available.
+    pub fn current() -> ProcessStats {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a complete `rusage` into the pointer it is given, which
+        // points to memory of that type owned by this frame; RUSAGE_SELF is always valid.
+        #[allow(unsafe_code)]
+        let usage = unsafe {
+            if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+                return ProcessStats::default();
+            }
+            usage.assume_init()
+        };
+        let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+        ProcessStats {
+            cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            // Linux reports ru_maxrss in KiB.
+            rss_max_mb: usage.ru_maxrss as f64 / 1024.0,
+        }
+    }
+
+    /// CPU used since an earlier reading (peak memory is the process's, not a difference).
+    pub fn since(&self, earlier: &ProcessStats) -> ProcessStats {
+        ProcessStats {
+            cpu_s: (self.cpu_s - earlier.cpu_s).max(0.0),
+            rss_max_mb: self.rss_max_mb,
+        }
+    }
+}
+
+impl RunRecord {
+    /// The human table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let check = &self.check;
+        let rows: Vec<(&str, String)> = vec![
+            ("run", self.label.clone()),
+            ("seed", self.seed.to_string()),
+            ("store", self.store.clone()),
+            ("broker", self.broker.clone().unwrap_or_else(|| "-".into())),
+            (
+                "events applied",
+                format!("{} of {}", self.applied, self.events),
+            ),
+            ("duration", format!("{:.2} s", self.duration_s)),
+            (
+                "throughput",
+                format!("{:.0} events/s", self.throughput_per_s),
+            ),
+            (
+                "latency p50 / p99 / max",
+                format!(
+                    "{:.1} / {:.1} / {:.1} ms",
+                    self.latency_ms.p50, self.latency_ms.p99, self.latency_ms.max
+                ),
+            ),
+            (
+                "database statements",
+                format!(
+                    "{} ({:.2} per event)",
+                    self.db_statements,
+                    self.db_statements as f64 / self.events.max(1) as f64
+                ),
+            ),
+            (
+                "cpu / peak rss",
+                format!(
+                    "{:.2} s / {:.1} MB",
+                    self.process.cpu_s, self.process.rss_max_mb
+                ),
+            ),
+            ("lost", check.lost.to_string()),
+            ("duplicated", check.duplicated.to_string()),
+            ("reordered", check.reordered.to_string()),
+            ("bad balances", check.bad_balances.to_string()),
+            ("mismatched accounts", check.mismatched_accounts.to_string()),
+            ("verdict", format!("{:?}", check.verdict).to_uppercase()),
+        ];
+        let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+        let mut text = String::new();
+        for (name, value) in rows {
+            let _ = writeln!(text, "  {name:<width$}  {value}");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_recorded_values() {
+        let mut recorder = LatencyRecorder::new();
+        for millis in 1..=1_000_i64 {
+            recorder.record_ns(millis * 1_000_000);
+        }
+        let summary = recorder.summary();
+        assert!((summary.p50 - 500.0).abs() < 1.0, "{summary:?}");
+        assert!((summary.p99 - 990.0).abs() < 1.0, "{summary:?}");
+        assert!((summary.max - 1_000.0).abs() < 1.0, "{summary:?}");
+    }
+
+    #[test]
+    fn process_stats_are_read_from_the_kernel() {
+        let stats = ProcessStats::current();
+        assert!(stats.rss_max_mb > 1.0, "{stats:?}");
+    }
+}

@@ -1,0 +1,149 @@
+//! Arguments shared by several commands, and logging setup.
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use tradeflow_domain::{RateProfile, WorkloadConfig};
+use tradeflow_store::{Store, StoreConfig, StoreKind};
+
+/// Where logs go and how they look.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sets up `tracing` on standard error, filtered by `RUST_LOG` (default: warnings).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The store backends, as the command line names them.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StoreChoice {
+    /// A SQLite file (the embedded default).
+    Sqlite,
+    /// A PostgreSQL server at --database-url.
+    Postgres,
+}
+
+/// Which database to use.
+#[derive(Args)]
+pub struct StoreArgs {
+    /// The database backend.
+    #[arg(long, value_enum, default_value_t = StoreChoice::Sqlite)]
+    pub store: StoreChoice,
+    /// Where the database is: postgres://USER:PASSWORD@HOST:PORT/DB for PostgreSQL, a file
+    /// path (default tradeflow.db) for SQLite. The run empties tradeflow's tables first.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// The store configuration these arguments name.
+    pub fn config(&self) -> anyhow::Result<StoreConfig> {
+        Ok(match (self.store, &self.database_url) {
+            (StoreChoice::Sqlite, None) => StoreConfig::sqlite_file(&PathBuf::from("tradeflow.db")),
+            (StoreChoice::Sqlite, Some(url)) if url.starts_with("postgres") => {
+                bail!(
+                    "--store sqlite was given a PostgreSQL URL ({}); pass --store postgres, or unset DATABASE_URL",
+                    tradeflow_store::connect::redact(url)
+                )
+            }
+            (StoreChoice::Sqlite, Some(url)) => StoreConfig {
+                kind: StoreKind::Sqlite,
+                url: url.clone(),
+            },
+            (StoreChoice::Postgres, Some(url)) => StoreConfig {
+                kind: StoreKind::Postgres,
+                url: url.clone(),
+            },
+            (StoreChoice::Postgres, None) => {
+                bail!(
+                    "--store postgres needs --database-url or DATABASE_URL, for example postgres://tradeflow:tradeflow@127.0.0.1:5432/tradeflow"
+                )
+            }
+        })
+    }
+
+    /// Opens and migrates the store.
+    pub async fn open(&self) -> anyhow::Result<Store> {
+        let config = self.config()?;
+        Store::connect(&config)
+            .await
+            .with_context(|| format!("opening the {} store", config.kind))
+    }
+}
+
+/// The seeded workload.
+#[derive(Args)]
+pub struct WorkloadArgs {
+    /// Seed of the workload; the same seed gives the same events. Random when omitted
+    /// (and printed first, so the run can be repeated).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Number of events.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: u64,
+    /// Number of accounts (activity is skewed: a few hot accounts trade most).
+    #[arg(long, default_value_t = 1_000)]
+    pub accounts: u32,
+    /// Offered rate, events per second (open loop: events are due at their intended time
+    /// whether or not the system keeps up).
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// How the rate changes: steady, ramp (10% to 100%), burst (a 10x spike at 40-50%).
+    #[arg(long, default_value = "steady", value_parser = parse_profile)]
+    pub profile: RateProfile,
+}
+
+fn parse_profile(text: &str) -> Result<RateProfile, String> {
+    text.parse()
+        .map_err(|error: tradeflow_domain::WorkloadError| error.to_string())
+}
+
+impl WorkloadArgs {
+    /// The workload configuration, with the seed chosen if none was given.
+    pub fn config(&self) -> anyhow::Result<WorkloadConfig> {
+        let seed = self.seed.unwrap_or_else(random_seed);
+        let config = WorkloadConfig {
+            seed,
+            events: self.events,
+            accounts: self.accounts,
+            rate_per_s: self.rate,
+            profile: self.profile,
+        };
+        config.validate().context("checking the workload")?;
+        Ok(config)
+    }
+}
+
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// Writes a JSON value to a file, creating its directory.
+pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}

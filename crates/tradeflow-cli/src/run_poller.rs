@@ -1,0 +1,82 @@
+//! `tradeflow run poller`.
+
+use crate::args::{StoreArgs, WorkloadArgs, write_json};
+use crate::progress;
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+use tradeflow_check::{RunProgress, history::Verdict};
+use tradeflow_poller::{PollerConfig, RunOptions};
+
+/// Arguments of `tradeflow run poller`.
+#[derive(Args)]
+pub struct PollerArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// How long a poller sleeps after a poll that found less than a full batch.
+    #[arg(long, default_value_t = 100)]
+    poll_interval_ms: u64,
+    /// Most rows one poll claims and applies in one transaction.
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Number of pollers. On PostgreSQL they claim rows with FOR UPDATE SKIP LOCKED; on
+    /// SQLite the single writer serializes them.
+    #[arg(long, default_value_t = 1)]
+    pollers: u32,
+    /// Give each poller a disjoint set of accounts, so that per-account order holds with
+    /// several pollers.
+    #[arg(long)]
+    shard_by_account: bool,
+    /// Give up when the backlog has not shrunk for this many seconds after the last event
+    /// was emitted; what is unapplied then counts as lost.
+    #[arg(long, default_value_t = 30)]
+    stall_timeout_s: u64,
+    /// Write the run record (JSON) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Runs the poller; returns whether the checker passed.
+pub async fn run(arguments: PollerArgs) -> anyhow::Result<bool> {
+    let workload = arguments.workload.config()?;
+    println!("seed: {}", workload.seed);
+    let poller = PollerConfig {
+        poll_interval: Duration::from_millis(arguments.poll_interval_ms),
+        batch_size: arguments.batch_size,
+        pollers: arguments.pollers,
+        shard_by_account: arguments.shard_by_account,
+    };
+    poller.validate().context("checking the poller options")?;
+    let store = arguments.store.open().await?;
+    println!(
+        "{} on {} ({}), {} events at {}/s ({})",
+        poller.label(),
+        store.kind(),
+        store.url_redacted(),
+        workload.events,
+        workload.rate_per_s,
+        workload.profile.as_str()
+    );
+    let options = RunOptions {
+        workload,
+        poller,
+        stall_timeout: Duration::from_secs(arguments.stall_timeout_s),
+    };
+    let (sender, receiver) = watch::channel(RunProgress::default());
+    let drawing = progress::spawn("poller".into(), receiver);
+    let outcome = tradeflow_poller::run(&store, &options, &sender).await;
+    drop(sender);
+    let _ = drawing.await;
+    let record = outcome.context("running the poller")?;
+    print!("{}", record.table());
+    if let Some(path) = &arguments.json {
+        write_json(path, &record)?;
+        println!("record written to {}", path.display());
+    }
+    store.close().await;
+    Ok(record.check.verdict == Verdict::Pass)
+}

@@ -1,0 +1,205 @@
+//! A whole poller run: the open-loop source, the pollers, the checker and the record.
+
+use crate::{PollerConfig, PollerCounters, PollerError, poll_loop};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tradeflow_check::{LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store};
+use tradeflow_domain::{EventId, Oracle, Workload, WorkloadConfig};
+use tradeflow_store::{SourceRow, Store, now_ns};
+
+/// Most events the source inserts in one transaction when it has fallen behind.
+pub const SOURCE_BATCH_MAX: usize = 1_000;
+/// How often progress is published.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The workload.
+    pub workload: WorkloadConfig,
+    /// The pollers.
+    pub poller: PollerConfig,
+    /// How long the run waits, once the source is done, for a backlog that does not
+    /// shrink before it gives up; what is still unapplied then is reported as lost.
+    pub stall_timeout: Duration,
+}
+
+/// Runs the workload through the pollers on `store` (emptied first) and checks the result.
+/// Progress goes to `progress` while it runs.
+pub async fn run(
+    store: &Store,
+    options: &RunOptions,
+    progress: &watch::Sender<RunProgress>,
+) -> Result<RunRecord, PollerError> {
+    options.poller.validate()?;
+    let workload = Arc::new(Workload::generate(&options.workload)?);
+    store.reset().await?;
+    let statements_before = store.statements();
+    let process_before = ProcessStats::current();
+    let counters = Arc::new(PollerCounters::default());
+    let (stop, stop_receiver) = watch::channel(false);
+
+    let pollers: Vec<JoinHandle<Result<LatencyRecorder, PollerError>>> =
+        (0..options.poller.pollers)
+            .map(|index| {
+                let name = format!("poller-{index}");
+                tokio::spawn(poll_loop(
+                    store.clone(),
+                    options.poller.clone(),
+                    options.poller.shard(index),
+                    name,
+                    stop_receiver.clone(),
+                    counters.clone(),
+                ))
+            })
+            .collect();
+
+    let start = Instant::now();
+    let start_ns = now_ns();
+    let emitted = Arc::new(AtomicU64::new(0));
+    let source = tokio::spawn(source(
+        store.clone(),
+        workload.clone(),
+        start,
+        start_ns,
+        emitted.clone(),
+    ));
+
+    let total = workload.events.len() as u64;
+    let mut source = Some(source);
+    let mut last_processed = 0;
+    let mut last_change = Instant::now();
+    loop {
+        tokio::time::sleep(PROGRESS_INTERVAL).await;
+        let emitted_now = emitted.load(Ordering::Relaxed);
+        let processed = counters.processed.load(Ordering::Relaxed);
+        progress.send_replace(RunProgress {
+            total,
+            emitted: emitted_now,
+            applied: counters.applied.load(Ordering::Relaxed),
+            backlog: emitted_now.saturating_sub(processed),
+        });
+        if source.as_ref().is_some_and(JoinHandle::is_finished)
+            && let Some(handle) = source.take()
+        {
+            join("the source", handle).await??;
+        }
+        if processed != last_processed {
+            last_processed = processed;
+            last_change = Instant::now();
+        }
+        if source.is_none() {
+            if processed >= emitted_now {
+                break;
+            }
+            if last_change.elapsed() > options.stall_timeout {
+                tracing::warn!(
+                    processed,
+                    emitted = emitted_now,
+                    "the backlog did not shrink for {:?}; stopping and reporting what is unapplied as lost",
+                    options.stall_timeout
+                );
+                break;
+            }
+        }
+    }
+    stop.send_replace(true);
+    let mut latency = LatencyRecorder::new();
+    for (index, handle) in pollers.into_iter().enumerate() {
+        latency.merge(&join(&format!("poller-{index}"), handle).await??);
+    }
+
+    let db_statements = store.statements() - statements_before;
+    let process = ProcessStats::current().since(&process_before);
+    let emitted_count = usize::try_from(emitted.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+    let events: Vec<_> = workload.plain_events().cloned().collect();
+    let must_apply: HashSet<EventId> = events
+        .iter()
+        .take(emitted_count)
+        .map(|event| event.event_id)
+        .collect();
+    let oracle = Oracle::from_events(&events);
+    let (check, applied) = check_store(store, &events, &must_apply, &oracle).await?;
+
+    let last_commit_ns =
+        i64::try_from(counters.last_commit_ns.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    let duration_s = (last_commit_ns.max(start_ns) - start_ns) as f64 / 1e9;
+    let config = &options.poller;
+    let workload_config = &options.workload;
+    Ok(RunRecord {
+        seed: workload_config.seed,
+        architecture: "poller".into(),
+        label: config.label(),
+        store: store.kind().as_str().into(),
+        broker: None,
+        config: serde_json::json!({
+            "poll_interval_ms": config.poll_interval.as_millis() as u64,
+            "batch_size": config.batch_size,
+            "pollers": config.pollers,
+            "shard_by_account": config.shard_by_account,
+            "accounts": workload_config.accounts,
+            "rate_per_s": workload_config.rate_per_s,
+            "profile": workload_config.profile.as_str(),
+        }),
+        events: total,
+        applied,
+        duration_s,
+        throughput_per_s: if duration_s > 0.0 {
+            applied as f64 / duration_s
+        } else {
+            0.0
+        },
+        latency_ms: latency.summary(),
+        db_statements,
+        process,
+        check,
+    })
+}
+
+/// The system of record: inserts each event into `trade_events` at its intended send time
+/// (open loop: a slow database delays inserts but not the schedule latency is measured
+/// from).
+async fn source(
+    store: Store,
+    workload: Arc<Workload>,
+    start: Instant,
+    start_ns: i64,
+    emitted: Arc<AtomicU64>,
+) -> Result<(), PollerError> {
+    let mut next = 0;
+    while next < workload.events.len() {
+        let elapsed_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let end = workload.due(next, elapsed_ns, SOURCE_BATCH_MAX);
+        if end == next {
+            tokio::time::sleep_until(
+                (start + Duration::from_nanos(workload.events[next].intended_offset_ns)).into(),
+            )
+            .await;
+            continue;
+        }
+        let rows: Vec<SourceRow<'_>> = workload.events[next..end]
+            .iter()
+            .map(|scheduled| SourceRow {
+                event: &scheduled.event,
+                intended_at_ns: start_ns.saturating_add(
+                    i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX),
+                ),
+            })
+            .collect();
+        store.insert_source_events(&rows).await?;
+        emitted.fetch_add((end - next) as u64, Ordering::Relaxed);
+        next = end;
+    }
+    Ok(())
+}
+
+async fn join<T>(task: &str, handle: JoinHandle<T>) -> Result<T, PollerError> {
+    handle.await.map_err(|error| PollerError::Task {
+        task: task.to_owned(),
+        reason: error.to_string(),
+    })
+}

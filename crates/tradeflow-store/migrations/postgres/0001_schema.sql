@@ -1,0 +1,43 @@
+-- The tradeflow schema on PostgreSQL. Keep it in step with migrations/sqlite.
+
+-- Cash per account. apply_count numbers the events applied to the account, under the
+-- row's write lock, so the apply log can say in which order an account saw its events.
+CREATE TABLE balances (
+    account_id  TEXT PRIMARY KEY,
+    cash        BIGINT NOT NULL,
+    apply_count BIGINT NOT NULL
+);
+
+CREATE TABLE positions (
+    account_id TEXT NOT NULL,
+    symbol     TEXT NOT NULL,
+    shares     BIGINT NOT NULL,
+    PRIMARY KEY (account_id, symbol)
+);
+
+-- The table the system of record writes and the poller reads (the poller baseline).
+CREATE TABLE trade_events (
+    id              BIGSERIAL PRIMARY KEY,
+    event_id        TEXT NOT NULL UNIQUE,
+    account_id      TEXT NOT NULL,
+    account_seq     BIGINT NOT NULL,
+    shard_key       BIGINT NOT NULL,
+    payload         TEXT NOT NULL,
+    intended_at_ns  BIGINT NOT NULL,
+    inserted_at_ns  BIGINT NOT NULL,
+    processed_at_ns BIGINT,
+    error           TEXT
+);
+CREATE INDEX trade_events_unprocessed ON trade_events (id) WHERE processed_at_ns IS NULL;
+
+-- One row per applied event: what makes applying idempotent, and the apply order.
+CREATE TABLE apply_log (
+    apply_id            BIGSERIAL PRIMARY KEY,
+    event_id            TEXT NOT NULL UNIQUE,
+    account_id          TEXT NOT NULL,
+    account_seq         BIGINT NOT NULL,
+    account_apply_index BIGINT NOT NULL,
+    intended_at_ns      BIGINT NOT NULL,
+    applied_at_ns       BIGINT NOT NULL,
+    applier             TEXT NOT NULL
+);

@@ -1,0 +1,277 @@
+//! Opening a store: which backend, which URL, the pool, the pragmas and the migrations.
+
+use crate::{Store, StoreError};
+use sqlx::Executor;
+use sqlx::any::AnyPoolOptions;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Most connections a PostgreSQL pool opens: pollers, consumers, the source and the
+/// samplers of one run, with room to spare.
+pub const POSTGRES_CONNECTIONS_MAX: u32 = 32;
+/// How long to wait for a connection (and for the server at startup).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long SQLite waits for another writer before answering busy.
+pub const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// The two backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreKind {
+    /// A SQLite file, the embedded default.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl StoreKind {
+    /// The name used on the command line and in records.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The backend.
+    pub kind: StoreKind,
+    /// `sqlite://PATH` (or a bare path) for SQLite, `postgres://USER:PASSWORD@HOST:PORT/DB`
+    /// for PostgreSQL.
+    pub url: String,
+}
+
+impl StoreConfig {
+    /// A SQLite file at `path`.
+    pub fn sqlite_file(path: &std::path::Path) -> StoreConfig {
+        StoreConfig {
+            kind: StoreKind::Sqlite,
+            url: format!("sqlite://{}", path.display()),
+        }
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn url_redacted(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// Checks that the URL matches the backend and returns the URL to give the driver.
+    fn driver_url(&self) -> Result<String, StoreError> {
+        let bad = |reason: String| StoreError::BadUrl {
+            url: self.url_redacted(),
+            reason,
+        };
+        match self.kind {
+            StoreKind::Sqlite => {
+                let path = self
+                    .url
+                    .strip_prefix("sqlite://")
+                    .or_else(|| self.url.strip_prefix("sqlite:"))
+                    .unwrap_or(&self.url);
+                if path.is_empty() || path.contains("://") {
+                    return Err(bad("expected sqlite://PATH or a file path".into()));
+                }
+                if path.contains('?') {
+                    return Err(bad(
+                        "query parameters are not supported; tradeflow sets the pragmas it needs"
+                            .into(),
+                    ));
+                }
+                Ok(format!("sqlite://{path}?mode=rwc"))
+            }
+            StoreKind::Postgres => {
+                let Some(rest) = self
+                    .url
+                    .strip_prefix("postgres://")
+                    .or_else(|| self.url.strip_prefix("postgresql://"))
+                else {
+                    return Err(bad(
+                        "expected postgres://USER:PASSWORD@HOST:PORT/DATABASE".into()
+                    ));
+                };
+                if rest.is_empty() || rest.starts_with('/') {
+                    return Err(bad("the URL names no host; expected postgres://USER:PASSWORD@HOST:PORT/DATABASE".into()));
+                }
+                Ok(self.url.clone())
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Opens the store, creating the SQLite file if needed, and migrates the schema.
+    pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = config.driver_url()?;
+        let url_redacted = config.url_redacted();
+        let options = AnyPoolOptions::new().acquire_timeout(CONNECT_TIMEOUT);
+        let options = match config.kind {
+            // SQLite has one writer at a time; one connection makes that explicit instead
+            // of turning it into busy errors, and every writer in the process queues here.
+            StoreKind::Sqlite => options.max_connections(1).after_connect(|connection, _| {
+                Box::pin(async move {
+                    // WAL: readers in other processes do not block the writer.
+                    connection.execute("PRAGMA journal_mode = WAL").await?;
+                    // NORMAL is durable across a process crash in WAL mode, which is the
+                    // failure the experiments inject; FULL would only add power-loss safety.
+                    connection.execute("PRAGMA synchronous = NORMAL").await?;
+                    connection
+                        .execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str())
+                        .await?;
+                    Ok(())
+                })
+            }),
+            StoreKind::Postgres => options.max_connections(POSTGRES_CONNECTIONS_MAX),
+        };
+        let hint = match config.kind {
+            StoreKind::Sqlite => "check that the directory exists and is writable",
+            StoreKind::Postgres => {
+                "is the server running and the URL right? (`.ci/run` shows how to start one and create the role)"
+            }
+        };
+        let pool = options
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Connect {
+                kind: config.kind,
+                url: url_redacted.clone(),
+                hint,
+                source,
+            })?;
+        let migrator = match config.kind {
+            StoreKind::Sqlite => &SQLITE_MIGRATIONS,
+            StoreKind::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&pool).await.map_err(|source| match source {
+            sqlx::migrate::MigrateError::VersionMissing(found) => StoreError::UnknownSchema {
+                kind: config.kind,
+                url: url_redacted.clone(),
+                found,
+                known: migrator
+                    .iter()
+                    .map(|migration| migration.version)
+                    .max()
+                    .unwrap_or(0),
+            },
+            source => StoreError::Migrate {
+                kind: config.kind,
+                url: url_redacted.clone(),
+                source,
+            },
+        })?;
+        tracing::debug!(store = %config.kind, url = %url_redacted, "store open and migrated");
+        Ok(Store {
+            pool,
+            kind: config.kind,
+            url_redacted,
+            statements: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Empties every tradeflow table, so that a run starts from nothing.
+    pub async fn reset(&self) -> Result<(), StoreError> {
+        let mut transaction = self
+            .begin_write()
+            .await
+            .map_err(self.query_error("starting the reset"))?;
+        for table in ["apply_log", "positions", "balances", "trade_events"] {
+            self.count(1);
+            transaction
+                .execute(format!("DELETE FROM {table}").as_str())
+                .await
+                .map_err(self.query_error("emptying tables"))?;
+        }
+        self.count(1);
+        transaction
+            .commit()
+            .await
+            .map_err(self.query_error("committing the reset"))
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Replaces the password of a URL's user-info with `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            let masked = if user_info.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://tradeflow:secret@127.0.0.1:5432/db"),
+            "postgres://tradeflow:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(
+            redact("postgres://tradeflow@host/db"),
+            "postgres://tradeflow@host/db"
+        );
+        assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn urls_must_match_the_backend() {
+        let postgres = StoreConfig {
+            kind: StoreKind::Postgres,
+            url: "mysql://x@y/z".into(),
+        };
+        assert!(matches!(
+            postgres.driver_url(),
+            Err(StoreError::BadUrl { .. })
+        ));
+        let sqlite = StoreConfig {
+            kind: StoreKind::Sqlite,
+            url: "postgres://x@y/z".into(),
+        };
+        assert!(matches!(
+            sqlite.driver_url(),
+            Err(StoreError::BadUrl { .. })
+        ));
+        let sqlite = StoreConfig {
+            kind: StoreKind::Sqlite,
+            url: "run.db".into(),
+        };
+        assert_eq!(
+            sqlite.driver_url().ok(),
+            Some("sqlite://run.db?mode=rwc".to_owned())
+        );
+    }
+}

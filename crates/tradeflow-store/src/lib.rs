@@ -1,0 +1,294 @@
+//! The stores: balances, positions, the poller's event table and the apply log, on a real
+//! SQLite file (the embedded default, WAL mode) or a real PostgreSQL server.
+//!
+//! Both backends hold the same schema (migrations embedded in the binary, one folder per
+//! backend) and share every SQL statement but the poller's `FOR UPDATE SKIP LOCKED`.
+//!
+//! - [`connect`]: URLs, pools, migrations, and the errors a person can act on.
+//! - [`apply`]: a batch of events applied in one transaction with its apply-log rows;
+//!   applying an event already in the apply log changes nothing.
+//! - [`source`]: the system of record's writes to `trade_events` and the poller's claim.
+//! - [`read`]: what the checker and the reports read back.
+//!
+//! Architecture invariant: nothing in this crate knows about Kafka or about pollers'
+//! scheduling; it only turns batches into transactions.
+
+pub mod apply;
+pub mod connect;
+pub mod read;
+pub mod source;
+
+pub use apply::{ApplyInput, ApplySummary};
+pub use connect::{StoreConfig, StoreKind};
+pub use read::{AppliedRow, Backlog};
+pub use source::{PollOutcome, PolledFailure, Shard, SourceRow};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Most rows one multi-row statement carries: keeps every statement under SQLite's and
+/// PostgreSQL's bind-parameter limits.
+pub const ROWS_PER_STATEMENT_MAX: usize = 1_000;
+/// Most events one batch may hold.
+pub const BATCH_EVENTS_MAX: usize = 100_000;
+/// How many times a transaction that lost a race (deadlock, serialization failure, a
+/// concurrent insert of the same event, SQLite busy) is tried before giving up.
+pub const TRANSACTION_ATTEMPTS_MAX: u32 = 8;
+/// Backoff after the first lost race; doubled on each further attempt.
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(2);
+
+/// A store error, with what was being done and where.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL cannot be used.
+    #[error("bad database URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL, password removed.
+        url: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The server or file cannot be reached.
+    #[error("cannot open {kind} database at {url}: {source}; {hint}")]
+    Connect {
+        /// Which backend.
+        kind: StoreKind,
+        /// The URL, password removed.
+        url: String,
+        /// What to check.
+        hint: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database was migrated by a newer build.
+    #[error(
+        "the {kind} database at {url} has schema migration {found}, which this build does not know (it knows up to {known}); use the tradeflow build that wrote it, or an empty database"
+    )]
+    UnknownSchema {
+        /// Which backend.
+        kind: StoreKind,
+        /// The URL, password removed.
+        url: String,
+        /// The unknown migration version.
+        found: i64,
+        /// The newest migration this build has.
+        known: i64,
+    },
+    /// Migrating failed for another reason (for example a table of the same name that is
+    /// not tradeflow's).
+    #[error("migrating the {kind} database at {url}: {source}")]
+    Migrate {
+        /// Which backend.
+        kind: StoreKind,
+        /// The URL, password removed.
+        url: String,
+        /// The migrator's error.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A statement failed.
+    #[error("{operation} on {kind}: {source}")]
+    Query {
+        /// Which backend.
+        kind: StoreKind,
+        /// What was being done.
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A transaction kept losing races.
+    #[error("{operation} on {kind} lost {attempts} races in a row; last: {source}")]
+    RetriesExhausted {
+        /// Which backend.
+        kind: StoreKind,
+        /// What was being done.
+        operation: &'static str,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The caller asked for something out of bounds.
+    #[error("{operation}: {reason}")]
+    Invalid {
+        /// What was being done.
+        operation: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A row read back does not hold what tradeflow wrote (edited by hand?).
+    #[error("{operation}: row {row} is corrupt: {reason}")]
+    Corrupt {
+        /// What was being done.
+        operation: &'static str,
+        /// The row's key.
+        row: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A connected store. Cheap to clone: clones share the pool and the statement counter.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: sqlx::AnyPool,
+    kind: StoreKind,
+    url_redacted: String,
+    statements: Arc<AtomicU64>,
+}
+
+impl Store {
+    /// Which backend this is.
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
+    /// The URL with any password removed, for logs and reports.
+    pub fn url_redacted(&self) -> &str {
+        &self.url_redacted
+    }
+
+    /// Statements sent to the database so far (transaction control included) by this
+    /// store and its clones.
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    /// The pool, for tests that reach into the database directly (to install a failing
+    /// trigger, say).
+    pub fn pool(&self) -> &sqlx::AnyPool {
+        &self.pool
+    }
+
+    fn count(&self, statements: u64) {
+        self.statements.fetch_add(statements, Ordering::Relaxed);
+    }
+
+    fn query_error(&self, operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+        move |source| StoreError::Query {
+            kind: self.kind,
+            operation,
+            source,
+        }
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads first cannot upgrade to a writer when
+    /// another connection wrote in between.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        self.count(1);
+        match self.kind {
+            StoreKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            StoreKind::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for a reason other than a lost race, or has
+    /// lost [`TRANSACTION_ATTEMPTS_MAX`] races.
+    async fn retrying<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut backoff = RETRY_BACKOFF_MIN;
+        for attempt_number in 1..=TRANSACTION_ATTEMPTS_MAX {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) if is_lost_race(&error) && attempt_number < TRANSACTION_ATTEMPTS_MAX => {
+                    tracing::debug!(operation, attempt = attempt_number, %error, "transaction lost a race; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                }
+                Err(error) if is_lost_race(&error) => {
+                    return Err(StoreError::RetriesExhausted {
+                        kind: self.kind,
+                        operation,
+                        attempts: attempt_number,
+                        source: error,
+                    });
+                }
+                Err(error) => {
+                    return Err(StoreError::Query {
+                        kind: self.kind,
+                        operation,
+                        source: error,
+                    });
+                }
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+}
+
+/// Whether an error means "another transaction got there first; try again": PostgreSQL
+/// serialization failure, deadlock or unique violation (a concurrent apply of the same
+/// event), SQLite busy or locked.
+fn is_lost_race(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database_error) = error else {
+        return false;
+    };
+    let code = database_error.code();
+    matches!(
+        code.as_deref(),
+        Some("40001" | "40P01" | "23505" | "5" | "6" | "517" | "261" | "2067" | "1555")
+    )
+}
+
+/// Nanoseconds since the Unix epoch, by the wall clock (shared by every process on the
+/// machine, so latencies can be measured across processes).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
+        })
+}
+
+/// `($1,$2,$3),($4,$5,$6)...`: placeholders for `rows` rows of `columns` values, numbered
+/// from 1. SQLite reads `$N` as named parameters numbered in order of first appearance,
+/// which is the same numbering.
+fn value_rows(rows: usize, columns: usize) -> String {
+    let mut text = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            text.push(',');
+        }
+        text.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                text.push(',');
+            }
+            text.push('$');
+            text.push_str(&(row * columns + column + 1).to_string());
+        }
+        text.push(')');
+    }
+    text
+}
+
+/// `$first,...,$(first+count-1)`: an `IN (...)` list.
+fn list(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|index| format!("${index}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_row_by_row() {
+        assert_eq!(value_rows(2, 3), "($1,$2,$3),($4,$5,$6)");
+        assert_eq!(list(3, 3), "$3,$4,$5");
+    }
+}

@@ -1,1 +1,93 @@
-//! Shared helpers for the integration tests live in `helpers/`; this library is empty on purpose.
+//! Helpers shared by the integration tests (the `it` test binary): stores on real
+//! databases, each test with its own, and the rule for servers that cannot be found.
+//!
+//! A test that needs a server it cannot find says so on standard error and skips; when
+//! the `CI` environment variable is set it fails instead, so CI really runs it.
+
+use std::sync::Once;
+use tradeflow_store::{Store, StoreConfig, StoreKind};
+
+/// The PostgreSQL server used when `DATABASE_URL` is not set: the one `.ci/run` starts.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://tradeflow:tradeflow@127.0.0.1:5432/tradeflow";
+
+/// Logs are silent unless `TEST_LOG=1`.
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// Whether this is a CI run (servers must then be there).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
+}
+
+/// Reports a server that cannot be found: panics in CI, otherwise says loudly that the
+/// test is skipped.
+pub fn server_missing(test: &str, what: &str, detail: &str) {
+    if in_ci() {
+        panic!("{test}: {what} is required in CI but unavailable: {detail}");
+    }
+    eprintln!(
+        "\n*** SKIPPED {test}: {what} unavailable ({detail}). Run `bash .ci/run` or set it up as it does. ***\n"
+    );
+}
+
+/// A fresh SQLite store in a temporary directory (kept alive by the returned guard).
+pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
+    init_logs();
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let store = Store::connect(&StoreConfig::sqlite_file(&directory.path().join("test.db")))
+        .await
+        .expect("SQLite store opens");
+    (store, directory)
+}
+
+/// The URL of the PostgreSQL server for tests.
+pub fn postgres_base_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
+}
+
+/// A fresh database on the test PostgreSQL server, or `None` (outside CI) when there is no
+/// server. Returns the store and its URL.
+pub async fn postgres_database(test: &str) -> Option<(Store, String)> {
+    use sqlx::Connection;
+    init_logs();
+    let base = postgres_base_url();
+    let mut admin = match sqlx::PgConnection::connect(&base).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            server_missing(
+                test,
+                "PostgreSQL",
+                &format!("{}: {error}", tradeflow_store::connect::redact(&base)),
+            );
+            return None;
+        }
+    };
+    let name = format!("tradeflow_test_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("the test role may create databases (CREATEDB)");
+    let _ = admin.close().await;
+    let url = match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("DATABASE_URL {base} names no database"),
+    };
+    let store = Store::connect(&StoreConfig {
+        kind: StoreKind::Postgres,
+        url: url.clone(),
+    })
+    .await
+    .expect("PostgreSQL store opens");
+    Some((store, url))
+}

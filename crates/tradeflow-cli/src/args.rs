@@ -43,9 +43,10 @@ pub struct StoreArgs {
     /// The database backend.
     #[arg(long, value_enum, default_value_t = StoreChoice::Sqlite)]
     pub store: StoreChoice,
-    /// Where the database is: postgres://USER:PASSWORD@HOST:PORT/DB for PostgreSQL, a file
-    /// path (default tradeflow.db) for SQLite. The run empties tradeflow's tables first.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    /// Where the database is: a file path for SQLite (default tradeflow.db in the current
+    /// directory), postgres://USER:PASSWORD@HOST:PORT/DB for PostgreSQL (default: the
+    /// DATABASE_URL environment variable). The run empties tradeflow's tables first.
+    #[arg(long)]
     pub database_url: Option<String>,
 }
 
@@ -68,11 +69,15 @@ impl StoreArgs {
                 kind: StoreKind::Postgres,
                 url: url.clone(),
             },
-            (StoreChoice::Postgres, None) => {
-                bail!(
+            (StoreChoice::Postgres, None) => match std::env::var("DATABASE_URL") {
+                Ok(url) if !url.is_empty() => StoreConfig {
+                    kind: StoreKind::Postgres,
+                    url,
+                },
+                _ => bail!(
                     "--store postgres needs --database-url or DATABASE_URL, for example postgres://tradeflow:tradeflow@127.0.0.1:5432/tradeflow"
-                )
-            }
+                ),
+            },
         })
     }
 

@@ -1,8 +1,8 @@
 //! Opening a store: which backend, which URL, the pool, the pragmas and the migrations.
 
 use crate::{Store, StoreError};
-use sqlx::Executor;
 use sqlx::any::AnyPoolOptions;
+use sqlx::{Connection, Executor};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -142,20 +142,25 @@ impl Store {
                 "is the server running and the URL right? (`.ci/run` shows how to start one and create the role)"
             }
         };
-        let pool = options
-            .connect(&url)
+        let connect_error = |error| StoreError::Connect {
+            kind: config.kind,
+            url: url_redacted.clone(),
+            hint,
+            error,
+        };
+        // One direct attempt first: the pool would retry a refused connection until its
+        // timeout and then report only "timed out", hiding the cause.
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, sqlx::AnyConnection::connect(&url))
             .await
-            .map_err(|source| StoreError::Connect {
-                kind: config.kind,
-                url: url_redacted.clone(),
-                hint,
-                source,
-            })?;
+            .map_err(|_| connect_error(sqlx::Error::PoolTimedOut))?
+            .map_err(connect_error)?;
+        let _ = probe.close().await;
+        let pool = options.connect(&url).await.map_err(connect_error)?;
         let migrator = match config.kind {
             StoreKind::Sqlite => &SQLITE_MIGRATIONS,
             StoreKind::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&pool).await.map_err(|source| match source {
+        migrator.run(&pool).await.map_err(|error| match error {
             sqlx::migrate::MigrateError::VersionMissing(found) => StoreError::UnknownSchema {
                 kind: config.kind,
                 url: url_redacted.clone(),
@@ -166,10 +171,10 @@ impl Store {
                     .max()
                     .unwrap_or(0),
             },
-            source => StoreError::Migrate {
+            error => StoreError::Migrate {
                 kind: config.kind,
                 url: url_redacted.clone(),
-                source,
+                error,
             },
         })?;
         tracing::debug!(store = %config.kind, url = %url_redacted, "store open and migrated");

@@ -50,7 +50,7 @@ pub enum StoreError {
         reason: String,
     },
     /// The server or file cannot be reached.
-    #[error("cannot open {kind} database at {url}: {source}; {hint}")]
+    #[error("cannot open {kind} database at {url}: {error}; {hint}")]
     Connect {
         /// Which backend.
         kind: StoreKind,
@@ -59,8 +59,7 @@ pub enum StoreError {
         /// What to check.
         hint: &'static str,
         /// The driver's error.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     /// The database was migrated by a newer build.
     #[error(
@@ -78,29 +77,27 @@ pub enum StoreError {
     },
     /// Migrating failed for another reason (for example a table of the same name that is
     /// not tradeflow's).
-    #[error("migrating the {kind} database at {url}: {source}")]
+    #[error("migrating the {kind} database at {url}: {error}")]
     Migrate {
         /// Which backend.
         kind: StoreKind,
         /// The URL, password removed.
         url: String,
         /// The migrator's error.
-        #[source]
-        source: sqlx::migrate::MigrateError,
+        error: sqlx::migrate::MigrateError,
     },
     /// A statement failed.
-    #[error("{operation} on {kind}: {source}")]
+    #[error("{operation} on {kind}: {error}")]
     Query {
         /// Which backend.
         kind: StoreKind,
         /// What was being done.
         operation: &'static str,
         /// The driver's error.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     /// A transaction kept losing races.
-    #[error("{operation} on {kind} lost {attempts} races in a row; last: {source}")]
+    #[error("{operation} on {kind} lost {attempts} races in a row; last: {error}")]
     RetriesExhausted {
         /// Which backend.
         kind: StoreKind,
@@ -109,8 +106,7 @@ pub enum StoreError {
         /// Attempts made.
         attempts: u32,
         /// The last error.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     /// The caller asked for something out of bounds.
     #[error("{operation}: {reason}")]
@@ -169,10 +165,10 @@ impl Store {
     }
 
     fn query_error(&self, operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
-        move |source| StoreError::Query {
+        move |error| StoreError::Query {
             kind: self.kind,
             operation,
-            source,
+            error,
         }
     }
 
@@ -212,14 +208,14 @@ impl Store {
                         kind: self.kind,
                         operation,
                         attempts: attempt_number,
-                        source: error,
+                        error,
                     });
                 }
                 Err(error) => {
                     return Err(StoreError::Query {
                         kind: self.kind,
                         operation,
-                        source: error,
+                        error,
                     });
                 }
             }

@@ -1,0 +1,5 @@
+//! The integration tests, one binary: stores, the poller, and (later) the stream against
+//! real databases and brokers. Helpers are in `tests/lib.rs`.
+
+mod poller;
+mod store;

@@ -1,0 +1,283 @@
+//! Store tests on SQLite and on PostgreSQL: idempotent apply, atomic batches, refused rows,
+//! and the errors a person sees for a missing server or a schema from a newer build.
+
+use std::collections::BTreeMap;
+use tradeflow_domain::{AccountId, AccountState, Event, Oracle, Workload, WorkloadConfig};
+use tradeflow_store::{ApplyInput, SourceRow, Store, StoreConfig, StoreError, StoreKind};
+
+/// Runs a test body once on a SQLite file and once on a fresh PostgreSQL database.
+macro_rules! on_both_stores {
+    ($body:ident) => {
+        mod $body {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (store, _directory) = tradeflow_tests::sqlite_store().await;
+                super::$body(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some((store, _url)) =
+                    tradeflow_tests::postgres_database(module_path!()).await
+                {
+                    super::$body(store).await;
+                }
+            }
+        }
+    };
+}
+
+fn events(seed: u64, count: u64, accounts: u32) -> Vec<Event> {
+    let config = WorkloadConfig {
+        seed,
+        events: count,
+        accounts,
+        rate_per_s: 1_000.0,
+        profile: Default::default(),
+    };
+    Workload::generate(&config)
+        .expect("valid workload")
+        .plain_events()
+        .cloned()
+        .collect()
+}
+
+fn inputs(events: &[Event]) -> Vec<ApplyInput<'_>> {
+    events
+        .iter()
+        .map(|event| ApplyInput {
+            event,
+            intended_at_ns: 0,
+        })
+        .collect()
+}
+
+fn expected(events: &[Event]) -> BTreeMap<AccountId, AccountState> {
+    Oracle::from_events(events)
+        .ledger()
+        .accounts()
+        .map(|(id, state)| (id.clone(), state.clone()))
+        .collect()
+}
+
+fn same_state(
+    left: &BTreeMap<AccountId, AccountState>,
+    right: &BTreeMap<AccountId, AccountState>,
+) -> bool {
+    left.len() == right.len()
+        && left.iter().all(|(id, state)| {
+            right
+                .get(id)
+                .is_some_and(|other| state.same_holdings(other))
+        })
+}
+
+on_both_stores!(applying_twice_changes_nothing);
+async fn applying_twice_changes_nothing(store: Store) {
+    let events = events(3, 300, 10);
+    let first = store
+        .apply_batch(&inputs(&events[..200]), "test")
+        .await
+        .expect("first apply");
+    assert_eq!((first.applied, first.duplicates), (200, 0));
+    let after_first = store.balances().await.expect("balances");
+    assert!(same_state(&after_first, &expected(&events[..200])));
+
+    let again = store
+        .apply_batch(&inputs(&events[..200]), "test")
+        .await
+        .expect("second apply");
+    assert_eq!((again.applied, again.duplicates), (0, 200));
+    assert_eq!(store.balances().await.expect("balances"), after_first);
+    assert_eq!(store.apply_log().await.expect("apply log").len(), 200);
+
+    let overlapping = store
+        .apply_batch(&inputs(&events[100..]), "test")
+        .await
+        .expect("overlapping apply");
+    assert_eq!((overlapping.applied, overlapping.duplicates), (100, 100));
+    assert!(same_state(
+        &store.balances().await.expect("balances"),
+        &expected(&events)
+    ));
+    let log = store.apply_log().await.expect("apply log");
+    assert_eq!(log.len(), 300);
+    // Each account's apply indexes count 1, 2, 3, ... in account_seq order.
+    let mut per_account: BTreeMap<&str, Vec<(i64, i64)>> = BTreeMap::new();
+    for row in &log {
+        per_account
+            .entry(&row.account_id)
+            .or_default()
+            .push((row.account_apply_index, row.account_seq));
+    }
+    for (account, mut applies) in per_account {
+        applies.sort();
+        let indexes: Vec<i64> = applies.iter().map(|(index, _)| *index).collect();
+        let seqs: Vec<i64> = applies.iter().map(|(_, seq)| *seq).collect();
+        assert_eq!(
+            indexes,
+            (1..=indexes.len() as i64).collect::<Vec<_>>(),
+            "{account}"
+        );
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as i64).collect::<Vec<_>>(),
+            "{account}"
+        );
+    }
+}
+
+on_both_stores!(a_failure_in_the_middle_of_a_batch_leaves_nothing_applied);
+async fn a_failure_in_the_middle_of_a_batch_leaves_nothing_applied(store: Store) {
+    let events = events(5, 300, 6);
+    store
+        .apply_batch(&inputs(&events[..100]), "test")
+        .await
+        .expect("first batch");
+    let balances_before = store.balances().await.expect("balances");
+    let log_before = store.apply_log().await.expect("apply log");
+
+    // A real database failure, raised by the database itself while the batch's apply-log
+    // insert reaches the third account: balances and positions have been updated by then.
+    let install = match store.kind() {
+        StoreKind::Sqlite => {
+            "CREATE TRIGGER fail_mid_batch BEFORE INSERT ON apply_log WHEN NEW.account_id = 'acct-00003' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        }
+        StoreKind::Postgres => {
+            "CREATE FUNCTION fail_mid_batch() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.account_id = 'acct-00003' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER fail_mid_batch BEFORE INSERT ON apply_log FOR EACH ROW EXECUTE FUNCTION fail_mid_batch()"
+        }
+    };
+    sqlx::raw_sql(install)
+        .execute(store.pool())
+        .await
+        .expect("trigger installs");
+    assert!(
+        events[100..]
+            .iter()
+            .any(|event| event.account_id.as_str() == "acct-00003")
+    );
+    assert!(
+        events[100..]
+            .iter()
+            .any(|event| event.account_id.as_str() < "acct-00003")
+    );
+
+    let error = store
+        .apply_batch(&inputs(&events[100..]), "test")
+        .await
+        .expect_err("the trigger fails the batch");
+    assert!(error.to_string().contains("injected failure"), "{error}");
+    assert_eq!(store.balances().await.expect("balances"), balances_before);
+    assert_eq!(store.apply_log().await.expect("apply log"), log_before);
+
+    sqlx::raw_sql("DROP TRIGGER fail_mid_batch ON apply_log")
+        .execute(store.pool())
+        .await
+        .or(sqlx::raw_sql("DROP TRIGGER fail_mid_batch")
+            .execute(store.pool())
+            .await)
+        .expect("trigger drops");
+    store
+        .apply_batch(&inputs(&events[100..]), "test")
+        .await
+        .expect("the batch applies once the failure is gone");
+    assert!(same_state(
+        &store.balances().await.expect("balances"),
+        &expected(&events)
+    ));
+}
+
+on_both_stores!(an_undecodable_row_is_refused_with_its_reason_and_the_rest_applied);
+async fn an_undecodable_row_is_refused_with_its_reason_and_the_rest_applied(store: Store) {
+    let events = events(9, 10, 3);
+    let rows: Vec<SourceRow<'_>> = events
+        .iter()
+        .map(|event| SourceRow {
+            event,
+            intended_at_ns: 0,
+        })
+        .collect();
+    store
+        .insert_source_events(&rows[..5])
+        .await
+        .expect("insert");
+    store
+        .insert_raw_source_row(
+            "poison-1",
+            "acct-00001",
+            "{\"schema_version\": 1, \"type\": \"deposit\"",
+            0,
+        )
+        .await
+        .expect("insert poison");
+    store
+        .insert_source_events(&rows[5..])
+        .await
+        .expect("insert");
+
+    let outcome = store.poll_once(100, None, "test").await.expect("poll");
+    assert_eq!((outcome.claimed, outcome.applied), (11, 10));
+    assert_eq!(outcome.failed.len(), 1);
+    assert_eq!(outcome.failed[0].event_id, "poison-1");
+    assert!(
+        outcome.failed[0].reason.starts_with("not JSON"),
+        "{}",
+        outcome.failed[0].reason
+    );
+    let refused = store.failed_source_rows().await.expect("refused rows");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(store.backlog().await.expect("backlog").rows, 0);
+    assert!(same_state(
+        &store.balances().await.expect("balances"),
+        &expected(&events)
+    ));
+}
+
+#[tokio::test]
+async fn a_missing_server_is_a_one_line_error_that_hides_the_password() {
+    let config = StoreConfig {
+        kind: StoreKind::Postgres,
+        url: "postgres://tradeflow:secret@127.0.0.1:1/tradeflow".into(),
+    };
+    let error = Store::connect(&config)
+        .await
+        .expect_err("nothing listens on port 1");
+    let message = error.to_string();
+    assert!(matches!(error, StoreError::Connect { .. }), "{message}");
+    assert!(
+        message.contains("127.0.0.1:1") && message.contains("is the server running"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("secret") && !message.contains('\n'),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_schema_from_a_newer_build_is_refused() {
+    let (store, directory) = tradeflow_tests::sqlite_store().await;
+    sqlx::raw_sql("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99, 'from a newer build', TRUE, X'00', 0)")
+        .execute(store.pool())
+        .await
+        .expect("marker inserted");
+    store.close().await;
+    let error = Store::connect(&StoreConfig::sqlite_file(&directory.path().join("test.db")))
+        .await
+        .expect_err("unknown migration");
+    assert!(
+        matches!(
+            error,
+            StoreError::UnknownSchema {
+                found: 99,
+                known: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("schema migration 99"), "{error}");
+}

@@ -43,6 +43,49 @@ pub struct RunRecord {
     pub process: ProcessStats,
     /// The checker's verdicts.
     pub check: CheckReport,
+    /// Stream runs: offset lag and time lag over time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lag: Vec<LagSample>,
+    /// Poller runs: unprocessed rows and the age of the oldest over time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backlog: Vec<BacklogSample>,
+}
+
+/// Lag of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionLag {
+    /// Partition.
+    pub partition: i32,
+    /// Log end offset (high watermark).
+    pub log_end: i64,
+    /// The group's committed offset (0 when none).
+    pub committed: i64,
+    /// `log_end - committed`.
+    pub offset_lag: i64,
+}
+
+/// A stream's lag at one moment of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LagSample {
+    /// Seconds since the start of the run.
+    pub t_s: f64,
+    /// Sum of the partitions' offset lag.
+    pub offset_lag_total: i64,
+    /// Age of the oldest event not yet applied, in ms (0 when none waits).
+    pub time_lag_ms: f64,
+    /// Per partition.
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// The poller's backlog at one moment of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BacklogSample {
+    /// Seconds since the start of the run.
+    pub t_s: f64,
+    /// Rows inserted and not yet processed.
+    pub rows: i64,
+    /// Age of the oldest unprocessed row, in ms (0 when none waits).
+    pub oldest_age_ms: f64,
 }
 
 /// Latency percentiles in milliseconds.
@@ -168,6 +211,27 @@ impl ProcessStats {
 }
 
 impl RunRecord {
+    /// The largest offset lag (stream) or backlog (poller) seen, with its time lag.
+    pub fn worst_lag(&self) -> String {
+        if let Some(worst) = self.lag.iter().max_by_key(|sample| sample.offset_lag_total) {
+            let time_lag_ms = self
+                .lag
+                .iter()
+                .map(|sample| sample.time_lag_ms)
+                .fold(0.0, f64::max);
+            format!("{} messages, {time_lag_ms:.0} ms", worst.offset_lag_total)
+        } else if let Some(worst) = self.backlog.iter().max_by_key(|sample| sample.rows) {
+            let age_ms = self
+                .backlog
+                .iter()
+                .map(|sample| sample.oldest_age_ms)
+                .fold(0.0, f64::max);
+            format!("{} rows, {age_ms:.0} ms", worst.rows)
+        } else {
+            "-".into()
+        }
+    }
+
     /// The human table printed at the end of a run.
     pub fn table(&self) -> String {
         let check = &self.check;

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tradeflow_check::{LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store};
+use tradeflow_check::{
+    BacklogSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store,
+};
 use tradeflow_domain::{EventId, Oracle, Workload, WorkloadConfig};
 use tradeflow_store::{SourceRow, Store, now_ns};
 
@@ -73,10 +75,18 @@ pub async fn run(
     let mut source = Some(source);
     let mut last_processed = 0;
     let mut last_change = Instant::now();
+    let mut backlog = Vec::new();
     loop {
         tokio::time::sleep(PROGRESS_INTERVAL).await;
         let emitted_now = emitted.load(Ordering::Relaxed);
         let processed = counters.processed.load(Ordering::Relaxed);
+        backlog.push(backlog_sample(
+            &workload,
+            start,
+            start_ns,
+            emitted_now,
+            processed,
+        ));
         progress.send_replace(RunProgress {
             total,
             emitted: emitted_now,
@@ -157,6 +167,8 @@ pub async fn run(
         db_statements,
         process,
         check,
+        lag: Vec::new(),
+        backlog,
     })
 }
 
@@ -195,6 +207,34 @@ async fn source(
         next = end;
     }
     Ok(())
+}
+
+/// The backlog now. Rows are claimed in insertion order, so the oldest unprocessed row is
+/// the first event not yet processed (exactly with one poller, nearly with several).
+fn backlog_sample(
+    workload: &Workload,
+    start: Instant,
+    start_ns: i64,
+    emitted: u64,
+    processed: u64,
+) -> BacklogSample {
+    let rows = emitted.saturating_sub(processed);
+    let oldest_age_ms = match workload
+        .events
+        .get(usize::try_from(processed).unwrap_or(usize::MAX))
+    {
+        Some(oldest) if rows > 0 => {
+            let intended_at_ns = start_ns
+                .saturating_add(i64::try_from(oldest.intended_offset_ns).unwrap_or(i64::MAX));
+            (now_ns() - intended_at_ns).max(0) as f64 / 1e6
+        }
+        _ => 0.0,
+    };
+    BacklogSample {
+        t_s: start.elapsed().as_secs_f64(),
+        rows: i64::try_from(rows).unwrap_or(i64::MAX),
+        oldest_age_ms,
+    }
 }
 
 async fn join<T>(task: &str, handle: JoinHandle<T>) -> Result<T, PollerError> {

@@ -1,0 +1,161 @@
+//! The brokers a run can use, behind one interface.
+//!
+//! - `mock` (the embedded default): librdkafka's mock cluster, in this process, N brokers
+//!   on loopback, speaking the real Kafka protocol. It has no replication (acks are
+//!   ignored), no CreateTopics (topics are created through the mock API) and keeps about
+//!   5 MiB or 100,000 batches per partition.
+//! - `external`: any Kafka by its bootstrap servers; topics are created with the admin API.
+//!
+//! `MockCluster` is neither `Send` nor `Sync`, so [`Cluster`] owns it on a thread of its
+//! own and sends it work over a channel.
+
+mod mock;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+/// How long admin requests may take.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most brokers a mock cluster may have.
+pub const MOCK_BROKERS_MAX: i32 = 16;
+
+/// A broker error, naming the backend and what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The mock cluster could not be created or driven.
+    #[error("mock cluster: {operation}: {reason}")]
+    Mock {
+        /// What was being done.
+        operation: String,
+        /// What librdkafka said.
+        reason: String,
+    },
+    /// An admin request failed.
+    #[error("{backend} cluster at {bootstrap}: {operation}: {reason}")]
+    Admin {
+        /// Which backend.
+        backend: &'static str,
+        /// The bootstrap servers.
+        bootstrap: String,
+        /// What was being done.
+        operation: String,
+        /// What the broker or the client said.
+        reason: String,
+    },
+    /// A request that does not fit the backend.
+    #[error("{backend} cluster: {reason}")]
+    Unsupported {
+        /// Which backend.
+        backend: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A running or reachable Kafka cluster.
+pub struct Cluster {
+    backend: &'static str,
+    bootstrap: String,
+    mock: Option<mock::MockHandle>,
+}
+
+impl Cluster {
+    /// Starts librdkafka's mock cluster with `brokers` brokers in this process.
+    pub fn mock(brokers: i32) -> Result<Cluster, ClusterError> {
+        if !(1..=MOCK_BROKERS_MAX).contains(&brokers) {
+            return Err(ClusterError::Unsupported {
+                backend: "mock",
+                reason: format!("brokers must be 1..={MOCK_BROKERS_MAX}, got {brokers}"),
+            });
+        }
+        let handle = mock::MockHandle::start(brokers)?;
+        Ok(Cluster {
+            backend: "mock",
+            bootstrap: handle.bootstrap().to_owned(),
+            mock: Some(handle),
+        })
+    }
+
+    /// A cluster reached by its bootstrap servers (`HOST:PORT[,HOST:PORT...]`).
+    pub fn external(bootstrap: &str) -> Result<Cluster, ClusterError> {
+        let valid = !bootstrap.is_empty()
+            && bootstrap.split(',').all(|server| {
+                server
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            });
+        if !valid {
+            return Err(ClusterError::Unsupported {
+                backend: "external",
+                reason: format!(
+                    "bootstrap servers must be HOST:PORT[,HOST:PORT...], got {bootstrap:?}"
+                ),
+            });
+        }
+        Ok(Cluster {
+            backend: "external",
+            bootstrap: bootstrap.to_owned(),
+            mock: None,
+        })
+    }
+
+    /// The backend's name, as records and reports show it.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The bootstrap servers clients connect to.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Creates a topic, or does nothing if it exists. On the mock cluster this goes through
+    /// the mock API (it has no CreateTopics); elsewhere through the admin API.
+    pub async fn ensure_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication: i32,
+    ) -> Result<(), ClusterError> {
+        if let Some(mock) = &self.mock {
+            return mock.create_topic(name, partitions, replication).await;
+        }
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .map_err(|error| self.admin_error("creating an admin client", error.to_string()))?;
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+        let results = admin
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)),
+            )
+            .await
+            .map_err(|error| {
+                self.admin_error(&format!("creating topic {name}"), error.to_string())
+            })?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(
+                        self.admin_error(&format!("creating topic {topic}"), code.to_string())
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn admin_error(&self, operation: &str, reason: String) -> ClusterError {
+        ClusterError::Admin {
+            backend: self.backend,
+            bootstrap: self.bootstrap.clone(),
+            operation: operation.to_owned(),
+            reason,
+        }
+    }
+}

@@ -264,6 +264,7 @@ impl RunRecord {
                     self.db_statements as f64 / self.events.max(1) as f64
                 ),
             ),
+            ("worst lag / backlog", self.worst_lag()),
             (
                 "cpu / peak rss",
                 format!(

@@ -7,6 +7,7 @@
 mod args;
 mod progress;
 mod run_poller;
+mod run_stream;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum RunCommand {
     /// The poller baseline: the system of record inserts events into a table and pollers
     /// apply them to balances.
     Poller(run_poller::PollerArgs),
+    /// The event-driven rewrite: the system of record publishes events to Kafka, keyed by
+    /// account, and a balance service in a consumer group applies them.
+    Stream(run_stream::StreamArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Run(RunCommand::Poller(arguments)) => run_poller::run(arguments).await,
+            Command::Run(RunCommand::Stream(arguments)) => run_stream::run(arguments).await,
         }
     });
     match outcome {

@@ -1,0 +1,138 @@
+//! `tradeflow run stream`.
+
+use crate::args::{StoreArgs, WorkloadArgs, write_json};
+use crate::progress;
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+use tradeflow_check::{RunProgress, RunRecord, history::Verdict};
+use tradeflow_cluster::Cluster;
+use tradeflow_store::Store;
+use tradeflow_stream::StreamOptions;
+use tradeflow_stream::publisher::PublisherConfig;
+
+/// Brokers of the embedded mock cluster.
+pub const MOCK_BROKERS: i32 = 3;
+
+/// The stream's own knobs (shared by `run stream` and `compare`).
+#[derive(Args, Clone)]
+pub struct StreamKnobs {
+    /// Partitions of the trades topic (created if missing).
+    #[arg(long, default_value_t = 12)]
+    pub partitions: i32,
+    /// Consumers of the balance service in this process (one consumer group).
+    #[arg(long, default_value_t = 3)]
+    pub consumers: u32,
+    /// Producer linger: how long to wait to fill a batch before sending it.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u32,
+    /// Producer batch: most messages in one produce batch.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_max: u32,
+    /// Balance service batch: most messages applied in one database transaction.
+    #[arg(long = "stream-batch-size", default_value_t = 500)]
+    pub stream_batch_size: usize,
+    /// Kafka bootstrap servers (HOST:PORT,...). Default: an embedded librdkafka mock
+    /// cluster with three brokers, in this process.
+    #[arg(long)]
+    pub bootstrap: Option<String>,
+    /// The topic of trade events.
+    #[arg(long, default_value = "trades")]
+    pub topic: String,
+}
+
+impl StreamKnobs {
+    /// Starts the mock cluster or names the external one.
+    pub fn cluster(&self) -> anyhow::Result<Cluster> {
+        match &self.bootstrap {
+            Some(bootstrap) => Cluster::external(bootstrap).context("checking --bootstrap"),
+            None => Cluster::mock(MOCK_BROKERS).context("starting the embedded mock cluster"),
+        }
+    }
+
+    /// The run options for a workload.
+    pub fn options(
+        &self,
+        workload: tradeflow_domain::WorkloadConfig,
+        stall_timeout: Duration,
+    ) -> StreamOptions {
+        StreamOptions {
+            workload,
+            topic: self.topic.clone(),
+            partitions: self.partitions,
+            consumers: self.consumers,
+            publisher: PublisherConfig {
+                linger_ms: self.linger_ms,
+                batch_max: self.batch_max,
+            },
+            batch_size: self.stream_batch_size,
+            fill_wait: Duration::from_millis(5),
+            stall_timeout,
+        }
+    }
+}
+
+/// Arguments of `tradeflow run stream`.
+#[derive(Args)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    #[command(flatten)]
+    knobs: StreamKnobs,
+    /// Give up when lag has not shrunk for this many seconds after the last event was
+    /// published; what is unapplied then counts as lost.
+    #[arg(long, default_value_t = 30)]
+    stall_timeout_s: u64,
+    /// Write the run record (JSON) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Runs the stream; returns whether the checker passed.
+pub async fn run(arguments: StreamArgs) -> anyhow::Result<bool> {
+    let workload = arguments.workload.config()?;
+    println!("seed: {}", workload.seed);
+    let store = arguments.store.open().await?;
+    let cluster = arguments.knobs.cluster()?;
+    let options = arguments
+        .knobs
+        .options(workload, Duration::from_secs(arguments.stall_timeout_s));
+    options.validate().context("checking the stream options")?;
+    let record = run_once(&store, &cluster, &options).await?;
+    print!("{}", record.table());
+    if let Some(path) = &arguments.json {
+        write_json(path, &record)?;
+        println!("record written to {}", path.display());
+    }
+    store.close().await;
+    Ok(record.check.verdict == Verdict::Pass)
+}
+
+/// One stream run with progress on standard error.
+pub async fn run_once(
+    store: &Store,
+    cluster: &Cluster,
+    options: &StreamOptions,
+) -> anyhow::Result<RunRecord> {
+    println!(
+        "{} on {} ({}) via {} ({}), {} events at {}/s ({})",
+        options.label(),
+        store.kind(),
+        store.url_redacted(),
+        cluster.backend(),
+        cluster.bootstrap_servers(),
+        options.workload.events,
+        options.workload.rate_per_s,
+        options.workload.profile.as_str()
+    );
+    let (sender, receiver) = watch::channel(RunProgress::default());
+    let drawing = progress::spawn("stream".into(), receiver);
+    let outcome = tradeflow_stream::run(store, cluster, options, &sender).await;
+    drop(sender);
+    let _ = drawing.await;
+    outcome.context("running the stream")
+}

@@ -1,0 +1,226 @@
+//! Dead letters: a message the balance service cannot process goes to `<topic>.dlq`, as it
+//! was (key and payload untouched), with headers saying why, where it came from and when.
+//! The source partition keeps flowing. `replay` sends dead letters back to their source
+//! topic after a fix.
+//!
+//! Delivery guarantee: a dead letter is acknowledged (`acks=all`) before the source offset
+//! is committed, and a replayed letter is acknowledged before the dead-letter offset is
+//! committed: at least once, never lost.
+
+use crate::{StreamError, base_config};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::time::Duration;
+
+/// Header: a short, stable name of the error (`not_json`, `missing_field`, `key_mismatch`...).
+pub const HEADER_ERROR_KIND: &str = "dlq.error.kind";
+/// Header: the full reason, in words.
+pub const HEADER_ERROR_REASON: &str = "dlq.error.reason";
+/// Header: the topic the message came from.
+pub const HEADER_SOURCE_TOPIC: &str = "dlq.source.topic";
+/// Header: its partition.
+pub const HEADER_SOURCE_PARTITION: &str = "dlq.source.partition";
+/// Header: its offset.
+pub const HEADER_SOURCE_OFFSET: &str = "dlq.source.offset";
+/// Header: when it was dead-lettered, ns since the epoch.
+pub const HEADER_FAILED_AT_NS: &str = "dlq.failed_at_ns";
+/// How long one dead letter or replayed message may take to be acknowledged.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long replay waits for a further dead letter before it decides it has them all.
+pub const REPLAY_IDLE: Duration = Duration::from_secs(3);
+
+/// The dead-letter topic of a topic.
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// A producer for dead letters and replays.
+pub fn producer(bootstrap: &str) -> Result<FutureProducer, StreamError> {
+    base_config(bootstrap)
+        // A dead letter must survive the loss of a broker before its source is committed.
+        .set("acks", "all")
+        // Retries must not duplicate a dead letter.
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(|error| StreamError::kafka("creating the dead-letter producer", error))
+}
+
+/// Why a message was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Short stable name.
+    pub kind: String,
+    /// The reason in words.
+    pub reason: String,
+}
+
+/// Sends `message` to the dead-letter topic of its topic and waits for the acknowledgement.
+pub async fn send(
+    producer: &FutureProducer,
+    message: &OwnedMessage,
+    rejection: &Rejection,
+    failed_at_ns: i64,
+) -> Result<(), StreamError> {
+    let dlq = dlq_topic(message.topic());
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    let failed_at = failed_at_ns.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: HEADER_ERROR_KIND,
+            value: Some(rejection.kind.as_bytes()),
+        })
+        .insert(Header {
+            key: HEADER_ERROR_REASON,
+            value: Some(rejection.reason.as_bytes()),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_TOPIC,
+            value: Some(message.topic().as_bytes()),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_PARTITION,
+            value: Some(partition.as_bytes()),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_OFFSET,
+            value: Some(offset.as_bytes()),
+        })
+        .insert(Header {
+            key: HEADER_FAILED_AT_NS,
+            value: Some(failed_at.as_bytes()),
+        });
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlq).headers(headers);
+    if let Some(key) = message.key() {
+        record = record.key(key);
+    }
+    if let Some(payload) = message.payload() {
+        record = record.payload(payload);
+    }
+    producer
+        .send(record, SEND_TIMEOUT)
+        .await
+        .map(|_| ())
+        .map_err(|(error, _)| StreamError::DeadLetter {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            dlq_topic: dlq.clone(),
+            reason: error.to_string(),
+        })
+}
+
+/// The value of a header, as text.
+pub fn header(message: &impl Message, name: &str) -> Option<String> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|header| header.key == name)
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Dead letters sent back to their source topic.
+    pub moved: u64,
+    /// Per reason kind, how many were moved.
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+}
+
+/// Sends every dead letter of `dlq_topic` not yet replayed by `group` back to the topic
+/// named in its `dlq.source.topic` header (key and payload as they were), then commits.
+/// Stops when no further letter arrives for [`REPLAY_IDLE`].
+pub async fn replay(
+    bootstrap: &str,
+    dlq_topic: &str,
+    group: &str,
+) -> Result<ReplayReport, StreamError> {
+    let consumer: StreamConsumer = base_config(bootstrap)
+        .set("group.id", group)
+        // Offsets are committed only after the replayed message is acknowledged.
+        .set("enable.auto.commit", "false")
+        // A replay group that never ran starts from the first dead letter.
+        .set("auto.offset.reset", "earliest")
+        // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .map_err(|error| StreamError::kafka("creating the replay consumer", error))?;
+    consumer
+        .subscribe(&[dlq_topic])
+        .map_err(|error| StreamError::kafka(format!("subscribing to {dlq_topic}"), error))?;
+    let producer = producer(bootstrap)?;
+    let mut report = ReplayReport::default();
+    let mut first_wait = true;
+    loop {
+        // The first message may take a group join (seconds on some brokers).
+        let idle = if first_wait {
+            REPLAY_IDLE * 5
+        } else {
+            REPLAY_IDLE
+        };
+        let message = match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(error)) => {
+                return Err(StreamError::kafka(format!("reading {dlq_topic}"), error));
+            }
+            Ok(Ok(message)) => message.detach(),
+        };
+        first_wait = false;
+        let Some(source) = header(&message, HEADER_SOURCE_TOPIC) else {
+            tracing::warn!(
+                messaging.destination.name = dlq_topic,
+                messaging.destination.partition.id = message.partition(),
+                messaging.kafka.offset = message.offset(),
+                "dead letter without a source topic header; left in place"
+            );
+            continue;
+        };
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&source);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        producer
+            .send(record, SEND_TIMEOUT)
+            .await
+            .map_err(|(error, _)| {
+                StreamError::kafka(
+                    format!(
+                        "replaying {dlq_topic}[{}]@{} to {source}",
+                        message.partition(),
+                        message.offset()
+                    ),
+                    error,
+                )
+            })?;
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(
+                dlq_topic,
+                message.partition(),
+                Offset::Offset(message.offset() + 1),
+            )
+            .map_err(|error| StreamError::kafka("building the offset list", error))?;
+        consumer
+            .commit(&offsets, CommitMode::Sync)
+            .map_err(|error| {
+                StreamError::kafka(
+                    format!("committing {dlq_topic}[{}]", message.partition()),
+                    error,
+                )
+            })?;
+        report.moved += 1;
+        *report
+            .by_kind
+            .entry(header(&message, HEADER_ERROR_KIND).unwrap_or_else(|| "unknown".into()))
+            .or_insert(0) += 1;
+        tracing::info!(messaging.destination.name = dlq_topic, messaging.destination.partition.id = message.partition(), messaging.kafka.offset = message.offset(), to = %source, "replayed a dead letter");
+    }
+    Ok(report)
+}

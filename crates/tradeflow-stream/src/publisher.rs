@@ -1,0 +1,232 @@
+//! The trade publisher: the system of record's side of the stream.
+//!
+//! Delivery guarantee: `acks=all` and idempotence on, so an acknowledged event is on every
+//! in-sync replica and retries neither duplicate nor reorder it within its partition.
+//! Every delivery report is recorded, so the checker can tell "acknowledged and lost"
+//! from "never acknowledged".
+
+use crate::{HEADER_INTENDED_AT_NS, StreamError, base_config};
+use rdkafka::ClientContext;
+use rdkafka::Message;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tradeflow_domain::{Event, encode};
+
+/// How long the publisher waits for outstanding deliveries at the end.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a message may wait for delivery (retries included) before it is reported
+/// failed.
+pub const MESSAGE_TIMEOUT_MS: u32 = 30_000;
+/// Pause when the producer's local queue is full (backpressure).
+pub const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
+
+/// The producer's knobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherConfig {
+    /// How long to wait to fill a batch before sending it.
+    pub linger_ms: u32,
+    /// Most messages in one batch.
+    pub batch_max: u32,
+}
+
+impl Default for PublisherConfig {
+    /// librdkafka's own defaults: 5 ms linger, 10,000 messages a batch.
+    fn default() -> Self {
+        PublisherConfig {
+            linger_ms: 5,
+            batch_max: 10_000,
+        }
+    }
+}
+
+/// Where one published event ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Acknowledged at this partition and offset.
+    Acked {
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+    },
+    /// Not acknowledged, with the reason.
+    Failed {
+        /// What the producer said.
+        reason: String,
+    },
+}
+
+/// The delivery reports of a run, indexed like the events.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    reports: Mutex<Vec<Option<Delivery>>>,
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Deliveries {
+    /// Room for `events` reports.
+    pub fn new(events: usize) -> Deliveries {
+        Deliveries {
+            reports: Mutex::new(vec![None; events]),
+            ..Deliveries::default()
+        }
+    }
+
+    /// Events acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Events whose delivery failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the reports.
+    pub fn reports(&self) -> Vec<Option<Delivery>> {
+        self.reports
+            .lock()
+            .map(|reports| reports.clone())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, index: usize, delivery: Delivery) {
+        match delivery {
+            Delivery::Acked { .. } => self.acked.fetch_add(1, Ordering::Relaxed),
+            Delivery::Failed { .. } => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        if let Ok(mut reports) = self.reports.lock()
+            && let Some(slot) = reports.get_mut(index)
+        {
+            *slot = Some(delivery);
+        }
+    }
+}
+
+/// Receives delivery reports on the producer's thread.
+pub struct PublishContext {
+    deliveries: Arc<Deliveries>,
+}
+
+impl ClientContext for PublishContext {}
+
+impl ProducerContext for PublishContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        match result {
+            Ok(message) => self.deliveries.record(
+                index,
+                Delivery::Acked {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                },
+            ),
+            Err((error, message)) => {
+                tracing::warn!(messaging.destination.name = message.topic(), messaging.destination.partition.id = message.partition(), %error, "delivery failed");
+                self.deliveries.record(
+                    index,
+                    Delivery::Failed {
+                        reason: error.to_string(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// The publisher.
+pub struct Publisher {
+    producer: ThreadedProducer<PublishContext>,
+    topic: String,
+    deliveries: Arc<Deliveries>,
+}
+
+impl Publisher {
+    /// A publisher to `topic` whose delivery reports go to `deliveries`.
+    pub fn new(
+        bootstrap: &str,
+        topic: &str,
+        config: &PublisherConfig,
+        deliveries: Arc<Deliveries>,
+    ) -> Result<Publisher, StreamError> {
+        let producer = base_config(bootstrap)
+            // Acknowledged only once every in-sync replica has the write.
+            .set("acks", "all")
+            // Retries cannot duplicate or reorder messages within a partition.
+            .set("enable.idempotence", "true")
+            // The knobs: how long to wait to fill a batch, and how large a batch may be.
+            .set("linger.ms", config.linger_ms.to_string())
+            .set("batch.num.messages", config.batch_max.to_string())
+            // A bounded time to deliver, so a dead broker shows up as failed reports.
+            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS.to_string())
+            // The default partitioner (murmur2 of the key, as the Java client): an
+            // account's events land on one partition.
+            .set("partitioner", "murmur2_random")
+            .create_with_context(PublishContext {
+                deliveries: deliveries.clone(),
+            })
+            .map_err(|error| StreamError::kafka("creating the producer", error))?;
+        Ok(Publisher {
+            producer,
+            topic: topic.to_owned(),
+            deliveries,
+        })
+    }
+
+    /// The delivery reports.
+    pub fn deliveries(&self) -> &Arc<Deliveries> {
+        &self.deliveries
+    }
+
+    /// Enqueues one event (the report arrives later); waits while the local queue is full.
+    pub async fn publish(
+        &self,
+        index: usize,
+        event: &Event,
+        intended_at_ns: i64,
+    ) -> Result<(), StreamError> {
+        let payload = encode(event);
+        let intended = intended_at_ns.to_string();
+        let mut record = BaseRecord::with_opaque_to(&self.topic, index)
+            .key(event.account_id.as_str())
+            .payload(&payload)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: HEADER_INTENDED_AT_NS,
+                value: Some(intended.as_bytes()),
+            }));
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((error, _)) => {
+                    return Err(StreamError::kafka(
+                        format!("publishing event {} to {}", event.event_id, self.topic),
+                        error,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits for every outstanding delivery report.
+    pub async fn flush(self) -> Result<Arc<Deliveries>, StreamError> {
+        let deliveries = self.deliveries.clone();
+        tokio::task::spawn_blocking(move || self.producer.flush(FLUSH_TIMEOUT))
+            .await
+            .map_err(|error| StreamError::Task {
+                task: "publisher flush".into(),
+                reason: error.to_string(),
+            })?
+            .map_err(|error| StreamError::kafka("flushing the producer", error))?;
+        Ok(deliveries)
+    }
+}

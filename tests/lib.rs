@@ -15,12 +15,9 @@ pub fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_test_writer()
-                .init();
+            let filter =
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+            tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().init();
         }
     });
 }
@@ -36,9 +33,7 @@ pub fn server_missing(test: &str, what: &str, detail: &str) {
     if in_ci() {
         panic!("{test}: {what} is required in CI but unavailable: {detail}");
     }
-    eprintln!(
-        "\n*** SKIPPED {test}: {what} unavailable ({detail}). Run `bash .ci/run` or set it up as it does. ***\n"
-    );
+    eprintln!("\n*** SKIPPED {test}: {what} unavailable ({detail}). Run `bash .ci/run` or set it up as it does. ***\n");
 }
 
 /// A fresh SQLite store in a temporary directory (kept alive by the returned guard).
@@ -65,11 +60,7 @@ pub async fn postgres_database(test: &str) -> Option<(Store, String)> {
     let mut admin = match sqlx::PgConnection::connect(&base).await {
         Ok(connection) => connection,
         Err(error) => {
-            server_missing(
-                test,
-                "PostgreSQL",
-                &format!("{}: {error}", tradeflow_store::connect::redact(&base)),
-            );
+            server_missing(test, "PostgreSQL", &format!("{}: {error}", tradeflow_store::connect::redact(&base)));
             return None;
         }
     };

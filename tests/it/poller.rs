@@ -10,13 +10,7 @@ use tradeflow_domain::{RateProfile, WorkloadConfig};
 use tradeflow_poller::{PollerConfig, RunOptions};
 use tradeflow_store::Store;
 
-async fn run(
-    store: &Store,
-    seed: u64,
-    events: u64,
-    rate_per_s: f64,
-    poller: PollerConfig,
-) -> RunRecord {
+async fn run(store: &Store, seed: u64, events: u64, rate_per_s: f64, poller: PollerConfig) -> RunRecord {
     let options = RunOptions {
         workload: WorkloadConfig {
             seed,
@@ -30,18 +24,13 @@ async fn run(
     };
     let (progress, _receiver) = watch::channel(RunProgress::default());
     eprintln!("seed: {seed}");
-    tradeflow_poller::run(store, &options, &progress)
-        .await
-        .expect("the run completes")
+    tradeflow_poller::run(store, &options, &progress).await.expect("the run completes")
 }
 
 fn assert_correct(record: &RunRecord) {
     assert_eq!(record.applied, record.events, "{record:?}");
     assert_eq!(record.check.verdict, Verdict::Pass, "{}", record.table());
-    assert!(
-        record.latency_ms.max > 0.0 && record.db_statements > 0,
-        "{record:?}"
-    );
+    assert!(record.latency_ms.max > 0.0 && record.db_statements > 0, "{record:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,9 +52,7 @@ async fn two_pollers_on_sqlite_are_serialized_by_the_single_writer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_poller_on_postgres_matches_the_oracle() {
-    let Some((store, _url)) =
-        tradeflow_tests::postgres_database("one_poller_on_postgres_matches_the_oracle").await
-    else {
+    let Some((store, _url)) = tradeflow_tests::postgres_database("one_poller_on_postgres_matches_the_oracle").await else {
         return;
     };
     assert_correct(&run(&store, 1, 3_000, 20_000.0, PollerConfig::default()).await);
@@ -73,9 +60,7 @@ async fn one_poller_on_postgres_matches_the_oracle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_unsharded_pollers_on_postgres_reorder_and_the_checker_reports_it() {
-    let Some((store, _url)) =
-        tradeflow_tests::postgres_database("two_unsharded_pollers_on_postgres_reorder").await
-    else {
+    let Some((store, _url)) = tradeflow_tests::postgres_database("two_unsharded_pollers_on_postgres_reorder").await else {
         return;
     };
     let poller = PollerConfig {
@@ -109,10 +94,7 @@ async fn two_unsharded_pollers_on_postgres_reorder_and_the_checker_reports_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_pollers_on_postgres_keep_per_account_order() {
-    let Some((store, _url)) =
-        tradeflow_tests::postgres_database("sharded_pollers_on_postgres_keep_per_account_order")
-            .await
-    else {
+    let Some((store, _url)) = tradeflow_tests::postgres_database("sharded_pollers_on_postgres_keep_per_account_order").await else {
         return;
     };
     let poller = PollerConfig {

@@ -17,9 +17,7 @@ macro_rules! on_both_stores {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some((store, _url)) =
-                    tradeflow_tests::postgres_database(module_path!()).await
-                {
+                if let Some((store, _url)) = tradeflow_tests::postgres_database(module_path!()).await {
                     super::$body(store).await;
                 }
             }
@@ -43,13 +41,7 @@ fn events(seed: u64, count: u64, accounts: u32) -> Vec<Event> {
 }
 
 fn inputs(events: &[Event]) -> Vec<ApplyInput<'_>> {
-    events
-        .iter()
-        .map(|event| ApplyInput {
-            event,
-            intended_at_ns: 0,
-        })
-        .collect()
+    events.iter().map(|event| ApplyInput { event, intended_at_ns: 0 }).collect()
 }
 
 fn expected(events: &[Event]) -> BTreeMap<AccountId, AccountState> {
@@ -60,46 +52,29 @@ fn expected(events: &[Event]) -> BTreeMap<AccountId, AccountState> {
         .collect()
 }
 
-fn same_state(
-    left: &BTreeMap<AccountId, AccountState>,
-    right: &BTreeMap<AccountId, AccountState>,
-) -> bool {
+fn same_state(left: &BTreeMap<AccountId, AccountState>, right: &BTreeMap<AccountId, AccountState>) -> bool {
     left.len() == right.len()
-        && left.iter().all(|(id, state)| {
-            right
-                .get(id)
-                .is_some_and(|other| state.same_holdings(other))
-        })
+        && left
+            .iter()
+            .all(|(id, state)| right.get(id).is_some_and(|other| state.same_holdings(other)))
 }
 
 on_both_stores!(applying_twice_changes_nothing);
 async fn applying_twice_changes_nothing(store: Store) {
     let events = events(3, 300, 10);
-    let first = store
-        .apply_batch(&inputs(&events[..200]), "test")
-        .await
-        .expect("first apply");
+    let first = store.apply_batch(&inputs(&events[..200]), "test").await.expect("first apply");
     assert_eq!((first.applied, first.duplicates), (200, 0));
     let after_first = store.balances().await.expect("balances");
     assert!(same_state(&after_first, &expected(&events[..200])));
 
-    let again = store
-        .apply_batch(&inputs(&events[..200]), "test")
-        .await
-        .expect("second apply");
+    let again = store.apply_batch(&inputs(&events[..200]), "test").await.expect("second apply");
     assert_eq!((again.applied, again.duplicates), (0, 200));
     assert_eq!(store.balances().await.expect("balances"), after_first);
     assert_eq!(store.apply_log().await.expect("apply log").len(), 200);
 
-    let overlapping = store
-        .apply_batch(&inputs(&events[100..]), "test")
-        .await
-        .expect("overlapping apply");
+    let overlapping = store.apply_batch(&inputs(&events[100..]), "test").await.expect("overlapping apply");
     assert_eq!((overlapping.applied, overlapping.duplicates), (100, 100));
-    assert!(same_state(
-        &store.balances().await.expect("balances"),
-        &expected(&events)
-    ));
+    assert!(same_state(&store.balances().await.expect("balances"), &expected(&events)));
     let log = store.apply_log().await.expect("apply log");
     assert_eq!(log.len(), 300);
     // Each account's apply indexes count 1, 2, 3, ... in account_seq order.
@@ -114,26 +89,15 @@ async fn applying_twice_changes_nothing(store: Store) {
         applies.sort();
         let indexes: Vec<i64> = applies.iter().map(|(index, _)| *index).collect();
         let seqs: Vec<i64> = applies.iter().map(|(_, seq)| *seq).collect();
-        assert_eq!(
-            indexes,
-            (1..=indexes.len() as i64).collect::<Vec<_>>(),
-            "{account}"
-        );
-        assert_eq!(
-            seqs,
-            (1..=seqs.len() as i64).collect::<Vec<_>>(),
-            "{account}"
-        );
+        assert_eq!(indexes, (1..=indexes.len() as i64).collect::<Vec<_>>(), "{account}");
+        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "{account}");
     }
 }
 
 on_both_stores!(a_failure_in_the_middle_of_a_batch_leaves_nothing_applied);
 async fn a_failure_in_the_middle_of_a_batch_leaves_nothing_applied(store: Store) {
     let events = events(5, 300, 6);
-    store
-        .apply_batch(&inputs(&events[..100]), "test")
-        .await
-        .expect("first batch");
+    store.apply_batch(&inputs(&events[..100]), "test").await.expect("first batch");
     let balances_before = store.balances().await.expect("balances");
     let log_before = store.apply_log().await.expect("apply log");
 
@@ -150,20 +114,9 @@ async fn a_failure_in_the_middle_of_a_batch_leaves_nothing_applied(store: Store)
              CREATE TRIGGER fail_mid_batch BEFORE INSERT ON apply_log FOR EACH ROW EXECUTE FUNCTION fail_mid_batch()"
         }
     };
-    sqlx::raw_sql(install)
-        .execute(store.pool())
-        .await
-        .expect("trigger installs");
-    assert!(
-        events[100..]
-            .iter()
-            .any(|event| event.account_id.as_str() == "acct-00003")
-    );
-    assert!(
-        events[100..]
-            .iter()
-            .any(|event| event.account_id.as_str() < "acct-00003")
-    );
+    sqlx::raw_sql(install).execute(store.pool()).await.expect("trigger installs");
+    assert!(events[100..].iter().any(|event| event.account_id.as_str() == "acct-00003"));
+    assert!(events[100..].iter().any(|event| event.account_id.as_str() < "acct-00003"));
 
     let error = store
         .apply_batch(&inputs(&events[100..]), "test")
@@ -176,64 +129,35 @@ async fn a_failure_in_the_middle_of_a_batch_leaves_nothing_applied(store: Store)
     sqlx::raw_sql("DROP TRIGGER fail_mid_batch ON apply_log")
         .execute(store.pool())
         .await
-        .or(sqlx::raw_sql("DROP TRIGGER fail_mid_batch")
-            .execute(store.pool())
-            .await)
+        .or(sqlx::raw_sql("DROP TRIGGER fail_mid_batch").execute(store.pool()).await)
         .expect("trigger drops");
     store
         .apply_batch(&inputs(&events[100..]), "test")
         .await
         .expect("the batch applies once the failure is gone");
-    assert!(same_state(
-        &store.balances().await.expect("balances"),
-        &expected(&events)
-    ));
+    assert!(same_state(&store.balances().await.expect("balances"), &expected(&events)));
 }
 
 on_both_stores!(an_undecodable_row_is_refused_with_its_reason_and_the_rest_applied);
 async fn an_undecodable_row_is_refused_with_its_reason_and_the_rest_applied(store: Store) {
     let events = events(9, 10, 3);
-    let rows: Vec<SourceRow<'_>> = events
-        .iter()
-        .map(|event| SourceRow {
-            event,
-            intended_at_ns: 0,
-        })
-        .collect();
+    let rows: Vec<SourceRow<'_>> = events.iter().map(|event| SourceRow { event, intended_at_ns: 0 }).collect();
+    store.insert_source_events(&rows[..5]).await.expect("insert");
     store
-        .insert_source_events(&rows[..5])
-        .await
-        .expect("insert");
-    store
-        .insert_raw_source_row(
-            "poison-1",
-            "acct-00001",
-            "{\"schema_version\": 1, \"type\": \"deposit\"",
-            0,
-        )
+        .insert_raw_source_row("poison-1", "acct-00001", "{\"schema_version\": 1, \"type\": \"deposit\"", 0)
         .await
         .expect("insert poison");
-    store
-        .insert_source_events(&rows[5..])
-        .await
-        .expect("insert");
+    store.insert_source_events(&rows[5..]).await.expect("insert");
 
     let outcome = store.poll_once(100, None, "test").await.expect("poll");
     assert_eq!((outcome.claimed, outcome.applied), (11, 10));
     assert_eq!(outcome.failed.len(), 1);
     assert_eq!(outcome.failed[0].event_id, "poison-1");
-    assert!(
-        outcome.failed[0].reason.starts_with("not JSON"),
-        "{}",
-        outcome.failed[0].reason
-    );
+    assert!(outcome.failed[0].reason.starts_with("not JSON"), "{}", outcome.failed[0].reason);
     let refused = store.failed_source_rows().await.expect("refused rows");
     assert_eq!(refused.len(), 1);
     assert_eq!(store.backlog().await.expect("backlog").rows, 0);
-    assert!(same_state(
-        &store.balances().await.expect("balances"),
-        &expected(&events)
-    ));
+    assert!(same_state(&store.balances().await.expect("balances"), &expected(&events)));
 }
 
 #[tokio::test]
@@ -242,19 +166,14 @@ async fn a_missing_server_is_a_one_line_error_that_hides_the_password() {
         kind: StoreKind::Postgres,
         url: "postgres://tradeflow:secret@127.0.0.1:1/tradeflow".into(),
     };
-    let error = Store::connect(&config)
-        .await
-        .expect_err("nothing listens on port 1");
+    let error = Store::connect(&config).await.expect_err("nothing listens on port 1");
     let message = error.to_string();
     assert!(matches!(error, StoreError::Connect { .. }), "{message}");
     assert!(
         message.contains("127.0.0.1:1") && message.contains("is the server running"),
         "{message}"
     );
-    assert!(
-        !message.contains("secret") && !message.contains('\n'),
-        "{message}"
-    );
+    assert!(!message.contains("secret") && !message.contains('\n'), "{message}");
 }
 
 #[tokio::test]
@@ -268,16 +187,6 @@ async fn a_schema_from_a_newer_build_is_refused() {
     let error = Store::connect(&StoreConfig::sqlite_file(&directory.path().join("test.db")))
         .await
         .expect_err("unknown migration");
-    assert!(
-        matches!(
-            error,
-            StoreError::UnknownSchema {
-                found: 99,
-                known: 1,
-                ..
-            }
-        ),
-        "{error}"
-    );
+    assert!(matches!(error, StoreError::UnknownSchema { found: 99, known: 1, .. }), "{error}");
     assert!(error.to_string().contains("schema migration 99"), "{error}");
 }

@@ -70,11 +70,7 @@ pub struct CheckReport {
 
 /// Checks a history.
 pub fn check(input: &CheckInput<'_>) -> CheckReport {
-    let events_by_id: HashMap<EventId, &Event> = input
-        .events
-        .iter()
-        .map(|event| (event.event_id, event))
-        .collect();
+    let events_by_id: HashMap<EventId, &Event> = input.events.iter().map(|event| (event.event_id, event)).collect();
 
     let mut applies_per_event: HashMap<EventId, u64> = HashMap::with_capacity(input.applied.len());
     for applied in input.applied {
@@ -89,10 +85,7 @@ pub fn check(input: &CheckInput<'_>) -> CheckReport {
 
     let mut per_account: BTreeMap<&AccountId, Vec<&Applied>> = BTreeMap::new();
     for applied in input.applied {
-        per_account
-            .entry(&applied.account_id)
-            .or_default()
-            .push(applied);
+        per_account.entry(&applied.account_id).or_default().push(applied);
     }
     let mut reordered = 0;
     let mut went_negative: HashSet<&AccountId> = HashSet::new();
@@ -134,22 +127,14 @@ pub fn check(input: &CheckInput<'_>) -> CheckReport {
         .count() as u64;
 
     let bad_balances = went_negative.len() as u64;
-    let all_zero = lost == 0
-        && duplicated == 0
-        && reordered == 0
-        && bad_balances == 0
-        && mismatched_accounts == 0;
+    let all_zero = lost == 0 && duplicated == 0 && reordered == 0 && bad_balances == 0 && mismatched_accounts == 0;
     CheckReport {
         lost,
         duplicated,
         reordered,
         bad_balances,
         mismatched_accounts,
-        verdict: if all_zero {
-            Verdict::Pass
-        } else {
-            Verdict::Fail
-        },
+        verdict: if all_zero { Verdict::Pass } else { Verdict::Fail },
     }
 }
 

@@ -118,16 +118,13 @@ impl Default for LatencyRecorder {
 impl LatencyRecorder {
     /// An empty histogram.
     pub fn new() -> LatencyRecorder {
-        let histogram = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
-            .unwrap_or_else(|_| unreachable!("the bounds are valid constants"));
+        let histogram = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).unwrap_or_else(|_| unreachable!("the bounds are valid constants"));
         LatencyRecorder { histogram }
     }
 
     /// Records one latency in nanoseconds (negative values, from clock steps, count as 0).
     pub fn record_ns(&mut self, latency_ns: i64) {
-        let micros = u64::try_from(latency_ns / 1_000)
-            .unwrap_or(0)
-            .clamp(1, LATENCY_US_MAX);
+        let micros = u64::try_from(latency_ns / 1_000).unwrap_or(0).clamp(1, LATENCY_US_MAX);
         self.histogram.saturating_record(micros);
     }
 
@@ -214,18 +211,10 @@ impl RunRecord {
     /// The largest offset lag (stream) or backlog (poller) seen, with its time lag.
     pub fn worst_lag(&self) -> String {
         if let Some(worst) = self.lag.iter().max_by_key(|sample| sample.offset_lag_total) {
-            let time_lag_ms = self
-                .lag
-                .iter()
-                .map(|sample| sample.time_lag_ms)
-                .fold(0.0, f64::max);
+            let time_lag_ms = self.lag.iter().map(|sample| sample.time_lag_ms).fold(0.0, f64::max);
             format!("{} messages, {time_lag_ms:.0} ms", worst.offset_lag_total)
         } else if let Some(worst) = self.backlog.iter().max_by_key(|sample| sample.rows) {
-            let age_ms = self
-                .backlog
-                .iter()
-                .map(|sample| sample.oldest_age_ms)
-                .fold(0.0, f64::max);
+            let age_ms = self.backlog.iter().map(|sample| sample.oldest_age_ms).fold(0.0, f64::max);
             format!("{} rows, {age_ms:.0} ms", worst.rows)
         } else {
             "-".into()
@@ -240,15 +229,9 @@ impl RunRecord {
             ("seed", self.seed.to_string()),
             ("store", self.store.clone()),
             ("broker", self.broker.clone().unwrap_or_else(|| "-".into())),
-            (
-                "events applied",
-                format!("{} of {}", self.applied, self.events),
-            ),
+            ("events applied", format!("{} of {}", self.applied, self.events)),
             ("duration", format!("{:.2} s", self.duration_s)),
-            (
-                "throughput",
-                format!("{:.0} events/s", self.throughput_per_s),
-            ),
+            ("throughput", format!("{:.0} events/s", self.throughput_per_s)),
             (
                 "latency p50 / p99 / max",
                 format!(
@@ -267,10 +250,7 @@ impl RunRecord {
             ("worst lag / backlog", self.worst_lag()),
             (
                 "cpu / peak rss",
-                format!(
-                    "{:.2} s / {:.1} MB",
-                    self.process.cpu_s, self.process.rss_max_mb
-                ),
+                format!("{:.2} s / {:.1} MB", self.process.cpu_s, self.process.rss_max_mb),
             ),
             ("lost", check.lost.to_string()),
             ("duplicated", check.duplicated.to_string()),

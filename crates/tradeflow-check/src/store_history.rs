@@ -24,14 +24,10 @@ pub async fn check_store(
         .iter()
         .map(|row| {
             Ok(Applied {
-                event_id: EventId::parse(&row.event_id)
-                    .map_err(|error| corrupt(&row.event_id, error.to_string()))?,
-                account_id: AccountId::new(row.account_id.clone())
-                    .map_err(|error| corrupt(&row.event_id, error.to_string()))?,
-                account_seq: u64::try_from(row.account_seq)
-                    .map_err(|error| corrupt(&row.event_id, error.to_string()))?,
-                account_apply_index: u64::try_from(row.account_apply_index)
-                    .map_err(|error| corrupt(&row.event_id, error.to_string()))?,
+                event_id: EventId::parse(&row.event_id).map_err(|error| corrupt(&row.event_id, error.to_string()))?,
+                account_id: AccountId::new(row.account_id.clone()).map_err(|error| corrupt(&row.event_id, error.to_string()))?,
+                account_seq: u64::try_from(row.account_seq).map_err(|error| corrupt(&row.event_id, error.to_string()))?,
+                account_apply_index: u64::try_from(row.account_apply_index).map_err(|error| corrupt(&row.event_id, error.to_string()))?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

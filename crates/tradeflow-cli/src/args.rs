@@ -17,11 +17,8 @@ pub enum LogFormat {
 
 /// Sets up `tracing` on standard error, filtered by `RUST_LOG` (default: warnings).
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -113,8 +110,7 @@ pub struct WorkloadArgs {
 }
 
 fn parse_profile(text: &str) -> Result<RateProfile, String> {
-    text.parse()
-        .map_err(|error: tradeflow_domain::WorkloadError| error.to_string())
+    text.parse().map_err(|error: tradeflow_domain::WorkloadError| error.to_string())
 }
 
 impl WorkloadArgs {
@@ -142,12 +138,8 @@ fn random_seed() -> u64 {
 
 /// Writes a JSON value to a file, creating its directory.
 pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    if let Some(parent) = path
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))

@@ -5,6 +5,8 @@
 //! JSON record. Errors are one line that says what was being done and what to do.
 
 mod args;
+mod balance_service;
+mod dlq;
 mod progress;
 mod run_poller;
 mod run_stream;
@@ -38,6 +40,14 @@ enum Command {
     /// Run one architecture on a seeded workload and check the result.
     #[command(subcommand)]
     Run(RunCommand),
+    /// The balance service alone, as a long-running service against any Kafka: any
+    /// producer that writes the wire format (docs/wire-format.md) can feed it.
+    BalanceService(balance_service::ServiceArgs),
+    /// Print the balances and positions a store holds.
+    Balances(balance_service::BalancesArgs),
+    /// Dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
 }
 
 #[derive(Subcommand)]
@@ -53,10 +63,7 @@ enum RunCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     args::init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: starting the async runtime: {error}");
@@ -67,6 +74,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(RunCommand::Poller(arguments)) => run_poller::run(arguments).await,
             Command::Run(RunCommand::Stream(arguments)) => run_stream::run(arguments).await,
+            Command::BalanceService(arguments) => balance_service::run(arguments).await,
+            Command::Balances(arguments) => balance_service::balances(arguments).await,
+            Command::Dlq(command) => dlq::run(command).await,
         }
     });
     match outcome {

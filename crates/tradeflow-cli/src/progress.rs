@@ -11,20 +11,15 @@ use tradeflow_check::RunProgress;
 const PLAIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Draws progress until the sender is dropped.
-pub fn spawn(
-    label: String,
-    mut updates: watch::Receiver<RunProgress>,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn(label: String, mut updates: watch::Receiver<RunProgress>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let terminal = std::io::stderr().is_terminal();
         let bar = terminal.then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {pos}/{len} applied, {msg} ({elapsed})",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} applied, {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             bar.set_prefix(label.clone());
             bar
@@ -36,10 +31,7 @@ pub fn spawn(
                 Some(bar) => {
                     bar.set_length(progress.total);
                     bar.set_position(progress.applied);
-                    bar.set_message(format!(
-                        "{} emitted, backlog {}",
-                        progress.emitted, progress.backlog
-                    ));
+                    bar.set_message(format!("{} emitted, backlog {}", progress.emitted, progress.backlog));
                 }
                 None if last_line.elapsed() >= PLAIN_INTERVAL => {
                     last_line = Instant::now();

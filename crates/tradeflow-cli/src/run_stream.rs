@@ -53,11 +53,7 @@ impl StreamKnobs {
     }
 
     /// The run options for a workload.
-    pub fn options(
-        &self,
-        workload: tradeflow_domain::WorkloadConfig,
-        stall_timeout: Duration,
-    ) -> StreamOptions {
+    pub fn options(&self, workload: tradeflow_domain::WorkloadConfig, stall_timeout: Duration) -> StreamOptions {
         StreamOptions {
             workload,
             topic: self.topic.clone(),
@@ -70,6 +66,7 @@ impl StreamKnobs {
             batch_size: self.stream_batch_size,
             fill_wait: Duration::from_millis(5),
             stall_timeout,
+            metrics: None,
         }
     }
 }
@@ -87,6 +84,9 @@ pub struct StreamArgs {
     /// published; what is unapplied then counts as lost.
     #[arg(long, default_value_t = 30)]
     stall_timeout_s: u64,
+    /// Serve offset lag and time lag as Prometheus text on this address (HOST:PORT).
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Write the run record (JSON) to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -98,10 +98,18 @@ pub async fn run(arguments: StreamArgs) -> anyhow::Result<bool> {
     println!("seed: {}", workload.seed);
     let store = arguments.store.open().await?;
     let cluster = arguments.knobs.cluster()?;
-    let options = arguments
-        .knobs
-        .options(workload, Duration::from_secs(arguments.stall_timeout_s));
+    let mut options = arguments.knobs.options(workload, Duration::from_secs(arguments.stall_timeout_s));
     options.validate().context("checking the stream options")?;
+    let _server = match &arguments.metrics_addr {
+        Some(address) => {
+            let text = tradeflow_stream::metrics::MetricsText::default();
+            let (bound, server) = tradeflow_stream::metrics::serve(address, text.clone()).await?;
+            println!("metrics: http://{bound}/metrics");
+            options.metrics = Some(text);
+            Some(AbortOnDrop(server))
+        }
+        None => None,
+    };
     let record = run_once(&store, &cluster, &options).await?;
     print!("{}", record.table());
     if let Some(path) = &arguments.json {
@@ -113,11 +121,7 @@ pub async fn run(arguments: StreamArgs) -> anyhow::Result<bool> {
 }
 
 /// One stream run with progress on standard error.
-pub async fn run_once(
-    store: &Store,
-    cluster: &Cluster,
-    options: &StreamOptions,
-) -> anyhow::Result<RunRecord> {
+pub async fn run_once(store: &Store, cluster: &Cluster, options: &StreamOptions) -> anyhow::Result<RunRecord> {
     println!(
         "{} on {} ({}) via {} ({}), {} events at {}/s ({})",
         options.label(),
@@ -135,4 +139,13 @@ pub async fn run_once(
     drop(sender);
     let _ = drawing.await;
     outcome.context("running the stream")
+}
+
+/// Stops a background task when dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -90,9 +90,7 @@ impl Cluster {
         if !valid {
             return Err(ClusterError::Unsupported {
                 backend: "external",
-                reason: format!(
-                    "bootstrap servers must be HOST:PORT[,HOST:PORT...], got {bootstrap:?}"
-                ),
+                reason: format!("bootstrap servers must be HOST:PORT[,HOST:PORT...], got {bootstrap:?}"),
             });
         }
         Ok(Cluster {
@@ -114,12 +112,7 @@ impl Cluster {
 
     /// Creates a topic, or does nothing if it exists. On the mock cluster this goes through
     /// the mock API (it has no CreateTopics); elsewhere through the admin API.
-    pub async fn ensure_topic(
-        &self,
-        name: &str,
-        partitions: i32,
-        replication: i32,
-    ) -> Result<(), ClusterError> {
+    pub async fn ensure_topic(&self, name: &str, partitions: i32, replication: i32) -> Result<(), ClusterError> {
         if let Some(mock) = &self.mock {
             return mock.create_topic(name, partitions, replication).await;
         }
@@ -129,21 +122,14 @@ impl Cluster {
             .map_err(|error| self.admin_error("creating an admin client", error.to_string()))?;
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
         let results = admin
-            .create_topics(
-                [&topic],
-                &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)),
-            )
+            .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)))
             .await
-            .map_err(|error| {
-                self.admin_error(&format!("creating topic {name}"), error.to_string())
-            })?;
+            .map_err(|error| self.admin_error(&format!("creating topic {name}"), error.to_string()))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(
-                        self.admin_error(&format!("creating topic {topic}"), code.to_string())
-                    );
+                    return Err(self.admin_error(&format!("creating topic {topic}"), code.to_string()));
                 }
             }
         }

@@ -83,22 +83,15 @@ impl MockHandle {
         reply_receiver.await.map_err(|_| stopped())
     }
 
-    pub(crate) async fn create_topic(
-        &self,
-        name: &str,
-        partitions: i32,
-        replication: i32,
-    ) -> Result<(), ClusterError> {
+    pub(crate) async fn create_topic(&self, name: &str, partitions: i32, replication: i32) -> Result<(), ClusterError> {
         let topic = name.to_owned();
         let operation = format!("creating topic {name}");
-        self.with(&operation, move |cluster| {
-            cluster.create_topic(&topic, partitions, replication)
-        })
-        .await?
-        .map_err(|error| ClusterError::Mock {
-            operation,
-            reason: error.to_string(),
-        })
+        self.with(&operation, move |cluster| cluster.create_topic(&topic, partitions, replication))
+            .await?
+            .map_err(|error| ClusterError::Mock {
+                operation,
+                reason: error.to_string(),
+            })
     }
 }
 

@@ -14,14 +14,7 @@ pub const SCHEMA_VERSION: u64 = 1;
 /// The largest encoded event accepted, in bytes.
 pub const ENCODED_LEN_MAX: usize = 64 * 1024;
 
-const COMMON_FIELDS: [&str; 6] = [
-    "schema_version",
-    "event_id",
-    "account_id",
-    "account_seq",
-    "occurred_at",
-    "type",
-];
+const COMMON_FIELDS: [&str; 6] = ["schema_version", "event_id", "account_id", "account_seq", "occurred_at", "type"];
 
 /// Why bytes are not an event this build accepts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,9 +70,7 @@ pub enum DecodeError {
         reason: String,
     },
     /// A field this version does not define.
-    #[error(
-        "field `{field}` is not part of schema_version {SCHEMA_VERSION} for type `{event_type}`"
-    )]
+    #[error("field `{field}` is not part of schema_version {SCHEMA_VERSION} for type `{event_type}`")]
     UnknownField {
         /// The field.
         field: String,
@@ -145,15 +136,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             max: ENCODED_LEN_MAX,
         });
     }
-    let value: Value = serde_json::from_slice(bytes).map_err(|error| DecodeError::NotJson {
-        reason: error.to_string(),
-    })?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|error| DecodeError::NotJson { reason: error.to_string() })?;
     let object = match value {
         Value::Object(object) => object,
         other => {
-            return Err(DecodeError::NotAnObject {
-                found: json_type(&other),
-            });
+            return Err(DecodeError::NotAnObject { found: json_type(&other) });
         }
     };
     // The version is read first: a future version may change every other field.
@@ -170,9 +157,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         other => {
             return Err(DecodeError::InvalidValue {
                 field: "type",
-                reason: format!(
-                    "unknown event type {other:?} (expected deposit, withdrawal or trade_executed)"
-                ),
+                reason: format!("unknown event type {other:?} (expected deposit, withdrawal or trade_executed)"),
             });
         }
     };
@@ -186,10 +171,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         });
     }
 
-    let event_id =
-        EventId::parse(string(&object, "event_id")?).map_err(|error| invalid("event_id", error))?;
-    let account_id = AccountId::new(string(&object, "account_id")?)
-        .map_err(|error| invalid("account_id", error))?;
+    let event_id = EventId::parse(string(&object, "event_id")?).map_err(|error| invalid("event_id", error))?;
+    let account_id = AccountId::new(string(&object, "account_id")?).map_err(|error| invalid("account_id", error))?;
     let account_seq = integer(&object, "account_seq")?;
     if account_seq < 1 {
         return Err(DecodeError::InvalidValue {
@@ -216,14 +199,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     });
                 }
             };
-            let symbol = Symbol::new(string(&object, "symbol")?)
-                .map_err(|error| invalid("symbol", error))?;
-            let quantity = Quantity::new(integer(&object, "quantity")?)
-                .map_err(|error| invalid("quantity", error))?;
+            let symbol = Symbol::new(string(&object, "symbol")?).map_err(|error| invalid("symbol", error))?;
+            let quantity = Quantity::new(integer(&object, "quantity")?).map_err(|error| invalid("quantity", error))?;
             let price = amount(&object, "price", PRICE_MAX)?;
-            quantity
-                .notional(price)
-                .map_err(|error| invalid("quantity", error))?;
+            quantity.notional(price).map_err(|error| invalid("quantity", error))?;
             EventKind::TradeExecuted {
                 side,
                 symbol,
@@ -249,9 +228,7 @@ fn invalid(field: &'static str, error: impl std::fmt::Display) -> DecodeError {
 }
 
 fn field<'a>(object: &'a Map<String, Value>, name: &'static str) -> Result<&'a Value, DecodeError> {
-    object
-        .get(name)
-        .ok_or(DecodeError::MissingField { field: name })
+    object.get(name).ok_or(DecodeError::MissingField { field: name })
 }
 
 fn string<'a>(object: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, DecodeError> {

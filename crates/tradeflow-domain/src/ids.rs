@@ -137,9 +137,7 @@ impl EventId {
     pub fn parse(text: &str) -> Result<EventId, IdError> {
         uuid::Uuid::try_parse(text)
             .map(EventId)
-            .map_err(|error| IdError::NotUuid {
-                reason: error.to_string(),
-            })
+            .map_err(|error| IdError::NotUuid { reason: error.to_string() })
     }
 
     /// The UUID.
@@ -154,17 +152,9 @@ impl fmt::Display for EventId {
     }
 }
 
-fn check_chars(
-    text: &str,
-    max: usize,
-    allowed: impl Fn(char) -> bool,
-    allowed_words: &'static str,
-) -> Result<(), IdError> {
+fn check_chars(text: &str, max: usize, allowed: impl Fn(char) -> bool, allowed_words: &'static str) -> Result<(), IdError> {
     if text.is_empty() || text.len() > max {
-        return Err(IdError::Length {
-            len: text.len(),
-            max,
-        });
+        return Err(IdError::Length { len: text.len(), max });
     }
     match text.chars().find(|c| !allowed(*c)) {
         Some(character) => Err(IdError::Character {
@@ -181,39 +171,21 @@ mod tests {
 
     #[test]
     fn account_ids_refuse_empty_long_and_odd_characters() {
-        assert!(matches!(
-            AccountId::new(""),
-            Err(IdError::Length { len: 0, .. })
-        ));
-        assert!(matches!(
-            AccountId::new("a".repeat(65)),
-            Err(IdError::Length { len: 65, .. })
-        ));
-        assert!(matches!(
-            AccountId::new("acct 1"),
-            Err(IdError::Character { character: ' ', .. })
-        ));
-        assert_eq!(
-            AccountId::new("acct-00001").map(|id| id.to_string()),
-            Ok("acct-00001".to_owned())
-        );
+        assert!(matches!(AccountId::new(""), Err(IdError::Length { len: 0, .. })));
+        assert!(matches!(AccountId::new("a".repeat(65)), Err(IdError::Length { len: 65, .. })));
+        assert!(matches!(AccountId::new("acct 1"), Err(IdError::Character { character: ' ', .. })));
+        assert_eq!(AccountId::new("acct-00001").map(|id| id.to_string()), Ok("acct-00001".to_owned()));
     }
 
     #[test]
     fn symbols_are_uppercase_tickers() {
         assert!(Symbol::new("ACME").is_ok());
-        assert!(matches!(
-            Symbol::new("acme"),
-            Err(IdError::Character { character: 'a', .. })
-        ));
+        assert!(matches!(Symbol::new("acme"), Err(IdError::Character { character: 'a', .. })));
     }
 
     #[test]
     fn event_ids_parse_uuids_only() {
         assert!(EventId::parse("0190b7c4-8f3e-7b2a-9c1d-2e3f4a5b6c7d").is_ok());
-        assert!(matches!(
-            EventId::parse("not-a-uuid"),
-            Err(IdError::NotUuid { .. })
-        ));
+        assert!(matches!(EventId::parse("not-a-uuid"), Err(IdError::NotUuid { .. })));
     }
 }

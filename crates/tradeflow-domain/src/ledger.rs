@@ -235,10 +235,7 @@ mod tests {
             .account(&AccountId::new("acct-1").expect("valid id"))
             .expect("account exists");
         assert_eq!(account.cash, Money::from_minor(100));
-        assert_eq!(
-            account.position(&Symbol::new("ACME").expect("valid symbol")),
-            3
-        );
+        assert_eq!(account.position(&Symbol::new("ACME").expect("valid symbol")), 3);
     }
 
     #[test]
@@ -265,9 +262,7 @@ mod tests {
     #[test]
     fn zero_positions_compare_equal_to_missing_ones() {
         let mut with_zero = AccountState::default();
-        with_zero
-            .positions
-            .insert(Symbol::new("ACME").expect("valid symbol"), 0);
+        with_zero.positions.insert(Symbol::new("ACME").expect("valid symbol"), 0);
         assert!(with_zero.same_holdings(&AccountState::default()));
         assert!(AccountState::default().same_holdings(&with_zero));
     }

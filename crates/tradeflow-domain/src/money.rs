@@ -40,9 +40,7 @@ pub enum MoneyError {
 
 /// An amount of money in minor units (cents). Balances may be negative (that is how a
 /// store shows a reordering); amounts carried by events are positive.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Money(i64);
 
@@ -122,13 +120,10 @@ impl Quantity {
 
     /// `quantity * price`, the cash a trade moves.
     pub fn notional(self, price: Money) -> Result<Money, MoneyError> {
-        self.0
-            .checked_mul(price.minor())
-            .map(Money)
-            .ok_or(MoneyError::Overflow {
-                quantity: self.0,
-                price: price.minor(),
-            })
+        self.0.checked_mul(price.minor()).map(Money).ok_or(MoneyError::Overflow {
+            quantity: self.0,
+            price: price.minor(),
+        })
     }
 }
 
@@ -138,14 +133,8 @@ mod tests {
 
     #[test]
     fn positive_amounts_are_bounded_on_both_sides() {
-        assert_eq!(
-            Money::positive(0, AMOUNT_MAX),
-            Err(MoneyError::NotPositive { value: 0 })
-        );
-        assert_eq!(
-            Money::positive(-5, AMOUNT_MAX),
-            Err(MoneyError::NotPositive { value: -5 })
-        );
+        assert_eq!(Money::positive(0, AMOUNT_MAX), Err(MoneyError::NotPositive { value: 0 }));
+        assert_eq!(Money::positive(-5, AMOUNT_MAX), Err(MoneyError::NotPositive { value: -5 }));
         assert!(matches!(
             Money::positive(AMOUNT_MAX + 1, AMOUNT_MAX),
             Err(MoneyError::TooLarge { .. })
@@ -162,10 +151,7 @@ mod tests {
     #[test]
     fn notional_is_quantity_times_price() -> Result<(), MoneyError> {
         let quantity = Quantity::new(3)?;
-        assert_eq!(
-            quantity.notional(Money::from_minor(250))?,
-            Money::from_minor(750)
-        );
+        assert_eq!(quantity.notional(Money::from_minor(250))?, Money::from_minor(750));
         Ok(())
     }
 }

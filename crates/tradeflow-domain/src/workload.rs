@@ -76,9 +76,7 @@ impl std::str::FromStr for RateProfile {
             "steady" => Ok(RateProfile::Steady),
             "ramp" => Ok(RateProfile::Ramp),
             "burst" => Ok(RateProfile::Burst),
-            other => Err(WorkloadError::Profile {
-                given: other.to_owned(),
-            }),
+            other => Err(WorkloadError::Profile { given: other.to_owned() }),
         }
     }
 }
@@ -134,14 +132,10 @@ impl WorkloadConfig {
             return Err(WorkloadError::Events { given: self.events });
         }
         if self.accounts == 0 || self.accounts > ACCOUNTS_MAX {
-            return Err(WorkloadError::Accounts {
-                given: self.accounts,
-            });
+            return Err(WorkloadError::Accounts { given: self.accounts });
         }
         if !(self.rate_per_s > 0.0 && self.rate_per_s <= RATE_MAX_PER_S) {
-            return Err(WorkloadError::Rate {
-                given: self.rate_per_s,
-            });
+            return Err(WorkloadError::Rate { given: self.rate_per_s });
         }
         Ok(())
     }
@@ -191,14 +185,10 @@ impl Workload {
         config.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let symbols = symbols(&mut rng);
-        let mut prices: Vec<i64> = symbols
-            .iter()
-            .map(|_| rng.random_range(1_000..=50_000))
-            .collect();
+        let mut prices: Vec<i64> = symbols.iter().map(|_| rng.random_range(1_000..=50_000)).collect();
         let accounts: Vec<Account> = (1..=config.accounts)
             .map(|n| Account {
-                id: AccountId::new(format!("acct-{n:05}"))
-                    .unwrap_or_else(|_| unreachable!("generated ids are valid")),
+                id: AccountId::new(format!("acct-{n:05}")).unwrap_or_else(|_| unreachable!("generated ids are valid")),
                 name: Name().fake_with_rng(&mut rng),
             })
             .collect();
@@ -213,13 +203,9 @@ impl Workload {
             account.next_seq += 1;
             let kind = next_kind(&mut rng, account, &symbols, &mut prices);
             let intended_offset_ns = (offset_s * 1e9) as u64;
-            let occurred_at_ns =
-                EPOCH_NS.saturating_add(i64::try_from(intended_offset_ns).unwrap_or(i64::MAX));
+            let occurred_at_ns = EPOCH_NS.saturating_add(i64::try_from(intended_offset_ns).unwrap_or(i64::MAX));
             let millis = u64::try_from(occurred_at_ns / 1_000_000).unwrap_or(0);
-            let event_id = EventId::from_uuid(
-                uuid::Builder::from_unix_timestamp_millis(millis, &rng.random::<[u8; 10]>())
-                    .into_uuid(),
-            );
+            let event_id = EventId::from_uuid(uuid::Builder::from_unix_timestamp_millis(millis, &rng.random::<[u8; 10]>()).into_uuid());
             events.push(ScheduledEvent {
                 event: Event {
                     event_id,
@@ -242,9 +228,7 @@ impl Workload {
 
     /// Intended send time of the last event, in ns after the start.
     pub fn duration_ns(&self) -> u64 {
-        self.events
-            .last()
-            .map_or(0, |scheduled| scheduled.intended_offset_ns)
+        self.events.last().map_or(0, |scheduled| scheduled.intended_offset_ns)
     }
 
     /// The end of the run of events from `from` that are due once `elapsed_ns` have passed
@@ -283,9 +267,7 @@ fn symbols(rng: &mut ChaCha8Rng) -> Vec<Symbol> {
         filler += 1;
         seen.insert(format!("SYM{filler}"));
     }
-    seen.into_iter()
-        .filter_map(|ticker| Symbol::new(ticker).ok())
-        .collect()
+    seen.into_iter().filter_map(|ticker| Symbol::new(ticker).ok()).collect()
 }
 
 fn zipf_cumulative(count: usize, exponent: f64) -> Vec<f64> {
@@ -303,18 +285,11 @@ fn zipf_cumulative(count: usize, exponent: f64) -> Vec<f64> {
 }
 
 fn sample(cumulative: &[f64], uniform: f64) -> usize {
-    cumulative
-        .partition_point(|bound| *bound < uniform)
-        .min(cumulative.len() - 1)
+    cumulative.partition_point(|bound| *bound < uniform).min(cumulative.len() - 1)
 }
 
 /// Chooses the next event for an account so that, applied in order, nothing goes negative.
-fn next_kind(
-    rng: &mut ChaCha8Rng,
-    account: &mut Holdings,
-    symbols: &[Symbol],
-    prices: &mut [i64],
-) -> EventKind {
+fn next_kind(rng: &mut ChaCha8Rng, account: &mut Holdings, symbols: &[Symbol], prices: &mut [i64]) -> EventKind {
     let roll: f64 = rng.random();
     if roll < 0.15 && account.cash >= 2 {
         let amount = rng.random_range(1..=account.cash / 2);

@@ -87,10 +87,7 @@ impl PollerConfig {
         let reason = if self.pollers == 0 || self.pollers > POLLERS_MAX {
             format!("pollers must be 1..={POLLERS_MAX}, got {}", self.pollers)
         } else if self.batch_size == 0 || self.batch_size > POLL_BATCH_MAX {
-            format!(
-                "batch size must be 1..={POLL_BATCH_MAX}, got {}",
-                self.batch_size
-            )
+            format!("batch size must be 1..={POLL_BATCH_MAX}, got {}", self.batch_size)
         } else if self.poll_interval > POLL_INTERVAL_MAX {
             format!(
                 "poll interval must be at most {} s, got {:?}",
@@ -106,11 +103,7 @@ impl PollerConfig {
     /// A short description, for tables and records.
     pub fn label(&self) -> String {
         let sharding = if self.pollers > 1 {
-            if self.shard_by_account {
-                " sharded"
-            } else {
-                " unsharded"
-            }
+            if self.shard_by_account { " sharded" } else { " unsharded" }
         } else {
             ""
         };
@@ -165,20 +158,13 @@ pub async fn poll_loop(
         for failure in &outcome.failed {
             tracing::warn!(row_id = failure.row_id, trade.event_id = %failure.event_id, reason = %failure.reason, "refused an undecodable row; kept in trade_events with its reason");
         }
-        counters
-            .applied
-            .fetch_add(outcome.applied as u64, Ordering::Relaxed);
-        counters
-            .refused
-            .fetch_add(outcome.failed.len() as u64, Ordering::Relaxed);
-        counters
-            .processed
-            .fetch_add(outcome.claimed as u64, Ordering::Relaxed);
+        counters.applied.fetch_add(outcome.applied as u64, Ordering::Relaxed);
+        counters.refused.fetch_add(outcome.failed.len() as u64, Ordering::Relaxed);
+        counters.processed.fetch_add(outcome.claimed as u64, Ordering::Relaxed);
         if outcome.claimed > 0 {
-            counters.last_commit_ns.fetch_max(
-                u64::try_from(outcome.committed_at_ns).unwrap_or(0),
-                Ordering::Relaxed,
-            );
+            counters
+                .last_commit_ns
+                .fetch_max(u64::try_from(outcome.committed_at_ns).unwrap_or(0), Ordering::Relaxed);
         }
         if outcome.claimed < config.batch_size {
             // A short poll means the table is drained: wait for the interval or for stop.
@@ -212,10 +198,7 @@ mod tests {
             shard_by_account: true,
             ..PollerConfig::default()
         };
-        assert_eq!(
-            sharded.label(),
-            "poller interval=100ms batch=500 pollers=2 sharded"
-        );
+        assert_eq!(sharded.label(), "poller interval=100ms batch=500 pollers=2 sharded");
         assert_eq!(sharded.shard(1), Some(Shard { index: 1, count: 2 }));
         assert_eq!(PollerConfig::default().shard(0), None);
     }

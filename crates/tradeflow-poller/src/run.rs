@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tradeflow_check::{
-    BacklogSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store,
-};
+use tradeflow_check::{BacklogSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store};
 use tradeflow_domain::{EventId, Oracle, Workload, WorkloadConfig};
 use tradeflow_store::{SourceRow, Store, now_ns};
 
@@ -32,11 +30,7 @@ pub struct RunOptions {
 
 /// Runs the workload through the pollers on `store` (emptied first) and checks the result.
 /// Progress goes to `progress` while it runs.
-pub async fn run(
-    store: &Store,
-    options: &RunOptions,
-    progress: &watch::Sender<RunProgress>,
-) -> Result<RunRecord, PollerError> {
+pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<RunProgress>) -> Result<RunRecord, PollerError> {
     options.poller.validate()?;
     let workload = Arc::new(Workload::generate(&options.workload)?);
     store.reset().await?;
@@ -45,31 +39,24 @@ pub async fn run(
     let counters = Arc::new(PollerCounters::default());
     let (stop, stop_receiver) = watch::channel(false);
 
-    let pollers: Vec<JoinHandle<Result<LatencyRecorder, PollerError>>> =
-        (0..options.poller.pollers)
-            .map(|index| {
-                let name = format!("poller-{index}");
-                tokio::spawn(poll_loop(
-                    store.clone(),
-                    options.poller.clone(),
-                    options.poller.shard(index),
-                    name,
-                    stop_receiver.clone(),
-                    counters.clone(),
-                ))
-            })
-            .collect();
+    let pollers: Vec<JoinHandle<Result<LatencyRecorder, PollerError>>> = (0..options.poller.pollers)
+        .map(|index| {
+            let name = format!("poller-{index}");
+            tokio::spawn(poll_loop(
+                store.clone(),
+                options.poller.clone(),
+                options.poller.shard(index),
+                name,
+                stop_receiver.clone(),
+                counters.clone(),
+            ))
+        })
+        .collect();
 
     let start = Instant::now();
     let start_ns = now_ns();
     let emitted = Arc::new(AtomicU64::new(0));
-    let source = tokio::spawn(source(
-        store.clone(),
-        workload.clone(),
-        start,
-        start_ns,
-        emitted.clone(),
-    ));
+    let source = tokio::spawn(source(store.clone(), workload.clone(), start, start_ns, emitted.clone()));
 
     let total = workload.events.len() as u64;
     let mut source = Some(source);
@@ -80,13 +67,7 @@ pub async fn run(
         tokio::time::sleep(PROGRESS_INTERVAL).await;
         let emitted_now = emitted.load(Ordering::Relaxed);
         let processed = counters.processed.load(Ordering::Relaxed);
-        backlog.push(backlog_sample(
-            &workload,
-            start,
-            start_ns,
-            emitted_now,
-            processed,
-        ));
+        backlog.push(backlog_sample(&workload, start, start_ns, emitted_now, processed));
         progress.send_replace(RunProgress {
             total,
             emitted: emitted_now,
@@ -127,16 +108,11 @@ pub async fn run(
     let process = ProcessStats::current().since(&process_before);
     let emitted_count = usize::try_from(emitted.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
     let events: Vec<_> = workload.plain_events().cloned().collect();
-    let must_apply: HashSet<EventId> = events
-        .iter()
-        .take(emitted_count)
-        .map(|event| event.event_id)
-        .collect();
+    let must_apply: HashSet<EventId> = events.iter().take(emitted_count).map(|event| event.event_id).collect();
     let oracle = Oracle::from_events(&events);
     let (check, applied) = check_store(store, &events, &must_apply, &oracle).await?;
 
-    let last_commit_ns =
-        i64::try_from(counters.last_commit_ns.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    let last_commit_ns = i64::try_from(counters.last_commit_ns.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
     let duration_s = (last_commit_ns.max(start_ns) - start_ns) as f64 / 1e9;
     let config = &options.poller;
     let workload_config = &options.workload;
@@ -158,11 +134,7 @@ pub async fn run(
         events: total,
         applied,
         duration_s,
-        throughput_per_s: if duration_s > 0.0 {
-            applied as f64 / duration_s
-        } else {
-            0.0
-        },
+        throughput_per_s: if duration_s > 0.0 { applied as f64 / duration_s } else { 0.0 },
         latency_ms: latency.summary(),
         db_statements,
         process,
@@ -175,31 +147,20 @@ pub async fn run(
 /// The system of record: inserts each event into `trade_events` at its intended send time
 /// (open loop: a slow database delays inserts but not the schedule latency is measured
 /// from).
-async fn source(
-    store: Store,
-    workload: Arc<Workload>,
-    start: Instant,
-    start_ns: i64,
-    emitted: Arc<AtomicU64>,
-) -> Result<(), PollerError> {
+async fn source(store: Store, workload: Arc<Workload>, start: Instant, start_ns: i64, emitted: Arc<AtomicU64>) -> Result<(), PollerError> {
     let mut next = 0;
     while next < workload.events.len() {
         let elapsed_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let end = workload.due(next, elapsed_ns, SOURCE_BATCH_MAX);
         if end == next {
-            tokio::time::sleep_until(
-                (start + Duration::from_nanos(workload.events[next].intended_offset_ns)).into(),
-            )
-            .await;
+            tokio::time::sleep_until((start + Duration::from_nanos(workload.events[next].intended_offset_ns)).into()).await;
             continue;
         }
         let rows: Vec<SourceRow<'_>> = workload.events[next..end]
             .iter()
             .map(|scheduled| SourceRow {
                 event: &scheduled.event,
-                intended_at_ns: start_ns.saturating_add(
-                    i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX),
-                ),
+                intended_at_ns: start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)),
             })
             .collect();
         store.insert_source_events(&rows).await?;
@@ -211,21 +172,11 @@ async fn source(
 
 /// The backlog now. Rows are claimed in insertion order, so the oldest unprocessed row is
 /// the first event not yet processed (exactly with one poller, nearly with several).
-fn backlog_sample(
-    workload: &Workload,
-    start: Instant,
-    start_ns: i64,
-    emitted: u64,
-    processed: u64,
-) -> BacklogSample {
+fn backlog_sample(workload: &Workload, start: Instant, start_ns: i64, emitted: u64, processed: u64) -> BacklogSample {
     let rows = emitted.saturating_sub(processed);
-    let oldest_age_ms = match workload
-        .events
-        .get(usize::try_from(processed).unwrap_or(usize::MAX))
-    {
+    let oldest_age_ms = match workload.events.get(usize::try_from(processed).unwrap_or(usize::MAX)) {
         Some(oldest) if rows > 0 => {
-            let intended_at_ns = start_ns
-                .saturating_add(i64::try_from(oldest.intended_offset_ns).unwrap_or(i64::MAX));
+            let intended_at_ns = start_ns.saturating_add(i64::try_from(oldest.intended_offset_ns).unwrap_or(i64::MAX));
             (now_ns() - intended_at_ns).max(0) as f64 / 1e6
         }
         _ => 0.0,

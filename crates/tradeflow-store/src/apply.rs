@@ -37,11 +37,7 @@ pub struct ApplySummary {
 impl Store {
     /// Applies a batch in one transaction. Events already in the apply log are skipped;
     /// either every other event is applied and logged, or (on error) none is.
-    pub async fn apply_batch(
-        &self,
-        events: &[ApplyInput<'_>],
-        applier: &str,
-    ) -> Result<ApplySummary, StoreError> {
+    pub async fn apply_batch(&self, events: &[ApplyInput<'_>], applier: &str) -> Result<ApplySummary, StoreError> {
         check_batch_size("applying a batch", events.len())?;
         self.retrying("applying a batch", || async move {
             let mut transaction = self.begin_write().await?;
@@ -88,9 +84,7 @@ impl Store {
             balance.0 = balance.0.saturating_add(effect.cash_delta.minor());
             balance.1 += 1;
             if let Some((symbol, shares)) = &effect.position_delta {
-                let position = positions
-                    .entry((&input.event.account_id, symbol))
-                    .or_insert(0);
+                let position = positions.entry((&input.event.account_id, symbol)).or_insert(0);
                 *position = position.saturating_add(*shares);
             }
         }
@@ -102,12 +96,7 @@ impl Store {
         // in batch order.
         let mut next_index: HashMap<&AccountId, i64> = balances
             .iter()
-            .map(|(account, (_, applied))| {
-                (
-                    *account,
-                    counts.get(account.as_str()).copied().unwrap_or(*applied) - applied + 1,
-                )
-            })
+            .map(|(account, (_, applied))| (*account, counts.get(account.as_str()).copied().unwrap_or(*applied) - applied + 1))
             .collect();
         let applied_at_ns = now_ns();
         for chunk in fresh.chunks(ROWS_PER_STATEMENT_MAX) {
@@ -134,17 +123,10 @@ impl Store {
         Ok(summary)
     }
 
-    async fn already_applied(
-        &self,
-        connection: &mut AnyConnection,
-        events: &[ApplyInput<'_>],
-    ) -> Result<HashSet<String>, sqlx::Error> {
+    async fn already_applied(&self, connection: &mut AnyConnection, events: &[ApplyInput<'_>]) -> Result<HashSet<String>, sqlx::Error> {
         let mut already = HashSet::new();
         for chunk in events.chunks(ROWS_PER_STATEMENT_MAX) {
-            let sql = format!(
-                "SELECT event_id FROM apply_log WHERE event_id IN ({})",
-                list(1, chunk.len())
-            );
+            let sql = format!("SELECT event_id FROM apply_log WHERE event_id IN ({})", list(1, chunk.len()));
             let mut query = sqlx::query(&sql);
             for input in chunk {
                 query = query.bind(input.event.event_id.to_string());
@@ -189,10 +171,7 @@ impl Store {
         connection: &mut AnyConnection,
         positions: &BTreeMap<(&AccountId, &Symbol), i64>,
     ) -> Result<(), sqlx::Error> {
-        let rows: Vec<_> = positions
-            .iter()
-            .filter(|(_, shares)| **shares != 0)
-            .collect();
+        let rows: Vec<_> = positions.iter().filter(|(_, shares)| **shares != 0).collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
             let sql = format!(
                 "INSERT INTO positions (account_id, symbol, shares) VALUES {} \
@@ -201,10 +180,7 @@ impl Store {
             );
             let mut query = sqlx::query(&sql);
             for ((account, symbol), shares) in chunk {
-                query = query
-                    .bind(account.as_str())
-                    .bind(symbol.as_str())
-                    .bind(**shares);
+                query = query.bind(account.as_str()).bind(symbol.as_str()).bind(**shares);
             }
             self.count(1);
             query.execute(&mut *connection).await?;
@@ -217,10 +193,7 @@ pub(crate) fn check_batch_size(operation: &'static str, len: usize) -> Result<()
     if len > crate::BATCH_EVENTS_MAX {
         return Err(StoreError::Invalid {
             operation,
-            reason: format!(
-                "a batch holds at most {} events, got {len}",
-                crate::BATCH_EVENTS_MAX
-            ),
+            reason: format!("a batch holds at most {} events, got {len}", crate::BATCH_EVENTS_MAX),
         });
     }
     Ok(())

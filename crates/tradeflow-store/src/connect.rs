@@ -85,10 +85,7 @@ impl StoreConfig {
                     return Err(bad("expected sqlite://PATH or a file path".into()));
                 }
                 if path.contains('?') {
-                    return Err(bad(
-                        "query parameters are not supported; tradeflow sets the pragmas it needs"
-                            .into(),
-                    ));
+                    return Err(bad("query parameters are not supported; tradeflow sets the pragmas it needs".into()));
                 }
                 Ok(format!("sqlite://{path}?mode=rwc"))
             }
@@ -98,12 +95,12 @@ impl StoreConfig {
                     .strip_prefix("postgres://")
                     .or_else(|| self.url.strip_prefix("postgresql://"))
                 else {
-                    return Err(bad(
-                        "expected postgres://USER:PASSWORD@HOST:PORT/DATABASE".into()
-                    ));
+                    return Err(bad("expected postgres://USER:PASSWORD@HOST:PORT/DATABASE".into()));
                 };
                 if rest.is_empty() || rest.starts_with('/') {
-                    return Err(bad("the URL names no host; expected postgres://USER:PASSWORD@HOST:PORT/DATABASE".into()));
+                    return Err(bad(
+                        "the URL names no host; expected postgres://USER:PASSWORD@HOST:PORT/DATABASE".into()
+                    ));
                 }
                 Ok(self.url.clone())
             }
@@ -138,9 +135,7 @@ impl Store {
         };
         let hint = match config.kind {
             StoreKind::Sqlite => "check that the directory exists and is writable",
-            StoreKind::Postgres => {
-                "is the server running and the URL right? (`.ci/run` shows how to start one and create the role)"
-            }
+            StoreKind::Postgres => "is the server running and the URL right? (`.ci/run` shows how to start one and create the role)",
         };
         let connect_error = |error| StoreError::Connect {
             kind: config.kind,
@@ -165,11 +160,7 @@ impl Store {
                 kind: config.kind,
                 url: url_redacted.clone(),
                 found,
-                known: migrator
-                    .iter()
-                    .map(|migration| migration.version)
-                    .max()
-                    .unwrap_or(0),
+                known: migrator.iter().map(|migration| migration.version).max().unwrap_or(0),
             },
             error => StoreError::Migrate {
                 kind: config.kind,
@@ -188,10 +179,7 @@ impl Store {
 
     /// Empties every tradeflow table, so that a run starts from nothing.
     pub async fn reset(&self) -> Result<(), StoreError> {
-        let mut transaction = self
-            .begin_write()
-            .await
-            .map_err(self.query_error("starting the reset"))?;
+        let mut transaction = self.begin_write().await.map_err(self.query_error("starting the reset"))?;
         for table in ["apply_log", "positions", "balances", "trade_events"] {
             self.count(1);
             transaction
@@ -200,10 +188,7 @@ impl Store {
                 .map_err(self.query_error("emptying tables"))?;
         }
         self.count(1);
-        transaction
-            .commit()
-            .await
-            .map_err(self.query_error("committing the reset"))
+        transaction.commit().await.map_err(self.query_error("committing the reset"))
     }
 
     /// Closes the pool, waiting for connections to be returned.
@@ -221,9 +206,7 @@ pub fn redact(url: &str) -> String {
     let (authority, path) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
         Some((user_info, host)) => {
-            let user = user_info
-                .split_once(':')
-                .map_or(user_info, |(user, _)| user);
+            let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
             let masked = if user_info.contains(':') {
                 format!("{user}:***")
             } else {
@@ -245,10 +228,7 @@ mod tests {
             redact("postgres://tradeflow:secret@127.0.0.1:5432/db"),
             "postgres://tradeflow:***@127.0.0.1:5432/db"
         );
-        assert_eq!(
-            redact("postgres://tradeflow@host/db"),
-            "postgres://tradeflow@host/db"
-        );
+        assert_eq!(redact("postgres://tradeflow@host/db"), "postgres://tradeflow@host/db");
         assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
     }
 
@@ -258,25 +238,16 @@ mod tests {
             kind: StoreKind::Postgres,
             url: "mysql://x@y/z".into(),
         };
-        assert!(matches!(
-            postgres.driver_url(),
-            Err(StoreError::BadUrl { .. })
-        ));
+        assert!(matches!(postgres.driver_url(), Err(StoreError::BadUrl { .. })));
         let sqlite = StoreConfig {
             kind: StoreKind::Sqlite,
             url: "postgres://x@y/z".into(),
         };
-        assert!(matches!(
-            sqlite.driver_url(),
-            Err(StoreError::BadUrl { .. })
-        ));
+        assert!(matches!(sqlite.driver_url(), Err(StoreError::BadUrl { .. })));
         let sqlite = StoreConfig {
             kind: StoreKind::Sqlite,
             url: "run.db".into(),
         };
-        assert_eq!(
-            sqlite.driver_url().ok(),
-            Some("sqlite://run.db?mode=rwc".to_owned())
-        );
+        assert_eq!(sqlite.driver_url().ok(), Some("sqlite://run.db?mode=rwc".to_owned()));
     }
 }

@@ -185,11 +185,7 @@ impl Store {
 
     /// Runs `attempt` until it succeeds, fails for a reason other than a lost race, or has
     /// lost [`TRANSACTION_ATTEMPTS_MAX`] races.
-    async fn retrying<T, F, Fut>(
-        &self,
-        operation: &'static str,
-        mut attempt: F,
-    ) -> Result<T, StoreError>
+    async fn retrying<T, F, Fut>(&self, operation: &'static str, mut attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
@@ -243,9 +239,7 @@ fn is_lost_race(error: &sqlx::Error) -> bool {
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
-        })
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// `($1,$2,$3),($4,$5,$6)...`: placeholders for `rows` rows of `columns` values, numbered

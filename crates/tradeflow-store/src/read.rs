@@ -61,11 +61,7 @@ impl Store {
                 reason: error.to_string(),
             })?;
             let shares: i64 = row.try_get(2).map_err(self.query_error(OPERATION))?;
-            accounts
-                .entry(account_id)
-                .or_default()
-                .positions
-                .insert(symbol, shares);
+            accounts.entry(account_id).or_default().positions.insert(symbol, shares);
         }
         Ok(accounts)
     }
@@ -98,12 +94,10 @@ impl Store {
     pub async fn backlog(&self) -> Result<Backlog, StoreError> {
         const OPERATION: &str = "measuring the backlog";
         self.count(1);
-        let row = sqlx::query(
-            "SELECT COUNT(*), MIN(intended_at_ns) FROM trade_events WHERE processed_at_ns IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(self.query_error(OPERATION))?;
+        let row = sqlx::query("SELECT COUNT(*), MIN(intended_at_ns) FROM trade_events WHERE processed_at_ns IS NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.query_error(OPERATION))?;
         Ok(Backlog {
             rows: row.try_get(0).map_err(self.query_error(OPERATION))?,
             oldest_intended_at_ns: row.try_get(1).map_err(self.query_error(OPERATION))?,
@@ -114,23 +108,17 @@ impl Store {
     pub async fn failed_source_rows(&self) -> Result<Vec<(String, String)>, StoreError> {
         const OPERATION: &str = "reading refused rows";
         self.count(1);
-        let rows = sqlx::query(
-            "SELECT event_id, error FROM trade_events WHERE error IS NOT NULL ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.query_error(OPERATION))?;
+        let rows = sqlx::query("SELECT event_id, error FROM trade_events WHERE error IS NOT NULL ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.query_error(OPERATION))?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(self.query_error(OPERATION))
     }
 
-    fn account(
-        &self,
-        row: &sqlx::any::AnyRow,
-        operation: &'static str,
-    ) -> Result<AccountId, StoreError> {
+    fn account(&self, row: &sqlx::any::AnyRow, operation: &'static str) -> Result<AccountId, StoreError> {
         let text: String = row.try_get(0).map_err(self.query_error(operation))?;
         AccountId::new(text.clone()).map_err(|error| StoreError::Corrupt {
             operation,

@@ -143,12 +143,7 @@ impl Store {
     /// order, applies them and marks them processed, all in one transaction. On
     /// PostgreSQL the claim is `FOR UPDATE SKIP LOCKED`, so concurrent pollers take
     /// different rows; on SQLite the write lock serializes pollers.
-    pub async fn poll_once(
-        &self,
-        batch_size: usize,
-        shard: Option<Shard>,
-        applier: &str,
-    ) -> Result<PollOutcome, StoreError> {
+    pub async fn poll_once(&self, batch_size: usize, shard: Option<Shard>, applier: &str) -> Result<PollOutcome, StoreError> {
         check_batch_size("polling", batch_size)?;
         if let Some(shard) = shard
             && (shard.count == 0 || shard.index >= shard.count)
@@ -231,15 +226,7 @@ mod tests {
             .map(|n| AccountId::new(format!("acct-{n:05}")).expect("valid id"))
             .collect();
         for account in &accounts {
-            let owners = (0..3)
-                .filter(|index| {
-                    Shard {
-                        index: *index,
-                        count: 3,
-                    }
-                    .owns(account)
-                })
-                .count();
+            let owners = (0..3).filter(|index| Shard { index: *index, count: 3 }.owns(account)).count();
             assert_eq!(owners, 1, "{account} has {owners} owners");
         }
     }

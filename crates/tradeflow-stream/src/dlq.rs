@@ -57,12 +57,7 @@ pub struct Rejection {
 }
 
 /// Sends `message` to the dead-letter topic of its topic and waits for the acknowledgement.
-pub async fn send(
-    producer: &FutureProducer,
-    message: &OwnedMessage,
-    rejection: &Rejection,
-    failed_at_ns: i64,
-) -> Result<(), StreamError> {
+pub async fn send(producer: &FutureProducer, message: &OwnedMessage, rejection: &Rejection, failed_at_ns: i64) -> Result<(), StreamError> {
     let dlq = dlq_topic(message.topic());
     let partition = message.partition().to_string();
     let offset = message.offset().to_string();
@@ -134,11 +129,7 @@ pub struct ReplayReport {
 /// Sends every dead letter of `dlq_topic` not yet replayed by `group` back to the topic
 /// named in its `dlq.source.topic` header (key and payload as they were), then commits.
 /// Stops when no further letter arrives for [`REPLAY_IDLE`].
-pub async fn replay(
-    bootstrap: &str,
-    dlq_topic: &str,
-    group: &str,
-) -> Result<ReplayReport, StreamError> {
+pub async fn replay(bootstrap: &str, dlq_topic: &str, group: &str) -> Result<ReplayReport, StreamError> {
     let consumer: StreamConsumer = base_config(bootstrap)
         .set("group.id", group)
         // Offsets are committed only after the replayed message is acknowledged.
@@ -157,11 +148,7 @@ pub async fn replay(
     let mut first_wait = true;
     loop {
         // The first message may take a group join (seconds on some brokers).
-        let idle = if first_wait {
-            REPLAY_IDLE * 5
-        } else {
-            REPLAY_IDLE
-        };
+        let idle = if first_wait { REPLAY_IDLE * 5 } else { REPLAY_IDLE };
         let message = match tokio::time::timeout(idle, consumer.recv()).await {
             Err(_) => break,
             Ok(Err(error)) => {
@@ -186,35 +173,19 @@ pub async fn replay(
         if let Some(payload) = message.payload() {
             record = record.payload(payload);
         }
-        producer
-            .send(record, SEND_TIMEOUT)
-            .await
-            .map_err(|(error, _)| {
-                StreamError::kafka(
-                    format!(
-                        "replaying {dlq_topic}[{}]@{} to {source}",
-                        message.partition(),
-                        message.offset()
-                    ),
-                    error,
-                )
-            })?;
+        producer.send(record, SEND_TIMEOUT).await.map_err(|(error, _)| {
+            StreamError::kafka(
+                format!("replaying {dlq_topic}[{}]@{} to {source}", message.partition(), message.offset()),
+                error,
+            )
+        })?;
         let mut offsets = TopicPartitionList::new();
         offsets
-            .add_partition_offset(
-                dlq_topic,
-                message.partition(),
-                Offset::Offset(message.offset() + 1),
-            )
+            .add_partition_offset(dlq_topic, message.partition(), Offset::Offset(message.offset() + 1))
             .map_err(|error| StreamError::kafka("building the offset list", error))?;
         consumer
             .commit(&offsets, CommitMode::Sync)
-            .map_err(|error| {
-                StreamError::kafka(
-                    format!("committing {dlq_topic}[{}]", message.partition()),
-                    error,
-                )
-            })?;
+            .map_err(|error| StreamError::kafka(format!("committing {dlq_topic}[{}]", message.partition()), error))?;
         report.moved += 1;
         *report
             .by_kind

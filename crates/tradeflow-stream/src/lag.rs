@@ -21,12 +21,7 @@ pub struct LagProbe {
 
 impl LagProbe {
     /// A probe for `group` on `topic` (it reads offsets; it never joins the group).
-    pub fn new(
-        bootstrap: &str,
-        topic: &str,
-        group: &str,
-        partitions: i32,
-    ) -> Result<LagProbe, StreamError> {
+    pub fn new(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Result<LagProbe, StreamError> {
         let consumer: BaseConsumer = base_config(bootstrap)
             // The group whose committed offsets are read; this client never subscribes.
             .set("group.id", group)
@@ -49,27 +44,14 @@ impl LagProbe {
         let committed = self
             .consumer
             .committed_offsets(wanted, PROBE_TIMEOUT)
-            .map_err(|error| {
-                StreamError::kafka(
-                    format!("reading committed offsets of {}", self.topic),
-                    error,
-                )
-            })?;
+            .map_err(|error| StreamError::kafka(format!("reading committed offsets of {}", self.topic), error))?;
         (0..self.partitions)
             .map(|partition| {
                 let (_, log_end) = self
                     .consumer
                     .fetch_watermarks(&self.topic, partition, PROBE_TIMEOUT)
-                    .map_err(|error| {
-                        StreamError::kafka(
-                            format!("reading the log end of {}[{partition}]", self.topic),
-                            error,
-                        )
-                    })?;
-                let committed = match committed
-                    .find_partition(&self.topic, partition)
-                    .map(|element| element.offset())
-                {
+                    .map_err(|error| StreamError::kafka(format!("reading the log end of {}[{partition}]", self.topic), error))?;
+                let committed = match committed.find_partition(&self.topic, partition).map(|element| element.offset()) {
                     Some(Offset::Offset(offset)) => offset,
                     _ => 0,
                 };
@@ -86,12 +68,7 @@ impl LagProbe {
 
 /// Builds a sample: `intended_at` maps (partition, offset) to the event's intended send
 /// time, so that the oldest unapplied event of each partition can be aged.
-pub fn sample(
-    t_s: f64,
-    partitions: Vec<PartitionLag>,
-    intended_at: &HashMap<(i32, i64), i64>,
-    now_ns: i64,
-) -> LagSample {
+pub fn sample(t_s: f64, partitions: Vec<PartitionLag>, intended_at: &HashMap<(i32, i64), i64>, now_ns: i64) -> LagSample {
     let oldest_ns = partitions
         .iter()
         .filter(|lag| lag.offset_lag > 0)
@@ -108,9 +85,7 @@ pub fn sample(
 
 /// The sample in Prometheus text format.
 pub fn prometheus(sample: &LagSample, topic: &str, group: &str) -> String {
-    let mut text = String::from(
-        "# HELP tradeflow_offset_lag Log end offset minus committed offset.\n# TYPE tradeflow_offset_lag gauge\n",
-    );
+    let mut text = String::from("# HELP tradeflow_offset_lag Log end offset minus committed offset.\n# TYPE tradeflow_offset_lag gauge\n");
     for lag in &sample.partitions {
         text.push_str(&format!(
             "tradeflow_offset_lag{{topic=\"{topic}\",group=\"{group}\",partition=\"{}\"}} {}\n",
@@ -151,9 +126,7 @@ mod tests {
         assert!((sample.time_lag_ms - 500.0).abs() < 1e-9, "{sample:?}");
         let text = prometheus(&sample, "trades", "balances");
         assert!(
-            text.contains(
-                "tradeflow_offset_lag{topic=\"trades\",group=\"balances\",partition=\"0\"} 6"
-            ),
+            text.contains("tradeflow_offset_lag{topic=\"trades\",group=\"balances\",partition=\"0\"} 6"),
             "{text}"
         );
     }

@@ -9,6 +9,7 @@
 //! - [`dlq`]: a message that cannot be decoded, or whose key is not its account, goes to
 //!   `<topic>.dlq` with headers saying why, where from and when; replay sends it back.
 //! - [`lag`]: offset lag per partition (log end minus committed) and time lag.
+//! - [`metrics`]: lag as Prometheus text on a TCP port.
 //! - [`run`]: a whole seeded run on a cluster, checked and recorded.
 //!
 //! Delivery guarantee: at least once from the broker, exactly once on balances (the apply
@@ -17,6 +18,7 @@
 
 pub mod dlq;
 pub mod lag;
+pub mod metrics;
 pub mod publisher;
 pub mod run;
 pub mod service;
@@ -83,15 +85,40 @@ pub enum StreamError {
 }
 
 impl StreamError {
-    pub(crate) fn kafka(
-        operation: impl Into<String>,
-        error: impl std::fmt::Display,
-    ) -> StreamError {
+    pub(crate) fn kafka(operation: impl Into<String>, error: impl std::fmt::Display) -> StreamError {
         StreamError::Kafka {
             operation: operation.into(),
             reason: error.to_string(),
         }
     }
+}
+
+/// The number of partitions of a topic, or a clear error if the topic does not exist.
+pub async fn topic_partitions(bootstrap: &str, topic: &str) -> Result<i32, StreamError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = base_config(bootstrap)
+        .create()
+        .map_err(|error| StreamError::kafka("creating a metadata client", error))?;
+    let name = topic.to_owned();
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer
+            .fetch_metadata(Some(&name), lag::PROBE_TIMEOUT)
+            .map_err(|error| StreamError::kafka(format!("reading metadata of {name} from {bootstrap} (is a broker there?)"), error))?;
+        match metadata.topics().first() {
+            Some(found) if found.error().is_none() && !found.partitions().is_empty() => Ok(found.partitions().len() as i32),
+            _ => Err(StreamError::Config {
+                reason: format!(
+                    "topic {name} does not exist on {bootstrap}; create it (tradeflow topics apply) or name another with --topic"
+                ),
+            }),
+        }
+    })
+    .await
+    .map_err(|error| StreamError::Task {
+        task: "metadata".into(),
+        reason: error.to_string(),
+    })?
 }
 
 /// Settings every client of this crate shares.

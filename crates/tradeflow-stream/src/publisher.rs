@@ -89,10 +89,7 @@ impl Deliveries {
 
     /// A copy of the reports.
     pub fn reports(&self) -> Vec<Option<Delivery>> {
-        self.reports
-            .lock()
-            .map(|reports| reports.clone())
-            .unwrap_or_default()
+        self.reports.lock().map(|reports| reports.clone()).unwrap_or_default()
     }
 
     fn record(&self, index: usize, delivery: Delivery) {
@@ -129,12 +126,7 @@ impl ProducerContext for PublishContext {
             ),
             Err((error, message)) => {
                 tracing::warn!(messaging.destination.name = message.topic(), messaging.destination.partition.id = message.partition(), %error, "delivery failed");
-                self.deliveries.record(
-                    index,
-                    Delivery::Failed {
-                        reason: error.to_string(),
-                    },
-                );
+                self.deliveries.record(index, Delivery::Failed { reason: error.to_string() });
             }
         }
     }
@@ -149,12 +141,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher to `topic` whose delivery reports go to `deliveries`.
-    pub fn new(
-        bootstrap: &str,
-        topic: &str,
-        config: &PublisherConfig,
-        deliveries: Arc<Deliveries>,
-    ) -> Result<Publisher, StreamError> {
+    pub fn new(bootstrap: &str, topic: &str, config: &PublisherConfig, deliveries: Arc<Deliveries>) -> Result<Publisher, StreamError> {
         let producer = base_config(bootstrap)
             // Acknowledged only once every in-sync replica has the write.
             .set("acks", "all")
@@ -185,12 +172,7 @@ impl Publisher {
     }
 
     /// Enqueues one event (the report arrives later); waits while the local queue is full.
-    pub async fn publish(
-        &self,
-        index: usize,
-        event: &Event,
-        intended_at_ns: i64,
-    ) -> Result<(), StreamError> {
+    pub async fn publish(&self, index: usize, event: &Event, intended_at_ns: i64) -> Result<(), StreamError> {
         let payload = encode(event);
         let intended = intended_at_ns.to_string();
         let mut record = BaseRecord::with_opaque_to(&self.topic, index)

@@ -11,9 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tradeflow_check::{
-    LagSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store,
-};
+use tradeflow_check::{LagSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store};
 use tradeflow_cluster::Cluster;
 use tradeflow_domain::{EventId, Oracle, Workload, WorkloadConfig};
 use tradeflow_store::{Store, now_ns};
@@ -49,21 +47,17 @@ pub struct StreamOptions {
     /// How long the run waits, once every event is published, for lag that does not
     /// shrink before it gives up; what is unapplied then counts as lost.
     pub stall_timeout: Duration,
+    /// Where to publish lag as Prometheus text, if anywhere.
+    pub metrics: Option<crate::metrics::MetricsText>,
 }
 
 impl StreamOptions {
     /// Checks every bound.
     pub fn validate(&self) -> Result<(), StreamError> {
         let reason = if !(1..=PARTITIONS_MAX).contains(&self.partitions) {
-            format!(
-                "partitions must be 1..={PARTITIONS_MAX}, got {}",
-                self.partitions
-            )
+            format!("partitions must be 1..={PARTITIONS_MAX}, got {}", self.partitions)
         } else if self.consumers == 0 || self.consumers > CONSUMERS_MAX {
-            format!(
-                "consumers must be 1..={CONSUMERS_MAX}, got {}",
-                self.consumers
-            )
+            format!("consumers must be 1..={CONSUMERS_MAX}, got {}", self.consumers)
         } else if self.publisher.batch_max == 0 {
             "the producer batch must hold at least one message".to_owned()
         } else {
@@ -93,12 +87,8 @@ pub async fn run(
     options.validate()?;
     let workload = Arc::new(Workload::generate(&options.workload)?);
     store.reset().await?;
-    cluster
-        .ensure_topic(&options.topic, options.partitions, 1)
-        .await?;
-    cluster
-        .ensure_topic(&dlq::dlq_topic(&options.topic), 1, 1)
-        .await?;
+    cluster.ensure_topic(&options.topic, options.partitions, 1).await?;
+    cluster.ensure_topic(&dlq::dlq_topic(&options.topic), 1, 1).await?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let group = format!("tradeflow-balances-{}", uuid_like());
     start_group_at_end(&bootstrap, &options.topic, &group, options.partitions).await?;
@@ -118,33 +108,18 @@ pub async fn run(
                 fill_wait: options.fill_wait,
                 session_timeout_ms: 6_000,
             };
-            tokio::spawn(run_service(
-                store.clone(),
-                config,
-                stop_receiver.clone(),
-                counters.clone(),
-            ))
+            tokio::spawn(run_service(store.clone(), config, stop_receiver.clone(), counters.clone()))
         })
         .collect();
     wait_for_assignment(&counters, options).await;
 
     let deliveries = Arc::new(Deliveries::new(workload.events.len()));
-    let publisher = Publisher::new(
-        &bootstrap,
-        &options.topic,
-        &options.publisher,
-        deliveries.clone(),
-    )?;
+    let publisher = Publisher::new(&bootstrap, &options.topic, &options.publisher, deliveries.clone())?;
     let start = Instant::now();
     let start_ns = now_ns();
     let publishing = tokio::spawn(publish(publisher, workload.clone(), start, start_ns));
 
-    let probe = Arc::new(LagProbe::new(
-        &bootstrap,
-        &options.topic,
-        &group,
-        options.partitions,
-    )?);
+    let probe = Arc::new(LagProbe::new(&bootstrap, &options.topic, &group, options.partitions)?);
     let total = workload.events.len() as u64;
     let mut publishing = Some(publishing);
     let mut lag_samples: Vec<LagSample> = Vec::new();
@@ -172,12 +147,15 @@ pub async fn run(
                     reason: error.to_string(),
                 })?;
             match partitions {
-                Ok(partitions) => lag_samples.push(lag::sample(
-                    start.elapsed().as_secs_f64(),
-                    partitions,
-                    &intended_at,
-                    now_ns(),
-                )),
+                Ok(partitions) => {
+                    let sample = lag::sample(start.elapsed().as_secs_f64(), partitions, &intended_at, now_ns());
+                    if let Some(metrics) = &options.metrics
+                        && let Ok(mut text) = metrics.lock()
+                    {
+                        *text = lag::prometheus(&sample, &options.topic, &group);
+                    }
+                    lag_samples.push(sample);
+                }
                 Err(error) => tracing::warn!(%error, "lag probe failed"),
             }
         }
@@ -219,12 +197,7 @@ pub async fn run(
     }
     let intended_at = intended_at_by_offset(&workload, &deliveries, start_ns);
     if let Ok(Ok(partitions)) = tokio::task::spawn_blocking(move || probe.probe()).await {
-        lag_samples.push(lag::sample(
-            start.elapsed().as_secs_f64(),
-            partitions,
-            &intended_at,
-            now_ns(),
-        ));
+        lag_samples.push(lag::sample(start.elapsed().as_secs_f64(), partitions, &intended_at, now_ns()));
     }
 
     let db_statements = store.statements() - statements_before;
@@ -270,11 +243,7 @@ pub async fn run(
         events: total,
         applied,
         duration_s,
-        throughput_per_s: if duration_s > 0.0 {
-            applied as f64 / duration_s
-        } else {
-            0.0
-        },
+        throughput_per_s: if duration_s > 0.0 { applied as f64 / duration_s } else { 0.0 },
         latency_ms: latency.summary(),
         db_statements,
         process,
@@ -286,33 +255,17 @@ pub async fn run(
 
 /// The publisher: sends each event at its intended send time (open loop), then waits for
 /// every delivery report.
-async fn publish(
-    publisher: Publisher,
-    workload: Arc<Workload>,
-    start: Instant,
-    start_ns: i64,
-) -> Result<(), StreamError> {
+async fn publish(publisher: Publisher, workload: Arc<Workload>, start: Instant, start_ns: i64) -> Result<(), StreamError> {
     for (index, scheduled) in workload.events.iter().enumerate() {
-        tokio::time::sleep_until(
-            (start + Duration::from_nanos(scheduled.intended_offset_ns)).into(),
-        )
-        .await;
-        let intended_at_ns = start_ns
-            .saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX));
-        publisher
-            .publish(index, &scheduled.event, intended_at_ns)
-            .await?;
+        tokio::time::sleep_until((start + Duration::from_nanos(scheduled.intended_offset_ns)).into()).await;
+        let intended_at_ns = start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX));
+        publisher.publish(index, &scheduled.event, intended_at_ns).await?;
     }
     publisher.flush().await.map(|_| ())
 }
 
 /// Commits the topic's current end offsets for a new group, so that it starts there.
-async fn start_group_at_end(
-    bootstrap: &str,
-    topic: &str,
-    group: &str,
-    partitions: i32,
-) -> Result<(), StreamError> {
+async fn start_group_at_end(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Result<(), StreamError> {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = crate::base_config(bootstrap)
@@ -326,9 +279,7 @@ async fn start_group_at_end(
         for partition in 0..partitions {
             let (_, end) = consumer
                 .fetch_watermarks(&topic, partition, lag::PROBE_TIMEOUT)
-                .map_err(|error| {
-                    StreamError::kafka(format!("reading the end of {topic}[{partition}]"), error)
-                })?;
+                .map_err(|error| StreamError::kafka(format!("reading the end of {topic}[{partition}]"), error))?;
             offsets
                 .add_partition_offset(&topic, partition, Offset::Offset(end))
                 .map_err(|error| StreamError::kafka("building the offset list", error))?;
@@ -338,9 +289,7 @@ async fn start_group_at_end(
             .map_err(|error| StreamError::kafka("assigning partitions", error))?;
         consumer
             .commit(&offsets, CommitMode::Sync)
-            .map_err(|error| {
-                StreamError::kafka(format!("committing start offsets of {topic}"), error)
-            })
+            .map_err(|error| StreamError::kafka(format!("committing start offsets of {topic}"), error))
     })
     .await
     .map_err(|error| StreamError::Task {
@@ -354,19 +303,14 @@ async fn start_group_at_end(
 async fn wait_for_assignment(counters: &ServiceCounters, options: &StreamOptions) {
     let wanted = i64::from(options.partitions);
     let deadline = Instant::now() + ASSIGNMENT_TIMEOUT;
-    while counters.assigned_partitions.load(Ordering::Relaxed) < wanted && Instant::now() < deadline
-    {
+    while counters.assigned_partitions.load(Ordering::Relaxed) < wanted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Consumers beyond the partition count stay idle; a rebalance settles in a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-fn intended_at_by_offset(
-    workload: &Workload,
-    deliveries: &Deliveries,
-    start_ns: i64,
-) -> HashMap<(i32, i64), i64> {
+fn intended_at_by_offset(workload: &Workload, deliveries: &Deliveries, start_ns: i64) -> HashMap<(i32, i64), i64> {
     workload
         .events
         .iter()
@@ -374,9 +318,7 @@ fn intended_at_by_offset(
         .filter_map(|(scheduled, report)| match report {
             Some(Delivery::Acked { partition, offset }) => Some((
                 (partition, offset),
-                start_ns.saturating_add(
-                    i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX),
-                ),
+                start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)),
             )),
             _ => None,
         })

@@ -51,10 +51,7 @@ impl ServiceConfig {
     pub fn validate(&self) -> Result<(), StreamError> {
         if self.batch_size == 0 || self.batch_size > SERVICE_BATCH_MAX {
             return Err(StreamError::Config {
-                reason: format!(
-                    "batch size must be 1..={SERVICE_BATCH_MAX}, got {}",
-                    self.batch_size
-                ),
+                reason: format!("batch size must be 1..={SERVICE_BATCH_MAX}, got {}", self.batch_size),
             });
         }
         if self.topic.is_empty() || self.group.is_empty() {
@@ -65,10 +62,7 @@ impl ServiceConfig {
         Ok(())
     }
 
-    fn consumer(
-        &self,
-        counters: Arc<ServiceCounters>,
-    ) -> Result<StreamConsumer<ServiceContext>, StreamError> {
+    fn consumer(&self, counters: Arc<ServiceCounters>) -> Result<StreamConsumer<ServiceContext>, StreamError> {
         base_config(&self.bootstrap)
             .set("group.id", &self.group)
             .set("client.id", &self.name)
@@ -80,10 +74,7 @@ impl ServiceConfig {
             .set("auto.offset.reset", "earliest")
             // How long the group waits for a silent member before moving its partitions.
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (self.session_timeout_ms / 3).max(100).to_string(),
-            )
+            .set("heartbeat.interval.ms", (self.session_timeout_ms / 3).max(100).to_string())
             // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
             .set("fetch.wait.max.ms", "10")
             .create_with_context(ServiceContext {
@@ -91,12 +82,7 @@ impl ServiceConfig {
                 group: self.group.clone(),
                 counters,
             })
-            .map_err(|error| {
-                StreamError::kafka(
-                    format!("creating consumer {} of group {}", self.name, self.group),
-                    error,
-                )
-            })
+            .map_err(|error| StreamError::kafka(format!("creating consumer {} of group {}", self.name, self.group), error))
     }
 }
 
@@ -122,9 +108,7 @@ pub struct ServiceCounters {
 impl ServiceCounters {
     /// Messages processed: applied, skipped as duplicates, or dead-lettered.
     pub fn processed(&self) -> u64 {
-        self.applied.load(Ordering::Relaxed)
-            + self.duplicates.load(Ordering::Relaxed)
-            + self.dead_lettered.load(Ordering::Relaxed)
+        self.applied.load(Ordering::Relaxed) + self.duplicates.load(Ordering::Relaxed) + self.dead_lettered.load(Ordering::Relaxed)
     }
 }
 
@@ -138,11 +122,7 @@ pub struct ServiceContext {
 impl ClientContext for ServiceContext {}
 
 impl ConsumerContext for ServiceContext {
-    fn pre_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
+    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             // Nothing to commit here: this consumer commits right after each apply, so a
             // revoked partition has no applied-but-uncommitted work.
@@ -153,11 +133,7 @@ impl ConsumerContext for ServiceContext {
         }
     }
 
-    fn post_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.counters.rebalances.fetch_add(1, Ordering::Relaxed);
         match rebalance {
             Rebalance::Assign(partitions) => {
@@ -175,11 +151,7 @@ impl ConsumerContext for ServiceContext {
 }
 
 fn partition_numbers(partitions: &TopicPartitionList) -> Vec<i32> {
-    partitions
-        .elements()
-        .iter()
-        .map(|element| element.partition())
-        .collect()
+    partitions.elements().iter().map(|element| element.partition()).collect()
 }
 
 /// Runs one consumer of the balance service until `stop` turns true (or an error that
@@ -221,16 +193,7 @@ pub async fn run_service(
                 Err(_) => break,
             }
         }
-        process(
-            &store,
-            &consumer,
-            &dead_letters,
-            &config,
-            &batch,
-            &counters,
-            &mut latency,
-        )
-        .await?;
+        process(&store, &consumer, &dead_letters, &config, &batch, &counters, &mut latency).await?;
         batch.clear();
     }
     Ok(latency)
@@ -291,9 +254,7 @@ async fn process(
     // The database commit is done: now, and only now, the offsets.
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for message in batch {
-        let entry = next
-            .entry((message.topic().to_owned(), message.partition()))
-            .or_insert(0);
+        let entry = next.entry((message.topic().to_owned(), message.partition())).or_insert(0);
         *entry = (*entry).max(message.offset() + 1);
     }
     let mut offsets = TopicPartitionList::new();
@@ -305,26 +266,15 @@ async fn process(
     // Synchronous, so that a crash after this line never redelivers the batch; a commit
     // refused because the partition moved is harmless (the new owner skips what is in the
     // apply log).
-    if let Err(error) = tokio::task::block_in_place(|| consumer.commit(&offsets, CommitMode::Sync))
-    {
+    if let Err(error) = tokio::task::block_in_place(|| consumer.commit(&offsets, CommitMode::Sync)) {
         tracing::warn!(%error, offsets = ?next, "offset commit refused; the events are applied and a redelivery will be skipped");
     } else {
-        counters
-            .committed
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        counters.committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
-    counters
-        .applied
-        .fetch_add(summary.applied as u64, Ordering::Relaxed);
-    counters
-        .duplicates
-        .fetch_add(summary.duplicates as u64, Ordering::Relaxed);
-    counters
-        .dead_lettered
-        .fetch_add(dead_lettered, Ordering::Relaxed);
-    counters
-        .last_commit_ns
-        .fetch_max(committed_at_ns, Ordering::Relaxed);
+    counters.applied.fetch_add(summary.applied as u64, Ordering::Relaxed);
+    counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
+    counters.dead_lettered.fetch_add(dead_lettered, Ordering::Relaxed);
+    counters.last_commit_ns.fetch_max(committed_at_ns, Ordering::Relaxed);
     Ok(())
 }
 

@@ -16,20 +16,13 @@ fn fixture() -> Fixture {
         rate_per_s: 1_000.0,
         profile: Default::default(),
     };
-    let events: Vec<Event> = Workload::generate(&config)
-        .expect("valid config")
-        .plain_events()
-        .cloned()
-        .collect();
+    let events: Vec<Event> = Workload::generate(&config).expect("valid config").plain_events().cloned().collect();
     let oracle = Oracle::from_events(&events);
     Fixture { events, oracle }
 }
 
 /// A store that applied `order` (indexes into the events), blindly, in that order.
-fn store_history(
-    events: &[Event],
-    order: &[usize],
-) -> (Vec<Applied>, BTreeMap<AccountId, AccountState>) {
+fn store_history(events: &[Event], order: &[usize]) -> (Vec<Applied>, BTreeMap<AccountId, AccountState>) {
     let mut ledger = Ledger::new();
     let mut counts: HashMap<AccountId, u64> = HashMap::new();
     let applied = order
@@ -47,10 +40,7 @@ fn store_history(
             }
         })
         .collect();
-    let final_state = ledger
-        .accounts()
-        .map(|(id, state)| (id.clone(), state.clone()))
-        .collect();
+    let final_state = ledger.accounts().map(|(id, state)| (id.clone(), state.clone())).collect();
     (applied, final_state)
 }
 

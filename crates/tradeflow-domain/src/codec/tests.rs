@@ -12,35 +12,24 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
         (1..=AMOUNT_MAX).prop_map(|amount| EventKind::Withdrawal {
             amount: Money::from_minor(amount)
         }),
-        (
-            any::<bool>(),
-            "[A-Z][A-Z0-9.]{0,11}",
-            1..=QUANTITY_MAX,
-            1..=PRICE_MAX
-        )
-            .prop_map(|(buy, symbol, quantity, price)| {
-                EventKind::TradeExecuted {
-                    side: if buy { Side::Buy } else { Side::Sell },
-                    symbol: Symbol::new(symbol).expect("strategy yields valid symbols"),
-                    quantity: Quantity::new(quantity).expect("strategy yields valid quantities"),
-                    price: Money::from_minor(price),
-                }
-            }),
+        (any::<bool>(), "[A-Z][A-Z0-9.]{0,11}", 1..=QUANTITY_MAX, 1..=PRICE_MAX).prop_map(|(buy, symbol, quantity, price)| {
+            EventKind::TradeExecuted {
+                side: if buy { Side::Buy } else { Side::Sell },
+                symbol: Symbol::new(symbol).expect("strategy yields valid symbols"),
+                quantity: Quantity::new(quantity).expect("strategy yields valid quantities"),
+                price: Money::from_minor(price),
+            }
+        }),
     ];
-    (
-        any::<u128>(),
-        "[A-Za-z0-9_-]{1,64}",
-        1..=u64::MAX / 2,
-        any::<i64>(),
-        kind,
-    )
-        .prop_map(|(id, account, account_seq, occurred_at_ns, kind)| Event {
+    (any::<u128>(), "[A-Za-z0-9_-]{1,64}", 1..=u64::MAX / 2, any::<i64>(), kind).prop_map(
+        |(id, account, account_seq, occurred_at_ns, kind)| Event {
             event_id: EventId::from_uuid(uuid::Uuid::from_u128(id)),
             account_id: AccountId::new(account).expect("strategy yields valid ids"),
             account_seq,
             occurred_at_ns,
             kind,
-        })
+        },
+    )
 }
 
 proptest! {
@@ -90,11 +79,7 @@ fn trade_json() -> Value {
     })
 }
 
-fn decode_with(
-    mut value: Value,
-    field: &str,
-    replacement: Option<Value>,
-) -> Result<Event, DecodeError> {
+fn decode_with(mut value: Value, field: &str, replacement: Option<Value>) -> Result<Event, DecodeError> {
     let object = value.as_object_mut().expect("test fixtures are objects");
     match replacement {
         Some(replacement) => object.insert(field.to_owned(), replacement),
@@ -116,32 +101,21 @@ fn refusals_name_the_field_and_the_reason() {
             deposit_json(),
             "schema_version",
             Some(json!(2)),
-            DecodeError::UnknownSchemaVersion {
-                version: "2".into(),
-            },
+            DecodeError::UnknownSchemaVersion { version: "2".into() },
         ),
         (
             deposit_json(),
             "schema_version",
             Some(json!("1")),
-            DecodeError::UnknownSchemaVersion {
-                version: "\"1\"".into(),
-            },
+            DecodeError::UnknownSchemaVersion { version: "\"1\"".into() },
         ),
         (
             deposit_json(),
             "schema_version",
             None,
-            DecodeError::MissingField {
-                field: "schema_version",
-            },
+            DecodeError::MissingField { field: "schema_version" },
         ),
-        (
-            deposit_json(),
-            "amount",
-            None,
-            DecodeError::MissingField { field: "amount" },
-        ),
+        (deposit_json(), "amount", None, DecodeError::MissingField { field: "amount" }),
         (
             deposit_json(),
             "amount",
@@ -203,9 +177,7 @@ fn refusals_name_the_field_and_the_reason() {
             Some(json!("refund")),
             DecodeError::InvalidValue {
                 field: "type",
-                reason:
-                    "unknown event type \"refund\" (expected deposit, withdrawal or trade_executed)"
-                        .into(),
+                reason: "unknown event type \"refund\" (expected deposit, withdrawal or trade_executed)".into(),
             },
         ),
         (
@@ -265,14 +237,8 @@ fn refusals_name_the_field_and_the_reason() {
 
 #[test]
 fn non_objects_and_non_json_are_refused() {
-    assert!(matches!(
-        decode(b"not json"),
-        Err(DecodeError::NotJson { .. })
-    ));
-    assert_eq!(
-        decode(b"[1,2]"),
-        Err(DecodeError::NotAnObject { found: "an array" })
-    );
+    assert!(matches!(decode(b"not json"), Err(DecodeError::NotJson { .. })));
+    assert_eq!(decode(b"[1,2]"), Err(DecodeError::NotAnObject { found: "an array" }));
     assert!(matches!(
         decode(&vec![b' '; ENCODED_LEN_MAX + 1]),
         Err(DecodeError::TooLarge { .. })

@@ -16,11 +16,7 @@ fn config(seed: u64, events: u64, accounts: u32, profile: RateProfile) -> Worklo
 }
 
 fn profile() -> impl Strategy<Value = RateProfile> {
-    prop_oneof![
-        Just(RateProfile::Steady),
-        Just(RateProfile::Ramp),
-        Just(RateProfile::Burst)
-    ]
+    prop_oneof![Just(RateProfile::Steady), Just(RateProfile::Ramp), Just(RateProfile::Burst)]
 }
 
 proptest! {
@@ -77,15 +73,10 @@ fn the_same_seed_gives_the_same_events_and_another_seed_does_not() {
 
 #[test]
 fn a_few_hot_accounts_carry_most_of_the_traffic() {
-    let workload =
-        Workload::generate(&config(1, 20_000, 1_000, RateProfile::Steady)).expect("valid config");
+    let workload = Workload::generate(&config(1, 20_000, 1_000, RateProfile::Steady)).expect("valid config");
     let hottest_ten = workload
         .plain_events()
-        .filter(|event| {
-            workload.accounts[..10]
-                .iter()
-                .any(|account| account.id == event.account_id)
-        })
+        .filter(|event| workload.accounts[..10].iter().any(|account| account.id == event.account_id))
         .count();
     // Under a Zipf law with exponent 1.1 over 1,000 accounts the top 1% carry about 40%.
     assert!(
@@ -96,13 +87,10 @@ fn a_few_hot_accounts_carry_most_of_the_traffic() {
 
 #[test]
 fn the_burst_profile_sends_the_middle_tenth_ten_times_faster() {
-    let steady =
-        Workload::generate(&config(3, 10_000, 10, RateProfile::Steady)).expect("valid config");
-    let burst =
-        Workload::generate(&config(3, 10_000, 10, RateProfile::Burst)).expect("valid config");
-    let span = |workload: &Workload, from: usize, to: usize| {
-        workload.events[to].intended_offset_ns - workload.events[from].intended_offset_ns
-    };
+    let steady = Workload::generate(&config(3, 10_000, 10, RateProfile::Steady)).expect("valid config");
+    let burst = Workload::generate(&config(3, 10_000, 10, RateProfile::Burst)).expect("valid config");
+    let span =
+        |workload: &Workload, from: usize, to: usize| workload.events[to].intended_offset_ns - workload.events[from].intended_offset_ns;
     let ratio = span(&steady, 4_000, 4_999) as f64 / span(&burst, 4_000, 4_999) as f64;
     assert!((9.9..10.1).contains(&ratio), "spike ratio {ratio}");
     assert_eq!(span(&steady, 0, 3_999), span(&burst, 0, 3_999));
@@ -120,22 +108,16 @@ fn bad_configurations_are_refused() {
     );
     let mut nan_rate = config(1, 10, 10, RateProfile::Steady);
     nan_rate.rate_per_s = f64::NAN;
-    assert!(matches!(
-        Workload::generate(&nan_rate),
-        Err(WorkloadError::Rate { .. })
-    ));
+    assert!(matches!(Workload::generate(&nan_rate), Err(WorkloadError::Rate { .. })));
     assert_eq!(
         "sideways".parse::<RateProfile>(),
-        Err(WorkloadError::Profile {
-            given: "sideways".into()
-        })
+        Err(WorkloadError::Profile { given: "sideways".into() })
     );
 }
 
 #[test]
 fn due_takes_the_events_whose_time_has_come_up_to_a_maximum() {
-    let workload =
-        Workload::generate(&config(5, 100, 3, RateProfile::Steady)).expect("valid config");
+    let workload = Workload::generate(&config(5, 100, 3, RateProfile::Steady)).expect("valid config");
     // 1,000 events per second: event i is due at i ms.
     assert_eq!(workload.due(0, 0, 50), 1);
     assert_eq!(workload.due(0, 9_500_000, 50), 10);

@@ -1,0 +1,200 @@
+//! `tradeflow balance-service` and `tradeflow balances`.
+
+use crate::args::StoreArgs;
+use crate::run_stream::AbortOnDrop;
+use anyhow::Context;
+use clap::Args;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::watch;
+use tradeflow_stream::lag::{self, LagProbe};
+use tradeflow_stream::metrics::{self, MetricsText};
+use tradeflow_stream::{ServiceConfig, ServiceCounters, run_service};
+
+/// How often the service reports what it did and samples lag.
+const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Arguments of `tradeflow balance-service`.
+#[derive(Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
+    #[arg(long)]
+    bootstrap: String,
+    /// The topic of trade events (see docs/wire-format.md for what it must hold).
+    #[arg(long, default_value = "trades")]
+    topic: String,
+    /// The consumer group; run several processes with the same group to share partitions.
+    #[arg(long, default_value = "tradeflow-balances")]
+    group: String,
+    /// Consumers in this process.
+    #[arg(long, default_value_t = 1)]
+    consumers: u32,
+    /// Most messages applied in one database transaction.
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// How long the group waits for a silent member before moving its partitions.
+    #[arg(long, default_value_t = 10_000)]
+    session_timeout_ms: u32,
+    /// Serve offset lag and time lag as Prometheus text on this address (HOST:PORT).
+    #[arg(long)]
+    metrics_addr: Option<String>,
+}
+
+/// Runs the balance service until Ctrl-C or SIGTERM.
+pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
+    let store = arguments.store.open().await?;
+    let partitions = tradeflow_stream::topic_partitions(&arguments.bootstrap, &arguments.topic)
+        .await
+        .context("checking the topic")?;
+    let metrics_text = MetricsText::default();
+    let _server = match &arguments.metrics_addr {
+        Some(address) => {
+            let (bound, server) = metrics::serve(address, metrics_text.clone()).await?;
+            println!("metrics: http://{bound}/metrics");
+            Some(AbortOnDrop(server))
+        }
+        None => None,
+    };
+    println!(
+        "balance service: {} consumer(s) of group {} on {} ({partitions} partitions) at {}, applying into {} ({})",
+        arguments.consumers,
+        arguments.group,
+        arguments.topic,
+        arguments.bootstrap,
+        store.kind(),
+        store.url_redacted()
+    );
+    let counters = Arc::new(ServiceCounters::default());
+    let (stop, stop_receiver) = watch::channel(false);
+    let mut consumers = Vec::new();
+    for index in 0..arguments.consumers {
+        let config = ServiceConfig {
+            bootstrap: arguments.bootstrap.clone(),
+            topic: arguments.topic.clone(),
+            group: arguments.group.clone(),
+            name: format!("{}-{}-{index}", arguments.group, std::process::id()),
+            batch_size: arguments.batch_size,
+            fill_wait: Duration::from_millis(5),
+            session_timeout_ms: arguments.session_timeout_ms,
+        };
+        config.validate()?;
+        consumers.push(tokio::spawn(run_service(
+            store.clone(),
+            config,
+            stop_receiver.clone(),
+            counters.clone(),
+        )));
+    }
+    let probe = Arc::new(LagProbe::new(&arguments.bootstrap, &arguments.topic, &arguments.group, partitions)?);
+    let started = std::time::Instant::now();
+    let mut interval = tokio::time::interval(REPORT_INTERVAL);
+    let mut failed = None;
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            _ = interval.tick() => {}
+        }
+        if let Some(finished) = consumers.iter().position(tokio::task::JoinHandle::is_finished) {
+            failed = Some(consumers.swap_remove(finished));
+            break;
+        }
+        let probe = probe.clone();
+        if let Ok(Ok(partitions)) = tokio::task::spawn_blocking(move || probe.probe()).await {
+            let sample = lag::sample(started.elapsed().as_secs_f64(), partitions, &Default::default(), 0);
+            if let Ok(mut text) = metrics_text.lock() {
+                *text = lag::prometheus(&sample, &arguments.topic, &arguments.group);
+            }
+            eprintln!(
+                "applied {}, duplicates skipped {}, dead-lettered {}, offset lag {}",
+                counters.applied.load(Ordering::Relaxed),
+                counters.duplicates.load(Ordering::Relaxed),
+                counters.dead_lettered.load(Ordering::Relaxed),
+                sample.offset_lag_total
+            );
+        }
+    }
+    stop.send_replace(true);
+    if let Some(handle) = failed {
+        handle.await.context("a consumer task")?.context("a consumer stopped")?;
+    }
+    for handle in consumers {
+        handle.await.context("a consumer task")?.context("a consumer stopped")?;
+    }
+    println!(
+        "stopped: applied {}, dead-lettered {}",
+        counters.applied.load(Ordering::Relaxed),
+        counters.dead_lettered.load(Ordering::Relaxed)
+    );
+    store.close().await;
+    Ok(true)
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// Arguments of `tradeflow balances`.
+#[derive(Args)]
+pub struct BalancesArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only this account.
+    #[arg(long)]
+    account: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the balances and positions a store holds.
+pub async fn balances(arguments: BalancesArgs) -> anyhow::Result<bool> {
+    let account = match &arguments.account {
+        Some(text) => Some(tradeflow_domain::AccountId::new(text.clone()).with_context(|| format!("--account {text:?}"))?),
+        None => None,
+    };
+    let store = arguments.store.open().await?;
+    let accounts = store.balances().await.context("reading balances")?;
+    let selected: Vec<_> = accounts
+        .iter()
+        .filter(|(id, _)| account.as_ref().is_none_or(|wanted| wanted == *id))
+        .collect();
+    if let Some(wanted) = &account
+        && selected.is_empty()
+    {
+        anyhow::bail!("account {wanted} has no balance in this store");
+    }
+    if arguments.json {
+        let rows: Vec<_> = selected
+            .iter()
+            .map(|(id, state)| {
+                let positions: serde_json::Map<String, serde_json::Value> = state
+                    .positions
+                    .iter()
+                    .map(|(symbol, shares)| (symbol.to_string(), (*shares).into()))
+                    .collect();
+                serde_json::json!({ "account_id": id.as_str(), "cash": state.cash.minor(), "positions": positions })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows).context("encoding JSON")?);
+    } else {
+        println!("{:<12} {:>16}  positions", "account", "cash");
+        for (id, state) in selected {
+            let positions: Vec<String> = state
+                .positions
+                .iter()
+                .filter(|(_, shares)| **shares != 0)
+                .map(|(symbol, shares)| format!("{symbol}:{shares}"))
+                .collect();
+            println!("{:<12} {:>16}  {}", id.as_str(), state.cash.to_string(), positions.join(" "));
+        }
+    }
+    store.close().await;
+    Ok(true)
+}

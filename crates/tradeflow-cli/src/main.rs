@@ -6,6 +6,7 @@
 
 mod args;
 mod balance_service;
+mod compare;
 mod dlq;
 mod progress;
 mod run_poller;
@@ -40,6 +41,9 @@ enum Command {
     /// Run one architecture on a seeded workload and check the result.
     #[command(subcommand)]
     Run(RunCommand),
+    /// The main job: the same seeded workload through the poller and the stream on the same
+    /// store, then a side-by-side table, OUT/results.json and OUT/report.md.
+    Compare(compare::CompareArgs),
     /// The balance service alone, as a long-running service against any Kafka: any
     /// producer that writes the wire format (docs/wire-format.md) can feed it.
     BalanceService(balance_service::ServiceArgs),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(RunCommand::Poller(arguments)) => run_poller::run(arguments).await,
             Command::Run(RunCommand::Stream(arguments)) => run_stream::run(arguments).await,
+            Command::Compare(arguments) => compare::run(arguments).await,
             Command::BalanceService(arguments) => balance_service::run(arguments).await,
             Command::Balances(arguments) => balance_service::balances(arguments).await,
             Command::Dlq(command) => dlq::run(command).await,

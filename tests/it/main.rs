@@ -3,3 +3,4 @@
 
 mod poller;
 mod store;
+mod stream;

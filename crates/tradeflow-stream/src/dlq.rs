@@ -128,8 +128,31 @@ pub struct ReplayReport {
 
 /// Sends every dead letter of `dlq_topic` not yet replayed by `group` back to the topic
 /// named in its `dlq.source.topic` header (key and payload as they were), then commits.
-/// Stops when no further letter arrives for [`REPLAY_IDLE`].
+/// Only the letters present when the replay starts are moved: a letter that fails again
+/// comes back to the dead-letter topic, and must wait for the next replay rather than loop.
+/// Stops at that end, or when no letter arrives for [`REPLAY_IDLE`].
 pub async fn replay(bootstrap: &str, dlq_topic: &str, group: &str) -> Result<ReplayReport, StreamError> {
+    let partitions = crate::topic_partitions(bootstrap, dlq_topic).await?;
+    let end_reader: rdkafka::consumer::BaseConsumer = base_config(bootstrap)
+        .create()
+        .map_err(|error| StreamError::kafka("creating a watermark reader", error))?;
+    let topic = dlq_topic.to_owned();
+    let mut ends: std::collections::BTreeMap<i32, i64> = tokio::task::spawn_blocking(move || {
+        (0..partitions)
+            .map(|partition| {
+                end_reader
+                    .fetch_watermarks(&topic, partition, crate::lag::PROBE_TIMEOUT)
+                    .map(|(_, high)| (partition, high))
+                    .map_err(|error| StreamError::kafka(format!("reading the end of {topic}[{partition}]"), error))
+            })
+            .collect::<Result<_, _>>()
+    })
+    .await
+    .map_err(|error| StreamError::Task {
+        task: "watermark reader".into(),
+        reason: error.to_string(),
+    })??;
+    ends.retain(|_, end| *end > 0);
     let consumer: StreamConsumer = base_config(bootstrap)
         .set("group.id", group)
         // Offsets are committed only after the replayed message is acknowledged.
@@ -138,6 +161,9 @@ pub async fn replay(bootstrap: &str, dlq_topic: &str, group: &str) -> Result<Rep
         .set("auto.offset.reset", "earliest")
         // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
         .set("fetch.wait.max.ms", "50")
+        // A group that ran before is re-joined after about this long on some brokers (the
+        // mock cluster waits session.timeout.ms minus one second): keep it short.
+        .set("session.timeout.ms", "6000")
         .create()
         .map_err(|error| StreamError::kafka("creating the replay consumer", error))?;
     consumer
@@ -146,7 +172,8 @@ pub async fn replay(bootstrap: &str, dlq_topic: &str, group: &str) -> Result<Rep
     let producer = producer(bootstrap)?;
     let mut report = ReplayReport::default();
     let mut first_wait = true;
-    loop {
+    let mut remaining: std::collections::BTreeMap<i32, i64> = ends.clone();
+    while !remaining.is_empty() {
         // The first message may take a group join (seconds on some brokers).
         let idle = if first_wait { REPLAY_IDLE * 5 } else { REPLAY_IDLE };
         let message = match tokio::time::timeout(idle, consumer.recv()).await {
@@ -157,6 +184,17 @@ pub async fn replay(bootstrap: &str, dlq_topic: &str, group: &str) -> Result<Rep
             Ok(Ok(message)) => message.detach(),
         };
         first_wait = false;
+        let Some(end) = ends.get(&message.partition()).copied() else {
+            continue;
+        };
+        if message.offset() >= end {
+            // Arrived after the replay started (perhaps a replayed letter that failed again).
+            remaining.remove(&message.partition());
+            continue;
+        }
+        if message.offset() + 1 >= end {
+            remaining.remove(&message.partition());
+        }
         let Some(source) = header(&message, HEADER_SOURCE_TOPIC) else {
             tracing::warn!(
                 messaging.destination.name = dlq_topic,

@@ -263,13 +263,17 @@ async fn process(
             .add_partition_offset(topic, *partition, Offset::Offset(*offset))
             .map_err(|error| StreamError::kafka("building the offset list", error))?;
     }
-    // Synchronous, so that a crash after this line never redelivers the batch; a commit
-    // refused because the partition moved is harmless (the new owner skips what is in the
-    // apply log).
-    if let Err(error) = tokio::task::block_in_place(|| consumer.commit(&offsets, CommitMode::Sync)) {
-        tracing::warn!(%error, offsets = ?next, "offset commit refused; the events are applied and a redelivery will be skipped");
-    } else {
-        counters.committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    // Asynchronous: a synchronous commit would block this consumer's thread, and during a
+    // rebalance the coordinator holds the commit until this very consumer rejoins, which
+    // it cannot do while blocked. A commit that fails or is lost in a crash only means a
+    // redelivery, which the apply log skips.
+    match consumer.commit(&offsets, CommitMode::Async) {
+        Ok(()) => {
+            counters.committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        Err(error) => {
+            tracing::warn!(%error, offsets = ?next, "offset commit refused; the events are applied and a redelivery will be skipped")
+        }
     }
     counters.applied.fetch_add(summary.applied as u64, Ordering::Relaxed);
     counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);

@@ -1,0 +1,336 @@
+//! The stream end to end on librdkafka's mock cluster: correct with one and with several
+//! consumers, safe across consumer crashes, and dead letters for what cannot be applied.
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tradeflow_check::history::Verdict;
+use tradeflow_check::{RunProgress, RunRecord, check_store};
+use tradeflow_cluster::Cluster;
+use tradeflow_domain::{EventId, Oracle, RateProfile, Workload, WorkloadConfig, encode};
+use tradeflow_store::Store;
+use tradeflow_stream::dlq;
+use tradeflow_stream::publisher::{Deliveries, Publisher, PublisherConfig};
+use tradeflow_stream::{ServiceConfig, ServiceCounters, StreamOptions, run_service};
+
+fn workload(seed: u64, events: u64) -> WorkloadConfig {
+    WorkloadConfig {
+        seed,
+        events,
+        accounts: 40,
+        rate_per_s: 20_000.0,
+        profile: RateProfile::Steady,
+    }
+}
+
+async fn run(store: &Store, seed: u64, partitions: i32, consumers: u32) -> RunRecord {
+    eprintln!("seed: {seed}");
+    let cluster = Cluster::mock(3).expect("mock cluster starts");
+    let options = StreamOptions {
+        workload: workload(seed, 3_000),
+        topic: "trades".into(),
+        partitions,
+        consumers,
+        publisher: PublisherConfig::default(),
+        batch_size: 100,
+        fill_wait: Duration::from_millis(5),
+        stall_timeout: Duration::from_secs(20),
+        metrics: None,
+    };
+    let (progress, _receiver) = watch::channel(RunProgress::default());
+    tradeflow_stream::run(store, &cluster, &options, &progress)
+        .await
+        .expect("the run completes")
+}
+
+fn assert_correct(record: &RunRecord) {
+    assert_eq!(record.applied, record.events, "{}", record.table());
+    assert_eq!(record.check.verdict, Verdict::Pass, "{}", record.table());
+    assert!(!record.lag.is_empty(), "lag was sampled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_consumer_on_the_mock_cluster_matches_the_oracle() {
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    assert_correct(&run(&store, 21, 4, 1).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_consumers_on_the_mock_cluster_match_the_oracle() {
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    assert_correct(&run(&store, 22, 6, 3).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_consumers_into_postgres_match_the_oracle() {
+    let Some((store, _url)) = tradeflow_tests::postgres_database("several_consumers_into_postgres_match_the_oracle").await else {
+        return;
+    };
+    assert_correct(&run(&store, 23, 6, 3).await);
+}
+
+fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConfig {
+    ServiceConfig {
+        bootstrap: bootstrap.to_owned(),
+        topic: "trades".into(),
+        group: "balances".into(),
+        name: name.to_owned(),
+        batch_size,
+        fill_wait: Duration::from_millis(5),
+        session_timeout_ms: 6_000,
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_service_killed_mid_batch_and_restarted_loses_nothing_and_applies_nothing_twice() {
+    let seed = 31;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let cluster = Cluster::mock(3).expect("mock cluster starts");
+    cluster.ensure_topic("trades", 4, 1).await.expect("topic");
+    cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let workload = Workload::generate(&workload(seed, 4_000)).expect("workload");
+
+    let deliveries = Arc::new(Deliveries::new(workload.events.len()));
+    let publisher = Publisher::new(&bootstrap, "trades", &PublisherConfig::default(), deliveries.clone()).expect("publisher");
+    for (index, scheduled) in workload.events.iter().enumerate() {
+        publisher.publish(index, &scheduled.event, 0).await.expect("publish");
+    }
+    publisher.flush().await.expect("flush");
+    assert_eq!(deliveries.acked(), 4_000);
+
+    // Kill the service (drop its task wherever it is: mid-transaction, or between the
+    // database commit and the offset commit) three times, restarting it each time.
+    let counters = Arc::new(ServiceCounters::default());
+    let (stop, stop_receiver) = watch::channel(false);
+    for round in 0..3_u64 {
+        let before = counters.applied.load(std::sync::atomic::Ordering::Relaxed);
+        let service = tokio::spawn(run_service(
+            store.clone(),
+            service_config(&bootstrap, &format!("victim-{round}"), 50),
+            stop_receiver.clone(),
+            counters.clone(),
+        ));
+        wait_until("the service to apply something", Duration::from_secs(60), || {
+            counters.applied.load(std::sync::atomic::Ordering::Relaxed) > before + 200
+        })
+        .await;
+        service.abort();
+        let _ = service.await;
+        eprintln!(
+            "killed the service after {} applied events",
+            counters.applied.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    // The worst crash of all lands after a database commit and before its offset commit.
+    // A survivor in a group that never committed (as if every offset commit so far had
+    // been lost) makes that certain for every batch applied so far: all of it is
+    // redelivered, and the apply log must skip all of it.
+    let applied_before_rewind = counters.applied.load(std::sync::atomic::Ordering::Relaxed);
+    let mut survivor_config = service_config(&bootstrap, "survivor", 50);
+    survivor_config.group = "balances-offsets-lost".into();
+    let survivor = tokio::spawn(run_service(store.clone(), survivor_config, stop_receiver.clone(), counters.clone()));
+    wait_until("every event to be applied", Duration::from_secs(120), || {
+        counters.applied.load(std::sync::atomic::Ordering::Relaxed) >= 4_000
+    })
+    .await;
+    stop.send_replace(true);
+    survivor.await.expect("join").expect("the survivor stops cleanly");
+
+    let events: Vec<_> = workload.plain_events().cloned().collect();
+    let must_apply: HashSet<EventId> = events.iter().map(|event| event.event_id).collect();
+    let (report, applied) = check_store(&store, &events, &must_apply, &Oracle::from_events(&events))
+        .await
+        .expect("check");
+    assert_eq!(applied, 4_000);
+    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+    let skipped = counters.duplicates.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("redelivered and skipped: {skipped}");
+    assert!(
+        skipped >= applied_before_rewind,
+        "every event applied before the rewind is redelivered and skipped ({skipped} < {applied_before_rewind})"
+    );
+}
+
+/// A poison message: the error kind it must be dead-lettered with, its key, its payload.
+type Poison<'a> = (&'a str, Option<&'a str>, Option<Vec<u8>>);
+
+async fn produce_raw(producer: &FutureProducer, key: Option<&str>, payload: Option<&[u8]>) {
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to("trades");
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(payload) = payload {
+        record = record.payload(payload);
+    }
+    producer.send(record, Duration::from_secs(10)).await.expect("raw produce");
+}
+
+async fn read_dead_letters(bootstrap: &str, expected: usize) -> Vec<BTreeMap<String, String>> {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("dlq-reader-{}", uuid::Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("reader");
+    consumer.subscribe(&["trades.dlq"]).expect("subscribe");
+    let mut letters = Vec::new();
+    while letters.len() < expected {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a dead letter arrives")
+            .expect("read");
+        let mut headers = BTreeMap::new();
+        for name in [
+            dlq::HEADER_ERROR_KIND,
+            dlq::HEADER_ERROR_REASON,
+            dlq::HEADER_SOURCE_TOPIC,
+            dlq::HEADER_SOURCE_PARTITION,
+            dlq::HEADER_SOURCE_OFFSET,
+            dlq::HEADER_FAILED_AT_NS,
+        ] {
+            headers.insert(name.to_owned(), dlq::header(&message, name).unwrap_or_default());
+        }
+        headers.insert(
+            "payload".into(),
+            String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+        );
+        letters.push(headers);
+    }
+    letters
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_while_the_rest_flows_and_replay_sends_them_back() {
+    let seed = 41;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let cluster = Cluster::mock(3).expect("mock cluster starts");
+    cluster.ensure_topic("trades", 3, 1).await.expect("topic");
+    cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let workload = Workload::generate(&workload(seed, 500)).expect("workload");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+
+    let valid = workload.events[0].event.clone();
+    let valid_json: serde_json::Value = serde_json::from_slice(&encode(&valid)).expect("json");
+    let with = |field: &str, value: serde_json::Value| {
+        let mut changed = valid_json.clone();
+        changed[field] = value;
+        serde_json::to_vec(&changed).expect("json")
+    };
+    let key = Some(valid.account_id.as_str());
+    let poison: Vec<Poison<'_>> = vec![
+        ("not_json", key, Some(b"{\"schema_version\": 1, ".to_vec())),
+        ("unknown_schema_version", key, Some(with("schema_version", 2.into()))),
+        ("invalid_value", key, Some(with("type", "refund".into()))),
+        (
+            "missing_field",
+            key,
+            Some({
+                let mut changed = valid_json.clone();
+                changed.as_object_mut().expect("object").remove("account_seq");
+                serde_json::to_vec(&changed).expect("json")
+            }),
+        ),
+        ("key_mismatch", Some("acct-99999"), Some(encode(&valid))),
+        ("empty_payload", key, None),
+    ];
+    // Half the valid events, the poison, then the other half: the partitions must keep flowing.
+    let mut publishing = Vec::new();
+    for scheduled in &workload.events[..250] {
+        publishing.push((Some(scheduled.event.account_id.as_str().to_owned()), Some(encode(&scheduled.event))));
+    }
+    for (_, key, payload) in &poison {
+        publishing.push((key.map(str::to_owned), payload.clone()));
+    }
+    for scheduled in &workload.events[250..] {
+        publishing.push((Some(scheduled.event.account_id.as_str().to_owned()), Some(encode(&scheduled.event))));
+    }
+    for (key, payload) in &publishing {
+        produce_raw(&producer, key.as_deref(), payload.as_deref()).await;
+    }
+
+    let counters = Arc::new(ServiceCounters::default());
+    let (stop, stop_receiver) = watch::channel(false);
+    let service = tokio::spawn(run_service(
+        store.clone(),
+        service_config(&bootstrap, "service", 100),
+        stop_receiver.clone(),
+        counters.clone(),
+    ));
+    wait_until(
+        "the valid events to be applied and the poison dead-lettered",
+        Duration::from_secs(60),
+        || counters.processed() >= publishing.len() as u64,
+    )
+    .await;
+
+    let events: Vec<_> = workload.plain_events().cloned().collect();
+    let must_apply: HashSet<EventId> = events.iter().map(|event| event.event_id).collect();
+    let (report, applied) = check_store(&store, &events, &must_apply, &Oracle::from_events(&events))
+        .await
+        .expect("check");
+    assert_eq!(applied, 500);
+    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+    assert_eq!(
+        counters.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
+        poison.len() as u64
+    );
+
+    let letters = read_dead_letters(&bootstrap, poison.len()).await;
+    let kinds: HashSet<&str> = letters.iter().map(|letter| letter[dlq::HEADER_ERROR_KIND].as_str()).collect();
+    let expected: HashSet<&str> = poison.iter().map(|(kind, _, _)| *kind).collect();
+    assert_eq!(kinds, expected, "{letters:#?}");
+    for letter in &letters {
+        assert_eq!(letter[dlq::HEADER_SOURCE_TOPIC], "trades");
+        assert!(
+            letter[dlq::HEADER_SOURCE_PARTITION]
+                .parse::<i32>()
+                .is_ok_and(|partition| (0..3).contains(&partition)),
+            "{letter:?}"
+        );
+        assert!(letter[dlq::HEADER_SOURCE_OFFSET].parse::<i64>().is_ok(), "{letter:?}");
+        assert!(letter[dlq::HEADER_FAILED_AT_NS].parse::<i64>().is_ok_and(|at| at > 0), "{letter:?}");
+        assert!(!letter[dlq::HEADER_ERROR_REASON].is_empty(), "{letter:?}");
+    }
+    let schema = letters
+        .iter()
+        .find(|letter| letter[dlq::HEADER_ERROR_KIND] == "unknown_schema_version")
+        .expect("schema letter");
+    assert!(schema[dlq::HEADER_ERROR_REASON].contains("unknown schema_version 2"), "{schema:?}");
+
+    // Replay sends every dead letter back to `trades`; the service, unchanged, refuses them
+    // again, so each comes back to the dead-letter topic: nothing is lost either way.
+    let replayed = dlq::replay(&bootstrap, "trades.dlq", "replayer").await.expect("replay");
+    assert_eq!(replayed.moved, poison.len() as u64);
+    wait_until("the replayed letters to be refused again", Duration::from_secs(60), || {
+        counters.dead_lettered.load(std::sync::atomic::Ordering::Relaxed) >= 2 * poison.len() as u64
+    })
+    .await;
+    let again = dlq::replay(&bootstrap, "trades.dlq", "replayer").await.expect("second replay");
+    assert_eq!(
+        again.moved,
+        poison.len() as u64,
+        "the replay group resumes after what it already moved"
+    );
+    stop.send_replace(true);
+    service.await.expect("join").expect("the service stops cleanly");
+}

@@ -4,3 +4,4 @@
 mod poller;
 mod store;
 mod stream;
+mod topics;

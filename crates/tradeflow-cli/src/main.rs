@@ -11,6 +11,7 @@ mod dlq;
 mod progress;
 mod run_poller;
 mod run_stream;
+mod topics;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -52,6 +53,10 @@ enum Command {
     /// Dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Topics as code (topics.toml): plan shows the difference from a cluster, apply
+    /// creates what is missing.
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
 }
 
 #[derive(Subcommand)]
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
             Command::BalanceService(arguments) => balance_service::run(arguments).await,
             Command::Balances(arguments) => balance_service::balances(arguments).await,
             Command::Dlq(command) => dlq::run(command).await,
+            Command::Topics(command) => topics::run(command).await,
         }
     });
     match outcome {

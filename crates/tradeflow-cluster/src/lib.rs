@@ -10,6 +10,7 @@
 //! own and sends it work over a channel.
 
 mod mock;
+pub mod topics;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

@@ -4,6 +4,14 @@
 test:
     cargo test --workspace
 
+# The main job: poller vs stream on one seed (mock cluster + SQLite by default).
+compare *ARGS:
+    cargo run --release --bin tradeflow -- compare {{ARGS}}
+
+# The event-driven rewrite alone.
+stream *ARGS:
+    cargo run --release --bin tradeflow -- run stream {{ARGS}}
+
 # The poller baseline on the embedded default (SQLite file).
 poller *ARGS:
     cargo run --release --bin tradeflow -- run poller {{ARGS}}

@@ -142,9 +142,15 @@ async fn a_balance_service_killed_mid_batch_and_restarted_loses_nothing_and_appl
     let applied_before_rewind = counters.applied.load(std::sync::atomic::Ordering::Relaxed);
     let mut survivor_config = service_config(&bootstrap, "survivor", 50);
     survivor_config.group = "balances-offsets-lost".into();
-    let survivor = tokio::spawn(run_service(store.clone(), survivor_config, stop_receiver.clone(), counters.clone()));
-    wait_until("every event to be applied", Duration::from_secs(120), || {
-        counters.applied.load(std::sync::atomic::Ordering::Relaxed) >= 4_000
+    let survivor_counters = Arc::new(ServiceCounters::default());
+    let survivor = tokio::spawn(run_service(
+        store.clone(),
+        survivor_config,
+        stop_receiver.clone(),
+        survivor_counters.clone(),
+    ));
+    wait_until("the survivor to process every message", Duration::from_secs(120), || {
+        survivor_counters.processed() >= 4_000
     })
     .await;
     stop.send_replace(true);
@@ -157,7 +163,7 @@ async fn a_balance_service_killed_mid_batch_and_restarted_loses_nothing_and_appl
         .expect("check");
     assert_eq!(applied, 4_000);
     assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
-    let skipped = counters.duplicates.load(std::sync::atomic::Ordering::Relaxed);
+    let skipped = survivor_counters.duplicates.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("redelivered and skipped: {skipped}");
     assert!(
         skipped >= applied_before_rewind,

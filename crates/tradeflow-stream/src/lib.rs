@@ -130,5 +130,12 @@ pub(crate) fn base_config(bootstrap: &str) -> ClientConfig {
         // cost little in experiments.
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "1000");
+    // librdkafka's own debug contexts (for example `cgrp,topic`), for chasing broker
+    // behaviour; its lines arrive as logs of target `librdkafka`.
+    if let Ok(contexts) = std::env::var("TRADEFLOW_KAFKA_DEBUG")
+        && !contexts.is_empty()
+    {
+        config.set("debug", contexts);
+    }
     config
 }

@@ -75,6 +75,10 @@ impl ServiceConfig {
             // How long the group waits for a silent member before moving its partitions.
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (self.session_timeout_ms / 3).max(100).to_string())
+            // The rebalance timeout: how long a rebalance waits for members to rejoin. This
+            // loop polls between batches, and a batch takes far less, so a member silent this
+            // long is gone; the default (5 minutes) would stall the group that long.
+            .set("max.poll.interval.ms", (self.session_timeout_ms * 3).max(20_000).to_string())
             // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
             .set("fetch.wait.max.ms", "10")
             .create_with_context(ServiceContext {
@@ -212,9 +216,13 @@ async fn process(
 ) -> Result<(), StreamError> {
     let mut events: Vec<(Event, i64)> = Vec::with_capacity(batch.len());
     let mut dead_lettered = 0;
+    let mut accepted_offsets: std::collections::HashSet<(i32, i64)> = std::collections::HashSet::with_capacity(batch.len());
     for message in batch {
         match accept(message) {
-            Ok(accepted) => events.push(accepted),
+            Ok(accepted) => {
+                accepted_offsets.insert((message.partition(), message.offset()));
+                events.push(accepted);
+            }
             Err(rejection) => {
                 tracing::warn!(
                     messaging.destination.name = message.topic(),
@@ -243,13 +251,21 @@ async fn process(
             latency.record_ns(committed_at_ns - intended_at_ns);
         }
     }
-    for message in batch {
-        tracing::debug!(
-            messaging.destination.name = message.topic(),
-            messaging.destination.partition.id = message.partition(),
-            messaging.kafka.offset = message.offset(),
-            "applied; committing its offset"
-        );
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for (message, (event, _)) in batch
+            .iter()
+            .filter(|message| accepted_offsets.contains(&(message.partition(), message.offset())))
+            .zip(&events)
+        {
+            tracing::debug!(
+                messaging.destination.name = message.topic(),
+                messaging.destination.partition.id = message.partition(),
+                messaging.kafka.offset = message.offset(),
+                trade.event_id = %event.event_id,
+                account.id = %event.account_id,
+                "applied; committing its offset"
+            );
+        }
     }
     // The database commit is done: now, and only now, the offsets.
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();

@@ -97,7 +97,14 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
 async fn a_balance_service_killed_mid_batch_and_restarted_loses_nothing_and_applies_nothing_twice() {
     let seed = 31;
     eprintln!("seed: {seed}");
-    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    // Killing a task is how this test crashes the service, so the store must survive a
+    // connection dropped in the middle of a transaction the way a server does for a killed
+    // process: PostgreSQL rolls it back at once. (A SQLite connection dropped by a killed
+    // task can keep the file's write lock while its worker thread finishes; a killed
+    // process releases it with the file.)
+    let Some((store, _url)) = tradeflow_tests::postgres_database("a_balance_service_killed_mid_batch").await else {
+        return;
+    };
     let cluster = Cluster::mock(3).expect("mock cluster starts");
     cluster.ensure_topic("trades", 4, 1).await.expect("topic");
     cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
@@ -125,9 +132,10 @@ async fn a_balance_service_killed_mid_batch_and_restarted_loses_nothing_and_appl
             counters.clone(),
         ));
         wait_until("the service to apply something", Duration::from_secs(60), || {
-            counters.applied.load(std::sync::atomic::Ordering::Relaxed) > before + 200
+            service.is_finished() || counters.applied.load(std::sync::atomic::Ordering::Relaxed) > before + 200
         })
         .await;
+        assert!(!service.is_finished(), "the service stopped by itself: {:?}", service.await);
         service.abort();
         let _ = service.await;
         eprintln!(

@@ -15,5 +15,7 @@ pub mod record;
 pub mod store_history;
 
 pub use history::{Applied, CheckInput, CheckReport, Verdict, check};
-pub use record::{BacklogSample, LagSample, LatencyRecorder, LatencySummary, PartitionLag, ProcessStats, RunProgress, RunRecord};
+pub use record::{
+    BacklogSample, Drain, DrainWatch, LagSample, LatencyRecorder, LatencySummary, PartitionLag, ProcessStats, RunProgress, RunRecord,
+};
 pub use store_history::check_store;

@@ -168,6 +168,51 @@ pub struct RunProgress {
     pub backlog: u64,
 }
 
+/// Decides when a run is over: once the source is done, when everything it emitted has
+/// been processed (drained), or when nothing has been processed for the stall timeout
+/// (stalled: what is unapplied then is reported as lost).
+#[derive(Debug)]
+pub struct DrainWatch {
+    stall_timeout: std::time::Duration,
+    last_processed: u64,
+    last_change: std::time::Instant,
+}
+
+/// What [`DrainWatch::observe`] concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Keep going.
+    Running,
+    /// Everything emitted was processed.
+    Drained,
+    /// Nothing moved for the stall timeout.
+    Stalled,
+}
+
+impl DrainWatch {
+    /// A watch that gives up after `stall_timeout` without progress.
+    pub fn new(stall_timeout: std::time::Duration) -> DrainWatch {
+        DrainWatch {
+            stall_timeout,
+            last_processed: 0,
+            last_change: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one observation.
+    pub fn observe(&mut self, source_done: bool, emitted: u64, processed: u64) -> Drain {
+        if processed != self.last_processed {
+            self.last_processed = processed;
+            self.last_change = std::time::Instant::now();
+        }
+        match source_done {
+            true if processed >= emitted => Drain::Drained,
+            true if self.last_change.elapsed() > self.stall_timeout => Drain::Stalled,
+            _ => Drain::Running,
+        }
+    }
+}
+
 /// CPU time and peak memory of the current process.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct ProcessStats {
@@ -282,6 +327,18 @@ mod tests {
         assert!((summary.p50 - 500.0).abs() < 1.0, "{summary:?}");
         assert!((summary.p99 - 990.0).abs() < 1.0, "{summary:?}");
         assert!((summary.max - 1_000.0).abs() < 1.0, "{summary:?}");
+    }
+
+    #[test]
+    fn a_run_drains_or_stalls_only_once_its_source_is_done() {
+        let mut watch = DrainWatch::new(std::time::Duration::from_millis(30));
+        assert_eq!(watch.observe(false, 10, 10), Drain::Running, "the source may still emit");
+        assert_eq!(watch.observe(true, 10, 8), Drain::Running);
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert_eq!(watch.observe(true, 10, 9), Drain::Running, "progress restarts the stall clock");
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert_eq!(watch.observe(true, 10, 9), Drain::Stalled);
+        assert_eq!(watch.observe(true, 10, 10), Drain::Drained);
     }
 
     #[test]

@@ -144,3 +144,26 @@ pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyh
     let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
+
+/// Ends a single run: prints its table, writes its record if asked, closes the store, and
+/// says whether the checker passed.
+pub async fn finish(record: &tradeflow_check::RunRecord, json: Option<&std::path::Path>, store: &Store) -> anyhow::Result<bool> {
+    print!("{}", record.table());
+    if let Some(path) = json {
+        write_json(path, record)?;
+        println!("record written to {}", path.display());
+    }
+    store.close().await;
+    Ok(record.check.verdict == tradeflow_check::history::Verdict::Pass)
+}
+
+/// The poller's knobs shared by `run poller` and `compare`.
+#[derive(Args)]
+pub struct PollerKnobs {
+    /// How long a poller sleeps after a poll that found less than a full batch.
+    #[arg(long, default_value_t = 100)]
+    pub poll_interval_ms: u64,
+    /// Most rows one poll claims and applies in one transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+}

@@ -1,7 +1,7 @@
 //! `tradeflow compare`: the main job. The same seeded workload through the poller and the
 //! stream, on the same store, then a side-by-side table, `results.json` and `report.md`.
 
-use crate::args::{StoreArgs, WorkloadArgs, write_json};
+use crate::args::{PollerKnobs, StoreArgs, WorkloadArgs, write_json};
 use crate::run_stream::StreamKnobs;
 use crate::{progress, run_stream};
 use anyhow::Context;
@@ -21,12 +21,8 @@ pub struct CompareArgs {
     store: StoreArgs,
     #[command(flatten)]
     workload: WorkloadArgs,
-    /// Poller: how long a poller sleeps after a poll that found less than a full batch.
-    #[arg(long, default_value_t = 100)]
-    poll_interval_ms: u64,
-    /// Poller: most rows one poll claims and applies in one transaction.
-    #[arg(long, default_value_t = 500)]
-    batch_size: usize,
+    #[command(flatten)]
+    poller: PollerKnobs,
     #[command(flatten)]
     knobs: StreamKnobs,
     /// Give up on a run whose backlog or lag has not shrunk for this many seconds.
@@ -44,8 +40,8 @@ pub async fn run(arguments: CompareArgs) -> anyhow::Result<bool> {
     let store = arguments.store.open().await?;
     let stall_timeout = Duration::from_secs(arguments.stall_timeout_s);
     let poller = PollerConfig {
-        poll_interval: Duration::from_millis(arguments.poll_interval_ms),
-        batch_size: arguments.batch_size,
+        poll_interval: Duration::from_millis(arguments.poller.poll_interval_ms),
+        batch_size: arguments.poller.batch_size,
         pollers: 1,
         shard_by_account: false,
     };
@@ -180,8 +176,8 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs) -> String {
            (`tradeflow run poller --pollers 2`), which the stream avoids by keying each account to one partition.\n\n\
          The stream ran with {} partitions and {} consumers, producer linger {} ms, {} messages per transaction, on the `{}` \
          broker{}.\n",
-        arguments.poll_interval_ms,
-        arguments.batch_size,
+        arguments.poller.poll_interval_ms,
+        arguments.poller.batch_size,
         arguments.knobs.partitions,
         arguments.knobs.consumers,
         arguments.knobs.linger_ms,

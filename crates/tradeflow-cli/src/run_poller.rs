@@ -1,13 +1,13 @@
 //! `tradeflow run poller`.
 
-use crate::args::{StoreArgs, WorkloadArgs, write_json};
+use crate::args::{PollerKnobs, StoreArgs, WorkloadArgs, finish};
 use crate::progress;
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
-use tradeflow_check::{RunProgress, history::Verdict};
+use tradeflow_check::RunProgress;
 use tradeflow_poller::{PollerConfig, RunOptions};
 
 /// Arguments of `tradeflow run poller`.
@@ -17,12 +17,8 @@ pub struct PollerArgs {
     store: StoreArgs,
     #[command(flatten)]
     workload: WorkloadArgs,
-    /// How long a poller sleeps after a poll that found less than a full batch.
-    #[arg(long, default_value_t = 100)]
-    poll_interval_ms: u64,
-    /// Most rows one poll claims and applies in one transaction.
-    #[arg(long, default_value_t = 500)]
-    batch_size: usize,
+    #[command(flatten)]
+    knobs: PollerKnobs,
     /// Number of pollers. On PostgreSQL they claim rows with FOR UPDATE SKIP LOCKED; on
     /// SQLite the single writer serializes them.
     #[arg(long, default_value_t = 1)]
@@ -45,8 +41,8 @@ pub async fn run(arguments: PollerArgs) -> anyhow::Result<bool> {
     let workload = arguments.workload.config()?;
     println!("seed: {}", workload.seed);
     let poller = PollerConfig {
-        poll_interval: Duration::from_millis(arguments.poll_interval_ms),
-        batch_size: arguments.batch_size,
+        poll_interval: Duration::from_millis(arguments.knobs.poll_interval_ms),
+        batch_size: arguments.knobs.batch_size,
         pollers: arguments.pollers,
         shard_by_account: arguments.shard_by_account,
     };
@@ -72,11 +68,5 @@ pub async fn run(arguments: PollerArgs) -> anyhow::Result<bool> {
     drop(sender);
     let _ = drawing.await;
     let record = outcome.context("running the poller")?;
-    print!("{}", record.table());
-    if let Some(path) = &arguments.json {
-        write_json(path, &record)?;
-        println!("record written to {}", path.display());
-    }
-    store.close().await;
-    Ok(record.check.verdict == Verdict::Pass)
+    finish(&record, arguments.json.as_deref(), &store).await
 }

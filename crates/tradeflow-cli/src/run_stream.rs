@@ -1,13 +1,13 @@
 //! `tradeflow run stream`.
 
-use crate::args::{StoreArgs, WorkloadArgs, write_json};
+use crate::args::{StoreArgs, WorkloadArgs, finish};
 use crate::progress;
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
-use tradeflow_check::{RunProgress, RunRecord, history::Verdict};
+use tradeflow_check::{RunProgress, RunRecord};
 use tradeflow_cluster::Cluster;
 use tradeflow_store::Store;
 use tradeflow_stream::StreamOptions;
@@ -111,13 +111,7 @@ pub async fn run(arguments: StreamArgs) -> anyhow::Result<bool> {
         None => None,
     };
     let record = run_once(&store, &cluster, &options).await?;
-    print!("{}", record.table());
-    if let Some(path) = &arguments.json {
-        write_json(path, &record)?;
-        println!("record written to {}", path.display());
-    }
-    store.close().await;
-    Ok(record.check.verdict == Verdict::Pass)
+    finish(&record, arguments.json.as_deref(), &store).await
 }
 
 /// One stream run with progress on standard error.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tradeflow_check::{BacklogSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store};
+use tradeflow_check::{BacklogSample, Drain, DrainWatch, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store};
 use tradeflow_domain::{EventId, Oracle, Workload, WorkloadConfig};
 use tradeflow_store::{SourceRow, Store, now_ns};
 
@@ -60,8 +60,7 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
 
     let total = workload.events.len() as u64;
     let mut source = Some(source);
-    let mut last_processed = 0;
-    let mut last_change = Instant::now();
+    let mut watch = DrainWatch::new(options.stall_timeout);
     let mut backlog = Vec::new();
     loop {
         tokio::time::sleep(PROGRESS_INTERVAL).await;
@@ -79,15 +78,10 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
         {
             join("the source", handle).await??;
         }
-        if processed != last_processed {
-            last_processed = processed;
-            last_change = Instant::now();
-        }
-        if source.is_none() {
-            if processed >= emitted_now {
-                break;
-            }
-            if last_change.elapsed() > options.stall_timeout {
+        match watch.observe(source.is_none(), emitted_now, processed) {
+            Drain::Running => {}
+            Drain::Drained => break,
+            Drain::Stalled => {
                 tracing::warn!(
                     processed,
                     emitted = emitted_now,

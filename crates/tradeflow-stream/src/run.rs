@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tradeflow_check::{LagSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store};
+use tradeflow_check::{Drain, DrainWatch, LagSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store};
 use tradeflow_cluster::Cluster;
 use tradeflow_domain::{EventId, Oracle, Workload, WorkloadConfig};
 use tradeflow_store::{Store, now_ns};
@@ -124,8 +124,7 @@ pub async fn run(
     let mut publishing = Some(publishing);
     let mut lag_samples: Vec<LagSample> = Vec::new();
     let mut last_lag_sample = Instant::now();
-    let mut last_processed = 0;
-    let mut last_change = Instant::now();
+    let mut watch = DrainWatch::new(options.stall_timeout);
     loop {
         tokio::time::sleep(PROGRESS_INTERVAL).await;
         let acked = deliveries.acked();
@@ -167,15 +166,10 @@ pub async fn run(
                 reason: error.to_string(),
             })??;
         }
-        if processed != last_processed {
-            last_processed = processed;
-            last_change = Instant::now();
-        }
-        if publishing.is_none() {
-            if processed >= acked {
-                break;
-            }
-            if last_change.elapsed() > options.stall_timeout {
+        match watch.observe(publishing.is_none(), acked, processed) {
+            Drain::Running => {}
+            Drain::Drained => break,
+            Drain::Stalled => {
                 tracing::warn!(
                     processed,
                     acked,

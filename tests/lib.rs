@@ -82,3 +82,15 @@ pub async fn postgres_database(test: &str) -> Option<(Store, String)> {
     .expect("PostgreSQL store opens");
     Some((store, url))
 }
+
+/// A tansu broker process for a test, or `None` (outside CI) when there is no binary.
+pub fn tansu_cluster(test: &str) -> Option<tradeflow_cluster::Cluster> {
+    init_logs();
+    match tradeflow_cluster::Cluster::tansu() {
+        Ok(cluster) => Some(cluster),
+        Err(error) => {
+            server_missing(test, "the tansu broker", &error.to_string());
+            None
+        }
+    }
+}

@@ -13,6 +13,17 @@ use tradeflow_store::Store;
 use tradeflow_stream::StreamOptions;
 use tradeflow_stream::publisher::PublisherConfig;
 
+/// The broker backends, as the command line names them.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum BrokerChoice {
+    /// librdkafka's mock cluster, in this process.
+    Mock,
+    /// A tansu broker process.
+    Tansu,
+    /// Any Kafka by its bootstrap servers.
+    External,
+}
+
 /// Brokers of the embedded mock cluster.
 pub const MOCK_BROKERS: i32 = 3;
 
@@ -34,8 +45,12 @@ pub struct StreamKnobs {
     /// Balance service batch: most messages applied in one database transaction.
     #[arg(long = "stream-batch-size", default_value_t = 500)]
     pub stream_batch_size: usize,
-    /// Kafka bootstrap servers (HOST:PORT,...). Default: an embedded librdkafka mock
-    /// cluster with three brokers, in this process.
+    /// The broker: mock (librdkafka's mock cluster, three brokers in this process), tansu (a
+    /// tansu process from TANSU_BIN or PATH, started on a free port), external (any Kafka at
+    /// --bootstrap or KAFKA_BOOTSTRAP_SERVERS).
+    #[arg(long, value_enum, default_value_t = BrokerChoice::Mock)]
+    pub broker: BrokerChoice,
+    /// Kafka bootstrap servers (HOST:PORT,...); implies --broker external.
     #[arg(long)]
     pub bootstrap: Option<String>,
     /// The topic of trade events.
@@ -46,9 +61,17 @@ pub struct StreamKnobs {
 impl StreamKnobs {
     /// Starts the mock cluster or names the external one.
     pub fn cluster(&self) -> anyhow::Result<Cluster> {
-        match &self.bootstrap {
-            Some(bootstrap) => Cluster::external(bootstrap).context("checking --bootstrap"),
-            None => Cluster::mock(MOCK_BROKERS).context("starting the embedded mock cluster"),
+        match (self.broker, &self.bootstrap) {
+            (BrokerChoice::Mock | BrokerChoice::External, Some(bootstrap)) => Cluster::external(bootstrap).context("checking --bootstrap"),
+            (BrokerChoice::Tansu, Some(_)) => {
+                anyhow::bail!("--broker tansu starts its own broker; drop --bootstrap, or use --broker external")
+            }
+            (BrokerChoice::Mock, None) => Cluster::mock(MOCK_BROKERS).context("starting the embedded mock cluster"),
+            (BrokerChoice::Tansu, None) => Cluster::tansu().context("starting the tansu broker"),
+            (BrokerChoice::External, None) => match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
+                Ok(bootstrap) if !bootstrap.is_empty() => Cluster::external(&bootstrap).context("checking KAFKA_BOOTSTRAP_SERVERS"),
+                _ => anyhow::bail!("--broker external needs --bootstrap or KAFKA_BOOTSTRAP_SERVERS"),
+            },
         }
     }
 

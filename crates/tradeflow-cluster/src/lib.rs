@@ -4,13 +4,24 @@
 //!   on loopback, speaking the real Kafka protocol. It has no replication (acks are
 //!   ignored), no CreateTopics (topics are created through the mock API) and keeps about
 //!   5 MiB or 100,000 batches per partition.
+//! - `tansu`: a real Kafka-compatible broker process (tansu, memory storage) started from
+//!   `TANSU_BIN` or `PATH` on a free port; SIGKILL, SIGSTOP/SIGCONT, restart. One broker,
+//!   no CreatePartitions, and a SIGKILL loses every message.
 //! - `external`: any Kafka by its bootstrap servers; topics are created with the admin API.
+//!
+//! Every backend lists the [`faults::Fault`]s it can inject; [`Cluster::inject`] refuses
+//! the others with a message.
 //!
 //! `MockCluster` is neither `Send` nor `Sync`, so [`Cluster`] owns it on a thread of its
 //! own and sends it work over a channel.
 
+pub mod faults;
 mod mock;
+mod tansu;
 pub mod topics;
+
+pub use faults::Fault;
+pub use tansu::find_binary as find_tansu;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -61,6 +72,7 @@ pub struct Cluster {
     backend: &'static str,
     bootstrap: String,
     mock: Option<mock::MockHandle>,
+    tansu: Option<tansu::TansuProcess>,
 }
 
 impl Cluster {
@@ -77,6 +89,7 @@ impl Cluster {
             backend: "mock",
             bootstrap: handle.bootstrap().to_owned(),
             mock: Some(handle),
+            tansu: None,
         })
     }
 
@@ -98,7 +111,69 @@ impl Cluster {
             backend: "external",
             bootstrap: bootstrap.to_owned(),
             mock: None,
+            tansu: None,
         })
+    }
+
+    /// Starts a tansu broker process (from `TANSU_BIN` or `PATH`) on a free loopback port and
+    /// waits until it accepts connections.
+    pub fn tansu() -> Result<Cluster, ClusterError> {
+        let binary = tansu::find_binary()?;
+        let process = tansu::TansuProcess::start(&binary)?;
+        Ok(Cluster {
+            backend: "tansu",
+            bootstrap: process.bootstrap(),
+            mock: None,
+            tansu: Some(process),
+        })
+    }
+
+    /// The faults this backend can inject.
+    pub fn supported_faults(&self) -> &'static [&'static str] {
+        match self.backend {
+            "mock" => faults::MOCK_FAULTS,
+            "tansu" => faults::TANSU_FAULTS,
+            _ => faults::EXTERNAL_FAULTS,
+        }
+    }
+
+    /// Injects a fault, or refuses it with the reason when this backend cannot.
+    pub async fn inject(&self, fault: &Fault) -> Result<(), ClusterError> {
+        let refuse = || ClusterError::Unsupported {
+            backend: self.backend,
+            reason: format!(
+                "cannot inject {} ({}); this backend supports: {}",
+                fault.name(),
+                fault,
+                if self.supported_faults().is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.supported_faults().join(", ")
+                }
+            ),
+        };
+        tracing::info!(backend = self.backend, %fault, "injecting a fault");
+        if let Some(mock) = &self.mock {
+            return mock
+                .inject(fault)
+                .await
+                .and_then(|supported| if supported { Ok(()) } else { Err(refuse()) });
+        }
+        if let Some(process) = &self.tansu {
+            return match fault {
+                Fault::Kill => process.kill(),
+                Fault::Pause => process.pause(),
+                Fault::Resume => process.resume(),
+                Fault::Restart => process.restart(),
+                _ => Err(refuse()),
+            };
+        }
+        Err(refuse())
+    }
+
+    /// The broker's captured log, for process backends.
+    pub fn broker_log(&self) -> Option<String> {
+        self.tansu.as_ref().map(tansu::TansuProcess::log)
     }
 
     /// The backend's name, as records and reports show it.

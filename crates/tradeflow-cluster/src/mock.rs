@@ -1,6 +1,12 @@
 //! librdkafka's mock cluster, owned by a thread of its own.
 
 use crate::ClusterError;
+use crate::faults::{Api, Fault, RequestError};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::time::Duration;
+
+/// Most request errors one fault may queue.
+const REQUEST_ERRORS_MAX: usize = 10_000;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use std::sync::mpsc;
@@ -92,6 +98,47 @@ impl MockHandle {
                 operation,
                 reason: error.to_string(),
             })
+    }
+}
+
+impl MockHandle {
+    /// Injects a mock fault; `Ok(false)` when the fault is not one the mock has.
+    pub(crate) async fn inject(&self, fault: &Fault) -> Result<bool, ClusterError> {
+        let fault = fault.clone();
+        let operation = format!("injecting {fault}");
+        let result = self
+            .with(&operation, move |cluster| match fault {
+                Fault::BrokerDown { broker } => Some(cluster.broker_down(broker)),
+                Fault::BrokerUp { broker } => Some(cluster.broker_up(broker)),
+                Fault::RoundTripTime { broker, delay_ms } => Some(cluster.broker_round_trip_time(broker, Duration::from_millis(delay_ms))),
+                Fault::RequestErrors { api, error, count } => {
+                    let api = match api {
+                        Api::Produce => RDKafkaApiKey::Produce,
+                        Api::Fetch => RDKafkaApiKey::Fetch,
+                        Api::OffsetCommit => RDKafkaApiKey::OffsetCommit,
+                        Api::JoinGroup => RDKafkaApiKey::JoinGroup,
+                        Api::Metadata => RDKafkaApiKey::Metadata,
+                    };
+                    let error = match error {
+                        RequestError::NotLeader => RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                        RequestError::RequestTimedOut => RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                        RequestError::Disconnect => RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+                    };
+                    cluster.request_errors(api, &vec![error; count.min(REQUEST_ERRORS_MAX)]);
+                    Some(Ok(()))
+                }
+                Fault::LeaderMove { topic, partition, broker } => Some(cluster.partition_leader(&topic, partition, Some(broker))),
+                Fault::Kill | Fault::Pause | Fault::Resume | Fault::Restart => None,
+            })
+            .await?;
+        match result {
+            None => Ok(false),
+            Some(Ok(())) => Ok(true),
+            Some(Err(error)) => Err(ClusterError::Mock {
+                operation,
+                reason: error.to_string(),
+            }),
+        }
     }
 }
 

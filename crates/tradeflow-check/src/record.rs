@@ -252,6 +252,13 @@ impl ProcessStats {
     }
 }
 
+/// From the first intended send time (`start_ns`) to the last commit, and `applied`
+/// divided by it: a run's `duration_s` and `throughput_per_s`.
+pub fn duration_and_throughput(start_ns: i64, last_commit_ns: i64, applied: u64) -> (f64, f64) {
+    let duration_s = (last_commit_ns.max(start_ns) - start_ns) as f64 / 1e9;
+    (duration_s, if duration_s > 0.0 { applied as f64 / duration_s } else { 0.0 })
+}
+
 impl RunRecord {
     /// The largest offset lag (stream) or backlog (poller) seen, with its time lag.
     pub fn worst_lag(&self) -> String {
@@ -327,6 +334,16 @@ mod tests {
         assert!((summary.p50 - 500.0).abs() < 1.0, "{summary:?}");
         assert!((summary.p99 - 990.0).abs() < 1.0, "{summary:?}");
         assert!((summary.max - 1_000.0).abs() < 1.0, "{summary:?}");
+    }
+
+    #[test]
+    fn throughput_is_applied_events_over_the_time_to_the_last_commit() {
+        assert_eq!(duration_and_throughput(1_000_000_000, 3_000_000_000, 500), (2.0, 250.0));
+        assert_eq!(
+            duration_and_throughput(5, 1, 10),
+            (0.0, 0.0),
+            "no commit yet: no throughput, not infinity"
+        );
     }
 
     #[test]

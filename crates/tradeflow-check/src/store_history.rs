@@ -2,7 +2,7 @@
 
 use crate::history::{Applied, CheckInput, CheckReport, check};
 use std::collections::HashSet;
-use tradeflow_domain::{AccountId, Event, EventId, Oracle};
+use tradeflow_domain::{AccountId, Event, EventId, Oracle, Workload};
 use tradeflow_store::{Store, StoreError};
 
 /// Reads the apply log and the final balances from `store` and checks them against the
@@ -39,4 +39,22 @@ pub async fn check_store(
         oracle,
     });
     Ok((report, applied.len() as u64))
+}
+
+/// Checks a whole run of `workload` on `store`: the oracle folds every generated event,
+/// and `must_apply` says which of them the source got into the system (inserted, or
+/// acknowledged by the broker). Returns the report and the number of apply-log rows.
+pub async fn check_workload(
+    store: &Store,
+    workload: &Workload,
+    must_apply: impl Fn(usize) -> bool,
+) -> Result<(CheckReport, u64), StoreError> {
+    let events: Vec<Event> = workload.plain_events().cloned().collect();
+    let must_apply: HashSet<EventId> = events
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| must_apply(*index))
+        .map(|(_, event)| event.event_id)
+        .collect();
+    check_store(store, &events, &must_apply, &Oracle::from_events(&events)).await
 }

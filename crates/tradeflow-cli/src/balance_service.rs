@@ -103,7 +103,7 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
         }
         let probe = probe.clone();
         if let Ok(Ok(partitions)) = tokio::task::spawn_blocking(move || probe.probe()).await {
-            let sample = lag::sample(started.elapsed().as_secs_f64(), partitions, &Default::default(), 0);
+            let sample = lag::sample(started.elapsed().as_secs_f64(), partitions, |_, _| None, 0);
             if let Ok(mut text) = metrics_text.lock() {
                 *text = lag::prometheus(&sample, &arguments.topic, &arguments.group);
             }

@@ -1,14 +1,15 @@
 //! A whole poller run: the open-loop source, the pollers, the checker and the record.
 
 use crate::{PollerConfig, PollerCounters, PollerError, poll_loop};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tradeflow_check::{BacklogSample, Drain, DrainWatch, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store};
-use tradeflow_domain::{EventId, Oracle, Workload, WorkloadConfig};
+use tradeflow_check::{
+    BacklogSample, Drain, DrainWatch, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_workload, duration_and_throughput,
+};
+use tradeflow_domain::{Workload, WorkloadConfig};
 use tradeflow_store::{SourceRow, Store, now_ns};
 
 /// Most events the source inserts in one transaction when it has fallen behind.
@@ -101,13 +102,11 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
     let db_statements = store.statements() - statements_before;
     let process = ProcessStats::current().since(&process_before);
     let emitted_count = usize::try_from(emitted.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
-    let events: Vec<_> = workload.plain_events().cloned().collect();
-    let must_apply: HashSet<EventId> = events.iter().take(emitted_count).map(|event| event.event_id).collect();
-    let oracle = Oracle::from_events(&events);
-    let (check, applied) = check_store(store, &events, &must_apply, &oracle).await?;
+    // The source inserts in order, so the first `emitted_count` events are the inserted ones.
+    let (check, applied) = check_workload(store, &workload, |index| index < emitted_count).await?;
 
     let last_commit_ns = i64::try_from(counters.last_commit_ns.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
-    let duration_s = (last_commit_ns.max(start_ns) - start_ns) as f64 / 1e9;
+    let (duration_s, throughput_per_s) = duration_and_throughput(start_ns, last_commit_ns, applied);
     let config = &options.poller;
     let workload_config = &options.workload;
     Ok(RunRecord {
@@ -128,7 +127,7 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
         events: total,
         applied,
         duration_s,
-        throughput_per_s: if duration_s > 0.0 { applied as f64 / duration_s } else { 0.0 },
+        throughput_per_s,
         latency_ms: latency.summary(),
         db_statements,
         process,

@@ -5,7 +5,6 @@
 use crate::{StreamError, base_config};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
 use std::time::Duration;
 use tradeflow_check::{LagSample, PartitionLag};
 
@@ -66,15 +65,15 @@ impl LagProbe {
     }
 }
 
-/// Builds a sample: `intended_at` maps (partition, offset) to the event's intended send
-/// time, so that the oldest unapplied event of each partition can be aged.
-pub fn sample(t_s: f64, partitions: Vec<PartitionLag>, intended_at: &HashMap<(i32, i64), i64>, now_ns: i64) -> LagSample {
+/// Builds a sample: `intended_at(partition, offset)` is the intended send time of the event
+/// at that offset (when known), so that the oldest unapplied event of each partition can
+/// be aged.
+pub fn sample(t_s: f64, partitions: Vec<PartitionLag>, intended_at: impl Fn(i32, i64) -> Option<i64>, now_ns: i64) -> LagSample {
     let oldest_ns = partitions
         .iter()
         .filter(|lag| lag.offset_lag > 0)
-        .filter_map(|lag| intended_at.get(&(lag.partition, lag.committed)))
-        .min()
-        .copied();
+        .filter_map(|lag| intended_at(lag.partition, lag.committed))
+        .min();
     LagSample {
         t_s,
         offset_lag_total: partitions.iter().map(|lag| lag.offset_lag).sum(),
@@ -103,6 +102,7 @@ pub fn prometheus(sample: &LagSample, topic: &str, group: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn time_lag_ages_the_oldest_unapplied_event() {
@@ -121,7 +121,12 @@ mod tests {
             },
         ];
         let intended_at = HashMap::from([((0, 4), 1_000_000_000), ((1, 5), 0)]);
-        let sample = sample(1.0, partitions, &intended_at, 1_500_000_000);
+        let sample = sample(
+            1.0,
+            partitions,
+            |partition, offset| intended_at.get(&(partition, offset)).copied(),
+            1_500_000_000,
+        );
         assert_eq!(sample.offset_lag_total, 6);
         assert!((sample.time_lag_ms - 500.0).abs() < 1e-9, "{sample:?}");
         let text = prometheus(&sample, "trades", "balances");

@@ -11,6 +11,7 @@ use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +65,9 @@ pub enum Delivery {
 #[derive(Debug, Default)]
 pub struct Deliveries {
     reports: Mutex<Vec<Option<Delivery>>>,
+    /// (partition, offset) of each acknowledged event -> its index, so that the lag sampler
+    /// can age the oldest unapplied event without scanning every report.
+    by_offset: Mutex<HashMap<(i32, i64), usize>>,
     acked: AtomicU64,
     failed: AtomicU64,
 }
@@ -92,9 +96,22 @@ impl Deliveries {
         self.reports.lock().map(|reports| reports.clone()).unwrap_or_default()
     }
 
+    /// The index of the event acknowledged at this partition and offset.
+    pub fn event_at(&self, partition: i32, offset: i64) -> Option<usize> {
+        self.by_offset
+            .lock()
+            .ok()
+            .and_then(|by_offset| by_offset.get(&(partition, offset)).copied())
+    }
+
     fn record(&self, index: usize, delivery: Delivery) {
         match delivery {
-            Delivery::Acked { .. } => self.acked.fetch_add(1, Ordering::Relaxed),
+            Delivery::Acked { partition, offset } => {
+                if let Ok(mut by_offset) = self.by_offset.lock() {
+                    by_offset.insert((partition, offset), index);
+                }
+                self.acked.fetch_add(1, Ordering::Relaxed)
+            }
             Delivery::Failed { .. } => self.failed.fetch_add(1, Ordering::Relaxed),
         };
         if let Ok(mut reports) = self.reports.lock()

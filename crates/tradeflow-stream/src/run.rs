@@ -5,15 +5,16 @@ use crate::lag::{self, LagProbe};
 use crate::publisher::{Deliveries, Delivery, Publisher, PublisherConfig};
 use crate::service::{ServiceConfig, ServiceCounters, run_service};
 use crate::{StreamError, dlq};
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tradeflow_check::{Drain, DrainWatch, LagSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_store};
+use tradeflow_check::{
+    Drain, DrainWatch, LagSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_workload, duration_and_throughput,
+};
 use tradeflow_cluster::Cluster;
-use tradeflow_domain::{EventId, Oracle, Workload, WorkloadConfig};
+use tradeflow_domain::{Workload, WorkloadConfig};
 use tradeflow_store::{Store, now_ns};
 
 /// How often progress is published.
@@ -117,6 +118,10 @@ pub async fn run(
     let publisher = Publisher::new(&bootstrap, &options.topic, &options.publisher, deliveries.clone())?;
     let start = Instant::now();
     let start_ns = now_ns();
+    let intended_at = |partition: i32, offset: i64| {
+        let scheduled = workload.events.get(deliveries.event_at(partition, offset)?)?;
+        Some(start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)))
+    };
     let publishing = tokio::spawn(publish(publisher, workload.clone(), start, start_ns));
 
     let probe = Arc::new(LagProbe::new(&bootstrap, &options.topic, &group, options.partitions)?);
@@ -137,7 +142,6 @@ pub async fn run(
         });
         if last_lag_sample.elapsed() >= LAG_INTERVAL {
             last_lag_sample = Instant::now();
-            let intended_at = intended_at_by_offset(&workload, &deliveries, start_ns);
             let probe = probe.clone();
             let partitions = tokio::task::spawn_blocking(move || probe.probe())
                 .await
@@ -147,7 +151,7 @@ pub async fn run(
                 })?;
             match partitions {
                 Ok(partitions) => {
-                    let sample = lag::sample(start.elapsed().as_secs_f64(), partitions, &intended_at, now_ns());
+                    let sample = lag::sample(start.elapsed().as_secs_f64(), partitions, intended_at, now_ns());
                     if let Some(metrics) = &options.metrics
                         && let Ok(mut text) = metrics.lock()
                     {
@@ -189,26 +193,21 @@ pub async fn run(
         })??;
         latency.merge(&recorder);
     }
-    let intended_at = intended_at_by_offset(&workload, &deliveries, start_ns);
     if let Ok(Ok(partitions)) = tokio::task::spawn_blocking(move || probe.probe()).await {
-        lag_samples.push(lag::sample(start.elapsed().as_secs_f64(), partitions, &intended_at, now_ns()));
+        lag_samples.push(lag::sample(start.elapsed().as_secs_f64(), partitions, intended_at, now_ns()));
     }
 
     let db_statements = store.statements() - statements_before;
     let process = ProcessStats::current().since(&process_before);
-    let events: Vec<_> = workload.plain_events().cloned().collect();
+    // What the broker acknowledged had to be applied; what it never acknowledged did not.
     let reports = deliveries.reports();
-    let must_apply: HashSet<EventId> = events
-        .iter()
-        .zip(&reports)
-        .filter(|(_, report)| matches!(report, Some(Delivery::Acked { .. })))
-        .map(|(event, _)| event.event_id)
-        .collect();
-    let oracle = Oracle::from_events(&events);
-    let (check, applied) = check_store(store, &events, &must_apply, &oracle).await?;
+    let (check, applied) = check_workload(store, &workload, |index| {
+        matches!(reports.get(index), Some(Some(Delivery::Acked { .. })))
+    })
+    .await?;
 
     let last_commit_ns = counters.last_commit_ns.load(Ordering::Relaxed);
-    let duration_s = (last_commit_ns.max(start_ns) - start_ns) as f64 / 1e9;
+    let (duration_s, throughput_per_s) = duration_and_throughput(start_ns, last_commit_ns, applied);
     let workload_config = &options.workload;
     Ok(RunRecord {
         seed: workload_config.seed,
@@ -237,7 +236,7 @@ pub async fn run(
         events: total,
         applied,
         duration_s,
-        throughput_per_s: if duration_s > 0.0 { applied as f64 / duration_s } else { 0.0 },
+        throughput_per_s,
         latency_ms: latency.summary(),
         db_statements,
         process,
@@ -302,21 +301,6 @@ async fn wait_for_assignment(counters: &ServiceCounters, options: &StreamOptions
     }
     // Consumers beyond the partition count stay idle; a rebalance settles in a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
-}
-
-fn intended_at_by_offset(workload: &Workload, deliveries: &Deliveries, start_ns: i64) -> HashMap<(i32, i64), i64> {
-    workload
-        .events
-        .iter()
-        .zip(deliveries.reports())
-        .filter_map(|(scheduled, report)| match report {
-            Some(Delivery::Acked { partition, offset }) => Some((
-                (partition, offset),
-                start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)),
-            )),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A unique suffix for group names: time and process id.

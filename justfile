@@ -19,3 +19,36 @@ poller *ARGS:
 # Everything CI does: start PostgreSQL, run the tests and the main job on both stores.
 ci:
     bash .ci/run
+
+# A seeded experiment: `just experiment list`, `just experiment poison-message --broker tansu`.
+experiment *ARGS:
+    cargo run --release --bin tradeflow -- experiment {{ARGS}}
+
+# Every experiment on one backend (default mock): the chaos lessons in one go.
+chaos BROKER="mock":
+    for name in auto-commit-crash producer-retries poison-message repartition-cutover consumer-scaling broker-failure poller-vs-stream; do cargo run --release --bin tradeflow -- experiment $name --broker {{BROKER}} --out target/experiments/{{BROKER}}/$name || exit 1; done
+
+# The local tansu image for --broker container (no registry needed).
+image:
+    bash .ci/build-tansu-image
+
+# Three Kafka brokers (KRaft, RF 3, min.insync.replicas 2) + PostgreSQL, for laptops with internet.
+up:
+    scripts/compose up
+
+# Stop the docker-compose cluster and delete its data.
+down:
+    scripts/compose down
+
+# The benchmark, quick matrix (under 10 minutes on 2 cores): results.json, report.md and
+# charts in target/tradeflow-bench/latest/ (earlier runs kept beside it by date).
+bench *ARGS:
+    cargo run --release --bin tradeflow -- bench {{ARGS}}
+
+# The benchmark's whole matrix (hours on 2 cores).
+bench-full *ARGS:
+    cargo run --release --bin tradeflow -- bench --full {{ARGS}}
+
+# The micro benchmarks (criterion): codec, ledger, store batch apply at 1/100/1000.
+bench-micro:
+    cargo bench -p tradeflow-bench --bench micro

@@ -94,3 +94,19 @@ pub fn tansu_cluster(test: &str) -> Option<tradeflow_cluster::Cluster> {
         }
     }
 }
+
+/// A broker container for a test (the image of `TRADEFLOW_CONTAINER_IMAGE`, or the local
+/// tansu image, which needs no registry), or `None` (outside CI) when there is no Docker
+/// engine or no image.
+pub fn container_cluster(test: &str) -> Option<tradeflow_cluster::Cluster> {
+    use tradeflow_cluster::container::ContainerConfig;
+    init_logs();
+    let image = std::env::var("TRADEFLOW_CONTAINER_IMAGE").unwrap_or_else(|_| "tansu".to_owned());
+    match tradeflow_cluster::Cluster::container(&ContainerConfig::named(Some(&image))) {
+        Ok(cluster) => Some(cluster),
+        Err(error) => {
+            server_missing(test, "a broker container", &error.to_string());
+            None
+        }
+    }
+}

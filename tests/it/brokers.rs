@@ -6,6 +6,8 @@ use tokio::sync::watch;
 use tradeflow_check::history::Verdict;
 use tradeflow_check::{RunProgress, RunRecord};
 use tradeflow_cluster::faults::{Api, RequestError};
+use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep};
+use tradeflow_cluster::proxy::Chaos;
 use tradeflow_cluster::{Cluster, ClusterError, Fault};
 use tradeflow_domain::{RateProfile, WorkloadConfig};
 use tradeflow_store::Store;
@@ -21,6 +23,8 @@ fn options(seed: u64, events: u64, partitions: i32) -> StreamOptions {
             accounts: 40,
             rate_per_s: 2_000.0,
             profile: RateProfile::Steady,
+            skew: tradeflow_domain::workload::ACCOUNT_SKEW,
+            mix: tradeflow_domain::EventMix::default(),
         },
         topic: "trades".into(),
         partitions,
@@ -30,6 +34,7 @@ fn options(seed: u64, events: u64, partitions: i32) -> StreamOptions {
         fill_wait: Duration::from_millis(5),
         stall_timeout: Duration::from_secs(30),
         metrics: None,
+        scenario: tradeflow_stream::Scenario::default(),
     }
 }
 
@@ -136,4 +141,114 @@ async fn faults_a_backend_cannot_inject_are_refused_with_the_reason() {
             .expect_err("tansu has one broker and no mock API");
         assert!(error.to_string().contains("kill, pause, resume, restart"), "{error}");
     }
+}
+
+/// Runs the stream with a fault plan (printed first, as the command line does).
+async fn run_with_plan(store: &Store, cluster: &Cluster, mut options: StreamOptions, plan: FaultPlan) -> RunRecord {
+    eprint!("{plan}");
+    options.scenario.plan = plan;
+    let (progress, _receiver) = watch::channel(RunProgress::default());
+    let record = tradeflow_stream::run(store, cluster, &options, &progress)
+        .await
+        .expect("the run completes");
+    for fault in &record.faults {
+        assert_eq!(fault.error, None, "every planned fault is applied: {fault:?}");
+    }
+    record
+}
+
+fn step(at_ms: u64, for_ms: u64, fault: Fault) -> PlanStep {
+    PlanStep {
+        at_ms,
+        for_ms: Some(for_ms),
+        action: Action::Broker(fault),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_broker_paused_and_cut_off_its_network_loses_nothing() {
+    let Some(cluster) = tradeflow_tests::container_cluster("a_container_broker_paused_and_cut_off_its_network_loses_nothing") else {
+        return;
+    };
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let plan = FaultPlan::fixed(vec![step(500, 1_500, Fault::Pause), step(2_500, 1_500, Fault::Disconnect)]);
+    let record = run_with_plan(&store, &cluster, options(61, 8_000, 4), plan).await;
+    assert_eq!(record.broker.as_deref(), Some("container"));
+    assert_eq!(record.faults.len(), 4, "pause, resume, disconnect, connect");
+    assert_correct(&record);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_broker_keeps_its_host_port_across_stop_and_start() {
+    let Some(cluster) = tradeflow_tests::container_cluster("a_container_broker_keeps_its_host_port_across_stop_and_start") else {
+        return;
+    };
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    cluster.ensure_topic("before", 2, 1).await.expect("topic created");
+    cluster.inject(&Fault::Stop).await.expect("docker stop");
+    let stopped = tradeflow_stream::topic_partitions(&bootstrap, "before").await;
+    assert!(stopped.is_err(), "a stopped broker does not answer: {stopped:?}");
+    cluster.inject(&Fault::Start).await.expect("docker start");
+    assert_eq!(cluster.bootstrap_servers(), bootstrap, "the advertised address does not change");
+    cluster
+        .ensure_topic("after", 3, 1)
+        .await
+        .expect("the broker answers on the same port");
+    assert_eq!(tradeflow_stream::topic_partitions(&bootstrap, "after").await.expect("metadata"), 3);
+    if cluster.loses_data_on_restart() {
+        let gone = tradeflow_stream::topic_partitions(&bootstrap, "before").await;
+        assert!(gone.is_err(), "memory storage forgets topics across a restart: {gone:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chaos_proxy_in_front_of_tansu_delays_resets_and_throttles_without_loss() {
+    let Some(cluster) = tradeflow_tests::tansu_cluster("the_chaos_proxy_in_front_of_tansu_delays_resets_and_throttles_without_loss") else {
+        return;
+    };
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let slow = Chaos {
+        latency_ms: 40,
+        jitter_ms: 20,
+        ..Chaos::default()
+    };
+    // Not a blackhole: bytes it swallows cost a whole request timeout, after which
+    // librdkafka bumps the idempotent producer's epoch, and tansu 0.6 answers that with
+    // ProducerFenced (seen here: every later delivery failed).
+    let narrow = Chaos {
+        bandwidth_bytes_per_s: Some(200_000),
+        ..Chaos::default()
+    };
+    let plan = FaultPlan::fixed(vec![
+        step(300, 1_000, Fault::ProxyChaos { chaos: slow }),
+        PlanStep {
+            at_ms: 1_500,
+            for_ms: None,
+            action: Action::Broker(Fault::ProxyReset),
+        },
+        step(2_000, 1_500, Fault::ProxyChaos { chaos: narrow }),
+    ]);
+    let record = run_with_plan(&store, &cluster, options(62, 8_000, 4), plan).await;
+    assert_correct(&record);
+    let proxy = cluster.proxy().expect("tansu runs behind a proxy").stats();
+    assert!(proxy.connections_reset > 0, "{proxy:?}");
+    assert!(
+        record.latency_ms.max >= 40.0,
+        "the proxy's latency shows in the worst latency: {}",
+        record.table()
+    );
+}
+
+#[tokio::test]
+async fn a_plan_with_a_fault_the_backend_cannot_inject_is_refused_before_the_run() {
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let cluster = Cluster::mock(1).expect("mock cluster starts");
+    let mut options = options(63, 1_000, 2);
+    options.scenario.plan = FaultPlan::fixed(vec![step(100, 100, Fault::Pause)]);
+    let (progress, _receiver) = watch::channel(RunProgress::default());
+    let error = tradeflow_stream::run(&store, &cluster, &options, &progress)
+        .await
+        .expect_err("the mock cannot pause a process");
+    assert!(error.to_string().contains("cannot inject pause"), "{error}");
+    assert_eq!(store.balances().await.expect("balances read").len(), 0, "nothing ran");
 }

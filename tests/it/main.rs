@@ -3,6 +3,7 @@
 
 mod brokers;
 mod poller;
+mod properties;
 mod store;
 mod stream;
 mod topics;

@@ -18,6 +18,8 @@ async fn run(store: &Store, seed: u64, events: u64, rate_per_s: f64, poller: Pol
             accounts: 50,
             rate_per_s,
             profile: RateProfile::Steady,
+            skew: tradeflow_domain::workload::ACCOUNT_SKEW,
+            mix: tradeflow_domain::EventMix::default(),
         },
         poller,
         stall_timeout: Duration::from_secs(20),

@@ -32,6 +32,8 @@ fn events(seed: u64, count: u64, accounts: u32) -> Vec<Event> {
         accounts,
         rate_per_s: 1_000.0,
         profile: Default::default(),
+        skew: tradeflow_domain::workload::ACCOUNT_SKEW,
+        mix: tradeflow_domain::EventMix::default(),
     };
     Workload::generate(&config)
         .expect("valid workload")

@@ -24,6 +24,8 @@ fn workload(seed: u64, events: u64) -> WorkloadConfig {
         accounts: 40,
         rate_per_s: 20_000.0,
         profile: RateProfile::Steady,
+        skew: tradeflow_domain::workload::ACCOUNT_SKEW,
+        mix: tradeflow_domain::EventMix::default(),
     }
 }
 
@@ -40,6 +42,7 @@ async fn run(store: &Store, seed: u64, partitions: i32, consumers: u32) -> RunRe
         fill_wait: Duration::from_millis(5),
         stall_timeout: Duration::from_secs(20),
         metrics: None,
+        scenario: tradeflow_stream::Scenario::default(),
     };
     let (progress, _receiver) = watch::channel(RunProgress::default());
     tradeflow_stream::run(store, &cluster, &options, &progress)
@@ -82,6 +85,8 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         batch_size,
         fill_wait: Duration::from_millis(5),
         session_timeout_ms: 6_000,
+        commit: tradeflow_stream::CommitPolicy::AfterDatabase,
+        dead_letter: true,
     }
 }
 

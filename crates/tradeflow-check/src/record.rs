@@ -49,6 +49,20 @@ pub struct RunRecord {
     /// Poller runs: unprocessed rows and the age of the oldest over time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backlog: Vec<BacklogSample>,
+    /// Faults applied during the run, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultRecord>,
+}
+
+/// A fault as it was applied during a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// When, in ms from the start of publishing.
+    pub at_ms: u64,
+    /// What was done, to which target.
+    pub fault: String,
+    /// `None` when it was applied; otherwise why it was not.
+    pub error: Option<String>,
 }
 
 /// Lag of one partition.

@@ -123,13 +123,16 @@ impl WorkloadArgs {
             accounts: self.accounts,
             rate_per_s: self.rate,
             profile: self.profile,
+            skew: tradeflow_domain::workload::ACCOUNT_SKEW,
+            mix: tradeflow_domain::EventMix::default(),
         };
         config.validate().context("checking the workload")?;
         Ok(config)
     }
 }
 
-fn random_seed() -> u64 {
+/// A seed from the clock and the process id, for runs given none.
+pub fn random_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos());

@@ -79,6 +79,10 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
             batch_size: arguments.batch_size,
             fill_wait: Duration::from_millis(5),
             session_timeout_ms: arguments.session_timeout_ms,
+            // The service as it must be run: offsets after the database commit, bad
+            // messages to the dead-letter topic.
+            commit: tradeflow_stream::CommitPolicy::AfterDatabase,
+            dead_letter: true,
         };
         config.validate()?;
         consumers.push(tokio::spawn(run_service(

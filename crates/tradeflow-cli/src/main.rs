@@ -6,8 +6,10 @@
 
 mod args;
 mod balance_service;
+mod bench;
 mod compare;
 mod dlq;
+mod experiment;
 mod progress;
 mod run_poller;
 mod run_stream;
@@ -53,6 +55,16 @@ enum Command {
     /// Dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// The lessons as seeded experiments: `tradeflow experiment list`, or
+    /// `tradeflow experiment NAME --seed S --broker mock|tansu|container|external --out DIR`.
+    /// Prints a verdict table (expected outcome per variant, and whether it happened) and
+    /// writes DIR/experiment.json. Exit code 3 when a variant did not come out as expected.
+    Experiment(experiment::ExperimentArgs),
+    /// The benchmark: each configuration's highest sustainable rate under an SLO, latency
+    /// at fractions of it, and the raw produce, consume and store-apply limits of the same
+    /// broker and store, so the stream's efficiency is a ratio. Writes results.json,
+    /// report.md and SVG charts to OUT/<date-time>/ and OUT/latest/.
+    Bench(bench::BenchArgs),
     /// Topics as code (topics.toml): plan shows the difference from a cluster, apply
     /// creates what is missing.
     #[command(subcommand)]
@@ -88,6 +100,8 @@ fn main() -> ExitCode {
             Command::Balances(arguments) => balance_service::balances(arguments).await,
             Command::Dlq(command) => dlq::run(command).await,
             Command::Topics(command) => topics::run(command).await,
+            Command::Experiment(arguments) => experiment::run(arguments).await,
+            Command::Bench(arguments) => bench::run(arguments).await,
         }
     });
     match outcome {

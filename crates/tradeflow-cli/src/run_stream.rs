@@ -10,22 +10,47 @@ use tokio::sync::watch;
 use tradeflow_check::{RunProgress, RunRecord};
 use tradeflow_cluster::Cluster;
 use tradeflow_store::Store;
-use tradeflow_stream::StreamOptions;
 use tradeflow_stream::publisher::PublisherConfig;
+use tradeflow_stream::{Scenario, StreamOptions};
 
 /// The broker backends, as the command line names them.
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BrokerChoice {
     /// librdkafka's mock cluster, in this process.
     Mock,
     /// A tansu broker process.
     Tansu,
+    /// A broker container (testcontainers): apache/kafka-native by default, or the local
+    /// tansu image when TRADEFLOW_CONTAINER_IMAGE=tansu.
+    Container,
     /// Any Kafka by its bootstrap servers.
     External,
 }
 
 /// Brokers of the embedded mock cluster.
 pub const MOCK_BROKERS: i32 = 3;
+
+/// Starts or names the broker a choice stands for. `--bootstrap` alone means an external
+/// cluster (unless `strict`, where the choice must say external).
+pub fn cluster(choice: BrokerChoice, bootstrap: Option<&str>, strict: bool) -> anyhow::Result<Cluster> {
+    match (choice, bootstrap) {
+        (BrokerChoice::External, Some(bootstrap)) => Cluster::external(bootstrap).context("checking --bootstrap"),
+        (BrokerChoice::Mock, Some(bootstrap)) if !strict => Cluster::external(bootstrap).context("checking --bootstrap"),
+        (BrokerChoice::Mock | BrokerChoice::Tansu | BrokerChoice::Container, Some(_)) => {
+            anyhow::bail!("--broker mock, tansu and container start their own broker; drop --bootstrap, or use --broker external")
+        }
+        (BrokerChoice::Mock, None) => Cluster::mock(MOCK_BROKERS).context("starting the embedded mock cluster"),
+        (BrokerChoice::Tansu, None) => Cluster::tansu().context("starting the tansu broker"),
+        (BrokerChoice::Container, None) => {
+            let config = tradeflow_cluster::container::ContainerConfig::from_env().context("reading the container settings")?;
+            Cluster::container(&config).context("starting the broker container")
+        }
+        (BrokerChoice::External, None) => match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
+            Ok(bootstrap) if !bootstrap.is_empty() => Cluster::external(&bootstrap).context("checking KAFKA_BOOTSTRAP_SERVERS"),
+            _ => anyhow::bail!("--broker external needs --bootstrap or KAFKA_BOOTSTRAP_SERVERS"),
+        },
+    }
+}
 
 /// The stream's own knobs (shared by `run stream` and `compare`).
 #[derive(Args, Clone)]
@@ -61,18 +86,7 @@ pub struct StreamKnobs {
 impl StreamKnobs {
     /// Starts the mock cluster or names the external one.
     pub fn cluster(&self) -> anyhow::Result<Cluster> {
-        match (self.broker, &self.bootstrap) {
-            (BrokerChoice::Mock | BrokerChoice::External, Some(bootstrap)) => Cluster::external(bootstrap).context("checking --bootstrap"),
-            (BrokerChoice::Tansu, Some(_)) => {
-                anyhow::bail!("--broker tansu starts its own broker; drop --bootstrap, or use --broker external")
-            }
-            (BrokerChoice::Mock, None) => Cluster::mock(MOCK_BROKERS).context("starting the embedded mock cluster"),
-            (BrokerChoice::Tansu, None) => Cluster::tansu().context("starting the tansu broker"),
-            (BrokerChoice::External, None) => match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
-                Ok(bootstrap) if !bootstrap.is_empty() => Cluster::external(&bootstrap).context("checking KAFKA_BOOTSTRAP_SERVERS"),
-                _ => anyhow::bail!("--broker external needs --bootstrap or KAFKA_BOOTSTRAP_SERVERS"),
-            },
-        }
+        cluster(self.broker, self.bootstrap.as_deref(), false)
     }
 
     /// The run options for a workload.
@@ -85,11 +99,13 @@ impl StreamKnobs {
             publisher: PublisherConfig {
                 linger_ms: self.linger_ms,
                 batch_max: self.batch_max,
+                ..PublisherConfig::default()
             },
             batch_size: self.stream_batch_size,
             fill_wait: Duration::from_millis(5),
             stall_timeout,
             metrics: None,
+            scenario: Scenario::default(),
         }
     }
 }

@@ -112,3 +112,78 @@ fn a_topic_that_does_not_exist_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nope.dlq") && stderr.contains("127.0.0.1:1"), "{stderr}");
 }
+
+#[test]
+fn experiment_list_names_every_experiment_and_an_unknown_one_is_refused_with_the_list() {
+    let output = tradeflow().args(["experiment", "list"]).output().expect("tradeflow runs");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let names = [
+        "auto-commit-crash",
+        "producer-retries",
+        "poison-message",
+        "repartition-cutover",
+        "consumer-scaling",
+        "broker-failure",
+        "poller-vs-stream",
+    ];
+    for name in names {
+        assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
+    }
+    let output = tradeflow().args(["experiment", "chaos-monkey"]).output().expect("tradeflow runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no experiment named \"chaos-monkey\"") && stderr.contains("broker-failure"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_experiment_that_needs_faults_says_it_cannot_run_on_an_external_cluster() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let output = tradeflow()
+        .current_dir(directory.path())
+        .args([
+            "experiment",
+            "broker-failure",
+            "--seed",
+            "1",
+            "--broker",
+            "external",
+            "--bootstrap",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .expect("tradeflow runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot run honestly on the external backend") && stderr.contains("no faults can be injected"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).starts_with("seed: 1"),
+        "the seed comes first"
+    );
+}
+
+#[test]
+fn external_security_settings_are_checked_and_the_password_never_printed() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let output = tradeflow()
+        .current_dir(directory.path())
+        .args(["run", "stream", "--broker", "external", "--bootstrap", "127.0.0.1:1", "--seed", "1"])
+        .env("KAFKA_SASL_MECHANISM", "PLAIN")
+        .env("KAFKA_SASL_USERNAME", "alice")
+        .env("KAFKA_SASL_PASSWORD", "hunter2-secret")
+        .env("KAFKA_SECURITY_PROTOCOL", "tls")
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("tradeflow runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("KAFKA_SECURITY_PROTOCOL must be one of"), "{stderr}");
+    let everything = format!("{stderr}{}", String::from_utf8_lossy(&output.stdout));
+    assert!(!everything.contains("hunter2-secret"), "the password leaked:\n{everything}");
+}

@@ -79,6 +79,23 @@ pub enum Fault {
     Resume,
     /// Process backends: start again on the same address (killing first if running).
     Restart,
+    /// Container: `docker stop` (SIGTERM, then SIGKILL after a grace period).
+    Stop,
+    /// Container: `docker start` on the same host port.
+    Start,
+    /// Container: the broker's container leaves its network; clients time out.
+    Disconnect,
+    /// Container: the container joins its network again.
+    Connect,
+    /// Chaos proxy in front of the broker: latency, jitter, a bandwidth limit or a blackhole.
+    ProxyChaos {
+        /// What the proxy does to the bytes.
+        chaos: crate::proxy::Chaos,
+    },
+    /// Chaos proxy: every open connection is closed with a TCP reset.
+    ProxyReset,
+    /// Chaos proxy: back to passing bytes untouched.
+    ProxyHeal,
 }
 
 impl Fault {
@@ -94,7 +111,38 @@ impl Fault {
             Fault::Pause => "pause",
             Fault::Resume => "resume",
             Fault::Restart => "restart",
+            Fault::Stop => "stop",
+            Fault::Start => "start",
+            Fault::Disconnect => "disconnect",
+            Fault::Connect => "connect",
+            Fault::ProxyChaos { .. } => "proxy_chaos",
+            Fault::ProxyReset => "proxy_reset",
+            Fault::ProxyHeal => "proxy_heal",
         }
+    }
+
+    /// The fault that ends this one, for faults that last: a plan applies it when the
+    /// fault's duration is over.
+    pub fn undo(&self) -> Option<Fault> {
+        match self {
+            Fault::BrokerDown { broker } => Some(Fault::BrokerUp { broker: *broker }),
+            Fault::RoundTripTime { broker, .. } => Some(Fault::RoundTripTime {
+                broker: *broker,
+                delay_ms: 0,
+            }),
+            Fault::Kill => Some(Fault::Restart),
+            Fault::Pause => Some(Fault::Resume),
+            Fault::Stop => Some(Fault::Start),
+            Fault::Disconnect => Some(Fault::Connect),
+            Fault::ProxyChaos { .. } => Some(Fault::ProxyHeal),
+            _ => None,
+        }
+    }
+
+    /// Whether the broker comes back empty after this fault on a backend with memory
+    /// storage (tansu): topics must then be created again.
+    pub fn restarts_broker(&self) -> bool {
+        matches!(self, Fault::Restart | Fault::Start)
     }
 }
 
@@ -110,6 +158,22 @@ impl fmt::Display for Fault {
             Fault::Pause => f.write_str("SIGSTOP the broker"),
             Fault::Resume => f.write_str("SIGCONT the broker"),
             Fault::Restart => f.write_str("restart the broker"),
+            Fault::Stop => f.write_str("docker stop the broker"),
+            Fault::Start => f.write_str("docker start the broker"),
+            Fault::Disconnect => f.write_str("disconnect the broker from its network"),
+            Fault::Connect => f.write_str("connect the broker to its network again"),
+            Fault::ProxyChaos { chaos } => {
+                write!(f, "proxy: latency {} ms, jitter {} ms", chaos.latency_ms, chaos.jitter_ms)?;
+                if let Some(rate) = chaos.bandwidth_bytes_per_s {
+                    write!(f, ", bandwidth {rate} B/s")?;
+                }
+                if chaos.blackhole {
+                    f.write_str(", blackhole")?;
+                }
+                Ok(())
+            }
+            Fault::ProxyReset => f.write_str("proxy: reset every connection"),
+            Fault::ProxyHeal => f.write_str("proxy: heal"),
         }
     }
 }
@@ -118,5 +182,9 @@ impl fmt::Display for Fault {
 pub const MOCK_FAULTS: &[&str] = &["broker_down", "broker_up", "round_trip_time", "request_errors", "leader_move"];
 /// Faults a tansu process can take.
 pub const TANSU_FAULTS: &[&str] = &["kill", "pause", "resume", "restart"];
+/// Faults a broker container can take.
+pub const CONTAINER_FAULTS: &[&str] = &["kill", "restart", "stop", "start", "pause", "resume", "disconnect", "connect"];
+/// Faults the chaos proxy adds to a backend that runs one (tansu, container).
+pub const PROXY_FAULTS: &[&str] = &["proxy_chaos", "proxy_reset", "proxy_heal"];
 /// Faults an external cluster can take from here: none.
 pub const EXTERNAL_FAULTS: &[&str] = &[];

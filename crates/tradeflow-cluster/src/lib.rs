@@ -7,7 +7,15 @@
 //! - `tansu`: a real Kafka-compatible broker process (tansu, memory storage) started from
 //!   `TANSU_BIN` or `PATH` on a free port; SIGKILL, SIGSTOP/SIGCONT, restart. One broker,
 //!   no CreatePartitions, and a SIGKILL loses every message.
-//! - `external`: any Kafka by its bootstrap servers; topics are created with the admin API.
+//! - `container`: one broker in a Docker container ([`container`]): `apache/kafka-native` by
+//!   default, or the local tansu image; kill, stop/start, pause/unpause, network disconnect,
+//!   on a host port that stays fixed across a restart.
+//! - `external`: any Kafka by its bootstrap servers (SASL/SSL settings from the
+//!   environment, [`external`]); topics are created with the admin API.
+//!
+//! tansu and container clients go through a [`proxy::ChaosProxy`] that the broker
+//! advertises: latency, jitter, a bandwidth limit, connection resets and a blackhole.
+//! [`plan::FaultPlan`]s schedule faults from a seed.
 //!
 //! Every backend lists the [`faults::Fault`]s it can inject; [`Cluster::inject`] refuses
 //! the others with a message.
@@ -15,8 +23,12 @@
 //! `MockCluster` is neither `Send` nor `Sync`, so [`Cluster`] owns it on a thread of its
 //! own and sends it work over a channel.
 
+pub mod container;
+pub mod external;
 pub mod faults;
 mod mock;
+pub mod plan;
+pub mod proxy;
 mod tansu;
 pub mod topics;
 
@@ -73,6 +85,10 @@ pub struct Cluster {
     bootstrap: String,
     mock: Option<mock::MockHandle>,
     tansu: Option<tansu::TansuProcess>,
+    container: Option<container::BrokerContainer>,
+    /// The chaos proxy clients go through, for backends whose advertised listener can
+    /// point at it (tansu, container). Declared before the broker so it stops first.
+    proxy: Option<proxy::ChaosProxy>,
 }
 
 impl Cluster {
@@ -90,11 +106,17 @@ impl Cluster {
             bootstrap: handle.bootstrap().to_owned(),
             mock: Some(handle),
             tansu: None,
+            container: None,
+            proxy: None,
         })
     }
 
     /// A cluster reached by its bootstrap servers (`HOST:PORT[,HOST:PORT...]`).
     pub fn external(bootstrap: &str) -> Result<Cluster, ClusterError> {
+        let security = external::Security::from_env()?;
+        if security.is_set() {
+            tracing::info!(%security, "external cluster security settings");
+        }
         let valid = !bootstrap.is_empty()
             && bootstrap.split(',').all(|server| {
                 server
@@ -112,34 +134,58 @@ impl Cluster {
             bootstrap: bootstrap.to_owned(),
             mock: None,
             tansu: None,
+            container: None,
+            proxy: None,
         })
     }
 
-    /// Starts a tansu broker process (from `TANSU_BIN` or `PATH`) on a free loopback port and
-    /// waits until it accepts connections.
+    /// Starts a tansu broker process (from `TANSU_BIN` or `PATH`) on a free loopback port,
+    /// behind a chaos proxy (which passes bytes untouched until a fault says otherwise), and
+    /// waits until it accepts connections. The broker advertises the proxy, so every client
+    /// connection goes through it.
     pub fn tansu() -> Result<Cluster, ClusterError> {
         let binary = tansu::find_binary()?;
-        let process = tansu::TansuProcess::start(&binary)?;
+        let port = tansu::free_port()?;
+        let proxy = start_proxy("tansu", port)?;
+        let process = tansu::TansuProcess::start(&binary, port, proxy.address().to_string())?;
         Ok(Cluster {
             backend: "tansu",
             bootstrap: process.bootstrap(),
             mock: None,
             tansu: Some(process),
+            container: None,
+            proxy: Some(proxy),
         })
     }
 
     /// The faults this backend can inject.
-    pub fn supported_faults(&self) -> &'static [&'static str] {
-        match self.backend {
+    pub fn supported_faults(&self) -> Vec<&'static str> {
+        let own = match self.backend {
             "mock" => faults::MOCK_FAULTS,
             "tansu" => faults::TANSU_FAULTS,
+            "container" => faults::CONTAINER_FAULTS,
             _ => faults::EXTERNAL_FAULTS,
+        };
+        let proxy = if self.proxy.is_some() { faults::PROXY_FAULTS } else { &[] };
+        own.iter().chain(proxy).copied().collect()
+    }
+
+    /// The chaos proxy in front of the broker, if this backend has one.
+    pub fn proxy(&self) -> Option<&proxy::ChaosProxy> {
+        self.proxy.as_ref()
+    }
+
+    /// Whether this backend can inject `fault`: the refusal names what it supports.
+    pub fn supports(&self, fault: &Fault) -> Result<(), ClusterError> {
+        if self.supported_faults().contains(&fault.name()) {
+            Ok(())
+        } else {
+            Err(self.refusal(fault))
         }
     }
 
-    /// Injects a fault, or refuses it with the reason when this backend cannot.
-    pub async fn inject(&self, fault: &Fault) -> Result<(), ClusterError> {
-        let refuse = || ClusterError::Unsupported {
+    fn refusal(&self, fault: &Fault) -> ClusterError {
+        ClusterError::Unsupported {
             backend: self.backend,
             reason: format!(
                 "cannot inject {} ({}); this backend supports: {}",
@@ -151,13 +197,36 @@ impl Cluster {
                     self.supported_faults().join(", ")
                 }
             ),
-        };
+        }
+    }
+
+    /// Injects a fault, or refuses it with the reason when this backend cannot.
+    pub async fn inject(&self, fault: &Fault) -> Result<(), ClusterError> {
+        self.supports(fault)?;
         tracing::info!(backend = self.backend, %fault, "injecting a fault");
+        if let Some(proxy) = &self.proxy {
+            match fault {
+                Fault::ProxyChaos { chaos } => {
+                    proxy.set(*chaos);
+                    return Ok(());
+                }
+                Fault::ProxyHeal => {
+                    proxy.heal();
+                    return Ok(());
+                }
+                Fault::ProxyReset => {
+                    let reset = proxy.reset_connections();
+                    tracing::info!(reset, "chaos proxy reset its connections");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
         if let Some(mock) = &self.mock {
             return mock
                 .inject(fault)
                 .await
-                .and_then(|supported| if supported { Ok(()) } else { Err(refuse()) });
+                .and_then(|supported| if supported { Ok(()) } else { Err(self.refusal(fault)) });
         }
         if let Some(process) = &self.tansu {
             return match fault {
@@ -165,15 +234,31 @@ impl Cluster {
                 Fault::Pause => process.pause(),
                 Fault::Resume => process.resume(),
                 Fault::Restart => process.restart(),
-                _ => Err(refuse()),
+                _ => Err(self.refusal(fault)),
             };
         }
-        Err(refuse())
+        if let Some(container) = &self.container {
+            return match fault {
+                Fault::Kill => container.kill(),
+                Fault::Restart => container.restart(),
+                Fault::Stop => container.stop(),
+                Fault::Start => container.start_again(),
+                Fault::Pause => container.pause(),
+                Fault::Resume => container.unpause(),
+                Fault::Disconnect => container.disconnect(),
+                Fault::Connect => container.connect(),
+                _ => Err(self.refusal(fault)),
+            };
+        }
+        Err(self.refusal(fault))
     }
 
     /// The broker's captured log, for process backends.
     pub fn broker_log(&self) -> Option<String> {
-        self.tansu.as_ref().map(tansu::TansuProcess::log)
+        self.tansu
+            .as_ref()
+            .map(tansu::TansuProcess::log)
+            .or_else(|| self.container.as_ref().map(container::BrokerContainer::log))
     }
 
     /// The backend's name, as records and reports show it.
@@ -192,8 +277,10 @@ impl Cluster {
         if let Some(mock) = &self.mock {
             return mock.create_topic(name, partitions, replication).await;
         }
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        external::apply_env_security(&mut config);
+        let admin: AdminClient<DefaultClientContext> = config
             .create()
             .map_err(|error| self.admin_error("creating an admin client", error.to_string()))?;
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
@@ -220,4 +307,15 @@ impl Cluster {
             reason,
         }
     }
+}
+
+/// Starts a chaos proxy on a free loopback port in front of `port`, seeded from the port so
+/// that its jitter is reproducible within a run.
+fn start_proxy(backend: &'static str, port: u16) -> Result<proxy::ChaosProxy, ClusterError> {
+    proxy::ChaosProxy::start(0, std::net::SocketAddr::from(([127, 0, 0, 1], port)), u64::from(port)).map_err(|error| {
+        ClusterError::Unsupported {
+            backend,
+            reason: error.to_string(),
+        }
+    })
 }

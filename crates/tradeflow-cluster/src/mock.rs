@@ -128,7 +128,7 @@ impl MockHandle {
                     Some(Ok(()))
                 }
                 Fault::LeaderMove { topic, partition, broker } => Some(cluster.partition_leader(&topic, partition, Some(broker))),
-                Fault::Kill | Fault::Pause | Fault::Resume | Fault::Restart => None,
+                _ => None,
             })
             .await?;
         match result {

@@ -18,6 +18,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) struct TansuProcess {
     binary: PathBuf,
     port: u16,
+    /// What the broker tells clients to connect to: its own port, or a chaos proxy's.
+    advertised: String,
     log_path: PathBuf,
     child: Mutex<Option<Child>>,
     _directory: tempfile::TempDir,
@@ -46,12 +48,14 @@ fn unavailable(reason: String) -> ClusterError {
 }
 
 impl TansuProcess {
-    pub(crate) fn start(binary: &Path) -> Result<TansuProcess, ClusterError> {
-        let port = free_port()?;
+    /// Starts tansu listening on `port`, telling clients to connect to `advertised`
+    /// (`HOST:PORT`).
+    pub(crate) fn start(binary: &Path, port: u16, advertised: String) -> Result<TansuProcess, ClusterError> {
         let directory = tempfile::tempdir().map_err(|error| unavailable(format!("creating a log directory: {error}")))?;
         let process = TansuProcess {
             binary: binary.to_owned(),
             port,
+            advertised,
             log_path: directory.path().join("tansu.log"),
             child: Mutex::new(None),
             _directory: directory,
@@ -61,7 +65,7 @@ impl TansuProcess {
     }
 
     pub(crate) fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.advertised.clone()
     }
 
     /// The broker's captured log (stdout and stderr).
@@ -79,10 +83,12 @@ impl TansuProcess {
             .try_clone()
             .map_err(|error| unavailable(format!("opening the log twice: {error}")))?;
         let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://{}", self.advertised);
         let child = Command::new(&self.binary)
             .arg("broker")
-            // Listen and advertise on IPv4 loopback: `localhost` may resolve to ::1 first.
-            .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
+            // Listen on IPv4 loopback (`localhost` may resolve to ::1 first) and advertise the
+            // address clients must use: the chaos proxy's, when there is one.
+            .args(["--listener-url", &listener, "--advertised-listener-url", &advertised])
             // Memory storage: fast and disposable; a SIGKILL loses everything (a stated limit).
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
@@ -184,7 +190,8 @@ impl Drop for TansuProcess {
     }
 }
 
-fn free_port() -> Result<u16, ClusterError> {
+/// A free loopback port (free now; the caller binds it soon after).
+pub(crate) fn free_port() -> Result<u16, ClusterError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|error| unavailable(format!("finding a free port: {error}")))?;
     listener
         .local_addr()

@@ -156,10 +156,17 @@ pub fn decide(spec: &TopicSpec, state: Option<TopicState>) -> Action {
     }
 }
 
+/// A client of `bootstrap`, with the environment's SASL/SSL settings.
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    crate::external::apply_env_security(&mut config);
+    config
+}
+
 /// Reads the current state of every topic in the file.
 pub async fn plan(bootstrap: &str, file: &TopicsFile) -> Result<Vec<(TopicSpec, Option<TopicState>, Action)>, ClusterError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = client_config(bootstrap)
         .create()
         .map_err(|error| admin_error(bootstrap, "creating a metadata client", error))?;
     let owned_bootstrap = bootstrap.to_owned();
@@ -189,8 +196,7 @@ pub async fn plan(bootstrap: &str, file: &TopicsFile) -> Result<Vec<(TopicSpec, 
 /// changes and reordering changes without `allow_reorder` are reported and skipped; the
 /// result says whether every topic is as the file says.
 pub async fn apply(bootstrap: &str, file: &TopicsFile, allow_reorder: bool) -> Result<Vec<(String, String)>, ClusterError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap)
         .create()
         .map_err(|error| admin_error(bootstrap, "creating an admin client", error))?;
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));

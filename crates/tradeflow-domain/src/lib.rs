@@ -27,4 +27,4 @@ pub use ids::{AccountId, EventId, IdError, Symbol};
 pub use ledger::{AccountState, Effect, Ledger, Outcome, Rejection};
 pub use money::{Money, MoneyError, Quantity};
 pub use oracle::Oracle;
-pub use workload::{RateProfile, ScheduledEvent, Workload, WorkloadConfig, WorkloadError};
+pub use workload::{EventMix, RateProfile, ScheduledEvent, Workload, WorkloadConfig, WorkloadError};

@@ -25,8 +25,40 @@ pub const ACCOUNTS_MAX: u32 = 1_000_000;
 pub const RATE_MAX_PER_S: f64 = 10_000_000.0;
 /// Number of instruments traded.
 pub const SYMBOL_COUNT: usize = 16;
-/// Zipf exponent of account activity: rank 1 is the hottest account.
+/// Default Zipf exponent of account activity: rank 1 is the hottest account.
 pub const ACCOUNT_SKEW: f64 = 1.1;
+/// Largest Zipf exponent accepted (at 4 nearly every event goes to the hottest account).
+pub const SKEW_MAX: f64 = 4.0;
+
+/// Which kind of event an account does next, as shares of a roll: withdrawals, buys and
+/// sells (each only when the account can afford it), deposits take the rest and whatever
+/// an account could not afford. The default is the mix every run used before it was a knob.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventMix {
+    /// Share of withdrawals.
+    pub withdrawal: f64,
+    /// Share of buys.
+    pub buy: f64,
+    /// Share of sells.
+    pub sell: f64,
+}
+
+impl Default for EventMix {
+    fn default() -> EventMix {
+        EventMix {
+            withdrawal: 0.15,
+            buy: 0.35,
+            sell: 0.25,
+        }
+    }
+}
+
+impl EventMix {
+    fn is_valid(&self) -> bool {
+        let shares = [self.withdrawal, self.buy, self.sell];
+        shares.iter().all(|share| (0.0..=1.0).contains(share)) && shares.iter().sum::<f64>() <= 1.0 + 1e-9
+    }
+}
 /// Highest price a symbol's random walk reaches, in minor units (well under `PRICE_MAX`).
 pub const PRICE_WALK_MAX: i64 = 10_000_000;
 /// Factor of the market-open spike in the burst profile.
@@ -102,6 +134,18 @@ pub enum WorkloadError {
         /// The value given.
         given: f64,
     },
+    /// An event mix whose shares are not fractions summing to at most 1.
+    #[error("event mix shares must each be in [0, 1] and sum to at most 1 (the rest are deposits), got {given:?}")]
+    Mix {
+        /// The mix given.
+        given: EventMix,
+    },
+    /// A key skew outside the supported range.
+    #[error("account skew must be a Zipf exponent in [0, {SKEW_MAX}], got {given}")]
+    Skew {
+        /// The value given.
+        given: f64,
+    },
     /// Unknown profile name.
     #[error("unknown rate profile {given:?} (expected steady, ramp or burst)")]
     Profile {
@@ -123,6 +167,10 @@ pub struct WorkloadConfig {
     pub rate_per_s: f64,
     /// How the rate changes over the run.
     pub profile: RateProfile,
+    /// Zipf exponent of account activity (0 = every account alike, [`ACCOUNT_SKEW`] by default).
+    pub skew: f64,
+    /// Shares of each kind of event.
+    pub mix: EventMix,
 }
 
 impl WorkloadConfig {
@@ -136,6 +184,12 @@ impl WorkloadConfig {
         }
         if !(self.rate_per_s > 0.0 && self.rate_per_s <= RATE_MAX_PER_S) {
             return Err(WorkloadError::Rate { given: self.rate_per_s });
+        }
+        if !(0.0..=SKEW_MAX).contains(&self.skew) {
+            return Err(WorkloadError::Skew { given: self.skew });
+        }
+        if !self.mix.is_valid() {
+            return Err(WorkloadError::Mix { given: self.mix });
         }
         Ok(())
     }
@@ -192,7 +246,7 @@ impl Workload {
                 name: Name().fake_with_rng(&mut rng),
             })
             .collect();
-        let cumulative = zipf_cumulative(accounts.len(), ACCOUNT_SKEW);
+        let cumulative = zipf_cumulative(accounts.len(), config.skew);
         let mut holdings: Vec<Holdings> = accounts.iter().map(|_| Holdings::default()).collect();
         let mut events = Vec::with_capacity(usize::try_from(config.events).unwrap_or(0));
         let mut offset_s = 0.0_f64;
@@ -201,7 +255,7 @@ impl Workload {
             let account_index = sample(&cumulative, rng.random::<f64>());
             let account = &mut holdings[account_index];
             account.next_seq += 1;
-            let kind = next_kind(&mut rng, account, &symbols, &mut prices);
+            let kind = next_kind(&mut rng, &config.mix, account, &symbols, &mut prices);
             let intended_offset_ns = (offset_s * 1e9) as u64;
             let occurred_at_ns = EPOCH_NS.saturating_add(i64::try_from(intended_offset_ns).unwrap_or(i64::MAX));
             let millis = u64::try_from(occurred_at_ns / 1_000_000).unwrap_or(0);
@@ -289,16 +343,18 @@ fn sample(cumulative: &[f64], uniform: f64) -> usize {
 }
 
 /// Chooses the next event for an account so that, applied in order, nothing goes negative.
-fn next_kind(rng: &mut ChaCha8Rng, account: &mut Holdings, symbols: &[Symbol], prices: &mut [i64]) -> EventKind {
+fn next_kind(rng: &mut ChaCha8Rng, mix: &EventMix, account: &mut Holdings, symbols: &[Symbol], prices: &mut [i64]) -> EventKind {
     let roll: f64 = rng.random();
-    if roll < 0.15 && account.cash >= 2 {
+    let buys_end = mix.withdrawal + mix.buy;
+    let sells_end = buys_end + mix.sell;
+    if roll < mix.withdrawal && account.cash >= 2 {
         let amount = rng.random_range(1..=account.cash / 2);
         account.cash -= amount;
         return EventKind::Withdrawal {
             amount: Money::from_minor(amount),
         };
     }
-    if roll < 0.50 {
+    if roll < buys_end {
         let symbol_index = rng.random_range(0..symbols.len());
         let price = walk_price(rng, &mut prices[symbol_index]);
         let affordable = account.cash / price;
@@ -308,7 +364,7 @@ fn next_kind(rng: &mut ChaCha8Rng, account: &mut Holdings, symbols: &[Symbol], p
             *account.positions.entry(symbol_index).or_insert(0) += quantity;
             return trade(Side::Buy, &symbols[symbol_index], quantity, price);
         }
-    } else if roll < 0.75 {
+    } else if roll < sells_end {
         let held: Vec<(usize, i64)> = account
             .positions
             .iter()

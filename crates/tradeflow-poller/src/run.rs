@@ -134,6 +134,7 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
         check,
         lag: Vec::new(),
         backlog,
+        faults: Vec::new(),
     })
 }
 

@@ -102,7 +102,7 @@ impl Store {
         for chunk in fresh.chunks(ROWS_PER_STATEMENT_MAX) {
             let sql = format!(
                 "INSERT INTO apply_log (event_id, account_id, account_seq, account_apply_index, intended_at_ns, applied_at_ns, applier) VALUES {}",
-                value_rows(chunk.len(), 7)
+                value_rows(self.kind, chunk.len(), 7)
             );
             let mut query = sqlx::query(&sql);
             for (event_id, input) in chunk {
@@ -126,7 +126,10 @@ impl Store {
     async fn already_applied(&self, connection: &mut AnyConnection, events: &[ApplyInput<'_>]) -> Result<HashSet<String>, sqlx::Error> {
         let mut already = HashSet::new();
         for chunk in events.chunks(ROWS_PER_STATEMENT_MAX) {
-            let sql = format!("SELECT event_id FROM apply_log WHERE event_id IN ({})", list(1, chunk.len()));
+            let sql = format!(
+                "SELECT event_id FROM apply_log WHERE event_id IN ({})",
+                list(self.kind, 1, chunk.len())
+            );
             let mut query = sqlx::query(&sql);
             for input in chunk {
                 query = query.bind(input.event.event_id.to_string());
@@ -152,7 +155,7 @@ impl Store {
                 "INSERT INTO balances (account_id, cash, apply_count) VALUES {} \
                  ON CONFLICT (account_id) DO UPDATE SET cash = balances.cash + excluded.cash, apply_count = balances.apply_count + excluded.apply_count \
                  RETURNING account_id, apply_count",
-                value_rows(chunk.len(), 3)
+                value_rows(self.kind, chunk.len(), 3)
             );
             let mut query = sqlx::query(&sql);
             for (account, (cash, applied)) in chunk {
@@ -176,7 +179,7 @@ impl Store {
             let sql = format!(
                 "INSERT INTO positions (account_id, symbol, shares) VALUES {} \
                  ON CONFLICT (account_id, symbol) DO UPDATE SET shares = positions.shares + excluded.shares",
-                value_rows(chunk.len(), 3)
+                value_rows(self.kind, chunk.len(), 3)
             );
             let mut query = sqlx::query(&sql);
             for ((account, symbol), shares) in chunk {

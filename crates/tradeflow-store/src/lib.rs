@@ -242,10 +242,12 @@ pub fn now_ns() -> i64 {
         .map_or(0, |elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// `($1,$2,$3),($4,$5,$6)...`: placeholders for `rows` rows of `columns` values, numbered
-/// from 1. SQLite reads `$N` as named parameters numbered in order of first appearance,
-/// which is the same numbering.
-fn value_rows(rows: usize, columns: usize) -> String {
+/// Placeholders of one multi-row `VALUES` list, numbered row by row from 1: `($1,$2),($3,$4)`
+/// on PostgreSQL, plain `?` on SQLite. Every statement binds its values in the order the
+/// placeholders appear, so both mean the same; SQLite resolves each numbered placeholder
+/// by name with a linear scan, so a batch of 1000 rows with `?N` spent most of its time
+/// there (131 ms against 5 ms for 100 rows: quadratic), and plain `?` removes that.
+fn value_rows(kind: StoreKind, rows: usize, columns: usize) -> String {
     let mut text = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
@@ -256,20 +258,27 @@ fn value_rows(rows: usize, columns: usize) -> String {
             if column > 0 {
                 text.push(',');
             }
-            text.push('$');
-            text.push_str(&(row * columns + column + 1).to_string());
+            text.push_str(&placeholder(kind, row * columns + column + 1));
         }
         text.push(')');
     }
     text
 }
 
-/// `$first,...,$(first+count-1)`: an `IN (...)` list.
-fn list(first: usize, count: usize) -> String {
+/// `$first,...,$(first+count-1)` (plain `?` on SQLite): an `IN (...)` list.
+fn list(kind: StoreKind, first: usize, count: usize) -> String {
     (first..first + count)
-        .map(|index| format!("${index}"))
+        .map(|index| placeholder(kind, index))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Placeholder number `index` (from 1) in the store's dialect.
+fn placeholder(kind: StoreKind, index: usize) -> String {
+    match kind {
+        StoreKind::Sqlite => "?".to_owned(),
+        StoreKind::Postgres => format!("${index}"),
+    }
 }
 
 #[cfg(test)]
@@ -278,7 +287,9 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_row_by_row() {
-        assert_eq!(value_rows(2, 3), "($1,$2,$3),($4,$5,$6)");
-        assert_eq!(list(3, 3), "$3,$4,$5");
+        assert_eq!(value_rows(StoreKind::Postgres, 2, 3), "($1,$2,$3),($4,$5,$6)");
+        assert_eq!(list(StoreKind::Postgres, 3, 3), "$3,$4,$5");
+        assert_eq!(value_rows(StoreKind::Sqlite, 2, 2), "(?,?),(?,?)");
+        assert_eq!(list(StoreKind::Sqlite, 2, 3), "?,?,?");
     }
 }

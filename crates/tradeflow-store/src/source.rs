@@ -92,7 +92,7 @@ impl Store {
                 for (chunk, encoded_chunk) in rows.chunks(ROWS_PER_STATEMENT_MAX).zip(encoded.chunks(ROWS_PER_STATEMENT_MAX)) {
                     let sql = format!(
                         "INSERT INTO trade_events (event_id, account_id, account_seq, shard_key, payload, intended_at_ns, inserted_at_ns) VALUES {}",
-                        value_rows(chunk.len(), 7)
+                        value_rows(self.kind, chunk.len(), 7)
                     );
                     let mut query = sqlx::query(&sql);
                     for (row, (event_id, payload)) in chunk.iter().zip(encoded_chunk) {
@@ -190,7 +190,13 @@ impl Store {
 
             let processed_at_ns = now_ns();
             for chunk in processed_ids.chunks(ROWS_PER_STATEMENT_MAX) {
-                let sql = format!("UPDATE trade_events SET processed_at_ns = $1 WHERE id IN ({})", list(2, chunk.len()));
+                // One placeholder style per statement: sqlx's SQLite driver does not number a
+                // `?` after a `$1` the way SQLite does.
+                let sql = format!(
+                    "UPDATE trade_events SET processed_at_ns = {} WHERE id IN ({})",
+                    crate::placeholder(self.kind, 1),
+                    list(self.kind, 2, chunk.len())
+                );
                 let mut query = sqlx::query(&sql).bind(processed_at_ns);
                 for id in chunk {
                     query = query.bind(*id);

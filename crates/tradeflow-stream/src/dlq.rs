@@ -47,6 +47,25 @@ pub fn producer(bootstrap: &str) -> Result<FutureProducer, StreamError> {
         .map_err(|error| StreamError::kafka("creating the dead-letter producer", error))
 }
 
+/// Publishes `count` messages that no balance service can process, under `key` (a hot
+/// account, so that they sit among that account's events): alternately not JSON at all,
+/// and a well-formed envelope of an unknown schema version.
+pub async fn publish_poison(bootstrap: &str, topic: &str, key: &str, count: u32) -> Result<(), StreamError> {
+    let producer = producer(bootstrap)?;
+    for index in 0..count {
+        let payload = if index % 2 == 0 {
+            format!("poison {index}: not JSON").into_bytes()
+        } else {
+            format!(r#"{{"schema_version":99,"event_id":"poison-{index}","account_id":"{key}"}}"#).into_bytes()
+        };
+        producer
+            .send(FutureRecord::to(topic).key(key).payload(&payload), SEND_TIMEOUT)
+            .await
+            .map_err(|(error, _)| StreamError::kafka(format!("publishing poison message {index} to {topic}"), error))?;
+    }
+    Ok(())
+}
+
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

@@ -17,14 +17,15 @@
 //! account to one partition and a partition is applied in offset order.
 
 pub mod dlq;
+pub mod fleet;
 pub mod lag;
 pub mod metrics;
 pub mod publisher;
 pub mod run;
 pub mod service;
 
-pub use run::{StreamOptions, run};
-pub use service::{ServiceConfig, ServiceCounters, run_service};
+pub use run::{Cutover, Runbook, Scenario, StreamOptions, run};
+pub use service::{CommitPolicy, Control, FETCH_WAIT_MAX_MS, ServiceConfig, ServiceCounters, run_controlled, run_service};
 
 use rdkafka::ClientConfig;
 use tradeflow_cluster::ClusterError;
@@ -121,9 +122,12 @@ pub async fn topic_partitions(bootstrap: &str, topic: &str) -> Result<i32, Strea
     })?
 }
 
-/// Settings every client of this crate shares.
-pub(crate) fn base_config(bootstrap: &str) -> ClientConfig {
+/// Settings every client of this crate shares (and the bench's raw clients, so that the
+/// limits are measured with the pipeline's own client settings).
+pub fn base_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
+    // SASL/SSL settings of an external cluster, from the environment (never logged).
+    tradeflow_cluster::external::apply_env_security(&mut config);
     config
         .set("bootstrap.servers", bootstrap)
         // Loopback brokers answer fast; a short reconnect backoff makes broker restarts

@@ -32,14 +32,22 @@ pub struct PublisherConfig {
     pub linger_ms: u32,
     /// Most messages in one batch.
     pub batch_max: u32,
+    /// `enable.idempotence`. Only experiments turn it off, to show what it prevents.
+    pub idempotence: bool,
+    /// `max.in.flight.requests.per.connection`: produce requests sent before the first is
+    /// answered (at most 5 with idempotence).
+    pub in_flight_max: u32,
 }
 
 impl Default for PublisherConfig {
-    /// librdkafka's own defaults: 5 ms linger, 10,000 messages a batch.
+    /// librdkafka's own defaults: 5 ms linger, 10,000 messages a batch, idempotence on,
+    /// 5 requests in flight.
     fn default() -> Self {
         PublisherConfig {
             linger_ms: 5,
             batch_max: 10_000,
+            idempotence: true,
+            in_flight_max: 5,
         }
     }
 }
@@ -104,10 +112,10 @@ impl Deliveries {
             .and_then(|by_offset| by_offset.get(&(partition, offset)).copied())
     }
 
-    fn record(&self, index: usize, delivery: Delivery) {
+    fn record(&self, index: usize, delivery: Delivery, indexed: bool) {
         match delivery {
             Delivery::Acked { partition, offset } => {
-                if let Ok(mut by_offset) = self.by_offset.lock() {
+                if indexed && let Ok(mut by_offset) = self.by_offset.lock() {
                     by_offset.insert((partition, offset), index);
                 }
                 self.acked.fetch_add(1, Ordering::Relaxed)
@@ -125,6 +133,8 @@ impl Deliveries {
 /// Receives delivery reports on the producer's thread.
 pub struct PublishContext {
     deliveries: Arc<Deliveries>,
+    /// The run's main topic: only its offsets are indexed for the lag sampler.
+    topic: String,
 }
 
 impl ClientContext for PublishContext {}
@@ -140,10 +150,11 @@ impl ProducerContext for PublishContext {
                     partition: message.partition(),
                     offset: message.offset(),
                 },
+                message.topic() == self.topic,
             ),
             Err((error, message)) => {
                 tracing::warn!(messaging.destination.name = message.topic(), messaging.destination.partition.id = message.partition(), %error, "delivery failed");
-                self.deliveries.record(index, Delivery::Failed { reason: error.to_string() });
+                self.deliveries.record(index, Delivery::Failed { reason: error.to_string() }, false);
             }
         }
     }
@@ -162,8 +173,12 @@ impl Publisher {
         let producer = base_config(bootstrap)
             // Acknowledged only once every in-sync replica has the write.
             .set("acks", "all")
-            // Retries cannot duplicate or reorder messages within a partition.
-            .set("enable.idempotence", "true")
+            // Retries cannot duplicate or reorder messages within a partition (on by default;
+            // experiments turn it off to show why).
+            .set("enable.idempotence", config.idempotence.to_string())
+            // With idempotence on, the broker's sequence checks keep order across the
+            // requests in flight; without it, a retried request can land behind a later one.
+            .set("max.in.flight.requests.per.connection", config.in_flight_max.to_string())
             // The knobs: how long to wait to fill a batch, and how large a batch may be.
             .set("linger.ms", config.linger_ms.to_string())
             .set("batch.num.messages", config.batch_max.to_string())
@@ -174,6 +189,7 @@ impl Publisher {
             .set("partitioner", "murmur2_random")
             .create_with_context(PublishContext {
                 deliveries: deliveries.clone(),
+                topic: topic.to_owned(),
             })
             .map_err(|error| StreamError::kafka("creating the producer", error))?;
         Ok(Publisher {
@@ -190,9 +206,15 @@ impl Publisher {
 
     /// Enqueues one event (the report arrives later); waits while the local queue is full.
     pub async fn publish(&self, index: usize, event: &Event, intended_at_ns: i64) -> Result<(), StreamError> {
+        self.publish_to(None, index, event, intended_at_ns).await
+    }
+
+    /// Like [`Publisher::publish`], to `topic` instead of the publisher's own when given.
+    pub async fn publish_to(&self, topic: Option<&str>, index: usize, event: &Event, intended_at_ns: i64) -> Result<(), StreamError> {
+        let topic = topic.unwrap_or(&self.topic);
         let payload = encode(event);
         let intended = intended_at_ns.to_string();
-        let mut record = BaseRecord::with_opaque_to(&self.topic, index)
+        let mut record = BaseRecord::with_opaque_to(topic, index)
             .key(event.account_id.as_str())
             .payload(&payload)
             .headers(OwnedHeaders::new().insert(Header {
@@ -207,13 +229,28 @@ impl Publisher {
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
                 Err((error, _)) => {
-                    return Err(StreamError::kafka(
-                        format!("publishing event {} to {}", event.event_id, self.topic),
-                        error,
-                    ));
+                    return Err(StreamError::kafka(format!("publishing event {} to {topic}", event.event_id), error));
                 }
             }
         }
+    }
+
+    /// Waits until every message sent so far has its delivery report, or `timeout`.
+    pub async fn wait_for_reports(&self, timeout: Duration) -> Result<(), StreamError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.producer.in_flight_count() > 0 {
+            if tokio::time::Instant::now() > deadline {
+                return Err(StreamError::kafka(
+                    format!("waiting for delivery reports on {}", self.topic),
+                    format!(
+                        "{} messages still unacknowledged after {timeout:?}",
+                        self.producer.in_flight_count()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 
     /// Waits for every outstanding delivery report.

@@ -1,19 +1,21 @@
 //! A whole stream run: topics, the balance service's consumers, the open-loop publisher,
-//! lag sampling, the checker and the record.
+//! the fault plan, lag sampling, the checker and the record.
 
+use crate::fleet::{Fleet, FleetConfig};
 use crate::lag::{self, LagProbe};
 use crate::publisher::{Deliveries, Delivery, Publisher, PublisherConfig};
-use crate::service::{ServiceConfig, ServiceCounters, run_service};
+use crate::service::{CommitPolicy, ServiceCounters};
 use crate::{StreamError, dlq};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tradeflow_check::{
-    Drain, DrainWatch, LagSample, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_workload, duration_and_throughput,
+    Drain, DrainWatch, FaultRecord, LagSample, ProcessStats, RunProgress, RunRecord, check_workload, duration_and_throughput,
 };
-use tradeflow_cluster::Cluster;
+use tradeflow_cluster::plan::{Action, FaultPlan, ServiceFault};
+use tradeflow_cluster::{Cluster, ClusterError, Fault};
 use tradeflow_domain::{Workload, WorkloadConfig};
 use tradeflow_store::{Store, now_ns};
 
@@ -50,6 +52,59 @@ pub struct StreamOptions {
     pub stall_timeout: Duration,
     /// Where to publish lag as Prometheus text, if anywhere.
     pub metrics: Option<crate::metrics::MetricsText>,
+    /// What experiments change: the service's policies, faults, a cutover.
+    pub scenario: Scenario,
+}
+
+/// What experiments and property tests change about a run. The default is the pipeline
+/// as it should be built, with no faults.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// When the balance service commits offsets.
+    pub commit: CommitPolicy,
+    /// Whether bad messages go to the dead-letter topic.
+    pub dead_letter: bool,
+    /// Faults to apply, at times counted from the start of publishing.
+    pub plan: FaultPlan,
+    /// A switch to another topic partway through the workload.
+    pub cutover: Option<Cutover>,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            commit: CommitPolicy::AfterDatabase,
+            dead_letter: true,
+            plan: FaultPlan::none(),
+            cutover: None,
+        }
+    }
+}
+
+/// A move of the publisher to another topic (with more partitions, so that accounts map
+/// to other partitions) before the event `at_event`. A second consumer group, already
+/// running, consumes the new topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cutover {
+    /// The new topic.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: i32,
+    /// Index of the first event published to the new topic.
+    pub at_event: usize,
+    /// How the switch is made.
+    pub runbook: Runbook,
+}
+
+/// How a cutover is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runbook {
+    /// Switch the publisher at once; whatever the old topic still holds is applied
+    /// whenever its consumers get to it, possibly after newer events of the same account.
+    Naive,
+    /// Stop publishing, wait until the old topic is fully applied, then switch.
+    DrainThenSwitch,
 }
 
 impl StreamOptions {
@@ -61,6 +116,21 @@ impl StreamOptions {
             format!("consumers must be 1..={CONSUMERS_MAX}, got {}", self.consumers)
         } else if self.publisher.batch_max == 0 {
             "the producer batch must hold at least one message".to_owned()
+        } else if self.publisher.in_flight_max == 0 || (self.publisher.idempotence && self.publisher.in_flight_max > 5) {
+            format!(
+                "requests in flight must be 1..=5 with idempotence (1 or more without), got {}",
+                self.publisher.in_flight_max
+            )
+        } else if let Some(cutover) = self
+            .scenario
+            .cutover
+            .as_ref()
+            .filter(|cutover| cutover.topic == self.topic || !(1..=PARTITIONS_MAX).contains(&cutover.partitions))
+        {
+            format!(
+                "a cutover needs another topic with 1..={PARTITIONS_MAX} partitions, got {} with {}",
+                cutover.topic, cutover.partitions
+            )
         } else {
             return Ok(());
         };
@@ -76,9 +146,10 @@ impl StreamOptions {
     }
 }
 
-/// Runs the workload through Kafka on `cluster` into `store` (emptied first) and checks
-/// the result. The consumer group is new for each run and starts at the topic's current
-/// end, so a topic that already holds messages does not leak into the run.
+/// Runs the workload through Kafka on `cluster` into `store` (emptied first), applies the
+/// scenario's faults, and checks the result. Each consumer group is new for the run and
+/// starts at its topic's current end, so a topic that already holds messages does not
+/// leak into the run.
 pub async fn run(
     store: &Store,
     cluster: &Cluster,
@@ -86,69 +157,156 @@ pub async fn run(
     progress: &watch::Sender<RunProgress>,
 ) -> Result<RunRecord, StreamError> {
     options.validate()?;
+    let scenario = &options.scenario;
+    for fault in scenario.plan.broker_faults() {
+        cluster.supports(&fault)?;
+    }
     let workload = Arc::new(Workload::generate(&options.workload)?);
     store.reset().await?;
-    cluster.ensure_topic(&options.topic, options.partitions, 1).await?;
-    cluster.ensure_topic(&dlq::dlq_topic(&options.topic), 1, 1).await?;
+    let mut topics = vec![(options.topic.clone(), options.partitions)];
+    if let Some(cutover) = &scenario.cutover {
+        topics.push((cutover.topic.clone(), cutover.partitions));
+    }
+    ensure_topics(cluster, &topics).await?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
-    let group = format!("tradeflow-balances-{}", uuid_like());
+    let run_id = uuid_like();
+    let fleet_config = |topic: &str, group: String| FleetConfig {
+        bootstrap: bootstrap.clone(),
+        topic: topic.to_owned(),
+        group,
+        batch_size: options.batch_size,
+        fill_wait: options.fill_wait,
+        commit: scenario.commit,
+        dead_letter: scenario.dead_letter,
+    };
+    let group = format!("tradeflow-balances-{run_id}");
     start_group_at_end(&bootstrap, &options.topic, &group, options.partitions).await?;
-
-    let statements_before = store.statements();
-    let process_before = ProcessStats::current();
-    let counters = Arc::new(ServiceCounters::default());
-    let (stop, stop_receiver) = watch::channel(false);
-    let consumers: Vec<JoinHandle<Result<LatencyRecorder, StreamError>>> = (0..options.consumers)
-        .map(|index| {
-            let config = ServiceConfig {
-                bootstrap: bootstrap.clone(),
-                topic: options.topic.clone(),
-                group: group.clone(),
-                name: format!("consumer-{index}"),
-                batch_size: options.batch_size,
-                fill_wait: options.fill_wait,
-                session_timeout_ms: 6_000,
-            };
-            tokio::spawn(run_service(store.clone(), config, stop_receiver.clone(), counters.clone()))
-        })
-        .collect();
-    wait_for_assignment(&counters, options).await;
-
+    // The publisher comes up while the group forms: an idempotent producer sends nothing
+    // until it has its producer id, and made after the group it held the first events of
+    // every run back by up to half a second (a p99 of 500 ms on short runs).
     let deliveries = Arc::new(Deliveries::new(workload.events.len()));
     let publisher = Publisher::new(&bootstrap, &options.topic, &options.publisher, deliveries.clone())?;
+    let statements_before = store.statements();
+    let process_before = ProcessStats::current();
+    let mut fleet = Fleet::start(store.clone(), fleet_config(&options.topic, group.clone()), options.consumers);
+    let next_fleet = match &scenario.cutover {
+        Some(cutover) => {
+            let next_group = format!("tradeflow-balances-{run_id}-next");
+            start_group_at_end(&bootstrap, &cutover.topic, &next_group, cutover.partitions).await?;
+            Some(Fleet::start(
+                store.clone(),
+                fleet_config(&cutover.topic, next_group),
+                options.consumers,
+            ))
+        }
+        None => None,
+    };
+    let wanted = topics.iter().map(|(_, partitions)| i64::from(*partitions)).sum();
+    wait_for_assignment(wanted, || {
+        fleet.counters.assigned_partitions.load(Ordering::Relaxed)
+            + next_fleet
+                .as_ref()
+                .map_or(0, |next| next.counters.assigned_partitions.load(Ordering::Relaxed))
+    })
+    .await;
+
     let start = Instant::now();
     let start_ns = now_ns();
     let intended_at = |partition: i32, offset: i64| {
         let scheduled = workload.events.get(deliveries.event_at(partition, offset)?)?;
         Some(start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)))
     };
-    let publishing = tokio::spawn(publish(publisher, workload.clone(), start, start_ns));
+    let switch = scenario.cutover.clone().map(|cutover| Switch {
+        cutover,
+        old_applied: fleet.counters.clone(),
+        switched_at_ms: Arc::new(AtomicU64::new(0)),
+        drain_wait_ms: Arc::new(AtomicU64::new(0)),
+    });
+    let switched = switch
+        .as_ref()
+        .map(|switch| (switch.switched_at_ms.clone(), switch.drain_wait_ms.clone()));
+    let publishing = tokio::spawn(publish(publisher, workload.clone(), start, start_ns, switch));
 
     let probe = Arc::new(LagProbe::new(&bootstrap, &options.topic, &group, options.partitions)?);
     let total = workload.events.len() as u64;
     let mut publishing = Some(publishing);
     let mut lag_samples: Vec<LagSample> = Vec::new();
     let mut last_lag_sample = Instant::now();
+    let mut lag_probing: Option<JoinHandle<Result<Vec<tradeflow_check::PartitionLag>, StreamError>>> = None;
     let mut watch = DrainWatch::new(options.stall_timeout);
+    let timeline = scenario.plan.timeline();
+    let mut next_step = 0;
+    let mut faults: Vec<FaultRecord> = Vec::new();
+    // Poison is published beside the loop (index into `faults`, task): its delivery waits
+    // for a broker that may be paused by an earlier step, whose undo must not wait with it.
+    let mut poisoning: Vec<(usize, JoinHandle<Result<(), String>>)> = Vec::new();
+    let poison_key = workload
+        .accounts
+        .first()
+        .map(|account| account.id.as_str().to_owned())
+        .unwrap_or_default();
+    let applied_now = |fleet: &Fleet, next_fleet: &Option<Fleet>| {
+        fleet.counters.applied.load(Ordering::Relaxed) + next_fleet.as_ref().map_or(0, |next| next.counters.applied.load(Ordering::Relaxed))
+    };
     loop {
-        tokio::time::sleep(PROGRESS_INTERVAL).await;
+        let tick = tokio::time::sleep(PROGRESS_INTERVAL);
+        match timeline.get(next_step) {
+            Some((at, _)) => {
+                tokio::select! {
+                    _ = tick => {}
+                    _ = tokio::time::sleep_until((start + *at).into()) => {}
+                }
+            }
+            None => tick.await,
+        }
+        while let Some((at, action)) = timeline.get(next_step).filter(|(at, _)| start.elapsed() >= *at) {
+            next_step += 1;
+            tracing::info!(at_ms = at.as_millis() as u64, %action, "applying a planned fault");
+            let outcome = match action {
+                Action::Broker(fault) => apply_broker_fault(cluster, fault, &topics).await,
+                Action::Service(ServiceFault::Poison { count }) => {
+                    let (bootstrap, topic, key, count) = (bootstrap.clone(), options.topic.clone(), poison_key.clone(), *count);
+                    let task = tokio::spawn(async move {
+                        dlq::publish_poison(&bootstrap, &topic, &key, count)
+                            .await
+                            .map_err(|error| error.to_string())
+                    });
+                    poisoning.push((faults.len(), task));
+                    Ok(())
+                }
+                Action::Service(fault) => apply_service_fault(fault, &mut fleet),
+            };
+            if let Err(error) = &outcome {
+                tracing::warn!(%action, %error, "a planned fault could not be applied");
+            }
+            faults.push(FaultRecord {
+                at_ms: start.elapsed().as_millis() as u64,
+                fault: action.to_string(),
+                error: outcome.err(),
+            });
+        }
         let acked = deliveries.acked();
-        let processed = counters.processed();
+        let applied = applied_now(&fleet, &next_fleet);
         progress.send_replace(RunProgress {
             total,
             emitted: acked,
-            applied: counters.applied.load(Ordering::Relaxed),
-            backlog: acked.saturating_sub(processed),
+            applied,
+            backlog: acked.saturating_sub(applied),
         });
-        if last_lag_sample.elapsed() >= LAG_INTERVAL {
+        // The probe runs beside the loop: against a broker that is down it waits its whole
+        // timeout, and the fault plan must not wait with it.
+        if lag_probing.is_none() && last_lag_sample.elapsed() >= LAG_INTERVAL {
             last_lag_sample = Instant::now();
             let probe = probe.clone();
-            let partitions = tokio::task::spawn_blocking(move || probe.probe())
-                .await
-                .map_err(|error| StreamError::Task {
-                    task: "lag probe".into(),
-                    reason: error.to_string(),
-                })?;
+            lag_probing = Some(tokio::task::spawn_blocking(move || probe.probe()));
+        }
+        if lag_probing.as_ref().is_some_and(JoinHandle::is_finished)
+            && let Some(probing) = lag_probing.take()
+        {
+            let partitions = probing.await.map_err(|error| StreamError::Task {
+                task: "lag probe".into(),
+                reason: error.to_string(),
+            })?;
             match partitions {
                 Ok(partitions) => {
                     let sample = lag::sample(start.elapsed().as_secs_f64(), partitions, intended_at, now_ns());
@@ -170,12 +328,15 @@ pub async fn run(
                 reason: error.to_string(),
             })??;
         }
-        match watch.observe(publishing.is_none(), acked, processed) {
+        // Unique events applied, not messages processed: redeliveries and dead letters
+        // would otherwise count towards "everything acknowledged is applied".
+        let source_done = publishing.is_none() && next_step >= timeline.len() && poisoning.iter().all(|(_, task)| task.is_finished());
+        match watch.observe(source_done, acked, applied) {
             Drain::Running => {}
             Drain::Drained => break,
             Drain::Stalled => {
                 tracing::warn!(
-                    processed,
+                    applied,
                     acked,
                     "lag did not shrink for {:?}; stopping and reporting what is unapplied as lost",
                     options.stall_timeout
@@ -184,14 +345,18 @@ pub async fn run(
             }
         }
     }
-    stop.send_replace(true);
-    let mut latency = LatencyRecorder::new();
-    for (index, handle) in consumers.into_iter().enumerate() {
-        let recorder = handle.await.map_err(|error| StreamError::Task {
-            task: format!("consumer-{index}"),
-            reason: error.to_string(),
-        })??;
-        latency.merge(&recorder);
+    for (index, task) in poisoning {
+        let outcome = task.await.unwrap_or_else(|error| Err(format!("poison task: {error}")));
+        if let (Err(error), Some(record)) = (outcome, faults.get_mut(index)) {
+            tracing::warn!(fault = %record.fault, %error, "a planned fault could not be applied");
+            record.error = Some(error);
+        }
+    }
+    let counters = fleet.counters.clone();
+    let mut latency = fleet.finish().await?;
+    let next_counters = next_fleet.as_ref().map(|next| next.counters.clone());
+    if let Some(next) = next_fleet {
+        latency.merge(&next.finish().await?);
     }
     if let Ok(Ok(partitions)) = tokio::task::spawn_blocking(move || probe.probe()).await {
         lag_samples.push(lag::sample(start.elapsed().as_secs_f64(), partitions, intended_at, now_ns()));
@@ -206,8 +371,12 @@ pub async fn run(
     })
     .await?;
 
-    let last_commit_ns = counters.last_commit_ns.load(Ordering::Relaxed);
+    let last_commit_ns = counters
+        .last_commit_ns
+        .load(Ordering::Relaxed)
+        .max(next_counters.as_ref().map_or(0, |next| next.last_commit_ns.load(Ordering::Relaxed)));
     let (duration_s, throughput_per_s) = duration_and_throughput(start_ns, last_commit_ns, applied);
+    let sum = |read: fn(&ServiceCounters) -> u64| read(&counters) + next_counters.as_deref().map_or(0, read);
     let workload_config = &options.workload;
     Ok(RunRecord {
         seed: workload_config.seed,
@@ -224,14 +393,29 @@ pub async fn run(
             "batch_size": options.batch_size,
             "fill_wait_ms": options.fill_wait.as_millis() as u64,
             "acks": "all",
-            "enable_idempotence": true,
+            "enable_idempotence": options.publisher.idempotence,
+            "max_in_flight": options.publisher.in_flight_max,
+            "commit_policy": scenario.commit.as_str(),
+            "dead_letter": scenario.dead_letter,
             "accounts": workload_config.accounts,
             "rate_per_s": workload_config.rate_per_s,
             "profile": workload_config.profile.as_str(),
             "acknowledged": deliveries.acked(),
             "delivery_failed": deliveries.failed(),
-            "dead_lettered": counters.dead_lettered.load(Ordering::Relaxed),
-            "rebalances": counters.rebalances.load(Ordering::Relaxed),
+            "dead_lettered": sum(|counters| counters.dead_lettered.load(Ordering::Relaxed)),
+            "redelivered": sum(|counters| counters.duplicates.load(Ordering::Relaxed)),
+            "crashes": sum(|counters| counters.crashes.load(Ordering::Relaxed)),
+            "poison_retries": sum(|counters| counters.poison_retries.load(Ordering::Relaxed)),
+            "rebalances": sum(|counters| counters.rebalances.load(Ordering::Relaxed)),
+            "cutover": scenario.cutover.as_ref().map(|cutover| serde_json::json!({
+                "topic": cutover.topic,
+                "partitions": cutover.partitions,
+                "at_event": cutover.at_event,
+                "runbook": cutover.runbook,
+                "switched_at_ms": switched.as_ref().map(|(at, _)| at.load(Ordering::Relaxed)),
+                "drain_wait_ms": switched.as_ref().map(|(_, wait)| wait.load(Ordering::Relaxed)),
+            })),
+            "plan": scenario.plan,
         }),
         events: total,
         applied,
@@ -243,16 +427,96 @@ pub async fn run(
         check,
         lag: lag_samples,
         backlog: Vec::new(),
+        faults,
     })
 }
 
+/// Creates the run's topics and their dead-letter topics (again after a broker restart:
+/// a broker with memory storage comes back empty).
+async fn ensure_topics(cluster: &Cluster, topics: &[(String, i32)]) -> Result<(), ClusterError> {
+    for (topic, partitions) in topics {
+        cluster.ensure_topic(topic, *partitions, 1).await?;
+        cluster.ensure_topic(&dlq::dlq_topic(topic), 1, 1).await?;
+    }
+    Ok(())
+}
+
+async fn apply_broker_fault(cluster: &Cluster, fault: &Fault, topics: &[(String, i32)]) -> Result<(), String> {
+    cluster.inject(fault).await.map_err(|error| error.to_string())?;
+    if fault.restarts_broker() {
+        ensure_topics(cluster, topics).await.map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// Applies a service fault to the fleet (poison is published by the caller, beside the
+/// run loop).
+fn apply_service_fault(fault: &ServiceFault, fleet: &mut Fleet) -> Result<(), String> {
+    let done = match fault {
+        ServiceFault::Crash { consumer } => fleet.crash(*consumer),
+        ServiceFault::Restart { consumer } => fleet.restart(*consumer),
+        ServiceFault::Leave { consumer } => fleet.leave(*consumer),
+        ServiceFault::Join => fleet.join().is_some(),
+        ServiceFault::HoldAll => {
+            fleet.hold_all(true);
+            true
+        }
+        ServiceFault::ReleaseAll => {
+            fleet.hold_all(false);
+            true
+        }
+        ServiceFault::Poison { .. } => return Err("poison is published by the run loop".into()),
+    };
+    if done {
+        Ok(())
+    } else {
+        Err(format!("no consumer in the state \"{fault}\" needs ({} running)", fleet.running()))
+    }
+}
+
+/// The publisher's side of a cutover.
+struct Switch {
+    cutover: Cutover,
+    /// The old topic's consumers, to see when they have applied everything.
+    old_applied: Arc<ServiceCounters>,
+    switched_at_ms: Arc<AtomicU64>,
+    drain_wait_ms: Arc<AtomicU64>,
+}
+
+/// Most time the drain-then-switch runbook waits for the old topic to be applied.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The publisher: sends each event at its intended send time (open loop), then waits for
-/// every delivery report.
-async fn publish(publisher: Publisher, workload: Arc<Workload>, start: Instant, start_ns: i64) -> Result<(), StreamError> {
+/// every delivery report. With a cutover, it moves to the new topic before the cutover's
+/// event, after draining the old one if the runbook says so.
+async fn publish(
+    publisher: Publisher,
+    workload: Arc<Workload>,
+    start: Instant,
+    start_ns: i64,
+    switch: Option<Switch>,
+) -> Result<(), StreamError> {
+    let mut topic: Option<String> = None;
     for (index, scheduled) in workload.events.iter().enumerate() {
         tokio::time::sleep_until((start + Duration::from_nanos(scheduled.intended_offset_ns)).into()).await;
+        if let Some(switch) = switch.as_ref().filter(|switch| switch.cutover.at_event == index) {
+            if switch.cutover.runbook == Runbook::DrainThenSwitch {
+                let waiting = Instant::now();
+                publisher.wait_for_reports(DRAIN_TIMEOUT).await?;
+                let acked = publisher.deliveries().acked();
+                while switch.old_applied.applied.load(Ordering::Relaxed) < acked && waiting.elapsed() < DRAIN_TIMEOUT {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                switch.drain_wait_ms.store(waiting.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            switch.switched_at_ms.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            tracing::info!(event = index, topic = %switch.cutover.topic, runbook = ?switch.cutover.runbook, "publisher cuts over");
+            topic = Some(switch.cutover.topic.clone());
+        }
         let intended_at_ns = start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX));
-        publisher.publish(index, &scheduled.event, intended_at_ns).await?;
+        publisher
+            .publish_to(topic.as_deref(), index, &scheduled.event, intended_at_ns)
+            .await?;
     }
     publisher.flush().await.map(|_| ())
 }
@@ -291,12 +555,11 @@ async fn start_group_at_end(bootstrap: &str, topic: &str, group: &str, partition
     })?
 }
 
-/// Waits until the group has handed out every partition (or every consumer has one), so
-/// that the group join is not charged to the first events' latency.
-async fn wait_for_assignment(counters: &ServiceCounters, options: &StreamOptions) {
-    let wanted = i64::from(options.partitions);
+/// Waits until the groups have handed out every partition (`wanted` in all), so that the
+/// group join is not charged to the first events' latency.
+async fn wait_for_assignment(wanted: i64, assigned: impl Fn() -> i64) {
     let deadline = Instant::now() + ASSIGNMENT_TIMEOUT;
-    while counters.assigned_partitions.load(Ordering::Relaxed) < wanted && Instant::now() < deadline {
+    while assigned() < wanted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Consumers beyond the partition count stay idle; a rebalance settles in a moment.

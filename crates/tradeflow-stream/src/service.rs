@@ -9,7 +9,7 @@
 //! ever follow an apply. In-flight work is bounded by the batch.
 
 use crate::dlq::{self, Rejection};
-use crate::{HEADER_INTENDED_AT_NS, StreamError, base_config};
+use crate::{HEADER_INTENDED_AT_NS, StreamError, base_config, lag};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -22,10 +22,67 @@ use tradeflow_check::LatencyRecorder;
 use tradeflow_domain::{Event, decode};
 use tradeflow_store::{ApplyInput, Store, now_ns};
 
+/// The consumer's `fetch.wait.max.ms`: the longest a fetch waits for data (the mock cluster
+/// waits all of it on an empty fetch), and so part of every event's latency.
+pub const FETCH_WAIT_MAX_MS: u32 = 10;
+
 /// Largest batch one transaction may hold.
 pub const SERVICE_BATCH_MAX: usize = 10_000;
 /// Pause after a consumer error before reading again.
 pub const ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// Without a dead-letter topic, how long a consumer waits before it reads a message it
+/// could not process again.
+pub const POISON_RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// How long a consumer told to crash lives on after it received its batch: the time its
+/// database transaction would have taken. Offsets that the policy commits early (the
+/// auto-commit timer, a commit sent before the database commit) land meanwhile, as they
+/// would in a real crash.
+pub const CRASH_LINGER: Duration = Duration::from_millis(300);
+/// The auto-commit interval of the `auto` policy: short, so that the crash experiment
+/// shows its effect in seconds.
+pub const AUTO_COMMIT_INTERVAL_MS: u32 = 100;
+
+/// When a consumer commits its offsets. Only `AfterDatabase` is safe; the others exist
+/// for the experiments and property tests that show why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitPolicy {
+    /// After the batch's database transaction commits: a crash means a redelivery, which
+    /// the apply log skips.
+    #[default]
+    AfterDatabase,
+    /// `enable.auto.commit=true`: librdkafka commits the offsets of delivered messages on
+    /// a timer, applied or not. A crash loses what was delivered but not applied.
+    Auto,
+    /// Offsets committed as soon as a batch is received, before its database transaction.
+    /// A crash loses the batch.
+    BeforeDatabase,
+}
+
+impl CommitPolicy {
+    /// The name the command line and records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitPolicy::AfterDatabase => "after_database",
+            CommitPolicy::Auto => "auto",
+            CommitPolicy::BeforeDatabase => "before_database",
+        }
+    }
+}
+
+/// What the host asks of a running consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Keep consuming.
+    Run,
+    /// Stop reading but stay in the group (heartbeats go on in librdkafka's thread).
+    Hold,
+    /// Leave the group cleanly and return.
+    Stop,
+    /// Die after receiving the next batch, before its database commit (an experiment's
+    /// crash; the host starts a new consumer to play the restarted process).
+    CrashMidBatch,
+}
 
 /// The balance service's knobs.
 #[derive(Debug, Clone)]
@@ -44,6 +101,11 @@ pub struct ServiceConfig {
     pub fill_wait: Duration,
     /// `session.timeout.ms`: how long the group waits for a silent member.
     pub session_timeout_ms: u32,
+    /// When offsets are committed (experiments change it; nothing else should).
+    pub commit: CommitPolicy,
+    /// Whether a message that cannot be processed goes to the dead-letter topic. Without
+    /// one, the consumer retries it forever and its partition is stuck behind it.
+    pub dead_letter: bool,
 }
 
 impl ServiceConfig {
@@ -63,13 +125,17 @@ impl ServiceConfig {
     }
 
     fn consumer(&self, counters: Arc<ServiceCounters>) -> Result<StreamConsumer<ServiceContext>, StreamError> {
+        let auto = self.commit == CommitPolicy::Auto;
         base_config(&self.bootstrap)
             .set("group.id", &self.group)
             .set("client.id", &self.name)
-            // Offsets are committed by hand, after the database commit.
-            .set("enable.auto.commit", "false")
-            // Only the offsets this service passes to commit are committed.
-            .set("enable.auto.offset.store", "false")
+            // Offsets are committed by hand, after the database commit (the `auto` policy
+            // exists only to show what goes wrong otherwise).
+            .set("enable.auto.commit", auto.to_string())
+            .set("auto.commit.interval.ms", AUTO_COMMIT_INTERVAL_MS.to_string())
+            // Only the offsets this service passes to commit are committed; with auto commit,
+            // every message handed to the service is, applied or not.
+            .set("enable.auto.offset.store", auto.to_string())
             // A group that never committed starts from the first event: nothing is skipped.
             .set("auto.offset.reset", "earliest")
             // How long the group waits for a silent member before moving its partitions.
@@ -80,7 +146,7 @@ impl ServiceConfig {
             // long is gone; the default (5 minutes) would stall the group that long.
             .set("max.poll.interval.ms", (self.session_timeout_ms * 3).max(20_000).to_string())
             // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
             .create_with_context(ServiceContext {
                 name: self.name.clone(),
                 group: self.group.clone(),
@@ -107,6 +173,11 @@ pub struct ServiceCounters {
     pub rebalances: AtomicU64,
     /// Latest commit, ns since the epoch.
     pub last_commit_ns: AtomicI64,
+    /// Consumers that crashed mid-batch.
+    pub crashes: AtomicU64,
+    /// Times a consumer without a dead-letter topic went back to a message it could not
+    /// process.
+    pub poison_retries: AtomicU64,
 }
 
 impl ServiceCounters {
@@ -168,6 +239,31 @@ pub async fn run_service(
     mut stop: watch::Receiver<bool>,
     counters: Arc<ServiceCounters>,
 ) -> Result<LatencyRecorder, StreamError> {
+    let (control, control_receiver) = watch::channel(Control::Run);
+    let service = run_controlled(store, config, control_receiver, counters);
+    tokio::pin!(service);
+    loop {
+        tokio::select! {
+            result = &mut service => return result,
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    control.send_replace(Control::Stop);
+                    return service.await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one consumer of the balance service under a host's [`Control`]: until it is told
+/// to stop, or until it crashes mid-batch when told to.
+#[tracing::instrument(skip_all, fields(consumer = %config.name, messaging.consumer.group.name = %config.group))]
+pub async fn run_controlled(
+    store: Store,
+    config: ServiceConfig,
+    mut control: watch::Receiver<Control>,
+    counters: Arc<ServiceCounters>,
+) -> Result<LatencyRecorder, StreamError> {
     config.validate()?;
     let consumer = config.consumer(counters.clone())?;
     consumer
@@ -176,9 +272,22 @@ pub async fn run_service(
     let dead_letters = dlq::producer(&config.bootstrap)?;
     let mut latency = LatencyRecorder::new();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(config.batch_size);
-    while !*stop.borrow() {
+    while *control.borrow() != Control::Stop {
+        if *control.borrow() == Control::Hold {
+            if control.changed().await.is_err() {
+                break;
+            }
+            continue;
+        }
         let first = tokio::select! {
-            _ = stop.changed() => break,
+            changed = control.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // Stop leaves at once; a crash waits for the next batch, so that it lands
+                // mid-batch.
+                continue;
+            }
             received = consumer.recv() => received,
         };
         match first {
@@ -197,14 +306,66 @@ pub async fn run_service(
                 Err(_) => break,
             }
         }
+        if config.commit == CommitPolicy::BeforeDatabase {
+            commit(&consumer, &next_offsets(&batch, &BTreeMap::new()), &counters, batch.len());
+        }
+        if *control.borrow() == Control::CrashMidBatch {
+            tracing::warn!(
+                messages = batch.len(),
+                commit = config.commit.as_str(),
+                "crashing mid-batch, before the database commit"
+            );
+            tokio::time::sleep(CRASH_LINGER).await;
+            counters.crashes.fetch_add(1, Ordering::Relaxed);
+            // Dropping the consumer closes it without committing anything more than the
+            // policy already did.
+            return Ok(latency);
+        }
         process(&store, &consumer, &dead_letters, &config, &batch, &counters, &mut latency).await?;
         batch.clear();
     }
     Ok(latency)
 }
 
-/// One batch: dead-letter what cannot be applied, apply the rest in one transaction, then
-/// commit the offsets.
+/// The next offset to read of each partition in `batch`, except that a partition listed
+/// in `stuck_at` ends at that offset (the message there was not processed).
+fn next_offsets(batch: &[OwnedMessage], stuck_at: &BTreeMap<i32, i64>) -> BTreeMap<(String, i32), i64> {
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for message in batch {
+        let end = match stuck_at.get(&message.partition()) {
+            Some(stuck) if message.offset() >= *stuck => *stuck,
+            _ => message.offset() + 1,
+        };
+        let entry = next.entry((message.topic().to_owned(), message.partition())).or_insert(0);
+        *entry = (*entry).max(end);
+    }
+    next
+}
+
+/// Commits offsets without waiting. Asynchronous: a synchronous commit would block this
+/// consumer's thread, and during a rebalance the coordinator holds the commit until this
+/// very consumer rejoins, which it cannot do while blocked. A commit that fails or is lost
+/// in a crash only means a redelivery, which the apply log skips.
+fn commit(consumer: &StreamConsumer<ServiceContext>, next: &BTreeMap<(String, i32), i64>, counters: &ServiceCounters, messages: usize) {
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::warn!(%error, messaging.destination.name = %topic, messaging.destination.partition.id = partition, "building the offset list");
+            return;
+        }
+    }
+    match consumer.commit(&offsets, CommitMode::Async) {
+        Ok(()) => {
+            counters.committed.fetch_add(messages as u64, Ordering::Relaxed);
+        }
+        Err(error) => {
+            tracing::warn!(%error, offsets = ?next, "offset commit refused; the events are applied and a redelivery will be skipped")
+        }
+    }
+}
+
+/// One batch: dead-letter what cannot be applied (or, without a dead-letter topic, stop
+/// its partition there), apply the rest in one transaction, then commit the offsets.
 async fn process(
     store: &Store,
     consumer: &StreamConsumer<ServiceContext>,
@@ -214,15 +375,17 @@ async fn process(
     counters: &ServiceCounters,
     latency: &mut LatencyRecorder,
 ) -> Result<(), StreamError> {
-    let mut events: Vec<(Event, i64)> = Vec::with_capacity(batch.len());
+    let mut accepted: Vec<(&OwnedMessage, Event, i64)> = Vec::with_capacity(batch.len());
     let mut dead_lettered = 0;
-    let mut accepted_offsets: std::collections::HashSet<(i32, i64)> = std::collections::HashSet::with_capacity(batch.len());
+    // Without a dead-letter topic: the first message of each partition that could not be
+    // processed. Nothing at or after it in its partition is applied or committed.
+    let mut stuck_at: BTreeMap<i32, i64> = BTreeMap::new();
     for message in batch {
+        if stuck_at.get(&message.partition()).is_some_and(|stuck| message.offset() > *stuck) {
+            continue;
+        }
         match accept(message) {
-            Ok(accepted) => {
-                accepted_offsets.insert((message.partition(), message.offset()));
-                events.push(accepted);
-            }
+            Ok((event, intended_at_ns)) => accepted.push((message, event, intended_at_ns)),
             Err(rejection) => {
                 tracing::warn!(
                     messaging.destination.name = message.topic(),
@@ -230,33 +393,36 @@ async fn process(
                     messaging.kafka.offset = message.offset(),
                     error.kind = %rejection.kind,
                     reason = %rejection.reason,
-                    "dead-lettering a message"
+                    dead_letter = config.dead_letter,
+                    "cannot process a message: it goes to the dead-letter topic, or without one its partition waits"
                 );
-                dlq::send(dead_letters, message, &rejection, now_ns()).await?;
-                dead_lettered += 1;
+                if config.dead_letter {
+                    dlq::send(dead_letters, message, &rejection, now_ns()).await?;
+                    dead_lettered += 1;
+                } else {
+                    // A partition's messages arrive in offset order, so what was accepted
+                    // before this one stays accepted and what follows is skipped above.
+                    stuck_at.insert(message.partition(), message.offset());
+                }
             }
         }
     }
-    let inputs: Vec<ApplyInput<'_>> = events
+    let inputs: Vec<ApplyInput<'_>> = accepted
         .iter()
-        .map(|(event, intended_at_ns)| ApplyInput {
+        .map(|(_, event, intended_at_ns)| ApplyInput {
             event,
             intended_at_ns: *intended_at_ns,
         })
         .collect();
     let summary = store.apply_batch(&inputs, &config.name).await?;
     let committed_at_ns = now_ns();
-    for (_, intended_at_ns) in &events {
+    for (_, _, intended_at_ns) in &accepted {
         if *intended_at_ns > 0 {
             latency.record_ns(committed_at_ns - intended_at_ns);
         }
     }
     if tracing::enabled!(tracing::Level::DEBUG) {
-        for (message, (event, _)) in batch
-            .iter()
-            .filter(|message| accepted_offsets.contains(&(message.partition(), message.offset())))
-            .zip(&events)
-        {
+        for (message, event, _) in &accepted {
             tracing::debug!(
                 messaging.destination.name = message.topic(),
                 messaging.destination.partition.id = message.partition(),
@@ -267,34 +433,26 @@ async fn process(
             );
         }
     }
-    // The database commit is done: now, and only now, the offsets.
-    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for message in batch {
-        let entry = next.entry((message.topic().to_owned(), message.partition())).or_insert(0);
-        *entry = (*entry).max(message.offset() + 1);
+    // The database commit is done: now, and only now, the offsets (the other policies
+    // exist to show what goes wrong when they are committed at another time).
+    if config.commit == CommitPolicy::AfterDatabase {
+        commit(consumer, &next_offsets(batch, &stuck_at), counters, batch.len());
     }
-    let mut offsets = TopicPartitionList::new();
-    for ((topic, partition), offset) in &next {
-        offsets
-            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            .map_err(|error| StreamError::kafka("building the offset list", error))?;
-    }
-    // Asynchronous: a synchronous commit would block this consumer's thread, and during a
-    // rebalance the coordinator holds the commit until this very consumer rejoins, which
-    // it cannot do while blocked. A commit that fails or is lost in a crash only means a
-    // redelivery, which the apply log skips.
-    match consumer.commit(&offsets, CommitMode::Async) {
-        Ok(()) => {
-            counters.committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    for (partition, offset) in &stuck_at {
+        // Read the message again after a pause: it will fail again, and everything behind
+        // it in the partition waits. That is what a dead-letter topic prevents.
+        if let Err(error) = consumer.seek(&config.topic, *partition, Offset::Offset(*offset), lag::PROBE_TIMEOUT) {
+            tracing::warn!(%error, messaging.destination.name = %config.topic, messaging.destination.partition.id = partition, messaging.kafka.offset = offset, "seeking back to a message that failed");
         }
-        Err(error) => {
-            tracing::warn!(%error, offsets = ?next, "offset commit refused; the events are applied and a redelivery will be skipped")
-        }
+        counters.poison_retries.fetch_add(1, Ordering::Relaxed);
     }
     counters.applied.fetch_add(summary.applied as u64, Ordering::Relaxed);
     counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
     counters.dead_lettered.fetch_add(dead_lettered, Ordering::Relaxed);
     counters.last_commit_ns.fetch_max(committed_at_ns, Ordering::Relaxed);
+    if !stuck_at.is_empty() {
+        tokio::time::sleep(POISON_RETRY_BACKOFF).await;
+    }
     Ok(())
 }
 

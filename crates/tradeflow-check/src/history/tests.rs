@@ -15,6 +15,8 @@ fn fixture() -> Fixture {
         accounts: 5,
         rate_per_s: 1_000.0,
         profile: Default::default(),
+        skew: tradeflow_domain::workload::ACCOUNT_SKEW,
+        mix: tradeflow_domain::EventMix::default(),
     };
     let events: Vec<Event> = Workload::generate(&config).expect("valid config").plain_events().cloned().collect();
     let oracle = Oracle::from_events(&events);

@@ -12,6 +12,8 @@ fn config(seed: u64, events: u64, accounts: u32, profile: RateProfile) -> Worklo
         accounts,
         rate_per_s: 1_000.0,
         profile,
+        skew: ACCOUNT_SKEW,
+        mix: EventMix::default(),
     }
 }
 
@@ -23,8 +25,18 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn applied_in_order_nothing_goes_negative(seed in any::<u64>(), events in 1_u64..2_000, accounts in 1_u32..50, profile in profile()) {
-        let workload = Workload::generate(&config(seed, events, accounts, profile)).expect("valid config");
+    fn applied_in_order_nothing_goes_negative(
+        seed in any::<u64>(),
+        events in 1_u64..2_000,
+        accounts in 1_u32..50,
+        profile in profile(),
+        skew in 0.0..=SKEW_MAX,
+        (withdrawal, buy, sell) in (0.0..=0.5_f64, 0.0..=0.5_f64, 0.0..=0.5_f64),
+    ) {
+        let mut config = config(seed, events, accounts, profile);
+        config.skew = skew;
+        config.mix = EventMix { withdrawal, buy, sell: sell.min(1.0 - withdrawal - buy) };
+        let workload = Workload::generate(&config).expect("valid config");
         let mut checked = Ledger::new();
         let mut blind = Ledger::new();
         for event in workload.plain_events() {
@@ -109,6 +121,22 @@ fn bad_configurations_are_refused() {
     let mut nan_rate = config(1, 10, 10, RateProfile::Steady);
     nan_rate.rate_per_s = f64::NAN;
     assert!(matches!(Workload::generate(&nan_rate), Err(WorkloadError::Rate { .. })));
+    let mut steep = config(1, 10, 10, RateProfile::Steady);
+    steep.skew = SKEW_MAX + 1.0;
+    assert_eq!(
+        Workload::generate(&steep).err(),
+        Some(WorkloadError::Skew { given: SKEW_MAX + 1.0 })
+    );
+    let mut overfull = config(1, 10, 10, RateProfile::Steady);
+    overfull.mix = EventMix {
+        withdrawal: 0.5,
+        buy: 0.5,
+        sell: 0.5,
+    };
+    assert_eq!(
+        Workload::generate(&overfull).err(),
+        Some(WorkloadError::Mix { given: overfull.mix })
+    );
     assert_eq!(
         "sideways".parse::<RateProfile>(),
         Err(WorkloadError::Profile { given: "sideways".into() })

@@ -1,0 +1,901 @@
+//! The macro benchmark (`tradeflow bench`): for every configuration of a matrix, the
+//! highest sustainable rate, latency at fractions of it, and the raw limits of the broker
+//! and store it ran on, measured in the same run so that results are ratios.
+//!
+//! **Sustainable** (the SLO, stated in every report): the run passes the checker, its p99
+//! latency (intended send time → balance commit) is at most `slo_p99_ms`, and it finishes
+//! applying within `slo_p99_ms` of its last intended send, so the backlog did not grow
+//! while events were offered. Open loop: events are sent at their intended times whatever
+//! the system does, so a system that falls behind shows it as latency and backlog, not as
+//! a slower sender.
+//!
+//! **Search**: offered rates double from a start rate until a run is not sustainable, then
+//! bisect between the last sustainable and the first unsustainable rate.
+
+use crate::limits::{self, RawRate};
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tradeflow_check::{LagSample, RunProgress, RunRecord};
+use tradeflow_cluster::Cluster;
+use tradeflow_domain::workload::ACCOUNT_SKEW;
+use tradeflow_domain::{EventMix, RateProfile, Workload, WorkloadConfig, encode};
+use tradeflow_poller::{PollerConfig, RunOptions};
+use tradeflow_store::{Store, StoreConfig, StoreKind};
+use tradeflow_stream::publisher::PublisherConfig;
+use tradeflow_stream::{Scenario, StreamOptions};
+
+/// Accounts of every bench workload.
+pub const ACCOUNTS: u32 = 1_000;
+/// Highest rate the search offers, events per second.
+pub const RATE_CEILING: f64 = 256_000.0;
+/// Fewest events of one probe run.
+pub const PROBE_EVENTS_MIN: u64 = 2_000;
+/// Most events of one probe run (memory and check time).
+pub const PROBE_EVENTS_MAX: u64 = 600_000;
+/// Messages of the raw produce/consume limit (the mock keeps about 5 MiB a partition, so
+/// more would be dropped before they are read back).
+pub const RAW_MESSAGES: usize = 60_000;
+/// Partitions of the raw limit topic.
+pub const RAW_PARTITIONS: i32 = 6;
+/// Events of the raw store-apply limit.
+pub const RAW_APPLY_EVENTS: u64 = 40_000;
+/// How long a stream consumer waits to fill a batch, ms (the report reads it too).
+pub const STREAM_FILL_WAIT_MS: u32 = 5;
+/// How long a probe may wait for a backlog that does not shrink once sending is done.
+pub const PROBE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which broker a stream setup runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// librdkafka's mock cluster, three brokers, in process.
+    Mock,
+    /// A tansu broker process (memory storage), `TANSU_BIN` or `PATH`.
+    Tansu,
+}
+
+impl BrokerKind {
+    /// Name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Mock => "mock",
+            BrokerKind::Tansu => "tansu",
+        }
+    }
+
+    fn start(self) -> anyhow::Result<Cluster> {
+        match self {
+            BrokerKind::Mock => Cluster::mock(3).context("starting the mock cluster"),
+            BrokerKind::Tansu => Cluster::tansu().context("starting tansu"),
+        }
+    }
+}
+
+/// A broker and a store the stream runs on (the poller needs only the store).
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The broker.
+    pub broker: BrokerKind,
+    /// The store.
+    pub store: StoreConfig,
+}
+
+impl Setup {
+    /// `mock+sqlite` and the like.
+    pub fn label(&self) -> String {
+        format!("{}+{}", self.broker.as_str(), self.store.kind.as_str())
+    }
+}
+
+/// One configuration of the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "architecture", rename_all = "lowercase")]
+pub enum Knobs {
+    /// The poller: interval × batch size × pollers (sharded by account when more than one).
+    Poller {
+        /// Poll interval, ms.
+        interval_ms: u64,
+        /// Rows per poll.
+        batch_size: usize,
+        /// Pollers.
+        pollers: u32,
+    },
+    /// The stream: partitions × consumers × linger × apply batch.
+    Stream {
+        /// Partitions of the topic.
+        partitions: i32,
+        /// Consumers in the group.
+        consumers: u32,
+        /// Producer linger, ms.
+        linger_ms: u32,
+        /// Most messages applied in one transaction.
+        batch_size: usize,
+    },
+}
+
+impl Knobs {
+    /// A short label: `poller i20 b500 x1`, `stream p6 c2 l5 b500`.
+    pub fn label(&self) -> String {
+        match self {
+            Knobs::Poller {
+                interval_ms,
+                batch_size,
+                pollers,
+            } => format!("poller i{interval_ms} b{batch_size} x{pollers}"),
+            Knobs::Stream {
+                partitions,
+                consumers,
+                linger_ms,
+                batch_size,
+            } => format!("stream p{partitions} c{consumers} l{linger_ms} b{batch_size}"),
+        }
+    }
+}
+
+/// The matrix: `quick` for `just bench`, otherwise every combination.
+pub fn matrix(quick: bool) -> (Vec<Knobs>, Vec<Knobs>) {
+    if quick {
+        return (
+            vec![Knobs::Poller {
+                interval_ms: 20,
+                batch_size: 500,
+                pollers: 1,
+            }],
+            vec![Knobs::Stream {
+                partitions: 6,
+                consumers: 2,
+                linger_ms: 5,
+                batch_size: 500,
+            }],
+        );
+    }
+    let mut pollers = Vec::new();
+    for interval_ms in [10, 50] {
+        for batch_size in [100, 1_000] {
+            for count in [1, 2] {
+                pollers.push(Knobs::Poller {
+                    interval_ms,
+                    batch_size,
+                    pollers: count,
+                });
+            }
+        }
+    }
+    let mut streams = Vec::new();
+    for partitions in [3, 6, 12] {
+        for consumers in [1, 3] {
+            for linger_ms in [1, 10] {
+                for batch_size in [100, 500] {
+                    streams.push(Knobs::Stream {
+                        partitions,
+                        consumers,
+                        linger_ms,
+                        batch_size,
+                    });
+                }
+            }
+        }
+    }
+    (pollers, streams)
+}
+
+/// What a bench run does.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The quick matrix (`just bench`) or the whole (`just bench-full`).
+    pub quick: bool,
+    /// Workload seed of every run.
+    pub seed: u64,
+    /// The latency SLO: p99 at most this, in ms.
+    pub slo_p99_ms: f64,
+    /// First rate the search offers.
+    pub start_rate: f64,
+    /// Seconds of events per probe.
+    pub probe_seconds: f64,
+    /// Bisection steps after the doubling.
+    pub bisect_steps: u32,
+    /// Fractions of the highest sustainable rate at which latency is measured.
+    pub fractions: Vec<f64>,
+    /// Stream setups (broker + store); the poller runs on each distinct store.
+    pub setups: Vec<Setup>,
+    /// The `tradeflow` binary, to run the balance service as its own process and read its
+    /// peak RSS; `None` skips that measurement.
+    pub service_binary: Option<PathBuf>,
+}
+
+/// One probe or fraction run, as it goes into results.json.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Offered rate, events/s.
+    pub offered_per_s: f64,
+    /// Achieved rate, events/s (applied / duration).
+    pub throughput_per_s: f64,
+    /// Latency percentiles, ms.
+    pub latency_ms: tradeflow_check::LatencySummary,
+    /// Whether the run met the SLO.
+    pub sustainable: bool,
+    /// Why not, when it did not.
+    pub reason: Option<String>,
+    /// CPU seconds of the bench process during the run.
+    pub cpu_s: f64,
+    /// Peak RSS of the bench process so far, MB (broker mock, publisher and service share it).
+    pub rss_max_mb: f64,
+    /// Checker verdict.
+    pub verdict: String,
+}
+
+/// Throughput and lag over time of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Series {
+    /// `(seconds, events applied per second)`, sampled every half second.
+    pub throughput: Vec<(f64, f64)>,
+    /// `(seconds, events emitted per second)`: acknowledged by the broker (stream) or
+    /// inserted into the table (poller), sampled with `throughput`.
+    pub published: Vec<(f64, f64)>,
+    /// `(seconds, offset lag or backlog rows)`.
+    pub lag: Vec<(f64, f64)>,
+}
+
+/// Everything measured for one configuration on one setup.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigResult {
+    /// `poller i20 b500 x1` and the like.
+    pub label: String,
+    /// `mock+sqlite`, or the store alone for the poller.
+    pub setup: String,
+    /// The knobs.
+    pub knobs: Knobs,
+    /// The highest sustainable rate found (0 when even the start rate was not).
+    pub max_sustainable_per_s: f64,
+    /// Every search probe, in order.
+    pub probes: Vec<Point>,
+    /// Runs at fractions of the maximum, as `(fraction, point)`.
+    pub at_fraction: Vec<(f64, Point)>,
+    /// Time series of the run at half the maximum (or the last probe).
+    pub series: Series,
+    /// Stream only: max / min(raw consume, raw apply).
+    pub efficiency: Option<f64>,
+    /// Stream only: which raw limit is the smaller.
+    pub bounded_by: Option<String>,
+}
+
+/// Raw limits of one setup.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupLimits {
+    /// `mock+sqlite` and the like.
+    pub setup: String,
+    /// Raw produce (acks=all, idempotent).
+    pub produce: Option<RawRate>,
+    /// Raw consume, no processing.
+    pub consume: Option<RawRate>,
+    /// Raw store batch apply (batches of the stream's batch size), one task.
+    pub store_apply: RawRate,
+    /// Batch size of the store-apply limit.
+    pub store_apply_batch: usize,
+    /// Peak RSS of `tradeflow balance-service` as its own process, MB.
+    pub balance_service_rss_mb: Option<f64>,
+    /// Why a limit is missing.
+    pub notes: Vec<String>,
+}
+
+/// The whole result, `results.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResults {
+    /// Workload seed.
+    pub seed: u64,
+    /// `quick` or `full`.
+    pub matrix: String,
+    /// The SLO.
+    pub slo: Slo,
+    /// When the run started (RFC 3339, UTC).
+    pub started_at: String,
+    /// Seconds the whole run took.
+    pub duration_s: f64,
+    /// The machine: cores and the OS.
+    pub machine: serde_json::Value,
+    /// Raw limits per setup.
+    pub limits: Vec<SetupLimits>,
+    /// Per configuration.
+    pub configurations: Vec<ConfigResult>,
+    /// Setups that could not run, with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// The latency SLO of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Slo {
+    /// p99 at most this, ms.
+    pub p99_ms: f64,
+    /// And everything applied within this of the last intended send, ms.
+    pub drain_ms: f64,
+}
+
+/// Prints what the harness is doing: a line per step (a bar comes from the caller's
+/// progress watcher).
+pub trait Reporter: Send + Sync {
+    /// A step started or finished.
+    fn line(&self, text: &str);
+    /// A run started: its progress.
+    fn run(&self, label: &str, progress: watch::Receiver<RunProgress>);
+}
+
+/// Runs the whole bench.
+pub async fn run(config: &BenchConfig, reporter: &dyn Reporter) -> anyhow::Result<BenchResults> {
+    let started = Instant::now();
+    let started_at = now_rfc3339();
+    let (poller_matrix, stream_matrix) = matrix(config.quick);
+    let mut configurations = Vec::new();
+    let mut limits_all = Vec::new();
+    let mut skipped = Vec::new();
+
+    // The poller, once per distinct store.
+    let mut stores_done: Vec<StoreKind> = Vec::new();
+    for setup in &config.setups {
+        if stores_done.contains(&setup.store.kind) {
+            continue;
+        }
+        stores_done.push(setup.store.kind);
+        let store = match Store::connect(&setup.store).await {
+            Ok(store) => store,
+            Err(error) => {
+                skipped.push(format!("poller on {}: {error}", setup.store.kind.as_str()));
+                continue;
+            }
+        };
+        for knobs in &poller_matrix {
+            let result = search(config, reporter, &knobs.clone(), setup.store.kind.as_str(), |rate, events| {
+                let options = poller_options(config, knobs, rate, events);
+                let store = store.clone();
+                async move { run_poller(&store, &options, reporter).await }
+            })
+            .await?;
+            configurations.push(result);
+        }
+    }
+
+    for setup in &config.setups {
+        let label = setup.label();
+        let store = match Store::connect(&setup.store).await {
+            Ok(store) => store,
+            Err(error) => {
+                skipped.push(format!("{label}: {error}"));
+                continue;
+            }
+        };
+        if let Err(error) = setup.broker.start() {
+            skipped.push(format!("{label}: {error:#}"));
+            continue;
+        }
+        reporter.line(&format!("[{label}] raw limits"));
+        let batch = stream_matrix
+            .iter()
+            .find_map(|knobs| match knobs {
+                Knobs::Stream { batch_size, .. } => Some(*batch_size),
+                Knobs::Poller { .. } => None,
+            })
+            .unwrap_or(500);
+        let mut setup_limits = raw_limits(config, setup, &store, batch).await?;
+        reporter.line(&format!(
+            "[{label}] raw produce {}/s, raw consume {}/s, raw store apply {}/s (batches of {batch})",
+            rate_text(setup_limits.produce.map(|rate| rate.per_s)),
+            rate_text(setup_limits.consume.map(|rate| rate.per_s)),
+            rate_text(Some(setup_limits.store_apply.per_s)),
+        ));
+        let mut best_rate: f64 = 0.0;
+        for knobs in &stream_matrix {
+            let mut result = search(config, reporter, knobs, &label, |rate, events| {
+                let options = stream_options(config, knobs, rate, events);
+                let store = store.clone();
+                let broker = setup.broker;
+                async move { run_stream(broker, &store, &options, reporter).await }
+            })
+            .await?;
+            let consume = setup_limits.consume.map_or(f64::INFINITY, |rate| rate.per_s);
+            let apply = setup_limits.store_apply.per_s;
+            let ceiling = consume.min(apply);
+            if ceiling.is_finite() && ceiling > 0.0 {
+                result.efficiency = Some(result.max_sustainable_per_s / ceiling);
+                result.bounded_by = Some(if apply <= consume { "store apply" } else { "consume" }.to_owned());
+            }
+            best_rate = best_rate.max(result.max_sustainable_per_s);
+            configurations.push(result);
+        }
+        if let Some(binary) = &config.service_binary {
+            reporter.line(&format!("[{label}] balance service as its own process: peak RSS"));
+            match service_rss(binary, setup, &store, config.seed, (best_rate / 2.0).max(1_000.0)).await {
+                Ok(mb) => setup_limits.balance_service_rss_mb = Some(mb),
+                Err(error) => setup_limits.notes.push(format!("balance-service RSS not measured: {error:#}")),
+            }
+        }
+        limits_all.push(setup_limits);
+        store.close().await;
+    }
+
+    Ok(BenchResults {
+        seed: config.seed,
+        matrix: if config.quick { "quick" } else { "full" }.to_owned(),
+        slo: Slo {
+            p99_ms: config.slo_p99_ms,
+            drain_ms: config.slo_p99_ms,
+        },
+        started_at,
+        duration_s: started.elapsed().as_secs_f64(),
+        machine: serde_json::json!({
+            "cores": std::thread::available_parallelism().map_or(0, |cores| cores.get()),
+            "os": std::env::consts::OS,
+            "arch": std::env::consts::ARCH,
+        }),
+        limits: limits_all,
+        configurations,
+        skipped,
+    })
+}
+
+fn rate_text(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".to_owned(), |rate| format!("{rate:.0}"))
+}
+
+fn workload_config(seed: u64, rate: f64, events: u64) -> WorkloadConfig {
+    WorkloadConfig {
+        seed,
+        events,
+        accounts: ACCOUNTS,
+        rate_per_s: rate,
+        profile: RateProfile::Steady,
+        skew: ACCOUNT_SKEW,
+        mix: EventMix::default(),
+    }
+}
+
+fn poller_options(config: &BenchConfig, knobs: &Knobs, rate: f64, events: u64) -> RunOptions {
+    let (interval_ms, batch_size, pollers) = match knobs {
+        Knobs::Poller {
+            interval_ms,
+            batch_size,
+            pollers,
+        } => (*interval_ms, *batch_size, *pollers),
+        Knobs::Stream { .. } => (20, 500, 1),
+    };
+    RunOptions {
+        workload: workload_config(config.seed, rate, events),
+        poller: PollerConfig {
+            poll_interval: Duration::from_millis(interval_ms),
+            batch_size,
+            pollers,
+            shard_by_account: pollers > 1,
+        },
+        stall_timeout: PROBE_STALL_TIMEOUT,
+    }
+}
+
+fn stream_options(config: &BenchConfig, knobs: &Knobs, rate: f64, events: u64) -> StreamOptions {
+    let (partitions, consumers, linger_ms, batch_size) = match knobs {
+        Knobs::Stream {
+            partitions,
+            consumers,
+            linger_ms,
+            batch_size,
+        } => (*partitions, *consumers, *linger_ms, *batch_size),
+        Knobs::Poller { .. } => (6, 2, 5, 500),
+    };
+    StreamOptions {
+        workload: workload_config(config.seed, rate, events),
+        topic: "trades".into(),
+        partitions,
+        consumers,
+        publisher: PublisherConfig {
+            linger_ms,
+            ..PublisherConfig::default()
+        },
+        batch_size,
+        fill_wait: Duration::from_millis(u64::from(STREAM_FILL_WAIT_MS)),
+        stall_timeout: PROBE_STALL_TIMEOUT,
+        metrics: None,
+        scenario: Scenario::default(),
+    }
+}
+
+/// A run with its emitted- and applied-over-time samples.
+struct Measured {
+    record: RunRecord,
+    rates: Rates,
+}
+
+/// `(seconds, events per second)` every half second: emitted and applied.
+#[derive(Default)]
+struct Rates {
+    published: Vec<(f64, f64)>,
+    applied: Vec<(f64, f64)>,
+}
+
+/// Samples the emitted and applied counts every half second while a run goes.
+fn sampler(mut updates: watch::Receiver<RunProgress>) -> tokio::task::JoinHandle<Rates> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut rates = Rates::default();
+        let mut last = (0.0_f64, 0_u64, 0_u64);
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                changed = updates.changed() => if changed.is_err() { break },
+                _ = ticker.tick() => {
+                    let now = start.elapsed().as_secs_f64();
+                    let progress = *updates.borrow();
+                    if now > last.0 {
+                        let span = now - last.0;
+                        rates.published.push((now, progress.emitted.saturating_sub(last.1) as f64 / span));
+                        rates.applied.push((now, progress.applied.saturating_sub(last.2) as f64 / span));
+                    }
+                    last = (now, progress.emitted, progress.applied);
+                }
+            }
+        }
+        rates
+    })
+}
+
+async fn run_poller(store: &Store, options: &RunOptions, reporter: &dyn Reporter) -> anyhow::Result<Measured> {
+    let (progress, receiver) = watch::channel(RunProgress::default());
+    reporter.run("poller", receiver.clone());
+    let sampling = sampler(receiver);
+    let record = tradeflow_poller::run(store, options, &progress).await.context("poller run")?;
+    drop(progress);
+    let rates = sampling.await.unwrap_or_default();
+    Ok(Measured { record, rates })
+}
+
+async fn run_stream(broker: BrokerKind, store: &Store, options: &StreamOptions, reporter: &dyn Reporter) -> anyhow::Result<Measured> {
+    // A fresh broker per run: a run's topic and group start empty, as in `tradeflow run`.
+    let cluster = broker.start()?;
+    let (progress, receiver) = watch::channel(RunProgress::default());
+    reporter.run("stream", receiver.clone());
+    let sampling = sampler(receiver);
+    let record = tradeflow_stream::run(store, &cluster, options, &progress)
+        .await
+        .context("stream run")?;
+    drop(progress);
+    let rates = sampling.await.unwrap_or_default();
+    Ok(Measured { record, rates })
+}
+
+/// Whether a run met the SLO, and if not why.
+fn judge(config: &BenchConfig, offered: f64, record: &RunRecord) -> (bool, Option<String>) {
+    let publishing_s = record.events as f64 / offered;
+    let drain_ms = (record.duration_s - publishing_s) * 1_000.0;
+    if record.check.verdict != tradeflow_check::history::Verdict::Pass {
+        return (false, Some(format!("checker: {:?}", record.check)));
+    }
+    if record.latency_ms.p99 > config.slo_p99_ms {
+        return (
+            false,
+            Some(format!("p99 {:.0} ms > {:.0} ms", record.latency_ms.p99, config.slo_p99_ms)),
+        );
+    }
+    if drain_ms > config.slo_p99_ms {
+        return (
+            false,
+            Some(format!(
+                "backlog grew: applied {:.0} ms after the last send (> {:.0} ms)",
+                drain_ms, config.slo_p99_ms
+            )),
+        );
+    }
+    (true, None)
+}
+
+fn point(config: &BenchConfig, offered: f64, record: &RunRecord) -> Point {
+    let (sustainable, reason) = judge(config, offered, record);
+    Point {
+        offered_per_s: offered,
+        throughput_per_s: record.throughput_per_s,
+        latency_ms: record.latency_ms,
+        sustainable,
+        reason,
+        cpu_s: record.process.cpu_s,
+        rss_max_mb: record.process.rss_max_mb,
+        verdict: format!("{:?}", record.check.verdict).to_lowercase(),
+    }
+}
+
+fn events_for(config: &BenchConfig, rate: f64) -> u64 {
+    ((rate * config.probe_seconds) as u64).clamp(PROBE_EVENTS_MIN, PROBE_EVENTS_MAX)
+}
+
+/// Finds the highest sustainable rate of one configuration, then measures it at fractions.
+async fn search<F, Fut>(
+    config: &BenchConfig,
+    reporter: &dyn Reporter,
+    knobs: &Knobs,
+    setup: &str,
+    run_at: F,
+) -> anyhow::Result<ConfigResult>
+where
+    F: Fn(f64, u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Measured>>,
+{
+    let label = knobs.label();
+    let mut probes = Vec::new();
+    let mut last_series = Series::default();
+    let probe = async |rate: f64, probes: &mut Vec<Point>, series: &mut Series| -> anyhow::Result<bool> {
+        let measured = run_at(rate, events_for(config, rate)).await?;
+        let point = point(config, rate, &measured.record);
+        reporter.line(&format!(
+            "[{setup}] {label} at {rate:.0}/s: {:.0}/s, p99 {:.1} ms -> {}",
+            point.throughput_per_s,
+            point.latency_ms.p99,
+            match &point.reason {
+                None => "sustainable".to_owned(),
+                Some(reason) => format!("not sustainable ({reason})"),
+            }
+        ));
+        *series = series_of(&measured);
+        let sustainable = point.sustainable;
+        probes.push(point);
+        Ok(sustainable)
+    };
+    let mut good = 0.0_f64;
+    let mut bad = f64::INFINITY;
+    let mut rate = config.start_rate;
+    while rate <= RATE_CEILING {
+        if probe(rate, &mut probes, &mut last_series).await? {
+            good = rate;
+            rate *= 2.0;
+        } else {
+            bad = rate;
+            break;
+        }
+    }
+    if bad.is_finite() {
+        let low = if good > 0.0 { good } else { config.start_rate / 8.0 };
+        let (mut low, mut high) = (low, bad);
+        for _ in 0..config.bisect_steps {
+            let middle = ((low + high) / 2.0 / 100.0).round() * 100.0;
+            if middle <= low || middle >= high {
+                break;
+            }
+            if probe(middle, &mut probes, &mut last_series).await? {
+                low = middle;
+                good = middle;
+            } else {
+                high = middle;
+            }
+        }
+    }
+    let mut at_fraction = Vec::new();
+    let mut series = last_series;
+    if good > 0.0 {
+        for fraction in &config.fractions {
+            let rate = (good * fraction).max(100.0);
+            let measured = run_at(rate, events_for(config, rate)).await?;
+            let point = point(config, rate, &measured.record);
+            reporter.line(&format!(
+                "[{setup}] {label} at {:.0}% of max ({rate:.0}/s): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+                fraction * 100.0,
+                point.latency_ms.p50,
+                point.latency_ms.p99,
+                point.latency_ms.p999
+            ));
+            if (fraction - 0.5).abs() < 1e-9 {
+                series = series_of(&measured);
+            }
+            at_fraction.push((*fraction, point));
+        }
+    } else {
+        reporter.line(&format!(
+            "[{setup}] {label}: not sustainable even at {:.0}/s",
+            config.start_rate / 8.0
+        ));
+    }
+    Ok(ConfigResult {
+        label,
+        setup: setup.to_owned(),
+        knobs: knobs.clone(),
+        max_sustainable_per_s: good,
+        probes,
+        at_fraction,
+        series,
+        efficiency: None,
+        bounded_by: None,
+    })
+}
+
+fn series_of(measured: &Measured) -> Series {
+    let lag: Vec<(f64, f64)> = if measured.record.lag.is_empty() {
+        measured
+            .record
+            .backlog
+            .iter()
+            .map(|sample| (sample.t_s, sample.rows as f64))
+            .collect()
+    } else {
+        measured
+            .record
+            .lag
+            .iter()
+            .map(|sample: &LagSample| (sample.t_s, sample.offset_lag_total as f64))
+            .collect()
+    };
+    Series {
+        throughput: measured.rates.applied.clone(),
+        published: measured.rates.published.clone(),
+        lag,
+    }
+}
+
+/// Raw produce, consume and store-apply limits of a setup.
+async fn raw_limits(config: &BenchConfig, setup: &Setup, store: &Store, batch: usize) -> anyhow::Result<SetupLimits> {
+    let workload = Workload::generate(&workload_config(config.seed, 10_000.0, RAW_MESSAGES as u64)).context("raw-limit workload")?;
+    let mut notes = Vec::new();
+    let cluster = setup.broker.start()?;
+    let topic = "bench.raw";
+    cluster
+        .ensure_topic(topic, RAW_PARTITIONS, 1)
+        .await
+        .with_context(|| format!("creating {topic}"))?;
+    let payloads: Vec<Vec<u8>> = workload.plain_events().map(encode).collect();
+    let keys: Vec<String> = workload.plain_events().map(|event| event.account_id.as_str().to_owned()).collect();
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let produce = match limits::raw_produce(&bootstrap, topic, &payloads, &keys).await {
+        Ok(rate) => Some(rate),
+        Err(error) => {
+            notes.push(format!("raw produce failed: {error:#}"));
+            None
+        }
+    };
+    let consume = if produce.is_some() {
+        match limits::raw_consume(&bootstrap, topic, payloads.len()).await {
+            Ok(rate) => Some(rate),
+            Err(error) => {
+                notes.push(format!("raw consume failed: {error:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    drop(cluster);
+    store.reset().await.context("emptying the store")?;
+    let apply_workload =
+        Workload::generate(&workload_config(config.seed ^ 0x5eed, 10_000.0, RAW_APPLY_EVENTS)).context("raw-apply workload")?;
+    let events: Vec<_> = apply_workload.plain_events().cloned().collect();
+    let store_apply = limits::raw_store_apply(store, &events, batch).await.context("raw store apply")?;
+    Ok(SetupLimits {
+        setup: setup.label(),
+        produce,
+        consume,
+        store_apply,
+        store_apply_batch: batch,
+        balance_service_rss_mb: None,
+        notes,
+    })
+}
+
+/// Runs `tradeflow balance-service` as its own process against the setup's broker, feeds
+/// it events at `rate` until it has applied them, and returns its peak RSS (`VmHWM`).
+async fn service_rss(binary: &std::path::Path, setup: &Setup, store: &Store, seed: u64, rate: f64) -> anyhow::Result<f64> {
+    const EVENTS: u64 = 30_000;
+    let cluster = setup.broker.start()?;
+    let topic = "bench.rss";
+    cluster.ensure_topic(topic, 6, 1).await.context("creating the topic")?;
+    cluster
+        .ensure_topic(&format!("{topic}.dlq"), 1, 1)
+        .await
+        .context("creating the dead-letter topic")?;
+    store.reset().await.context("emptying the store")?;
+    let mut child = tokio::process::Command::new(binary)
+        .args(["balance-service", "--bootstrap", cluster.bootstrap_servers(), "--topic", topic])
+        .args([
+            "--group",
+            "bench-rss",
+            "--store",
+            setup.store.kind.as_str(),
+            "--database-url",
+            &setup.store.url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let pid = child.id().context("the balance service exited at once")?;
+    let workload = Workload::generate(&workload_config(seed, rate, EVENTS)).context("workload")?;
+    let deliveries = std::sync::Arc::new(tradeflow_stream::publisher::Deliveries::new(workload.events.len()));
+    let publisher =
+        tradeflow_stream::publisher::Publisher::new(cluster.bootstrap_servers(), topic, &PublisherConfig::default(), deliveries)
+            .context("publisher")?;
+    let start = Instant::now();
+    for (index, scheduled) in workload.events.iter().enumerate() {
+        let due = Duration::from_nanos(scheduled.intended_offset_ns);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        publisher
+            .publish(index, &scheduled.event, tradeflow_store::now_ns())
+            .await
+            .context("publishing")?;
+    }
+    publisher
+        .wait_for_reports(Duration::from_secs(60))
+        .await
+        .context("delivery reports")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM apply_log")
+            .fetch_one(store.pool())
+            .await
+            .context("counting applied events")?;
+        if applied as u64 >= EVENTS {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("the balance service exited early ({status})");
+        }
+        if Instant::now() > deadline {
+            bail!("the balance service applied {applied} of {EVENTS} events in 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the process status")?;
+    let high_water_kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    child.start_kill().ok();
+    let _ = child.wait().await;
+    Ok(high_water_kb / 1_024.0)
+}
+
+fn now_rfc3339() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs()) as i64;
+    let days = seconds.div_euclid(86_400);
+    let rest = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_come_out_right() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn each_matrix_holds_the_architecture_it_says() {
+        let (quick_pollers, quick_streams) = matrix(true);
+        let (pollers, streams) = matrix(false);
+        assert_eq!(pollers.len(), 8);
+        assert_eq!(streams.len(), 24);
+        assert!(quick_streams.iter().all(|knobs| matches!(knobs, Knobs::Stream { .. })));
+        assert!(quick_pollers.iter().all(|knobs| matches!(knobs, Knobs::Poller { .. })));
+    }
+}

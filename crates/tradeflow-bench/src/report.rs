@@ -1,0 +1,316 @@
+//! What a bench run writes: `results.json` (shaped like the OpenMessaging Benchmark's
+//! result files: per configuration its settings, rates, latency percentiles and time
+//! series), `report.md` with the tables and the targets, and the SVG charts. A run writes
+//! into `ROOT/<date>-<time>/` and copies the files to `ROOT/latest/`.
+
+use crate::harness::{BenchResults, ConfigResult, Knobs, STREAM_FILL_WAIT_MS};
+use crate::svg::{self, Chart, Series};
+use anyhow::Context as _;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use tradeflow_stream::FETCH_WAIT_MAX_MS;
+
+/// Target: stream efficiency at least this on mock+SQLite and tansu+PostgreSQL.
+pub const TARGET_EFFICIENCY: f64 = 0.7;
+/// Target: balance-service peak RSS at most this, MB.
+pub const TARGET_SERVICE_RSS_MB: f64 = 64.0;
+/// Target: stream p99 at most this at half its highest sustainable rate, ms.
+pub const TARGET_STREAM_P99_MS: f64 = 20.0;
+
+/// Writes everything into a dated directory under `root` and into `root/latest`; returns
+/// the dated directory.
+pub fn write(root: &Path, results: &BenchResults) -> anyhow::Result<PathBuf> {
+    let stamp = results
+        .started_at
+        .replace([':', '-'], "")
+        .replace('T', "-")
+        .trim_end_matches('Z')
+        .to_owned();
+    let dated = root.join(&stamp);
+    let latest = root.join("latest");
+    for directory in [&dated, &latest] {
+        std::fs::create_dir_all(directory).with_context(|| format!("creating {}", directory.display()))?;
+    }
+    let mut files: Vec<(String, String)> = vec![
+        ("results.json".into(), serde_json::to_string_pretty(&omb_shape(results))?),
+        ("report.md".into(), markdown(results)),
+    ];
+    files.extend(charts(results).into_iter().map(|(name, chart)| (name, svg::render(&chart))));
+    // `latest` holds only this run's files.
+    if let Ok(entries) = std::fs::read_dir(&latest) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    for (name, text) in &files {
+        for directory in [&dated, &latest] {
+            let path = directory.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(dated)
+}
+
+/// results.json: the run's metadata and, per configuration, OMB-like fields
+/// (`publishRate`, `consumeRate`, `aggregatedEndToEndLatency*`, `backlog`) next to
+/// tradeflow's own (`max_sustainable_per_s`, `efficiency`, probes, fractions).
+pub fn omb_shape(results: &BenchResults) -> serde_json::Value {
+    let configurations: Vec<serde_json::Value> = results
+        .configurations
+        .iter()
+        .map(|config| {
+            let reference = half_point(config);
+            serde_json::json!({
+                "workload": config.label,
+                "driver": config.setup,
+                "settings": config.knobs,
+                "max_sustainable_per_s": config.max_sustainable_per_s,
+                "efficiency": config.efficiency,
+                "bounded_by": config.bounded_by,
+                "publishRate": config.series.published.iter().map(|(_, rate)| rate).collect::<Vec<_>>(),
+                "consumeRate": config.series.throughput.iter().map(|(_, rate)| rate).collect::<Vec<_>>(),
+                "backlog": config.series.lag.iter().map(|(_, lag)| lag).collect::<Vec<_>>(),
+                "series": config.series,
+                "aggregatedEndToEndLatency50pct": reference.map(|point| point.latency_ms.p50),
+                "aggregatedEndToEndLatency99pct": reference.map(|point| point.latency_ms.p99),
+                "aggregatedEndToEndLatency999pct": reference.map(|point| point.latency_ms.p999),
+                "aggregatedEndToEndLatencyMax": reference.map(|point| point.latency_ms.max),
+                "probes": config.probes,
+                "at_fraction": config.at_fraction.iter().map(|(fraction, point)| serde_json::json!({"fraction": fraction, "point": point})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "seed": results.seed,
+        "matrix": results.matrix,
+        "slo": results.slo,
+        "started_at": results.started_at,
+        "duration_s": results.duration_s,
+        "machine": results.machine,
+        "limits": results.limits,
+        "configurations": configurations,
+        "skipped": results.skipped,
+    })
+}
+
+fn half_point(config: &ConfigResult) -> Option<&crate::harness::Point> {
+    config
+        .at_fraction
+        .iter()
+        .find(|(fraction, _)| (fraction - 0.5).abs() < 1e-9)
+        .map(|(_, point)| point)
+}
+
+/// report.md: the SLO, the limits, the configurations, the targets and what bounds each.
+pub fn markdown(results: &BenchResults) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "# tradeflow bench ({} matrix, seed {})\n", results.matrix, results.seed);
+    let _ = writeln!(
+        text,
+        "Started {} and took {:.0} s on {} cores. SLO: p99 (intended send → balance commit) ≤ {:.0} ms and everything applied within {:.0} ms of the last send (the backlog does not grow). Open loop: events leave at their intended times.\n",
+        results.started_at, results.duration_s, results.machine["cores"], results.slo.p99_ms, results.slo.drain_ms
+    );
+    let _ = writeln!(text, "## Raw limits (same run, same broker and store)\n");
+    let _ = writeln!(
+        text,
+        "| setup | raw produce /s | raw consume /s | raw store apply /s | balance-service peak RSS |"
+    );
+    let _ = writeln!(text, "|---|---|---|---|---|");
+    for limits in &results.limits {
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {:.0} (batches of {}) | {} |",
+            limits.setup,
+            limits.produce.map_or("-".into(), |rate| format!("{:.0}", rate.per_s)),
+            limits.consume.map_or("-".into(), |rate| format!("{:.0}", rate.per_s)),
+            limits.store_apply.per_s,
+            limits.store_apply_batch,
+            limits.balance_service_rss_mb.map_or("-".into(), |mb| format!("{mb:.1} MB")),
+        );
+        for note in &limits.notes {
+            let _ = writeln!(text, "\n> {}: {note}", limits.setup);
+        }
+    }
+    let _ = writeln!(text, "\n## Configurations\n");
+    let _ = writeln!(
+        text,
+        "| configuration | on | highest sustainable /s | p50 / p99 / p99.9 at half (ms) | efficiency | bounded by | CPU s at half |"
+    );
+    let _ = writeln!(text, "|---|---|---|---|---|---|---|");
+    for config in &results.configurations {
+        let half = half_point(config);
+        let _ = writeln!(
+            text,
+            "| {} | {} | {:.0} | {} | {} | {} | {} |",
+            config.label,
+            config.setup,
+            config.max_sustainable_per_s,
+            half.map_or("-".into(), |point| format!(
+                "{:.1} / {:.1} / {:.1}",
+                point.latency_ms.p50, point.latency_ms.p99, point.latency_ms.p999
+            )),
+            config.efficiency.map_or("-".into(), |efficiency| format!("{efficiency:.2}")),
+            config.bounded_by.clone().unwrap_or_else(|| "-".into()),
+            half.map_or("-".into(), |point| format!("{:.1}", point.cpu_s)),
+        );
+    }
+    let _ = writeln!(text, "\nEvery probe of the search (offered → achieved, p99, verdict):\n");
+    for config in &results.configurations {
+        let _ = writeln!(text, "- {} on {}:", config.label, config.setup);
+        for point in &config.probes {
+            let _ = writeln!(
+                text,
+                "  - {:.0}/s → {:.0}/s, p99 {:.1} ms: {}",
+                point.offered_per_s,
+                point.throughput_per_s,
+                point.latency_ms.p99,
+                point.reason.clone().unwrap_or_else(|| "sustainable".into())
+            );
+        }
+    }
+    let _ = writeln!(text, "\n## Targets\n");
+    for line in targets(results) {
+        let _ = writeln!(text, "- {line}");
+    }
+    let _ = writeln!(
+        text,
+        "\nEfficiency = the stream's highest sustainable rate / min(raw consume, raw store apply) of the same setup: how close the pipeline gets to the slower of the two things it cannot go faster than. \"bounded by\" names that slower limit. Peak RSS of the bench process itself (mock broker, publisher and service together) is in results.json per point; the balance service's own is measured as a separate `tradeflow balance-service` process.\n"
+    );
+    let _ = writeln!(
+        text,
+        "Charts: `latency-throughput.svg` (p99 against achieved rate, every run), `lag.svg` (offset lag or poller backlog over the run at half the maximum), `throughput-partitions.svg` (highest sustainable rate against partitions × consumers)."
+    );
+    text
+}
+
+/// The targets, each met or missed with the figure and, when missed, what bounds it.
+pub fn targets(results: &BenchResults) -> Vec<String> {
+    let mut lines = Vec::new();
+    for setup in ["mock+sqlite", "tansu+postgres"] {
+        let best = results
+            .configurations
+            .iter()
+            .filter(|config| config.setup == setup && config.efficiency.is_some())
+            .max_by(|a, b| a.efficiency.unwrap_or(0.0).total_cmp(&b.efficiency.unwrap_or(0.0)));
+        lines.push(match best {
+            Some(config) => {
+                let efficiency = config.efficiency.unwrap_or(0.0);
+                format!(
+                    "stream efficiency ≥ {TARGET_EFFICIENCY} on {setup}: {} ({:.2}, {}; bounded by {})",
+                    if efficiency >= TARGET_EFFICIENCY { "met" } else { "MISSED" },
+                    efficiency,
+                    config.label,
+                    config.bounded_by.clone().unwrap_or_default()
+                )
+            }
+            None => format!("stream efficiency on {setup}: not measured (setup skipped: see `skipped` in results.json)"),
+        });
+    }
+    for limits in &results.limits {
+        if let Some(mb) = limits.balance_service_rss_mb {
+            lines.push(format!(
+                "balance-service peak RSS ≤ {TARGET_SERVICE_RSS_MB} MB on {}: {} ({mb:.1} MB)",
+                limits.setup,
+                if mb <= TARGET_SERVICE_RSS_MB { "met" } else { "MISSED" }
+            ));
+        }
+    }
+    for config in results
+        .configurations
+        .iter()
+        .filter(|config| matches!(config.knobs, Knobs::Stream { .. }))
+    {
+        if let Some(point) = half_point(config) {
+            lines.push(format!(
+                "stream p99 ≤ {TARGET_STREAM_P99_MS} ms at half its highest sustainable rate ({}, {}): {} ({:.1} ms at {:.0}/s)",
+                config.label,
+                config.setup,
+                if point.latency_ms.p99 <= TARGET_STREAM_P99_MS {
+                    "met"
+                } else {
+                    "MISSED"
+                },
+                point.latency_ms.p99,
+                point.offered_per_s
+            ));
+            if let (true, Knobs::Stream { linger_ms, .. }) = (point.latency_ms.p99 > TARGET_STREAM_P99_MS, &config.knobs) {
+                lines.push(format!(
+                    "  what bounds it: before its database transaction an event waits up to {} ms by configuration alone (producer linger {linger_ms} ms, batch fill wait {STREAM_FILL_WAIT_MS} ms, consumer fetch wait up to {FETCH_WAIT_MAX_MS} ms); the median is {:.1} ms, so the batch transaction and its commit take the rest, and p99 adds the batches that wait behind another consumer's transaction on the same database",
+                    linger_ms + STREAM_FILL_WAIT_MS + FETCH_WAIT_MAX_MS,
+                    point.latency_ms.p50
+                ));
+            }
+        }
+    }
+    lines
+}
+
+/// The charts, by file name.
+pub fn charts(results: &BenchResults) -> Vec<(String, Chart)> {
+    let latency = Chart {
+        title: "p99 latency against throughput".into(),
+        x_label: "achieved events/s".into(),
+        y_label: "p99 ms".into(),
+        series: results
+            .configurations
+            .iter()
+            .map(|config| {
+                let mut points: Vec<(f64, f64)> = config
+                    .probes
+                    .iter()
+                    .chain(config.at_fraction.iter().map(|(_, point)| point))
+                    .map(|point| (point.throughput_per_s, point.latency_ms.p99))
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series {
+                    name: format!("{} on {}", config.label, config.setup),
+                    points,
+                }
+            })
+            .collect(),
+        log_x: false,
+    };
+    let lag = Chart {
+        title: "lag over the run at half the highest sustainable rate".into(),
+        x_label: "seconds".into(),
+        y_label: "offset lag (stream) or backlog rows (poller)".into(),
+        series: results
+            .configurations
+            .iter()
+            .map(|config| Series {
+                name: format!("{} on {}", config.label, config.setup),
+                points: config.series.lag.clone(),
+            })
+            .collect(),
+        log_x: false,
+    };
+    let mut by_setup: Vec<Series> = Vec::new();
+    for config in &results.configurations {
+        if let Knobs::Stream {
+            partitions,
+            consumers,
+            linger_ms,
+            batch_size,
+        } = config.knobs
+        {
+            let name = format!("{} c{consumers} l{linger_ms} b{batch_size}", config.setup);
+            let point = (f64::from(partitions), config.max_sustainable_per_s);
+            match by_setup.iter_mut().find(|series| series.name == name) {
+                Some(series) => series.points.push(point),
+                None => by_setup.push(Series { name, points: vec![point] }),
+            }
+        }
+    }
+    let partitions = Chart {
+        title: "highest sustainable rate against partitions (one line per consumers × linger × batch)".into(),
+        x_label: "partitions".into(),
+        y_label: "events/s".into(),
+        series: by_setup,
+        log_x: false,
+    };
+    vec![
+        ("latency-throughput.svg".into(), latency),
+        ("lag.svg".into(), lag),
+        ("throughput-partitions.svg".into(), partitions),
+    ]
+}

@@ -91,7 +91,9 @@ pub struct ExperimentArgs {
 /// What a variant must show.
 #[derive(Debug, Clone)]
 struct Expected {
-    verdict: Verdict,
+    /// `None`: the verdict depends on timing the experiment cannot pin, so either one is as
+    /// expected, but nothing may come out of order or twice.
+    verdict: Option<Verdict>,
     /// The checker's count that must be above zero when the verdict is a failure.
     violation: Option<Violation>,
     /// A count from the run's configuration record that must be above zero (for example
@@ -126,7 +128,7 @@ impl Violation {
 impl Expected {
     fn pass(note: impl Into<String>) -> Expected {
         Expected {
-            verdict: Verdict::Pass,
+            verdict: Some(Verdict::Pass),
             violation: None,
             observed: None,
             note: note.into(),
@@ -135,8 +137,19 @@ impl Expected {
 
     fn fail(violation: Violation, note: impl Into<String>) -> Expected {
         Expected {
-            verdict: Verdict::Fail,
+            verdict: Some(Verdict::Fail),
             violation: Some(violation),
+            observed: None,
+            note: note.into(),
+        }
+    }
+
+    /// Either verdict, as long as nothing is reordered or duplicated: for a row whose losses
+    /// come from a flaw of the backend and show up only on some runs.
+    fn either(note: impl Into<String>) -> Expected {
+        Expected {
+            verdict: None,
+            violation: None,
             observed: None,
             note: note.into(),
         }
@@ -149,9 +162,10 @@ impl Expected {
 
     fn describe(&self) -> String {
         let mut text = match (self.verdict, self.violation) {
-            (Verdict::Pass, _) => "pass".to_owned(),
-            (Verdict::Fail, Some(violation)) => format!("fail ({})", violation.name()),
-            (Verdict::Fail, None) => "fail".to_owned(),
+            (None, _) => "pass or lost, never reordered or duplicated".to_owned(),
+            (Some(Verdict::Pass), _) => "pass".to_owned(),
+            (Some(Verdict::Fail), Some(violation)) => format!("fail ({})", violation.name()),
+            (Some(Verdict::Fail), None) => "fail".to_owned(),
         };
         if let Some(count) = self.observed {
             let _ = write!(text, ", {count} > 0");
@@ -160,7 +174,10 @@ impl Expected {
     }
 
     fn met_by(&self, record: &RunRecord) -> bool {
-        let verdict = record.check.verdict == self.verdict;
+        let verdict = match self.verdict {
+            Some(verdict) => record.check.verdict == verdict,
+            None => record.check.reordered == 0 && record.check.duplicated == 0,
+        };
         let violation = self.violation.is_none_or(|violation| violation.count(&record.check) > 0);
         let observed = self
             .observed
@@ -253,10 +270,10 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
             config: record.config.clone(),
             faults: record.faults.clone(),
             check: record.check.clone(),
-            expected: if variant.expected.verdict == Verdict::Pass {
-                "pass"
-            } else {
-                "fail"
+            expected: match variant.expected.verdict {
+                Some(Verdict::Pass) => "pass",
+                Some(Verdict::Fail) => "fail",
+                None => "either",
             },
             expected_detail: variant.expected.describe(),
             note: variant.expected.note.clone(),
@@ -436,9 +453,8 @@ fn producer_retries(setup: &Setup) -> Result<Vec<Variant>, String> {
                     Violation::Reordered,
                     "a failed request is retried after later requests to the same partition succeeded: an account's events land out of order",
                 ),
-                Expected::fail(
-                    Violation::Lost,
-                    "the mock does not check producer sequences (librdkafka 2.12 checks them only for transactional producers), so it cannot show what idempotence prevents: the client takes a later success as proof that the failed request was written and reports it delivered. Run this on a broker that enforces sequences (tansu, container) for the idempotent row to pass",
+                Expected::either(
+                    "the mock does not check producer sequences (librdkafka 2.12 checks them only for transactional producers), so it cannot show what idempotence prevents: when a later request succeeds first, the client takes that as proof that the failed one was written and reports it delivered, and those events are lost. Whether that happens depends on timing (some runs lose hundreds, some none), so this row is not judged on its verdict, only on order: the client keeps the sequence, so nothing is reordered or duplicated. Run this on a broker that enforces sequences (tansu, container) for the idempotent row to pass",
                 ),
             )
         }

@@ -353,3 +353,99 @@ async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_while_the
     stop.send_replace(true);
     service.await.expect("join").expect("the service stops cleanly");
 }
+
+/// The group's committed offset of `trades` partition 0, read as another member would.
+fn committed_offset(bootstrap: &str, group: &str) -> Option<i64> {
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    wanted.add_partition("trades", 0);
+    let committed = consumer.committed_offsets(wanted, Duration::from_secs(5)).ok()?;
+    match committed.elements().first()?.offset() {
+        rdkafka::Offset::Offset(offset) => Some(offset),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_broker_deleted_before_they_were_read_are_counted_not_silently_skipped() {
+    let seed = 47;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let cluster = Cluster::mock(1).expect("mock cluster starts");
+    cluster.ensure_topic("trades", 1, 1).await.expect("topic");
+    cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let workload = Workload::generate(&workload(seed, 30_000)).expect("workload");
+    let deliveries = Arc::new(Deliveries::new(workload.events.len()));
+    let publisher = Publisher::new(&bootstrap, "trades", &PublisherConfig::default(), deliveries.clone()).expect("publisher");
+    let first = 1_000_usize;
+
+    // The first events are applied and their offsets committed.
+    for (index, scheduled) in workload.events.iter().enumerate().take(first) {
+        publisher.publish(index, &scheduled.event, 0).await.expect("publish");
+    }
+    publisher.flush().await.expect("flush");
+    let counters = Arc::new(ServiceCounters::default());
+    let (stop, stop_receiver) = watch::channel(false);
+    let service = tokio::spawn(run_service(
+        store.clone(),
+        service_config(&bootstrap, "before", 500),
+        stop_receiver,
+        counters.clone(),
+    ));
+    wait_until("the first events to be applied and committed", Duration::from_secs(60), || {
+        committed_offset(&bootstrap, "balances") == Some(first as i64)
+    })
+    .await;
+    stop.send_replace(true);
+    service.await.expect("join").expect("the service stops cleanly");
+
+    // While no one reads, the rest: more than the mock keeps of a partition, so it deletes
+    // the oldest of them, unread, as retention would.
+    let publisher = Publisher::new(&bootstrap, "trades", &PublisherConfig::default(), deliveries.clone()).expect("publisher");
+    for (index, scheduled) in workload.events.iter().enumerate().skip(first) {
+        publisher.publish(index, &scheduled.event, 0).await.expect("publish");
+    }
+    publisher.flush().await.expect("flush");
+    let watermarks: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("consumer");
+    let (low, high) = watermarks
+        .fetch_watermarks("trades", 0, Duration::from_secs(5))
+        .expect("watermarks");
+    eprintln!("log kept: offsets {low}..{high}");
+    assert_eq!(high, workload.events.len() as i64);
+    assert!(low > first as i64, "the mock deleted unread messages (log starts at {low})");
+
+    // The group resumes at its committed offset, which the broker no longer has:
+    // librdkafka resets to the log's start, and the service must say what that skipped.
+    let counters = Arc::new(ServiceCounters::default());
+    let (stop, stop_receiver) = watch::channel(false);
+    let service = tokio::spawn(run_service(
+        store.clone(),
+        service_config(&bootstrap, "after", 500),
+        stop_receiver,
+        counters.clone(),
+    ));
+    let remaining = (high - first as i64) as u64;
+    wait_until("every remaining offset to be accounted for", Duration::from_secs(120), || {
+        counters.processed() >= remaining
+    })
+    .await;
+    stop.send_replace(true);
+    service.await.expect("join").expect("the service stops cleanly");
+    let skipped = counters.skipped.load(std::sync::atomic::Ordering::Relaxed);
+    let applied = counters.applied.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("skipped {skipped}, applied {applied}");
+    assert_eq!(
+        skipped,
+        (low - first as i64) as u64,
+        "the gap between the committed offset and the log's start"
+    );
+    assert_eq!(applied, (high - low) as u64, "everything the broker still had is applied");
+}

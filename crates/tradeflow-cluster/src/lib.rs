@@ -33,6 +33,7 @@ mod tansu;
 pub mod topics;
 
 pub use faults::Fault;
+pub use mock::MOCK_PARTITION_RETAINED_MB;
 pub use tansu::find_binary as find_tansu;
 
 use rdkafka::ClientConfig;

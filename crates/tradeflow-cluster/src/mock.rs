@@ -7,6 +7,10 @@ use std::time::Duration;
 
 /// Most request errors one fault may queue.
 const REQUEST_ERRORS_MAX: usize = 10_000;
+/// What librdkafka's mock cluster keeps of a partition, in MB (`max_size` in
+/// `rdkafka_mock.c`, not configurable): beyond it, it deletes the oldest messages, read or
+/// not, as retention would. A consumer lagging further behind loses messages.
+pub const MOCK_PARTITION_RETAINED_MB: u32 = 5;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use std::sync::mpsc;

@@ -15,7 +15,7 @@ use tradeflow_check::{
     Drain, DrainWatch, FaultRecord, LagSample, ProcessStats, RunProgress, RunRecord, check_workload, duration_and_throughput,
 };
 use tradeflow_cluster::plan::{Action, FaultPlan, ServiceFault};
-use tradeflow_cluster::{Cluster, ClusterError, Fault};
+use tradeflow_cluster::{Cluster, ClusterError, Fault, MOCK_PARTITION_RETAINED_MB};
 use tradeflow_domain::{Workload, WorkloadConfig};
 use tradeflow_store::{Store, now_ns};
 
@@ -248,6 +248,9 @@ pub async fn run(
     let applied_now = |fleet: &Fleet, next_fleet: &Option<Fleet>| {
         fleet.counters.applied.load(Ordering::Relaxed) + next_fleet.as_ref().map_or(0, |next| next.counters.applied.load(Ordering::Relaxed))
     };
+    let skipped_now = |fleet: &Fleet, next_fleet: &Option<Fleet>| {
+        fleet.counters.skipped.load(Ordering::Relaxed) + next_fleet.as_ref().map_or(0, |next| next.counters.skipped.load(Ordering::Relaxed))
+    };
     loop {
         let tick = tokio::time::sleep(PROGRESS_INTERVAL);
         match timeline.get(next_step) {
@@ -329,9 +332,11 @@ pub async fn run(
             })??;
         }
         // Unique events applied, not messages processed: redeliveries and dead letters
-        // would otherwise count towards "everything acknowledged is applied".
+        // would otherwise count towards "everything acknowledged is applied". Messages the
+        // broker deleted before they were read will never come: waiting for them would
+        // only end in the stall timeout.
         let source_done = publishing.is_none() && next_step >= timeline.len() && poisoning.iter().all(|(_, task)| task.is_finished());
-        match watch.observe(source_done, acked, applied) {
+        match watch.observe(source_done, acked, applied + skipped_now(&fleet, &next_fleet)) {
             Drain::Running => {}
             Drain::Drained => break,
             Drain::Stalled => {
@@ -377,6 +382,13 @@ pub async fn run(
         .max(next_counters.as_ref().map_or(0, |next| next.last_commit_ns.load(Ordering::Relaxed)));
     let (duration_s, throughput_per_s) = duration_and_throughput(start_ns, last_commit_ns, applied);
     let sum = |read: fn(&ServiceCounters) -> u64| read(&counters) + next_counters.as_deref().map_or(0, read);
+    let skipped = sum(|counters| counters.skipped.load(Ordering::Relaxed));
+    if skipped > 0 {
+        tracing::error!(
+            skipped,
+            "the broker deleted {skipped} messages before the balance service read them (retention; librdkafka's mock cluster keeps {MOCK_PARTITION_RETAINED_MB} MB per partition); the checker counts their events as lost. Lower the offered rate or add consumers, so that the lag stays below retention"
+        );
+    }
     let workload_config = &options.workload;
     Ok(RunRecord {
         seed: workload_config.seed,
@@ -406,6 +418,7 @@ pub async fn run(
             "redelivered": sum(|counters| counters.duplicates.load(Ordering::Relaxed)),
             "crashes": sum(|counters| counters.crashes.load(Ordering::Relaxed)),
             "poison_retries": sum(|counters| counters.poison_retries.load(Ordering::Relaxed)),
+            "skipped_by_broker": skipped,
             "rebalances": sum(|counters| counters.rebalances.load(Ordering::Relaxed)),
             "cutover": scenario.cutover.as_ref().map(|cutover| serde_json::json!({
                 "topic": cutover.topic,

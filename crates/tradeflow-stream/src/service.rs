@@ -38,6 +38,9 @@ pub const POISON_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// auto-commit timer, a commit sent before the database commit) land meanwhile, as they
 /// would in a real crash.
 pub const CRASH_LINGER: Duration = Duration::from_millis(300);
+/// How long a consumer waits for its group's committed offset of a newly assigned
+/// partition (once per partition and assignment), blocking its loop meanwhile.
+pub const COMMITTED_TIMEOUT: Duration = Duration::from_secs(2);
 /// The auto-commit interval of the `auto` policy: short, so that the crash experiment
 /// shows its effect in seconds.
 pub const AUTO_COMMIT_INTERVAL_MS: u32 = 100;
@@ -151,6 +154,7 @@ impl ServiceConfig {
                 name: self.name.clone(),
                 group: self.group.clone(),
                 counters,
+                generation: AtomicU64::new(0),
             })
             .map_err(|error| StreamError::kafka(format!("creating consumer {} of group {}", self.name, self.group), error))
     }
@@ -178,12 +182,22 @@ pub struct ServiceCounters {
     /// Times a consumer without a dead-letter topic went back to a message it could not
     /// process.
     pub poison_retries: AtomicU64,
+    /// Messages the broker no longer had when a consumer got to them: offsets between the
+    /// one a consumer was to read next (its committed offset after an assignment, or the
+    /// message after its last one) and the one it was handed. On a topic without
+    /// transactions or compaction, such a gap is retention deleting messages before they
+    /// were applied; librdkafka's `auto.offset.reset` then skips them with only a log line.
+    pub skipped: AtomicU64,
 }
 
 impl ServiceCounters {
-    /// Messages processed: applied, skipped as duplicates, or dead-lettered.
+    /// Messages accounted for: applied, skipped as duplicates, dead-lettered, or gone from
+    /// the broker before they were read (`skipped`, which the checker counts as lost).
     pub fn processed(&self) -> u64 {
-        self.applied.load(Ordering::Relaxed) + self.duplicates.load(Ordering::Relaxed) + self.dead_lettered.load(Ordering::Relaxed)
+        self.applied.load(Ordering::Relaxed)
+            + self.duplicates.load(Ordering::Relaxed)
+            + self.dead_lettered.load(Ordering::Relaxed)
+            + self.skipped.load(Ordering::Relaxed)
     }
 }
 
@@ -192,6 +206,9 @@ pub struct ServiceContext {
     name: String,
     group: String,
     counters: Arc<ServiceCounters>,
+    /// Assignments and revocations this consumer has seen: a change tells the loop that
+    /// its partitions' read positions came from the committed offsets again.
+    generation: AtomicU64,
 }
 
 impl ClientContext for ServiceContext {}
@@ -199,6 +216,7 @@ impl ClientContext for ServiceContext {}
 impl ConsumerContext for ServiceContext {
     fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            self.generation.fetch_add(1, Ordering::Relaxed);
             // Nothing to commit here: this consumer commits right after each apply, so a
             // revoked partition has no applied-but-uncommitted work.
             self.counters
@@ -212,6 +230,7 @@ impl ConsumerContext for ServiceContext {
         self.counters.rebalances.fetch_add(1, Ordering::Relaxed);
         match rebalance {
             Rebalance::Assign(partitions) => {
+                self.generation.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .assigned_partitions
                     .fetch_add(i64::from(partitions.count() as i32), Ordering::Relaxed);
@@ -272,6 +291,7 @@ pub async fn run_controlled(
     let dead_letters = dlq::producer(&config.bootstrap)?;
     let mut latency = LatencyRecorder::new();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(config.batch_size);
+    let mut positions = Positions::default();
     while *control.borrow() != Control::Stop {
         if *control.borrow() == Control::Hold {
             if control.changed().await.is_err() {
@@ -306,6 +326,7 @@ pub async fn run_controlled(
                 Err(_) => break,
             }
         }
+        positions.check(&consumer, &config, &batch, &counters);
         if config.commit == CommitPolicy::BeforeDatabase {
             commit(&consumer, &next_offsets(&batch, &BTreeMap::new()), &counters, batch.len());
         }
@@ -325,6 +346,107 @@ pub async fn run_controlled(
         batch.clear();
     }
     Ok(latency)
+}
+
+/// Where each partition of this consumer is to be read next, to notice messages the broker
+/// deleted before they were read.
+#[derive(Debug, Default)]
+struct Positions {
+    /// The consumer's generation (see [`ServiceContext`]) the positions belong to.
+    generation: u64,
+    /// Partition -> the offset to be read next.
+    next: BTreeMap<i32, i64>,
+}
+
+impl Positions {
+    /// Counts and reports the offsets `batch` jumps over. After an assignment, a
+    /// partition's first message is compared with its committed offset.
+    fn check(
+        &mut self,
+        consumer: &StreamConsumer<ServiceContext>,
+        config: &ServiceConfig,
+        batch: &[OwnedMessage],
+        counters: &ServiceCounters,
+    ) {
+        let generation = consumer.context().generation.load(Ordering::Relaxed);
+        if generation != self.generation {
+            self.generation = generation;
+            self.next.clear();
+        }
+        let new: std::collections::BTreeSet<i32> = batch
+            .iter()
+            .map(Message::partition)
+            .filter(|partition| !self.next.contains_key(partition))
+            .collect();
+        for partition in new {
+            // Only the committed offset says where reading was to resume; without one (a
+            // new group), the first message is taken as the start.
+            if let Some(committed) = committed_offset(consumer, &config.topic, partition) {
+                self.next.insert(partition, committed);
+            }
+        }
+        for gap in gaps(&mut self.next, batch) {
+            counters.skipped.fetch_add(gap.count(), Ordering::Relaxed);
+            tracing::error!(
+                messaging.destination.name = %config.topic,
+                messaging.destination.partition.id = gap.partition,
+                expected_offset = gap.expected,
+                received_offset = gap.received,
+                skipped = gap.count(),
+                "the broker no longer has these messages: retention deleted them before they were applied, and they are lost to this service (raise the topic's retention, or keep the lag below it)"
+            );
+        }
+    }
+}
+
+/// Offsets a partition jumped over: `expected..received` were never handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Gap {
+    partition: i32,
+    expected: i64,
+    received: i64,
+}
+
+impl Gap {
+    fn count(self) -> u64 {
+        u64::try_from(self.received - self.expected).unwrap_or(0)
+    }
+}
+
+/// The gaps in `batch` against the positions in `next`, which it moves past the batch. A
+/// message behind its position (a redelivery, or a seek back) is no gap.
+fn gaps(next: &mut BTreeMap<i32, i64>, batch: &[OwnedMessage]) -> Vec<Gap> {
+    let mut found = Vec::new();
+    for message in batch {
+        let (partition, offset) = (message.partition(), message.offset());
+        if let Some(expected) = next.get(&partition).copied()
+            && offset > expected
+        {
+            found.push(Gap {
+                partition,
+                expected,
+                received: offset,
+            });
+        }
+        next.insert(partition, offset + 1);
+    }
+    found
+}
+
+/// The group's committed offset of a partition, if it has one.
+fn committed_offset(consumer: &StreamConsumer<ServiceContext>, topic: &str, partition: i32) -> Option<i64> {
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(topic, partition);
+    match consumer.committed_offsets(wanted, COMMITTED_TIMEOUT) {
+        Ok(list) => list.elements().first().and_then(|element| match element.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        }),
+        Err(error) => {
+            tracing::warn!(%error, messaging.destination.name = %topic, messaging.destination.partition.id = partition, "reading the committed offset; a gap before this partition's first message goes unnoticed");
+            None
+        }
+    }
 }
 
 /// The next offset to read of each partition in `batch`, except that a partition listed
@@ -484,4 +606,49 @@ fn accept(message: &OwnedMessage) -> Result<(Event, i64), Rejection> {
         .and_then(|text| text.parse().ok())
         .unwrap_or(0);
     Ok((event, intended_at_ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+
+    fn message(partition: i32, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(None, None, "trades".into(), Timestamp::NotAvailable, partition, offset, None)
+    }
+
+    #[test]
+    fn a_jump_past_the_expected_offset_is_a_gap_and_a_step_back_is_not() {
+        let mut next = BTreeMap::from([(0, 10)]);
+        let batch = [
+            message(0, 10),
+            message(0, 11),
+            message(0, 15),
+            message(1, 7),
+            message(1, 8),
+            message(0, 3),
+        ];
+        let found = gaps(&mut next, &batch);
+        assert_eq!(
+            found,
+            vec![Gap {
+                partition: 0,
+                expected: 12,
+                received: 15
+            }]
+        );
+        assert_eq!(found[0].count(), 3);
+        // Partition 1 had no position: its first message sets it. Partition 0 stepped back
+        // (a redelivery) and resumes from there.
+        assert_eq!(next, BTreeMap::from([(0, 4), (1, 9)]));
+        let later = gaps(&mut next, &[message(0, 4), message(1, 20)]);
+        assert_eq!(
+            later,
+            vec![Gap {
+                partition: 1,
+                expected: 9,
+                received: 20
+            }]
+        );
+    }
 }

@@ -13,6 +13,7 @@
 //! bisect between the last sustainable and the first unsustainable rate.
 
 use crate::limits::{self, RawRate};
+use crate::threads::{self, ThreadShare};
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -225,6 +226,9 @@ pub struct Point {
     pub rss_max_mb: f64,
     /// Checker verdict.
     pub verdict: String,
+    /// CPU per kind of thread while the run went, busiest first (the bench process holds
+    /// the publisher, the mock broker and the balance service).
+    pub threads: Vec<ThreadShare>,
 }
 
 /// Throughput and lag over time of one run.
@@ -504,11 +508,13 @@ struct Measured {
     rates: Rates,
 }
 
-/// `(seconds, events per second)` every half second: emitted and applied.
+/// `(seconds, events per second)` every half second: emitted and applied; and the CPU
+/// of each kind of thread from the first emitted event until everything was applied.
 #[derive(Default)]
 struct Rates {
     published: Vec<(f64, f64)>,
     applied: Vec<(f64, f64)>,
+    threads: Vec<ThreadShare>,
 }
 
 /// Samples the emitted and applied counts every half second while a run goes.
@@ -518,9 +524,27 @@ fn sampler(mut updates: watch::Receiver<RunProgress>) -> tokio::task::JoinHandle
         let mut rates = Rates::default();
         let mut last = (0.0_f64, 0_u64, 0_u64);
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        // The thread profile covers the run itself: not the setup before the first event,
+        // nor the check after the last.
+        let mut profile: Option<(Instant, threads::Snapshot)> = None;
         loop {
             tokio::select! {
-                changed = updates.changed() => if changed.is_err() { break },
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let progress = *updates.borrow();
+                    if profile.is_none() && progress.emitted > 0 {
+                        profile = Some((Instant::now(), threads::snapshot()));
+                    }
+                    if rates.threads.is_empty()
+                        && progress.total > 0
+                        && progress.applied >= progress.total
+                        && let Some((since, before)) = &profile
+                    {
+                        rates.threads = threads::shares(before, &threads::snapshot(), since.elapsed().as_secs_f64());
+                    }
+                }
                 _ = ticker.tick() => {
                     let now = start.elapsed().as_secs_f64();
                     let progress = *updates.borrow();
@@ -532,6 +556,11 @@ fn sampler(mut updates: watch::Receiver<RunProgress>) -> tokio::task::JoinHandle
                     last = (now, progress.emitted, progress.applied);
                 }
             }
+        }
+        if rates.threads.is_empty()
+            && let Some((since, before)) = &profile
+        {
+            rates.threads = threads::shares(before, &threads::snapshot(), since.elapsed().as_secs_f64());
         }
         rates
     })
@@ -586,7 +615,8 @@ fn judge(config: &BenchConfig, offered: f64, record: &RunRecord) -> (bool, Optio
     (true, None)
 }
 
-fn point(config: &BenchConfig, offered: f64, record: &RunRecord) -> Point {
+fn point(config: &BenchConfig, offered: f64, measured: &Measured) -> Point {
+    let record = &measured.record;
     let (sustainable, reason) = judge(config, offered, record);
     Point {
         offered_per_s: offered,
@@ -597,6 +627,7 @@ fn point(config: &BenchConfig, offered: f64, record: &RunRecord) -> Point {
         cpu_s: record.process.cpu_s,
         rss_max_mb: record.process.rss_max_mb,
         verdict: format!("{:?}", record.check.verdict).to_lowercase(),
+        threads: measured.rates.threads.clone(),
     }
 }
 
@@ -621,7 +652,7 @@ where
     let mut last_series = Series::default();
     let probe = async |rate: f64, probes: &mut Vec<Point>, series: &mut Series| -> anyhow::Result<bool> {
         let measured = run_at(rate, events_for(config, rate)).await?;
-        let point = point(config, rate, &measured.record);
+        let point = point(config, rate, &measured);
         reporter.line(&format!(
             "[{setup}] {label} at {rate:.0}/s: {:.0}/s, p99 {:.1} ms -> {}",
             point.throughput_per_s,
@@ -670,7 +701,7 @@ where
         for fraction in &config.fractions {
             let rate = (good * fraction).max(100.0);
             let measured = run_at(rate, events_for(config, rate)).await?;
-            let point = point(config, rate, &measured.record);
+            let point = point(config, rate, &measured);
             reporter.line(&format!(
                 "[{setup}] {label} at {:.0}% of max ({rate:.0}/s): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
                 fraction * 100.0,

@@ -24,3 +24,4 @@ pub mod harness;
 pub mod limits;
 pub mod report;
 pub mod svg;
+pub mod threads;

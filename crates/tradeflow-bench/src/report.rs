@@ -101,6 +101,29 @@ fn half_point(config: &ConfigResult) -> Option<&crate::harness::Point> {
         .map(|(_, point)| point)
 }
 
+/// The sustainable probe at the highest offered rate: the run at the ceiling.
+fn top_point(config: &ConfigResult) -> Option<&crate::harness::Point> {
+    config
+        .probes
+        .iter()
+        .filter(|point| point.sustainable)
+        .max_by(|a, b| a.offered_per_s.total_cmp(&b.offered_per_s))
+}
+
+/// What the thread profile of a configuration's top run says bounds it.
+fn profile_verdict(results: &BenchResults, config: &ConfigResult) -> Option<String> {
+    let point = top_point(config)?;
+    if point.threads.is_empty() {
+        return None;
+    }
+    let cores = results.machine["cores"].as_u64().unwrap_or(1) as usize;
+    Some(format!(
+        "at {:.0}/s, {}",
+        point.offered_per_s,
+        crate::threads::verdict(&point.threads, cores)
+    ))
+}
+
 /// report.md: the SLO, the limits, the configurations, the targets and what bounds each.
 pub fn markdown(results: &BenchResults) -> String {
     let mut text = String::new();
@@ -168,6 +191,15 @@ pub fn markdown(results: &BenchResults) -> String {
             );
         }
     }
+    let _ = writeln!(
+        text,
+        "\n## Profile at the highest sustainable rate\n\nCPU per kind of thread of the bench process (publisher, mock broker and balance service run in it; tansu and PostgreSQL are other processes), in cores, from the first event sent to the last applied:\n"
+    );
+    for config in &results.configurations {
+        if let Some(verdict) = profile_verdict(results, config) {
+            let _ = writeln!(text, "- {} on {}: {verdict}", config.label, config.setup);
+        }
+    }
     let _ = writeln!(text, "\n## Targets\n");
     for line in targets(results) {
         let _ = writeln!(text, "- {line}");
@@ -205,6 +237,11 @@ pub fn targets(results: &BenchResults) -> Vec<String> {
             }
             None => format!("stream efficiency on {setup}: not measured (setup skipped: see `skipped` in results.json)"),
         });
+        if let Some(config) = best.filter(|config| config.efficiency.unwrap_or(0.0) < TARGET_EFFICIENCY)
+            && let Some(verdict) = profile_verdict(results, config)
+        {
+            lines.push(format!("  what bounds it: {verdict}"));
+        }
     }
     for limits in &results.limits {
         if let Some(mb) = limits.balance_service_rss_mb {

@@ -229,6 +229,8 @@ pub struct Point {
     /// CPU per kind of thread while the run went, busiest first (the bench process holds
     /// the publisher, the mock broker and the balance service).
     pub threads: Vec<ThreadShare>,
+    /// The machine's busy cores meanwhile (tansu and the database server included).
+    pub machine_busy_cores: Option<f64>,
 }
 
 /// Throughput and lag over time of one run.
@@ -515,6 +517,16 @@ struct Rates {
     published: Vec<(f64, f64)>,
     applied: Vec<(f64, f64)>,
     threads: Vec<ThreadShare>,
+    machine_cores: Option<f64>,
+}
+
+impl Rates {
+    /// The thread and machine profile from `since` (and its snapshot) until now.
+    fn profile(&mut self, since: &Instant, before: &threads::Snapshot) {
+        let (now, seconds) = (threads::snapshot(), since.elapsed().as_secs_f64());
+        self.threads = threads::shares(before, &now, seconds);
+        self.machine_cores = threads::machine_cores(before, &now, seconds);
+    }
 }
 
 /// Samples the emitted and applied counts every half second while a run goes.
@@ -542,7 +554,7 @@ fn sampler(mut updates: watch::Receiver<RunProgress>) -> tokio::task::JoinHandle
                         && progress.applied >= progress.total
                         && let Some((since, before)) = &profile
                     {
-                        rates.threads = threads::shares(before, &threads::snapshot(), since.elapsed().as_secs_f64());
+                        rates.profile(since, before);
                     }
                 }
                 _ = ticker.tick() => {
@@ -560,7 +572,7 @@ fn sampler(mut updates: watch::Receiver<RunProgress>) -> tokio::task::JoinHandle
         if rates.threads.is_empty()
             && let Some((since, before)) = &profile
         {
-            rates.threads = threads::shares(before, &threads::snapshot(), since.elapsed().as_secs_f64());
+            rates.profile(since, before);
         }
         rates
     })
@@ -628,6 +640,7 @@ fn point(config: &BenchConfig, offered: f64, measured: &Measured) -> Point {
         rss_max_mb: record.process.rss_max_mb,
         verdict: format!("{:?}", record.check.verdict).to_lowercase(),
         threads: measured.rates.threads.clone(),
+        machine_busy_cores: measured.rates.machine_cores,
     }
 }
 

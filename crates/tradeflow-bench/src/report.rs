@@ -117,10 +117,21 @@ fn profile_verdict(results: &BenchResults, config: &ConfigResult) -> Option<Stri
         return None;
     }
     let cores = results.machine["cores"].as_u64().unwrap_or(1) as usize;
+    let waiting = match (&config.knobs, config.setup.ends_with("sqlite")) {
+        (Knobs::Poller { .. }, _) => {
+            "each poller waits out its interval, then runs its claim-and-apply transaction, one poll after the other"
+        }
+        (Knobs::Stream { .. }, true) => {
+            "each consumer fills a batch, runs its transaction and commits its offsets in turn, and the consumers' transactions queue for SQLite's single writer connection"
+        }
+        (Knobs::Stream { .. }, false) => {
+            "each consumer fills a batch, runs its transaction and commits its offsets in turn, waiting on round trips to the broker and to the database server"
+        }
+    };
     Some(format!(
         "at {:.0}/s, {}",
         point.offered_per_s,
-        crate::threads::verdict(&point.threads, cores)
+        crate::threads::verdict(&point.threads, point.machine_busy_cores, cores, waiting)
     ))
 }
 
@@ -193,7 +204,7 @@ pub fn markdown(results: &BenchResults) -> String {
     }
     let _ = writeln!(
         text,
-        "\n## Profile at the highest sustainable rate\n\nCPU per kind of thread of the bench process (publisher, mock broker and balance service run in it; tansu and PostgreSQL are other processes), in cores, from the first event sent to the last applied:\n"
+        "\n## Profile at the highest sustainable rate\n\nThe machine's busy cores, and CPU per kind of thread of the bench process (publisher, mock broker and balance service run in it; tansu and PostgreSQL are other processes, counted in the machine's figure), in cores, from the first event sent to the last applied:\n"
     );
     for config in &results.configurations {
         if let Some(verdict) = profile_verdict(results, config) {

@@ -9,10 +9,13 @@
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// CPU ticks per thread, by thread id, with the thread's group name.
+/// CPU ticks per thread, by thread id, with the thread's group name; and the machine's
+/// busy ticks over all its cores (`/proc/stat`), which also count the broker and database
+/// when they are other processes.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     ticks: BTreeMap<u32, (String, u64)>,
+    machine_busy: Option<u64>,
 }
 
 /// How busy one kind of thread was over a span.
@@ -31,8 +34,9 @@ pub struct ThreadShare {
 /// Reads this process's threads' CPU ticks (empty where `/proc` is missing).
 pub fn snapshot() -> Snapshot {
     let mut ticks = BTreeMap::new();
+    let machine_busy = std::fs::read_to_string("/proc/stat").ok().and_then(|stat| machine_busy(&stat));
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Snapshot::default();
+        return Snapshot { ticks, machine_busy };
     };
     for task in tasks.flatten() {
         let Some(id) = task.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
@@ -44,7 +48,26 @@ pub fn snapshot() -> Snapshot {
             ticks.insert(id, (name, used));
         }
     }
-    Snapshot { ticks }
+    Snapshot { ticks, machine_busy }
+}
+
+/// Busy ticks of all cores from `/proc/stat`'s first line: user, nice, system, irq,
+/// softirq and steal (not idle, not iowait).
+fn machine_busy(stat: &str) -> Option<u64> {
+    let line = stat.lines().next()?;
+    let fields: Vec<u64> = line
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|index| fields.get(*index)).sum())
+}
+
+/// The machine's busy cores between two snapshots `seconds` apart.
+pub fn machine_cores(before: &Snapshot, after: &Snapshot, seconds: f64) -> Option<f64> {
+    let (before, after) = (before.machine_busy?, after.machine_busy?);
+    (seconds > 0.0).then(|| after.saturating_sub(before) as f64 / ticks_per_second() / seconds)
 }
 
 /// `(group name, utime + stime)` from a `/proc/.../stat` line. The name sits in
@@ -104,8 +127,9 @@ pub fn shares(before: &Snapshot, after: &Snapshot, seconds: f64) -> Vec<ThreadSh
     shares
 }
 
-/// What the shares say bounds the run, in one sentence.
-pub fn verdict(shares: &[ThreadShare], cores: usize) -> String {
+/// What the profile says bounds the run, in one sentence. `waiting` says what the run
+/// waits on when nothing is saturated (it depends on the architecture and the store).
+pub fn verdict(shares: &[ThreadShare], machine: Option<f64>, cores: usize, waiting: &str) -> String {
     let total: f64 = shares.iter().map(|share| share.cores).sum();
     let top: Vec<String> = shares
         .iter()
@@ -113,18 +137,18 @@ pub fn verdict(shares: &[ThreadShare], cores: usize) -> String {
         .map(|share| format!("{} {:.2} ({}×)", share.name, share.cores, share.threads))
         .collect();
     let busiest = shares.iter().max_by(|a, b| a.busiest.total_cmp(&b.busiest));
-    let profile = format!("{total:.2} of {cores} cores busy ({})", top.join(", "));
-    if total >= 0.85 * cores as f64 {
-        format!("the CPU: {profile}; publisher, broker and balance service share the machine")
+    let machine_text = machine.map_or(String::new(), |busy| format!("the machine {busy:.2} of {cores} cores busy, "));
+    let profile = format!("{machine_text}this process {total:.2} ({})", top.join(", "));
+    let saturated = 0.85 * cores as f64;
+    if total.max(machine.unwrap_or(0.0)) >= saturated {
+        format!("the CPU: {profile}; publisher, broker, balance service and database share the machine's cores")
     } else if let Some(thread) = busiest.filter(|share| share.busiest >= 0.85) {
         format!(
             "one thread: a {} thread is busy {:.2} of a core; {profile}",
             thread.name, thread.busiest
         )
     } else {
-        format!(
-            "waiting, not computing: {profile}; no thread and not the CPU is saturated, so the time goes to each consumer's turn of fill, transaction and commit, one after the other, and to the store's writer (one connection on SQLite)"
-        )
+        format!("waiting, not computing: {profile}; neither the CPU nor any one thread is saturated: {waiting}")
     }
 }
 
@@ -149,6 +173,7 @@ mod tests {
                 .iter()
                 .map(|(id, name, seconds)| (*id, ((*name).to_owned(), (seconds * hz) as u64)))
                 .collect(),
+            machine_busy: None,
         };
         let before = ticks(&[
             (1, "tokio-rt-worker", 0.0),
@@ -170,12 +195,32 @@ mod tests {
             (shares[1].cores - 0.4).abs() < 0.01 && (shares[1].busiest - 0.25).abs() < 0.01,
             "{shares:?}"
         );
+        let verdict_of = |shares: &[ThreadShare], machine, cores| verdict(shares, machine, cores, "the poll interval");
+        let one = verdict_of(&shares, None, 2);
+        assert!(one.starts_with("one thread: a sqlx-sqlite-wor"), "{one}");
+        let cpu = verdict_of(&shares, None, 1);
+        assert!(cpu.starts_with("the CPU"), "{cpu}");
+        // The database in another process can fill the machine while this one idles.
+        let elsewhere = verdict_of(&shares[1..], Some(1.9), 2);
+        assert!(elsewhere.starts_with("the CPU"), "{elsewhere}");
+        let waiting = verdict_of(&shares[1..], Some(0.7), 4);
         assert!(
-            verdict(&shares, 2).starts_with("one thread: a sqlx-sqlite-wor"),
-            "{}",
-            verdict(&shares, 2)
+            waiting.starts_with("waiting") && waiting.ends_with("the poll interval"),
+            "{waiting}"
         );
-        assert!(verdict(&shares, 1).starts_with("the CPU"), "{}", verdict(&shares, 1));
-        assert!(verdict(&shares[1..], 4).starts_with("waiting"), "{}", verdict(&shares[1..], 4));
+    }
+
+    #[test]
+    fn the_machine_line_counts_busy_time_but_not_idle_or_io_wait() {
+        let stat = "cpu  100 5 50 1000 30 7 3 2 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(machine_busy(stat), Some(100 + 5 + 50 + 7 + 3 + 2));
+        assert_eq!(machine_busy("intr 1 2 3"), None);
+        let hz = ticks_per_second();
+        let at = |busy: f64| Snapshot {
+            ticks: BTreeMap::new(),
+            machine_busy: Some((busy * hz) as u64),
+        };
+        let cores = machine_cores(&at(10.0), &at(13.0), 2.0).expect("both have the machine");
+        assert!((cores - 1.5).abs() < 0.01, "{cores}");
     }
 }

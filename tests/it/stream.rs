@@ -354,20 +354,11 @@ async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_while_the
     service.await.expect("join").expect("the service stops cleanly");
 }
 
-/// The group's committed offset of `trades` partition 0, read as another member would.
+/// The group's committed offset of `trades` partition 0 (0 when it has none), read by the
+/// lag probe as another member would.
 fn committed_offset(bootstrap: &str, group: &str) -> Option<i64> {
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut wanted = rdkafka::TopicPartitionList::new();
-    wanted.add_partition("trades", 0);
-    let committed = consumer.committed_offsets(wanted, Duration::from_secs(5)).ok()?;
-    match committed.elements().first()?.offset() {
-        rdkafka::Offset::Offset(offset) => Some(offset),
-        _ => None,
-    }
+    let probe = tradeflow_stream::lag::LagProbe::new(bootstrap, "trades", group, 1).ok()?;
+    Some(probe.probe().ok()?.first()?.committed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,7 +254,8 @@ pub struct ConfigResult {
     pub setup: String,
     /// The knobs.
     pub knobs: Knobs,
-    /// The highest sustainable rate found (0 when even the start rate was not).
+    /// The highest sustainable rate found (0 when no probe was, down to the lowest the
+    /// bisection tried).
     pub max_sustainable_per_s: f64,
     /// Every search probe, in order.
     pub probes: Vec<Point>,
@@ -511,7 +512,8 @@ struct Measured {
 }
 
 /// `(seconds, events per second)` every half second: emitted and applied; and the CPU
-/// of each kind of thread from the first emitted event until everything was applied.
+/// of each kind of thread from the first emitted event until everything was applied (or,
+/// in a run that never got there, until its end, the check included).
 #[derive(Default)]
 struct Rates {
     published: Vec<(f64, f64)>,
@@ -722,16 +724,14 @@ where
                 point.latency_ms.p99,
                 point.latency_ms.p999
             ));
-            if (fraction - 0.5).abs() < 1e-9 {
+            if crate::report::is_half(*fraction) {
                 series = series_of(&measured);
             }
             at_fraction.push((*fraction, point));
         }
     } else {
-        reporter.line(&format!(
-            "[{setup}] {label}: not sustainable even at {:.0}/s",
-            config.start_rate / 8.0
-        ));
+        let lowest = probes.iter().map(|point| point.offered_per_s).fold(f64::INFINITY, f64::min);
+        reporter.line(&format!("[{setup}] {label}: not sustainable even at {lowest:.0}/s"));
     }
     Ok(ConfigResult {
         label,

@@ -21,13 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tradeflow_domain::Event;
 use tradeflow_store::{ApplyInput, BATCH_EVENTS_MAX, Store, now_ns};
+use tradeflow_stream::publisher::{MESSAGE_TIMEOUT_MS, QUEUE_FULL_BACKOFF};
 
 /// How long [`raw_produce`] waits for the last delivery reports once everything is sent.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a message may wait for delivery (retries included) before it is reported failed.
-pub const MESSAGE_TIMEOUT_MS: u32 = 30_000;
-/// Pause when the producer's local queue is full (backpressure from the broker).
-pub const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
 /// How long [`raw_produce`] waits for the idempotent producer to get its producer id.
 pub const PRODUCER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the producer reports its statistics, which say when it has its producer id.

@@ -93,11 +93,16 @@ pub fn omb_shape(results: &BenchResults) -> serde_json::Value {
     })
 }
 
+/// Whether a fraction is the half at which latency targets and series are taken.
+pub(crate) fn is_half(fraction: f64) -> bool {
+    (fraction - 0.5).abs() < 1e-9
+}
+
 fn half_point(config: &ConfigResult) -> Option<&crate::harness::Point> {
     config
         .at_fraction
         .iter()
-        .find(|(fraction, _)| (fraction - 0.5).abs() < 1e-9)
+        .find(|(fraction, _)| is_half(*fraction))
         .map(|(_, point)| point)
 }
 
@@ -303,13 +308,13 @@ pub fn charts(results: &BenchResults) -> Vec<(String, Chart)> {
             .configurations
             .iter()
             .map(|config| {
-                let mut points: Vec<(f64, f64)> = config
+                // svg::render sorts each series by x.
+                let points: Vec<(f64, f64)> = config
                     .probes
                     .iter()
                     .chain(config.at_fraction.iter().map(|(_, point)| point))
                     .map(|point| (point.throughput_per_s, point.latency_ms.p99))
                     .collect();
-                points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 Series {
                     name: format!("{} on {}", config.label, config.setup),
                     points,

@@ -58,7 +58,7 @@ async fn raw_produce_and_consume_move_every_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_consume_names_how_far_it_got_when_a_topic_does_not_exist() {
+async fn raw_consume_names_a_topic_that_does_not_exist() {
     let cluster = Cluster::mock(1).expect("mock cluster starts");
     let error = raw_consume(cluster.bootstrap_servers(), "no-such-topic", 10)
         .await

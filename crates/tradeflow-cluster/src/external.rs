@@ -114,12 +114,13 @@ impl Security {
     }
 }
 
-/// Applies the environment's security settings to a client configuration; invalid settings
-/// are left for [`Security::from_env`] to report (the client's creation fails with
-/// librdkafka's reason otherwise).
+/// Applies the environment's security settings to a client configuration. Invalid
+/// settings apply nothing (the client connects in plaintext) and are logged here;
+/// [`Cluster::external`](crate::Cluster::external) refuses them with the reason.
 pub fn apply_env_security(config: &mut ClientConfig) {
-    if let Ok(security) = Security::from_env() {
-        security.apply(config);
+    match Security::from_env() {
+        Ok(security) => security.apply(config),
+        Err(error) => tracing::warn!(%error, "ignoring invalid Kafka security settings from the environment"),
     }
 }
 

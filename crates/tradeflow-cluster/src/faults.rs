@@ -83,7 +83,8 @@ pub enum Fault {
     Stop,
     /// Container: `docker start` on the same host port.
     Start,
-    /// Container: the broker's container leaves its network; clients time out.
+    /// Container: the broker's container leaves its network; clients are refused until it
+    /// is back.
     Disconnect,
     /// Container: the container joins its network again.
     Connect,

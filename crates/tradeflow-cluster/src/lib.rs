@@ -36,7 +36,6 @@ pub use faults::Fault;
 pub use mock::MOCK_PARTITION_RETAINED_MB;
 pub use tansu::find_binary as find_tansu;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -84,12 +83,13 @@ pub enum ClusterError {
 pub struct Cluster {
     backend: &'static str,
     bootstrap: String,
+    /// The chaos proxy clients go through, for backends whose advertised listener can
+    /// point at it (tansu, container). Declared before the broker so it stops first
+    /// (fields drop in declaration order).
+    proxy: Option<proxy::ChaosProxy>,
     mock: Option<mock::MockHandle>,
     tansu: Option<tansu::TansuProcess>,
     container: Option<container::BrokerContainer>,
-    /// The chaos proxy clients go through, for backends whose advertised listener can
-    /// point at it (tansu, container). Declared before the broker so it stops first.
-    proxy: Option<proxy::ChaosProxy>,
 }
 
 impl Cluster {
@@ -278,10 +278,7 @@ impl Cluster {
         if let Some(mock) = &self.mock {
             return mock.create_topic(name, partitions, replication).await;
         }
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap);
-        external::apply_env_security(&mut config);
-        let admin: AdminClient<DefaultClientContext> = config
+        let admin: AdminClient<DefaultClientContext> = topics::client_config(&self.bootstrap)
             .create()
             .map_err(|error| self.admin_error("creating an admin client", error.to_string()))?;
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
@@ -310,8 +307,9 @@ impl Cluster {
     }
 }
 
-/// Starts a chaos proxy on a free loopback port in front of `port`, seeded from the port so
-/// that its jitter is reproducible within a run.
+/// Starts a chaos proxy on a free loopback port in front of `port`, its jitter seeded from
+/// the port: the broker's port is free-picked, so jitter differs from run to run (the fault
+/// plan's times and steps are what a seed reproduces).
 fn start_proxy(backend: &'static str, port: u16) -> Result<proxy::ChaosProxy, ClusterError> {
     proxy::ChaosProxy::start(0, std::net::SocketAddr::from(([127, 0, 0, 1], port)), u64::from(port)).map_err(|error| {
         ClusterError::Unsupported {

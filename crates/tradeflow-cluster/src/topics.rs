@@ -157,7 +157,7 @@ pub fn decide(spec: &TopicSpec, state: Option<TopicState>) -> Action {
 }
 
 /// A client of `bootstrap`, with the environment's SASL/SSL settings.
-fn client_config(bootstrap: &str) -> ClientConfig {
+pub(crate) fn client_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     crate::external::apply_env_security(&mut config);

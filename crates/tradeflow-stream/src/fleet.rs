@@ -134,12 +134,11 @@ impl Fleet {
         }
     }
 
-    /// Stops every member; returns the indexes stopped.
-    pub fn stop_all(&mut self) -> Vec<u32> {
-        (0..self.members.len())
-            .filter(|index| self.retire(*index, Control::Stop))
-            .map(|index| index as u32)
-            .collect()
+    /// Stops every member still running.
+    pub fn stop_all(&mut self) {
+        for index in 0..self.members.len() {
+            self.retire(index, Control::Stop);
+        }
     }
 
     /// Members running now.

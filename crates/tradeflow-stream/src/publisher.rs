@@ -40,8 +40,9 @@ pub struct PublisherConfig {
 }
 
 impl Default for PublisherConfig {
-    /// librdkafka's own defaults: 5 ms linger, 10,000 messages a batch, idempotence on,
-    /// 5 requests in flight.
+    /// The pipeline's defaults: 5 ms linger (librdkafka's own), 10,000 messages a batch,
+    /// idempotence on and 5 requests in flight (librdkafka's defaults are idempotence off
+    /// and 1,000,000 requests in flight).
     fn default() -> Self {
         PublisherConfig {
             linger_ms: 5,

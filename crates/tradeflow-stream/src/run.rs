@@ -245,11 +245,9 @@ pub async fn run(
         .first()
         .map(|account| account.id.as_str().to_owned())
         .unwrap_or_default();
-    let applied_now = |fleet: &Fleet, next_fleet: &Option<Fleet>| {
-        fleet.counters.applied.load(Ordering::Relaxed) + next_fleet.as_ref().map_or(0, |next| next.counters.applied.load(Ordering::Relaxed))
-    };
-    let skipped_now = |fleet: &Fleet, next_fleet: &Option<Fleet>| {
-        fleet.counters.skipped.load(Ordering::Relaxed) + next_fleet.as_ref().map_or(0, |next| next.counters.skipped.load(Ordering::Relaxed))
+    // A counter over both fleets (the second exists during a cutover).
+    let fleets_sum = |fleet: &Fleet, next_fleet: &Option<Fleet>, read: fn(&ServiceCounters) -> u64| {
+        read(&fleet.counters) + next_fleet.as_ref().map_or(0, |next| read(&next.counters))
     };
     loop {
         let tick = tokio::time::sleep(PROGRESS_INTERVAL);
@@ -289,7 +287,7 @@ pub async fn run(
             });
         }
         let acked = deliveries.acked();
-        let applied = applied_now(&fleet, &next_fleet);
+        let applied = fleets_sum(&fleet, &next_fleet, |counters| counters.applied.load(Ordering::Relaxed));
         progress.send_replace(RunProgress {
             total,
             emitted: acked,
@@ -336,7 +334,11 @@ pub async fn run(
         // broker deleted before they were read will never come: waiting for them would
         // only end in the stall timeout.
         let source_done = publishing.is_none() && next_step >= timeline.len() && poisoning.iter().all(|(_, task)| task.is_finished());
-        match watch.observe(source_done, acked, applied + skipped_now(&fleet, &next_fleet)) {
+        match watch.observe(
+            source_done,
+            acked,
+            applied + fleets_sum(&fleet, &next_fleet, |counters| counters.skipped.load(Ordering::Relaxed)),
+        ) {
             Drain::Running => {}
             Drain::Drained => break,
             Drain::Stalled => {

@@ -373,19 +373,10 @@ impl Positions {
             self.generation = generation;
             self.next.clear();
         }
-        let new: std::collections::BTreeSet<i32> = batch
-            .iter()
-            .map(Message::partition)
-            .filter(|partition| !self.next.contains_key(partition))
-            .collect();
-        for partition in new {
-            // Only the committed offset says where reading was to resume; without one (a
-            // new group), the first message is taken as the start.
-            if let Some(committed) = committed_offset(consumer, &config.topic, partition) {
-                self.next.insert(partition, committed);
-            }
-        }
-        for gap in gaps(&mut self.next, batch) {
+        // Only the committed offset says where reading was to resume; without one (a new
+        // group), the first message is taken as the start.
+        let resume_at = |partition| committed_offset(consumer, &config.topic, partition);
+        for gap in gaps(&mut self.next, batch, resume_at) {
             counters.skipped.fetch_add(gap.count(), Ordering::Relaxed);
             tracing::error!(
                 messaging.destination.name = %config.topic,
@@ -414,12 +405,17 @@ impl Gap {
 }
 
 /// The gaps in `batch` against the positions in `next`, which it moves past the batch. A
+/// partition without a position asks `resume_at` once (its first message then sets it). A
 /// message behind its position (a redelivery, or a seek back) is no gap.
-fn gaps(next: &mut BTreeMap<i32, i64>, batch: &[OwnedMessage]) -> Vec<Gap> {
+fn gaps(next: &mut BTreeMap<i32, i64>, batch: &[OwnedMessage], mut resume_at: impl FnMut(i32) -> Option<i64>) -> Vec<Gap> {
     let mut found = Vec::new();
     for message in batch {
         let (partition, offset) = (message.partition(), message.offset());
-        if let Some(expected) = next.get(&partition).copied()
+        let expected = match next.get(&partition) {
+            Some(expected) => Some(*expected),
+            None => resume_at(partition),
+        };
+        if let Some(expected) = expected
             && offset > expected
         {
             found.push(Gap {
@@ -628,7 +624,7 @@ mod tests {
             message(1, 8),
             message(0, 3),
         ];
-        let found = gaps(&mut next, &batch);
+        let found = gaps(&mut next, &batch, |_| None);
         assert_eq!(
             found,
             vec![Gap {
@@ -641,7 +637,7 @@ mod tests {
         // Partition 1 had no position: its first message sets it. Partition 0 stepped back
         // (a redelivery) and resumes from there.
         assert_eq!(next, BTreeMap::from([(0, 4), (1, 9)]));
-        let later = gaps(&mut next, &[message(0, 4), message(1, 20)]);
+        let later = gaps(&mut next, &[message(0, 4), message(1, 20)], |_| None);
         assert_eq!(
             later,
             vec![Gap {
@@ -650,5 +646,25 @@ mod tests {
                 received: 20
             }]
         );
+    }
+
+    #[test]
+    fn a_partition_without_a_position_resumes_at_its_committed_offset_asked_once() {
+        let mut asked = 0;
+        let mut next = BTreeMap::new();
+        let found = gaps(&mut next, &[message(2, 30), message(2, 31)], |partition| {
+            asked += 1;
+            (partition == 2).then_some(25)
+        });
+        assert_eq!(asked, 1);
+        assert_eq!(
+            found,
+            vec![Gap {
+                partition: 2,
+                expected: 25,
+                received: 30
+            }]
+        );
+        assert_eq!(found[0].count(), 5);
     }
 }

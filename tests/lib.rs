@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests (the `it` test binary): stores on real
 //! databases, each test with its own, and the rule for servers that cannot be found.
 //!
-//! A test that needs a server it cannot find says so on standard error and skips; when
-//! the `CI` environment variable is set it fails instead, so CI really runs it.
+//! A test that needs a server it cannot find says so on standard error and skips, unless
+//! `TRADEFLOW_REQUIRE_BACKENDS` names it (`mock,tansu,kafka,postgres,container`): then it
+//! fails, so CI really runs it. CI names what it installs; what it cannot have (a Docker
+//! engine on a machine without one) skips loudly.
 
 use std::sync::Once;
 use tradeflow_store::{Store, StoreConfig, StoreKind};
@@ -22,18 +24,23 @@ pub fn init_logs() {
     });
 }
 
-/// Whether this is a CI run (servers must then be there).
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
+/// The servers a missing one of which fails a test instead of skipping it.
+pub const REQUIRE_VARIABLE: &str = "TRADEFLOW_REQUIRE_BACKENDS";
+
+/// Whether `TRADEFLOW_REQUIRE_BACKENDS` names `backend` (a comma-separated list).
+pub fn required(backend: &str) -> bool {
+    std::env::var(REQUIRE_VARIABLE).is_ok_and(|list| list.split(',').any(|name| name.trim() == backend))
 }
 
-/// Reports a server that cannot be found: panics in CI, otherwise says loudly that the
-/// test is skipped.
-pub fn server_missing(test: &str, what: &str, detail: &str) {
-    if in_ci() {
-        panic!("{test}: {what} is required in CI but unavailable: {detail}");
+/// Reports a server that cannot be found: panics when `TRADEFLOW_REQUIRE_BACKENDS` names
+/// it, otherwise says loudly that the test is skipped.
+pub fn server_missing(test: &str, backend: &str, what: &str, detail: &str) {
+    if required(backend) {
+        panic!("{test}: {what} is required ({REQUIRE_VARIABLE} names {backend}) but unavailable: {detail}");
     }
-    eprintln!("\n*** SKIPPED {test}: {what} unavailable ({detail}). Run `bash .ci/run` or set it up as it does. ***\n");
+    eprintln!(
+        "\n*** SKIPPED {test}: {what} unavailable ({detail}). Run `bash .ci/run` or set it up as it does; {REQUIRE_VARIABLE}={backend} makes this a failure. ***\n"
+    );
 }
 
 /// A fresh SQLite store in a temporary directory (kept alive by the returned guard).
@@ -60,7 +67,12 @@ pub async fn postgres_database(test: &str) -> Option<(Store, String)> {
     let mut admin = match sqlx::PgConnection::connect(&base).await {
         Ok(connection) => connection,
         Err(error) => {
-            server_missing(test, "PostgreSQL", &format!("{}: {error}", tradeflow_store::connect::redact(&base)));
+            server_missing(
+                test,
+                "postgres",
+                "PostgreSQL",
+                &format!("{}: {error}", tradeflow_store::connect::redact(&base)),
+            );
             return None;
         }
     };
@@ -89,7 +101,7 @@ pub fn tansu_cluster(test: &str) -> Option<tradeflow_cluster::Cluster> {
     match tradeflow_cluster::Cluster::tansu() {
         Ok(cluster) => Some(cluster),
         Err(error) => {
-            server_missing(test, "the tansu broker", &error.to_string());
+            server_missing(test, "tansu", "the tansu broker", &error.to_string());
             None
         }
     }
@@ -105,7 +117,20 @@ pub fn container_cluster(test: &str) -> Option<tradeflow_cluster::Cluster> {
     match tradeflow_cluster::Cluster::container(&ContainerConfig::named(Some(&image))) {
         Ok(cluster) => Some(cluster),
         Err(error) => {
-            server_missing(test, "a broker container", &error.to_string());
+            server_missing(test, "container", "a broker container", &error.to_string());
+            None
+        }
+    }
+}
+
+/// A three-node Apache Kafka cluster for a test, or `None` when there is no Java or no
+/// Kafka jars and `TRADEFLOW_REQUIRE_BACKENDS` does not name `kafka`.
+pub fn kafka_cluster(test: &str) -> Option<tradeflow_cluster::Cluster> {
+    init_logs();
+    match tradeflow_cluster::Cluster::kafka() {
+        Ok(cluster) => Some(cluster),
+        Err(error) => {
+            server_missing(test, "kafka", "Apache Kafka (three nodes)", &error.to_string());
             None
         }
     }

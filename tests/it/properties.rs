@@ -563,6 +563,7 @@ fn idempotence_off_with_requests_in_flight_and_produce_errors_breaks_per_account
                 batch_max: 50,
                 idempotence: false,
                 in_flight_max: 5,
+                ..PublisherConfig::default()
             };
             options
         },

@@ -63,6 +63,10 @@ pub struct FaultRecord {
     pub fault: String,
     /// `None` when it was applied; otherwise why it was not.
     pub error: Option<String>,
+    /// What it did, where the backend can tell (which node a role named, how the process
+    /// ended, how long a failover took).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
 }
 
 /// Lag of one partition.

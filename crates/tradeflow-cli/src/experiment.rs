@@ -494,6 +494,7 @@ fn producer_retries(setup: &Setup) -> Result<Vec<Variant>, String> {
             batch_max: 50,
             idempotence,
             in_flight_max: 5,
+            ..PublisherConfig::default()
         };
         options.scenario.plan = plan.clone();
         Variant {

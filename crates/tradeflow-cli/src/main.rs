@@ -91,7 +91,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(async {
+    // The balance service stops on Ctrl-C by itself (it finishes its batch first); every
+    // other command is dropped on Ctrl-C, so the brokers it started (tansu, the Kafka JVMs,
+    // containers) are stopped by their destructors instead of outliving it.
+    let graceful = matches!(cli.command, Command::BalanceService(_));
+    let command = async {
         match cli.command {
             Command::Run(RunCommand::Poller(arguments)) => run_poller::run(arguments).await,
             Command::Run(RunCommand::Stream(arguments)) => run_stream::run(arguments).await,
@@ -103,7 +107,18 @@ fn main() -> ExitCode {
             Command::Experiment(arguments) => experiment::run(arguments).await,
             Command::Bench(arguments) => bench::run(arguments).await,
         }
+    };
+    let outcome = runtime.block_on(async {
+        if graceful {
+            return command.await;
+        }
+        tokio::select! {
+            outcome = command => outcome,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C): the brokers this run started were stopped")),
+        }
     });
+    // A Kafka node whose destructor could not run (a task still held its cluster) dies here.
+    tradeflow_cluster::kafka::kill_every_node();
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_VERDICT_FAIL),

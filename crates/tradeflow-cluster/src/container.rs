@@ -28,7 +28,7 @@ pub const STOP_GRACE_S: u32 = 2;
 /// The image `TRADEFLOW_CONTAINER_IMAGE=tansu` stands for (built by `.ci/build-tansu-image`).
 pub const LOCAL_TANSU_IMAGE: &str = "tradeflow/tansu:0.1.2-local";
 /// The default image, where images can be pulled.
-pub const DEFAULT_IMAGE: &str = "apache/kafka-native:3.8.0";
+pub const DEFAULT_IMAGE: &str = "apache/kafka-native:4.1.1";
 /// The broker's port inside the container.
 const BROKER_PORT: u16 = 9092;
 
@@ -323,6 +323,7 @@ impl Cluster {
             mock: None,
             tansu: None,
             container: Some(container),
+            kafka: None,
             proxy: Some(proxy),
         })
     }

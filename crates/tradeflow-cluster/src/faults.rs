@@ -97,6 +97,133 @@ pub enum Fault {
     ProxyReset,
     /// Chaos proxy: back to passing bytes untouched.
     ProxyHeal,
+    /// Kafka (three processes): a fault on one node, chosen by its role when the fault
+    /// fires (a partition's leader or follower, the active controller) or by its id.
+    Node {
+        /// Which node.
+        node: NodeTarget,
+        /// What happens to it.
+        action: NodeFault,
+    },
+}
+
+/// One node of a multi-node cluster, named by id or by its role. A role is looked up
+/// when a fault on it first fires and remembered for the rest of the run, so the undo
+/// (a restart, a resume) reaches the same node even after leadership has moved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum NodeTarget {
+    /// The node with this id (1..=3).
+    Id {
+        /// Node id.
+        id: i32,
+    },
+    /// The leader of a partition; `partition: None` means the partition holding the most
+    /// messages when the fault fires (the busiest).
+    Leader {
+        /// Topic.
+        topic: String,
+        /// Partition, or the busiest.
+        partition: Option<i32>,
+    },
+    /// A follower of a partition (its replicas other than the leader, by id order).
+    Follower {
+        /// Topic.
+        topic: String,
+        /// Partition, or the busiest.
+        partition: Option<i32>,
+        /// 0 for the first follower, 1 for the second.
+        index: usize,
+    },
+    /// The active controller (the leader of the KRaft metadata quorum).
+    Controller,
+}
+
+impl fmt::Display for NodeTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let partition =
+            |partition: &Option<i32>| partition.map_or_else(|| "the busiest partition".to_owned(), |p| format!("partition {p}"));
+        match self {
+            NodeTarget::Id { id } => write!(f, "node {id}"),
+            NodeTarget::Leader { topic, partition: p } => write!(f, "the leader of {topic}'s {}", partition(p)),
+            NodeTarget::Follower {
+                topic,
+                partition: p,
+                index,
+            } => {
+                write!(f, "follower {} of {topic}'s {}", index + 1, partition(p))
+            }
+            NodeTarget::Controller => f.write_str("the active controller"),
+        }
+    }
+}
+
+/// What happens to one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "node_fault", rename_all = "snake_case")]
+pub enum NodeFault {
+    /// SIGKILL: the JVM dies at once; its data directory stays.
+    Kill,
+    /// SIGSTOP: the node freezes, connections stay open.
+    Pause,
+    /// SIGCONT.
+    Resume,
+    /// Start again with its data (killing it first if it runs).
+    Restart,
+    /// The chaos proxy in front of its client listener: latency, bandwidth, blackhole.
+    ProxyChaos {
+        /// What the proxy does.
+        chaos: crate::proxy::Chaos,
+    },
+    /// Its client proxy passes bytes untouched again.
+    ProxyHeal,
+    /// Cut off from clients and from the other brokers' replication: its client and
+    /// replication proxies blackhole every byte (the controller quorum still reaches it).
+    Isolate,
+    /// Reachable again.
+    Rejoin,
+}
+
+impl NodeFault {
+    /// The fault that ends this one.
+    pub fn undo(self) -> Option<NodeFault> {
+        match self {
+            NodeFault::Kill => Some(NodeFault::Restart),
+            NodeFault::Pause => Some(NodeFault::Resume),
+            NodeFault::ProxyChaos { .. } => Some(NodeFault::ProxyHeal),
+            NodeFault::Isolate => Some(NodeFault::Rejoin),
+            _ => None,
+        }
+    }
+
+    /// The name `supported_faults` lists.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeFault::Kill => "node_kill",
+            NodeFault::Pause => "node_pause",
+            NodeFault::Resume => "node_resume",
+            NodeFault::Restart => "node_restart",
+            NodeFault::ProxyChaos { .. } => "node_proxy_chaos",
+            NodeFault::ProxyHeal => "node_proxy_heal",
+            NodeFault::Isolate => "node_isolate",
+            NodeFault::Rejoin => "node_rejoin",
+        }
+    }
+}
+
+impl fmt::Display for NodeFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeFault::Kill => f.write_str("SIGKILL"),
+            NodeFault::Pause => f.write_str("SIGSTOP"),
+            NodeFault::Resume => f.write_str("SIGCONT"),
+            NodeFault::Restart => f.write_str("restart (data kept)"),
+            NodeFault::ProxyChaos { chaos } => write!(f, "{}", Fault::ProxyChaos { chaos: *chaos }),
+            NodeFault::ProxyHeal => f.write_str("heal the proxy of"),
+            NodeFault::Isolate => f.write_str("cut off"),
+            NodeFault::Rejoin => f.write_str("reconnect"),
+        }
+    }
 }
 
 impl Fault {
@@ -119,6 +246,7 @@ impl Fault {
             Fault::ProxyChaos { .. } => "proxy_chaos",
             Fault::ProxyReset => "proxy_reset",
             Fault::ProxyHeal => "proxy_heal",
+            Fault::Node { action, .. } => action.name(),
         }
     }
 
@@ -136,6 +264,10 @@ impl Fault {
             Fault::Stop => Some(Fault::Start),
             Fault::Disconnect => Some(Fault::Connect),
             Fault::ProxyChaos { .. } => Some(Fault::ProxyHeal),
+            Fault::Node { node, action } => action.undo().map(|action| Fault::Node {
+                node: node.clone(),
+                action,
+            }),
             _ => None,
         }
     }
@@ -175,6 +307,7 @@ impl fmt::Display for Fault {
             }
             Fault::ProxyReset => f.write_str("proxy: reset every connection"),
             Fault::ProxyHeal => f.write_str("proxy: heal"),
+            Fault::Node { node, action } => write!(f, "{action} {node}"),
         }
     }
 }
@@ -187,5 +320,16 @@ pub const TANSU_FAULTS: &[&str] = &["kill", "pause", "resume", "restart"];
 pub const CONTAINER_FAULTS: &[&str] = &["kill", "restart", "stop", "start", "pause", "resume", "disconnect", "connect"];
 /// Faults the chaos proxy adds to a backend that runs one (tansu, container).
 pub const PROXY_FAULTS: &[&str] = &["proxy_chaos", "proxy_reset", "proxy_heal"];
+/// Faults a three-process Apache Kafka cluster can take, each on one node.
+pub const KAFKA_FAULTS: &[&str] = &[
+    "node_kill",
+    "node_pause",
+    "node_resume",
+    "node_restart",
+    "node_proxy_chaos",
+    "node_proxy_heal",
+    "node_isolate",
+    "node_rejoin",
+];
 /// Faults an external cluster can take from here: none.
 pub const EXTERNAL_FAULTS: &[&str] = &[];

@@ -10,6 +10,11 @@
 //! - `container`: one broker in a Docker container ([`container`]): `apache/kafka-native` by
 //!   default, or the local tansu image; kill, stop/start, pause/unpause, network disconnect,
 //!   on a host port that stays fixed across a restart.
+//! - `kafka`: Apache Kafka as three JVM processes in KRaft combined mode ([`kafka`]):
+//!   replication factor 3, `min.insync.replicas=2`; SIGKILL, SIGSTOP/SIGCONT and restart of
+//!   one node chosen by id or role (a partition's leader or follower, the active
+//!   controller), and a chaos proxy in front of each node's client and replication
+//!   listeners.
 //! - `external`: any Kafka by its bootstrap servers (SASL/SSL settings from the
 //!   environment, [`external`]); topics are created with the admin API.
 //!
@@ -26,6 +31,7 @@
 pub mod container;
 pub mod external;
 pub mod faults;
+pub mod kafka;
 mod mock;
 pub mod plan;
 pub mod proxy;
@@ -90,6 +96,7 @@ pub struct Cluster {
     mock: Option<mock::MockHandle>,
     tansu: Option<tansu::TansuProcess>,
     container: Option<container::BrokerContainer>,
+    kafka: Option<std::sync::Arc<kafka::KafkaCluster>>,
 }
 
 impl Cluster {
@@ -108,6 +115,7 @@ impl Cluster {
             mock: Some(handle),
             tansu: None,
             container: None,
+            kafka: None,
             proxy: None,
         })
     }
@@ -136,6 +144,7 @@ impl Cluster {
             mock: None,
             tansu: None,
             container: None,
+            kafka: None,
             proxy: None,
         })
     }
@@ -155,8 +164,35 @@ impl Cluster {
             mock: None,
             tansu: Some(process),
             container: None,
+            kafka: None,
             proxy: Some(proxy),
         })
+    }
+
+    /// Starts Apache Kafka: three JVM nodes in KRaft combined mode on free loopback ports,
+    /// each behind chaos proxies, and waits until the metadata lists all three brokers.
+    pub fn kafka() -> Result<Cluster, ClusterError> {
+        let cluster = kafka::KafkaCluster::start()?;
+        Ok(Cluster {
+            backend: "kafka",
+            bootstrap: cluster.bootstrap(),
+            mock: None,
+            tansu: None,
+            container: None,
+            kafka: Some(std::sync::Arc::new(cluster)),
+            proxy: None,
+        })
+    }
+
+    /// The replication factor a run gives its topics here: 3 on the three-node Kafka
+    /// cluster, 1 on one-broker backends (tansu, container) and on the mock (no replication).
+    pub fn replication_factor(&self) -> i32 {
+        if self.kafka.is_some() { kafka::KAFKA_REPLICATION_FACTOR } else { 1 }
+    }
+
+    /// The three-node Kafka cluster, on the `kafka` backend.
+    pub fn kafka_nodes(&self) -> Option<&kafka::KafkaCluster> {
+        self.kafka.as_deref()
     }
 
     /// The faults this backend can inject.
@@ -165,6 +201,7 @@ impl Cluster {
             "mock" => faults::MOCK_FAULTS,
             "tansu" => faults::TANSU_FAULTS,
             "container" => faults::CONTAINER_FAULTS,
+            "kafka" => faults::KAFKA_FAULTS,
             _ => faults::EXTERNAL_FAULTS,
         };
         let proxy = if self.proxy.is_some() { faults::PROXY_FAULTS } else { &[] };
@@ -201,10 +238,29 @@ impl Cluster {
         }
     }
 
-    /// Injects a fault, or refuses it with the reason when this backend cannot.
-    pub async fn inject(&self, fault: &Fault) -> Result<(), ClusterError> {
+    /// Injects a fault, or refuses it with the reason when this backend cannot. Returns
+    /// what the fault did, where the backend can tell more than its name (which node a role
+    /// named, how it ended, how long a failover took).
+    pub async fn inject(&self, fault: &Fault) -> Result<Option<String>, ClusterError> {
         self.supports(fault)?;
         tracing::info!(backend = self.backend, %fault, "injecting a fault");
+        if let (Some(cluster), Fault::Node { node, action }) = (&self.kafka, fault) {
+            // Kills wait for a failover and restarts for the node to be listed: off the
+            // async workers.
+            let (cluster, node, action) = (cluster.clone(), node.clone(), *action);
+            let effect = tokio::task::spawn_blocking(move || cluster.inject(&node, action))
+                .await
+                .map_err(|error| ClusterError::Unsupported {
+                    backend: "kafka",
+                    reason: format!("the fault's task failed: {error}"),
+                })??;
+            tracing::info!(%effect, "fault applied");
+            return Ok(Some(effect));
+        }
+        self.inject_here(fault).await.map(|()| None)
+    }
+
+    async fn inject_here(&self, fault: &Fault) -> Result<(), ClusterError> {
         if let Some(proxy) = &self.proxy {
             match fault {
                 Fault::ProxyChaos { chaos } => {
@@ -260,6 +316,7 @@ impl Cluster {
             .as_ref()
             .map(tansu::TansuProcess::log)
             .or_else(|| self.container.as_ref().map(container::BrokerContainer::log))
+            .or_else(|| self.kafka.as_deref().map(kafka::KafkaCluster::logs))
     }
 
     /// The backend's name, as records and reports show it.
@@ -275,13 +332,34 @@ impl Cluster {
     /// Creates a topic, or does nothing if it exists. On the mock cluster this goes through
     /// the mock API (it has no CreateTopics); elsewhere through the admin API.
     pub async fn ensure_topic(&self, name: &str, partitions: i32, replication: i32) -> Result<(), ClusterError> {
+        self.ensure_topic_with(name, partitions, replication, &[]).await
+    }
+
+    /// Like [`Cluster::ensure_topic`], with topic configs (`min.insync.replicas`,
+    /// `unclean.leader.election.enable`, ...) for a topic it creates. The mock takes none.
+    pub async fn ensure_topic_with(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication: i32,
+        configs: &[(String, String)],
+    ) -> Result<(), ClusterError> {
         if let Some(mock) = &self.mock {
+            if !configs.is_empty() {
+                return Err(ClusterError::Unsupported {
+                    backend: "mock",
+                    reason: format!("topic configs ({configs:?}) for {name}: the mock cluster keeps none"),
+                });
+            }
             return mock.create_topic(name, partitions, replication).await;
         }
         let admin: AdminClient<DefaultClientContext> = topics::client_config(&self.bootstrap)
             .create()
             .map_err(|error| self.admin_error("creating an admin client", error.to_string()))?;
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+        for (key, value) in configs {
+            topic = topic.set(key, value);
+        }
         let results = admin
             .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)))
             .await
@@ -290,7 +368,10 @@ impl Cluster {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(self.admin_error(&format!("creating topic {topic}"), code.to_string()));
+                    return Err(self.admin_error(
+                        &format!("creating topic {topic} ({partitions} partitions, replication factor {replication})"),
+                        code.to_string(),
+                    ));
                 }
             }
         }

@@ -37,6 +37,29 @@ pub struct PublisherConfig {
     /// `max.in.flight.requests.per.connection`: produce requests sent before the first is
     /// answered (at most 5 with idempotence).
     pub in_flight_max: u32,
+    /// `acks`: all in-sync replicas (the pipeline's), or the leader alone (experiments, to
+    /// show what a leader's death then loses). Idempotence needs `all`.
+    pub acks: Acks,
+}
+
+/// Which replicas must have a write before the broker acknowledges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// `acks=all`: every in-sync replica, at least `min.insync.replicas` of them.
+    #[default]
+    All,
+    /// `acks=1`: the leader alone; what its followers had not copied dies with it.
+    Leader,
+}
+
+impl Acks {
+    /// The value of librdkafka's `acks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Acks::All => "all",
+            Acks::Leader => "1",
+        }
+    }
 }
 
 impl Default for PublisherConfig {
@@ -49,6 +72,7 @@ impl Default for PublisherConfig {
             batch_max: 10_000,
             idempotence: true,
             in_flight_max: 5,
+            acks: Acks::All,
         }
     }
 }
@@ -79,6 +103,8 @@ pub struct Deliveries {
     by_offset: Mutex<HashMap<(i32, i64), usize>>,
     acked: AtomicU64,
     failed: AtomicU64,
+    /// How many failed deliveries gave each reason.
+    failure_reasons: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Deliveries {
@@ -98,6 +124,11 @@ impl Deliveries {
     /// Events whose delivery failed so far.
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// How many failed deliveries gave each reason (NOT_ENOUGH_REPLICAS, a timeout, ...).
+    pub fn failure_reasons(&self) -> std::collections::BTreeMap<String, u64> {
+        self.failure_reasons.lock().map(|reasons| reasons.clone()).unwrap_or_default()
     }
 
     /// A copy of the reports.
@@ -121,7 +152,12 @@ impl Deliveries {
                 }
                 self.acked.fetch_add(1, Ordering::Relaxed)
             }
-            Delivery::Failed { .. } => self.failed.fetch_add(1, Ordering::Relaxed),
+            Delivery::Failed { ref reason } => {
+                if let Ok(mut reasons) = self.failure_reasons.lock() {
+                    *reasons.entry(reason.clone()).or_default() += 1;
+                }
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
         };
         if let Ok(mut reports) = self.reports.lock()
             && let Some(slot) = reports.get_mut(index)
@@ -172,8 +208,9 @@ impl Publisher {
     /// A publisher to `topic` whose delivery reports go to `deliveries`.
     pub fn new(bootstrap: &str, topic: &str, config: &PublisherConfig, deliveries: Arc<Deliveries>) -> Result<Publisher, StreamError> {
         let producer = base_config(bootstrap)
-            // Acknowledged only once every in-sync replica has the write.
-            .set("acks", "all")
+            // Acknowledged only once every in-sync replica has the write (experiments may ask
+            // for the leader alone, to show what that loses).
+            .set("acks", config.acks.as_str())
             // Retries cannot duplicate or reorder messages within a partition (on by default;
             // experiments turn it off to show why).
             .set("enable.idempotence", config.idempotence.to_string())

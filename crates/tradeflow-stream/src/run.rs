@@ -68,6 +68,11 @@ pub struct Scenario {
     pub plan: FaultPlan,
     /// A switch to another topic partway through the workload.
     pub cutover: Option<Cutover>,
+    /// Replication factor of the run's topics; `None`: the cluster's own (3 on the
+    /// three-node Kafka cluster, 1 elsewhere).
+    pub replication_factor: Option<i32>,
+    /// Configs of the run's trades topics (an experiment's `unclean.leader.election.enable`).
+    pub topic_configs: Vec<(String, String)>,
 }
 
 impl Default for Scenario {
@@ -77,6 +82,8 @@ impl Default for Scenario {
             dead_letter: true,
             plan: FaultPlan::none(),
             cutover: None,
+            replication_factor: None,
+            topic_configs: Vec::new(),
         }
     }
 }
@@ -121,6 +128,10 @@ impl StreamOptions {
                 "requests in flight must be 1..=5 with idempotence (1 or more without), got {}",
                 self.publisher.in_flight_max
             )
+        } else if self.publisher.idempotence && self.publisher.acks != crate::publisher::Acks::All {
+            "idempotence needs acks=all; turn it off to publish with acks=1".to_owned()
+        } else if self.scenario.replication_factor.is_some_and(|factor| !(1..=5).contains(&factor)) {
+            format!("the replication factor must be 1..=5, got {:?}", self.scenario.replication_factor)
         } else if let Some(cutover) = self
             .scenario
             .cutover
@@ -167,7 +178,12 @@ pub async fn run(
     if let Some(cutover) = &scenario.cutover {
         topics.push((cutover.topic.clone(), cutover.partitions));
     }
-    ensure_topics(cluster, &topics).await?;
+    let layout = TopicLayout {
+        topics: topics.clone(),
+        replication_factor: scenario.replication_factor.unwrap_or_else(|| cluster.replication_factor()),
+        configs: scenario.topic_configs.clone(),
+    };
+    ensure_topics(cluster, &layout).await?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let run_id = uuid_like();
     let fleet_config = |topic: &str, group: String| FleetConfig {
@@ -264,7 +280,7 @@ pub async fn run(
             next_step += 1;
             tracing::info!(at_ms = at.as_millis() as u64, %action, "applying a planned fault");
             let outcome = match action {
-                Action::Broker(fault) => apply_broker_fault(cluster, fault, &topics).await,
+                Action::Broker(fault) => apply_broker_fault(cluster, fault, &layout).await,
                 Action::Service(ServiceFault::Poison { count }) => {
                     let (bootstrap, topic, key, count) = (bootstrap.clone(), options.topic.clone(), poison_key.clone(), *count);
                     let task = tokio::spawn(async move {
@@ -273,17 +289,22 @@ pub async fn run(
                             .map_err(|error| error.to_string())
                     });
                     poisoning.push((faults.len(), task));
-                    Ok(())
+                    Ok(None)
                 }
-                Action::Service(fault) => apply_service_fault(fault, &mut fleet),
+                Action::Service(fault) => apply_service_fault(fault, &mut fleet).map(|()| None),
             };
             if let Err(error) = &outcome {
                 tracing::warn!(%action, %error, "a planned fault could not be applied");
             }
+            let (effect, error) = match outcome {
+                Ok(effect) => (effect, None),
+                Err(error) => (None, Some(error)),
+            };
             faults.push(FaultRecord {
                 at_ms: start.elapsed().as_millis() as u64,
                 fault: action.to_string(),
-                error: outcome.err(),
+                error,
+                effect,
             });
         }
         let acked = deliveries.acked();
@@ -406,7 +427,10 @@ pub async fn run(
             "batch_max": options.publisher.batch_max,
             "batch_size": options.batch_size,
             "fill_wait_ms": options.fill_wait.as_millis() as u64,
-            "acks": "all",
+            "acks": options.publisher.acks.as_str(),
+            "replication_factor": layout.replication_factor,
+            "topic_configs": serde_json::Value::Object(layout.configs.iter().map(|(key, value)| (key.clone(), value.clone().into())).collect()),
+            "delivery_errors": deliveries.failure_reasons(),
             "enable_idempotence": options.publisher.idempotence,
             "max_in_flight": options.publisher.in_flight_max,
             "commit_policy": scenario.commit.as_str(),
@@ -446,22 +470,34 @@ pub async fn run(
     })
 }
 
+/// The run's topics (name, partitions), their replication factor and configs.
+struct TopicLayout {
+    topics: Vec<(String, i32)>,
+    replication_factor: i32,
+    configs: Vec<(String, String)>,
+}
+
 /// Creates the run's topics and their dead-letter topics (again after a broker restart:
 /// a broker with memory storage comes back empty).
-async fn ensure_topics(cluster: &Cluster, topics: &[(String, i32)]) -> Result<(), ClusterError> {
-    for (topic, partitions) in topics {
-        cluster.ensure_topic(topic, *partitions, 1).await?;
-        cluster.ensure_topic(&dlq::dlq_topic(topic), 1, 1).await?;
+async fn ensure_topics(cluster: &Cluster, layout: &TopicLayout) -> Result<(), ClusterError> {
+    for (topic, partitions) in &layout.topics {
+        cluster
+            .ensure_topic_with(topic, *partitions, layout.replication_factor, &layout.configs)
+            .await?;
+        cluster
+            .ensure_topic(&dlq::dlq_topic(topic), 1, cluster.replication_factor())
+            .await?;
     }
     Ok(())
 }
 
-async fn apply_broker_fault(cluster: &Cluster, fault: &Fault, topics: &[(String, i32)]) -> Result<(), String> {
-    cluster.inject(fault).await.map_err(|error| error.to_string())?;
+/// Injects a broker fault; returns what it did, where the backend can tell.
+async fn apply_broker_fault(cluster: &Cluster, fault: &Fault, layout: &TopicLayout) -> Result<Option<String>, String> {
+    let effect = cluster.inject(fault).await.map_err(|error| error.to_string())?;
     if fault.restarts_broker() {
-        ensure_topics(cluster, topics).await.map_err(|error| error.to_string())?;
+        ensure_topics(cluster, layout).await.map_err(|error| error.to_string())?;
     }
-    Ok(())
+    Ok(effect)
 }
 
 /// Applies a service fault to the fleet (poison is published by the caller, beside the

@@ -1,0 +1,135 @@
+//! Apache Kafka as three JVM nodes: the cluster the harness starts (three brokers, RF 3,
+//! min ISR 2), a stream run on it, a leader and the controller killed, and no JVM left
+//! behind when the cluster is dropped, when a test fails or on Ctrl-C.
+
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::watch;
+use tradeflow_check::RunProgress;
+use tradeflow_check::history::Verdict;
+use tradeflow_cluster::Fault;
+use tradeflow_cluster::faults::{NodeFault, NodeTarget};
+use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep};
+use tradeflow_domain::{RateProfile, WorkloadConfig};
+use tradeflow_stream::StreamOptions;
+use tradeflow_stream::publisher::PublisherConfig;
+
+/// Whether a process with this pid still exists (a reaped child does not).
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Pids of the JVMs whose command line names `directory`.
+fn jvms_of(directory: &Path) -> Vec<u32> {
+    let needle = directory.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&needle))
+        })
+        .collect()
+}
+
+fn options(seed: u64, events: u64) -> StreamOptions {
+    eprintln!("seed: {seed}");
+    StreamOptions {
+        workload: WorkloadConfig {
+            seed,
+            events,
+            accounts: 40,
+            rate_per_s: 1_000.0,
+            profile: RateProfile::Steady,
+            skew: tradeflow_domain::workload::ACCOUNT_SKEW,
+            mix: tradeflow_domain::EventMix::default(),
+        },
+        topic: "trades".into(),
+        partitions: 6,
+        consumers: 2,
+        publisher: PublisherConfig::default(),
+        batch_size: 100,
+        fill_wait: Duration::from_millis(5),
+        stall_timeout: Duration::from_secs(30),
+        metrics: None,
+        scenario: tradeflow_stream::Scenario::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_kafka_nodes_replicate_and_leave_no_jvm_behind() {
+    let Some(cluster) = tradeflow_tests::kafka_cluster("three_kafka_nodes_replicate_and_leave_no_jvm_behind") else {
+        return;
+    };
+    let nodes = cluster.kafka_nodes().expect("the kafka backend has nodes");
+    let pids = nodes.pids();
+    let directory = nodes.directory().to_owned();
+    assert_eq!(pids.len(), 3, "three JVMs");
+    assert_eq!(jvms_of(&directory).len(), 3, "three JVMs name the cluster's directory");
+    let (controller, _) = nodes.controller().expect("an active controller");
+    assert!((1..=3).contains(&controller), "{controller}");
+    assert_eq!(cluster.replication_factor(), 3);
+    cluster.ensure_topic("replicated", 3, 3).await.expect("a topic with RF 3");
+    drop(cluster);
+    assert!(pids.iter().all(|pid| !alive(*pid)), "every JVM is gone: {pids:?}");
+    assert!(!directory.exists(), "the cluster's directory is removed");
+}
+
+#[test]
+fn a_failing_test_leaves_no_jvm_behind() {
+    let Some(cluster) = tradeflow_tests::kafka_cluster("a_failing_test_leaves_no_jvm_behind") else {
+        return;
+    };
+    let nodes = cluster.kafka_nodes().expect("the kafka backend has nodes");
+    let (pids, directory) = (nodes.pids(), nodes.directory().to_owned());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _owned = cluster;
+        panic!("a test fails while it owns the cluster");
+    }));
+    assert!(outcome.is_err());
+    assert!(pids.iter().all(|pid| !alive(*pid)), "every JVM is gone after the panic: {pids:?}");
+    assert!(jvms_of(&directory).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_and_the_controller_killed_mid_run_lose_nothing_with_acks_all() {
+    let test = "the_leader_and_the_controller_killed_mid_run_lose_nothing_with_acks_all";
+    let Some(cluster) = tradeflow_tests::kafka_cluster(test) else {
+        return;
+    };
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let mut options = options(61, 6_000);
+    let node = |target: NodeTarget, action: NodeFault| Action::Broker(Fault::Node { node: target, action });
+    let leader = NodeTarget::Leader {
+        topic: "trades".into(),
+        partition: None,
+    };
+    options.scenario.plan = FaultPlan::fixed(vec![
+        PlanStep {
+            at_ms: 1_500,
+            for_ms: Some(2_000),
+            action: node(leader, NodeFault::Kill),
+        },
+        PlanStep {
+            at_ms: 3_500,
+            for_ms: Some(1_000),
+            action: node(NodeTarget::Controller, NodeFault::Kill),
+        },
+    ]);
+    let (progress, _receiver) = watch::channel(RunProgress::default());
+    let record = tradeflow_stream::run(&store, &cluster, &options, &progress)
+        .await
+        .expect("the run completes");
+    eprintln!("{}", record.table());
+    for fault in &record.faults {
+        eprintln!("{} at {} ms: {:?} {:?}", fault.fault, fault.at_ms, fault.effect, fault.error);
+    }
+    assert_eq!(record.config["replication_factor"], 3);
+    assert!(record.faults.iter().all(|fault| fault.error.is_none()), "{:?}", record.faults);
+    let kill = &record.faults[0];
+    let effect = kill.effect.as_deref().unwrap_or_default();
+    assert!(effect.contains("SIGKILLed") && effect.contains("led by node"), "{effect}");
+    assert_eq!(record.check.verdict, Verdict::Pass, "{}", record.table());
+    assert_eq!(record.applied, record.events);
+}

@@ -17,7 +17,7 @@ async fn plan_reads_the_cluster_and_refuses_or_warns_where_it_must() {
     )
     .expect("valid file");
     let planned = plan(cluster.bootstrap_servers(), &file).await.expect("plan");
-    let actions: Vec<(&str, &Action)> = planned.iter().map(|(spec, _, action)| (spec.name.as_str(), action)).collect();
+    let actions: Vec<(&str, &Action)> = planned.iter().map(|topic| (topic.spec.name.as_str(), &topic.action)).collect();
     assert_eq!(actions[0], ("trades", &Action::AddPartitionsReorders { from: 4, to: 8 }));
     assert!(matches!(actions[1], ("shrinking", Action::Refuse { .. })), "{actions:?}");
     // The mock cluster creates topics on a metadata request, so "absent" may already be

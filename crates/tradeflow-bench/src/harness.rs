@@ -56,6 +56,8 @@ pub enum BrokerKind {
     Mock,
     /// A tansu broker process (memory storage), `TANSU_BIN` or `PATH`.
     Tansu,
+    /// Apache Kafka, three JVM nodes (RF 3, min.insync.replicas 2), `KAFKA_HOME`.
+    Kafka,
 }
 
 impl BrokerKind {
@@ -64,6 +66,7 @@ impl BrokerKind {
         match self {
             BrokerKind::Mock => "mock",
             BrokerKind::Tansu => "tansu",
+            BrokerKind::Kafka => "kafka",
         }
     }
 
@@ -71,6 +74,7 @@ impl BrokerKind {
         match self {
             BrokerKind::Mock => Cluster::mock(3).context("starting the mock cluster"),
             BrokerKind::Tansu => Cluster::tansu().context("starting tansu"),
+            BrokerKind::Kafka => Cluster::kafka().context("starting Apache Kafka (three nodes)"),
         }
     }
 }
@@ -776,7 +780,7 @@ async fn raw_limits(config: &BenchConfig, setup: &Setup, store: &Store, batch: u
     let cluster = setup.broker.start()?;
     let topic = "bench.raw";
     cluster
-        .ensure_topic(topic, RAW_PARTITIONS, 1)
+        .ensure_topic(topic, RAW_PARTITIONS, cluster.replication_factor())
         .await
         .with_context(|| format!("creating {topic}"))?;
     let payloads: Vec<Vec<u8>> = workload.plain_events().map(encode).collect();
@@ -823,9 +827,12 @@ async fn service_rss(binary: &std::path::Path, setup: &Setup, store: &Store, see
     const EVENTS: u64 = 30_000;
     let cluster = setup.broker.start()?;
     let topic = "bench.rss";
-    cluster.ensure_topic(topic, 6, 1).await.context("creating the topic")?;
     cluster
-        .ensure_topic(&format!("{topic}.dlq"), 1, 1)
+        .ensure_topic(topic, 6, cluster.replication_factor())
+        .await
+        .context("creating the topic")?;
+    cluster
+        .ensure_topic(&format!("{topic}.dlq"), 1, cluster.replication_factor())
         .await
         .context("creating the dead-letter topic")?;
     store.reset().await.context("emptying the store")?;

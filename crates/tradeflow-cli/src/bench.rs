@@ -73,7 +73,8 @@ fn setup(name: &str, database_url: &str, directory: &std::path::Path) -> anyhow:
     let broker = match broker {
         "mock" => BrokerKind::Mock,
         "tansu" => BrokerKind::Tansu,
-        other => anyhow::bail!("unknown broker {other:?} in setup {name:?} (mock or tansu)"),
+        "kafka" => BrokerKind::Kafka,
+        other => anyhow::bail!("unknown broker {other:?} in setup {name:?} (mock, tansu or kafka)"),
     };
     let store = match store {
         "sqlite" => StoreConfig::sqlite_file(&directory.join(format!("bench-{}.db", broker.as_str()))),

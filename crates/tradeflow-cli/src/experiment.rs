@@ -17,14 +17,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tradeflow_check::history::Verdict;
 use tradeflow_check::{CheckReport, RunProgress, RunRecord};
-use tradeflow_cluster::faults::{Api, RequestError};
+use tradeflow_cluster::faults::{Api, NodeFault, NodeTarget, RequestError};
+use tradeflow_cluster::kafka::KAFKA_NODES;
 use tradeflow_cluster::plan::{Action, Candidate, FaultPlan, PlanStep, ServiceFault};
 use tradeflow_cluster::proxy::Chaos;
 use tradeflow_cluster::{Cluster, Fault};
 use tradeflow_domain::{RateProfile, WorkloadConfig};
 use tradeflow_poller::{PollerConfig, RunOptions};
 use tradeflow_store::Store;
-use tradeflow_stream::publisher::PublisherConfig;
+use tradeflow_stream::publisher::{Acks, PublisherConfig};
 use tradeflow_stream::{CommitPolicy, Cutover, Runbook, Scenario, StreamOptions};
 
 /// The experiments, with what each shows.
@@ -68,8 +69,9 @@ pub struct ExperimentArgs {
     /// printed first).
     #[arg(long)]
     seed: Option<u64>,
-    /// The broker: mock, tansu, container (TRADEFLOW_CONTAINER_IMAGE chooses the image) or
-    /// external (--bootstrap or KAFKA_BOOTSTRAP_SERVERS).
+    /// The broker: mock, tansu, kafka (Apache Kafka, three nodes: the replication lessons),
+    /// container (TRADEFLOW_CONTAINER_IMAGE chooses the image) or external (--bootstrap or
+    /// KAFKA_BOOTSTRAP_SERVERS).
     #[arg(long, value_enum, default_value_t = BrokerChoice::Mock)]
     broker: BrokerChoice,
     /// Bootstrap servers for --broker external.
@@ -99,6 +101,9 @@ struct Expected {
     /// A count from the run's configuration record that must be above zero (for example
     /// `redelivered`), whatever the verdict.
     observed: Option<&'static str>,
+    /// Words a fault's recorded effect must contain: the proof that the fault did what the
+    /// row is about (a new leader, an ISR below min.insync.replicas).
+    effect: Option<&'static str>,
     /// Why, in words.
     note: String,
 }
@@ -131,6 +136,7 @@ impl Expected {
             verdict: Some(Verdict::Pass),
             violation: None,
             observed: None,
+            effect: None,
             note: note.into(),
         }
     }
@@ -140,6 +146,7 @@ impl Expected {
             verdict: Some(Verdict::Fail),
             violation: Some(violation),
             observed: None,
+            effect: None,
             note: note.into(),
         }
     }
@@ -151,12 +158,18 @@ impl Expected {
             verdict: None,
             violation: None,
             observed: None,
+            effect: None,
             note: note.into(),
         }
     }
 
     fn observing(mut self, count: &'static str) -> Expected {
         self.observed = Some(count);
+        self
+    }
+
+    fn showing(mut self, effect: &'static str) -> Expected {
+        self.effect = Some(effect);
         self
     }
 
@@ -170,6 +183,9 @@ impl Expected {
         if let Some(count) = self.observed {
             let _ = write!(text, ", {count} > 0");
         }
+        if let Some(effect) = self.effect {
+            let _ = write!(text, ", a fault's effect shows \"{effect}\"");
+        }
         text
     }
 
@@ -182,8 +198,24 @@ impl Expected {
         let observed = self
             .observed
             .is_none_or(|count| record.config.get(count).and_then(serde_json::Value::as_u64).unwrap_or(0) > 0);
-        verdict && violation && observed
+        verdict && violation && observed && self.effect_shown(record)
     }
+
+    fn effect_shown(&self, record: &RunRecord) -> bool {
+        self.effect.is_none_or(|needle| {
+            record
+                .faults
+                .iter()
+                .any(|fault| fault.effect.as_deref().is_some_and(|effect| effect.contains(needle)))
+        })
+    }
+}
+
+/// Whether every planned fault fired: each step and undo of the plan recorded, none refused.
+/// A run whose faults did not fire could not show its lesson: its row is unknown, never
+/// as expected.
+fn faults_fired(planned: usize, record: &RunRecord) -> bool {
+    record.faults.len() == planned && record.faults.iter().all(|fault| fault.error.is_none())
 }
 
 /// One variant: a run and what it must show.
@@ -198,6 +230,16 @@ enum VariantRun {
     Poller(RunOptions),
 }
 
+impl Variant {
+    /// How many fault records a run of this variant must have: every step and every undo.
+    fn planned_faults(&self) -> usize {
+        match &self.run {
+            VariantRun::Stream(options) => options.scenario.plan.timeline().len(),
+            VariantRun::Poller(_) => 0,
+        }
+    }
+}
+
 /// One variant's outcome, as experiment.json holds it.
 #[derive(serde::Serialize)]
 struct VariantOutcome {
@@ -208,6 +250,8 @@ struct VariantOutcome {
     expected: &'static str,
     expected_detail: String,
     note: String,
+    /// Every planned fault fired (otherwise the row is unknown).
+    faults_fired: bool,
     as_expected: bool,
     applied: u64,
     events: u64,
@@ -255,7 +299,8 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
     for (index, variant) in variants.iter().enumerate() {
         println!("\n[{}/{}] {}", index + 1, variants.len(), variant.label);
         let record = run_variant(&store, &arguments, variant).await?;
-        let as_expected = variant.expected.met_by(&record);
+        let fired = faults_fired(variant.planned_faults(), &record);
+        let as_expected = fired && variant.expected.met_by(&record);
         println!(
             "  -> lost {}, duplicated {}, reordered {}, bad balances {}: expected {}, {}",
             record.check.lost,
@@ -263,7 +308,11 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
             record.check.reordered,
             record.check.bad_balances,
             variant.expected.describe(),
-            if as_expected { "as expected" } else { "NOT as expected" }
+            match (fired, as_expected) {
+                (false, _) => "UNKNOWN: a planned fault did not fire",
+                (true, true) => "as expected",
+                (true, false) => "NOT as expected",
+            }
         );
         outcomes.push(VariantOutcome {
             label: variant.label.clone(),
@@ -277,6 +326,7 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
             },
             expected_detail: variant.expected.describe(),
             note: variant.expected.note.clone(),
+            faults_fired: fired,
             as_expected,
             applied: record.applied,
             events: record.events,
@@ -358,6 +408,7 @@ fn broker_name(broker: BrokerChoice) -> &'static str {
     match broker {
         BrokerChoice::Mock => "mock",
         BrokerChoice::Tansu => "tansu",
+        BrokerChoice::Kafka => "kafka",
         BrokerChoice::Container => "container",
         BrokerChoice::External => "external",
     }
@@ -479,6 +530,37 @@ fn producer_retries(setup: &Setup) -> Result<Vec<Variant>, String> {
                 plan,
                 Expected::pass(
                     "a reset fails every request in flight on the connection at once, and the client sends them again in order: no reordering; a request the broker had written comes twice, and the idempotent balance service skips it (see `redelivered`). The proxy cannot fail one request and pass the next, which is what reorders on the mock",
+                ),
+                Expected::pass("the broker discards the resent requests by their producer sequence: no duplicates, no reordering"),
+            )
+        }
+        BrokerChoice::Kafka => {
+            // The same on each node's client proxy: answers delayed, connections reset.
+            let mut steps: Vec<PlanStep> = (1..=KAFKA_NODES)
+                .map(|id| PlanStep {
+                    at_ms: 0,
+                    for_ms: Some(publishing),
+                    action: node_action(
+                        NodeTarget::Id { id },
+                        NodeFault::ProxyChaos {
+                            chaos: Chaos {
+                                latency_ms: 30,
+                                ..Chaos::default()
+                            },
+                        },
+                    ),
+                })
+                .collect();
+            let resets: Vec<Candidate> = (1..=KAFKA_NODES)
+                .map(|id| candidate(node_action(NodeTarget::Id { id }, NodeFault::ProxyReset), (0, 0)))
+                .collect();
+            steps.extend(setup.plan(&resets, 6).steps);
+            let mut plan = FaultPlan::fixed(steps);
+            plan.seed = setup.seed;
+            (
+                plan,
+                Expected::pass(
+                    "a reset fails every request in flight on the connection at once, and the client sends them again in order: no reordering; a request the broker had written comes twice, and the idempotent balance service skips it (see `redelivered`). The proxy cannot fail one request and pass the next",
                 ),
                 Expected::pass("the broker discards the resent requests by their producer sequence: no duplicates, no reordering"),
             )
@@ -609,7 +691,7 @@ fn consumer_scaling(setup: &Setup) -> Vec<Variant> {
     // rebalance is long over. The mock takes both mid-publishing.
     let leave_at_ms = match setup.broker {
         BrokerChoice::Tansu | BrokerChoice::Container => publishing / 4 + TANSU_REBALANCE_SETTLE_MS,
-        BrokerChoice::Mock | BrokerChoice::External => publishing / 2,
+        BrokerChoice::Mock | BrokerChoice::Kafka | BrokerChoice::External => publishing / 2,
     };
     options.scenario.plan = FaultPlan::fixed(vec![
         PlanStep {
@@ -692,6 +774,7 @@ fn broker_failure(setup: &Setup) -> Result<Vec<Variant>, String> {
             }
             cases
         }
+        BrokerChoice::Kafka => return Ok(replication_lessons(setup)),
         BrokerChoice::External => return Err("no faults can be injected into an external cluster from here: stop a broker by hand (docker compose stop kafka-2) during `tradeflow run stream --broker external`".into()),
     };
     Ok(cases
@@ -707,6 +790,126 @@ fn broker_failure(setup: &Setup) -> Result<Vec<Variant>, String> {
             }
         })
         .collect())
+}
+
+fn node_action(node: NodeTarget, action: NodeFault) -> Action {
+    Action::Broker(Fault::Node { node, action })
+}
+
+/// The leader of the run topic's busiest partition (most messages when a fault first
+/// names it).
+fn leader_of_busiest() -> NodeTarget {
+    NodeTarget::Leader {
+        topic: "trades".into(),
+        partition: None,
+    }
+}
+
+fn follower_of_busiest(index: usize) -> NodeTarget {
+    NodeTarget::Follower {
+        topic: "trades".into(),
+        partition: None,
+        index,
+    }
+}
+
+/// `broker-failure` on Apache Kafka: the replication lessons, each on a fresh three-node
+/// cluster (RF 3, min.insync.replicas 2 unless the row says otherwise).
+fn replication_lessons(setup: &Setup) -> Vec<Variant> {
+    // Every row's first fault falls at the same seeded moment in the middle of publishing.
+    let at_ms = setup.plan(&[candidate(Action::Service(ServiceFault::Join), (0, 0))], 1).steps[0].at_ms;
+    let step = |offset_ms: u64, for_ms: u64, node: NodeTarget, action: NodeFault| PlanStep {
+        at_ms: at_ms + offset_ms,
+        for_ms: Some(for_ms),
+        action: node_action(node, action),
+    };
+    let row = |label: &str, plan: Vec<PlanStep>, expected: Expected, change: &dyn Fn(&mut StreamOptions)| {
+        let mut options = setup.stream(6, 2);
+        // Failovers and a lost quorum take seconds: the lag must be given time to drain.
+        options.stall_timeout = Duration::from_secs(30);
+        let mut plan = FaultPlan::fixed(plan);
+        plan.seed = setup.seed;
+        options.scenario.plan = plan;
+        change(&mut options);
+        Variant {
+            label: label.to_owned(),
+            run: VariantRun::Stream(Box::new(options)),
+            expected,
+        }
+    };
+    let acks_leader_only = |options: &mut StreamOptions| {
+        options.publisher.acks = Acks::Leader;
+        options.publisher.idempotence = false;
+        options.scenario.topic_configs = vec![("unclean.leader.election.enable".into(), "true".into())];
+        // What the dead leader acknowledged alone never arrives: the run stops waiting for it.
+        options.stall_timeout = Duration::from_secs(15);
+    };
+    vec![
+        row(
+            "leader of the busiest partition killed, acks=all",
+            vec![step(0, 4_000, leader_of_busiest(), NodeFault::Kill)],
+            Expected::pass(
+                "an acknowledged write is on at least two replicas (min.insync.replicas=2): a follower in sync takes over, nothing acknowledged is lost and order holds; the effect gives the time to a new leader",
+            )
+            .showing("led by node"),
+            &|_| {},
+        ),
+        row(
+            "acks=1, followers stopped, leader killed",
+            vec![
+                step(0, 4_500, follower_of_busiest(0), NodeFault::Pause),
+                step(0, 4_500, follower_of_busiest(1), NodeFault::Pause),
+                step(2_500, 8_000, leader_of_busiest(), NodeFault::Kill),
+            ],
+            Expected::fail(
+                Violation::Lost,
+                "with its followers stopped, the leader acknowledges writes alone (acks=1); it dies, a follower that never had them becomes leader (unclean leader election allowed on this topic) and the restarted old leader truncates them: acknowledged events are gone",
+            ),
+            &acks_leader_only,
+        ),
+        row(
+            "two of three nodes killed, min.insync.replicas=2",
+            vec![
+                step(0, 9_000, follower_of_busiest(0), NodeFault::Kill),
+                step(5_000, 4_000, follower_of_busiest(1), NodeFault::Kill),
+            ],
+            Expected::pass(
+                "with two of three nodes down no acks=all write is acknowledged: the survivor cannot reach min.insync.replicas, and in combined mode the controller quorum is lost with them, so the ISR cannot even shrink (writes time out rather than fail with NOT_ENOUGH_REPLICAS; the next row shows that refusal). Nothing acknowledged is lost and the lag drains once they return",
+            ),
+            &|_| {},
+        ),
+        row(
+            "leader's followers cut off from it, min.insync.replicas=2",
+            // The ISR shrinks 6 to 9 s after the cut (replica.lag.time.max.ms=6000, checked
+            // every 3 s): 16 s leave several seconds of refusals.
+            vec![step(0, 16_000, leader_of_busiest(), NodeFault::CutReplication)],
+            Expected::pass(
+                "its followers stop fetching; after replica.lag.time.max.ms the leader shrinks the ISR to itself, below min.insync.replicas: acks=all writes are refused with NOT_ENOUGH_REPLICAS and retried, never acknowledged by one copy; once replication returns they are written and nothing is lost",
+            )
+            .showing("NOT_ENOUGH_REPLICAS"),
+            &|_| {},
+        ),
+        row(
+            "replication factor 1, the only replica's node killed",
+            vec![step(0, 5_000, leader_of_busiest(), NodeFault::Kill)],
+            Expected::pass(
+                "a topic with one replica: its partitions on the dead node have no leader until it returns; their events wait in the producer (retried within message.timeout.ms) and arrive late. Had its disk died with it, they would be gone",
+            )
+            .showing("had no leader"),
+            &|options| {
+                options.scenario.replication_factor = Some(1);
+                // One replica cannot satisfy the cluster's min.insync.replicas of 2.
+                options.scenario.topic_configs = vec![("min.insync.replicas".into(), "1".into())];
+            },
+        ),
+        row(
+            "active controller killed",
+            vec![step(0, 4_000, NodeTarget::Controller, NodeFault::Kill)],
+            Expected::pass("the other two voters elect a new active controller; partitions the node led move; the run passes")
+                .showing("became the active controller"),
+            &|_| {},
+        ),
+    ]
 }
 
 fn poller_vs_stream(setup: &Setup) -> Vec<Variant> {
@@ -794,7 +997,12 @@ fn verdict_table(name: &str, seed: u64, broker: &str, outcomes: &[VariantOutcome
                 outcome.check.reordered.to_string(),
                 outcome.check.bad_balances.to_string(),
                 outcome.expected_detail.clone(),
-                if outcome.as_expected { "yes" } else { "NO" }.to_owned(),
+                match (outcome.faults_fired, outcome.as_expected) {
+                    (false, _) => "UNKNOWN",
+                    (true, true) => "yes",
+                    (true, false) => "NO",
+                }
+                .to_owned(),
             ]
         })
         .collect();
@@ -830,13 +1038,18 @@ fn verdict_table(name: &str, seed: u64, broker: &str, outcomes: &[VariantOutcome
         for fault in &outcome.faults {
             let _ = writeln!(
                 text,
-                "    at {:.2} s: {}{}",
+                "    at {:.2} s: {}{}{}",
                 fault.at_ms as f64 / 1000.0,
                 fault.fault,
                 fault
                     .error
                     .as_ref()
                     .map(|error| format!(" (not applied: {error})"))
+                    .unwrap_or_default(),
+                fault
+                    .effect
+                    .as_ref()
+                    .map(|effect| format!("\n      -> {effect}"))
                     .unwrap_or_default()
             );
         }

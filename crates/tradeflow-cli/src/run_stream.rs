@@ -20,6 +20,9 @@ pub enum BrokerChoice {
     Mock,
     /// A tansu broker process.
     Tansu,
+    /// Apache Kafka: three JVM nodes in KRaft mode (RF 3, min.insync.replicas 2), jars from
+    /// KAFKA_HOME or `.ci/install-kafka`.
+    Kafka,
     /// A broker container (testcontainers): apache/kafka-native by default, or the local
     /// tansu image when TRADEFLOW_CONTAINER_IMAGE=tansu.
     Container,
@@ -36,11 +39,12 @@ pub fn cluster(choice: BrokerChoice, bootstrap: Option<&str>, strict: bool) -> a
     match (choice, bootstrap) {
         (BrokerChoice::External, Some(bootstrap)) => Cluster::external(bootstrap).context("checking --bootstrap"),
         (BrokerChoice::Mock, Some(bootstrap)) if !strict => Cluster::external(bootstrap).context("checking --bootstrap"),
-        (BrokerChoice::Mock | BrokerChoice::Tansu | BrokerChoice::Container, Some(_)) => {
-            anyhow::bail!("--broker mock, tansu and container start their own broker; drop --bootstrap, or use --broker external")
+        (BrokerChoice::Mock | BrokerChoice::Tansu | BrokerChoice::Kafka | BrokerChoice::Container, Some(_)) => {
+            anyhow::bail!("--broker mock, tansu, kafka and container start their own broker; drop --bootstrap, or use --broker external")
         }
         (BrokerChoice::Mock, None) => Cluster::mock(MOCK_BROKERS).context("starting the embedded mock cluster"),
         (BrokerChoice::Tansu, None) => Cluster::tansu().context("starting the tansu broker"),
+        (BrokerChoice::Kafka, None) => Cluster::kafka().context("starting Apache Kafka (three nodes)"),
         (BrokerChoice::Container, None) => {
             let config = tradeflow_cluster::container::ContainerConfig::from_env().context("reading the container settings")?;
             Cluster::container(&config).context("starting the broker container")
@@ -71,7 +75,8 @@ pub struct StreamKnobs {
     #[arg(long = "stream-batch-size", default_value_t = 500)]
     pub stream_batch_size: usize,
     /// The broker: mock (librdkafka's mock cluster, three brokers in this process), tansu (a
-    /// tansu process from TANSU_BIN or PATH, started on a free port), external (any Kafka at
+    /// tansu process from TANSU_BIN or PATH, started on a free port), kafka (Apache Kafka,
+    /// three JVM nodes, RF 3, from KAFKA_HOME), container, external (any Kafka at
     /// --bootstrap or KAFKA_BOOTSTRAP_SERVERS).
     #[arg(long, value_enum, default_value_t = BrokerChoice::Mock)]
     pub broker: BrokerChoice,

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
-use tradeflow_cluster::topics::{self, Action, TopicsFile};
+use tradeflow_cluster::topics::{self, Action, PlannedTopic, TopicsFile};
 
 /// Topic commands.
 #[derive(Subcommand)]
@@ -48,11 +48,21 @@ pub async fn run(command: TopicsCommand) -> anyhow::Result<bool> {
         TopicsCommand::Plan(arguments) => {
             let file = load(&arguments)?;
             let mut clean = true;
-            for (spec, state, action) in topics::plan(&arguments.bootstrap, &file).await? {
+            for PlannedTopic {
+                spec,
+                fitted,
+                state,
+                action,
+                ..
+            } in topics::plan(&arguments.bootstrap, &file).await?
+            {
                 let now = state.map_or("absent".to_owned(), |state| {
                     format!("{} partitions, replication {}", state.partitions, state.replication_factor)
                 });
                 println!("{:<24} {:<32} -> {action}", spec.name, now);
+                if let Some(why) = fitted {
+                    println!("{:<24} note: {why}", "");
+                }
                 clean &= !matches!(action, Action::Refuse { .. } | Action::AddPartitionsReorders { .. });
             }
             Ok(clean)

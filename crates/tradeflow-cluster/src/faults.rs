@@ -177,6 +177,13 @@ pub enum NodeFault {
     },
     /// Its client proxy passes bytes untouched again.
     ProxyHeal,
+    /// Its client proxy closes every open connection with a TCP reset.
+    ProxyReset,
+    /// Its followers cannot fetch from it: its replication proxy blackholes every byte,
+    /// while clients and the controller quorum still reach it.
+    CutReplication,
+    /// Its followers fetch from it again.
+    RestoreReplication,
     /// Cut off from clients and from the other brokers' replication: its client and
     /// replication proxies blackhole every byte (the controller quorum still reaches it).
     Isolate,
@@ -192,6 +199,7 @@ impl NodeFault {
             NodeFault::Pause => Some(NodeFault::Resume),
             NodeFault::ProxyChaos { .. } => Some(NodeFault::ProxyHeal),
             NodeFault::Isolate => Some(NodeFault::Rejoin),
+            NodeFault::CutReplication => Some(NodeFault::RestoreReplication),
             _ => None,
         }
     }
@@ -205,6 +213,9 @@ impl NodeFault {
             NodeFault::Restart => "node_restart",
             NodeFault::ProxyChaos { .. } => "node_proxy_chaos",
             NodeFault::ProxyHeal => "node_proxy_heal",
+            NodeFault::ProxyReset => "node_proxy_reset",
+            NodeFault::CutReplication => "node_cut_replication",
+            NodeFault::RestoreReplication => "node_restore_replication",
             NodeFault::Isolate => "node_isolate",
             NodeFault::Rejoin => "node_rejoin",
         }
@@ -220,6 +231,9 @@ impl fmt::Display for NodeFault {
             NodeFault::Restart => f.write_str("restart (data kept)"),
             NodeFault::ProxyChaos { chaos } => write!(f, "{}", Fault::ProxyChaos { chaos: *chaos }),
             NodeFault::ProxyHeal => f.write_str("heal the proxy of"),
+            NodeFault::ProxyReset => f.write_str("reset the client connections of"),
+            NodeFault::CutReplication => f.write_str("cut replication from"),
+            NodeFault::RestoreReplication => f.write_str("restore replication from"),
             NodeFault::Isolate => f.write_str("cut off"),
             NodeFault::Rejoin => f.write_str("reconnect"),
         }
@@ -328,6 +342,9 @@ pub const KAFKA_FAULTS: &[&str] = &[
     "node_restart",
     "node_proxy_chaos",
     "node_proxy_heal",
+    "node_proxy_reset",
+    "node_cut_replication",
+    "node_restore_replication",
     "node_isolate",
     "node_rejoin",
 ];

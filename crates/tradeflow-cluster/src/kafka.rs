@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// The Apache Kafka version of the whole repository: this backend's jars
@@ -47,6 +47,8 @@ pub const EFFECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The prefix of the cluster's temporary directory, which names every JVM's command line
 /// (`pkill -f tradeflow-kafka-` finds the ones a killed run left behind).
 pub const DIRECTORY_PREFIX: &str = "tradeflow-kafka-";
+/// What a node logs once it serves (kafka.server.KafkaRaftServer, at INFO).
+const STARTED_LINE: &str = "Kafka Server started";
 /// Lines of a node's log shown when it fails.
 const LOG_TAIL_LINES: usize = 60;
 
@@ -163,6 +165,11 @@ impl Node {
         lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
+    /// How many times the node's log says it started.
+    fn starts_logged(&self) -> usize {
+        std::fs::read_to_string(self.log_path()).map_or(0, |text| text.matches(STARTED_LINE).count())
+    }
+
     fn exited(&self) -> Option<String> {
         let mut slot = self.child.lock().ok()?;
         let child = slot.as_mut()?;
@@ -183,6 +190,9 @@ pub struct KafkaCluster {
     resolved: Mutex<HashMap<NodeTarget, i32>>,
     /// Leader and replicas of partitions looked up by a fault, by (topic, partition asked).
     roles: Mutex<HashMap<(String, Option<i32>), PartitionRoles>>,
+    /// What faults were seen to do after they returned (a failover waited for beside the
+    /// run): (the fault as displayed, what happened).
+    observations: Mutex<Vec<(String, String)>>,
     /// Removed last (fields drop in order): the processes are killed first, in `Drop`.
     directory: tempfile::TempDir,
 }
@@ -245,6 +255,7 @@ impl KafkaCluster {
             nodes,
             resolved: Mutex::new(HashMap::new()),
             roles: Mutex::new(HashMap::new()),
+            observations: Mutex::new(Vec::new()),
             directory,
         };
         cluster.format()?;
@@ -335,9 +346,11 @@ impl KafkaCluster {
         let child = Command::new(&self.java)
             .arg(format!("-Xmx{HEAP_MB}m"))
             .arg("-Xms128m")
-            // Short pauses matter more than throughput on a test cluster.
-            .arg("-XX:+UseG1GC")
-            .arg("-XX:MaxGCPauseMillis=20")
+            // Three JVMs on two cores: the client JIT alone (no C2 compiler threads) and the
+            // serial collector (no GC threads) start in about half the CPU time, and a few
+            // hundred MB of heap keeps the serial collector's pauses short.
+            .arg("-XX:TieredStopAtLevel=1")
+            .arg("-XX:+UseSerialGC")
             .arg("-Djava.awt.headless=true")
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
@@ -401,8 +414,16 @@ impl KafkaCluster {
             .ok_or_else(|| unavailable(format!("no node {id} (nodes are 1..={KAFKA_NODES})")))
     }
 
-    /// Injects a fault on one node; returns what it did, as the run's record shows it.
-    pub(crate) fn inject(&self, target: &NodeTarget, fault: NodeFault) -> Result<String, ClusterError> {
+    /// What faults were seen to do after they returned, each with the fault as displayed.
+    pub fn observations(&self) -> Vec<(String, String)> {
+        self.observations.lock().map(|seen| seen.clone()).unwrap_or_default()
+    }
+
+    /// Injects a fault on one node; returns what it did, as the run's record shows it. What a
+    /// kill leads to (a new leader, a leaderless partition, a new controller, an ISR below
+    /// `min.insync.replicas`) is awaited on a thread of its own, so the rest of the fault plan
+    /// keeps its times, and lands in [`KafkaCluster::observations`].
+    pub(crate) fn inject(self: &std::sync::Arc<Self>, target: &NodeTarget, fault: NodeFault) -> Result<String, ClusterError> {
         let (id, role) = self.resolve(target)?;
         let node = self.node(id)?;
         let who = format!("node {id}{role}");
@@ -411,9 +432,33 @@ impl KafkaCluster {
                 let pid = node.pid().ok_or_else(|| unavailable(format!("{who} is not running")))?;
                 let controller_before = self.controller().ok();
                 let status = self.kill(node)?;
-                let mut effect = format!("{who} (pid {pid}) SIGKILLed: {status}");
-                let _ = write!(effect, "; {}", self.effect_of_kill(target, id, controller_before));
-                Ok(effect)
+                let awaited = target.clone();
+                self.observe(target, fault, move |cluster| {
+                    effect_of_kill(cluster, &awaited, id, controller_before)
+                });
+                Ok(format!("{who} (pid {pid}) SIGKILLed: {status}"))
+            }
+            NodeFault::CutReplication => {
+                node.internal_proxy.set(Chaos {
+                    blackhole: true,
+                    ..Chaos::default()
+                });
+                let reset = node.internal_proxy.reset_connections();
+                self.observe(target, fault, move |cluster| effect_of_cut(cluster, id));
+                Ok(format!("{who}: its followers cannot fetch from it ({reset} connections reset)"))
+            }
+            NodeFault::RestoreReplication => {
+                node.internal_proxy.heal();
+                // A connection whose bytes were swallowed is out of step: its fetcher would
+                // wait out replica.socket.timeout.ms (30 s) before reconnecting.
+                let reset = node.internal_proxy.reset_connections();
+                Ok(format!(
+                    "{who}: its followers fetch from it again ({reset} stale connections reset)"
+                ))
+            }
+            NodeFault::ProxyReset => {
+                let reset = node.client_proxy.reset_connections();
+                Ok(format!("{who}'s client proxy reset {reset} connections"))
             }
             NodeFault::Pause => signal(node, "STOP").map(|pid| format!("{who} (pid {pid}) SIGSTOPped")),
             NodeFault::Resume => signal(node, "CONT").map(|pid| format!("{who} (pid {pid}) SIGCONTinued")),
@@ -422,14 +467,29 @@ impl KafkaCluster {
                     self.kill(node)?;
                 }
                 let started = Instant::now();
+                let starts_before = node.starts_logged();
                 self.spawn(node)?;
-                match self.wait_for_brokers(KAFKA_NODES as usize, READY_TIMEOUT) {
-                    Ok(()) => Ok(format!(
-                        "{who} restarted with its data; listed again after {} ms",
-                        started.elapsed().as_millis()
-                    )),
-                    Err(error) => Err(unavailable(format!("{who} restarted but did not come back: {error}"))),
+                // The metadata may still list a node killed moments ago (it is fenced only
+                // after broker.session.timeout.ms): its own log says when it is back.
+                while node.starts_logged() <= starts_before {
+                    if let Some(status) = node.exited() {
+                        return Err(unavailable(format!(
+                            "{who} exited at restart with {status}; its log:\n{}",
+                            node.log_tail()
+                        )));
+                    }
+                    if started.elapsed() > READY_TIMEOUT {
+                        return Err(unavailable(format!(
+                            "{who} not started within {READY_TIMEOUT:?}; its log:\n{}",
+                            node.log_tail()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
                 }
+                Ok(format!(
+                    "{who} restarted with its data; serving again after {} ms",
+                    started.elapsed().as_millis()
+                ))
             }
             NodeFault::ProxyChaos { chaos } => {
                 node.client_proxy.set(chaos);
@@ -452,7 +512,9 @@ impl KafkaCluster {
             NodeFault::Rejoin => {
                 node.client_proxy.heal();
                 node.internal_proxy.heal();
-                Ok(format!("{who} reachable again"))
+                // Connections whose bytes were swallowed are out of step: reset, not resumed.
+                let reset = node.client_proxy.reset_connections() + node.internal_proxy.reset_connections();
+                Ok(format!("{who} reachable again ({reset} stale connections reset)"))
             }
         }
     }
@@ -481,66 +543,29 @@ impl KafkaCluster {
         Ok(status.to_string())
     }
 
-    /// What a kill did, seen from the cluster: a partition's new leader (or none), or the
-    /// new controller.
-    fn effect_of_kill(&self, target: &NodeTarget, killed: i32, controller_before: Option<(i32, i64)>) -> String {
-        let started = Instant::now();
-        let deadline = started + EFFECT_TIMEOUT;
-        match target {
-            NodeTarget::Controller => loop {
-                match self.controller() {
-                    Ok((leader, epoch)) if leader != killed && controller_before.is_none_or(|(_, before)| epoch > before) => {
-                        return format!(
-                            "node {leader} became the active controller after {} ms (epoch {epoch})",
-                            started.elapsed().as_millis()
-                        );
-                    }
-                    _ if Instant::now() > deadline => {
-                        return format!("no new active controller within {EFFECT_TIMEOUT:?}");
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(100)),
-                }
-            },
-            NodeTarget::Leader { topic, partition } => {
-                let Some(roles) = self
-                    .roles
-                    .lock()
-                    .ok()
-                    .and_then(|roles| roles.get(&(topic.clone(), *partition)).cloned())
-                else {
-                    return "no partition roles recorded".into();
-                };
-                let Ok(client) = self.metadata_client() else {
-                    return "no metadata client".into();
-                };
-                loop {
-                    let leader = partition_state(&client, topic, roles.partition).map(|(leader, _, _)| leader);
-                    match leader {
-                        Ok(leader) if leader >= 0 && leader != killed => {
-                            return format!(
-                                "{topic}[{}] led by node {leader} after {} ms",
-                                roles.partition,
-                                started.elapsed().as_millis()
-                            );
-                        }
-                        Ok(-1) if roles.replicas.len() == 1 => {
-                            return format!(
-                                "{topic}[{}] has no leader: its only replica was on node {killed}; it is unavailable until that node returns",
-                                roles.partition
-                            );
-                        }
-                        _ if Instant::now() > deadline => {
-                            return format!(
-                                "{topic}[{}] had no new leader within {EFFECT_TIMEOUT:?} ({leader:?})",
-                                roles.partition
-                            );
-                        }
-                        _ => std::thread::sleep(Duration::from_millis(100)),
-                    }
-                }
-            }
-            _ => String::from("no effect awaited"),
+    /// Runs `watch` on a thread of its own and records what it saw, under the fault's
+    /// name. The thread holds the cluster weakly: dropping the cluster ends the watch.
+    fn observe(
+        self: &std::sync::Arc<Self>,
+        target: &NodeTarget,
+        action: NodeFault,
+        watch: impl FnOnce(&Weak<KafkaCluster>) -> Option<String> + Send + 'static,
+    ) {
+        let fault = crate::Fault::Node {
+            node: target.clone(),
+            action,
         }
+        .to_string();
+        let cluster = std::sync::Arc::downgrade(self);
+        std::thread::spawn(move || {
+            if let Some(seen) = watch(&cluster)
+                && let Some(cluster) = cluster.upgrade()
+                && let Ok(mut observations) = cluster.observations.lock()
+            {
+                tracing::info!(%fault, %seen, "fault observed");
+                observations.push((fault, seen));
+            }
+        });
     }
 
     /// The node a target names now, or the one it named when a fault first fired on it;
@@ -649,6 +674,129 @@ impl Drop for KafkaCluster {
             }
         }
     }
+}
+
+/// Polls `check` on the cluster every 100 ms until it answers or `EFFECT_TIMEOUT` passes;
+/// `None` once the cluster is gone.
+fn poll_until(cluster: &Weak<KafkaCluster>, mut check: impl FnMut(&KafkaCluster, Duration) -> Option<String>) -> Option<String> {
+    let started = Instant::now();
+    loop {
+        let answer = check(&*cluster.upgrade()?, started.elapsed());
+        if answer.is_some() {
+            return answer;
+        }
+        if started.elapsed() > EFFECT_TIMEOUT {
+            return Some(format!("nothing changed within {EFFECT_TIMEOUT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What a kill led to: a partition's new leader (or none, with a single replica), or a new
+/// active controller.
+fn effect_of_kill(cluster: &Weak<KafkaCluster>, target: &NodeTarget, killed: i32, controller_before: Option<(i32, i64)>) -> Option<String> {
+    match target {
+        NodeTarget::Controller => poll_until(cluster, |cluster, waited| match cluster.controller() {
+            Ok((leader, epoch)) if leader != killed && controller_before.is_none_or(|(_, before)| epoch > before) => Some(format!(
+                "node {leader} became the active controller after {} ms (epoch {epoch})",
+                waited.as_millis()
+            )),
+            _ => None,
+        }),
+        NodeTarget::Follower { topic, partition, .. } => {
+            let chosen = cluster
+                .upgrade()?
+                .roles
+                .lock()
+                .ok()
+                .and_then(|roles| roles.get(&(topic.clone(), *partition)).map(|roles| roles.partition))?;
+            let client = cluster.upgrade()?.metadata_client().ok()?;
+            let seen = poll_until(cluster, |_, waited| {
+                let (_, _, isr) = partition_state(&client, topic, chosen).ok()?;
+                (!isr.contains(&killed)).then(|| {
+                    format!(
+                        "{topic}[{chosen}]'s in-sync replicas dropped node {killed} after {} ms: {isr:?}",
+                        waited.as_millis()
+                    )
+                })
+            });
+            seen.filter(|seen| !seen.starts_with("nothing changed")).or_else(|| {
+                Some(format!(
+                    "{topic}[{chosen}]'s in-sync replicas still list node {killed} after {EFFECT_TIMEOUT:?}: no controller quorum to shrink them, or the node came back"
+                ))
+            })
+        }
+        NodeTarget::Leader { topic, partition } => {
+            let roles = cluster
+                .upgrade()?
+                .roles
+                .lock()
+                .ok()
+                .and_then(|roles| roles.get(&(topic.clone(), *partition)).cloned())?;
+            let client = cluster.upgrade()?.metadata_client().ok()?;
+            let mut leaderless_since: Option<Duration> = None;
+            poll_until(cluster, |_, waited| {
+                let (leader, _, isr) = partition_state(&client, topic, roles.partition).ok()?;
+                match leader {
+                    -1 if roles.replicas.len() == 1 && leaderless_since.is_none() => {
+                        leaderless_since = Some(waited);
+                        None
+                    }
+                    -1 => None,
+                    leader if leader != killed => Some(match leaderless_since {
+                        Some(since) => format!(
+                            "{topic}[{}] (one replica, on node {killed}) had no leader from {} ms to {} ms after the kill: unavailable while its only broker was down",
+                            roles.partition,
+                            since.as_millis(),
+                            waited.as_millis()
+                        ),
+                        None => format!(
+                            "{topic}[{}] led by node {leader} after {} ms, in sync: {isr:?}",
+                            roles.partition,
+                            waited.as_millis()
+                        ),
+                    }),
+                    // The same node again: a single replica whose node came back.
+                    leader if leaderless_since.is_some() => Some(format!(
+                        "{topic}[{}] (one replica) had no leader from {} ms to {} ms after the kill, then node {leader} came back",
+                        roles.partition,
+                        leaderless_since.unwrap_or_default().as_millis(),
+                        waited.as_millis()
+                    )),
+                    _ => None,
+                }
+            })
+        }
+        NodeTarget::Id { .. } => None,
+    }
+}
+
+/// What cutting a leader's replication led to: the partitions it leads shrink their
+/// in-sync replicas to the leader alone, below `min.insync.replicas`.
+fn effect_of_cut(cluster: &Weak<KafkaCluster>, leader: i32) -> Option<String> {
+    let client = cluster.upgrade()?.metadata_client().ok()?;
+    poll_until(cluster, |_, waited| {
+        let metadata = client.fetch_metadata(None, Duration::from_secs(5)).ok()?;
+        let shrunk: Vec<String> = metadata
+            .topics()
+            .iter()
+            .filter(|topic| !topic.name().starts_with("__"))
+            .flat_map(|topic| {
+                topic
+                    .partitions()
+                    .iter()
+                    .filter(|partition| partition.leader() == leader && partition.isr() == [leader] && partition.replicas().len() > 1)
+                    .map(move |partition| format!("{}[{}]", topic.name(), partition.id()))
+            })
+            .collect();
+        (!shrunk.is_empty()).then(|| {
+            format!(
+                "in-sync replicas of {} shrank to node {leader} alone after {} ms: below min.insync.replicas={KAFKA_MIN_INSYNC_REPLICAS}, acks=all writes there are refused (NOT_ENOUGH_REPLICAS)",
+                shrunk.join(", "),
+                waited.as_millis()
+            )
+        })
+    })
 }
 
 fn target_role(target: &NodeTarget) -> String {
@@ -779,10 +927,11 @@ group.initial.rebalance.delay.ms=0
 # Fewer offsets partitions than the default 50: the first group starts in a moment on 2 cores.
 offsets.topic.num.partitions=6
 # A dead node is fenced after 4 s instead of 9, and a follower that stops fetching leaves
-# the ISR after 10 s instead of 30: failovers a test can wait for.
+# the ISR after 6 to 9 s instead of 30 to 45 (the leader checks every half of it):
+# failovers a test can wait for.
 broker.heartbeat.interval.ms=500
 broker.session.timeout.ms=4000
-replica.lag.time.max.ms=10000
+replica.lag.time.max.ms=6000
 # The log cleaner's dedupe buffer is 128 MiB of heap by default; the heap is {HEAP_MB} MiB.
 log.cleaner.dedupe.buffer.size=2097152
 # Small thread pools for a 2-core machine with three nodes on it.

@@ -190,9 +190,22 @@ impl Cluster {
         if self.kafka.is_some() { kafka::KAFKA_REPLICATION_FACTOR } else { 1 }
     }
 
+    /// The `min.insync.replicas` this backend enforces on `acks=all` writes, where it is
+    /// known: 2 on the three-node Kafka cluster. The mock ignores acks, tansu has one broker,
+    /// and an external cluster is asked by `topics plan`.
+    pub fn min_insync_replicas(&self) -> Option<i32> {
+        self.kafka.is_some().then_some(kafka::KAFKA_MIN_INSYNC_REPLICAS)
+    }
+
     /// The three-node Kafka cluster, on the `kafka` backend.
     pub fn kafka_nodes(&self) -> Option<&kafka::KafkaCluster> {
         self.kafka.as_deref()
+    }
+
+    /// What faults were seen to do after they returned (a failover the backend waited for
+    /// beside the run), each with the fault as displayed. Empty on backends that do not watch.
+    pub fn observations(&self) -> Vec<(String, String)> {
+        self.kafka.as_deref().map(kafka::KafkaCluster::observations).unwrap_or_default()
     }
 
     /// The faults this backend can inject.

@@ -2,6 +2,13 @@
 //! replication factor and which configs; [`plan`] compares it with a cluster and [`apply`]
 //! creates what is missing.
 //!
+//! The file declares topics for a production cluster (replication factor 3,
+//! `min.insync.replicas` 2). Against a smaller cluster (one broker: tansu, a container) the
+//! plan fits them to it, and says so: replication factor at most the brokers there are, and
+//! `min.insync.replicas` at most the replication factor. A topic whose replication factor is
+//! below the `min.insync.replicas` it would get (its own, or the cluster's default) is
+//! refused: every `acks=all` write to it would fail with NOT_ENOUGH_REPLICAS.
+//!
 //! Kafka cannot remove partitions, so fewer partitions than the cluster has is refused.
 //! More partitions on a keyed topic moves keys to other partitions: while producers and
 //! consumers switch over, two events of one account can sit on two partitions and be
@@ -10,7 +17,7 @@
 
 use crate::{ADMIN_TIMEOUT, ClusterError};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -80,6 +87,66 @@ pub struct TopicState {
     pub replication_factor: i32,
 }
 
+/// What the plan knows of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// Brokers its metadata lists.
+    pub brokers: i32,
+    /// Its default `min.insync.replicas`, when a broker told (tansu does not).
+    pub min_insync_replicas: Option<i32>,
+}
+
+/// The topic config that sets how many in-sync replicas an `acks=all` write needs.
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+
+/// One topic of a plan: as declared, as fitted to the cluster (with why, when they differ),
+/// as it is, and what `apply` would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTopic {
+    /// As the file declares it.
+    pub declared: TopicSpec,
+    /// As fitted to the cluster: what `apply` creates.
+    pub spec: TopicSpec,
+    /// Why `spec` differs from `declared`, when it does.
+    pub fitted: Option<String>,
+    /// As it is on the cluster.
+    pub state: Option<TopicState>,
+    /// What `apply` would do.
+    pub action: Action,
+}
+
+impl TopicSpec {
+    /// Its `min.insync.replicas`, when it declares one.
+    pub fn min_insync_replicas(&self) -> Option<i32> {
+        self.configs.get(MIN_INSYNC_REPLICAS).and_then(|value| value.parse().ok())
+    }
+
+    /// The topic fitted to a cluster with fewer brokers than its replication factor:
+    /// replication factor at most the brokers, `min.insync.replicas` at most that. Returns
+    /// the fitted topic and why it differs, when it does.
+    pub fn fit(&self, facts: ClusterFacts) -> (TopicSpec, Option<String>) {
+        if facts.brokers < 1 || self.replication_factor <= facts.brokers {
+            return (self.clone(), None);
+        }
+        let mut fitted = self.clone();
+        fitted.replication_factor = facts.brokers;
+        let mut why = format!(
+            "the cluster has {} broker(s): replication factor {} instead of {}",
+            facts.brokers, fitted.replication_factor, self.replication_factor
+        );
+        if let Some(declared) = self.min_insync_replicas().filter(|min| *min > fitted.replication_factor) {
+            fitted
+                .configs
+                .insert(MIN_INSYNC_REPLICAS.to_owned(), fitted.replication_factor.to_string());
+            let _ = std::fmt::Write::write_fmt(
+                &mut why,
+                format_args!(", {MIN_INSYNC_REPLICAS} {} instead of {declared}", fitted.replication_factor),
+            );
+        }
+        (fitted, Some(why))
+    }
+}
+
 /// What `apply` would do for one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -124,8 +191,22 @@ impl fmt::Display for Action {
     }
 }
 
-/// Decides what to do for one topic.
-pub fn decide(spec: &TopicSpec, state: Option<TopicState>) -> Action {
+/// Decides what to do for one topic (already fitted to the cluster).
+pub fn decide(spec: &TopicSpec, state: Option<TopicState>, facts: ClusterFacts) -> Action {
+    let min_insync = spec.min_insync_replicas().or(facts.min_insync_replicas);
+    if let Some(min_insync) = min_insync.filter(|min| spec.replication_factor < *min) {
+        let whose = if spec.min_insync_replicas().is_some() {
+            "its own"
+        } else {
+            "the cluster's default"
+        };
+        return Action::Refuse {
+            reason: format!(
+                "{} has replication factor {} but {MIN_INSYNC_REPLICAS} {min_insync} ({whose}): every acks=all write to it would fail with NOT_ENOUGH_REPLICAS; raise its replication factor or set {MIN_INSYNC_REPLICAS} <= {} in its configs",
+                spec.name, spec.replication_factor, spec.replication_factor
+            ),
+        };
+    }
     let Some(state) = state else { return Action::Create };
     if spec.partitions < state.partitions {
         return Action::Refuse {
@@ -164,8 +245,27 @@ pub(crate) fn client_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
-/// Reads the current state of every topic in the file.
-pub async fn plan(bootstrap: &str, file: &TopicsFile) -> Result<Vec<(TopicSpec, Option<TopicState>, Action)>, ClusterError> {
+/// The cluster's default `min.insync.replicas`, from a broker's configs; `None` when the
+/// broker does not answer DescribeConfigs (tansu).
+async fn default_min_insync_replicas(bootstrap: &str, broker: i32) -> Option<i32> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create().ok()?;
+    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let results = admin.describe_configs([&ResourceSpecifier::Broker(broker)], &options).await.ok()?;
+    results.into_iter().find_map(|result| {
+        result
+            .ok()?
+            .entries
+            .into_iter()
+            .find(|entry| entry.name == MIN_INSYNC_REPLICAS)?
+            .value?
+            .parse()
+            .ok()
+    })
+}
+
+/// Reads the cluster and the current state of every topic in the file, fits each topic to
+/// the cluster and decides what `apply` would do.
+pub async fn plan(bootstrap: &str, file: &TopicsFile) -> Result<Vec<PlannedTopic>, ClusterError> {
     let consumer: BaseConsumer = client_config(bootstrap)
         .create()
         .map_err(|error| admin_error(bootstrap, "creating a metadata client", error))?;
@@ -174,10 +274,18 @@ pub async fn plan(bootstrap: &str, file: &TopicsFile) -> Result<Vec<(TopicSpec, 
         .await
         .map_err(|error| admin_error(&owned_bootstrap, "reading metadata", error))?
         .map_err(|error| admin_error(bootstrap, "reading metadata (is a broker there?)", error))?;
+    let facts = ClusterFacts {
+        brokers: metadata.brokers().len() as i32,
+        min_insync_replicas: match metadata.brokers().first() {
+            Some(broker) => default_min_insync_replicas(bootstrap, broker.id()).await,
+            None => None,
+        },
+    };
     Ok(file
         .topics
         .iter()
-        .map(|spec| {
+        .map(|declared| {
+            let (spec, fitted) = declared.fit(facts);
             let state = metadata
                 .topics()
                 .iter()
@@ -186,8 +294,14 @@ pub async fn plan(bootstrap: &str, file: &TopicsFile) -> Result<Vec<(TopicSpec, 
                     partitions: topic.partitions().len() as i32,
                     replication_factor: topic.partitions().first().map_or(0, |partition| partition.replicas().len() as i32),
                 });
-            let action = decide(spec, state);
-            (spec.clone(), state, action)
+            let action = decide(&spec, state, facts);
+            PlannedTopic {
+                declared: declared.clone(),
+                spec,
+                fitted,
+                state,
+                action,
+            }
         })
         .collect())
 }
@@ -201,7 +315,7 @@ pub async fn apply(bootstrap: &str, file: &TopicsFile, allow_reorder: bool) -> R
         .map_err(|error| admin_error(bootstrap, "creating an admin client", error))?;
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
     let mut outcomes = Vec::new();
-    for (spec, _, action) in plan(bootstrap, file).await? {
+    for PlannedTopic { spec, action, .. } in plan(bootstrap, file).await? {
         let outcome = match action {
             Action::Keep => "up to date".to_owned(),
             Action::Create => {
@@ -272,6 +386,19 @@ mod tests {
         }
     }
 
+    const ONE_BROKER: ClusterFacts = ClusterFacts {
+        brokers: 1,
+        min_insync_replicas: Some(1),
+    };
+    const THREE_BROKERS: ClusterFacts = ClusterFacts {
+        brokers: 3,
+        min_insync_replicas: Some(2),
+    };
+
+    fn decide(spec: &TopicSpec, state: Option<TopicState>) -> Action {
+        super::decide(spec, state, ONE_BROKER)
+    }
+
     fn state(partitions: i32) -> Option<TopicState> {
         Some(TopicState {
             partitions,
@@ -305,6 +432,35 @@ mod tests {
                 .contains("--allow-reorder")
         );
         assert_eq!(decide(&spec(24, false), state(12)), Action::AddPartitions { from: 12, to: 24 });
+    }
+
+    #[test]
+    fn a_topic_for_three_brokers_is_fitted_to_one_and_says_so() {
+        let mut declared = spec(12, true);
+        declared.replication_factor = 3;
+        declared.configs.insert(MIN_INSYNC_REPLICAS.into(), "2".into());
+        let (fitted, why) = declared.fit(ONE_BROKER);
+        assert_eq!((fitted.replication_factor, fitted.min_insync_replicas()), (1, Some(1)));
+        assert!(why.is_some_and(|why| why.contains("1 broker(s)")));
+        assert_eq!(declared.fit(THREE_BROKERS), (declared.clone(), None));
+        assert_eq!(super::decide(&declared, None, THREE_BROKERS), Action::Create);
+        assert_eq!(super::decide(&fitted, None, ONE_BROKER), Action::Create);
+    }
+
+    #[test]
+    fn a_replication_factor_below_min_insync_replicas_is_refused() {
+        // RF 1 on a cluster whose default min.insync.replicas is 2: acks=all could never pass.
+        let refused = super::decide(&spec(12, true), None, THREE_BROKERS);
+        assert!(
+            matches!(&refused, Action::Refuse { reason } if reason.contains("NOT_ENOUGH_REPLICAS") && reason.contains("cluster's default")),
+            "{refused:?}"
+        );
+        let mut own = spec(12, true);
+        own.replication_factor = 2;
+        own.configs.insert(MIN_INSYNC_REPLICAS.into(), "3".into());
+        assert!(matches!(super::decide(&own, None, THREE_BROKERS), Action::Refuse { reason } if reason.contains("its own")));
+        own.configs.insert(MIN_INSYNC_REPLICAS.into(), "1".into());
+        assert_eq!(super::decide(&own, None, THREE_BROKERS), Action::Create);
     }
 
     #[test]

@@ -380,6 +380,7 @@ pub async fn run(
             record.error = Some(error);
         }
     }
+    attach_observations(&mut faults, cluster.observations());
     let counters = fleet.counters.clone();
     let mut latency = fleet.finish().await?;
     let next_counters = next_fleet.as_ref().map(|next| next.counters.clone());
@@ -480,6 +481,23 @@ struct TopicLayout {
 /// Creates the run's topics and their dead-letter topics (again after a broker restart:
 /// a broker with memory storage comes back empty).
 async fn ensure_topics(cluster: &Cluster, layout: &TopicLayout) -> Result<(), ClusterError> {
+    let own_min_insync = layout
+        .configs
+        .iter()
+        .find(|(key, _)| key == tradeflow_cluster::topics::MIN_INSYNC_REPLICAS)
+        .and_then(|(_, value)| value.parse::<i32>().ok());
+    if let Some(min_insync) = own_min_insync
+        .or(cluster.min_insync_replicas())
+        .filter(|min| layout.replication_factor < *min)
+    {
+        return Err(ClusterError::Unsupported {
+            backend: cluster.backend(),
+            reason: format!(
+                "replication factor {} is below min.insync.replicas {min_insync}: every acks=all write would fail with NOT_ENOUGH_REPLICAS; set min.insync.replicas on the topic",
+                layout.replication_factor
+            ),
+        });
+    }
     for (topic, partitions) in &layout.topics {
         cluster
             .ensure_topic_with(topic, *partitions, layout.replication_factor, &layout.configs)
@@ -498,6 +516,27 @@ async fn apply_broker_fault(cluster: &Cluster, fault: &Fault, layout: &TopicLayo
         ensure_topics(cluster, layout).await.map_err(|error| error.to_string())?;
     }
     Ok(effect)
+}
+
+/// Adds what the backend saw a fault lead to (a failover it waited for beside the run) to
+/// the effect of the first applied fault of that name still without one.
+fn attach_observations(faults: &mut [FaultRecord], observations: Vec<(String, String)>) {
+    let mut observed = vec![false; faults.len()];
+    for (fault, seen) in observations {
+        // A broker step is recorded as its action: "broker: " and the fault.
+        let is_it = |record: &FaultRecord| record.error.is_none() && record.fault.strip_prefix("broker: ") == Some(fault.as_str());
+        if let Some((index, record)) = faults
+            .iter_mut()
+            .enumerate()
+            .find(|(index, record)| !observed[*index] && is_it(record))
+        {
+            observed[index] = true;
+            record.effect = Some(match record.effect.take() {
+                Some(effect) => format!("{effect}; {seen}"),
+                None => seen,
+            });
+        }
+    }
 }
 
 /// Applies a service fault to the fleet (poison is published by the caller, beside the

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tradeflow_check::{RunProgress, RunRecord};
 use tradeflow_cluster::Fault;
-use tradeflow_cluster::faults::{Api, RequestError};
+use tradeflow_cluster::faults::{Api, NodeFault, NodeTarget, RequestError};
 use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep, ServiceFault};
 use tradeflow_cluster::proxy::Chaos;
 use tradeflow_domain::{EventMix, RateProfile, WorkloadConfig};
@@ -51,6 +51,7 @@ const MOCK_BROKERS: i32 = 3;
 enum Backend {
     Mock,
     Tansu,
+    Kafka,
     Container,
 }
 
@@ -61,6 +62,8 @@ impl Backend {
         match self {
             Backend::Mock => 8,
             Backend::Tansu => 5,
+            // Each case starts three JVMs (several seconds) and its faults take failovers.
+            Backend::Kafka => 3,
             Backend::Container => 3,
         }
     }
@@ -69,7 +72,8 @@ impl Backend {
         match self {
             Backend::Mock => Duration::from_secs(20),
             // tansu takes several seconds per rebalance.
-            Backend::Tansu | Backend::Container => Duration::from_secs(40),
+            // A failover on Kafka waits out broker.session.timeout.ms.
+            Backend::Tansu | Backend::Kafka | Backend::Container => Duration::from_secs(40),
         }
     }
 }
@@ -225,7 +229,7 @@ fn service_action(backend: Backend) -> BoxedStrategy<(Action, Option<u64>)> {
     let join = Just((Action::Service(ServiceFault::Join), None));
     let poison = (1_u32..=3).prop_map(|count| (Action::Service(ServiceFault::Poison { count }), None));
     match backend {
-        Backend::Mock => prop_oneof![
+        Backend::Mock | Backend::Kafka => prop_oneof![
             crash,
             join,
             Just((Action::Service(ServiceFault::Leave { consumer: 0 }), None)),
@@ -282,7 +286,45 @@ fn broker_action(backend: Backend) -> BoxedStrategy<(Action, Option<u64>)> {
             proxy(),
         ]
         .boxed(),
+        Backend::Kafka => kafka_node_action(),
     }
+}
+
+/// One node of the three-node Kafka cluster, by role (a partition's leader or follower,
+/// the active controller) or by id: killed and restarted with its data, paused, or slowed
+/// or reset at its client proxy. With RF 3 and min.insync.replicas 2 a correct pipeline
+/// survives any one of them.
+fn kafka_node_action() -> BoxedStrategy<(Action, Option<u64>)> {
+    let target = prop_oneof![
+        (0_i32..=1).prop_map(|partition| NodeTarget::Leader {
+            topic: "trades".into(),
+            partition: Some(partition)
+        }),
+        (0_i32..=1, 0_usize..=1).prop_map(|(partition, index)| NodeTarget::Follower {
+            topic: "trades".into(),
+            partition: Some(partition),
+            index
+        }),
+        Just(NodeTarget::Controller),
+        (1_i32..=3).prop_map(|id| NodeTarget::Id { id }),
+    ];
+    let action = prop_oneof![
+        (1_000_u64..=4_000).prop_map(|span| (NodeFault::Kill, Some(span))),
+        (300_u64..=2_000).prop_map(|span| (NodeFault::Pause, Some(span))),
+        (5_u64..=60, 300_u64..=2_000).prop_map(|(latency_ms, span)| (
+            NodeFault::ProxyChaos {
+                chaos: Chaos {
+                    latency_ms,
+                    ..Chaos::default()
+                }
+            },
+            Some(span)
+        )),
+        Just((NodeFault::ProxyReset, None)),
+    ];
+    (target, action)
+        .prop_map(|(node, (action, span))| (Action::Broker(Fault::Node { node, action }), span))
+        .boxed()
 }
 
 /// Cases for the properties that must hold: any workload, up to four faults of either kind.
@@ -365,6 +407,7 @@ fn cluster(backend: Backend, test: &str) -> Option<tradeflow_cluster::Cluster> {
     match backend {
         Backend::Mock => Some(tradeflow_cluster::Cluster::mock(MOCK_BROKERS).expect("mock cluster starts")),
         Backend::Tansu => tradeflow_tests::tansu_cluster(test),
+        Backend::Kafka => tradeflow_tests::kafka_cluster(test),
         Backend::Container => tradeflow_tests::container_cluster(test),
     }
 }
@@ -512,6 +555,11 @@ fn the_pipeline_keeps_order_loses_nothing_applies_once_and_matches_the_oracle_on
 #[test]
 fn the_pipeline_keeps_order_loses_nothing_applies_once_and_matches_the_oracle_on_tansu() {
     holds("pipeline_on_tansu", Backend::Tansu, any_case(Backend::Tansu), &Property::ALL);
+}
+
+#[test]
+fn the_pipeline_keeps_order_loses_nothing_applies_once_and_matches_the_oracle_on_kafka() {
+    holds("pipeline_on_kafka", Backend::Kafka, any_case(Backend::Kafka), &Property::ALL);
 }
 
 #[test]

@@ -984,9 +984,11 @@ fn verdict_table(name: &str, seed: u64, broker: &str, outcomes: &[VariantOutcome
             [
                 outcome.label.clone(),
                 format!(
-                    "p={} c={} idem={} commit={} dlq={}",
+                    "p={} c={} rf={} acks={} idem={} commit={} dlq={}",
                     get("partitions"),
                     get("consumers"),
+                    get("replication_factor"),
+                    get("acks"),
                     get("enable_idempotence"),
                     get("commit_policy"),
                     get("dead_letter")

@@ -19,7 +19,7 @@ pub enum TopicsCommand {
 pub struct TopicsArgs {
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]. The embedded mock cluster lives only
     /// inside a run (and has no CreateTopics): runs create their topics through its mock API.
-    #[arg(long)]
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
     bootstrap: String,
     /// The topics file.
     #[arg(long, default_value = "topics.toml")]

@@ -187,3 +187,120 @@ fn external_security_settings_are_checked_and_the_password_never_printed() {
     let everything = format!("{stderr}{}", String::from_utf8_lossy(&output.stdout));
     assert!(!everything.contains("hunter2-secret"), "the password leaked:\n{everything}");
 }
+
+/// A three-node Apache Kafka cluster, or `None` (said loudly) when there is no Java or no
+/// Kafka jars and `TRADEFLOW_REQUIRE_BACKENDS` does not name `kafka`.
+fn kafka(test: &str) -> Option<tradeflow_cluster::Cluster> {
+    match tradeflow_cluster::Cluster::kafka() {
+        Ok(cluster) => Some(cluster),
+        Err(error) => {
+            let required = std::env::var("TRADEFLOW_REQUIRE_BACKENDS").is_ok_and(|list| list.split(',').any(|name| name.trim() == "kafka"));
+            assert!(
+                !required,
+                "{test}: Apache Kafka is required (TRADEFLOW_REQUIRE_BACKENDS) but unavailable: {error}"
+            );
+            eprintln!("\n*** SKIPPED {test}: Apache Kafka unavailable ({error}) ***\n");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_readmes_topics_apply_creates_replicated_topics_on_kafka_and_refuses_too_few_replicas() {
+    let test = "the_readmes_topics_apply_creates_replicated_topics_on_kafka_and_refuses_too_few_replicas";
+    let Some(cluster) = kafka(test) else {
+        return;
+    };
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // As the README gives it: KAFKA_BOOTSTRAP_SERVERS exported, the repository's topics.toml.
+    let run = |arguments: &[&str], directory: &std::path::Path| {
+        let output = tradeflow()
+            .current_dir(directory)
+            .env("KAFKA_BOOTSTRAP_SERVERS", cluster.bootstrap_servers())
+            .args(arguments)
+            .output()
+            .expect("tradeflow runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        eprintln!("tradeflow {arguments:?}:\n{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), stdout)
+    };
+    let (code, stdout) = run(&["topics", "apply"], &workspace);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("trades ") && stdout.contains("created"), "{stdout}");
+    let (code, stdout) = run(&["topics", "plan"], &workspace);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("12 partitions, replication 3") && !stdout.contains("note:"),
+        "{stdout}"
+    );
+
+    let directory = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(
+        directory.path().join("topics.toml"),
+        "[[topic]]\nname = \"unsafe\"\npartitions = 3\nreplication_factor = 1\n",
+    )
+    .expect("a topics file");
+    let (code, stdout) = run(&["topics", "apply"], directory.path());
+    assert_eq!(code, Some(3), "a refused topic is not a clean apply: {stdout}");
+    assert!(stdout.contains("refused") && stdout.contains("NOT_ENOUGH_REPLICAS"), "{stdout}");
+}
+
+/// Pids of the processes whose parent is `parent` and whose command line contains `needle`.
+fn children_named(parent: u32, needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()))
+        .filter(|pid| {
+            let parent_of = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+            });
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            parent_of == Some(parent) && String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
+#[test]
+fn ctrl_c_stops_every_kafka_node_a_run_started() {
+    use std::io::{BufRead, BufReader};
+    let test = "ctrl_c_stops_every_kafka_node_a_run_started";
+    // Only to learn whether Kafka can start here (and to say so loudly when it cannot).
+    let Some(probe) = kafka(test) else {
+        return;
+    };
+    drop(probe);
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let mut child = tradeflow()
+        .current_dir(directory.path())
+        .args([
+            "run", "stream", "--broker", "kafka", "--seed", "3", "--events", "200000", "--rate", "1000",
+        ])
+        .args(["--database-url"])
+        .arg(directory.path().join("run.db"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tradeflow starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    // The run line names the backend once the three nodes are up.
+    let started = lines.by_ref().map_while(Result::ok).any(|line| line.contains("via kafka"));
+    assert!(started, "the run never said it was on kafka");
+    let nodes = children_named(child.id(), "tradeflow-kafka-");
+    assert_eq!(nodes.len(), 3, "three JVM nodes are children of the run: {nodes:?}");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let exit = child.wait().expect("the run exits");
+    assert!(!exit.success(), "an interrupted run does not report success: {exit}");
+    let left: Vec<u32> = nodes
+        .into_iter()
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    assert!(left.is_empty(), "JVMs left behind after Ctrl-C: {left:?}");
+}

@@ -141,18 +141,18 @@ pub enum NodeTarget {
 
 impl fmt::Display for NodeTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let partition =
-            |partition: &Option<i32>| partition.map_or_else(|| "the busiest partition".to_owned(), |p| format!("partition {p}"));
+        let partition = |topic: &str, partition: &Option<i32>| match partition {
+            Some(partition) => format!("{topic}[{partition}]"),
+            None => format!("the busiest partition of {topic}"),
+        };
         match self {
             NodeTarget::Id { id } => write!(f, "node {id}"),
-            NodeTarget::Leader { topic, partition: p } => write!(f, "the leader of {topic}'s {}", partition(p)),
+            NodeTarget::Leader { topic, partition: p } => write!(f, "the leader of {}", partition(topic, p)),
             NodeTarget::Follower {
                 topic,
                 partition: p,
                 index,
-            } => {
-                write!(f, "follower {} of {topic}'s {}", index + 1, partition(p))
-            }
+            } => write!(f, "follower {} of {}", index + 1, partition(topic, p)),
             NodeTarget::Controller => f.write_str("the active controller"),
         }
     }

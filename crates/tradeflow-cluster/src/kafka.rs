@@ -18,7 +18,6 @@
 
 use crate::faults::{NodeFault, NodeTarget};
 use crate::proxy::{Chaos, ChaosProxy};
-use crate::tansu::free_port;
 use crate::{ClusterError, topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::HashMap;
@@ -38,6 +37,8 @@ pub const KAFKA_NODES: i32 = 3;
 pub const KAFKA_REPLICATION_FACTOR: i32 = 3;
 /// `min.insync.replicas` of the cluster.
 pub const KAFKA_MIN_INSYNC_REPLICAS: i32 = 2;
+/// Most attempts at starting the cluster when a port was taken before a node bound it.
+pub const START_ATTEMPTS_MAX: u32 = 3;
 /// Heap of each JVM: three of them share a 2-core, 24 GiB machine with the run.
 pub const HEAP_MB: u32 = 384;
 /// How long the cluster may take to list every broker.
@@ -221,10 +222,11 @@ impl KafkaCluster {
         let mut nodes = Vec::with_capacity(KAFKA_NODES as usize);
         let mut controller_ports = Vec::with_capacity(KAFKA_NODES as usize);
         let mut internal_ports = Vec::with_capacity(KAFKA_NODES as usize);
+        let mut ports = ListenPorts::default();
         for id in 1..=KAFKA_NODES {
-            let client_port = free_port()?;
-            let internal_port = free_port()?;
-            controller_ports.push(free_port()?);
+            let client_port = ports.next()?;
+            let internal_port = ports.next()?;
+            controller_ports.push(ports.next()?);
             internal_ports.push(internal_port);
             let node_directory = directory.path().join(format!("node-{id}"));
             std::fs::create_dir_all(node_directory.join("data"))
@@ -574,14 +576,13 @@ impl KafkaCluster {
         if let NodeTarget::Id { id } = target {
             return Ok((*id, String::new()));
         }
-        if let Some(id) = self.resolved.lock().ok().and_then(|resolved| resolved.get(target).copied()) {
-            return Ok((id, format!(" ({target})")));
-        }
-        let id = match target {
-            NodeTarget::Id { id } => *id,
-            NodeTarget::Controller => self.controller()?.0,
-            NodeTarget::Leader { topic, partition } => self.partition_roles(topic, *partition)?.leader,
-            NodeTarget::Follower { topic, partition, index } => {
+        let remembered = self.resolved.lock().ok().and_then(|resolved| resolved.get(target).copied());
+        let id = match (remembered, target) {
+            (Some(id), _) => id,
+            (None, NodeTarget::Id { id }) => *id,
+            (None, NodeTarget::Controller) => self.controller()?.0,
+            (None, NodeTarget::Leader { topic, partition }) => self.partition_roles(topic, *partition)?.leader,
+            (None, NodeTarget::Follower { topic, partition, index }) => {
                 let roles = self.partition_roles(topic, *partition)?;
                 let followers: Vec<i32> = roles.replicas.iter().copied().filter(|replica| *replica != roles.leader).collect();
                 *followers.get(*index).ok_or_else(|| {
@@ -857,6 +858,37 @@ fn busiest_partition(client: &BaseConsumer, topic: &str) -> Result<i32, ClusterE
         .max_by_key(|(partition, high)| (*high, -partition))
         .map(|(partition, _)| partition)
         .ok_or_else(|| unavailable(format!("no partition of {topic} answered with its offsets")))
+}
+
+/// Ports for the JVMs to listen on, free when picked. They are bound only when the JVM
+/// starts, seconds later, so they come from below the kernel's range of ephemeral ports:
+/// an outgoing connection (there are many on a busy test machine) cannot take one in
+/// between, as it could a port the kernel handed out for `bind(0)`.
+#[derive(Default)]
+struct ListenPorts {
+    taken: Vec<u16>,
+}
+
+/// Where the ports come from: below Linux's default ephemeral range (32768-60999).
+const LISTEN_PORTS: std::ops::Range<u16> = 20_000..32_000;
+/// Most ports tried for one free port.
+const LISTEN_PORT_TRIES_MAX: usize = 200;
+
+impl ListenPorts {
+    fn next(&mut self) -> Result<u16, ClusterError> {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        for _ in 0..LISTEN_PORT_TRIES_MAX {
+            let port = rng.random_range(LISTEN_PORTS);
+            if !self.taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                self.taken.push(port);
+                return Ok(port);
+            }
+        }
+        Err(unavailable(format!(
+            "no free port in {LISTEN_PORTS:?} after {LISTEN_PORT_TRIES_MAX} tries"
+        )))
+    }
 }
 
 fn start_proxy(port: u16) -> Result<ChaosProxy, ClusterError> {

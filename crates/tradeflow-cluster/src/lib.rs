@@ -172,7 +172,21 @@ impl Cluster {
     /// Starts Apache Kafka: three JVM nodes in KRaft combined mode on free loopback ports,
     /// each behind chaos proxies, and waits until the metadata lists all three brokers.
     pub fn kafka() -> Result<Cluster, ClusterError> {
-        let cluster = kafka::KafkaCluster::start()?;
+        let mut attempt = 1;
+        let cluster = loop {
+            match kafka::KafkaCluster::start() {
+                Ok(cluster) => break cluster,
+                // A port picked free can still be taken before the JVM binds it: pick again.
+                Err(error) if attempt < kafka::START_ATTEMPTS_MAX && error.to_string().contains("Address already in use") => {
+                    tracing::warn!(
+                        attempt,
+                        "a Kafka node could not bind its port; starting the cluster again on other ports"
+                    );
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         Ok(Cluster {
             backend: "kafka",
             bootstrap: cluster.bootstrap(),

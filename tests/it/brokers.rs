@@ -14,7 +14,7 @@ use tradeflow_store::Store;
 use tradeflow_stream::StreamOptions;
 use tradeflow_stream::publisher::PublisherConfig;
 
-fn options(seed: u64, events: u64, partitions: i32) -> StreamOptions {
+pub(crate) fn options(seed: u64, events: u64, partitions: i32) -> StreamOptions {
     eprintln!("seed: {seed}");
     StreamOptions {
         workload: WorkloadConfig {

@@ -3,16 +3,13 @@
 //! behind when the cluster is dropped, when a test fails or on Ctrl-C.
 
 use std::path::Path;
-use std::time::Duration;
 use tokio::sync::watch;
 use tradeflow_check::RunProgress;
 use tradeflow_check::history::Verdict;
 use tradeflow_cluster::Fault;
 use tradeflow_cluster::faults::{NodeFault, NodeTarget};
 use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep};
-use tradeflow_domain::{RateProfile, WorkloadConfig};
 use tradeflow_stream::StreamOptions;
-use tradeflow_stream::publisher::PublisherConfig;
 
 /// Whether a process with this pid still exists (a reaped child does not).
 fn alive(pid: u32) -> bool {
@@ -34,27 +31,9 @@ fn jvms_of(directory: &Path) -> Vec<u32> {
 }
 
 fn options(seed: u64, events: u64) -> StreamOptions {
-    eprintln!("seed: {seed}");
-    StreamOptions {
-        workload: WorkloadConfig {
-            seed,
-            events,
-            accounts: 40,
-            rate_per_s: 1_000.0,
-            profile: RateProfile::Steady,
-            skew: tradeflow_domain::workload::ACCOUNT_SKEW,
-            mix: tradeflow_domain::EventMix::default(),
-        },
-        topic: "trades".into(),
-        partitions: 6,
-        consumers: 2,
-        publisher: PublisherConfig::default(),
-        batch_size: 100,
-        fill_wait: Duration::from_millis(5),
-        stall_timeout: Duration::from_secs(30),
-        metrics: None,
-        scenario: tradeflow_stream::Scenario::default(),
-    }
+    let mut options = crate::brokers::options(seed, events, 6);
+    options.workload.rate_per_s = 1_000.0;
+    options
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

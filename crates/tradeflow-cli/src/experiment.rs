@@ -509,50 +509,36 @@ fn producer_retries(setup: &Setup) -> Result<Vec<Variant>, String> {
                 ),
             )
         }
-        BrokerChoice::Tansu | BrokerChoice::Container => {
-            // The proxy delays answers so several requests are in flight, then resets the
-            // connections: requests the broker wrote but whose answers were lost are sent
-            // again.
-            let mut steps = vec![PlanStep {
-                at_ms: 0,
-                for_ms: Some(publishing),
-                action: Action::Broker(Fault::ProxyChaos {
-                    chaos: Chaos {
-                        latency_ms: 30,
-                        ..Chaos::default()
-                    },
-                }),
-            }];
-            steps.extend(setup.plan(&[candidate(Action::Broker(Fault::ProxyReset), (0, 0))], 6).steps);
-            let mut plan = FaultPlan::fixed(steps);
-            plan.seed = setup.seed;
-            (
-                plan,
-                Expected::pass(
-                    "a reset fails every request in flight on the connection at once, and the client sends them again in order: no reordering; a request the broker had written comes twice, and the idempotent balance service skips it (see `redelivered`). The proxy cannot fail one request and pass the next, which is what reorders on the mock",
-                ),
-                Expected::pass("the broker discards the resent requests by their producer sequence: no duplicates, no reordering"),
-            )
-        }
-        BrokerChoice::Kafka => {
-            // The same on each node's client proxy: answers delayed, connections reset.
-            let mut steps: Vec<PlanStep> = (1..=KAFKA_NODES)
-                .map(|id| PlanStep {
+        BrokerChoice::Tansu | BrokerChoice::Container | BrokerChoice::Kafka => {
+            // The proxy (each node's, on Kafka) delays answers so several requests are in
+            // flight, then resets the connections: requests the broker wrote but whose
+            // answers were lost are sent again.
+            let latency = Chaos {
+                latency_ms: 30,
+                ..Chaos::default()
+            };
+            let (delays, resets): (Vec<Action>, Vec<Candidate>) = if setup.broker == BrokerChoice::Kafka {
+                (1..=KAFKA_NODES)
+                    .map(|id| {
+                        (
+                            node_action(NodeTarget::Id { id }, NodeFault::ProxyChaos { chaos: latency }),
+                            candidate(node_action(NodeTarget::Id { id }, NodeFault::ProxyReset), (0, 0)),
+                        )
+                    })
+                    .unzip()
+            } else {
+                (
+                    vec![Action::Broker(Fault::ProxyChaos { chaos: latency })],
+                    vec![candidate(Action::Broker(Fault::ProxyReset), (0, 0))],
+                )
+            };
+            let mut steps: Vec<PlanStep> = delays
+                .into_iter()
+                .map(|action| PlanStep {
                     at_ms: 0,
                     for_ms: Some(publishing),
-                    action: node_action(
-                        NodeTarget::Id { id },
-                        NodeFault::ProxyChaos {
-                            chaos: Chaos {
-                                latency_ms: 30,
-                                ..Chaos::default()
-                            },
-                        },
-                    ),
+                    action,
                 })
-                .collect();
-            let resets: Vec<Candidate> = (1..=KAFKA_NODES)
-                .map(|id| candidate(node_action(NodeTarget::Id { id }, NodeFault::ProxyReset), (0, 0)))
                 .collect();
             steps.extend(setup.plan(&resets, 6).steps);
             let mut plan = FaultPlan::fixed(steps);
@@ -560,7 +546,7 @@ fn producer_retries(setup: &Setup) -> Result<Vec<Variant>, String> {
             (
                 plan,
                 Expected::pass(
-                    "a reset fails every request in flight on the connection at once, and the client sends them again in order: no reordering; a request the broker had written comes twice, and the idempotent balance service skips it (see `redelivered`). The proxy cannot fail one request and pass the next",
+                    "a reset fails every request in flight on the connection at once, and the client sends them again in order: no reordering; a request the broker had written comes twice, and the idempotent balance service skips it (see `redelivered`). The proxy cannot fail one request and pass the next, which is what reorders on the mock",
                 ),
                 Expected::pass("the broker discards the resent requests by their producer sequence: no duplicates, no reordering"),
             )

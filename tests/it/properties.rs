@@ -26,10 +26,10 @@ use std::fmt;
 use std::time::Duration;
 use tokio::sync::watch;
 use tradeflow_check::{RunProgress, RunRecord};
-use tradeflow_cluster::Fault;
 use tradeflow_cluster::faults::{Api, NodeFault, NodeTarget, RequestError};
 use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep, ServiceFault};
 use tradeflow_cluster::proxy::Chaos;
+use tradeflow_cluster::{Backend, Fault, MOCK_BROKERS};
 use tradeflow_domain::{EventMix, RateProfile, WorkloadConfig};
 use tradeflow_store::Store;
 use tradeflow_stream::publisher::PublisherConfig;
@@ -43,38 +43,23 @@ const SEED_VAR: &str = "TRADEFLOW_PROPERTY_SEED";
 const SHRINK_VAR: &str = "TRADEFLOW_PROPERTY_SHRINK_ITERS";
 /// Default shrink steps: each is a whole run, so a handful keeps a failing test to minutes.
 const SHRINK_ITERS_DEFAULT: u32 = 8;
-/// Brokers of the mock cluster in these tests.
-const MOCK_BROKERS: i32 = 3;
-
-/// Where a case runs. Each case gets a fresh broker and a fresh store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Mock,
-    Tansu,
-    Kafka,
-    Container,
+/// Default cases: a mock case takes a few seconds, a tansu or container case several
+/// times that (process or container start, slower group joins), a Kafka case starts three
+/// JVMs and its faults take failovers.
+fn default_cases(backend: Backend) -> u32 {
+    match backend {
+        Backend::Mock => 8,
+        Backend::Tansu => 5,
+        Backend::Kafka | Backend::Container | Backend::External => 3,
+    }
 }
 
-impl Backend {
-    /// Default cases: a mock case takes a few seconds, a tansu or container case several
-    /// times that (process or container start, slower group joins).
-    fn default_cases(self) -> u32 {
-        match self {
-            Backend::Mock => 8,
-            Backend::Tansu => 5,
-            // Each case starts three JVMs (several seconds) and its faults take failovers.
-            Backend::Kafka => 3,
-            Backend::Container => 3,
-        }
-    }
-
-    fn stall_timeout(self) -> Duration {
-        match self {
-            Backend::Mock => Duration::from_secs(20),
-            // tansu takes several seconds per rebalance.
-            // A failover on Kafka waits out broker.session.timeout.ms.
-            Backend::Tansu | Backend::Kafka | Backend::Container => Duration::from_secs(40),
-        }
+fn stall_timeout(backend: Backend) -> Duration {
+    match backend {
+        Backend::Mock => Duration::from_secs(20),
+        // tansu takes several seconds per rebalance; a failover on Kafka waits out
+        // broker.session.timeout.ms.
+        Backend::Tansu | Backend::Kafka | Backend::Container | Backend::External => Duration::from_secs(40),
     }
 }
 
@@ -229,7 +214,7 @@ fn service_action(backend: Backend) -> BoxedStrategy<(Action, Option<u64>)> {
     let join = Just((Action::Service(ServiceFault::Join), None));
     let poison = (1_u32..=3).prop_map(|count| (Action::Service(ServiceFault::Poison { count }), None));
     match backend {
-        Backend::Mock | Backend::Kafka => prop_oneof![
+        Backend::Mock | Backend::Kafka | Backend::External => prop_oneof![
             crash,
             join,
             Just((Action::Service(ServiceFault::Leave { consumer: 0 }), None)),
@@ -287,6 +272,8 @@ fn broker_action(backend: Backend) -> BoxedStrategy<(Action, Option<u64>)> {
         ]
         .boxed(),
         Backend::Kafka => kafka_node_action(),
+        // No broker faults can be injected into an external cluster from here.
+        Backend::External => service_action(backend),
     }
 }
 
@@ -345,7 +332,7 @@ fn options(backend: Backend, case: &Case) -> StreamOptions {
         publisher: PublisherConfig::default(),
         batch_size: 100,
         fill_wait: Duration::from_millis(5),
-        stall_timeout: backend.stall_timeout(),
+        stall_timeout: stall_timeout(backend),
         metrics: None,
         scenario: Scenario {
             plan: case.plan(),
@@ -409,6 +396,13 @@ fn cluster(backend: Backend, test: &str) -> Option<tradeflow_cluster::Cluster> {
         Backend::Tansu => tradeflow_tests::tansu_cluster(test),
         Backend::Kafka => tradeflow_tests::kafka_cluster(test),
         Backend::Container => tradeflow_tests::container_cluster(test),
+        Backend::External => match Backend::External.start(None) {
+            Ok(cluster) => Some(cluster),
+            Err(error) => {
+                tradeflow_tests::server_missing(test, "external", "an external cluster", &error.to_string());
+                None
+            }
+        },
     }
 }
 
@@ -473,7 +467,7 @@ fn holds(name: &str, backend: Backend, strategy: impl Strategy<Value = Case>, pr
         return; // said loudly (and a failure in CI) by the helper
     }
     let runtime = runtime();
-    let mut runner = runner(name, backend, backend.default_cases());
+    let mut runner = runner(name, backend, default_cases(backend));
     let result = runner.run(&strategy, |case| {
         eprintln!("case: {case}");
         let options = options(backend, &case);

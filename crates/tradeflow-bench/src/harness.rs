@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tradeflow_check::{LagSample, RunProgress, RunRecord};
-use tradeflow_cluster::Cluster;
+use tradeflow_cluster::{Backend, Cluster};
 use tradeflow_domain::workload::ACCOUNT_SKEW;
 use tradeflow_domain::{EventMix, RateProfile, Workload, WorkloadConfig, encode};
 use tradeflow_poller::{PollerConfig, RunOptions};
@@ -48,42 +48,16 @@ pub const STREAM_FILL_WAIT_MS: u32 = 5;
 /// How long a probe may wait for a backlog that does not shrink once sending is done.
 pub const PROBE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Which broker a stream setup runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BrokerKind {
-    /// librdkafka's mock cluster, three brokers, in process.
-    Mock,
-    /// A tansu broker process (memory storage), `TANSU_BIN` or `PATH`.
-    Tansu,
-    /// Apache Kafka, three JVM nodes (RF 3, min.insync.replicas 2), `KAFKA_HOME`.
-    Kafka,
-}
-
-impl BrokerKind {
-    /// Name in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BrokerKind::Mock => "mock",
-            BrokerKind::Tansu => "tansu",
-            BrokerKind::Kafka => "kafka",
-        }
-    }
-
-    fn start(self) -> anyhow::Result<Cluster> {
-        match self {
-            BrokerKind::Mock => Cluster::mock(3).context("starting the mock cluster"),
-            BrokerKind::Tansu => Cluster::tansu().context("starting tansu"),
-            BrokerKind::Kafka => Cluster::kafka().context("starting Apache Kafka (three nodes)"),
-        }
-    }
+/// Starts a setup's brokers.
+fn start(backend: Backend) -> anyhow::Result<Cluster> {
+    backend.start(None).with_context(|| format!("starting the {backend} backend"))
 }
 
 /// A broker and a store the stream runs on (the poller needs only the store).
 #[derive(Debug, Clone)]
 pub struct Setup {
     /// The broker.
-    pub broker: BrokerKind,
+    pub broker: Backend,
     /// The store.
     pub store: StoreConfig,
 }
@@ -376,7 +350,7 @@ pub async fn run(config: &BenchConfig, reporter: &dyn Reporter) -> anyhow::Resul
                 continue;
             }
         };
-        if let Err(error) = setup.broker.start() {
+        if let Err(error) = start(setup.broker) {
             skipped.push(format!("{label}: {error:#}"));
             continue;
         }
@@ -594,9 +568,9 @@ async fn run_poller(store: &Store, options: &RunOptions, reporter: &dyn Reporter
     Ok(Measured { record, rates })
 }
 
-async fn run_stream(broker: BrokerKind, store: &Store, options: &StreamOptions, reporter: &dyn Reporter) -> anyhow::Result<Measured> {
+async fn run_stream(broker: Backend, store: &Store, options: &StreamOptions, reporter: &dyn Reporter) -> anyhow::Result<Measured> {
     // A fresh broker per run: a run's topic and group start empty, as in `tradeflow run`.
-    let cluster = broker.start()?;
+    let cluster = start(broker)?;
     let (progress, receiver) = watch::channel(RunProgress::default());
     reporter.run("stream", receiver.clone());
     let sampling = sampler(receiver);
@@ -777,7 +751,7 @@ fn series_of(measured: &Measured) -> Series {
 async fn raw_limits(config: &BenchConfig, setup: &Setup, store: &Store, batch: usize) -> anyhow::Result<SetupLimits> {
     let workload = Workload::generate(&workload_config(config.seed, 10_000.0, RAW_MESSAGES as u64)).context("raw-limit workload")?;
     let mut notes = Vec::new();
-    let cluster = setup.broker.start()?;
+    let cluster = start(setup.broker)?;
     let topic = "bench.raw";
     cluster
         .ensure_topic(topic, RAW_PARTITIONS, cluster.replication_factor())
@@ -825,7 +799,7 @@ async fn raw_limits(config: &BenchConfig, setup: &Setup, store: &Store, batch: u
 /// it events at `rate` until it has applied them, and returns its peak RSS (`VmHWM`).
 async fn service_rss(binary: &std::path::Path, setup: &Setup, store: &Store, seed: u64, rate: f64) -> anyhow::Result<f64> {
     const EVENTS: u64 = 30_000;
-    let cluster = setup.broker.start()?;
+    let cluster = start(setup.broker)?;
     let topic = "bench.rss";
     cluster
         .ensure_topic(topic, 6, cluster.replication_factor())

@@ -3,12 +3,14 @@
 //! store, and writes results.json, report.md and SVG charts (see `tradeflow_bench`).
 
 use crate::progress;
+use anyhow::Context;
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use tokio::sync::watch;
-use tradeflow_bench::harness::{self, BenchConfig, BrokerKind, Reporter, Setup};
+use tradeflow_bench::harness::{self, BenchConfig, Reporter, Setup};
 use tradeflow_check::RunProgress;
+use tradeflow_cluster::Backend;
 use tradeflow_store::{StoreConfig, StoreKind};
 
 /// Arguments of `tradeflow bench`.
@@ -29,8 +31,9 @@ pub struct BenchArgs {
     /// Where results go: DIR/<date-time>/ and DIR/latest/.
     #[arg(long, default_value = "target/tradeflow-bench")]
     out: PathBuf,
-    /// Setups the stream runs on, comma separated: mock+sqlite, tansu+postgres,
-    /// mock+postgres, tansu+sqlite. A setup whose broker or database is missing is skipped
+    /// Setups the stream runs on, comma separated BROKER+STORE: mock+sqlite, tansu+postgres,
+    /// kafka+postgres (Apache Kafka, three nodes), and any other pairing of a backend (mock,
+    /// tansu, kafka, container, external) with sqlite or postgres. A setup whose broker or database is missing is skipped
     /// with the reason in the report.
     #[arg(long, value_delimiter = ',', default_value = "mock+sqlite,tansu+postgres")]
     setups: Vec<String>,
@@ -70,12 +73,7 @@ fn setup(name: &str, database_url: &str, directory: &std::path::Path) -> anyhow:
     let (broker, store) = name
         .split_once('+')
         .ok_or_else(|| anyhow::anyhow!("setup {name:?} is not BROKER+STORE (e.g. mock+sqlite)"))?;
-    let broker = match broker {
-        "mock" => BrokerKind::Mock,
-        "tansu" => BrokerKind::Tansu,
-        "kafka" => BrokerKind::Kafka,
-        other => anyhow::bail!("unknown broker {other:?} in setup {name:?} (mock, tansu or kafka)"),
-    };
+    let broker: Backend = broker.parse().with_context(|| format!("setup {name:?}"))?;
     let store = match store {
         "sqlite" => StoreConfig::sqlite_file(&directory.join(format!("bench-{}.db", broker.as_str()))),
         "postgres" => StoreConfig {

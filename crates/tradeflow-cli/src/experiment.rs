@@ -8,7 +8,7 @@
 
 use crate::args::{StoreArgs, write_json};
 use crate::progress;
-use crate::run_stream::{self, BrokerChoice, MOCK_BROKERS};
+use crate::run_stream;
 use anyhow::{Context, bail};
 use clap::Args;
 use std::fmt::Write as _;
@@ -21,7 +21,7 @@ use tradeflow_cluster::faults::{Api, NodeFault, NodeTarget, RequestError};
 use tradeflow_cluster::kafka::KAFKA_NODES;
 use tradeflow_cluster::plan::{Action, Candidate, FaultPlan, PlanStep, ServiceFault};
 use tradeflow_cluster::proxy::Chaos;
-use tradeflow_cluster::{Cluster, Fault};
+use tradeflow_cluster::{Backend, Cluster, Fault, MOCK_BROKERS};
 use tradeflow_domain::{RateProfile, WorkloadConfig};
 use tradeflow_poller::{PollerConfig, RunOptions};
 use tradeflow_store::Store;
@@ -72,8 +72,8 @@ pub struct ExperimentArgs {
     /// The broker: mock, tansu, kafka (Apache Kafka, three nodes: the replication lessons),
     /// container (TRADEFLOW_CONTAINER_IMAGE chooses the image) or external (--bootstrap or
     /// KAFKA_BOOTSTRAP_SERVERS).
-    #[arg(long, value_enum, default_value_t = BrokerChoice::Mock)]
-    broker: BrokerChoice,
+    #[arg(long, default_value_t = Backend::Mock, value_parser = run_stream::backend_parser())]
+    broker: Backend,
     /// Bootstrap servers for --broker external.
     #[arg(long)]
     bootstrap: Option<String>,
@@ -278,7 +278,7 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
     let seed = arguments.seed.unwrap_or_else(crate::args::random_seed);
     println!("seed: {seed}");
     println!("experiment {name}: {what}");
-    let broker = broker_name(arguments.broker);
+    let broker = arguments.broker.as_str();
     let setup = Setup {
         seed,
         events: arguments.events,
@@ -356,7 +356,7 @@ struct Setup {
     seed: u64,
     events: u64,
     rate: f64,
-    broker: BrokerChoice,
+    broker: Backend,
 }
 
 impl Setup {
@@ -402,16 +402,6 @@ impl Setup {
 
 fn candidate(action: Action, for_ms: (u64, u64)) -> Candidate {
     Candidate { action, for_ms }
-}
-
-fn broker_name(broker: BrokerChoice) -> &'static str {
-    match broker {
-        BrokerChoice::Mock => "mock",
-        BrokerChoice::Tansu => "tansu",
-        BrokerChoice::Kafka => "kafka",
-        BrokerChoice::Container => "container",
-        BrokerChoice::External => "external",
-    }
 }
 
 fn variants(name: &str, setup: &Setup) -> Result<Vec<Variant>, String> {
@@ -474,7 +464,7 @@ fn auto_commit_crash(setup: &Setup) -> Vec<Variant> {
 fn producer_retries(setup: &Setup) -> Result<Vec<Variant>, String> {
     let publishing = setup.publishing_ms();
     let (plan, off_expected, on_expected) = match setup.broker {
-        BrokerChoice::Mock => {
+        Backend::Mock => {
             // Slow answers keep several produce requests in flight; errors on some of them
             // make the client retry those behind the later ones that succeeded.
             let mut steps: Vec<PlanStep> = (1..=MOCK_BROKERS)
@@ -509,7 +499,7 @@ fn producer_retries(setup: &Setup) -> Result<Vec<Variant>, String> {
                 ),
             )
         }
-        BrokerChoice::Tansu | BrokerChoice::Container | BrokerChoice::Kafka => {
+        Backend::Tansu | Backend::Container | Backend::Kafka => {
             // The proxy (each node's, on Kafka) delays answers so several requests are in
             // flight, then resets the connections: requests the broker wrote but whose
             // answers were lost are sent again.
@@ -517,7 +507,7 @@ fn producer_retries(setup: &Setup) -> Result<Vec<Variant>, String> {
                 latency_ms: 30,
                 ..Chaos::default()
             };
-            let (delays, resets): (Vec<Action>, Vec<Candidate>) = if setup.broker == BrokerChoice::Kafka {
+            let (delays, resets): (Vec<Action>, Vec<Candidate>) = if setup.broker == Backend::Kafka {
                 (1..=KAFKA_NODES)
                     .map(|id| {
                         (
@@ -551,7 +541,7 @@ fn producer_retries(setup: &Setup) -> Result<Vec<Variant>, String> {
                 Expected::pass("the broker discards the resent requests by their producer sequence: no duplicates, no reordering"),
             )
         }
-        BrokerChoice::External => {
+        Backend::External => {
             return Err("no faults can be injected into an external cluster from here".into());
         }
     };
@@ -676,8 +666,8 @@ fn consumer_scaling(setup: &Setup) -> Vec<Variant> {
     // survivors never got the partitions back), so there the leave waits until the join's
     // rebalance is long over. The mock takes both mid-publishing.
     let leave_at_ms = match setup.broker {
-        BrokerChoice::Tansu | BrokerChoice::Container => publishing / 4 + TANSU_REBALANCE_SETTLE_MS,
-        BrokerChoice::Mock | BrokerChoice::Kafka | BrokerChoice::External => publishing / 2,
+        Backend::Tansu | Backend::Container => publishing / 4 + TANSU_REBALANCE_SETTLE_MS,
+        Backend::Mock | Backend::Kafka | Backend::External => publishing / 2,
     };
     options.scenario.plan = FaultPlan::fixed(vec![
         PlanStep {
@@ -703,7 +693,7 @@ fn consumer_scaling(setup: &Setup) -> Vec<Variant> {
 fn broker_failure(setup: &Setup) -> Result<Vec<Variant>, String> {
     let pass = |note: &str| Expected::pass(note);
     let cases: Vec<(Candidate, Expected)> = match setup.broker {
-        BrokerChoice::Mock => vec![
+        Backend::Mock => vec![
             (
                 candidate(Action::Broker(Fault::BrokerDown { broker: 2 }), (2_000, 3_000)),
                 pass(
@@ -731,7 +721,7 @@ fn broker_failure(setup: &Setup) -> Result<Vec<Variant>, String> {
         // rd_kafka_metadata_cache_find (SIGSEGV, seen here), while a broker killed for good
         // leaves the consumers' close waiting on a dead coordinator for minutes. The kill
         // lesson needs the three-broker cluster (docker-compose.yml, --broker external).
-        BrokerChoice::Tansu | BrokerChoice::Container => {
+        Backend::Tansu | Backend::Container => {
             let mut cases = vec![
                 (
                     candidate(Action::Broker(Fault::Pause), (1_500, 2_500)),
@@ -752,7 +742,7 @@ fn broker_failure(setup: &Setup) -> Result<Vec<Variant>, String> {
                     pass("a slow, narrow network for a while: latency grows, nothing is lost"),
                 ),
             ];
-            if setup.broker == BrokerChoice::Container {
+            if setup.broker == Backend::Container {
                 cases.push((
                     candidate(Action::Broker(Fault::Disconnect), (1_500, 2_500)),
                     pass("the container leaves its network: clients time out and reconnect when it is back; nothing is lost"),
@@ -760,8 +750,8 @@ fn broker_failure(setup: &Setup) -> Result<Vec<Variant>, String> {
             }
             cases
         }
-        BrokerChoice::Kafka => return Ok(replication_lessons(setup)),
-        BrokerChoice::External => return Err("no faults can be injected into an external cluster from here: stop a broker by hand (docker compose stop kafka-2) during `tradeflow run stream --broker external`".into()),
+        Backend::Kafka => return Ok(replication_lessons(setup)),
+        Backend::External => return Err("no faults can be injected into an external cluster from here: stop a broker by hand (docker compose stop kafka-2) during `tradeflow run stream --broker external`".into()),
     };
     Ok(cases
         .into_iter()

@@ -56,7 +56,7 @@ enum Command {
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
     /// The lessons as seeded experiments: `tradeflow experiment list`, or
-    /// `tradeflow experiment NAME --seed S --broker mock|tansu|container|external --out DIR`.
+    /// `tradeflow experiment NAME --seed S --broker mock|tansu|kafka|container|external --out DIR`.
     /// Prints a verdict table (expected outcome per variant, and whether it happened) and
     /// writes DIR/experiment.json. Exit code 3 when a variant did not come out as expected.
     Experiment(experiment::ExperimentArgs),

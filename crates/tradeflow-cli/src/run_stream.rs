@@ -8,52 +8,30 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
 use tradeflow_check::{RunProgress, RunRecord};
-use tradeflow_cluster::Cluster;
+use tradeflow_cluster::{Backend, Cluster};
 use tradeflow_store::Store;
 use tradeflow_stream::publisher::PublisherConfig;
 use tradeflow_stream::{Scenario, StreamOptions};
 
-/// The broker backends, as the command line names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BrokerChoice {
-    /// librdkafka's mock cluster, in this process.
-    Mock,
-    /// A tansu broker process.
-    Tansu,
-    /// Apache Kafka: three JVM nodes in KRaft mode (RF 3, min.insync.replicas 2), jars from
-    /// KAFKA_HOME or `.ci/install-kafka`.
-    Kafka,
-    /// A broker container (testcontainers): apache/kafka-native by default, or the local
-    /// tansu image when TRADEFLOW_CONTAINER_IMAGE=tansu.
-    Container,
-    /// Any Kafka by its bootstrap servers.
-    External,
+/// Parses `--broker`: one of the backends, by name.
+pub fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Backend::ALL.map(Backend::as_str)).try_map(|name| name.parse::<Backend>())
 }
 
-/// Brokers of the embedded mock cluster.
-pub const MOCK_BROKERS: i32 = 3;
-
-/// Starts or names the broker a choice stands for. `--bootstrap` alone means an external
-/// cluster (unless `strict`, where the choice must say external).
-pub fn cluster(choice: BrokerChoice, bootstrap: Option<&str>, strict: bool) -> anyhow::Result<Cluster> {
-    match (choice, bootstrap) {
-        (BrokerChoice::External, Some(bootstrap)) => Cluster::external(bootstrap).context("checking --bootstrap"),
-        (BrokerChoice::Mock, Some(bootstrap)) if !strict => Cluster::external(bootstrap).context("checking --bootstrap"),
-        (BrokerChoice::Mock | BrokerChoice::Tansu | BrokerChoice::Kafka | BrokerChoice::Container, Some(_)) => {
-            anyhow::bail!("--broker mock, tansu, kafka and container start their own broker; drop --bootstrap, or use --broker external")
-        }
-        (BrokerChoice::Mock, None) => Cluster::mock(MOCK_BROKERS).context("starting the embedded mock cluster"),
-        (BrokerChoice::Tansu, None) => Cluster::tansu().context("starting the tansu broker"),
-        (BrokerChoice::Kafka, None) => Cluster::kafka().context("starting Apache Kafka (three nodes)"),
-        (BrokerChoice::Container, None) => {
-            let config = tradeflow_cluster::container::ContainerConfig::from_env().context("reading the container settings")?;
-            Cluster::container(&config).context("starting the broker container")
-        }
-        (BrokerChoice::External, None) => match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
-            Ok(bootstrap) if !bootstrap.is_empty() => Cluster::external(&bootstrap).context("checking KAFKA_BOOTSTRAP_SERVERS"),
-            _ => anyhow::bail!("--broker external needs --bootstrap or KAFKA_BOOTSTRAP_SERVERS"),
-        },
-    }
+/// Starts or names the broker a backend stands for. `--bootstrap` alone (with the default
+/// mock) means an external cluster, unless `strict`, where the backend must say external.
+pub fn cluster(backend: Backend, bootstrap: Option<&str>, strict: bool) -> anyhow::Result<Cluster> {
+    let backend = match (backend, bootstrap) {
+        (Backend::Mock, Some(_)) if !strict => Backend::External,
+        _ => backend,
+    };
+    backend.start(bootstrap).with_context(|| match backend {
+        Backend::Mock => "starting the embedded mock cluster".to_owned(),
+        Backend::External => "checking the external cluster's bootstrap servers (--bootstrap or KAFKA_BOOTSTRAP_SERVERS)".to_owned(),
+        Backend::Kafka => "starting Apache Kafka (three nodes)".to_owned(),
+        other => format!("starting the {other} broker"),
+    })
 }
 
 /// The stream's own knobs (shared by `run stream` and `compare`).
@@ -78,8 +56,8 @@ pub struct StreamKnobs {
     /// tansu process from TANSU_BIN or PATH, started on a free port), kafka (Apache Kafka,
     /// three JVM nodes, RF 3, from KAFKA_HOME), container, external (any Kafka at
     /// --bootstrap or KAFKA_BOOTSTRAP_SERVERS).
-    #[arg(long, value_enum, default_value_t = BrokerChoice::Mock)]
-    pub broker: BrokerChoice,
+    #[arg(long, default_value_t = Backend::Mock, value_parser = backend_parser())]
+    pub broker: Backend,
     /// Kafka bootstrap servers (HOST:PORT,...); implies --broker external.
     #[arg(long)]
     pub bootstrap: Option<String>,

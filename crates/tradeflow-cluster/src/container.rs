@@ -318,7 +318,7 @@ impl Cluster {
         let advertised = proxy.address().to_string();
         let container = BrokerContainer::start(config, host_port, &advertised)?;
         Ok(Cluster {
-            backend: "container",
+            backend: crate::Backend::Container,
             bootstrap: advertised,
             mock: None,
             tansu: None,

@@ -348,5 +348,3 @@ pub const KAFKA_FAULTS: &[&str] = &[
     "node_isolate",
     "node_rejoin",
 ];
-/// Faults an external cluster can take from here: none.
-pub const EXTERNAL_FAULTS: &[&str] = &[];

@@ -28,6 +28,7 @@
 //! `MockCluster` is neither `Send` nor `Sync`, so [`Cluster`] owns it on a thread of its
 //! own and sends it work over a channel.
 
+mod backend;
 pub mod container;
 pub mod external;
 pub mod faults;
@@ -38,6 +39,7 @@ pub mod proxy;
 mod tansu;
 pub mod topics;
 
+pub use backend::{Backend, MOCK_BROKERS};
 pub use faults::Fault;
 pub use mock::MOCK_PARTITION_RETAINED_MB;
 pub use tansu::find_binary as find_tansu;
@@ -87,7 +89,7 @@ pub enum ClusterError {
 
 /// A running or reachable Kafka cluster.
 pub struct Cluster {
-    backend: &'static str,
+    backend: Backend,
     bootstrap: String,
     /// The chaos proxy clients go through, for backends whose advertised listener can
     /// point at it (tansu, container). Declared before the broker so it stops first
@@ -110,7 +112,7 @@ impl Cluster {
         }
         let handle = mock::MockHandle::start(brokers)?;
         Ok(Cluster {
-            backend: "mock",
+            backend: Backend::Mock,
             bootstrap: handle.bootstrap().to_owned(),
             mock: Some(handle),
             tansu: None,
@@ -139,7 +141,7 @@ impl Cluster {
             });
         }
         Ok(Cluster {
-            backend: "external",
+            backend: Backend::External,
             bootstrap: bootstrap.to_owned(),
             mock: None,
             tansu: None,
@@ -159,7 +161,7 @@ impl Cluster {
         let proxy = start_proxy("tansu", port)?;
         let process = tansu::TansuProcess::start(&binary, port, proxy.address().to_string())?;
         Ok(Cluster {
-            backend: "tansu",
+            backend: Backend::Tansu,
             bootstrap: process.bootstrap(),
             mock: None,
             tansu: Some(process),
@@ -188,7 +190,7 @@ impl Cluster {
             }
         };
         Ok(Cluster {
-            backend: "kafka",
+            backend: Backend::Kafka,
             bootstrap: cluster.bootstrap(),
             mock: None,
             tansu: None,
@@ -224,15 +226,7 @@ impl Cluster {
 
     /// The faults this backend can inject.
     pub fn supported_faults(&self) -> Vec<&'static str> {
-        let own = match self.backend {
-            "mock" => faults::MOCK_FAULTS,
-            "tansu" => faults::TANSU_FAULTS,
-            "container" => faults::CONTAINER_FAULTS,
-            "kafka" => faults::KAFKA_FAULTS,
-            _ => faults::EXTERNAL_FAULTS,
-        };
-        let proxy = if self.proxy.is_some() { faults::PROXY_FAULTS } else { &[] };
-        own.iter().chain(proxy).copied().collect()
+        self.backend.fault_names()
     }
 
     /// The chaos proxy in front of the broker, if this backend has one.
@@ -242,7 +236,7 @@ impl Cluster {
 
     /// Whether this backend can inject `fault`: the refusal names what it supports.
     pub fn supports(&self, fault: &Fault) -> Result<(), ClusterError> {
-        if self.supported_faults().contains(&fault.name()) {
+        if self.backend.supports(fault) {
             Ok(())
         } else {
             Err(self.refusal(fault))
@@ -251,7 +245,7 @@ impl Cluster {
 
     fn refusal(&self, fault: &Fault) -> ClusterError {
         ClusterError::Unsupported {
-            backend: self.backend,
+            backend: self.backend.as_str(),
             reason: format!(
                 "cannot inject {} ({}); this backend supports: {}",
                 fault.name(),
@@ -270,7 +264,7 @@ impl Cluster {
     /// named, how it ended, how long a failover took).
     pub async fn inject(&self, fault: &Fault) -> Result<Option<String>, ClusterError> {
         self.supports(fault)?;
-        tracing::info!(backend = self.backend, %fault, "injecting a fault");
+        tracing::info!(backend = %self.backend, %fault, "injecting a fault");
         if let (Some(cluster), Fault::Node { node, action }) = (&self.kafka, fault) {
             // Kills wait for a failover and restarts for the node to be listed: off the
             // async workers.
@@ -348,6 +342,11 @@ impl Cluster {
 
     /// The backend's name, as records and reports show it.
     pub fn backend(&self) -> &'static str {
+        self.backend.as_str()
+    }
+
+    /// The backend.
+    pub fn kind(&self) -> Backend {
         self.backend
     }
 
@@ -407,7 +406,7 @@ impl Cluster {
 
     fn admin_error(&self, operation: &str, reason: String) -> ClusterError {
         ClusterError::Admin {
-            backend: self.backend,
+            backend: self.backend.as_str(),
             bootstrap: self.bootstrap.clone(),
             operation: operation.to_owned(),
             reason,

@@ -31,9 +31,10 @@ use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep, ServiceFault};
 use tradeflow_cluster::proxy::Chaos;
 use tradeflow_cluster::{Backend, Fault, MOCK_BROKERS};
 use tradeflow_domain::{EventMix, RateProfile, WorkloadConfig};
+use tradeflow_lab::lessons::{auto_commit_crash, producer_retries, repartition_cutover};
 use tradeflow_store::Store;
 use tradeflow_stream::publisher::PublisherConfig;
-use tradeflow_stream::{CommitPolicy, Cutover, Runbook, Scenario, StreamOptions};
+use tradeflow_stream::{CommitPolicy, Runbook, Scenario, StreamOptions};
 
 /// Cases of every property; overrides the per-backend defaults below.
 const CASES_VAR: &str = "TRADEFLOW_PROPERTY_CASES";
@@ -594,19 +595,9 @@ fn idempotence_off_with_requests_in_flight_and_produce_errors_breaks_per_account
         |case| {
             let mut options = options(Backend::Mock, case);
             let publishing = case.shape.publishing_ms();
-            options.scenario.plan.steps.extend((1..=MOCK_BROKERS).map(|broker| PlanStep {
-                at_ms: 0,
-                for_ms: Some(publishing),
-                action: Action::Broker(Fault::RoundTripTime { broker, delay_ms: 50 }),
-            }));
+            options.scenario.plan.steps.extend(producer_retries::slow_mock_brokers(publishing));
             options.scenario.plan.steps.sort_by_key(|step| step.at_ms);
-            options.publisher = PublisherConfig {
-                linger_ms: 1,
-                batch_max: 50,
-                idempotence: false,
-                in_flight_max: 5,
-                ..PublisherConfig::default()
-            };
+            options.publisher = producer_retries::publisher(false);
             options
         },
         Property::PerAccountOrder,
@@ -635,12 +626,7 @@ fn a_naive_cutover_to_more_partitions_breaks_per_account_order() {
             // The switch comes a second after the old consumers stopped reading.
             let switch_ms = hold_at_ms + 1_000;
             let at_event = ((switch_ms as f64 / 1_000.0 * case.shape.rate_per_s) as usize).min(case.shape.events as usize - 1);
-            options.scenario.cutover = Some(Cutover {
-                topic: "trades.v2".into(),
-                partitions: case.shape.partitions * 2,
-                at_event,
-                runbook: Runbook::Naive,
-            });
+            options.scenario.cutover = Some(repartition_cutover::cutover(case.shape.partitions * 2, at_event, Runbook::Naive));
             options
         },
         Property::PerAccountOrder,
@@ -666,9 +652,7 @@ fn committing_offsets_before_the_database_commit_loses_events_under_a_crash() {
         strategy,
         |case| {
             let mut options = options(Backend::Mock, case);
-            options.batch_size = 2_000;
-            options.fill_wait = Duration::from_millis(100);
-            options.scenario.commit = CommitPolicy::BeforeDatabase;
+            auto_commit_crash::configure(&mut options, CommitPolicy::BeforeDatabase);
             options
         },
         Property::NothingLost,

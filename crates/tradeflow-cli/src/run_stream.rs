@@ -136,8 +136,8 @@ pub async fn run(arguments: StreamArgs) -> anyhow::Result<bool> {
     finish(&record, arguments.json.as_deref(), &store).await
 }
 
-/// One stream run with progress on standard error.
-pub async fn run_once(store: &Store, cluster: &Cluster, options: &StreamOptions) -> anyhow::Result<RunRecord> {
+/// Prints what a stream run is about to do: its options, store and broker.
+pub fn announce(store: &Store, cluster: &Cluster, options: &StreamOptions) {
     println!(
         "{} on {} ({}) via {} ({}), {} events at {}/s ({})",
         options.label(),
@@ -149,6 +149,11 @@ pub async fn run_once(store: &Store, cluster: &Cluster, options: &StreamOptions)
         options.workload.rate_per_s,
         options.workload.profile.as_str()
     );
+}
+
+/// One stream run with progress on standard error.
+pub async fn run_once(store: &Store, cluster: &Cluster, options: &StreamOptions) -> anyhow::Result<RunRecord> {
+    announce(store, cluster, options);
     let (sender, receiver) = watch::channel(RunProgress::default());
     let drawing = progress::spawn("stream".into(), receiver);
     let outcome = tradeflow_stream::run(store, cluster, options, &sender).await;

@@ -1,0 +1,147 @@
+//! The expectation framework: what a variant must show (a verdict, the violation behind
+//! it, a count from the run's record, an effect its fault must be seen to have), and the
+//! rule that a run whose planned faults did not all fire could not show its lesson: its
+//! outcome is unknown, never as expected.
+
+use std::fmt::Write as _;
+use tradeflow_check::history::Verdict;
+use tradeflow_check::{CheckReport, RunRecord};
+
+/// What a variant must show.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    /// `None`: the verdict depends on timing the experiment cannot pin, so either one is as
+    /// expected, but nothing may come out of order or twice.
+    pub verdict: Option<Verdict>,
+    /// The checker's count that must be above zero when the verdict is a failure.
+    pub violation: Option<Violation>,
+    /// A count from the run's configuration record that must be above zero (for example
+    /// `redelivered`), whatever the verdict.
+    pub observed: Option<&'static str>,
+    /// Words a fault's recorded effect must contain: the proof that the fault did what the
+    /// row is about (a new leader, an ISR below min.insync.replicas).
+    pub effect: Option<&'static str>,
+    /// Why, in words.
+    pub note: String,
+}
+
+/// The checker's count a failing variant must show.
+#[derive(Debug, Clone, Copy)]
+pub enum Violation {
+    /// Acknowledged (or inserted) and never applied.
+    Lost,
+    /// Applied out of order, or a balance gone negative (proof of it).
+    Reordered,
+}
+
+impl Violation {
+    /// The violation's count in a check.
+    pub fn count(self, check: &CheckReport) -> u64 {
+        match self {
+            Violation::Lost => check.lost,
+            Violation::Reordered => check.reordered + check.bad_balances,
+        }
+    }
+
+    /// Its name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Violation::Lost => "lost",
+            Violation::Reordered => "reordered or bad balances",
+        }
+    }
+}
+
+impl Expected {
+    /// The run must pass.
+    pub fn pass(note: impl Into<String>) -> Expected {
+        Expected {
+            verdict: Some(Verdict::Pass),
+            violation: None,
+            observed: None,
+            effect: None,
+            note: note.into(),
+        }
+    }
+
+    /// The run must fail with `violation` above zero.
+    pub fn fail(violation: Violation, note: impl Into<String>) -> Expected {
+        Expected {
+            verdict: Some(Verdict::Fail),
+            violation: Some(violation),
+            observed: None,
+            effect: None,
+            note: note.into(),
+        }
+    }
+
+    /// Either verdict, as long as nothing is reordered or duplicated: for a row whose losses
+    /// come from a flaw of the backend and show up only on some runs.
+    pub fn either(note: impl Into<String>) -> Expected {
+        Expected {
+            verdict: None,
+            violation: None,
+            observed: None,
+            effect: None,
+            note: note.into(),
+        }
+    }
+
+    /// A count of the run's record that must be above zero too.
+    pub fn observing(mut self, count: &'static str) -> Expected {
+        self.observed = Some(count);
+        self
+    }
+
+    /// Words a fault's recorded effect must contain too.
+    pub fn showing(mut self, effect: &'static str) -> Expected {
+        self.effect = Some(effect);
+        self
+    }
+
+    /// The expectation in words, for the table.
+    pub fn describe(&self) -> String {
+        let mut text = match (self.verdict, self.violation) {
+            (None, _) => "pass or lost, never reordered or duplicated".to_owned(),
+            (Some(Verdict::Pass), _) => "pass".to_owned(),
+            (Some(Verdict::Fail), Some(violation)) => format!("fail ({})", violation.name()),
+            (Some(Verdict::Fail), None) => "fail".to_owned(),
+        };
+        if let Some(count) = self.observed {
+            let _ = write!(text, ", {count} > 0");
+        }
+        if let Some(effect) = self.effect {
+            let _ = write!(text, ", a fault's effect shows \"{effect}\"");
+        }
+        text
+    }
+
+    /// Whether a run's record shows what is expected.
+    pub fn met_by(&self, record: &RunRecord) -> bool {
+        let verdict = match self.verdict {
+            Some(verdict) => record.check.verdict == verdict,
+            None => record.check.reordered == 0 && record.check.duplicated == 0,
+        };
+        let violation = self.violation.is_none_or(|violation| violation.count(&record.check) > 0);
+        let observed = self
+            .observed
+            .is_none_or(|count| record.config.get(count).and_then(serde_json::Value::as_u64).unwrap_or(0) > 0);
+        verdict && violation && observed && self.effect_shown(record)
+    }
+
+    fn effect_shown(&self, record: &RunRecord) -> bool {
+        self.effect.is_none_or(|needle| {
+            record
+                .faults
+                .iter()
+                .any(|fault| fault.effect.as_deref().is_some_and(|effect| effect.contains(needle)))
+        })
+    }
+}
+
+/// Whether every planned fault fired: each step and undo of the plan recorded, none refused.
+/// A run whose faults did not fire could not show its lesson: its row is unknown, never
+/// as expected.
+pub fn faults_fired(planned: usize, record: &RunRecord) -> bool {
+    record.faults.len() == planned && record.faults.iter().all(|fault| fault.error.is_none())
+}

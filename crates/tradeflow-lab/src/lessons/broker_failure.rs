@@ -1,0 +1,224 @@
+//! Lesson: what a broker failure costs depends on replication: with three brokers,
+//! replication factor 3, `min.insync.replicas=2` and `acks=all`, losing a node loses no
+//! acknowledged event; `acks=1` does, and a single replica makes its partitions unavailable.
+//!
+//! From the field: Parcel Perform, "Initial experience with Kafka" (3 brokers, RF ≥ 2);
+//! Scalescape (2023), acks=all, chaos testing.
+//!
+//! Variants per backend: the mock (no replication) and tansu/container (one broker) show
+//! only what survives a pause, a slow network or a leader move, each must pass. On `kafka`:
+//! the busiest partition's leader killed with acks=all must pass, its new leader seen; acks=1
+//! with the followers stopped and the leader killed must **lose** acknowledged events; two of
+//! three nodes killed must pass; the leader's replication cut must pass with its ISR seen
+//! below min ISR (NOT_ENOUGH_REPLICAS); replication factor 1 must pass with its partition
+//! seen leaderless; the active controller killed must pass with a new controller seen.
+
+use crate::expect::{Expected, Violation};
+use crate::variant::{Setup, Variant, VariantRun, candidate, node_action};
+use std::time::Duration;
+use tradeflow_cluster::faults::{NodeFault, NodeTarget};
+use tradeflow_cluster::plan::{Action, Candidate, FaultPlan, PlanStep, ServiceFault};
+use tradeflow_cluster::proxy::Chaos;
+use tradeflow_cluster::{Backend, Fault};
+use tradeflow_stream::StreamOptions;
+use tradeflow_stream::publisher::Acks;
+
+/// The experiment's name.
+pub const NAME: &str = "broker-failure";
+/// What it shows.
+pub const WHAT: &str = "a broker down, paused, cut off or killed, per backend, with what each backend can and cannot promise";
+
+/// The lesson's variants for a setup.
+pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
+    let pass = |note: &str| Expected::pass(note);
+    let cases: Vec<(Candidate, Expected)> = match setup.broker {
+        Backend::Mock => vec![
+            (
+                candidate(Action::Broker(Fault::BrokerDown { broker: 2 }), (2_000, 3_000)),
+                pass(
+                    "the mock has no replication and no disk: its partitions wait for the broker and nothing is lost. A real cluster promises this only with replication factor 3 and min.insync.replicas=2 (docker-compose.yml, --broker external)",
+                ),
+            ),
+            (
+                candidate(Action::Broker(Fault::RoundTripTime { broker: 1, delay_ms: 500 }), (2_000, 3_000)),
+                pass("a slow broker costs latency, not correctness"),
+            ),
+            (
+                candidate(
+                    Action::Broker(Fault::LeaderMove {
+                        topic: "trades".into(),
+                        partition: 0,
+                        broker: 3,
+                    }),
+                    (0, 0),
+                ),
+                pass("a leader move makes clients refresh metadata and carry on"),
+            ),
+        ],
+        // No SIGKILL row: tansu keeps messages in memory, so a kill loses them (one broker,
+        // no replicas) and a restarted tansu's metadata crashed librdkafka 2.12 in
+        // rd_kafka_metadata_cache_find (SIGSEGV, seen here), while a broker killed for good
+        // leaves the consumers' close waiting on a dead coordinator for minutes. The kill
+        // lesson needs the three-broker cluster (docker-compose.yml, --broker external).
+        Backend::Tansu | Backend::Container => {
+            let mut cases = vec![
+                (
+                    candidate(Action::Broker(Fault::Pause), (1_500, 2_500)),
+                    pass("a frozen broker: requests time out and are retried when it resumes; nothing is lost"),
+                ),
+                (
+                    candidate(
+                        Action::Broker(Fault::ProxyChaos {
+                            chaos: Chaos {
+                                latency_ms: 200,
+                                jitter_ms: 100,
+                                bandwidth_bytes_per_s: Some(100_000),
+                                blackhole: false,
+                            },
+                        }),
+                        (1_500, 2_500),
+                    ),
+                    pass("a slow, narrow network for a while: latency grows, nothing is lost"),
+                ),
+            ];
+            if setup.broker == Backend::Container {
+                cases.push((
+                    candidate(Action::Broker(Fault::Disconnect), (1_500, 2_500)),
+                    pass("the container leaves its network: clients time out and reconnect when it is back; nothing is lost"),
+                ));
+            }
+            cases
+        }
+        Backend::Kafka => return Ok(replication_lessons(setup)),
+        Backend::External => return Err("no faults can be injected into an external cluster from here: stop a broker by hand (docker compose stop kafka-2) during `tradeflow run stream --broker external`".into()),
+    };
+    Ok(cases
+        .into_iter()
+        .map(|(candidate, expected)| {
+            let mut options = setup.stream(6, 2);
+            let label = candidate.action.to_string();
+            options.scenario.plan = setup.plan(&[candidate], 1);
+            Variant {
+                label,
+                run: VariantRun::Stream(Box::new(options)),
+                expected,
+            }
+        })
+        .collect())
+}
+
+/// The leader of the run topic's busiest partition (most messages when a fault first
+/// names it).
+fn leader_of_busiest() -> NodeTarget {
+    NodeTarget::Leader {
+        topic: "trades".into(),
+        partition: None,
+    }
+}
+
+fn follower_of_busiest(index: usize) -> NodeTarget {
+    NodeTarget::Follower {
+        topic: "trades".into(),
+        partition: None,
+        index,
+    }
+}
+
+/// `broker-failure` on Apache Kafka: the replication lessons, each on a fresh three-node
+/// cluster (RF 3, min.insync.replicas 2 unless the row says otherwise).
+fn replication_lessons(setup: &Setup) -> Vec<Variant> {
+    // Every row's first fault falls at the same seeded moment in the middle of publishing.
+    let at_ms = setup.plan(&[candidate(Action::Service(ServiceFault::Join), (0, 0))], 1).steps[0].at_ms;
+    let step = |offset_ms: u64, for_ms: u64, node: NodeTarget, action: NodeFault| PlanStep {
+        at_ms: at_ms + offset_ms,
+        for_ms: Some(for_ms),
+        action: node_action(node, action),
+    };
+    let row = |label: &str, plan: Vec<PlanStep>, expected: Expected, change: &dyn Fn(&mut StreamOptions)| {
+        let mut options = setup.stream(6, 2);
+        // Failovers and a lost quorum take seconds: the lag must be given time to drain.
+        options.stall_timeout = Duration::from_secs(30);
+        let mut plan = FaultPlan::fixed(plan);
+        plan.seed = setup.seed;
+        options.scenario.plan = plan;
+        change(&mut options);
+        Variant {
+            label: label.to_owned(),
+            run: VariantRun::Stream(Box::new(options)),
+            expected,
+        }
+    };
+    let acks_leader_only = |options: &mut StreamOptions| {
+        options.publisher.acks = Acks::Leader;
+        options.publisher.idempotence = false;
+        options.scenario.topic_configs = vec![("unclean.leader.election.enable".into(), "true".into())];
+        // What the dead leader acknowledged alone never arrives: the run stops waiting for it.
+        options.stall_timeout = Duration::from_secs(15);
+    };
+    vec![
+        row(
+            "leader of the busiest partition killed, acks=all",
+            vec![step(0, 4_000, leader_of_busiest(), NodeFault::Kill)],
+            Expected::pass(
+                "an acknowledged write is on at least two replicas (min.insync.replicas=2): a follower in sync takes over, nothing acknowledged is lost and order holds; the effect gives the time to a new leader",
+            )
+            .showing("led by node"),
+            &|_| {},
+        ),
+        row(
+            "acks=1, followers stopped, leader killed",
+            vec![
+                step(0, 4_500, follower_of_busiest(0), NodeFault::Pause),
+                step(0, 4_500, follower_of_busiest(1), NodeFault::Pause),
+                step(2_500, 8_000, leader_of_busiest(), NodeFault::Kill),
+            ],
+            Expected::fail(
+                Violation::Lost,
+                "with its followers stopped, the leader acknowledges writes alone (acks=1); it dies, a follower that never had them becomes leader (unclean leader election allowed on this topic) and the restarted old leader truncates them: acknowledged events are gone",
+            ),
+            &acks_leader_only,
+        ),
+        row(
+            "two of three nodes killed, min.insync.replicas=2",
+            vec![
+                step(0, 9_000, follower_of_busiest(0), NodeFault::Kill),
+                step(5_000, 4_000, follower_of_busiest(1), NodeFault::Kill),
+            ],
+            Expected::pass(
+                "with two of three nodes down no acks=all write is acknowledged: the survivor cannot reach min.insync.replicas, and in combined mode the controller quorum is lost with them, so the ISR cannot even shrink (writes time out rather than fail with NOT_ENOUGH_REPLICAS; the next row shows that refusal). Nothing acknowledged is lost and the lag drains once they return",
+            ),
+            &|_| {},
+        ),
+        row(
+            "leader's followers cut off from it, min.insync.replicas=2",
+            // The ISR shrinks 6 to 9 s after the cut (replica.lag.time.max.ms=6000, checked
+            // every 3 s): 16 s leave several seconds of refusals.
+            vec![step(0, 16_000, leader_of_busiest(), NodeFault::CutReplication)],
+            Expected::pass(
+                "its followers stop fetching; after replica.lag.time.max.ms the leader shrinks the ISR to itself, below min.insync.replicas: acks=all writes are refused with NOT_ENOUGH_REPLICAS and retried, never acknowledged by one copy; once replication returns they are written and nothing is lost",
+            )
+            .showing("NOT_ENOUGH_REPLICAS"),
+            &|_| {},
+        ),
+        row(
+            "replication factor 1, the only replica's node killed",
+            vec![step(0, 5_000, leader_of_busiest(), NodeFault::Kill)],
+            Expected::pass(
+                "a topic with one replica: its partitions on the dead node have no leader until it returns; their events wait in the producer (retried within message.timeout.ms) and arrive late. Had its disk died with it, they would be gone",
+            )
+            .showing("had no leader"),
+            &|options| {
+                options.scenario.replication_factor = Some(1);
+                // One replica cannot satisfy the cluster's min.insync.replicas of 2.
+                options.scenario.topic_configs = vec![("min.insync.replicas".into(), "1".into())];
+            },
+        ),
+        row(
+            "active controller killed",
+            vec![step(0, 4_000, NodeTarget::Controller, NodeFault::Kill)],
+            Expected::pass("the other two voters elect a new active controller; partitions the node led move; the run passes")
+                .showing("became the active controller"),
+            &|_| {},
+        ),
+    ]
+}

@@ -1,0 +1,68 @@
+//! One file per lesson. Each opens with the lesson in one sentence, where it comes from in
+//! the field, and what each of its variants must show; ARCHITECTURE.md's "Lessons → code"
+//! table has a row for each (a test keeps the two in step).
+
+pub mod auto_commit_crash;
+pub mod broker_failure;
+pub mod consumer_scaling;
+pub mod poison_message;
+pub mod poller_vs_stream;
+pub mod producer_retries;
+pub mod repartition_cutover;
+
+use crate::variant::{Setup, Variant};
+
+/// A lesson as an experiment: its name, what it shows, and its variants for a setup (or
+/// why it cannot run honestly on the setup's backend).
+pub struct Lesson {
+    /// The experiment's name (`tradeflow experiment NAME`).
+    pub name: &'static str,
+    /// What it shows, in one line.
+    pub what: &'static str,
+    /// Its variants.
+    pub variants: fn(&Setup) -> Result<Vec<Variant>, String>,
+}
+
+/// Every lesson, in the order `tradeflow experiment list` shows them.
+pub const LESSONS: &[Lesson] = &[
+    Lesson {
+        name: auto_commit_crash::NAME,
+        what: auto_commit_crash::WHAT,
+        variants: |setup| Ok(auto_commit_crash::variants(setup)),
+    },
+    Lesson {
+        name: producer_retries::NAME,
+        what: producer_retries::WHAT,
+        variants: producer_retries::variants,
+    },
+    Lesson {
+        name: poison_message::NAME,
+        what: poison_message::WHAT,
+        variants: |setup| Ok(poison_message::variants(setup)),
+    },
+    Lesson {
+        name: repartition_cutover::NAME,
+        what: repartition_cutover::WHAT,
+        variants: |setup| Ok(repartition_cutover::variants(setup)),
+    },
+    Lesson {
+        name: consumer_scaling::NAME,
+        what: consumer_scaling::WHAT,
+        variants: |setup| Ok(consumer_scaling::variants(setup)),
+    },
+    Lesson {
+        name: broker_failure::NAME,
+        what: broker_failure::WHAT,
+        variants: broker_failure::variants,
+    },
+    Lesson {
+        name: poller_vs_stream::NAME,
+        what: poller_vs_stream::WHAT,
+        variants: |setup| Ok(poller_vs_stream::variants(setup)),
+    },
+];
+
+/// The lesson of an experiment name.
+pub fn find(name: &str) -> Option<&'static Lesson> {
+    LESSONS.iter().find(|lesson| lesson.name == name)
+}

@@ -1,0 +1,72 @@
+//! Lesson: overpartition from the start; moving keyed events to a topic with more
+//! partitions while the old one still has lag applies an account's newer events first,
+//! unless the old topic is drained before the switch.
+//!
+//! From the field: Wealthsimple, "Kafka in production" (2021), overpartition; Parcel
+//! Perform, "Initial experience with Kafka", partitions only go up.
+//!
+//! Variants: a naive switch to 8 partitions must **reorder** (bad balances);
+//! drain-then-switch must pass.
+
+use crate::expect::{Expected, Violation};
+use crate::variant::{Setup, Variant, VariantRun};
+use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep, ServiceFault};
+use tradeflow_stream::{Cutover, Runbook};
+
+/// The experiment's name.
+pub const NAME: &str = "repartition-cutover";
+/// What it shows.
+pub const WHAT: &str = "moving to a topic with more partitions while the old one has lag: a naive switch applies newer events first; drain-then-switch does not";
+
+/// The move to `trades.v2` with `partitions` partitions before event `at_event`. The
+/// must-fail property uses it too.
+pub fn cutover(partitions: i32, at_event: usize, runbook: Runbook) -> Cutover {
+    Cutover {
+        topic: "trades.v2".into(),
+        partitions,
+        at_event,
+        runbook,
+    }
+}
+
+/// The lesson's variants for a setup.
+pub fn variants(setup: &Setup) -> Vec<Variant> {
+    let at_event = (setup.events / 2) as usize;
+    let cutover_ms = (at_event as f64 / setup.rate * 1_000.0) as u64;
+    // The old balance service is behind at the cutover: it stalled a second before and
+    // reads again half a second after.
+    let plan = FaultPlan {
+        seed: setup.seed,
+        steps: vec![PlanStep {
+            at_ms: cutover_ms.saturating_sub(1_000),
+            for_ms: Some(1_500),
+            action: Action::Service(ServiceFault::HoldAll),
+        }],
+    };
+    let variant = |runbook: Runbook, expected: Expected| {
+        let mut options = setup.stream(4, 2);
+        options.scenario.plan = plan.clone();
+        options.scenario.cutover = Some(cutover(8, at_event, runbook));
+        Variant {
+            label: match runbook {
+                Runbook::Naive => "naive switch to 8 partitions".into(),
+                Runbook::DrainThenSwitch => "drain, then switch to 8 partitions".into(),
+            },
+            run: VariantRun::Stream(Box::new(options)),
+            expected,
+        }
+    };
+    vec![
+        variant(
+            Runbook::Naive,
+            Expected::fail(
+                Violation::Reordered,
+                "new events of an account are applied from the new topic while its older ones still wait in the old topic",
+            ),
+        ),
+        variant(
+            Runbook::DrainThenSwitch,
+            Expected::pass("publishing pauses until the old topic is applied, then moves: order kept, at the cost of a pause"),
+        ),
+    ]
+}

@@ -15,6 +15,8 @@
 //!   batch), the highest sustainable rate under a stated SLO, latency at fractions of it,
 //!   and the raw limits of the same broker and store, so that the stream's efficiency is a
 //!   ratio measured in one run.
+//! - [`results`]: what was measured, shared by the harness and the report (neither imports
+//!   the other).
 //! - [`report`]: results.json (OpenMessaging-Benchmark-like), report.md and the charts.
 //!
 //! Architecture invariant: nothing here asserts on timings. Benchmarks measure and report;
@@ -23,5 +25,6 @@
 pub mod harness;
 pub mod limits;
 pub mod report;
+pub mod results;
 pub mod svg;
 pub mod threads;

@@ -3,7 +3,7 @@
 //! series), `report.md` with the tables and the targets, and the SVG charts. A run writes
 //! into `ROOT/<date>-<time>/` and copies the files to `ROOT/latest/`.
 
-use crate::harness::{BenchResults, ConfigResult, Knobs, STREAM_FILL_WAIT_MS};
+use crate::results::{BenchResults, ConfigResult, Knobs, Point, STREAM_FILL_WAIT_MS, is_half};
 use crate::svg::{self, Chart, Series};
 use anyhow::Context as _;
 use std::fmt::Write as _;
@@ -93,12 +93,7 @@ pub fn omb_shape(results: &BenchResults) -> serde_json::Value {
     })
 }
 
-/// Whether a fraction is the half at which latency targets and series are taken.
-pub(crate) fn is_half(fraction: f64) -> bool {
-    (fraction - 0.5).abs() < 1e-9
-}
-
-fn half_point(config: &ConfigResult) -> Option<&crate::harness::Point> {
+fn half_point(config: &ConfigResult) -> Option<&Point> {
     config
         .at_fraction
         .iter()
@@ -107,7 +102,7 @@ fn half_point(config: &ConfigResult) -> Option<&crate::harness::Point> {
 }
 
 /// The sustainable probe at the highest offered rate: the run at the ceiling.
-fn top_point(config: &ConfigResult) -> Option<&crate::harness::Point> {
+fn top_point(config: &ConfigResult) -> Option<&Point> {
     config
         .probes
         .iter()

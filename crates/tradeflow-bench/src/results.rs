@@ -1,0 +1,191 @@
+//! The bench's results: what was measured (configurations, setups, points, series, raw
+//! limits, the SLO), shared by the harness that measures them and the report that writes
+//! them, so that neither imports the other.
+
+use crate::limits::RawRate;
+use crate::threads::ThreadShare;
+use serde::Serialize;
+use tradeflow_cluster::Backend;
+use tradeflow_store::StoreConfig;
+
+/// How long a stream consumer waits to fill a batch, ms (the report reads it too).
+pub const STREAM_FILL_WAIT_MS: u32 = 5;
+
+/// A broker and a store the stream runs on (the poller needs only the store).
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The broker.
+    pub broker: Backend,
+    /// The store.
+    pub store: StoreConfig,
+}
+
+impl Setup {
+    /// `mock+sqlite` and the like.
+    pub fn label(&self) -> String {
+        format!("{}+{}", self.broker.as_str(), self.store.kind.as_str())
+    }
+}
+
+/// One configuration of the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "architecture", rename_all = "lowercase")]
+pub enum Knobs {
+    /// The poller: interval × batch size × pollers (sharded by account when more than one).
+    Poller {
+        /// Poll interval, ms.
+        interval_ms: u64,
+        /// Rows per poll.
+        batch_size: usize,
+        /// Pollers.
+        pollers: u32,
+    },
+    /// The stream: partitions × consumers × linger × apply batch.
+    Stream {
+        /// Partitions of the topic.
+        partitions: i32,
+        /// Consumers in the group.
+        consumers: u32,
+        /// Producer linger, ms.
+        linger_ms: u32,
+        /// Most messages applied in one transaction.
+        batch_size: usize,
+    },
+}
+
+impl Knobs {
+    /// A short label: `poller i20 b500 x1`, `stream p6 c2 l5 b500`.
+    pub fn label(&self) -> String {
+        match self {
+            Knobs::Poller {
+                interval_ms,
+                batch_size,
+                pollers,
+            } => format!("poller i{interval_ms} b{batch_size} x{pollers}"),
+            Knobs::Stream {
+                partitions,
+                consumers,
+                linger_ms,
+                batch_size,
+            } => format!("stream p{partitions} c{consumers} l{linger_ms} b{batch_size}"),
+        }
+    }
+}
+
+/// One probe or fraction run, as it goes into results.json.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Offered rate, events/s.
+    pub offered_per_s: f64,
+    /// Achieved rate, events/s (applied / duration).
+    pub throughput_per_s: f64,
+    /// Latency percentiles, ms.
+    pub latency_ms: tradeflow_check::LatencySummary,
+    /// Whether the run met the SLO.
+    pub sustainable: bool,
+    /// Why not, when it did not.
+    pub reason: Option<String>,
+    /// CPU seconds of the bench process during the run.
+    pub cpu_s: f64,
+    /// Peak RSS of the bench process so far, MB (broker mock, publisher and service share it).
+    pub rss_max_mb: f64,
+    /// Checker verdict.
+    pub verdict: String,
+    /// CPU per kind of thread while the run went, busiest first (the bench process holds
+    /// the publisher, the mock broker and the balance service).
+    pub threads: Vec<ThreadShare>,
+    /// The machine's busy cores meanwhile (tansu and the database server included).
+    pub machine_busy_cores: Option<f64>,
+}
+
+/// Throughput and lag over time of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Series {
+    /// `(seconds, events applied per second)`, sampled every half second.
+    pub throughput: Vec<(f64, f64)>,
+    /// `(seconds, events emitted per second)`: acknowledged by the broker (stream) or
+    /// inserted into the table (poller), sampled with `throughput`.
+    pub published: Vec<(f64, f64)>,
+    /// `(seconds, offset lag or backlog rows)`.
+    pub lag: Vec<(f64, f64)>,
+}
+
+/// Everything measured for one configuration on one setup.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigResult {
+    /// `poller i20 b500 x1` and the like.
+    pub label: String,
+    /// `mock+sqlite`, or the store alone for the poller.
+    pub setup: String,
+    /// The knobs.
+    pub knobs: Knobs,
+    /// The highest sustainable rate found (0 when no probe was, down to the lowest the
+    /// bisection tried).
+    pub max_sustainable_per_s: f64,
+    /// Every search probe, in order.
+    pub probes: Vec<Point>,
+    /// Runs at fractions of the maximum, as `(fraction, point)`.
+    pub at_fraction: Vec<(f64, Point)>,
+    /// Time series of the run at half the maximum (or the last probe).
+    pub series: Series,
+    /// Stream only: max / min(raw consume, raw apply).
+    pub efficiency: Option<f64>,
+    /// Stream only: which raw limit is the smaller.
+    pub bounded_by: Option<String>,
+}
+
+/// Raw limits of one setup.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupLimits {
+    /// `mock+sqlite` and the like.
+    pub setup: String,
+    /// Raw produce (acks=all, idempotent).
+    pub produce: Option<RawRate>,
+    /// Raw consume, no processing.
+    pub consume: Option<RawRate>,
+    /// Raw store batch apply (batches of the stream's batch size), one task.
+    pub store_apply: RawRate,
+    /// Batch size of the store-apply limit.
+    pub store_apply_batch: usize,
+    /// Peak RSS of `tradeflow balance-service` as its own process, MB.
+    pub balance_service_rss_mb: Option<f64>,
+    /// Why a limit is missing.
+    pub notes: Vec<String>,
+}
+
+/// The whole result, `results.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResults {
+    /// Workload seed.
+    pub seed: u64,
+    /// `quick` or `full`.
+    pub matrix: String,
+    /// The SLO.
+    pub slo: Slo,
+    /// When the run started (RFC 3339, UTC).
+    pub started_at: String,
+    /// Seconds the whole run took.
+    pub duration_s: f64,
+    /// The machine: cores and the OS.
+    pub machine: serde_json::Value,
+    /// Raw limits per setup.
+    pub limits: Vec<SetupLimits>,
+    /// Per configuration.
+    pub configurations: Vec<ConfigResult>,
+    /// Setups that could not run, with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// The latency SLO of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Slo {
+    /// p99 at most this, ms.
+    pub p99_ms: f64,
+    /// And everything applied within this of the last intended send, ms.
+    pub drain_ms: f64,
+}
+
+/// Whether a fraction is the half at which latency targets and series are taken.
+pub fn is_half(fraction: f64) -> bool {
+    (fraction - 0.5).abs() < 1e-9
+}

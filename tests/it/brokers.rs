@@ -12,12 +12,14 @@ use tradeflow_cluster::{Cluster, ClusterError, Fault};
 use tradeflow_domain::{RateProfile, WorkloadConfig};
 use tradeflow_store::Store;
 use tradeflow_stream::StreamOptions;
-use tradeflow_stream::publisher::PublisherConfig;
 
 pub(crate) fn options(seed: u64, events: u64, partitions: i32) -> StreamOptions {
     eprintln!("seed: {seed}");
     StreamOptions {
-        workload: WorkloadConfig {
+        partitions,
+        consumers: 2,
+        batch_size: 100,
+        ..StreamOptions::new(WorkloadConfig {
             seed,
             events,
             accounts: 40,
@@ -25,16 +27,7 @@ pub(crate) fn options(seed: u64, events: u64, partitions: i32) -> StreamOptions 
             profile: RateProfile::Steady,
             skew: tradeflow_domain::workload::ACCOUNT_SKEW,
             mix: tradeflow_domain::EventMix::default(),
-        },
-        topic: "trades".into(),
-        partitions,
-        consumers: 2,
-        publisher: PublisherConfig::default(),
-        batch_size: 100,
-        fill_wait: Duration::from_millis(5),
-        stall_timeout: Duration::from_secs(30),
-        metrics: None,
-        scenario: tradeflow_stream::Scenario::default(),
+        })
     }
 }
 

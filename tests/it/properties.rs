@@ -33,7 +33,6 @@ use tradeflow_cluster::{Backend, Fault, MOCK_BROKERS};
 use tradeflow_domain::{EventMix, RateProfile, WorkloadConfig};
 use tradeflow_lab::lessons::{auto_commit_crash, producer_retries, repartition_cutover};
 use tradeflow_store::Store;
-use tradeflow_stream::publisher::PublisherConfig;
 use tradeflow_stream::{CommitPolicy, Runbook, Scenario, StreamOptions};
 
 /// Cases of every property; overrides the per-backend defaults below.
@@ -326,19 +325,15 @@ fn any_case(backend: Backend) -> impl Strategy<Value = Case> {
 
 fn options(backend: Backend, case: &Case) -> StreamOptions {
     StreamOptions {
-        workload: case.shape.workload(),
-        topic: "trades".into(),
         partitions: case.shape.partitions,
         consumers: case.shape.consumers,
-        publisher: PublisherConfig::default(),
         batch_size: 100,
-        fill_wait: Duration::from_millis(5),
         stall_timeout: stall_timeout(backend),
-        metrics: None,
         scenario: Scenario {
             plan: case.plan(),
             ..Scenario::default()
         },
+        ..StreamOptions::new(case.shape.workload())
     }
 }
 

@@ -33,16 +33,11 @@ async fn run(store: &Store, seed: u64, partitions: i32, consumers: u32) -> RunRe
     eprintln!("seed: {seed}");
     let cluster = Cluster::mock(3).expect("mock cluster starts");
     let options = StreamOptions {
-        workload: workload(seed, 3_000),
-        topic: "trades".into(),
         partitions,
         consumers,
-        publisher: PublisherConfig::default(),
         batch_size: 100,
-        fill_wait: Duration::from_millis(5),
         stall_timeout: Duration::from_secs(20),
-        metrics: None,
-        scenario: tradeflow_stream::Scenario::default(),
+        ..StreamOptions::new(workload(seed, 3_000))
     };
     let (progress, _receiver) = watch::channel(RunProgress::default());
     tradeflow_stream::run(store, &cluster, &options, &progress)

@@ -25,8 +25,8 @@ use tradeflow_domain::workload::ACCOUNT_SKEW;
 use tradeflow_domain::{EventMix, RateProfile, Workload, WorkloadConfig, encode};
 use tradeflow_poller::{PollerConfig, RunOptions};
 use tradeflow_store::{Store, StoreKind};
+use tradeflow_stream::StreamOptions;
 use tradeflow_stream::publisher::PublisherConfig;
-use tradeflow_stream::{Scenario, StreamOptions};
 
 /// Accounts of every bench workload.
 pub const ACCOUNTS: u32 = 1_000;
@@ -291,8 +291,6 @@ fn stream_options(config: &BenchConfig, knobs: &Knobs, rate: f64, events: u64) -
         Knobs::Poller { .. } => (6, 2, 5, 500),
     };
     StreamOptions {
-        workload: workload_config(config.seed, rate, events),
-        topic: "trades".into(),
         partitions,
         consumers,
         publisher: PublisherConfig {
@@ -302,8 +300,7 @@ fn stream_options(config: &BenchConfig, knobs: &Knobs, rate: f64, events: u64) -
         batch_size,
         fill_wait: Duration::from_millis(u64::from(STREAM_FILL_WAIT_MS)),
         stall_timeout: PROBE_STALL_TIMEOUT,
-        metrics: None,
-        scenario: Scenario::default(),
+        ..StreamOptions::new(workload_config(config.seed, rate, events))
     }
 }
 

@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use tradeflow_check::{RunProgress, RunRecord};
 use tradeflow_cluster::{Backend, Cluster};
 use tradeflow_store::Store;
+use tradeflow_stream::StreamOptions;
 use tradeflow_stream::publisher::PublisherConfig;
-use tradeflow_stream::{Scenario, StreamOptions};
 
 /// Parses `--broker`: one of the backends, by name.
 pub fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
@@ -75,7 +75,6 @@ impl StreamKnobs {
     /// The run options for a workload.
     pub fn options(&self, workload: tradeflow_domain::WorkloadConfig, stall_timeout: Duration) -> StreamOptions {
         StreamOptions {
-            workload,
             topic: self.topic.clone(),
             partitions: self.partitions,
             consumers: self.consumers,
@@ -85,10 +84,8 @@ impl StreamKnobs {
                 ..PublisherConfig::default()
             },
             batch_size: self.stream_batch_size,
-            fill_wait: Duration::from_millis(5),
             stall_timeout,
-            metrics: None,
-            scenario: Scenario::default(),
+            ..StreamOptions::new(workload)
         }
     }
 }

@@ -12,8 +12,7 @@ use tradeflow_cluster::{Backend, Cluster};
 use tradeflow_domain::{RateProfile, WorkloadConfig};
 use tradeflow_poller::RunOptions;
 use tradeflow_store::Store;
-use tradeflow_stream::publisher::PublisherConfig;
-use tradeflow_stream::{Scenario, StreamOptions};
+use tradeflow_stream::StreamOptions;
 
 /// One variant: a run and what it must show.
 pub struct Variant {
@@ -77,16 +76,11 @@ impl Setup {
     /// Stream options with the experiments' defaults.
     pub fn stream(&self, partitions: i32, consumers: u32) -> StreamOptions {
         StreamOptions {
-            workload: self.workload(),
-            topic: "trades".into(),
             partitions,
             consumers,
-            publisher: PublisherConfig::default(),
             batch_size: 200,
-            fill_wait: Duration::from_millis(5),
             stall_timeout: Duration::from_secs(10),
-            metrics: None,
-            scenario: Scenario::default(),
+            ..StreamOptions::new(self.workload())
         }
     }
 

@@ -114,7 +114,36 @@ pub enum Runbook {
     DrainThenSwitch,
 }
 
+/// Default partitions of the trades topic (overpartitioned from the start).
+pub const PARTITIONS_DEFAULT: i32 = 12;
+/// Default consumers of the balance service.
+pub const CONSUMERS_DEFAULT: u32 = 3;
+/// Default most messages applied in one database transaction.
+pub const BATCH_SIZE_DEFAULT: usize = 500;
+/// Default time a consumer waits to fill a batch.
+pub const FILL_WAIT_DEFAULT: Duration = Duration::from_millis(5);
+/// Default time the run waits for a lag that does not shrink.
+pub const STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
 impl StreamOptions {
+    /// The pipeline as it should be built, for `workload`: topic `trades` with 12
+    /// partitions, 3 consumers, the publisher's defaults, batches of up to 500 filled for at
+    /// most 5 ms, a 30 s stall timeout, no metrics, no faults. Callers change what differs.
+    pub fn new(workload: WorkloadConfig) -> StreamOptions {
+        StreamOptions {
+            workload,
+            topic: "trades".into(),
+            partitions: PARTITIONS_DEFAULT,
+            consumers: CONSUMERS_DEFAULT,
+            publisher: PublisherConfig::default(),
+            batch_size: BATCH_SIZE_DEFAULT,
+            fill_wait: FILL_WAIT_DEFAULT,
+            stall_timeout: STALL_TIMEOUT_DEFAULT,
+            metrics: None,
+            scenario: Scenario::default(),
+        }
+    }
+
     /// Checks every bound.
     pub fn validate(&self) -> Result<(), StreamError> {
         let reason = if !(1..=PARTITIONS_MAX).contains(&self.partitions) {

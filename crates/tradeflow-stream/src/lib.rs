@@ -16,13 +16,16 @@
 //! log makes applying idempotent). Per-account order holds because the key routes an
 //! account to one partition and a partition is applied in offset order.
 
+mod cutover;
 pub mod dlq;
 pub mod fleet;
 pub mod lag;
 pub mod metrics;
 pub mod publisher;
 pub mod run;
+mod run_record;
 pub mod service;
+mod timeline;
 
 pub use run::{Cutover, Runbook, Scenario, StreamOptions, run};
 pub use service::{CommitPolicy, Control, FETCH_WAIT_MAX_MS, ServiceConfig, ServiceCounters, run_controlled, run_service};

@@ -1,0 +1,56 @@
+//! The `config` object of a stream run's record: the options it ran with and what its
+//! publisher and consumers counted. Later versions add keys and never remove or rename one.
+
+use crate::cutover::SwitchOutcome;
+use crate::publisher::Deliveries;
+use crate::run::{FleetCounters, StreamOptions};
+use crate::timeline::TopicLayout;
+use std::sync::atomic::Ordering;
+
+/// The record's `config` for a run.
+pub(crate) fn config(
+    options: &StreamOptions,
+    layout: &TopicLayout,
+    deliveries: &Deliveries,
+    counters: &FleetCounters,
+    switched: Option<&SwitchOutcome>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "topic": options.topic,
+        "partitions": options.partitions,
+        "consumers": options.consumers,
+        "linger_ms": options.publisher.linger_ms,
+        "batch_max": options.publisher.batch_max,
+        "batch_size": options.batch_size,
+        "fill_wait_ms": options.fill_wait.as_millis() as u64,
+        "acks": options.publisher.acks.as_str(),
+        "replication_factor": layout.replication_factor,
+        "topic_configs": serde_json::Value::Object(layout.configs.iter().map(|(key, value)| (key.clone(), value.clone().into())).collect()),
+        "delivery_errors": deliveries.failure_reasons(),
+        "enable_idempotence": options.publisher.idempotence,
+        "max_in_flight": options.publisher.in_flight_max,
+        "commit_policy": options.scenario.commit.as_str(),
+        "dead_letter": options.scenario.dead_letter,
+        "accounts": options.workload.accounts,
+        "rate_per_s": options.workload.rate_per_s,
+        "profile": options.workload.profile.as_str(),
+        "acknowledged": deliveries.acked(),
+        "delivery_failed": deliveries.failed(),
+        "dead_lettered": counters.sum(|counters| counters.dead_lettered.load(Ordering::Relaxed)),
+        "redelivered": counters.sum(|counters| counters.duplicates.load(Ordering::Relaxed)),
+        "crashes": counters.sum(|counters| counters.crashes.load(Ordering::Relaxed)),
+        "poison_retries": counters.sum(|counters| counters.poison_retries.load(Ordering::Relaxed)),
+        "skipped_by_broker": counters.sum(|counters| counters.skipped.load(Ordering::Relaxed)),
+        "rebalances": counters.sum(|counters| counters.rebalances.load(Ordering::Relaxed)),
+        "cutover": options.scenario.cutover.as_ref().map(|cutover| serde_json::json!({
+            "topic": cutover.topic,
+            "partitions": cutover.partitions,
+            "at_event": cutover.at_event,
+            "runbook": cutover.runbook,
+            "switched_at_ms": switched.map(|switched| switched.read().0),
+            "drain_wait_ms": switched.map(|switched| switched.read().1),
+        })),
+        "plan": options.scenario.plan,
+
+    })
+}

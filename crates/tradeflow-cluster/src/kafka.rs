@@ -449,76 +449,48 @@ impl KafkaCluster {
                 self.observe(target, fault, move |cluster| effect_of_cut(cluster, id));
                 Ok(format!("{who}: its followers cannot fetch from it ({reset} connections reset)"))
             }
-            NodeFault::RestoreReplication => {
-                node.internal_proxy.heal();
-                // A connection whose bytes were swallowed is out of step: its fetcher would
-                // wait out replica.socket.timeout.ms (30 s) before reconnecting.
-                let reset = node.internal_proxy.reset_connections();
-                Ok(format!(
-                    "{who}: its followers fetch from it again ({reset} stale connections reset)"
-                ))
-            }
-            NodeFault::ProxyReset => {
-                let reset = node.client_proxy.reset_connections();
-                Ok(format!("{who}'s client proxy reset {reset} connections"))
-            }
             NodeFault::Pause => signal(node, "STOP").map(|pid| format!("{who} (pid {pid}) SIGSTOPped")),
             NodeFault::Resume => signal(node, "CONT").map(|pid| format!("{who} (pid {pid}) SIGCONTinued")),
-            NodeFault::Restart => {
-                if node.pid().is_some() {
-                    self.kill(node)?;
-                }
-                let started = Instant::now();
-                let starts_before = node.starts_logged();
-                self.spawn(node)?;
-                // The metadata may still list a node killed moments ago (it is fenced only
-                // after broker.session.timeout.ms): its own log says when it is back.
-                while node.starts_logged() <= starts_before {
-                    if let Some(status) = node.exited() {
-                        return Err(unavailable(format!(
-                            "{who} exited at restart with {status}; its log:\n{}",
-                            node.log_tail()
-                        )));
-                    }
-                    if started.elapsed() > READY_TIMEOUT {
-                        return Err(unavailable(format!(
-                            "{who} not started within {READY_TIMEOUT:?}; its log:\n{}",
-                            node.log_tail()
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Ok(format!(
-                    "{who} restarted with its data; serving again after {} ms",
-                    started.elapsed().as_millis()
-                ))
-            }
-            NodeFault::ProxyChaos { chaos } => {
-                node.client_proxy.set(chaos);
-                Ok(format!("{who}'s client proxy: {}", crate::Fault::ProxyChaos { chaos }))
-            }
-            NodeFault::ProxyHeal => {
-                node.client_proxy.heal();
-                Ok(format!("{who}'s client proxy healed"))
-            }
-            NodeFault::Isolate => {
-                let blackhole = Chaos {
-                    blackhole: true,
-                    ..Chaos::default()
-                };
-                node.client_proxy.set(blackhole);
-                node.internal_proxy.set(blackhole);
-                let reset = node.client_proxy.reset_connections() + node.internal_proxy.reset_connections();
-                Ok(format!("{who} cut off from clients and replication ({reset} connections reset)"))
-            }
-            NodeFault::Rejoin => {
-                node.client_proxy.heal();
-                node.internal_proxy.heal();
-                // Connections whose bytes were swallowed are out of step: reset, not resumed.
-                let reset = node.client_proxy.reset_connections() + node.internal_proxy.reset_connections();
-                Ok(format!("{who} reachable again ({reset} stale connections reset)"))
-            }
+            NodeFault::Restart => self.restart(node, &who),
+            proxy @ (NodeFault::ProxyChaos { .. }
+            | NodeFault::ProxyHeal
+            | NodeFault::ProxyReset
+            | NodeFault::Isolate
+            | NodeFault::Rejoin
+            | NodeFault::RestoreReplication) => Ok(proxy_fault(node, proxy, &who)),
         }
+    }
+
+    /// Starts a node again with its data (killing it first if it runs) and waits until its
+    /// log says it serves.
+    fn restart(&self, node: &Node, who: &str) -> Result<String, ClusterError> {
+        if node.pid().is_some() {
+            self.kill(node)?;
+        }
+        let started = Instant::now();
+        let starts_before = node.starts_logged();
+        self.spawn(node)?;
+        // The metadata may still list a node killed moments ago (it is fenced only
+        // after broker.session.timeout.ms): its own log says when it is back.
+        while node.starts_logged() <= starts_before {
+            if let Some(status) = node.exited() {
+                return Err(unavailable(format!(
+                    "{who} exited at restart with {status}; its log:\n{}",
+                    node.log_tail()
+                )));
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(unavailable(format!(
+                    "{who} not started within {READY_TIMEOUT:?}; its log:\n{}",
+                    node.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(format!(
+            "{who} restarted with its data; serving again after {} ms",
+            started.elapsed().as_millis()
+        ))
     }
 
     /// SIGKILLs a node and reaps it; returns how it ended.
@@ -805,6 +777,51 @@ fn target_role(target: &NodeTarget) -> String {
         NodeTarget::Leader { .. } => "leader".into(),
         NodeTarget::Follower { index, .. } => format!("follower {}", index + 1),
         other => other.to_string(),
+    }
+}
+
+/// A fault at a node's proxies: its client listener slowed, reset or healed; its
+/// replication or everything cut off or restored. Returns what it did.
+fn proxy_fault(node: &Node, fault: NodeFault, who: &str) -> String {
+    match fault {
+        NodeFault::RestoreReplication => {
+            node.internal_proxy.heal();
+            // A connection whose bytes were swallowed is out of step: its fetcher would
+            // wait out replica.socket.timeout.ms (30 s) before reconnecting.
+            let reset = node.internal_proxy.reset_connections();
+            format!("{who}: its followers fetch from it again ({reset} stale connections reset)")
+        }
+        NodeFault::ProxyReset => {
+            let reset = node.client_proxy.reset_connections();
+            format!("{who}'s client proxy reset {reset} connections")
+        }
+        NodeFault::ProxyChaos { chaos } => {
+            node.client_proxy.set(chaos);
+            format!("{who}'s client proxy: {}", crate::Fault::ProxyChaos { chaos })
+        }
+        NodeFault::ProxyHeal => {
+            node.client_proxy.heal();
+            format!("{who}'s client proxy healed")
+        }
+        NodeFault::Isolate => {
+            let blackhole = Chaos {
+                blackhole: true,
+                ..Chaos::default()
+            };
+            node.client_proxy.set(blackhole);
+            node.internal_proxy.set(blackhole);
+            let reset = node.client_proxy.reset_connections() + node.internal_proxy.reset_connections();
+            format!("{who} cut off from clients and replication ({reset} connections reset)")
+        }
+        NodeFault::Rejoin => {
+            node.client_proxy.heal();
+            node.internal_proxy.heal();
+            // Connections whose bytes were swallowed are out of step: reset, not resumed.
+            let reset = node.client_proxy.reset_connections() + node.internal_proxy.reset_connections();
+            format!("{who} reachable again ({reset} stale connections reset)")
+        }
+        // `inject` passes only the faults above: anything else is a programmer error.
+        other => unreachable!("{other} is not a proxy fault"),
     }
 }
 

@@ -48,8 +48,13 @@ async fn three_kafka_nodes_replicate_and_leave_no_jvm_behind() {
     assert_eq!(jvms_of(&directory).len(), 3, "three JVMs name the cluster's directory");
     let (controller, _) = nodes.controller().expect("an active controller");
     assert!((1..=3).contains(&controller), "{controller}");
-    assert_eq!(cluster.replication_factor(), 3);
+    let defaults = cluster.topic_defaults().await.expect("the cluster's topic defaults");
+    assert_eq!((defaults.replication_factor, defaults.min_insync_replicas), (3, Some(2)));
     cluster.ensure_topic("replicated", 3, 3).await.expect("a topic with RF 3");
+    // The same cluster met as an external one: its defaults are read from it.
+    let external = tradeflow_cluster::Cluster::external(cluster.bootstrap_servers()).expect("an external view");
+    let read = external.topic_defaults().await.expect("read from the cluster");
+    assert_eq!((read.replication_factor, read.min_insync_replicas), (3, Some(2)));
     drop(cluster);
     assert!(pids.iter().all(|pid| !alive(*pid)), "every JVM is gone: {pids:?}");
     assert!(!directory.exists(), "the cluster's directory is removed");

@@ -46,6 +46,15 @@ pub const RAW_APPLY_EVENTS: u64 = 40_000;
 /// How long a probe may wait for a backlog that does not shrink once sending is done.
 pub const PROBE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The replication factor the bench's own topics get on a cluster: its default.
+async fn replication_factor(cluster: &Cluster) -> anyhow::Result<i32> {
+    Ok(cluster
+        .topic_defaults()
+        .await
+        .context("reading the cluster's topic defaults")?
+        .replication_factor)
+}
+
 /// Starts a setup's brokers.
 fn start(backend: Backend) -> anyhow::Result<Cluster> {
     backend.start(None).with_context(|| format!("starting the {backend} backend"))
@@ -575,7 +584,7 @@ async fn raw_limits(config: &BenchConfig, setup: &Setup, store: &Store, batch: u
     let cluster = start(setup.broker)?;
     let topic = "bench.raw";
     cluster
-        .ensure_topic(topic, RAW_PARTITIONS, cluster.replication_factor())
+        .ensure_topic(topic, RAW_PARTITIONS, replication_factor(&cluster).await?)
         .await
         .with_context(|| format!("creating {topic}"))?;
     let payloads: Vec<Vec<u8>> = workload.plain_events().map(encode).collect();
@@ -622,12 +631,10 @@ async fn service_rss(binary: &std::path::Path, setup: &Setup, store: &Store, see
     const EVENTS: u64 = 30_000;
     let cluster = start(setup.broker)?;
     let topic = "bench.rss";
+    let replication = replication_factor(&cluster).await?;
+    cluster.ensure_topic(topic, 6, replication).await.context("creating the topic")?;
     cluster
-        .ensure_topic(topic, 6, cluster.replication_factor())
-        .await
-        .context("creating the topic")?;
-    cluster
-        .ensure_topic(&format!("{topic}.dlq"), 1, cluster.replication_factor())
+        .ensure_topic(&format!("{topic}.dlq"), 1, replication)
         .await
         .context("creating the dead-letter topic")?;
     store.reset().await.context("emptying the store")?;

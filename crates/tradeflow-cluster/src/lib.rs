@@ -54,6 +54,18 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most brokers a mock cluster may have.
 pub const MOCK_BROKERS_MAX: i32 = 16;
 
+/// Most replicas a run gives a topic on a cluster with many brokers.
+pub const REPLICATION_FACTOR_MAX: i32 = 3;
+
+/// What topics a run creates get on a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicDefaults {
+    /// Replicas of each partition.
+    pub replication_factor: i32,
+    /// In-sync replicas an `acks=all` write needs, where the cluster enforces and tells it.
+    pub min_insync_replicas: Option<i32>,
+}
+
 /// A broker error, naming the backend and what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -200,17 +212,29 @@ impl Cluster {
         })
     }
 
-    /// The replication factor a run gives its topics here: 3 on the three-node Kafka
-    /// cluster, 1 on one-broker backends (tansu, container) and on the mock (no replication).
-    pub fn replication_factor(&self) -> i32 {
-        if self.kafka.is_some() { kafka::KAFKA_REPLICATION_FACTOR } else { 1 }
-    }
-
-    /// The `min.insync.replicas` this backend enforces on `acks=all` writes, where it is
-    /// known: 2 on the three-node Kafka cluster. The mock ignores acks, tansu has one broker,
-    /// and an external cluster is asked by `topics plan`.
-    pub fn min_insync_replicas(&self) -> Option<i32> {
-        self.kafka.is_some().then_some(kafka::KAFKA_MIN_INSYNC_REPLICAS)
+    /// The replication factor a run gives its topics here and the `min.insync.replicas`
+    /// an `acks=all` write meets: 3 and 2 on the three-node Kafka cluster; 1 and none
+    /// enforced on the mock (no replication), tansu and a container (one broker); on an
+    /// external cluster, as many replicas as it has brokers up to 3, and its own default
+    /// `min.insync.replicas` (read from a broker).
+    pub async fn topic_defaults(&self) -> Result<TopicDefaults, ClusterError> {
+        match self.backend {
+            Backend::Kafka => Ok(TopicDefaults {
+                replication_factor: kafka::KAFKA_REPLICATION_FACTOR,
+                min_insync_replicas: Some(kafka::KAFKA_MIN_INSYNC_REPLICAS),
+            }),
+            Backend::External => {
+                let facts = topics::cluster_facts(&self.bootstrap).await?;
+                Ok(TopicDefaults {
+                    replication_factor: facts.brokers.clamp(1, REPLICATION_FACTOR_MAX),
+                    min_insync_replicas: facts.min_insync_replicas,
+                })
+            }
+            Backend::Mock | Backend::Tansu | Backend::Container => Ok(TopicDefaults {
+                replication_factor: 1,
+                min_insync_replicas: None,
+            }),
+        }
     }
 
     /// The three-node Kafka cluster, on the `kafka` backend.

@@ -263,9 +263,8 @@ async fn default_min_insync_replicas(bootstrap: &str, broker: i32) -> Option<i32
     })
 }
 
-/// Reads the cluster and the current state of every topic in the file, fits each topic to
-/// the cluster and decides what `apply` would do.
-pub async fn plan(bootstrap: &str, file: &TopicsFile) -> Result<Vec<PlannedTopic>, ClusterError> {
+/// Reads the cluster's metadata, with what it says of the cluster.
+async fn read_cluster(bootstrap: &str) -> Result<(ClusterFacts, rdkafka::metadata::Metadata), ClusterError> {
     let consumer: BaseConsumer = client_config(bootstrap)
         .create()
         .map_err(|error| admin_error(bootstrap, "creating a metadata client", error))?;
@@ -281,6 +280,19 @@ pub async fn plan(bootstrap: &str, file: &TopicsFile) -> Result<Vec<PlannedTopic
             None => None,
         },
     };
+    Ok((facts, metadata))
+}
+
+/// How many brokers a cluster lists, and its default `min.insync.replicas` when a broker
+/// tells.
+pub async fn cluster_facts(bootstrap: &str) -> Result<ClusterFacts, ClusterError> {
+    read_cluster(bootstrap).await.map(|(facts, _)| facts)
+}
+
+/// Reads the cluster and the current state of every topic in the file, fits each topic to
+/// the cluster and decides what `apply` would do.
+pub async fn plan(bootstrap: &str, file: &TopicsFile) -> Result<Vec<PlannedTopic>, ClusterError> {
+    let (facts, metadata) = read_cluster(bootstrap).await?;
     Ok(file
         .topics
         .iter()

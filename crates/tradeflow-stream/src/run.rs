@@ -202,7 +202,7 @@ pub async fn run(
     }
     let workload = Arc::new(Workload::generate(&options.workload)?);
     store.reset().await?;
-    let layout = TopicLayout::of(options, cluster);
+    let layout = TopicLayout::of(options, cluster).await?;
     ensure_topics(cluster, &layout).await?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let group = format!("tradeflow-balances-{}", uuid_like());

@@ -10,21 +10,23 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tradeflow_check::FaultRecord;
 use tradeflow_cluster::plan::{Action, FaultPlan, ServiceFault};
-use tradeflow_cluster::{Cluster, ClusterError, Fault};
+use tradeflow_cluster::{Cluster, ClusterError, Fault, TopicDefaults};
 
 impl TopicLayout {
     /// The run's topics (its own and a cutover's), with the scenario's replication factor
     /// or else the cluster's, and the scenario's topic configs.
-    pub(crate) fn of(options: &StreamOptions, cluster: &Cluster) -> TopicLayout {
+    pub(crate) async fn of(options: &StreamOptions, cluster: &Cluster) -> Result<TopicLayout, ClusterError> {
         let mut topics = vec![(options.topic.clone(), options.partitions)];
         if let Some(cutover) = &options.scenario.cutover {
             topics.push((cutover.topic.clone(), cutover.partitions));
         }
-        TopicLayout {
+        let defaults = cluster.topic_defaults().await?;
+        Ok(TopicLayout {
             topics,
-            replication_factor: options.scenario.replication_factor.unwrap_or_else(|| cluster.replication_factor()),
+            replication_factor: options.scenario.replication_factor.unwrap_or(defaults.replication_factor),
             configs: options.scenario.topic_configs.clone(),
-        }
+            defaults,
+        })
     }
 
     /// Partitions of every topic of the run.
@@ -140,6 +142,9 @@ pub(crate) struct TopicLayout {
     pub(crate) topics: Vec<(String, i32)>,
     pub(crate) replication_factor: i32,
     pub(crate) configs: Vec<(String, String)>,
+    /// What the cluster gives topics: the dead-letter topics' replication factor, and the
+    /// `min.insync.replicas` the run's topics must be able to meet.
+    pub(crate) defaults: TopicDefaults,
 }
 
 /// Creates the run's topics and their dead-letter topics (again after a broker restart:
@@ -151,7 +156,7 @@ pub(crate) async fn ensure_topics(cluster: &Cluster, layout: &TopicLayout) -> Re
         .find(|(key, _)| key == tradeflow_cluster::topics::MIN_INSYNC_REPLICAS)
         .and_then(|(_, value)| value.parse::<i32>().ok());
     if let Some(min_insync) = own_min_insync
-        .or(cluster.min_insync_replicas())
+        .or(layout.defaults.min_insync_replicas)
         .filter(|min| layout.replication_factor < *min)
     {
         return Err(ClusterError::Unsupported {
@@ -167,7 +172,7 @@ pub(crate) async fn ensure_topics(cluster: &Cluster, layout: &TopicLayout) -> Re
             .ensure_topic_with(topic, *partitions, layout.replication_factor, &layout.configs)
             .await?;
         cluster
-            .ensure_topic(&dlq::dlq_topic(topic), 1, cluster.replication_factor())
+            .ensure_topic(&dlq::dlq_topic(topic), 1, layout.defaults.replication_factor)
             .await?;
     }
     Ok(())

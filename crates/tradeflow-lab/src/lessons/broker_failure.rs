@@ -185,7 +185,7 @@ fn replication_lessons(setup: &Setup) -> Vec<Variant> {
                 step(5_000, 4_000, follower_of_busiest(1), NodeFault::Kill),
             ],
             Expected::pass(
-                "with two of three nodes down no acks=all write is acknowledged: the survivor cannot reach min.insync.replicas, and in combined mode the controller quorum is lost with them, so the ISR cannot even shrink (writes time out rather than fail with NOT_ENOUGH_REPLICAS; the next row shows that refusal). Nothing acknowledged is lost and the lag drains once they return",
+                "with two of three nodes down no acks=all write is acknowledged by one copy: while both are down, in combined mode the controller quorum is gone too, so the ISR cannot shrink and writes time out; once a node is back the ISR may shrink to the leader alone, and writes are refused (NOT_ENOUGH_REPLICAS) until the followers catch up. Nothing acknowledged is lost and the lag drains once they return",
             ),
             &|_| {},
         ),

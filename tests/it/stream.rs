@@ -82,6 +82,8 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         session_timeout_ms: 6_000,
         commit: tradeflow_stream::CommitPolicy::AfterDatabase,
         dead_letter: true,
+        journal: None,
+        apply_delay: Duration::ZERO,
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
+use tradeflow_stream::journal::Journal;
 use tradeflow_stream::lag::{self, LagProbe};
 use tradeflow_stream::metrics::{self, MetricsText};
 use tradeflow_stream::{ServiceConfig, ServiceCounters, run_service};
@@ -41,6 +42,51 @@ pub struct ServiceArgs {
     /// Serve offset lag and time lag as Prometheus text on this address (HOST:PORT).
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// This process's consumer name, in the apply log (default GROUP-PID; with several
+    /// consumers, NAME-INDEX).
+    #[arg(long)]
+    name: Option<String>,
+    /// Write what the consumers do as JSON lines on standard output (batches received,
+    /// commits the broker confirmed, batches applied), for a host that watches this process
+    /// and may kill it; the service's own lines go to standard error.
+    #[arg(long)]
+    journal: bool,
+    /// How long a consumer waits to fill a batch once its first message is in, in ms.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    fill_wait_ms: u64,
+    /// Lesson-only: when offsets are committed. Only after-database is safe; the others
+    /// exist for the experiments that show what they lose.
+    #[arg(long, value_enum, default_value_t = CommitChoice::AfterDatabase, hide = true)]
+    commit: CommitChoice,
+    /// Lesson-only: a pause before each batch's database transaction (a database under
+    /// load), in ms.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000), hide = true)]
+    apply_delay_ms: u64,
+    /// Lesson-only: no dead-letter topic; a message that cannot be processed is retried
+    /// forever and its partition waits behind it.
+    #[arg(long, hide = true)]
+    no_dead_letter: bool,
+}
+
+/// When the consumers commit offsets (`--commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CommitChoice {
+    /// After the batch's database transaction (the only safe one).
+    AfterDatabase,
+    /// librdkafka's auto commit timer.
+    Auto,
+    /// As soon as a batch is received.
+    BeforeDatabase,
+}
+
+impl From<CommitChoice> for tradeflow_stream::CommitPolicy {
+    fn from(choice: CommitChoice) -> Self {
+        match choice {
+            CommitChoice::AfterDatabase => tradeflow_stream::CommitPolicy::AfterDatabase,
+            CommitChoice::Auto => tradeflow_stream::CommitPolicy::Auto,
+            CommitChoice::BeforeDatabase => tradeflow_stream::CommitPolicy::BeforeDatabase,
+        }
+    }
 }
 
 /// Runs the balance service until Ctrl-C or SIGTERM.
@@ -58,7 +104,20 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
         }
         None => None,
     };
-    println!(
+    // With a journal, standard output carries only the journal.
+    let say = |line: String| {
+        if arguments.journal {
+            eprintln!("{line}")
+        } else {
+            println!("{line}")
+        }
+    };
+    let journal = arguments.journal.then(|| Arc::new(Journal::stdout()));
+    let base_name = arguments
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", arguments.group, std::process::id()));
+    say(format!(
         "balance service: {} consumer(s) of group {} on {} ({partitions} partitions) at {}, applying into {} ({})",
         arguments.consumers,
         arguments.group,
@@ -66,7 +125,7 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
         arguments.bootstrap,
         store.kind(),
         store.url_redacted()
-    );
+    ));
     let counters = Arc::new(ServiceCounters::default());
     let (stop, stop_receiver) = watch::channel(false);
     let mut consumers = Vec::new();
@@ -75,14 +134,20 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
             bootstrap: arguments.bootstrap.clone(),
             topic: arguments.topic.clone(),
             group: arguments.group.clone(),
-            name: format!("{}-{}-{index}", arguments.group, std::process::id()),
+            name: if arguments.consumers == 1 {
+                base_name.clone()
+            } else {
+                format!("{base_name}-{index}")
+            },
             batch_size: arguments.batch_size,
-            fill_wait: Duration::from_millis(5),
+            fill_wait: Duration::from_millis(arguments.fill_wait_ms),
             session_timeout_ms: arguments.session_timeout_ms,
-            // The service as it must be run: offsets after the database commit, bad
-            // messages to the dead-letter topic.
-            commit: tradeflow_stream::CommitPolicy::AfterDatabase,
-            dead_letter: true,
+            // The service as it must be run is the default: offsets after the database
+            // commit, bad messages to the dead-letter topic.
+            commit: arguments.commit.into(),
+            dead_letter: !arguments.no_dead_letter,
+            journal: journal.clone(),
+            apply_delay: Duration::from_millis(arguments.apply_delay_ms),
         };
         config.validate()?;
         consumers.push(tokio::spawn(run_service(
@@ -111,6 +176,9 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
             if let Ok(mut text) = metrics_text.lock() {
                 *text = lag::prometheus(&sample, &arguments.topic, &arguments.group);
             }
+            if arguments.journal {
+                continue;
+            }
             eprintln!(
                 "applied {}, duplicates skipped {}, dead-lettered {}, offset lag {}",
                 counters.applied.load(Ordering::Relaxed),
@@ -127,11 +195,11 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
     for handle in consumers {
         handle.await.context("a consumer task")?.context("a consumer stopped")?;
     }
-    println!(
+    say(format!(
         "stopped: applied {}, dead-lettered {}",
         counters.applied.load(Ordering::Relaxed),
         counters.dead_lettered.load(Ordering::Relaxed)
-    );
+    ));
     store.close().await;
     Ok(true)
 }

@@ -21,6 +21,13 @@ pub struct Expected {
     /// Words a fault's recorded effect must contain: the proof that the fault did what the
     /// row is about (a new leader, an ISR below min.insync.replicas).
     pub effect: Option<&'static str>,
+    /// A count from the run's configuration record that must be above zero for the run to
+    /// have been able to show the lesson at all (a kill that caught a batch in hand); a run
+    /// without it that does not meet the expectation is unknown, not a counterexample.
+    pub shown_by: Option<&'static str>,
+    /// A count from the run's configuration record the violation must reach: what the
+    /// faults were seen to put at stake (messages a kill caught committed and unapplied).
+    pub at_least: Option<&'static str>,
     /// Why, in words.
     pub note: String,
 }
@@ -60,6 +67,8 @@ impl Expected {
             violation: None,
             observed: None,
             effect: None,
+            shown_by: None,
+            at_least: None,
             note: note.into(),
         }
     }
@@ -71,6 +80,8 @@ impl Expected {
             violation: Some(violation),
             observed: None,
             effect: None,
+            shown_by: None,
+            at_least: None,
             note: note.into(),
         }
     }
@@ -83,6 +94,8 @@ impl Expected {
             violation: None,
             observed: None,
             effect: None,
+            shown_by: None,
+            at_least: None,
             note: note.into(),
         }
     }
@@ -99,6 +112,25 @@ impl Expected {
         self
     }
 
+    /// A count of the run's record without which the run could not show the lesson.
+    pub fn shown_by(mut self, count: &'static str) -> Expected {
+        self.shown_by = Some(count);
+        self
+    }
+
+    /// A count of the run's record the violation must reach.
+    pub fn at_least(mut self, count: &'static str) -> Expected {
+        self.at_least = Some(count);
+        self
+    }
+
+    /// Whether the run could show the lesson: a run that meets the expectation did; one
+    /// that does not, without the count that says its faults put something at stake, is
+    /// unknown.
+    pub fn could_show(&self, record: &RunRecord) -> bool {
+        self.met_by(record) || self.shown_by.is_none_or(|count| config_count(record, count) > 0)
+    }
+
     /// The expectation in words, for the table.
     pub fn describe(&self) -> String {
         let mut text = match (self.verdict, self.violation) {
@@ -113,6 +145,9 @@ impl Expected {
         if let Some(effect) = self.effect {
             let _ = write!(text, ", a fault's effect shows \"{effect}\"");
         }
+        if let (Some(violation), Some(count)) = (self.violation, self.at_least) {
+            let _ = write!(text, ", {} >= {count}", violation.name());
+        }
         text
     }
 
@@ -122,10 +157,11 @@ impl Expected {
             Some(verdict) => record.check.verdict == verdict,
             None => record.check.reordered == 0 && record.check.duplicated == 0,
         };
-        let violation = self.violation.is_none_or(|violation| violation.count(&record.check) > 0);
-        let observed = self
-            .observed
-            .is_none_or(|count| record.config.get(count).and_then(serde_json::Value::as_u64).unwrap_or(0) > 0);
+        let violation = self.violation.is_none_or(|violation| {
+            let count = violation.count(&record.check);
+            count > 0 && self.at_least.is_none_or(|stake| count >= config_count(record, stake))
+        });
+        let observed = self.observed.is_none_or(|count| config_count(record, count) > 0);
         verdict && violation && observed && self.effect_shown(record)
     }
 
@@ -137,6 +173,11 @@ impl Expected {
                 .any(|fault| fault.effect.as_deref().is_some_and(|effect| effect.contains(needle)))
         })
     }
+}
+
+/// A count of the run's configuration record (0 when absent).
+fn config_count(record: &RunRecord, count: &str) -> u64 {
+    record.config.get(count).and_then(serde_json::Value::as_u64).unwrap_or(0)
 }
 
 /// Whether every planned fault fired: each step and undo of the plan recorded, none refused.

@@ -13,6 +13,7 @@ use tradeflow_domain::{RateProfile, WorkloadConfig};
 use tradeflow_poller::RunOptions;
 use tradeflow_store::Store;
 use tradeflow_stream::StreamOptions;
+use tradeflow_stream::process::ServiceProcesses;
 
 /// One variant: a run and what it must show.
 pub struct Variant {
@@ -52,6 +53,9 @@ pub struct Setup {
     pub rate: f64,
     /// Where the brokers come from.
     pub broker: Backend,
+    /// How to start the balance service as processes of their own, for the lessons whose
+    /// fault is a kill from outside; `None` where no `tradeflow` executable is at hand.
+    pub service: Option<ServiceProcesses>,
 }
 
 impl Setup {

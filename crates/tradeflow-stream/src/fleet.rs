@@ -1,7 +1,10 @@
 //! The balance service's consumers inside a run: started, stopped, crashed and restarted
-//! as a fault plan says, and joined at the end.
+//! as a fault plan says, and joined at the end. A member is a task in this process, or,
+//! when the run asks for [`ServiceProcesses`], a `tradeflow balance-service` process of its
+//! own that a fault can kill from outside.
 
 use crate::StreamError;
+use crate::process::{KILL_JITTER_MAX, ProcessArgs, ServiceProcess, ServiceProcesses, jitter};
 use crate::service::{CommitPolicy, Control, ServiceConfig, ServiceCounters, run_controlled};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,9 @@ use tradeflow_store::Store;
 
 /// Most consumers one fleet may start over a run, restarts and joins included.
 pub const FLEET_MEMBERS_MAX: usize = 256;
+/// The members' `session.timeout.ms`: Apache Kafka's smallest by default
+/// (`group.min.session.timeout.ms`), so that a killed member's partitions move soon.
+pub const FLEET_SESSION_TIMEOUT_MS: u32 = 6_000;
 
 /// What every consumer of a fleet shares.
 #[derive(Debug, Clone)]
@@ -30,11 +36,36 @@ pub struct FleetConfig {
     pub commit: CommitPolicy,
     /// Whether bad messages go to the dead-letter topic.
     pub dead_letter: bool,
+    /// A pause before each batch's database transaction (see [`ServiceConfig`]).
+    pub apply_delay: Duration,
+    /// Members as processes of their own; `None`: as tasks in this process.
+    pub processes: Option<ServiceProcesses>,
+    /// Seed of the kills' timing.
+    pub seed: u64,
 }
 
-struct Member {
-    control: watch::Sender<Control>,
-    handle: JoinHandle<Result<LatencyRecorder, StreamError>>,
+/// A running member.
+enum Member {
+    /// A task in this process, steered through its control channel.
+    Task {
+        control: watch::Sender<Control>,
+        handle: JoinHandle<Result<LatencyRecorder, StreamError>>,
+    },
+    /// A process of its own.
+    Process(ServiceProcess),
+}
+
+/// A member that was told to go, and how to wait for it.
+enum Leaving {
+    /// A task told to crash or stop. Its control stays open: a closed channel reads as
+    /// "stop", and a consumer told to crash while it waited for messages left cleanly
+    /// instead of crashing with its next batch.
+    Task {
+        control: watch::Sender<Control>,
+        handle: JoinHandle<Result<LatencyRecorder, StreamError>>,
+    },
+    /// A process being killed or stopped.
+    Process(JoinHandle<Result<(), StreamError>>),
 }
 
 /// The consumers of one group.
@@ -44,101 +75,198 @@ pub struct Fleet {
     /// Shared by every member, restarts included.
     pub counters: Arc<ServiceCounters>,
     members: Vec<Option<Member>>,
-    finished: Vec<JoinHandle<Result<LatencyRecorder, StreamError>>>,
+    leaving: Vec<Leaving>,
     started: usize,
+    kills: u64,
 }
 
 impl Fleet {
     /// A fleet with `consumers` members started.
-    pub fn start(store: Store, config: FleetConfig, consumers: u32) -> Fleet {
+    pub fn start(store: Store, config: FleetConfig, consumers: u32) -> Result<Fleet, StreamError> {
         let mut fleet = Fleet {
             store,
             config,
             counters: Arc::new(ServiceCounters::default()),
             members: Vec::new(),
-            finished: Vec::new(),
+            leaving: Vec::new(),
             started: 0,
+            kills: 0,
         };
         for _ in 0..consumers {
-            fleet.join();
+            fleet.members.push(None);
+            fleet.spawn(fleet.members.len() - 1)?;
         }
-        fleet
+        Ok(fleet)
     }
 
     /// Starts a new member; returns its index.
     pub fn join(&mut self) -> Option<u32> {
         let index = self.members.len();
         self.members.push(None);
-        self.spawn(index).then_some(index as u32)
+        match self.spawn(index) {
+            Ok(true) => Some(index as u32),
+            Ok(false) => None,
+            Err(error) => {
+                tracing::warn!(%error, "starting a consumer");
+                None
+            }
+        }
     }
 
-    fn spawn(&mut self, index: usize) -> bool {
+    fn spawn(&mut self, index: usize) -> Result<bool, StreamError> {
         if self.started >= FLEET_MEMBERS_MAX {
             tracing::warn!(index, "not starting a consumer: the fleet started {FLEET_MEMBERS_MAX} already");
-            return false;
+            return Ok(false);
         }
         self.started += 1;
-        let config = ServiceConfig {
+        let name = format!("consumer-{index}");
+        let member = match &self.config.processes {
+            Some(processes) => Member::Process(ServiceProcess::spawn(
+                processes,
+                &self.process_args(),
+                &name,
+                self.counters.clone(),
+            )?),
+            None => {
+                let (control, receiver) = watch::channel(Control::Run);
+                let handle = tokio::spawn(run_controlled(
+                    self.store.clone(),
+                    self.service_config(name),
+                    receiver,
+                    self.counters.clone(),
+                ));
+                Member::Task { control, handle }
+            }
+        };
+        if let Some(slot) = self.members.get_mut(index) {
+            *slot = Some(member);
+        }
+        Ok(true)
+    }
+
+    fn service_config(&self, name: String) -> ServiceConfig {
+        ServiceConfig {
             bootstrap: self.config.bootstrap.clone(),
             topic: self.config.topic.clone(),
             group: self.config.group.clone(),
-            name: format!("consumer-{index}"),
+            name,
             batch_size: self.config.batch_size,
             fill_wait: self.config.fill_wait,
-            session_timeout_ms: 6_000,
+            session_timeout_ms: FLEET_SESSION_TIMEOUT_MS,
             commit: self.config.commit,
             dead_letter: self.config.dead_letter,
+            journal: None,
+            apply_delay: self.config.apply_delay,
+        }
+    }
+
+    fn process_args(&self) -> ProcessArgs {
+        ProcessArgs {
+            bootstrap: self.config.bootstrap.clone(),
+            topic: self.config.topic.clone(),
+            group: self.config.group.clone(),
+            batch_size: self.config.batch_size,
+            fill_wait: self.config.fill_wait,
+            session_timeout_ms: FLEET_SESSION_TIMEOUT_MS,
+            commit: self.config.commit,
+            dead_letter: self.config.dead_letter,
+            apply_delay: self.config.apply_delay,
+        }
+    }
+
+    /// Takes a member out of its slot and tells it to go: a task through its control, a
+    /// process by SIGKILL (`Control::CrashMidBatch`) or SIGTERM (`Control::Stop`).
+    fn retire(&mut self, index: usize, control: Control) -> Result<(), String> {
+        let Some(member) = self.members.get_mut(index).and_then(Option::take) else {
+            return Err(format!("consumer-{index} is not running"));
         };
-        let (control, receiver) = watch::channel(Control::Run);
-        let handle = tokio::spawn(run_controlled(self.store.clone(), config, receiver, self.counters.clone()));
-        if let Some(slot) = self.members.get_mut(index) {
-            *slot = Some(Member { control, handle });
-        }
-        true
-    }
-
-    fn retire(&mut self, index: usize, control: Control) -> bool {
-        match self.members.get_mut(index).and_then(Option::take) {
-            Some(member) => {
-                member.control.send_replace(control);
-                self.finished.push(member.handle);
-                true
+        let leaving = match (member, control) {
+            (Member::Task { control: sender, handle }, control) => {
+                sender.send_replace(control);
+                Leaving::Task { control: sender, handle }
             }
-            None => false,
-        }
+            (Member::Process(process), Control::CrashMidBatch) => {
+                self.kills += 1;
+                let jitter = jitter(self.config.seed, self.kills, KILL_JITTER_MAX);
+                let counters = self.counters.clone();
+                Leaving::Process(tokio::spawn(async move {
+                    process.kill(jitter, &counters).await;
+                    Ok(())
+                }))
+            }
+            (Member::Process(process), _) => Leaving::Process(tokio::spawn(process.stop())),
+        };
+        self.leaving.push(leaving);
+        Ok(())
     }
 
-    /// Tells a member to die after its next batch is received, before its database commit.
-    pub fn crash(&mut self, index: u32) -> bool {
+    /// Kills a member: a process with SIGKILL while it holds a batch (at once if it holds
+    /// one, else once it receives one, a seeded moment after); a task dies after its next
+    /// batch is received, before its database commit (the cooperative crash, for the
+    /// in-process tests).
+    pub fn crash(&mut self, index: u32) -> Result<(), String> {
         self.retire(index as usize, Control::CrashMidBatch)
     }
 
+    /// Whether members are processes of their own.
+    pub fn processes(&self) -> bool {
+        self.config.processes.is_some()
+    }
+
     /// Tells a member to leave the group cleanly.
-    pub fn leave(&mut self, index: u32) -> bool {
+    pub fn leave(&mut self, index: u32) -> Result<(), String> {
         self.retire(index as usize, Control::Stop)
     }
 
     /// Starts a member again in its old slot (a restarted process, same name).
-    pub fn restart(&mut self, index: u32) -> bool {
+    pub fn restart(&mut self, index: u32) -> Result<(), String> {
         let index = index as usize;
         match self.members.get(index) {
-            Some(None) => self.spawn(index),
-            _ => false,
+            Some(None) => match self.spawn(index) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!("the fleet started {FLEET_MEMBERS_MAX} consumers already")),
+                Err(error) => Err(error.to_string()),
+            },
+            Some(Some(_)) => Err(format!("consumer-{index} is running")),
+            None => Err(format!("there is no consumer-{index}")),
         }
     }
 
     /// Tells every running member to stop reading (`Control::Hold`) or to read again.
-    pub fn hold_all(&mut self, hold: bool) {
-        for member in self.members.iter().flatten() {
-            member.control.send_replace(if hold { Control::Hold } else { Control::Run });
+    /// Members that are processes cannot be held.
+    pub fn hold_all(&mut self, hold: bool) -> Result<(), String> {
+        if self.processes() {
+            return Err("consumers in processes of their own cannot be held".into());
         }
+        for member in self.members.iter().flatten() {
+            if let Member::Task { control, .. } = member {
+                control.send_replace(if hold { Control::Hold } else { Control::Run });
+            }
+        }
+        Ok(())
     }
 
     /// Stops every member still running.
     pub fn stop_all(&mut self) {
         for index in 0..self.members.len() {
-            self.retire(index, Control::Stop);
+            let _ = self.retire(index, Control::Stop);
         }
+    }
+
+    /// An error for the first member process that ended on its own: the run cannot go on
+    /// as planned without it, and waiting for its work would only end in the stall timeout.
+    pub fn check_processes(&mut self) -> Result<(), StreamError> {
+        for member in self.members.iter_mut().flatten() {
+            if let Member::Process(process) = member
+                && let Some(ended) = process.ended()
+            {
+                return Err(StreamError::Task {
+                    task: process.who(),
+                    reason: format!("it {ended} on its own (its standard error above says why)"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Members running now.
@@ -146,17 +274,25 @@ impl Fleet {
         self.members.iter().filter(|member| member.is_some()).count()
     }
 
-    /// Stops every member and waits for all of them (crashed ones included); returns the
-    /// latencies they measured.
+    /// Stops every member and waits for all of them (crashed ones included; one told to
+    /// crash that never received a batch to crash with is stopped); returns the latencies
+    /// the in-process members measured.
     pub async fn finish(mut self) -> Result<LatencyRecorder, StreamError> {
         self.stop_all();
         let mut latency = LatencyRecorder::new();
-        for handle in self.finished {
-            let recorder = handle.await.map_err(|error| StreamError::Task {
-                task: format!("a consumer of {}", self.config.group),
-                reason: error.to_string(),
-            })??;
-            latency.merge(&recorder);
+        let task = |reason: String| StreamError::Task {
+            task: format!("a consumer of {}", self.config.group),
+            reason,
+        };
+        for leaving in self.leaving {
+            match leaving {
+                Leaving::Task { control, handle } => {
+                    control.send_replace(Control::Stop);
+                    let recorder = handle.await.map_err(|error| task(error.to_string()))??;
+                    latency.merge(&recorder);
+                }
+                Leaving::Process(handle) => handle.await.map_err(|error| task(error.to_string()))??,
+            }
         }
         Ok(latency)
     }

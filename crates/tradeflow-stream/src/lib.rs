@@ -19,8 +19,10 @@
 mod cutover;
 pub mod dlq;
 pub mod fleet;
+pub mod journal;
 pub mod lag;
 pub mod metrics;
+pub mod process;
 pub mod publisher;
 pub mod run;
 mod run_record;

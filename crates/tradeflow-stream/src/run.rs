@@ -73,6 +73,12 @@ pub struct Scenario {
     pub replication_factor: Option<i32>,
     /// Configs of the run's trades topics (an experiment's `unclean.leader.election.enable`).
     pub topic_configs: Vec<(String, String)>,
+    /// A pause before each batch's database transaction: a database under load, so that a
+    /// fault lands while a batch is held (zero: none).
+    pub apply_delay: Duration,
+    /// The balance service's consumers as processes of their own, so that a crash is a
+    /// SIGKILL from outside; `None`: tasks in this process.
+    pub processes: Option<crate::process::ServiceProcesses>,
 }
 
 impl Default for Scenario {
@@ -84,6 +90,8 @@ impl Default for Scenario {
             cutover: None,
             replication_factor: None,
             topic_configs: Vec::new(),
+            apply_delay: Duration::ZERO,
+            processes: None,
         }
     }
 }
@@ -252,10 +260,11 @@ pub async fn run(
         start,
     };
     drive(&watching, &mut fleets, &mut faults, &mut lag, publishing, &intended_at, progress).await?;
-    let faults = faults.finish(cluster).await;
     let counters = fleets.counters();
     counters.report_skipped();
     let latency = fleets.finish().await?;
+    let crashed = counters.crashed();
+    let faults = faults.finish(cluster, &crashed).await;
     let lag = lag.finish(start, &intended_at).await;
     let (db_statements, process) = (store.statements() - before.0, ProcessStats::current().since(&before.1));
     // What the broker acknowledged had to be applied; what it never acknowledged did not.
@@ -329,6 +338,7 @@ async fn drive(
         if let Some(sample) = lag.step(start, intended_at).await? {
             publish_metrics(options, watching.group, &sample);
         }
+        fleets.main.check_processes()?;
         if publishing.as_ref().is_some_and(JoinHandle::is_finished)
             && let Some(handle) = publishing.take()
         {
@@ -388,13 +398,16 @@ impl Fleets {
             fill_wait: options.fill_wait,
             commit: options.scenario.commit,
             dead_letter: options.scenario.dead_letter,
+            apply_delay: options.scenario.apply_delay,
+            processes: options.scenario.processes.clone(),
+            seed: options.workload.seed,
         };
-        let main = Fleet::start(store.clone(), config(&options.topic, group.to_owned()), options.consumers);
+        let main = Fleet::start(store.clone(), config(&options.topic, group.to_owned()), options.consumers)?;
         let next = match &options.scenario.cutover {
             Some(cutover) => {
                 let next_group = format!("{group}-next");
                 start_group_at_end(bootstrap, &cutover.topic, &next_group, cutover.partitions).await?;
-                Some(Fleet::start(store.clone(), config(&cutover.topic, next_group), options.consumers))
+                Some(Fleet::start(store.clone(), config(&cutover.topic, next_group), options.consumers)?)
             }
             None => None,
         };
@@ -444,6 +457,11 @@ impl FleetCounters {
                 "the broker deleted {skipped} messages before the balance service read them (retention; librdkafka's mock cluster keeps {MOCK_PARTITION_RETAINED_MB} MB per partition); the checker counts their events as lost. Lower the offered rate or add consumers, so that the lag stays below retention"
             );
         }
+    }
+
+    /// The crashes of the group the fault plan steers (the main one).
+    pub(crate) fn crashed(&self) -> Vec<crate::service::CrashSeen> {
+        self.main.crash_log.lock().map(|log| log.clone()).unwrap_or_default()
     }
 
     /// A counter's highest value over both groups.

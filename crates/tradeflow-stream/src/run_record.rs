@@ -15,6 +15,7 @@ pub(crate) fn config(
     counters: &FleetCounters,
     switched: Option<&SwitchOutcome>,
 ) -> serde_json::Value {
+    let crashed = counters.crashed();
     serde_json::json!({
         "topic": options.topic,
         "partitions": options.partitions,
@@ -51,6 +52,11 @@ pub(crate) fn config(
             "drain_wait_ms": switched.map(|switched| switched.read().1),
         })),
         "plan": options.scenario.plan,
-
+        "service_processes": options.scenario.processes.is_some(),
+        "apply_delay_ms": options.scenario.apply_delay.as_millis() as u64,
+        // What the crashes caught: messages received and not applied, and of those the
+        // ones whose offsets the broker had confirmed committed (known for processes only).
+        "crashed_holding": crashed.iter().map(|crash| crash.messages as u64).sum::<u64>(),
+        "crashed_holding_committed": crashed.iter().filter_map(|crash| crash.committed).sum::<u64>(),
     })
 }

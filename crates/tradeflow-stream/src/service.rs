@@ -9,6 +9,7 @@
 //! ever follow an apply. In-flight work is bounded by the batch.
 
 use crate::dlq::{self, Rejection};
+use crate::journal::{Journal, JournalEntry};
 use crate::{HEADER_INTENDED_AT_NS, StreamError, base_config, lag};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::OwnedMessage;
@@ -109,6 +110,12 @@ pub struct ServiceConfig {
     /// Whether a message that cannot be processed goes to the dead-letter topic. Without
     /// one, the consumer retries it forever and its partition is stuck behind it.
     pub dead_letter: bool,
+    /// Where to write what the consumer does, for a host watching the process from
+    /// outside (see [`crate::journal`]); `None` for consumers inside the host.
+    pub journal: Option<Arc<Journal>>,
+    /// A pause before each batch's database transaction: a database under load, for the
+    /// lessons whose fault must land while a batch is held (zero elsewhere).
+    pub apply_delay: Duration,
 }
 
 impl ServiceConfig {
@@ -155,6 +162,7 @@ impl ServiceConfig {
                 group: self.group.clone(),
                 counters,
                 generation: AtomicU64::new(0),
+                journal: self.journal.clone(),
             })
             .map_err(|error| StreamError::kafka(format!("creating consumer {} of group {}", self.name, self.group), error))
     }
@@ -179,6 +187,8 @@ pub struct ServiceCounters {
     pub last_commit_ns: AtomicI64,
     /// Consumers that crashed mid-batch.
     pub crashes: AtomicU64,
+    /// Each crash as it happened: which consumer, holding how many messages.
+    pub crash_log: std::sync::Mutex<Vec<CrashSeen>>,
     /// Times a consumer without a dead-letter topic went back to a message it could not
     /// process.
     pub poison_retries: AtomicU64,
@@ -188,6 +198,21 @@ pub struct ServiceCounters {
     /// transactions or compaction, such a gap is retention deleting messages before they
     /// were applied; librdkafka's `auto.offset.reset` then skips them with only a log line.
     pub skipped: AtomicU64,
+}
+
+/// A consumer that crashed mid-batch, as it crashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashSeen {
+    /// The consumer's name (`consumer-0`).
+    pub consumer: String,
+    /// Messages it held, received and not applied.
+    pub messages: usize,
+    /// What the crash was, in words, where the host saw more than the count (a process's
+    /// exit signal, what of its batch was committed).
+    pub effect: Option<String>,
+    /// Of the messages held, those whose offsets the broker had confirmed committed (lost
+    /// to a consumer that resumes from the committed offsets); known for processes only.
+    pub committed: Option<u64>,
 }
 
 impl ServiceCounters {
@@ -209,6 +234,17 @@ pub struct ServiceContext {
     /// Assignments and revocations this consumer has seen: a change tells the loop that
     /// its partitions' read positions came from the committed offsets again.
     generation: AtomicU64,
+    journal: Option<Arc<Journal>>,
+}
+
+impl ServiceContext {
+    fn journal_assignment(&self) {
+        if let Some(journal) = &self.journal {
+            journal.write(&JournalEntry::Assigned {
+                partitions: self.counters.assigned_partitions.load(Ordering::Relaxed),
+            });
+        }
+    }
 }
 
 impl ClientContext for ServiceContext {}
@@ -223,7 +259,18 @@ impl ConsumerContext for ServiceContext {
                 .assigned_partitions
                 .fetch_sub(i64::from(partitions.count() as i32), Ordering::Relaxed);
             tracing::info!(consumer = %self.name, messaging.consumer.group.name = %self.group, partitions = ?partition_numbers(partitions), "partitions revoked");
+            self.journal_assignment();
         }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        let Some(journal) = &self.journal else { return };
+        if result.is_err() {
+            return;
+        }
+        journal.write(&JournalEntry::Committed {
+            offsets: committed_offsets(offsets),
+        });
     }
 
     fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -235,6 +282,7 @@ impl ConsumerContext for ServiceContext {
                     .assigned_partitions
                     .fetch_add(i64::from(partitions.count() as i32), Ordering::Relaxed);
                 tracing::info!(consumer = %self.name, messaging.consumer.group.name = %self.group, partitions = ?partition_numbers(partitions), "partitions assigned");
+                self.journal_assignment();
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => {
@@ -242,6 +290,19 @@ impl ConsumerContext for ServiceContext {
             }
         }
     }
+}
+
+/// The offsets of a commit that the broker took, per partition.
+fn committed_offsets(offsets: &TopicPartitionList) -> Vec<(i32, i64)> {
+    offsets
+        .elements()
+        .iter()
+        .filter(|element| element.error().is_ok())
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => Some((element.partition(), offset)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn partition_numbers(partitions: &TopicPartitionList) -> Vec<i32> {
@@ -292,6 +353,7 @@ pub async fn run_controlled(
     let mut latency = LatencyRecorder::new();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(config.batch_size);
     let mut positions = Positions::default();
+    let mut batches = 0;
     while *control.borrow() != Control::Stop {
         if *control.borrow() == Control::Hold {
             if control.changed().await.is_err() {
@@ -327,8 +389,10 @@ pub async fn run_controlled(
             }
         }
         positions.check(&consumer, &config, &batch, &counters);
+        batches += 1;
+        journal_received(&config, batches, &batch);
         if config.commit == CommitPolicy::BeforeDatabase {
-            commit(&consumer, &next_offsets(&batch, &BTreeMap::new()), &counters, batch.len());
+            commit_first(&consumer, &config, &batch, &counters);
         }
         if *control.borrow() == Control::CrashMidBatch {
             tracing::warn!(
@@ -338,14 +402,73 @@ pub async fn run_controlled(
             );
             tokio::time::sleep(CRASH_LINGER).await;
             counters.crashes.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut log) = counters.crash_log.lock() {
+                log.push(CrashSeen {
+                    consumer: config.name.clone(),
+                    messages: batch.len(),
+                    effect: None,
+                    committed: None,
+                });
+            }
             // Dropping the consumer closes it without committing anything more than the
             // policy already did.
             return Ok(latency);
         }
-        process(&store, &consumer, &dead_letters, &config, &batch, &counters, &mut latency).await?;
+        process(
+            &store,
+            &consumer,
+            &dead_letters,
+            &config,
+            (batches, &batch),
+            &counters,
+            &mut latency,
+        )
+        .await?;
         batch.clear();
     }
     Ok(latency)
+}
+
+/// Journals a batch received: per partition, its first and last offset.
+fn journal_received(config: &ServiceConfig, batch_number: u64, batch: &[OwnedMessage]) {
+    let Some(journal) = &config.journal else { return };
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for message in batch {
+        let range = ranges.entry(message.partition()).or_insert((message.offset(), message.offset()));
+        range.0 = range.0.min(message.offset());
+        range.1 = range.1.max(message.offset());
+    }
+    journal.write(&JournalEntry::Received {
+        batch: batch_number,
+        messages: batch.len(),
+        ranges: ranges
+            .into_iter()
+            .map(|(partition, (first, last))| (partition, first, last))
+            .collect(),
+    });
+}
+
+/// The `before_database` policy (lesson-only): the batch's offsets committed, and
+/// confirmed by the broker, before its database transaction starts.
+fn commit_first(consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfig, batch: &[OwnedMessage], counters: &ServiceCounters) {
+    let next = next_offsets(batch, &BTreeMap::new());
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in &next {
+        if offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_err() {
+            return;
+        }
+    }
+    match consumer.commit(&offsets, CommitMode::Sync) {
+        Ok(()) => {
+            counters.committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            if let Some(journal) = &config.journal {
+                journal.write(&JournalEntry::Committed {
+                    offsets: next.iter().map(|((_, partition), offset)| (*partition, *offset)).collect(),
+                });
+            }
+        }
+        Err(error) => tracing::warn!(%error, offsets = ?next, "offset commit before the database commit refused"),
+    }
 }
 
 /// Where each partition of this consumer is to be read next, to notice messages the broker
@@ -489,7 +612,7 @@ async fn process(
     consumer: &StreamConsumer<ServiceContext>,
     dead_letters: &rdkafka::producer::FutureProducer,
     config: &ServiceConfig,
-    batch: &[OwnedMessage],
+    (batch_number, batch): (u64, &[OwnedMessage]),
     counters: &ServiceCounters,
     latency: &mut LatencyRecorder,
 ) -> Result<(), StreamError> {
@@ -532,6 +655,9 @@ async fn process(
             intended_at_ns: *intended_at_ns,
         })
         .collect();
+    if !config.apply_delay.is_zero() {
+        tokio::time::sleep(config.apply_delay).await;
+    }
     let summary = store.apply_batch(&inputs, &config.name).await?;
     let committed_at_ns = now_ns();
     for (_, _, intended_at_ns) in &accepted {
@@ -568,6 +694,15 @@ async fn process(
     counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
     counters.dead_lettered.fetch_add(dead_lettered, Ordering::Relaxed);
     counters.last_commit_ns.fetch_max(committed_at_ns, Ordering::Relaxed);
+    if let Some(journal) = &config.journal {
+        journal.write(&JournalEntry::Applied {
+            batch: batch_number,
+            applied: summary.applied as u64,
+            duplicates: summary.duplicates as u64,
+            dead_lettered,
+            committed_at_ns,
+        });
+    }
     if !stuck_at.is_empty() {
         tokio::time::sleep(POISON_RETRY_BACKOFF).await;
     }

@@ -6,6 +6,7 @@
 use crate::dlq;
 use crate::fleet::Fleet;
 use crate::run::{PROGRESS_INTERVAL, StreamOptions};
+use crate::service::CrashSeen;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tradeflow_check::FaultRecord;
@@ -51,6 +52,9 @@ pub(crate) struct FaultTimeline {
     /// for a broker that may be paused by an earlier step, whose undo must not wait with it.
     poisoning: Vec<(usize, JoinHandle<Result<(), String>>)>,
     poison: PoisonTarget,
+    /// Crashes told to a consumer (index into `records`, consumer): a consumer dies with
+    /// its next batch, so whether it did is known only at the end.
+    crashes: Vec<(usize, u32)>,
 }
 
 impl FaultTimeline {
@@ -61,6 +65,7 @@ impl FaultTimeline {
             records: Vec::new(),
             poisoning: Vec::new(),
             poison,
+            crashes: Vec::new(),
         }
     }
 
@@ -93,6 +98,8 @@ impl FaultTimeline {
             };
             if let Err(error) = &outcome {
                 tracing::warn!(%action, %error, "a planned fault could not be applied");
+            } else if let Action::Service(ServiceFault::Crash { consumer }) = &action {
+                self.crashes.push((self.records.len(), *consumer));
             }
             let (effect, error) = match outcome {
                 Ok(effect) => (effect, None),
@@ -123,8 +130,9 @@ impl FaultTimeline {
     }
 
     /// The records, once the poison tasks have ended, with what the backend saw faults
-    /// lead to.
-    pub(crate) async fn finish(mut self, cluster: &Cluster) -> Vec<FaultRecord> {
+    /// lead to and how each crash went (`crashed`: the fleet's crashes, once its consumers
+    /// are gone; a crash no consumer carried out is recorded as not applied).
+    pub(crate) async fn finish(mut self, cluster: &Cluster, crashed: &[CrashSeen]) -> Vec<FaultRecord> {
         for (index, task) in std::mem::take(&mut self.poisoning) {
             let outcome = task.await.unwrap_or_else(|error| Err(format!("poison task: {error}")));
             if let (Err(error), Some(record)) = (outcome, self.records.get_mut(index)) {
@@ -133,7 +141,39 @@ impl FaultTimeline {
             }
         }
         attach_observations(&mut self.records, cluster.observations());
+        attach_crashes(&mut self.records, &self.crashes, crashed);
         self.records
+    }
+}
+
+/// Gives each crash told to a consumer the crash it led to, in order, or the reason it did
+/// not fire: a consumer told to crash dies with its next batch, and one that received no
+/// batch before the run ended never crashed.
+fn attach_crashes(records: &mut [FaultRecord], told: &[(usize, u32)], crashed: &[CrashSeen]) {
+    let mut used = vec![false; crashed.len()];
+    for (index, consumer) in told {
+        let name = format!("consumer-{consumer}");
+        let Some(record) = records.get_mut(*index) else { continue };
+        match crashed
+            .iter()
+            .enumerate()
+            .find(|(seen, crash)| !used[*seen] && crash.consumer == name)
+        {
+            Some((seen, crash)) => {
+                used[seen] = true;
+                record.effect = Some(
+                    crash
+                        .effect
+                        .clone()
+                        .unwrap_or_else(|| format!("{name} crashed holding {} received, unapplied messages", crash.messages)),
+                );
+            }
+            None => {
+                record.error = Some(format!(
+                    "{name} never crashed: it received no batch to crash with before the run ended"
+                ))
+            }
+        }
     }
 }
 
@@ -210,24 +250,65 @@ fn attach_observations(faults: &mut [FaultRecord], observations: Vec<(String, St
 
 /// Applies a service fault to the fleet (poison is published beside the run loop).
 fn apply_service_fault(fault: &ServiceFault, fleet: &mut Fleet) -> Result<(), String> {
-    let done = match fault {
+    match fault {
         ServiceFault::Crash { consumer } => fleet.crash(*consumer),
         ServiceFault::Restart { consumer } => fleet.restart(*consumer),
         ServiceFault::Leave { consumer } => fleet.leave(*consumer),
-        ServiceFault::Join => fleet.join().is_some(),
-        ServiceFault::HoldAll => {
-            fleet.hold_all(true);
-            true
+        ServiceFault::Join => fleet
+            .join()
+            .map(|_| ())
+            .ok_or_else(|| format!("no consumer could join ({} running)", fleet.running())),
+        ServiceFault::HoldAll => fleet.hold_all(true),
+        ServiceFault::ReleaseAll => fleet.hold_all(false),
+        ServiceFault::Poison { .. } => Err("poison is published beside the run loop".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(fault: &str) -> FaultRecord {
+        FaultRecord {
+            at_ms: 0,
+            fault: fault.into(),
+            error: None,
+            effect: None,
         }
-        ServiceFault::ReleaseAll => {
-            fleet.hold_all(false);
-            true
+    }
+
+    fn seen(consumer: &str, messages: usize) -> CrashSeen {
+        CrashSeen {
+            consumer: consumer.into(),
+            messages,
+            effect: None,
+            committed: None,
         }
-        ServiceFault::Poison { .. } => return Err("poison is published beside the run loop".into()),
-    };
-    if done {
-        Ok(())
-    } else {
-        Err(format!("no consumer in the state \"{fault}\" needs ({} running)", fleet.running()))
+    }
+
+    #[test]
+    fn a_crash_gets_the_crash_it_led_to_and_one_that_never_came_is_not_applied() {
+        let mut records = vec![
+            record("balance service: consumer-0 dies mid-batch"),
+            record("balance service: consumer-0 restarts"),
+            record("balance service: consumer-0 dies mid-batch"),
+            record("balance service: consumer-1 dies mid-batch"),
+        ];
+        let told = [(0, 0), (2, 0), (3, 1)];
+        attach_crashes(&mut records, &told, &[seen("consumer-1", 7), seen("consumer-0", 206)]);
+        assert_eq!(
+            records[0].effect.as_deref(),
+            Some("consumer-0 crashed holding 206 received, unapplied messages")
+        );
+        assert_eq!(records[0].error, None);
+        assert_eq!(records[1].effect, None);
+        assert_eq!(records[1].error, None);
+        // One crash of consumer-0 was seen, for two told: the second did not fire.
+        assert_eq!(records[2].effect, None);
+        assert!(records[2].error.as_deref().is_some_and(|error| error.contains("never crashed")));
+        assert_eq!(
+            records[3].effect.as_deref(),
+            Some("consumer-1 crashed holding 7 received, unapplied messages")
+        );
     }
 }

@@ -5,9 +5,15 @@
 //! From the field: Scalescape, "Building High Scale Backend Systems With Kafka" (2023),
 //! explicit commits; Wealthsimple, "Kafka in production" (2021).
 //!
-//! Variants: auto commit must **lose** the dead consumer's batch (the timer committed what
-//! was delivered); commit-before-DB must **lose** it (skipped on restart); commit-after-DB
-//! must pass with the crash seen (`crashes` > 0).
+//! The balance service runs as a `tradeflow balance-service` process, and the fault is a
+//! SIGKILL from outside at a seeded moment while the process holds a batch (its database
+//! is slowed so that a batch is in hand most of the time): no goodbye to the group, nothing
+//! flushed. The process's journal says what the kill caught: messages received and not
+//! applied, and of those the ones whose offsets the broker had confirmed committed.
+//!
+//! Variants: auto commit and commit-before-DB must **lose** at least the messages the kill
+//! caught committed and unapplied; commit-after-DB must pass with the kill seen. A run whose
+//! kill caught nothing the policy could lose is **unknown**, not a pass.
 
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate};
@@ -18,7 +24,11 @@ use tradeflow_stream::{CommitPolicy, StreamOptions};
 /// The experiment's name.
 pub const NAME: &str = "auto-commit-crash";
 /// What it shows.
-pub const WHAT: &str = "a consumer killed mid-batch: auto commit and commit-before-DB lose the batch; commit-after-DB redelivers it and the apply log skips what was applied";
+pub const WHAT: &str = "a consumer process killed (SIGKILL) mid-batch: auto commit and commit-before-DB lose the batch; commit-after-DB redelivers it and the apply log skips what was applied";
+
+/// The database's slowness in the lesson: each batch's transaction waits this long first,
+/// so that a batch is in hand most of the time and a kill at a random moment lands there.
+pub const APPLY_DELAY: Duration = Duration::from_millis(150);
 
 /// The lesson's configuration: large batches filled slowly (so the consumer that dies holds
 /// a lot) and the commit policy under test. The must-fail property uses it too.
@@ -28,9 +38,12 @@ pub fn configure(options: &mut StreamOptions, commit: CommitPolicy) {
     options.scenario.commit = commit;
 }
 
-/// The lesson's variants for a setup.
-pub fn variants(setup: &Setup) -> Vec<Variant> {
-    // One consumer, so the crashed one holds every partition's batch; a long fill wait, so
+/// The lesson's variants for a setup: it needs the service as processes.
+pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
+    let Some(service) = &setup.service else {
+        return Err("the lesson kills the balance service's process, and no tradeflow executable was given to start it".into());
+    };
+    // One consumer, so the killed one holds every partition's batch; a long fill wait, so
     // the batch in its hands when it dies is large.
     let plan = setup.plan(
         &[candidate(Action::Service(ServiceFault::Crash { consumer: 0 }), (1_000, 1_500))],
@@ -40,33 +53,44 @@ pub fn variants(setup: &Setup) -> Vec<Variant> {
         let mut options = setup.stream(4, 1);
         configure(&mut options, commit);
         options.scenario.plan = plan.clone();
+        options.scenario.processes = Some(service.clone());
+        options.scenario.apply_delay = APPLY_DELAY;
         Variant {
             label: format!("commit {}", commit.as_str().replace('_', " ")),
             run: VariantRun::Stream(Box::new(options)),
             expected,
         }
     };
-    vec![
+    let killed = "was killed by SIGKILL";
+    Ok(vec![
         variant(
             CommitPolicy::Auto,
             Expected::fail(
                 Violation::Lost,
-                "the auto-commit timer commits what was delivered, applied or not: the batch in the dead consumer's hands is never applied",
-            ),
+                "the auto-commit timer commits what was delivered, applied or not: the batch in the killed process's hands is never applied",
+            )
+            .showing(killed)
+            .shown_by("crashed_holding_committed")
+            .at_least("crashed_holding_committed"),
         ),
         variant(
             CommitPolicy::BeforeDatabase,
             Expected::fail(
                 Violation::Lost,
                 "offsets committed before the database commit: the batch is skipped on restart",
-            ),
+            )
+            .showing(killed)
+            .shown_by("crashed_holding_committed")
+            .at_least("crashed_holding_committed"),
         ),
         variant(
             CommitPolicy::AfterDatabase,
             Expected::pass(
                 "offsets committed after the database commit: the batch is redelivered and the apply log skips what was applied",
             )
-            .observing("crashes"),
+            .observing("crashes")
+            .showing(killed)
+            .shown_by("crashed_holding"),
         ),
-    ]
+    ])
 }

@@ -28,7 +28,7 @@ pub const LESSONS: &[Lesson] = &[
     Lesson {
         name: auto_commit_crash::NAME,
         what: auto_commit_crash::WHAT,
-        variants: |setup| Ok(auto_commit_crash::variants(setup)),
+        variants: auto_commit_crash::variants,
     },
     Lesson {
         name: producer_retries::NAME,

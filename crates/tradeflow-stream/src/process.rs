@@ -1,0 +1,318 @@
+//! A consumer of the balance service in a process of its own (`tradeflow balance-service
+//! --journal`), so that a fault can come from outside: SIGKILL at a seeded moment, with no
+//! goodbye to the group and nothing flushed, the way a real process dies.
+//!
+//! The host reads the process's journal (see [`crate::journal`]) as it goes, for the run's
+//! counters, and to its end once the process is dead, for what the kill caught it holding.
+
+use crate::StreamError;
+use crate::journal::{JournalEntry, JournalState};
+use crate::service::{CommitPolicy, CrashSeen, ServiceCounters};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tradeflow_store::StoreKind;
+use tradeflow_store::connect::StoreConfig;
+
+/// How long a kill waits for its target to hold a batch before it kills it anyway.
+pub const KILL_WAIT_FOR_BATCH: Duration = Duration::from_secs(3);
+/// Most time after a batch is received that a kill lands (drawn from the seed): within the
+/// database transaction's time under the lesson's apply delay.
+pub const KILL_JITTER_MAX: Duration = Duration::from_millis(40);
+/// How long a process asked to stop (SIGTERM) has to leave its group before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How to start the balance service as processes.
+#[derive(Debug, Clone)]
+pub struct ServiceProcesses {
+    /// The `tradeflow` executable.
+    pub executable: PathBuf,
+    /// The store the processes apply into (the run's own store). A PostgreSQL URL goes to
+    /// the process in `DATABASE_URL`, not on its command line, where `ps` would show it.
+    pub store: StoreConfig,
+}
+
+/// What every process of a fleet is started with.
+#[derive(Debug, Clone)]
+pub(crate) struct ProcessArgs {
+    pub(crate) bootstrap: String,
+    pub(crate) topic: String,
+    pub(crate) group: String,
+    pub(crate) batch_size: usize,
+    pub(crate) fill_wait: Duration,
+    pub(crate) session_timeout_ms: u32,
+    pub(crate) commit: CommitPolicy,
+    pub(crate) dead_letter: bool,
+    pub(crate) apply_delay: Duration,
+}
+
+/// One running process.
+pub(crate) struct ServiceProcess {
+    name: String,
+    child: Child,
+    pid: u32,
+    state: Arc<Mutex<JournalState>>,
+    reader: JoinHandle<()>,
+}
+
+impl ServiceProcess {
+    /// Starts `tradeflow balance-service` as consumer `name`; its journal feeds `counters`.
+    pub(crate) fn spawn(
+        spawn: &ServiceProcesses,
+        args: &ProcessArgs,
+        name: &str,
+        counters: Arc<ServiceCounters>,
+    ) -> Result<ServiceProcess, StreamError> {
+        let mut command = Command::new(&spawn.executable);
+        command
+            .arg("balance-service")
+            .args(["--store", spawn.store.kind.as_str()])
+            .args(["--bootstrap", &args.bootstrap, "--topic", &args.topic, "--group", &args.group])
+            .args(["--name", name, "--consumers", "1", "--journal"])
+            .args(["--batch-size", &args.batch_size.to_string()])
+            .args(["--fill-wait-ms", &args.fill_wait.as_millis().to_string()])
+            .args(["--session-timeout-ms", &args.session_timeout_ms.to_string()])
+            .args(["--commit", &args.commit.as_str().replace('_', "-")])
+            .args(["--apply-delay-ms", &args.apply_delay.as_millis().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if !args.dead_letter {
+            command.arg("--no-dead-letter");
+        }
+        match spawn.store.kind {
+            StoreKind::Postgres => command.env("DATABASE_URL", &spawn.store.url),
+            StoreKind::Sqlite => command.args(["--database-url", &spawn.store.url]),
+        };
+        let mut child = command.spawn().map_err(|error| StreamError::Config {
+            reason: format!("starting the balance service process {}: {error}", spawn.executable.display()),
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let stdout = child.stdout.take().ok_or_else(|| StreamError::Config {
+            reason: "the balance service process has no standard output".into(),
+        })?;
+        let state = Arc::new(Mutex::new(JournalState::default()));
+        let reader = tokio::spawn(read_journal(name.to_owned(), stdout, state.clone(), counters));
+        Ok(ServiceProcess {
+            name: name.to_owned(),
+            child,
+            pid,
+            state,
+            reader,
+        })
+    }
+
+    /// How the process ended, if it ended on its own while it was to be running.
+    pub(crate) fn ended(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(exit_description(status)),
+            Ok(None) => None,
+            Err(error) => Some(format!("could not be waited for ({error})")),
+        }
+    }
+
+    /// Its name and pid, for messages.
+    pub(crate) fn who(&self) -> String {
+        format!("balance service process {} (pid {})", self.name, self.pid)
+    }
+
+    fn held(&self) -> usize {
+        self.state.lock().map(|state| state.held_messages()).unwrap_or(0)
+    }
+
+    /// Kills the process with SIGKILL: at once if it holds a batch, else once it receives
+    /// one (waiting at most [`KILL_WAIT_FOR_BATCH`]), `jitter` after. Waits for it to die
+    /// and reads its journal to the end; records the crash in `counters` and returns what
+    /// the kill did.
+    pub(crate) async fn kill(mut self, jitter: Duration, counters: &ServiceCounters) -> String {
+        let deadline = tokio::time::Instant::now() + KILL_WAIT_FOR_BATCH;
+        while self.held() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(jitter).await;
+        // SIGKILL (tokio's kill sends it, to a child not yet reaped, whose pid cannot
+        // have been reused).
+        if let Err(error) = self.child.start_kill() {
+            tracing::warn!(consumer = %self.name, pid = self.pid, %error, "sending SIGKILL");
+        }
+        let status = self.child.wait().await;
+        let _ = (&mut self.reader).await;
+        let state = self.state.lock().map(|state| state.clone()).unwrap_or_default();
+        let ended = match status {
+            Ok(status) => exit_description(status),
+            Err(error) => format!("could not be waited for ({error})"),
+        };
+        let (held, committed) = (state.held_messages(), state.held_and_committed());
+        counters.crashes.fetch_add(1, Ordering::Relaxed);
+        counters.assigned_partitions.fetch_sub(state.assigned, Ordering::Relaxed);
+        let effect = format!(
+            "{} (pid {}) {ended}, holding {held} received, unapplied messages, {committed} of them with offsets the broker had confirmed committed",
+            self.name, self.pid
+        );
+        if let Ok(mut log) = counters.crash_log.lock() {
+            log.push(CrashSeen {
+                consumer: self.name.clone(),
+                messages: held,
+                effect: Some(effect.clone()),
+                committed: Some(committed),
+            });
+        }
+        effect
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it to leave its group; kills it
+    /// after [`STOP_TIMEOUT`].
+    pub(crate) async fn stop(mut self) -> Result<(), StreamError> {
+        signal(self.pid, "TERM");
+        let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::warn!(consumer = %self.name, pid = self.pid, "the balance service process did not stop within {STOP_TIMEOUT:?}; killing it");
+                let _ = self.child.start_kill();
+                self.child.wait().await
+            }
+        };
+        let _ = (&mut self.reader).await;
+        match status {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(StreamError::Task {
+                task: format!("balance service process {} (pid {})", self.name, self.pid),
+                reason: exit_description(status),
+            }),
+            Err(error) => Err(StreamError::Task {
+                task: format!("balance service process {} (pid {})", self.name, self.pid),
+                reason: error.to_string(),
+            }),
+        }
+    }
+}
+
+/// Reads a process's journal to its end, into `state` and the fleet's `counters`.
+async fn read_journal(name: String, stdout: tokio::process::ChildStdout, state: Arc<Mutex<JournalState>>, counters: Arc<ServiceCounters>) {
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(error) => {
+                tracing::warn!(consumer = %name, %error, "reading the balance service's journal");
+                break;
+            }
+        };
+        let entry: JournalEntry = match serde_json::from_str(&line) {
+            Ok(entry) => entry,
+            Err(_) => {
+                // Not a journal line: the service's own words, passed on.
+                eprintln!("{name}: {line}");
+                continue;
+            }
+        };
+        let Ok(mut state) = state.lock() else { break };
+        feed(&mut state, &entry, &counters);
+    }
+}
+
+/// Takes one journal entry into a process's state and the fleet's counters.
+fn feed(state: &mut JournalState, entry: &JournalEntry, counters: &ServiceCounters) {
+    let assigned_before = state.assigned;
+    state.take(entry);
+    match entry {
+        JournalEntry::Assigned { partitions } => {
+            counters
+                .assigned_partitions
+                .fetch_add(partitions - assigned_before, Ordering::Relaxed);
+            counters.rebalances.fetch_add(1, Ordering::Relaxed);
+        }
+        JournalEntry::Applied {
+            applied,
+            duplicates,
+            dead_lettered,
+            committed_at_ns,
+            ..
+        } => {
+            counters.applied.fetch_add(*applied, Ordering::Relaxed);
+            counters.duplicates.fetch_add(*duplicates, Ordering::Relaxed);
+            counters.dead_lettered.fetch_add(*dead_lettered, Ordering::Relaxed);
+            counters.last_commit_ns.fetch_max(*committed_at_ns, Ordering::Relaxed);
+        }
+        JournalEntry::Received { .. } | JournalEntry::Committed { .. } => {}
+    }
+}
+
+/// Sends a signal by name (`TERM`, `STOP`, `CONT`) with kill(1).
+fn signal(pid: u32, name: &str) {
+    if let Err(error) = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+    {
+        tracing::warn!(pid, signal = name, %error, "running kill");
+    }
+}
+
+/// How a process ended, in words: its exit code, or the signal that killed it.
+fn exit_description(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(libc::SIGKILL)) => "was killed by SIGKILL".to_owned(),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "ended".to_owned(),
+    }
+}
+
+/// A seeded draw in `0..max`, for the `n`th kill of a run (splitmix64).
+pub(crate) fn jitter(seed: u64, n: u64, max: Duration) -> Duration {
+    let mut z = seed
+        .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let max_us = max.as_micros().max(1) as u64;
+    Duration::from_micros(z % max_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_seeded_and_bounded() {
+        let max = Duration::from_millis(40);
+        let draws: Vec<Duration> = (0..100).map(|n| jitter(7, n, max)).collect();
+        assert!(draws.iter().all(|draw| *draw < max));
+        assert_eq!(draws, (0..100).map(|n| jitter(7, n, max)).collect::<Vec<_>>());
+        assert_ne!(draws, (0..100).map(|n| jitter(8, n, max)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_journal_feeds_the_fleet_counters() {
+        let counters = ServiceCounters::default();
+        let mut state = JournalState::default();
+        feed(&mut state, &JournalEntry::Assigned { partitions: 4 }, &counters);
+        feed(&mut state, &JournalEntry::Assigned { partitions: 2 }, &counters);
+        feed(
+            &mut state,
+            &JournalEntry::Applied {
+                batch: 1,
+                applied: 7,
+                duplicates: 2,
+                dead_lettered: 1,
+                committed_at_ns: 99,
+            },
+            &counters,
+        );
+        assert_eq!(counters.assigned_partitions.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.rebalances.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.applied.load(Ordering::Relaxed), 7);
+        assert_eq!(counters.duplicates.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.dead_lettered.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.last_commit_ns.load(Ordering::Relaxed), 99);
+    }
+}

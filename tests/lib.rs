@@ -43,13 +43,35 @@ pub fn server_missing(test: &str, backend: &str, what: &str, detail: &str) {
     );
 }
 
+/// The `tradeflow` executable the tests start the balance service from:
+/// `TRADEFLOW_BIN`, else the one beside this test binary (`target/<profile>/tradeflow`),
+/// which `cargo test --workspace` builds with the tests. Panics with what to do when it is
+/// missing: a property that kills the service's process cannot run without it.
+pub fn tradeflow_executable() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("TRADEFLOW_BIN") {
+        return path.into();
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|test| Some(test.parent()?.parent()?.join("tradeflow")));
+    match beside {
+        Some(path) if path.is_file() => path,
+        other => panic!(
+            "no tradeflow executable at {other:?}: the tests start the balance service as its processes. Run the tests with `cargo test --workspace` (which builds it), or `cargo build --bin tradeflow` first, or set TRADEFLOW_BIN"
+        ),
+    }
+}
+
+/// The SQLite store [`sqlite_store`] made in `directory`, for a process to open too.
+pub fn sqlite_config(directory: &std::path::Path) -> StoreConfig {
+    StoreConfig::sqlite_file(&directory.join("test.db"))
+}
+
 /// A fresh SQLite store in a temporary directory (kept alive by the returned guard).
 pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
     init_logs();
     let directory = tempfile::tempdir().expect("a temporary directory");
-    let store = Store::connect(&StoreConfig::sqlite_file(&directory.path().join("test.db")))
-        .await
-        .expect("SQLite store opens");
+    let store = Store::connect(&sqlite_config(directory.path())).await.expect("SQLite store opens");
     (store, directory)
 }
 

@@ -33,6 +33,7 @@ use tradeflow_cluster::{Backend, Fault, MOCK_BROKERS};
 use tradeflow_domain::{EventMix, RateProfile, WorkloadConfig};
 use tradeflow_lab::lessons::{auto_commit_crash, producer_retries, repartition_cutover};
 use tradeflow_store::Store;
+use tradeflow_stream::process::ServiceProcesses;
 use tradeflow_stream::{CommitPolicy, Runbook, Scenario, StreamOptions};
 
 /// Cases of every property; overrides the per-backend defaults below.
@@ -111,31 +112,76 @@ struct Case {
 }
 
 impl Case {
-    /// The fault plan this case runs: steps placed on the publishing time, leaves dropped
-    /// where they would leave the group empty (a property about an empty group says
-    /// nothing).
+    /// The fault plan this case runs: steps placed on the publishing time, each
+    /// consumer fault aimed at a consumer that is running then (the drawn index picks
+    /// among them), steps with no such consumer dropped, and leaves dropped where they
+    /// would leave the group empty (a property about an empty group says nothing).
     fn plan(&self) -> FaultPlan {
         let publishing = self.shape.publishing_ms();
-        let mut members = self.shape.consumers;
+        let mut members = Members::new(self.shape.consumers);
         let mut steps: Vec<PlanStep> = Vec::new();
         let mut ordered = self.schedule.clone();
         ordered.sort_by_key(|step| step.at_permille);
         for step in ordered {
-            match step.action {
-                Action::Service(ServiceFault::Join) => members += 1,
-                Action::Service(ServiceFault::Leave { .. }) if members < 2 => continue,
-                Action::Service(ServiceFault::Leave { .. }) => members -= 1,
-                _ => {}
-            }
+            let at_ms = publishing * step.at_permille / 1_000;
+            let action = match step.action {
+                Action::Service(ServiceFault::Join) => {
+                    members.join();
+                    step.action
+                }
+                Action::Service(ServiceFault::Leave { consumer }) => match members.take(consumer, at_ms, None, 2) {
+                    Some(consumer) => Action::Service(ServiceFault::Leave { consumer }),
+                    None => continue,
+                },
+                Action::Service(ServiceFault::Crash { consumer }) => match members.take(consumer, at_ms, step.for_ms, 1) {
+                    Some(consumer) => Action::Service(ServiceFault::Crash { consumer }),
+                    None => continue,
+                },
+                action => action,
+            };
             steps.push(PlanStep {
-                at_ms: publishing * step.at_permille / 1_000,
+                at_ms,
                 for_ms: step.for_ms,
-                action: step.action,
+                action,
             });
         }
         let mut plan = FaultPlan::fixed(steps);
         plan.seed = self.shape.seed;
         plan
+    }
+}
+
+/// The consumers of a case's fleet over its plan, by index as the fleet numbers them: for
+/// aiming each consumer fault at one that exists and runs.
+struct Members {
+    /// Per index: running from this time on (ms), or `None` once it left for good.
+    back_at: Vec<Option<u64>>,
+}
+
+impl Members {
+    fn new(consumers: u32) -> Members {
+        Members {
+            back_at: vec![Some(0); consumers as usize],
+        }
+    }
+
+    fn join(&mut self) {
+        self.back_at.push(Some(0));
+    }
+
+    /// Takes a consumer running at `at_ms`, the `drawn`th of them (modulo their count), out
+    /// until `at_ms + for_ms` (for good without `for_ms`); `None` when fewer than
+    /// `at_least` are running.
+    fn take(&mut self, drawn: u32, at_ms: u64, for_ms: Option<u64>, at_least: usize) -> Option<u32> {
+        let running: Vec<usize> = (0..self.back_at.len())
+            .filter(|index| self.back_at[*index].is_some_and(|back| back <= at_ms))
+            .collect();
+        if running.len() < at_least {
+            return None;
+        }
+        let index = running[drawn as usize % running.len()];
+        self.back_at[index] = for_ms.map(|down| at_ms + down);
+        u32::try_from(index).ok()
     }
 }
 
@@ -347,7 +393,7 @@ fn env_u32(name: &str) -> Option<u32> {
 
 /// A runner with the case count, seed, shrink bound and regression file of one property.
 /// Prints the seed first, so any run can be replayed.
-fn runner(name: &str, backend: Backend, default_cases: u32) -> TestRunner {
+fn runner(name: &str, backend: Backend, default_cases: u32, default_shrink_iters: u32) -> TestRunner {
     let cases = env_u32(CASES_VAR).or_else(|| env_u32("PROPTEST_CASES")).unwrap_or(default_cases);
     let seed = std::env::var(SEED_VAR)
         .ok()
@@ -358,7 +404,7 @@ fn runner(name: &str, backend: Backend, default_cases: u32) -> TestRunner {
                 .unwrap_or_else(|_| panic!("{SEED_VAR}={value:?} is not a u64"))
         })
         .unwrap_or_else(rand_seed);
-    let max_shrink_iters = env_u32(SHRINK_VAR).unwrap_or(SHRINK_ITERS_DEFAULT);
+    let max_shrink_iters = env_u32(SHRINK_VAR).unwrap_or(default_shrink_iters);
     eprintln!("{name} on {backend:?}: {cases} cases, seed {seed} (replay with {SEED_VAR}={seed}), at most {max_shrink_iters} shrink steps");
     let regressions: &'static str = Box::leak(format!("it/regressions/{name}.txt").into_boxed_str());
     let config = Config {
@@ -402,16 +448,37 @@ fn cluster(backend: Backend, test: &str) -> Option<tradeflow_cluster::Cluster> {
     }
 }
 
-/// Runs one case on a fresh broker and a fresh SQLite store; `None` when the backend is
-/// missing (outside CI).
+/// Runs one case on a fresh broker and a fresh SQLite store, the balance service's
+/// consumers as `tradeflow balance-service` processes (a crash is a SIGKILL from outside);
+/// `None` when the backend is missing (outside CI).
 async fn run_case(backend: Backend, test: &str, options: &StreamOptions) -> Option<RunRecord> {
     let cluster = cluster(backend, test)?;
-    let (store, _directory): (Store, _) = tradeflow_tests::sqlite_store().await;
+    let (store, directory): (Store, _) = tradeflow_tests::sqlite_store().await;
+    let mut options = options.clone();
+    options.scenario.processes = Some(ServiceProcesses {
+        executable: tradeflow_tests::tradeflow_executable(),
+        store: tradeflow_tests::sqlite_config(directory.path()),
+    });
     let (progress, _receiver) = watch::channel(RunProgress::default());
-    let record = tradeflow_stream::run(&store, &cluster, options, &progress)
+    let record = tradeflow_stream::run(&store, &cluster, &options, &progress)
         .await
         .unwrap_or_else(|error| panic!("the run completes: {error:#}"));
     Some(record)
+}
+
+/// A case whose planned faults did not all fire (or whose crash caught nothing) says
+/// nothing about the property: it is rejected and another case drawn, never passed.
+fn fired(options: &StreamOptions, record: &RunRecord) -> Result<(), TestCaseError> {
+    if tradeflow_lab::faults_fired(options.scenario.plan.timeline().len(), record) {
+        return Ok(());
+    }
+    let why: Vec<String> = record
+        .faults
+        .iter()
+        .map(|fault| format!("{}: {}", fault.fault, fault.error.as_deref().unwrap_or("applied")))
+        .collect();
+    eprintln!("  -> rejected: a planned fault did not fire ({})", why.join("; "));
+    Err(TestCaseError::reject("a planned fault did not fire"))
 }
 
 /// Which property a check looks at.
@@ -463,7 +530,7 @@ fn holds(name: &str, backend: Backend, strategy: impl Strategy<Value = Case>, pr
         return; // said loudly (and a failure in CI) by the helper
     }
     let runtime = runtime();
-    let mut runner = runner(name, backend, default_cases(backend));
+    let mut runner = runner(name, backend, default_cases(backend), SHRINK_ITERS_DEFAULT);
     let result = runner.run(&strategy, |case| {
         eprintln!("case: {case}");
         let options = options(backend, &case);
@@ -471,6 +538,7 @@ fn holds(name: &str, backend: Backend, strategy: impl Strategy<Value = Case>, pr
             .block_on(run_case(backend, name, &options))
             .expect("the backend was there a moment ago");
         eprintln!("  -> {}", summary(&record));
+        fired(&options, &record)?;
         for property in properties {
             property
                 .check(&record)
@@ -491,13 +559,17 @@ fn holds(name: &str, backend: Backend, strategy: impl Strategy<Value = Case>, pr
 /// prints the shrunk counterexample.
 fn must_fail(name: &str, strategy: impl Strategy<Value = Case>, options: impl Fn(&Case) -> StreamOptions, property: Property) {
     let runtime = runtime();
-    let mut runner = runner(name, Backend::Mock, 6);
+    // No shrinking by default: the counterexample is the lesson, and each shrink step is a
+    // whole run that ends in the stall timeout (what was lost never comes).
+    let mut runner = runner(name, Backend::Mock, 6, 0);
     let result = runner.run(&strategy, |case| {
         eprintln!("case: {case}");
+        let options = options(&case);
         let record = runtime
-            .block_on(run_case(Backend::Mock, name, &options(&case)))
+            .block_on(run_case(Backend::Mock, name, &options))
             .expect("the mock cluster is always there");
         eprintln!("  -> {}", summary(&record));
+        fired(&options, &record)?;
         property.check(&record).map_err(TestCaseError::fail)
     });
     match result {

@@ -104,12 +104,11 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
         }
         None => None,
     };
-    // With a journal, standard output carries only the journal.
+    // With a journal, standard output carries only the journal, and the host that reads
+    // it knows what it started: the service's own lines are left out.
     let say = |line: String| {
-        if arguments.journal {
-            eprintln!("{line}")
-        } else {
-            println!("{line}")
+        if !arguments.journal {
+            println!("{line}");
         }
     };
     let journal = arguments.journal.then(|| Arc::new(Journal::stdout()));

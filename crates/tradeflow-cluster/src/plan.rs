@@ -21,14 +21,28 @@ pub const PLAN_STEPS_MAX: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "fault", rename_all = "snake_case")]
 pub enum ServiceFault {
-    /// A consumer dies after it received a batch and before its database commit (killed
-    /// mid-batch: nothing of the batch is applied).
+    /// A consumer dies while it holds a batch received and not applied: a process of its
+    /// own is killed with SIGKILL (at once if it holds a batch, else when it next receives
+    /// one, a seeded moment after); a consumer inside the run returns before its database
+    /// commit (the cooperative crash of the in-process tests).
     Crash {
         /// Which consumer (its index in the run).
         consumer: u32,
     },
     /// The consumer that crashed starts again in the same group.
     Restart {
+        /// Which consumer.
+        consumer: u32,
+    },
+    /// A consumer's process is frozen with SIGSTOP while it holds a batch: it stops
+    /// heartbeating, the group moves its partitions when its session times out, and it
+    /// wakes up (SIGCONT) still holding the batch: a zombie. Processes only.
+    Pause {
+        /// Which consumer.
+        consumer: u32,
+    },
+    /// The frozen consumer's process is woken with SIGCONT.
+    Resume {
         /// Which consumer.
         consumer: u32,
     },
@@ -57,6 +71,7 @@ impl ServiceFault {
     pub fn undo(&self) -> Option<ServiceFault> {
         match self {
             ServiceFault::Crash { consumer } => Some(ServiceFault::Restart { consumer: *consumer }),
+            ServiceFault::Pause { consumer } => Some(ServiceFault::Resume { consumer: *consumer }),
             ServiceFault::HoldAll => Some(ServiceFault::ReleaseAll),
             _ => None,
         }
@@ -68,6 +83,8 @@ impl fmt::Display for ServiceFault {
         match self {
             ServiceFault::Crash { consumer } => write!(f, "consumer-{consumer} dies mid-batch"),
             ServiceFault::Restart { consumer } => write!(f, "consumer-{consumer} restarts"),
+            ServiceFault::Pause { consumer } => write!(f, "consumer-{consumer} is frozen (SIGSTOP) holding a batch"),
+            ServiceFault::Resume { consumer } => write!(f, "consumer-{consumer} wakes up (SIGCONT)"),
             ServiceFault::HoldAll => f.write_str("every consumer stops reading"),
             ServiceFault::ReleaseAll => f.write_str("every consumer reads again"),
             ServiceFault::Join => f.write_str("a consumer joins the group"),

@@ -124,11 +124,12 @@ impl Expected {
         self
     }
 
-    /// Whether the run could show the lesson: a run that meets the expectation did; one
-    /// that does not, without the count that says its faults put something at stake, is
-    /// unknown.
+    /// Whether the run could show the lesson: its faults put something at stake (the
+    /// `shown_by` count is above zero), or it shows the failure it must show, which is
+    /// proof enough. A pass without the stake proves nothing: unknown.
     pub fn could_show(&self, record: &RunRecord) -> bool {
-        self.met_by(record) || self.shown_by.is_none_or(|count| config_count(record, count) > 0)
+        let at_stake = self.shown_by.is_none_or(|count| config_count(record, count) > 0);
+        at_stake || (self.verdict == Some(Verdict::Fail) && self.met_by(record))
     }
 
     /// The expectation in words, for the table.

@@ -52,7 +52,7 @@ enum Member {
         handle: JoinHandle<Result<LatencyRecorder, StreamError>>,
     },
     /// A process of its own.
-    Process(ServiceProcess),
+    Process(Box<ServiceProcess>),
 }
 
 /// A member that was told to go, and how to wait for it.
@@ -75,7 +75,8 @@ pub struct Fleet {
     /// Shared by every member, restarts included.
     pub counters: Arc<ServiceCounters>,
     members: Vec<Option<Member>>,
-    leaving: Vec<Leaving>,
+    /// Members told to go, by slot.
+    leaving: Vec<(usize, Leaving)>,
     started: usize,
     kills: u64,
 }
@@ -121,12 +122,12 @@ impl Fleet {
         self.started += 1;
         let name = format!("consumer-{index}");
         let member = match &self.config.processes {
-            Some(processes) => Member::Process(ServiceProcess::spawn(
+            Some(processes) => Member::Process(Box::new(ServiceProcess::spawn(
                 processes,
                 &self.process_args(),
                 &name,
                 self.counters.clone(),
-            )?),
+            )?)),
             None => {
                 let (control, receiver) = watch::channel(Control::Run);
                 let handle = tokio::spawn(run_controlled(
@@ -196,7 +197,7 @@ impl Fleet {
             }
             (Member::Process(process), _) => Leaving::Process(tokio::spawn(process.stop())),
         };
-        self.leaving.push(leaving);
+        self.leaving.push((index, leaving));
         Ok(())
     }
 
@@ -206,6 +207,27 @@ impl Fleet {
     /// in-process tests).
     pub fn crash(&mut self, index: u32) -> Result<(), String> {
         self.retire(index as usize, Control::CrashMidBatch)
+    }
+
+    /// Freezes a member's process with SIGSTOP while it holds a batch (processes only).
+    pub fn freeze(&mut self, index: u32) -> Result<(), String> {
+        self.kills += 1;
+        let jitter = jitter(self.config.seed, self.kills, KILL_JITTER_MAX);
+        let counters = self.counters.clone();
+        match self.members.get_mut(index as usize).and_then(Option::as_mut) {
+            Some(Member::Process(process)) => process.freeze(jitter, counters),
+            Some(Member::Task { .. }) => Err("a consumer inside the run cannot be frozen; run the service as processes".into()),
+            None => Err(format!("consumer-{index} is not running")),
+        }
+    }
+
+    /// Wakes a frozen member's process with SIGCONT.
+    pub fn wake(&mut self, index: u32) -> Result<(), String> {
+        match self.members.get_mut(index as usize).and_then(Option::as_mut) {
+            Some(Member::Process(process)) => process.wake(),
+            Some(Member::Task { .. }) => Err("a consumer inside the run cannot be frozen".into()),
+            None => Err(format!("consumer-{index} is not running")),
+        }
     }
 
     /// Whether members are processes of their own.
@@ -218,9 +240,22 @@ impl Fleet {
         self.retire(index as usize, Control::Stop)
     }
 
-    /// Starts a member again in its old slot (a restarted process, same name).
-    pub fn restart(&mut self, index: u32) -> Result<(), String> {
+    /// Starts a member again in its old slot (a restarted process, same name), once the
+    /// process it replaces is gone (a kill waits for its target to hold a batch).
+    pub async fn restart(&mut self, index: u32) -> Result<(), String> {
         let index = index as usize;
+        let mut still = Vec::new();
+        for (slot, leaving) in std::mem::take(&mut self.leaving) {
+            match leaving {
+                Leaving::Process(handle) if slot == index && !handle.is_finished() => {
+                    if let Ok(Err(error)) = handle.await {
+                        tracing::warn!(%error, "the consumer being replaced");
+                    }
+                }
+                leaving => still.push((slot, leaving)),
+            }
+        }
+        self.leaving = still;
         match self.members.get(index) {
             Some(None) => match self.spawn(index) {
                 Ok(true) => Ok(()),
@@ -284,7 +319,7 @@ impl Fleet {
             task: format!("a consumer of {}", self.config.group),
             reason,
         };
-        for leaving in self.leaving {
+        for (_, leaving) in self.leaving {
             match leaving {
                 Leaving::Task { control, handle } => {
                     control.send_replace(Control::Stop);

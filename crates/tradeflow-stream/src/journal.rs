@@ -90,11 +90,15 @@ impl Journal {
     }
 }
 
+/// A batch received and not applied: per partition `(partition, first, last)`, and its
+/// size.
+pub type Held = (Vec<(i32, i64, i64)>, usize);
+
 /// What a watcher knows of one consumer process from its journal so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JournalState {
-    /// The batch received and not applied, if any: `(partition, first, last)` and its size.
-    pub held: Option<(Vec<(i32, i64, i64)>, usize)>,
+    /// The batch received and not applied, if any.
+    pub held: Option<Held>,
     /// Per partition, the highest committed next offset the broker confirmed.
     pub committed: BTreeMap<i32, i64>,
     /// Partitions owned now.

@@ -7,7 +7,7 @@
 
 use crate::StreamError;
 use crate::journal::{JournalEntry, JournalState};
-use crate::service::{CommitPolicy, CrashSeen, ServiceCounters};
+use crate::service::{CommitPolicy, FaultSeen, SeenKind, ServiceCounters};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -19,8 +19,9 @@ use tokio::task::JoinHandle;
 use tradeflow_store::StoreKind;
 use tradeflow_store::connect::StoreConfig;
 
-/// How long a kill waits for its target to hold a batch before it kills it anyway.
-pub const KILL_WAIT_FOR_BATCH: Duration = Duration::from_secs(3);
+/// How long a kill waits for its target to hold a batch before it kills it anyway (a
+/// fresh Kafka cluster can hold the first messages back for seconds while it sets up).
+pub const KILL_WAIT_FOR_BATCH: Duration = Duration::from_secs(10);
 /// Most time after a batch is received that a kill lands (drawn from the seed): within the
 /// database transaction's time under the lesson's apply delay.
 pub const KILL_JITTER_MAX: Duration = Duration::from_millis(40);
@@ -58,6 +59,8 @@ pub(crate) struct ServiceProcess {
     pid: u32,
     state: Arc<Mutex<JournalState>>,
     reader: JoinHandle<()>,
+    /// A freeze under way or done (SIGSTOP sent once it held a batch), until its SIGCONT.
+    freezing: Option<JoinHandle<()>>,
 }
 
 impl ServiceProcess {
@@ -105,6 +108,7 @@ impl ServiceProcess {
             pid,
             state,
             reader,
+            freezing: None,
         })
     }
 
@@ -155,8 +159,9 @@ impl ServiceProcess {
             "{} (pid {}) {ended}, holding {held} received, unapplied messages, {committed} of them with offsets the broker had confirmed committed",
             self.name, self.pid
         );
-        if let Ok(mut log) = counters.crash_log.lock() {
-            log.push(CrashSeen {
+        if let Ok(mut log) = counters.fault_log.lock() {
+            log.push(FaultSeen {
+                kind: SeenKind::Crash,
                 consumer: self.name.clone(),
                 messages: held,
                 effect: Some(effect.clone()),
@@ -166,9 +171,58 @@ impl ServiceProcess {
         effect
     }
 
+    /// Freezes the process with SIGSTOP while it holds a batch (waiting for one as a kill
+    /// does, `jitter` after), beside the caller; records the freeze in `counters`. Refused
+    /// while a freeze is under way.
+    pub(crate) fn freeze(&mut self, jitter: Duration, counters: Arc<ServiceCounters>) -> Result<(), String> {
+        if self.freezing.is_some() {
+            return Err(format!("{} is frozen already", self.name));
+        }
+        let (name, pid, state) = (self.name.clone(), self.pid, self.state.clone());
+        self.freezing = Some(tokio::spawn(async move {
+            let held = || state.lock().map(|state| state.held_messages()).unwrap_or(0);
+            let deadline = tokio::time::Instant::now() + KILL_WAIT_FOR_BATCH;
+            while held() == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tokio::time::sleep(jitter).await;
+            signal(pid, "STOP");
+            let messages = held();
+            if let Ok(mut log) = counters.fault_log.lock() {
+                log.push(FaultSeen {
+                    kind: SeenKind::Freeze,
+                    consumer: name.clone(),
+                    messages,
+                    effect: Some(format!(
+                        "{name} (pid {pid}) SIGSTOPped holding {messages} received, unapplied messages"
+                    )),
+                    committed: None,
+                });
+            }
+        }));
+        Ok(())
+    }
+
+    /// Wakes a frozen process (SIGCONT), once its freeze has been sent; beside the caller.
+    pub(crate) fn wake(&mut self) -> Result<(), String> {
+        let Some(freezing) = self.freezing.take() else {
+            return Err(format!("{} is not frozen", self.name));
+        };
+        let pid = self.pid;
+        tokio::spawn(async move {
+            let _ = freezing.await;
+            signal(pid, "CONT");
+        });
+        Ok(())
+    }
+
     /// Asks the process to stop (SIGTERM) and waits for it to leave its group; kills it
     /// after [`STOP_TIMEOUT`].
     pub(crate) async fn stop(mut self) -> Result<(), StreamError> {
+        if let Some(freezing) = self.freezing.take() {
+            let _ = freezing.await;
+            signal(self.pid, "CONT");
+        }
         signal(self.pid, "TERM");
         let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(status) => status,

@@ -460,8 +460,8 @@ impl FleetCounters {
     }
 
     /// The crashes of the group the fault plan steers (the main one).
-    pub(crate) fn crashed(&self) -> Vec<crate::service::CrashSeen> {
-        self.main.crash_log.lock().map(|log| log.clone()).unwrap_or_default()
+    pub(crate) fn crashed(&self) -> Vec<crate::service::FaultSeen> {
+        self.main.fault_log.lock().map(|log| log.clone()).unwrap_or_default()
     }
 
     /// A counter's highest value over both groups.

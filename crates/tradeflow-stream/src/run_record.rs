@@ -4,6 +4,7 @@
 use crate::cutover::SwitchOutcome;
 use crate::publisher::Deliveries;
 use crate::run::{FleetCounters, StreamOptions};
+use crate::service::SeenKind;
 use crate::timeline::TopicLayout;
 use std::sync::atomic::Ordering;
 
@@ -56,7 +57,8 @@ pub(crate) fn config(
         "apply_delay_ms": options.scenario.apply_delay.as_millis() as u64,
         // What the crashes caught: messages received and not applied, and of those the
         // ones whose offsets the broker had confirmed committed (known for processes only).
-        "crashed_holding": crashed.iter().map(|crash| crash.messages as u64).sum::<u64>(),
+        "crashed_holding": crashed.iter().filter(|seen| seen.kind == SeenKind::Crash).map(|crash| crash.messages as u64).sum::<u64>(),
         "crashed_holding_committed": crashed.iter().filter_map(|crash| crash.committed).sum::<u64>(),
+        "frozen_holding": crashed.iter().filter(|seen| seen.kind == SeenKind::Freeze).map(|frozen| frozen.messages as u64).sum::<u64>(),
     })
 }

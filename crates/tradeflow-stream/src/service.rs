@@ -187,8 +187,8 @@ pub struct ServiceCounters {
     pub last_commit_ns: AtomicI64,
     /// Consumers that crashed mid-batch.
     pub crashes: AtomicU64,
-    /// Each crash as it happened: which consumer, holding how many messages.
-    pub crash_log: std::sync::Mutex<Vec<CrashSeen>>,
+    /// Each crash or freeze of a consumer as it happened: which consumer, holding what.
+    pub fault_log: std::sync::Mutex<Vec<FaultSeen>>,
     /// Times a consumer without a dead-letter topic went back to a message it could not
     /// process.
     pub poison_retries: AtomicU64,
@@ -200,9 +200,20 @@ pub struct ServiceCounters {
     pub skipped: AtomicU64,
 }
 
-/// A consumer that crashed mid-batch, as it crashed.
+/// What happened to a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeenKind {
+    /// It crashed (or its process was killed).
+    Crash,
+    /// Its process was frozen.
+    Freeze,
+}
+
+/// A consumer that crashed or was frozen, as it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CrashSeen {
+pub struct FaultSeen {
+    /// What happened.
+    pub kind: SeenKind,
     /// The consumer's name (`consumer-0`).
     pub consumer: String,
     /// Messages it held, received and not applied.
@@ -402,8 +413,9 @@ pub async fn run_controlled(
             );
             tokio::time::sleep(CRASH_LINGER).await;
             counters.crashes.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut log) = counters.crash_log.lock() {
-                log.push(CrashSeen {
+            if let Ok(mut log) = counters.fault_log.lock() {
+                log.push(FaultSeen {
+                    kind: SeenKind::Crash,
                     consumer: config.name.clone(),
                     messages: batch.len(),
                     effect: None,

@@ -6,7 +6,7 @@
 use crate::dlq;
 use crate::fleet::Fleet;
 use crate::run::{PROGRESS_INTERVAL, StreamOptions};
-use crate::service::CrashSeen;
+use crate::service::{FaultSeen, SeenKind};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tradeflow_check::FaultRecord;
@@ -52,9 +52,10 @@ pub(crate) struct FaultTimeline {
     /// for a broker that may be paused by an earlier step, whose undo must not wait with it.
     poisoning: Vec<(usize, JoinHandle<Result<(), String>>)>,
     poison: PoisonTarget,
-    /// Crashes told to a consumer (index into `records`, consumer): a consumer dies with
-    /// its next batch, so whether it did is known only at the end.
-    crashes: Vec<(usize, u32)>,
+    /// Crashes and freezes told to a consumer (index into `records`, consumer, which): a
+    /// consumer dies (or freezes) with its next batch, so whether it did is known only at
+    /// the end.
+    crashes: Vec<(usize, u32, SeenKind)>,
 }
 
 impl FaultTimeline {
@@ -94,12 +95,14 @@ impl FaultTimeline {
                     self.publish_poison(*count);
                     Ok(None)
                 }
-                Action::Service(fault) => apply_service_fault(fault, fleet).map(|()| None),
+                Action::Service(fault) => apply_service_fault(fault, fleet).await.map(|()| None),
             };
             if let Err(error) = &outcome {
                 tracing::warn!(%action, %error, "a planned fault could not be applied");
             } else if let Action::Service(ServiceFault::Crash { consumer }) = &action {
-                self.crashes.push((self.records.len(), *consumer));
+                self.crashes.push((self.records.len(), *consumer, SeenKind::Crash));
+            } else if let Action::Service(ServiceFault::Pause { consumer }) = &action {
+                self.crashes.push((self.records.len(), *consumer, SeenKind::Freeze));
             }
             let (effect, error) = match outcome {
                 Ok(effect) => (effect, None),
@@ -132,7 +135,7 @@ impl FaultTimeline {
     /// The records, once the poison tasks have ended, with what the backend saw faults
     /// lead to and how each crash went (`crashed`: the fleet's crashes, once its consumers
     /// are gone; a crash no consumer carried out is recorded as not applied).
-    pub(crate) async fn finish(mut self, cluster: &Cluster, crashed: &[CrashSeen]) -> Vec<FaultRecord> {
+    pub(crate) async fn finish(mut self, cluster: &Cluster, crashed: &[FaultSeen]) -> Vec<FaultRecord> {
         for (index, task) in std::mem::take(&mut self.poisoning) {
             let outcome = task.await.unwrap_or_else(|error| Err(format!("poison task: {error}")));
             if let (Err(error), Some(record)) = (outcome, self.records.get_mut(index)) {
@@ -146,18 +149,18 @@ impl FaultTimeline {
     }
 }
 
-/// Gives each crash told to a consumer the crash it led to, in order, or the reason it did
-/// not fire: a consumer told to crash dies with its next batch, and one that received no
-/// batch before the run ended never crashed.
-fn attach_crashes(records: &mut [FaultRecord], told: &[(usize, u32)], crashed: &[CrashSeen]) {
+/// Gives each crash (or freeze) told to a consumer the one it led to, in order, or the
+/// reason it did not fire: a consumer told to crash dies with its next batch, and one that
+/// received no batch before the run ended never crashed.
+fn attach_crashes(records: &mut [FaultRecord], told: &[(usize, u32, SeenKind)], crashed: &[FaultSeen]) {
     let mut used = vec![false; crashed.len()];
-    for (index, consumer) in told {
+    for (index, consumer, kind) in told {
         let name = format!("consumer-{consumer}");
         let Some(record) = records.get_mut(*index) else { continue };
         match crashed
             .iter()
             .enumerate()
-            .find(|(seen, crash)| !used[*seen] && crash.consumer == name)
+            .find(|(seen, crash)| !used[*seen] && crash.consumer == name && crash.kind == *kind)
         {
             Some((seen, crash)) => {
                 used[seen] = true;
@@ -249,10 +252,12 @@ fn attach_observations(faults: &mut [FaultRecord], observations: Vec<(String, St
 }
 
 /// Applies a service fault to the fleet (poison is published beside the run loop).
-fn apply_service_fault(fault: &ServiceFault, fleet: &mut Fleet) -> Result<(), String> {
+async fn apply_service_fault(fault: &ServiceFault, fleet: &mut Fleet) -> Result<(), String> {
     match fault {
         ServiceFault::Crash { consumer } => fleet.crash(*consumer),
-        ServiceFault::Restart { consumer } => fleet.restart(*consumer),
+        ServiceFault::Restart { consumer } => fleet.restart(*consumer).await,
+        ServiceFault::Pause { consumer } => fleet.freeze(*consumer),
+        ServiceFault::Resume { consumer } => fleet.wake(*consumer),
         ServiceFault::Leave { consumer } => fleet.leave(*consumer),
         ServiceFault::Join => fleet
             .join()
@@ -277,8 +282,9 @@ mod tests {
         }
     }
 
-    fn seen(consumer: &str, messages: usize) -> CrashSeen {
-        CrashSeen {
+    fn seen(consumer: &str, messages: usize) -> FaultSeen {
+        FaultSeen {
+            kind: SeenKind::Crash,
             consumer: consumer.into(),
             messages,
             effect: None,
@@ -294,7 +300,7 @@ mod tests {
             record("balance service: consumer-0 dies mid-batch"),
             record("balance service: consumer-1 dies mid-batch"),
         ];
-        let told = [(0, 0), (2, 0), (3, 1)];
+        let told = [(0, 0, SeenKind::Crash), (2, 0, SeenKind::Crash), (3, 1, SeenKind::Crash)];
         attach_crashes(&mut records, &told, &[seen("consumer-1", 7), seen("consumer-0", 206)]);
         assert_eq!(
             records[0].effect.as_deref(),

@@ -30,12 +30,18 @@ pub const WHAT: &str = "a consumer process killed (SIGKILL) mid-batch: auto comm
 /// so that a batch is in hand most of the time and a kill at a random moment lands there.
 pub const APPLY_DELAY: Duration = Duration::from_millis(150);
 
+/// How long the run waits for lag that does not shrink: the killed member's session
+/// timeout and a rebalance, with room.
+pub const KILLED_SESSION_WAIT: Duration = Duration::from_secs(40);
+
 /// The lesson's configuration: large batches filled slowly (so the consumer that dies holds
-/// a lot) and the commit policy under test. The must-fail property uses it too.
+/// a lot), a slow database (so that it holds a batch most of the time) and the commit policy
+/// under test. The must-fail property uses it too.
 pub fn configure(options: &mut StreamOptions, commit: CommitPolicy) {
     options.fill_wait = Duration::from_millis(100);
     options.batch_size = 2_000;
     options.scenario.commit = commit;
+    options.scenario.apply_delay = APPLY_DELAY;
 }
 
 /// The lesson's variants for a setup: it needs the service as processes.
@@ -54,7 +60,9 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
         configure(&mut options, commit);
         options.scenario.plan = plan.clone();
         options.scenario.processes = Some(service.clone());
-        options.scenario.apply_delay = APPLY_DELAY;
+        // A killed member says no goodbye: the group moves its partitions only when its
+        // session times out, and the restarted one waits until then.
+        options.stall_timeout = KILLED_SESSION_WAIT;
         Variant {
             label: format!("commit {}", commit.as_str().replace('_', " ")),
             run: VariantRun::Stream(Box::new(options)),

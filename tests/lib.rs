@@ -6,6 +6,8 @@
 //! fails, so CI really runs it. CI names what it installs; what it cannot have (a Docker
 //! engine on a machine without one) skips loudly.
 
+pub mod processes;
+
 use std::sync::Once;
 use tradeflow_store::{Store, StoreConfig, StoreKind};
 

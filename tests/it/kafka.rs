@@ -10,24 +10,11 @@ use tradeflow_cluster::Fault;
 use tradeflow_cluster::faults::{NodeFault, NodeTarget};
 use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep};
 use tradeflow_stream::StreamOptions;
-
-/// Whether a process with this pid still exists (a reaped child does not).
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
+use tradeflow_tests::processes::{alive, pids_with_command_line};
 
 /// Pids of the JVMs whose command line names `directory`.
 fn jvms_of(directory: &Path) -> Vec<u32> {
-    let needle = directory.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&needle))
-        })
-        .collect()
+    pids_with_command_line(&directory.to_string_lossy(), None)
 }
 
 fn options(seed: u64, events: u64) -> StreamOptions {

@@ -145,93 +145,11 @@ pub async fn run(config: &BenchConfig, reporter: &dyn Reporter) -> anyhow::Resul
     let started = Instant::now();
     let started_at = now_rfc3339();
     let (poller_matrix, stream_matrix) = matrix(config.quick);
-    let mut configurations = Vec::new();
-    let mut limits_all = Vec::new();
-    let mut skipped = Vec::new();
-
-    // The poller, once per distinct store.
-    let mut stores_done: Vec<StoreKind> = Vec::new();
+    let mut gathered = Gathered::default();
+    search_pollers(config, reporter, &poller_matrix, &mut gathered).await?;
     for setup in &config.setups {
-        if stores_done.contains(&setup.store.kind) {
-            continue;
-        }
-        stores_done.push(setup.store.kind);
-        let store = match Store::connect(&setup.store).await {
-            Ok(store) => store,
-            Err(error) => {
-                skipped.push(format!("poller on {}: {error}", setup.store.kind.as_str()));
-                continue;
-            }
-        };
-        for knobs in &poller_matrix {
-            let result = search(config, reporter, &knobs.clone(), setup.store.kind.as_str(), |rate, events| {
-                let options = poller_options(config, knobs, rate, events);
-                let store = store.clone();
-                async move { run_poller(&store, &options, reporter).await }
-            })
-            .await?;
-            configurations.push(result);
-        }
+        search_streams(config, reporter, setup, &stream_matrix, &mut gathered).await?;
     }
-
-    for setup in &config.setups {
-        let label = setup.label();
-        let store = match Store::connect(&setup.store).await {
-            Ok(store) => store,
-            Err(error) => {
-                skipped.push(format!("{label}: {error}"));
-                continue;
-            }
-        };
-        if let Err(error) = start(setup.broker) {
-            skipped.push(format!("{label}: {error:#}"));
-            continue;
-        }
-        reporter.line(&format!("[{label}] raw limits"));
-        let batch = stream_matrix
-            .iter()
-            .find_map(|knobs| match knobs {
-                Knobs::Stream { batch_size, .. } => Some(*batch_size),
-                Knobs::Poller { .. } => None,
-            })
-            .unwrap_or(500);
-        let mut setup_limits = raw_limits(config, setup, &store, batch).await?;
-        reporter.line(&format!(
-            "[{label}] raw produce {}/s, raw consume {}/s, raw store apply {}/s (batches of {batch})",
-            rate_text(setup_limits.produce.map(|rate| rate.per_s)),
-            rate_text(setup_limits.consume.map(|rate| rate.per_s)),
-            rate_text(Some(setup_limits.store_apply.per_s)),
-        ));
-        let mut best_rate: f64 = 0.0;
-        for knobs in &stream_matrix {
-            let mut result = search(config, reporter, knobs, &label, |rate, events| {
-                let options = stream_options(config, knobs, rate, events);
-                let store = store.clone();
-                let broker = setup.broker;
-                async move { run_stream(broker, &store, &options, reporter).await }
-            })
-            .await?;
-            let consume = setup_limits.consume.map_or(f64::INFINITY, |rate| rate.per_s);
-            let apply = setup_limits.store_apply.per_s;
-            let ceiling = consume.min(apply);
-            if ceiling.is_finite() && ceiling > 0.0 {
-                result.efficiency = Some(result.max_sustainable_per_s / ceiling);
-                result.bounded_by = Some(if apply <= consume { "store apply" } else { "consume" }.to_owned());
-            }
-            best_rate = best_rate.max(result.max_sustainable_per_s);
-            configurations.push(result);
-        }
-        if let Some(binary) = &config.service_binary {
-            reporter.line(&format!("[{label}] balance service as its own process: peak RSS"));
-            match service_rss(binary, setup, &store, config.seed, (best_rate / 2.0).max(1_000.0)).await {
-                Ok(mb) => setup_limits.balance_service_rss_mb = Some(mb),
-                Err(error) => setup_limits.notes.push(format!("balance-service RSS not measured: {error:#}")),
-            }
-        }
-        limits_all.push(setup_limits);
-        store.close().await;
-    }
-
     Ok(BenchResults {
         seed: config.seed,
         matrix: if config.quick { "quick" } else { "full" }.to_owned(),
@@ -246,10 +164,135 @@ pub async fn run(config: &BenchConfig, reporter: &dyn Reporter) -> anyhow::Resul
             "os": std::env::consts::OS,
             "arch": std::env::consts::ARCH,
         }),
-        limits: limits_all,
-        configurations,
-        skipped,
+        limits: gathered.limits,
+        configurations: gathered.configurations,
+        skipped: gathered.skipped,
     })
+}
+
+/// What the bench has measured so far, and what it had to skip (with why).
+#[derive(Default)]
+struct Gathered {
+    /// Every configuration searched, in order.
+    configurations: Vec<ConfigResult>,
+    /// The raw limits of each setup the stream ran on.
+    limits: Vec<SetupLimits>,
+    /// A line per setup or store that could not run.
+    skipped: Vec<String>,
+}
+
+/// Searches the poller's configurations, once per distinct store of the setups.
+async fn search_pollers(
+    config: &BenchConfig,
+    reporter: &dyn Reporter,
+    poller_matrix: &[Knobs],
+    gathered: &mut Gathered,
+) -> anyhow::Result<()> {
+    let mut stores_done: Vec<StoreKind> = Vec::new();
+    for setup in &config.setups {
+        if stores_done.contains(&setup.store.kind) {
+            continue;
+        }
+        stores_done.push(setup.store.kind);
+        let store = match Store::connect(&setup.store).await {
+            Ok(store) => store,
+            Err(error) => {
+                gathered.skipped.push(format!("poller on {}: {error}", setup.store.kind.as_str()));
+                continue;
+            }
+        };
+        for knobs in poller_matrix {
+            let result = search(config, reporter, &knobs.clone(), setup.store.kind.as_str(), |rate, events| {
+                let options = poller_options(config, knobs, rate, events);
+                let store = store.clone();
+                async move { run_poller(&store, &options, reporter).await }
+            })
+            .await?;
+            gathered.configurations.push(result);
+        }
+    }
+    Ok(())
+}
+
+/// One setup's stream: its raw limits, then every stream configuration's search, each read
+/// against those limits, then the balance service's peak RSS. A setup whose store or broker
+/// cannot start is skipped, with why.
+async fn search_streams(
+    config: &BenchConfig,
+    reporter: &dyn Reporter,
+    setup: &Setup,
+    stream_matrix: &[Knobs],
+    gathered: &mut Gathered,
+) -> anyhow::Result<()> {
+    let label = setup.label();
+    let store = match Store::connect(&setup.store).await {
+        Ok(store) => store,
+        Err(error) => {
+            gathered.skipped.push(format!("{label}: {error}"));
+            return Ok(());
+        }
+    };
+    if let Err(error) = start(setup.broker) {
+        gathered.skipped.push(format!("{label}: {error:#}"));
+        return Ok(());
+    }
+    reporter.line(&format!("[{label}] raw limits"));
+    let batch = stream_batch_size(stream_matrix);
+    let mut setup_limits = raw_limits(config, setup, &store, batch).await?;
+    reporter.line(&format!(
+        "[{label}] raw produce {}/s, raw consume {}/s, raw store apply {}/s (batches of {batch})",
+        rate_text(setup_limits.produce.map(|rate| rate.per_s)),
+        rate_text(setup_limits.consume.map(|rate| rate.per_s)),
+        rate_text(Some(setup_limits.store_apply.per_s)),
+    ));
+    let mut best_rate: f64 = 0.0;
+    for knobs in stream_matrix {
+        let mut result = search(config, reporter, knobs, &label, |rate, events| {
+            let options = stream_options(config, knobs, rate, events);
+            let store = store.clone();
+            let broker = setup.broker;
+            async move { run_stream(broker, &store, &options, reporter).await }
+        })
+        .await?;
+        read_against_limits(&mut result, &setup_limits);
+        best_rate = best_rate.max(result.max_sustainable_per_s);
+        gathered.configurations.push(result);
+    }
+    if let Some(binary) = &config.service_binary {
+        reporter.line(&format!("[{label}] balance service as its own process: peak RSS"));
+        match service_rss(binary, setup, &store, config.seed, (best_rate / 2.0).max(1_000.0)).await {
+            Ok(mb) => setup_limits.balance_service_rss_mb = Some(mb),
+            Err(error) => setup_limits.notes.push(format!("balance-service RSS not measured: {error:#}")),
+        }
+    }
+    gathered.limits.push(setup_limits);
+    store.close().await;
+    Ok(())
+}
+
+/// The batch size of the raw store-apply limit: that of the first stream configuration
+/// (500 when there is none), so the limit is measured as the stream applies.
+fn stream_batch_size(stream_matrix: &[Knobs]) -> usize {
+    stream_matrix
+        .iter()
+        .find_map(|knobs| match knobs {
+            Knobs::Stream { batch_size, .. } => Some(*batch_size),
+            Knobs::Poller { .. } => None,
+        })
+        .unwrap_or(500)
+}
+
+/// Sets a stream result's efficiency against the slower of its setup's raw consume and
+/// raw store-apply limits, and names that limit (left unset unless that limit is a
+/// positive, finite rate).
+fn read_against_limits(result: &mut ConfigResult, setup_limits: &SetupLimits) {
+    let consume = setup_limits.consume.map_or(f64::INFINITY, |rate| rate.per_s);
+    let apply = setup_limits.store_apply.per_s;
+    let ceiling = consume.min(apply);
+    if ceiling.is_finite() && ceiling > 0.0 {
+        result.efficiency = Some(result.max_sustainable_per_s / ceiling);
+        result.bounded_by = Some(if apply <= consume { "store apply" } else { "consume" }.to_owned());
+    }
 }
 
 fn rate_text(rate: Option<f64>) -> String {
@@ -471,76 +514,25 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Measured>>,
 {
     let label = knobs.label();
-    let mut probes = Vec::new();
-    let mut last_series = Series::default();
-    let probe = async |rate: f64, probes: &mut Vec<Point>, series: &mut Series| -> anyhow::Result<bool> {
-        let measured = run_at(rate, events_for(config, rate)).await?;
-        let point = point(config, rate, &measured);
-        reporter.line(&format!(
-            "[{setup}] {label} at {rate:.0}/s: {:.0}/s, p99 {:.1} ms -> {}",
-            point.throughput_per_s,
-            point.latency_ms.p99,
-            match &point.reason {
-                None => "sustainable".to_owned(),
-                Some(reason) => format!("not sustainable ({reason})"),
-            }
-        ));
-        *series = series_of(&measured);
-        let sustainable = point.sustainable;
-        probes.push(point);
-        Ok(sustainable)
+    let mut prober = Prober {
+        config,
+        reporter,
+        setup,
+        label: &label,
+        run_at: &run_at,
+        probes: Vec::new(),
+        last_series: Series::default(),
     };
-    let mut good = 0.0_f64;
-    let mut bad = f64::INFINITY;
-    let mut rate = config.start_rate;
-    while rate <= RATE_CEILING {
-        if probe(rate, &mut probes, &mut last_series).await? {
-            good = rate;
-            rate *= 2.0;
-        } else {
-            bad = rate;
-            break;
-        }
-    }
-    if bad.is_finite() {
-        let low = if good > 0.0 { good } else { config.start_rate / 8.0 };
-        let (mut low, mut high) = (low, bad);
-        for _ in 0..config.bisect_steps {
-            let middle = ((low + high) / 2.0 / 100.0).round() * 100.0;
-            if middle <= low || middle >= high {
-                break;
-            }
-            if probe(middle, &mut probes, &mut last_series).await? {
-                low = middle;
-                good = middle;
-            } else {
-                high = middle;
-            }
-        }
-    }
+    let good = prober.highest_sustainable().await?;
+    let mut series = std::mem::take(&mut prober.last_series);
     let mut at_fraction = Vec::new();
-    let mut series = last_series;
     if good > 0.0 {
-        for fraction in &config.fractions {
-            let rate = (good * fraction).max(100.0);
-            let measured = run_at(rate, events_for(config, rate)).await?;
-            let point = point(config, rate, &measured);
-            reporter.line(&format!(
-                "[{setup}] {label} at {:.0}% of max ({rate:.0}/s): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
-                fraction * 100.0,
-                point.latency_ms.p50,
-                point.latency_ms.p99,
-                point.latency_ms.p999
-            ));
-            if crate::results::is_half(*fraction) {
-                series = series_of(&measured);
-            }
-            at_fraction.push((*fraction, point));
-        }
+        at_fraction = prober.at_fractions(good, &mut series).await?;
     } else {
-        let lowest = probes.iter().map(|point| point.offered_per_s).fold(f64::INFINITY, f64::min);
+        let lowest = prober.probes.iter().map(|point| point.offered_per_s).fold(f64::INFINITY, f64::min);
         reporter.line(&format!("[{setup}] {label}: not sustainable even at {lowest:.0}/s"));
     }
+    let probes = prober.probes;
     Ok(ConfigResult {
         label,
         setup: setup.to_owned(),
@@ -552,6 +544,109 @@ where
         efficiency: None,
         bounded_by: None,
     })
+}
+
+/// The search of one configuration: how to run it at a rate, and the probes run so far.
+struct Prober<'a, F> {
+    config: &'a BenchConfig,
+    reporter: &'a dyn Reporter,
+    /// The setup's label, for the progress lines.
+    setup: &'a str,
+    /// The configuration's label, for the progress lines.
+    label: &'a str,
+    /// Runs the configuration at a rate with so many events.
+    run_at: &'a F,
+    /// Every probe, in order.
+    probes: Vec<Point>,
+    /// The time series of the latest probe.
+    last_series: Series,
+}
+
+impl<F, Fut> Prober<'_, F>
+where
+    F: Fn(f64, u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Measured>>,
+{
+    /// Runs one probe at `rate`, reports it and keeps it; returns whether it was
+    /// sustainable.
+    async fn probe(&mut self, rate: f64) -> anyhow::Result<bool> {
+        let (config, setup, label) = (self.config, self.setup, self.label);
+        let measured = (self.run_at)(rate, events_for(config, rate)).await?;
+        let point = point(config, rate, &measured);
+        self.reporter.line(&format!(
+            "[{setup}] {label} at {rate:.0}/s: {:.0}/s, p99 {:.1} ms -> {}",
+            point.throughput_per_s,
+            point.latency_ms.p99,
+            match &point.reason {
+                None => "sustainable".to_owned(),
+                Some(reason) => format!("not sustainable ({reason})"),
+            }
+        ));
+        self.last_series = series_of(&measured);
+        let sustainable = point.sustainable;
+        self.probes.push(point);
+        Ok(sustainable)
+    }
+
+    /// The highest sustainable rate: doubles from the start rate until a probe is not
+    /// sustainable (or the ceiling is passed), then bisects between the last sustainable
+    /// and the first unsustainable rate. 0 when no probe was sustainable.
+    async fn highest_sustainable(&mut self) -> anyhow::Result<f64> {
+        let config = self.config;
+        let mut good = 0.0_f64;
+        let mut bad = f64::INFINITY;
+        let mut rate = config.start_rate;
+        while rate <= RATE_CEILING {
+            if self.probe(rate).await? {
+                good = rate;
+                rate *= 2.0;
+            } else {
+                bad = rate;
+                break;
+            }
+        }
+        if bad.is_finite() {
+            let low = if good > 0.0 { good } else { config.start_rate / 8.0 };
+            let (mut low, mut high) = (low, bad);
+            for _ in 0..config.bisect_steps {
+                let middle = ((low + high) / 2.0 / 100.0).round() * 100.0;
+                if middle <= low || middle >= high {
+                    break;
+                }
+                if self.probe(middle).await? {
+                    low = middle;
+                    good = middle;
+                } else {
+                    high = middle;
+                }
+            }
+        }
+        Ok(good)
+    }
+
+    /// Runs the configuration at each of the config's fractions of `good` and reports its
+    /// latency there; the run at half replaces `series`.
+    async fn at_fractions(&self, good: f64, series: &mut Series) -> anyhow::Result<Vec<(f64, Point)>> {
+        let (config, setup, label) = (self.config, self.setup, self.label);
+        let mut at_fraction = Vec::new();
+        for fraction in &config.fractions {
+            let rate = (good * fraction).max(100.0);
+            let measured = (self.run_at)(rate, events_for(config, rate)).await?;
+            let point = point(config, rate, &measured);
+            self.reporter.line(&format!(
+                "[{setup}] {label} at {:.0}% of max ({rate:.0}/s): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+                fraction * 100.0,
+                point.latency_ms.p50,
+                point.latency_ms.p99,
+                point.latency_ms.p999
+            ));
+            if crate::results::is_half(*fraction) {
+                *series = series_of(&measured);
+            }
+            at_fraction.push((*fraction, point));
+        }
+        Ok(at_fraction)
+    }
 }
 
 fn series_of(measured: &Measured) -> Series {
@@ -638,7 +733,21 @@ async fn service_rss(binary: &std::path::Path, setup: &Setup, store: &Store, see
         .await
         .context("creating the dead-letter topic")?;
     store.reset().await.context("emptying the store")?;
-    let mut child = tokio::process::Command::new(binary)
+    let mut child = spawn_balance_service(binary, &cluster, setup, topic)?;
+    let pid = child.id().context("the balance service exited at once")?;
+    let workload = Workload::generate(&workload_config(seed, rate, EVENTS)).context("workload")?;
+    publish_on_schedule(&cluster, topic, &workload).await?;
+    wait_until_applied(store, &mut child, EVENTS).await?;
+    let high_water_kb = peak_rss_kb(pid)?;
+    child.start_kill().ok();
+    let _ = child.wait().await;
+    Ok(high_water_kb / 1_024.0)
+}
+
+/// Starts `tradeflow balance-service` on `topic` of the cluster, into the setup's store,
+/// its output discarded; it is killed when the returned child is dropped.
+fn spawn_balance_service(binary: &std::path::Path, cluster: &Cluster, setup: &Setup, topic: &str) -> anyhow::Result<tokio::process::Child> {
+    tokio::process::Command::new(binary)
         .args(["balance-service", "--bootstrap", cluster.bootstrap_servers(), "--topic", topic])
         .args([
             "--group",
@@ -652,9 +761,12 @@ async fn service_rss(binary: &std::path::Path, setup: &Setup, store: &Store, see
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let pid = child.id().context("the balance service exited at once")?;
-    let workload = Workload::generate(&workload_config(seed, rate, EVENTS)).context("workload")?;
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// Publishes the workload's events to `topic`, each at its intended time, and waits for
+/// every delivery report.
+async fn publish_on_schedule(cluster: &Cluster, topic: &str, workload: &Workload) -> anyhow::Result<()> {
     let deliveries = std::sync::Arc::new(tradeflow_stream::publisher::Deliveries::new(workload.events.len()));
     let publisher =
         tradeflow_stream::publisher::Publisher::new(cluster.bootstrap_servers(), topic, &PublisherConfig::default(), deliveries)
@@ -674,32 +786,39 @@ async fn service_rss(binary: &std::path::Path, setup: &Setup, store: &Store, see
         .wait_for_reports(Duration::from_secs(60))
         .await
         .context("delivery reports")?;
+    Ok(())
+}
+
+/// Waits until the store's apply log holds `events` events; an error if the service exits
+/// first or takes more than 120 s.
+async fn wait_until_applied(store: &Store, child: &mut tokio::process::Child, events: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM apply_log")
             .fetch_one(store.pool())
             .await
             .context("counting applied events")?;
-        if applied as u64 >= EVENTS {
-            break;
+        if applied as u64 >= events {
+            return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
             bail!("the balance service exited early ({status})");
         }
         if Instant::now() > deadline {
-            bail!("the balance service applied {applied} of {EVENTS} events in 120 s");
+            bail!("the balance service applied {applied} of {events} events in 120 s");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The peak resident set (`VmHWM`) of process `pid` so far, in kB.
+fn peak_rss_kb(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the process status")?;
-    let high_water_kb: f64 = status
+    status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/PID/status")?;
-    child.start_kill().ok();
-    let _ = child.wait().await;
-    Ok(high_water_kb / 1_024.0)
+        .context("no VmHWM in /proc/PID/status")
 }
 
 fn now_rfc3339() -> String {

@@ -144,7 +144,27 @@ pub async fn raw_produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>], key
         keys.len(),
         payloads.len()
     );
-    let producer: ThreadedProducer<CountingContext> = base_config(bootstrap)
+    let producer = counting_producer(bootstrap, topic)?;
+    ensure_topic_known(&producer, bootstrap, topic).await?;
+    wait_for_producer_id(&producer, bootstrap).await?;
+
+    let bytes: u64 = payloads.iter().map(|payload| payload.len() as u64).sum();
+    let started = Instant::now();
+    send_all(&producer, bootstrap, topic, payloads, keys).await?;
+    flush(&producer, bootstrap, topic).await?;
+    // The end is the last report itself: the flush notices it up to 100 ms later.
+    let context = producer.context();
+    let started_ns = context.since_origin_ns(started);
+    let seconds = context.last_report_ns.load(Ordering::Relaxed).saturating_sub(started_ns) as f64 / 1e9;
+    let acked = every_message_delivered(context, bootstrap, topic, payloads.len())?;
+    let rate = RawRate::new(acked, seconds, Some(bytes));
+    tracing::info!(per_s = rate.per_s, seconds, "raw produce done");
+    Ok(rate)
+}
+
+/// The raw producer: the publisher's delivery guarantee, counting its delivery reports.
+fn counting_producer(bootstrap: &str, topic: &str) -> anyhow::Result<ThreadedProducer<CountingContext>> {
+    base_config(bootstrap)
         // Acknowledged only once every in-sync replica has the write, as the publisher.
         .set("acks", "all")
         // Retries neither duplicate nor reorder, as the publisher; the broker's sequence
@@ -156,14 +176,16 @@ pub async fn raw_produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>], key
         .set("message.timeout.ms", MESSAGE_TIMEOUT_MS.to_string())
         // The publisher's partitioner (murmur2 of the key, as the Java client).
         .set("partitioner", "murmur2_random")
-        // Statistics say when the producer id is assigned (see below); parsing them every
-        // 100 ms costs the producer's thread little.
+        // Statistics say when the producer id is assigned (see `wait_for_producer_id`);
+        // parsing them every 100 ms costs the producer's thread little.
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string())
         .create_with_context(CountingContext::new())
-        .with_context(|| format!("creating a producer for {topic} on {bootstrap}"))?;
+        .with_context(|| format!("creating a producer for {topic} on {bootstrap}"))
+}
 
-    // The connection and the topic's metadata are fetched before the clock starts, so the
-    // rate is that of producing, not of starting a client; a missing topic fails here.
+/// Fetches the connection and the topic's metadata before the clock starts, so the rate is
+/// that of producing, not of starting a client; a missing topic fails here.
+async fn ensure_topic_known(producer: &ThreadedProducer<CountingContext>, bootstrap: &str, topic: &str) -> anyhow::Result<()> {
     let probe = producer.clone();
     let owned_topic = topic.to_owned();
     let metadata = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(Some(&owned_topic), METADATA_TIMEOUT))
@@ -177,10 +199,15 @@ pub async fn raw_produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>], key
     {
         bail!("topic {topic} does not exist on {bootstrap}; create it before measuring");
     }
+    Ok(())
+}
 
-    // librdkafka asks for the idempotent producer's id up to 500 ms after the producer is
-    // created (rdkafka_idempotence.c) and holds every message until it has one: a startup
-    // cost a long-running publisher pays once, kept out of the ceiling.
+/// Waits for the idempotent producer's id, at most [`PRODUCER_READY_TIMEOUT`].
+///
+/// librdkafka asks for it up to 500 ms after the producer is created
+/// (rdkafka_idempotence.c) and holds every message until it has one: a startup cost a
+/// long-running publisher pays once, kept out of the ceiling.
+async fn wait_for_producer_id(producer: &ThreadedProducer<CountingContext>, bootstrap: &str) -> anyhow::Result<()> {
     let waiting_since = Instant::now();
     while !producer.context().idempotence_ready.load(Ordering::Relaxed) {
         ensure!(
@@ -189,9 +216,18 @@ pub async fn raw_produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>], key
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Ok(())
+}
 
-    let bytes: u64 = payloads.iter().map(|payload| payload.len() as u64).sum();
-    let started = Instant::now();
+/// Hands every payload (with its key, if any) to the producer, backing off while its queue
+/// is full.
+async fn send_all(
+    producer: &ThreadedProducer<CountingContext>,
+    bootstrap: &str,
+    topic: &str,
+    payloads: &[Vec<u8>],
+    keys: &[String],
+) -> anyhow::Result<()> {
     for (index, payload) in payloads.iter().enumerate() {
         let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(payload.as_slice());
         if let Some(key) = keys.get(index) {
@@ -208,6 +244,11 @@ pub async fn raw_produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>], key
             }
         }
     }
+    Ok(())
+}
+
+/// Waits up to [`FLUSH_TIMEOUT`] for the delivery report of every message sent.
+async fn flush(producer: &ThreadedProducer<CountingContext>, bootstrap: &str, topic: &str) -> anyhow::Result<()> {
     let flushing = producer.clone();
     tokio::task::spawn_blocking(move || flushing.flush(FLUSH_TIMEOUT))
         .await
@@ -217,12 +258,12 @@ pub async fn raw_produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>], key
                 "waiting {FLUSH_TIMEOUT:?} for delivery reports from {topic} on {bootstrap}: {} messages still unacknowledged",
                 producer.in_flight_count()
             )
-        })?;
-    // The end is the last report itself: the flush notices it up to 100 ms later.
-    let context = producer.context();
-    let started_ns = context.since_origin_ns(started);
-    let seconds = context.last_report_ns.load(Ordering::Relaxed).saturating_sub(started_ns) as f64 / 1e9;
+        })
+}
 
+/// The number of messages acknowledged, once every one of the `sent` was; an error naming
+/// how many failed and the first reason otherwise.
+fn every_message_delivered(context: &CountingContext, bootstrap: &str, topic: &str, sent: usize) -> anyhow::Result<u64> {
     let acked = context.acked.load(Ordering::Relaxed);
     let failed = context.failed.load(Ordering::Relaxed);
     if failed > 0 {
@@ -232,19 +273,13 @@ pub async fn raw_produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>], key
             .ok()
             .and_then(|first| first.clone())
             .unwrap_or_default();
-        bail!(
-            "{failed} of {} messages to {topic} on {bootstrap} were not delivered; first failure: {first}",
-            payloads.len()
-        );
+        bail!("{failed} of {sent} messages to {topic} on {bootstrap} were not delivered; first failure: {first}");
     }
     ensure!(
-        acked == payloads.len() as u64,
-        "{acked} of {} messages to {topic} on {bootstrap} were acknowledged after the flush",
-        payloads.len()
+        acked == sent as u64,
+        "{acked} of {sent} messages to {topic} on {bootstrap} were acknowledged after the flush"
     );
-    let rate = RawRate::new(acked, seconds, Some(bytes));
-    tracing::info!(per_s = rate.per_s, seconds, "raw produce done");
-    Ok(rate)
+    Ok(acked)
 }
 
 /// Reads `expected` messages from every partition of `topic`, from the beginning, with no

@@ -138,12 +138,34 @@ fn profile_verdict(results: &BenchResults, config: &ConfigResult) -> Option<Stri
 /// report.md: the SLO, the limits, the configurations, the targets and what bounds each.
 pub fn markdown(results: &BenchResults) -> String {
     let mut text = String::new();
+    // Writing to a String cannot fail; the writers ignore the results for that reason.
     let _ = writeln!(text, "# tradeflow bench ({} matrix, seed {})\n", results.matrix, results.seed);
     let _ = writeln!(
         text,
         "Started {} and took {:.0} s on {} cores. SLO: p99 (intended send → balance commit) ≤ {:.0} ms and everything applied within {:.0} ms of the last send (the backlog does not grow). Open loop: events leave at their intended times.\n",
         results.started_at, results.duration_s, results.machine["cores"], results.slo.p99_ms, results.slo.drain_ms
     );
+    write_limits(&mut text, results);
+    write_configurations(&mut text, results);
+    write_probes(&mut text, results);
+    write_profiles(&mut text, results);
+    let _ = writeln!(text, "\n## Targets\n");
+    for line in targets(results) {
+        let _ = writeln!(text, "- {line}");
+    }
+    let _ = writeln!(
+        text,
+        "\nEfficiency = the stream's highest sustainable rate / min(raw consume, raw store apply) of the same setup: how close the pipeline gets to the slower of the two things it cannot go faster than. \"bounded by\" names that slower limit. Peak RSS of the bench process itself (mock broker, publisher and service together) is in results.json per point; the balance service's own is measured as a separate `tradeflow balance-service` process.\n"
+    );
+    let _ = writeln!(
+        text,
+        "Charts: `latency-throughput.svg` (p99 against achieved rate, every run), `lag.svg` (offset lag or poller backlog over the run at half the maximum), `throughput-partitions.svg` (highest sustainable rate against partitions × consumers)."
+    );
+    text
+}
+
+/// The raw limits section: a row per setup, and its notes on what could not be measured.
+fn write_limits(text: &mut String, results: &BenchResults) {
     let _ = writeln!(text, "## Raw limits (same run, same broker and store)\n");
     let _ = writeln!(
         text,
@@ -165,6 +187,11 @@ pub fn markdown(results: &BenchResults) -> String {
             let _ = writeln!(text, "\n> {}: {note}", limits.setup);
         }
     }
+}
+
+/// The configurations section: a row per configuration, with its figures at half its
+/// highest sustainable rate.
+fn write_configurations(text: &mut String, results: &BenchResults) {
     let _ = writeln!(text, "\n## Configurations\n");
     let _ = writeln!(
         text,
@@ -188,6 +215,10 @@ pub fn markdown(results: &BenchResults) -> String {
             half.map_or("-".into(), |point| format!("{:.1}", point.cpu_s)),
         );
     }
+}
+
+/// Every probe of every configuration's search, in the order it ran.
+fn write_probes(text: &mut String, results: &BenchResults) {
     let _ = writeln!(text, "\nEvery probe of the search (offered → achieved, p99, verdict):\n");
     for config in &results.configurations {
         let _ = writeln!(text, "- {} on {}:", config.label, config.setup);
@@ -202,6 +233,10 @@ pub fn markdown(results: &BenchResults) -> String {
             );
         }
     }
+}
+
+/// The profile section: per configuration with a thread profile, what bounds its top run.
+fn write_profiles(text: &mut String, results: &BenchResults) {
     let _ = writeln!(
         text,
         "\n## Profile at the highest sustainable rate\n\nThe machine's busy cores, and CPU per kind of thread of the bench process (publisher, mock broker and balance service run in it; tansu and PostgreSQL are other processes, counted in the machine's figure), in cores, from the first event sent to the last applied:\n"
@@ -211,19 +246,6 @@ pub fn markdown(results: &BenchResults) -> String {
             let _ = writeln!(text, "- {} on {}: {verdict}", config.label, config.setup);
         }
     }
-    let _ = writeln!(text, "\n## Targets\n");
-    for line in targets(results) {
-        let _ = writeln!(text, "- {line}");
-    }
-    let _ = writeln!(
-        text,
-        "\nEfficiency = the stream's highest sustainable rate / min(raw consume, raw store apply) of the same setup: how close the pipeline gets to the slower of the two things it cannot go faster than. \"bounded by\" names that slower limit. Peak RSS of the bench process itself (mock broker, publisher and service together) is in results.json per point; the balance service's own is measured as a separate `tradeflow balance-service` process.\n"
-    );
-    let _ = writeln!(
-        text,
-        "Charts: `latency-throughput.svg` (p99 against achieved rate, every run), `lag.svg` (offset lag or poller backlog over the run at half the maximum), `throughput-partitions.svg` (highest sustainable rate against partitions × consumers)."
-    );
-    text
 }
 
 /// The targets, each met or missed with the figure and, when missed, what bounds it.

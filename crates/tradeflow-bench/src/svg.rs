@@ -190,7 +190,27 @@ fn drawable(chart: &Chart, (x, y): (f64, f64)) -> bool {
 
 /// Renders the chart as a self-contained SVG document.
 pub fn render(chart: &Chart) -> String {
-    let plotted: Vec<Vec<(f64, f64)>> = chart
+    let plotted = plottable(chart);
+    let has_data = plotted.iter().flatten().next().is_some();
+    let frame = Frame::fitted(chart, &plotted);
+    let mut svg = String::with_capacity(4096);
+    // Writing to a String cannot fail; the writers ignore the results for that reason.
+    write_header(&mut svg, chart, &frame);
+    write_grid(&mut svg, &frame);
+    write_axes(&mut svg, chart, &frame, has_data);
+    // Series, then the legend.
+    for (index, (series, points)) in chart.series.iter().zip(&plotted).enumerate() {
+        let colour = PALETTE[index % PALETTE.len()];
+        write_series(&mut svg, &frame, series, points, colour);
+        write_legend_entry(&mut svg, &frame, index, series, points, colour);
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Each series' drawable points, in increasing x.
+fn plottable(chart: &Chart) -> Vec<Vec<(f64, f64)>> {
+    chart
         .series
         .iter()
         .map(|series| {
@@ -198,35 +218,69 @@ pub fn render(chart: &Chart) -> String {
             points.sort_by(|left, right| left.0.total_cmp(&right.0));
             points
         })
-        .collect();
-    let all = || plotted.iter().flatten();
-    let has_data = all().next().is_some();
-    let x_axis = {
-        let low = all().map(|point| point.0).fold(f64::INFINITY, f64::min);
-        let high = all().map(|point| point.0).fold(f64::NEG_INFINITY, f64::max);
-        match (has_data, chart.log_x) {
-            (false, false) => Axis::linear(0.0, 1.0),
-            (false, true) => Axis::logarithmic(1.0, 10.0),
-            (true, false) => Axis::linear(low, high),
-            (true, true) => Axis::logarithmic(low, high),
+        .collect()
+}
+
+/// The plot area and its two axes: where a data point lands in the picture.
+struct Frame {
+    x_axis: Axis,
+    y_axis: Axis,
+    plot_width: f64,
+    plot_height: f64,
+}
+
+impl Frame {
+    /// Axes that cover every plotted point (or a default range when there is none).
+    fn fitted(chart: &Chart, plotted: &[Vec<(f64, f64)>]) -> Frame {
+        let all = || plotted.iter().flatten();
+        let has_data = all().next().is_some();
+        let x_axis = {
+            let low = all().map(|point| point.0).fold(f64::INFINITY, f64::min);
+            let high = all().map(|point| point.0).fold(f64::NEG_INFINITY, f64::max);
+            match (has_data, chart.log_x) {
+                (false, false) => Axis::linear(0.0, 1.0),
+                (false, true) => Axis::logarithmic(1.0, 10.0),
+                (true, false) => Axis::linear(low, high),
+                (true, true) => Axis::logarithmic(low, high),
+            }
+        };
+        let y_axis = {
+            // Zero is always on the y axis, so heights compare honestly.
+            let low = all().map(|point| point.1).fold(0.0, f64::min);
+            let high = all().map(|point| point.1).fold(if has_data { 0.0 } else { 1.0 }, f64::max);
+            Axis::linear(low, high)
+        };
+        Frame {
+            x_axis,
+            y_axis,
+            plot_width: WIDTH - MARGIN_LEFT - MARGIN_RIGHT,
+            plot_height: HEIGHT - MARGIN_TOP - MARGIN_BOTTOM,
         }
-    };
-    let y_axis = {
-        // Zero is always on the y axis, so heights compare honestly.
-        let low = all().map(|point| point.1).fold(0.0, f64::min);
-        let high = all().map(|point| point.1).fold(if has_data { 0.0 } else { 1.0 }, f64::max);
-        Axis::linear(low, high)
-    };
+    }
 
-    let plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT;
-    let plot_height = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM;
-    let to_x = |x: f64| MARGIN_LEFT + x_axis.fraction(x) * plot_width;
-    let to_y = |y: f64| MARGIN_TOP + plot_height - y_axis.fraction(y) * plot_height;
-    let bottom = MARGIN_TOP + plot_height;
-    let right = MARGIN_LEFT + plot_width;
+    /// The picture's x coordinate of a data x.
+    fn to_x(&self, x: f64) -> f64 {
+        MARGIN_LEFT + self.x_axis.fraction(x) * self.plot_width
+    }
 
-    let mut svg = String::with_capacity(4096);
-    // Writing to a String cannot fail; the results are ignored for that reason.
+    /// The picture's y coordinate of a data y (SVG's y grows downwards).
+    fn to_y(&self, y: f64) -> f64 {
+        MARGIN_TOP + self.plot_height - self.y_axis.fraction(y) * self.plot_height
+    }
+
+    /// The y coordinate of the x axis: the bottom of the plot.
+    fn bottom(&self) -> f64 {
+        MARGIN_TOP + self.plot_height
+    }
+
+    /// The x coordinate of the right edge of the plot, where the legend starts.
+    fn right(&self) -> f64 {
+        MARGIN_LEFT + self.plot_width
+    }
+}
+
+/// The document's opening tag, its white background and the title.
+fn write_header(svg: &mut String, chart: &Chart, frame: &Frame) {
     let _ = writeln!(
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
@@ -235,13 +289,16 @@ pub fn render(chart: &Chart) -> String {
     let _ = writeln!(
         svg,
         r#"<text x="{:.1}" y="26" text-anchor="middle" font-size="16" font-weight="bold">{}</text>"#,
-        MARGIN_LEFT + plot_width / 2.0,
+        MARGIN_LEFT + frame.plot_width / 2.0,
         escape(&chart.title)
     );
+}
 
-    // Grid lines and tick labels.
-    for tick in &x_axis.ticks {
-        let x = to_x(*tick);
+/// Grid lines and tick labels of both axes.
+fn write_grid(svg: &mut String, frame: &Frame) {
+    let (bottom, right) = (frame.bottom(), frame.right());
+    for tick in &frame.x_axis.ticks {
+        let x = frame.to_x(*tick);
         let _ = writeln!(
             svg,
             r##"<line x1="{x:.1}" y1="{MARGIN_TOP:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="#e0e0e0"/>"##
@@ -253,8 +310,8 @@ pub fn render(chart: &Chart) -> String {
             format_number(*tick)
         );
     }
-    for tick in &y_axis.ticks {
-        let y = to_y(*tick);
+    for tick in &frame.y_axis.ticks {
+        let y = frame.to_y(*tick);
         let _ = writeln!(
             svg,
             r##"<line x1="{MARGIN_LEFT:.1}" y1="{y:.1}" x2="{right:.1}" y2="{y:.1}" stroke="#e0e0e0"/>"##
@@ -267,8 +324,11 @@ pub fn render(chart: &Chart) -> String {
             format_number(*tick)
         );
     }
+}
 
-    // Axes and their labels.
+/// The axes, their labels, and "no data" across an empty plot.
+fn write_axes(svg: &mut String, chart: &Chart, frame: &Frame, has_data: bool) {
+    let (bottom, right) = (frame.bottom(), frame.right());
     let _ = writeln!(
         svg,
         r#"<polyline points="{MARGIN_LEFT:.1},{MARGIN_TOP:.1} {MARGIN_LEFT:.1},{bottom:.1} {right:.1},{bottom:.1}" fill="none" stroke="black"/>"#
@@ -276,72 +336,78 @@ pub fn render(chart: &Chart) -> String {
     let _ = writeln!(
         svg,
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-        MARGIN_LEFT + plot_width / 2.0,
+        MARGIN_LEFT + frame.plot_width / 2.0,
         HEIGHT - 14.0,
         escape(&chart.x_label)
     );
     let _ = writeln!(
         svg,
         r#"<text x="18" y="{0:.1}" text-anchor="middle" transform="rotate(-90 18 {0:.1})">{1}</text>"#,
-        MARGIN_TOP + plot_height / 2.0,
+        MARGIN_TOP + frame.plot_height / 2.0,
         escape(&chart.y_label)
     );
     if !has_data {
         let _ = writeln!(
             svg,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#888">no data</text>"##,
-            MARGIN_LEFT + plot_width / 2.0,
-            MARGIN_TOP + plot_height / 2.0
+            MARGIN_LEFT + frame.plot_width / 2.0,
+            MARGIN_TOP + frame.plot_height / 2.0
         );
     }
+}
 
-    // Series, then the legend.
-    for (index, (series, points)) in chart.series.iter().zip(&plotted).enumerate() {
-        let colour = PALETTE[index % PALETTE.len()];
-        let _ = writeln!(svg, r#"<g class="series"><title>{}</title>"#, escape(&series.name));
-        if points.len() > 1 {
-            let path: Vec<String> = points.iter().map(|(x, y)| format!("{:.1},{:.1}", to_x(*x), to_y(*y))).collect();
-            let _ = writeln!(
-                svg,
-                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
-                path.join(" ")
-            );
-        }
-        for (x, y) in points {
-            let _ = writeln!(
-                svg,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}"><title>{}: ({}, {})</title></circle>"#,
-                to_x(*x),
-                to_y(*y),
-                escape(&series.name),
-                format_number(*x),
-                format_number(*y)
-            );
-        }
-        let _ = writeln!(svg, "</g>");
-        let legend_y = MARGIN_TOP + 10.0 + index as f64 * 20.0;
-        let legend_x = right + 16.0;
+/// One series as a group: its line (when it has two points or more) and a marker per
+/// point, each with the point's values as a tooltip.
+fn write_series(svg: &mut String, frame: &Frame, series: &Series, points: &[(f64, f64)], colour: &str) {
+    let _ = writeln!(svg, r#"<g class="series"><title>{}</title>"#, escape(&series.name));
+    if points.len() > 1 {
+        let path: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", frame.to_x(*x), frame.to_y(*y)))
+            .collect();
         let _ = writeln!(
             svg,
-            r#"<line x1="{legend_x:.1}" y1="{legend_y:.1}" x2="{:.1}" y2="{legend_y:.1}" stroke="{colour}" stroke-width="2"/>"#,
-            legend_x + 22.0
-        );
-        let _ = writeln!(
-            svg,
-            r#"<circle cx="{:.1}" cy="{legend_y:.1}" r="3.5" fill="{colour}"/>"#,
-            legend_x + 11.0
-        );
-        let suffix = if points.is_empty() { " (no data)" } else { "" };
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}">{}{suffix}</text>"#,
-            legend_x + 28.0,
-            legend_y + 4.0,
-            escape(&series.name)
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+            path.join(" ")
         );
     }
-    svg.push_str("</svg>\n");
-    svg
+    for (x, y) in points {
+        let _ = writeln!(
+            svg,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}"><title>{}: ({}, {})</title></circle>"#,
+            frame.to_x(*x),
+            frame.to_y(*y),
+            escape(&series.name),
+            format_number(*x),
+            format_number(*y)
+        );
+    }
+    let _ = writeln!(svg, "</g>");
+}
+
+/// The legend's line for the `index`-th series: a sample of its line and marker, and its
+/// name (with "(no data)" when none of its points could be drawn).
+fn write_legend_entry(svg: &mut String, frame: &Frame, index: usize, series: &Series, points: &[(f64, f64)], colour: &str) {
+    let legend_y = MARGIN_TOP + 10.0 + index as f64 * 20.0;
+    let legend_x = frame.right() + 16.0;
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{legend_x:.1}" y1="{legend_y:.1}" x2="{:.1}" y2="{legend_y:.1}" stroke="{colour}" stroke-width="2"/>"#,
+        legend_x + 22.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<circle cx="{:.1}" cy="{legend_y:.1}" r="3.5" fill="{colour}"/>"#,
+        legend_x + 11.0
+    );
+    let suffix = if points.is_empty() { " (no data)" } else { "" };
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}">{}{suffix}</text>"#,
+        legend_x + 28.0,
+        legend_y + 4.0,
+        escape(&series.name)
+    );
 }
 
 #[cfg(test)]

@@ -194,6 +194,8 @@ async fn run_variant(store: &Store, arguments: &ExperimentArgs, variant: &Varian
     record.with_context(|| format!("running the {label}"))
 }
 
+/// The verdict table: a row per variant, columns padded to their widest cell, then each
+/// variant's note and the faults it met, with what each did.
 fn verdict_table(name: &str, seed: u64, broker: &str, outcomes: &[VariantOutcome]) -> String {
     let header = [
         "variant",
@@ -206,43 +208,7 @@ fn verdict_table(name: &str, seed: u64, broker: &str, outcomes: &[VariantOutcome
         "expected",
         "as expected",
     ];
-    let rows: Vec<[String; 9]> = outcomes
-        .iter()
-        .map(|outcome| {
-            let config = &outcome.config;
-            let get = |key: &str| {
-                config
-                    .get(key)
-                    .map(|value| value.to_string().trim_matches('"').to_owned())
-                    .unwrap_or_default()
-            };
-            [
-                outcome.label.clone(),
-                format!(
-                    "p={} c={} rf={} acks={} idem={} commit={} dlq={}",
-                    get("partitions"),
-                    get("consumers"),
-                    get("replication_factor"),
-                    get("acks"),
-                    get("enable_idempotence"),
-                    get("commit_policy"),
-                    get("dead_letter")
-                ),
-                outcome.faults.iter().filter(|fault| fault.error.is_none()).count().to_string(),
-                outcome.check.lost.to_string(),
-                outcome.check.duplicated.to_string(),
-                outcome.check.reordered.to_string(),
-                outcome.check.bad_balances.to_string(),
-                outcome.expected_detail.clone(),
-                match (outcome.faults_fired, outcome.as_expected) {
-                    (false, _) => "UNKNOWN",
-                    (true, true) => "yes",
-                    (true, false) => "NO",
-                }
-                .to_owned(),
-            ]
-        })
-        .collect();
+    let rows: Vec<[String; 9]> = outcomes.iter().map(verdict_row).collect();
     let widths: Vec<usize> = (0..header.len())
         .map(|column| {
             rows.iter()
@@ -271,25 +237,68 @@ fn verdict_table(name: &str, seed: u64, broker: &str, outcomes: &[VariantOutcome
         let _ = writeln!(text, "{}", line(row.iter().map(String::as_str).collect()));
     }
     for outcome in outcomes {
-        let _ = writeln!(text, "- {}: {}", outcome.label, outcome.note);
-        for fault in &outcome.faults {
-            let _ = writeln!(
-                text,
-                "    at {:.2} s: {}{}{}",
-                fault.at_ms as f64 / 1000.0,
-                fault.fault,
-                fault
-                    .error
-                    .as_ref()
-                    .map(|error| format!(" (not applied: {error})"))
-                    .unwrap_or_default(),
-                fault
-                    .effect
-                    .as_ref()
-                    .map(|effect| format!("\n      -> {effect}"))
-                    .unwrap_or_default()
-            );
-        }
+        write_faults(&mut text, outcome);
     }
     text
+}
+
+/// One variant's row of the verdict table: its label, the configuration that matters to
+/// the lessons, the faults applied, the checker's counts and the verdict.
+fn verdict_row(outcome: &VariantOutcome) -> [String; 9] {
+    let config = &outcome.config;
+    let get = |key: &str| {
+        config
+            .get(key)
+            .map(|value| value.to_string().trim_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    [
+        outcome.label.clone(),
+        format!(
+            "p={} c={} rf={} acks={} idem={} commit={} dlq={}",
+            get("partitions"),
+            get("consumers"),
+            get("replication_factor"),
+            get("acks"),
+            get("enable_idempotence"),
+            get("commit_policy"),
+            get("dead_letter")
+        ),
+        outcome.faults.iter().filter(|fault| fault.error.is_none()).count().to_string(),
+        outcome.check.lost.to_string(),
+        outcome.check.duplicated.to_string(),
+        outcome.check.reordered.to_string(),
+        outcome.check.bad_balances.to_string(),
+        outcome.expected_detail.clone(),
+        match (outcome.faults_fired, outcome.as_expected) {
+            (false, _) => "UNKNOWN",
+            (true, true) => "yes",
+            (true, false) => "NO",
+        }
+        .to_owned(),
+    ]
+}
+
+/// A variant's note under the table, and each fault it met: when, what, why it was not
+/// applied and what it did.
+fn write_faults(text: &mut String, outcome: &VariantOutcome) {
+    let _ = writeln!(text, "- {}: {}", outcome.label, outcome.note);
+    for fault in &outcome.faults {
+        let _ = writeln!(
+            text,
+            "    at {:.2} s: {}{}{}",
+            fault.at_ms as f64 / 1000.0,
+            fault.fault,
+            fault
+                .error
+                .as_ref()
+                .map(|error| format!(" (not applied: {error})"))
+                .unwrap_or_default(),
+            fault
+                .effect
+                .as_ref()
+                .map(|effect| format!("\n      -> {effect}"))
+                .unwrap_or_default()
+        );
+    }
 }

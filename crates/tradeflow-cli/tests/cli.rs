@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+#[path = "../../../tests/processes.rs"]
+mod processes;
+
 fn tradeflow() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tradeflow"));
     command.env_remove("DATABASE_URL").env("RUST_LOG", "warn");
@@ -245,24 +248,6 @@ fn the_readmes_topics_apply_creates_replicated_topics_on_kafka_and_refuses_too_f
     assert!(stdout.contains("refused") && stdout.contains("NOT_ENOUGH_REPLICAS"), "{stdout}");
 }
 
-/// Pids of the processes whose parent is `parent` and whose command line contains `needle`.
-fn children_named(parent: u32, needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()))
-        .filter(|pid| {
-            let parent_of = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-            });
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            parent_of == Some(parent) && String::from_utf8_lossy(&cmdline).contains(needle)
-        })
-        .collect()
-}
-
 #[test]
 fn ctrl_c_stops_every_kafka_node_a_run_started() {
     use std::io::{BufRead, BufReader};
@@ -289,7 +274,7 @@ fn ctrl_c_stops_every_kafka_node_a_run_started() {
     // The run line names the backend once the three nodes are up.
     let started = lines.by_ref().map_while(Result::ok).any(|line| line.contains("via kafka"));
     assert!(started, "the run never said it was on kafka");
-    let nodes = children_named(child.id(), "tradeflow-kafka-");
+    let nodes = processes::pids_with_command_line("tradeflow-kafka-", Some(child.id()));
     assert_eq!(nodes.len(), 3, "three JVM nodes are children of the run: {nodes:?}");
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -298,9 +283,6 @@ fn ctrl_c_stops_every_kafka_node_a_run_started() {
     assert!(status.success());
     let exit = child.wait().expect("the run exits");
     assert!(!exit.success(), "an interrupted run does not report success: {exit}");
-    let left: Vec<u32> = nodes
-        .into_iter()
-        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
-        .collect();
+    let left: Vec<u32> = nodes.into_iter().filter(|pid| processes::alive(*pid)).collect();
     assert!(left.is_empty(), "JVMs left behind after Ctrl-C: {left:?}");
 }

@@ -679,79 +679,93 @@ fn poll_until(cluster: &Weak<KafkaCluster>, mut check: impl FnMut(&KafkaCluster,
 /// active controller.
 fn effect_of_kill(cluster: &Weak<KafkaCluster>, target: &NodeTarget, killed: i32, controller_before: Option<(i32, i64)>) -> Option<String> {
     match target {
-        NodeTarget::Controller => poll_until(cluster, |cluster, waited| match cluster.controller() {
-            Ok((leader, epoch)) if leader != killed && controller_before.is_none_or(|(_, before)| epoch > before) => Some(format!(
-                "node {leader} became the active controller after {} ms (epoch {epoch})",
+        NodeTarget::Controller => controller_moved(cluster, killed, controller_before),
+        NodeTarget::Follower { topic, partition, .. } => follower_dropped(cluster, topic, *partition, killed),
+        NodeTarget::Leader { topic, partition } => leader_moved(cluster, topic, *partition, killed),
+        NodeTarget::Id { .. } => None,
+    }
+}
+
+/// A kill of the active controller: which node took over, and when (a newer epoch than
+/// `controller_before`, on another node than the one killed).
+fn controller_moved(cluster: &Weak<KafkaCluster>, killed: i32, controller_before: Option<(i32, i64)>) -> Option<String> {
+    poll_until(cluster, |cluster, waited| match cluster.controller() {
+        Ok((leader, epoch)) if leader != killed && controller_before.is_none_or(|(_, before)| epoch > before) => Some(format!(
+            "node {leader} became the active controller after {} ms (epoch {epoch})",
+            waited.as_millis()
+        )),
+        _ => None,
+    })
+}
+
+/// A kill of a follower: when the partition's in-sync replicas dropped it, or that they
+/// still list it once the wait is over.
+fn follower_dropped(cluster: &Weak<KafkaCluster>, topic: &str, partition: Option<i32>, killed: i32) -> Option<String> {
+    let chosen = cluster
+        .upgrade()?
+        .roles
+        .lock()
+        .ok()
+        .and_then(|roles| roles.get(&(topic.to_owned(), partition)).map(|roles| roles.partition))?;
+    let client = cluster.upgrade()?.metadata_client().ok()?;
+    let seen = poll_until(cluster, |_, waited| {
+        let (_, _, isr) = partition_state(&client, topic, chosen).ok()?;
+        (!isr.contains(&killed)).then(|| {
+            format!(
+                "{topic}[{chosen}]'s in-sync replicas dropped node {killed} after {} ms: {isr:?}",
+                waited.as_millis()
+            )
+        })
+    });
+    seen.filter(|seen| !seen.starts_with("nothing changed")).or_else(|| {
+        Some(format!(
+            "{topic}[{chosen}]'s in-sync replicas still list node {killed} after {EFFECT_TIMEOUT:?}: no controller quorum to shrink them, or the node came back"
+        ))
+    })
+}
+
+/// A kill of a partition's leader: which node leads it next and when, or, for a single
+/// replica, how long it had no leader.
+fn leader_moved(cluster: &Weak<KafkaCluster>, topic: &str, partition: Option<i32>, killed: i32) -> Option<String> {
+    let roles = cluster
+        .upgrade()?
+        .roles
+        .lock()
+        .ok()
+        .and_then(|roles| roles.get(&(topic.to_owned(), partition)).cloned())?;
+    let client = cluster.upgrade()?.metadata_client().ok()?;
+    let mut leaderless_since: Option<Duration> = None;
+    poll_until(cluster, |_, waited| {
+        let (leader, _, isr) = partition_state(&client, topic, roles.partition).ok()?;
+        match leader {
+            -1 if roles.replicas.len() == 1 && leaderless_since.is_none() => {
+                leaderless_since = Some(waited);
+                None
+            }
+            -1 => None,
+            leader if leader != killed => Some(match leaderless_since {
+                Some(since) => format!(
+                    "{topic}[{}] (one replica, on node {killed}) had no leader from {} ms to {} ms after the kill: unavailable while its only broker was down",
+                    roles.partition,
+                    since.as_millis(),
+                    waited.as_millis()
+                ),
+                None => format!(
+                    "{topic}[{}] led by node {leader} after {} ms, in sync: {isr:?}",
+                    roles.partition,
+                    waited.as_millis()
+                ),
+            }),
+            // The same node again: a single replica whose node came back.
+            leader if leaderless_since.is_some() => Some(format!(
+                "{topic}[{}] (one replica) had no leader from {} ms to {} ms after the kill, then node {leader} came back",
+                roles.partition,
+                leaderless_since.unwrap_or_default().as_millis(),
                 waited.as_millis()
             )),
             _ => None,
-        }),
-        NodeTarget::Follower { topic, partition, .. } => {
-            let chosen = cluster
-                .upgrade()?
-                .roles
-                .lock()
-                .ok()
-                .and_then(|roles| roles.get(&(topic.clone(), *partition)).map(|roles| roles.partition))?;
-            let client = cluster.upgrade()?.metadata_client().ok()?;
-            let seen = poll_until(cluster, |_, waited| {
-                let (_, _, isr) = partition_state(&client, topic, chosen).ok()?;
-                (!isr.contains(&killed)).then(|| {
-                    format!(
-                        "{topic}[{chosen}]'s in-sync replicas dropped node {killed} after {} ms: {isr:?}",
-                        waited.as_millis()
-                    )
-                })
-            });
-            seen.filter(|seen| !seen.starts_with("nothing changed")).or_else(|| {
-                Some(format!(
-                    "{topic}[{chosen}]'s in-sync replicas still list node {killed} after {EFFECT_TIMEOUT:?}: no controller quorum to shrink them, or the node came back"
-                ))
-            })
         }
-        NodeTarget::Leader { topic, partition } => {
-            let roles = cluster
-                .upgrade()?
-                .roles
-                .lock()
-                .ok()
-                .and_then(|roles| roles.get(&(topic.clone(), *partition)).cloned())?;
-            let client = cluster.upgrade()?.metadata_client().ok()?;
-            let mut leaderless_since: Option<Duration> = None;
-            poll_until(cluster, |_, waited| {
-                let (leader, _, isr) = partition_state(&client, topic, roles.partition).ok()?;
-                match leader {
-                    -1 if roles.replicas.len() == 1 && leaderless_since.is_none() => {
-                        leaderless_since = Some(waited);
-                        None
-                    }
-                    -1 => None,
-                    leader if leader != killed => Some(match leaderless_since {
-                        Some(since) => format!(
-                            "{topic}[{}] (one replica, on node {killed}) had no leader from {} ms to {} ms after the kill: unavailable while its only broker was down",
-                            roles.partition,
-                            since.as_millis(),
-                            waited.as_millis()
-                        ),
-                        None => format!(
-                            "{topic}[{}] led by node {leader} after {} ms, in sync: {isr:?}",
-                            roles.partition,
-                            waited.as_millis()
-                        ),
-                    }),
-                    // The same node again: a single replica whose node came back.
-                    leader if leaderless_since.is_some() => Some(format!(
-                        "{topic}[{}] (one replica) had no leader from {} ms to {} ms after the kill, then node {leader} came back",
-                        roles.partition,
-                        leaderless_since.unwrap_or_default().as_millis(),
-                        waited.as_millis()
-                    )),
-                    _ => None,
-                }
-            })
-        }
-        NodeTarget::Id { .. } => None,
-    }
+    })
 }
 
 /// What cutting a leader's replication led to: the partitions it leads shrink their

@@ -130,6 +130,38 @@ pub fn encode(event: &Event) -> Vec<u8> {
 
 /// Decodes one event, refusing anything that is not a valid version-1 event.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let object = parse_object(bytes)?;
+    let event_type = check_fields(&object)?;
+    let event_id = EventId::parse(string(&object, "event_id")?).map_err(|error| invalid("event_id", error))?;
+    let account_id = AccountId::new(string(&object, "account_id")?).map_err(|error| invalid("account_id", error))?;
+    let account_seq = integer(&object, "account_seq")?;
+    if account_seq < 1 {
+        return Err(DecodeError::InvalidValue {
+            field: "account_seq",
+            reason: format!("must be at least 1, got {account_seq}"),
+        });
+    }
+    let occurred_at_ns = integer(&object, "occurred_at")?;
+    let kind = match event_type {
+        "deposit" => EventKind::Deposit {
+            amount: amount(&object, "amount", AMOUNT_MAX)?,
+        },
+        "withdrawal" => EventKind::Withdrawal {
+            amount: amount(&object, "amount", AMOUNT_MAX)?,
+        },
+        _ => trade_executed(&object)?,
+    };
+    Ok(Event {
+        event_id,
+        account_id,
+        account_seq: u64::try_from(account_seq).unwrap_or_default(),
+        occurred_at_ns,
+        kind,
+    })
+}
+
+/// The bytes as a JSON object, refusing what is too large, not JSON or not an object.
+fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     if bytes.len() > ENCODED_LEN_MAX {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -137,20 +169,23 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         });
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|error| DecodeError::NotJson { reason: error.to_string() })?;
-    let object = match value {
-        Value::Object(object) => object,
-        other => {
-            return Err(DecodeError::NotAnObject { found: json_type(&other) });
-        }
-    };
+    match value {
+        Value::Object(object) => Ok(object),
+        other => Err(DecodeError::NotAnObject { found: json_type(&other) }),
+    }
+}
+
+/// Checks the object's schema version, its event type and that it holds no field that
+/// type does not define; returns the event type.
+fn check_fields(object: &Map<String, Value>) -> Result<&str, DecodeError> {
     // The version is read first: a future version may change every other field.
-    let version = field(&object, "schema_version")?;
+    let version = field(object, "schema_version")?;
     if version.as_u64() != Some(SCHEMA_VERSION) {
         return Err(DecodeError::UnknownSchemaVersion {
             version: version.to_string(),
         });
     }
-    let event_type = string(&object, "type")?;
+    let event_type = string(object, "type")?;
     let kind_fields: &[&str] = match event_type {
         "deposit" | "withdrawal" => &["amount"],
         "trade_executed" => &["side", "symbol", "quantity", "price"],
@@ -170,53 +205,31 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             event_type: event_type.to_owned(),
         });
     }
+    Ok(event_type)
+}
 
-    let event_id = EventId::parse(string(&object, "event_id")?).map_err(|error| invalid("event_id", error))?;
-    let account_id = AccountId::new(string(&object, "account_id")?).map_err(|error| invalid("account_id", error))?;
-    let account_seq = integer(&object, "account_seq")?;
-    if account_seq < 1 {
-        return Err(DecodeError::InvalidValue {
-            field: "account_seq",
-            reason: format!("must be at least 1, got {account_seq}"),
-        });
-    }
-    let occurred_at_ns = integer(&object, "occurred_at")?;
-    let kind = match event_type {
-        "deposit" => EventKind::Deposit {
-            amount: amount(&object, "amount", AMOUNT_MAX)?,
-        },
-        "withdrawal" => EventKind::Withdrawal {
-            amount: amount(&object, "amount", AMOUNT_MAX)?,
-        },
-        _ => {
-            let side = match string(&object, "side")? {
-                "buy" => Side::Buy,
-                "sell" => Side::Sell,
-                other => {
-                    return Err(DecodeError::InvalidValue {
-                        field: "side",
-                        reason: format!("must be \"buy\" or \"sell\", got {other:?}"),
-                    });
-                }
-            };
-            let symbol = Symbol::new(string(&object, "symbol")?).map_err(|error| invalid("symbol", error))?;
-            let quantity = Quantity::new(integer(&object, "quantity")?).map_err(|error| invalid("quantity", error))?;
-            let price = amount(&object, "price", PRICE_MAX)?;
-            quantity.notional(price).map_err(|error| invalid("quantity", error))?;
-            EventKind::TradeExecuted {
-                side,
-                symbol,
-                quantity,
-                price,
-            }
+/// The fields of a `trade_executed` event: side, symbol, quantity and price, whose
+/// notional must fit too.
+fn trade_executed(object: &Map<String, Value>) -> Result<EventKind, DecodeError> {
+    let side = match string(object, "side")? {
+        "buy" => Side::Buy,
+        "sell" => Side::Sell,
+        other => {
+            return Err(DecodeError::InvalidValue {
+                field: "side",
+                reason: format!("must be \"buy\" or \"sell\", got {other:?}"),
+            });
         }
     };
-    Ok(Event {
-        event_id,
-        account_id,
-        account_seq: u64::try_from(account_seq).unwrap_or_default(),
-        occurred_at_ns,
-        kind,
+    let symbol = Symbol::new(string(object, "symbol")?).map_err(|error| invalid("symbol", error))?;
+    let quantity = Quantity::new(integer(object, "quantity")?).map_err(|error| invalid("quantity", error))?;
+    let price = amount(object, "price", PRICE_MAX)?;
+    quantity.notional(price).map_err(|error| invalid("quantity", error))?;
+    Ok(EventKind::TradeExecuted {
+        side,
+        symbol,
+        quantity,
+        price,
     })
 }
 

@@ -39,60 +39,21 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
     let process_before = ProcessStats::current();
     let counters = Arc::new(PollerCounters::default());
     let (stop, stop_receiver) = watch::channel(false);
-
-    let pollers: Vec<JoinHandle<Result<LatencyRecorder, PollerError>>> = (0..options.poller.pollers)
-        .map(|index| {
-            let name = format!("poller-{index}");
-            tokio::spawn(poll_loop(
-                store.clone(),
-                options.poller.clone(),
-                options.poller.shard(index),
-                name,
-                stop_receiver.clone(),
-                counters.clone(),
-            ))
-        })
-        .collect();
+    let pollers = spawn_pollers(store, &options.poller, &stop_receiver, &counters);
 
     let start = Instant::now();
     let start_ns = now_ns();
     let emitted = Arc::new(AtomicU64::new(0));
     let source = tokio::spawn(source(store.clone(), workload.clone(), start, start_ns, emitted.clone()));
-
-    let total = workload.events.len() as u64;
-    let mut source = Some(source);
-    let mut watch = DrainWatch::new(options.stall_timeout);
-    let mut backlog = Vec::new();
-    loop {
-        tokio::time::sleep(PROGRESS_INTERVAL).await;
-        let emitted_now = emitted.load(Ordering::Relaxed);
-        let processed = counters.processed.load(Ordering::Relaxed);
-        backlog.push(backlog_sample(&workload, start, start_ns, emitted_now, processed));
-        progress.send_replace(RunProgress {
-            total,
-            emitted: emitted_now,
-            applied: counters.applied.load(Ordering::Relaxed),
-            backlog: emitted_now.saturating_sub(processed),
-        });
-        if source.as_ref().is_some_and(JoinHandle::is_finished)
-            && let Some(handle) = source.take()
-        {
-            join("the source", handle).await??;
-        }
-        match watch.observe(source.is_none(), emitted_now, processed) {
-            Drain::Running => {}
-            Drain::Drained => break,
-            Drain::Stalled => {
-                tracing::warn!(
-                    processed,
-                    emitted = emitted_now,
-                    "the backlog did not shrink for {:?}; stopping and reporting what is unapplied as lost",
-                    options.stall_timeout
-                );
-                break;
-            }
-        }
-    }
+    let watching = Watching {
+        workload: &workload,
+        counters: &counters,
+        emitted: &emitted,
+        start,
+        start_ns,
+        stall_timeout: options.stall_timeout,
+    };
+    let backlog = drive(&watching, source, progress).await?;
     stop.send_replace(true);
     let mut latency = LatencyRecorder::new();
     for (index, handle) in pollers.into_iter().enumerate() {
@@ -107,24 +68,14 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
 
     let last_commit_ns = i64::try_from(counters.last_commit_ns.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
     let (duration_s, throughput_per_s) = duration_and_throughput(start_ns, last_commit_ns, applied);
-    let config = &options.poller;
-    let workload_config = &options.workload;
     Ok(RunRecord {
-        seed: workload_config.seed,
+        seed: options.workload.seed,
         architecture: "poller".into(),
-        label: config.label(),
+        label: options.poller.label(),
         store: store.kind().as_str().into(),
         broker: None,
-        config: serde_json::json!({
-            "poll_interval_ms": config.poll_interval.as_millis() as u64,
-            "batch_size": config.batch_size,
-            "pollers": config.pollers,
-            "shard_by_account": config.shard_by_account,
-            "accounts": workload_config.accounts,
-            "rate_per_s": workload_config.rate_per_s,
-            "profile": workload_config.profile.as_str(),
-        }),
-        events: total,
+        config: record_config(options),
+        events: workload.events.len() as u64,
         applied,
         duration_s,
         throughput_per_s,
@@ -135,6 +86,108 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
         lag: Vec::new(),
         backlog,
         faults: Vec::new(),
+    })
+}
+
+/// Starts the configured number of pollers, each on its shard, until `stop` turns true.
+fn spawn_pollers(
+    store: &Store,
+    config: &PollerConfig,
+    stop: &watch::Receiver<bool>,
+    counters: &Arc<PollerCounters>,
+) -> Vec<JoinHandle<Result<LatencyRecorder, PollerError>>> {
+    (0..config.pollers)
+        .map(|index| {
+            let name = format!("poller-{index}");
+            tokio::spawn(poll_loop(
+                store.clone(),
+                config.clone(),
+                config.shard(index),
+                name,
+                stop.clone(),
+                counters.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// What the run loop reads: the workload, what the source emitted and the pollers did,
+/// and the clock the run started on.
+struct Watching<'a> {
+    workload: &'a Workload,
+    counters: &'a PollerCounters,
+    emitted: &'a AtomicU64,
+    start: Instant,
+    start_ns: i64,
+    stall_timeout: Duration,
+}
+
+/// The run loop: publishes progress and samples the backlog every [`PROGRESS_INTERVAL`],
+/// and returns the samples once the source is done and everything it inserted is
+/// processed, or once the backlog stops shrinking for the stall timeout (what is
+/// unprocessed then counts as lost).
+async fn drive(
+    watching: &Watching<'_>,
+    source: JoinHandle<Result<(), PollerError>>,
+    progress: &watch::Sender<RunProgress>,
+) -> Result<Vec<BacklogSample>, PollerError> {
+    let Watching {
+        workload,
+        counters,
+        emitted,
+        start,
+        start_ns,
+        stall_timeout,
+    } = *watching;
+    let total = workload.events.len() as u64;
+    let mut source = Some(source);
+    let mut watch = DrainWatch::new(stall_timeout);
+    let mut backlog = Vec::new();
+    loop {
+        tokio::time::sleep(PROGRESS_INTERVAL).await;
+        let emitted_now = emitted.load(Ordering::Relaxed);
+        let processed = counters.processed.load(Ordering::Relaxed);
+        backlog.push(backlog_sample(workload, start, start_ns, emitted_now, processed));
+        progress.send_replace(RunProgress {
+            total,
+            emitted: emitted_now,
+            applied: counters.applied.load(Ordering::Relaxed),
+            backlog: emitted_now.saturating_sub(processed),
+        });
+        if source.as_ref().is_some_and(JoinHandle::is_finished)
+            && let Some(handle) = source.take()
+        {
+            join("the source", handle).await??;
+        }
+        match watch.observe(source.is_none(), emitted_now, processed) {
+            Drain::Running => {}
+            Drain::Drained => return Ok(backlog),
+            Drain::Stalled => {
+                tracing::warn!(
+                    processed,
+                    emitted = emitted_now,
+                    "the backlog did not shrink for {:?}; stopping and reporting what is unapplied as lost",
+                    stall_timeout
+                );
+                return Ok(backlog);
+            }
+        }
+    }
+}
+
+/// The run's configuration as the record holds it: the pollers' knobs and the workload's
+/// shape.
+fn record_config(options: &RunOptions) -> serde_json::Value {
+    let config = &options.poller;
+    let workload_config = &options.workload;
+    serde_json::json!({
+        "poll_interval_ms": config.poll_interval.as_millis() as u64,
+        "batch_size": config.batch_size,
+        "pollers": config.pollers,
+        "shard_by_account": config.shard_by_account,
+        "accounts": workload_config.accounts,
+        "rate_per_s": workload_config.rate_per_s,
+        "profile": workload_config.profile.as_str(),
     })
 }
 

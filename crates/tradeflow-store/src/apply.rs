@@ -34,6 +34,12 @@ pub struct ApplySummary {
     pub duplicates: usize,
 }
 
+/// Per account, the net cash delta of a batch and its number of events, in account order.
+type BalanceChanges<'a> = BTreeMap<&'a AccountId, (i64, i64)>;
+
+/// Per account and symbol, the net change of shares of a batch, in account order.
+type PositionChanges<'a> = BTreeMap<(&'a AccountId, &'a Symbol), i64>;
+
 impl Store {
     /// Applies a batch in one transaction. Events already in the apply log are skipped;
     /// either every other event is applied and logged, or (on error) none is.
@@ -57,14 +63,7 @@ impl Store {
         applier: &str,
     ) -> Result<ApplySummary, sqlx::Error> {
         let already = self.already_applied(connection, events).await?;
-        let mut seen: HashSet<String> = HashSet::with_capacity(events.len());
-        let mut fresh: Vec<(String, &ApplyInput<'_>)> = Vec::with_capacity(events.len());
-        for input in events {
-            let event_id = input.event.event_id.to_string();
-            if !already.contains(&event_id) && seen.insert(event_id.clone()) {
-                fresh.push((event_id, input));
-            }
-        }
+        let fresh = fresh_events(&already, events);
         let summary = ApplySummary {
             applied: fresh.len(),
             duplicates: events.len() - fresh.len(),
@@ -72,28 +71,25 @@ impl Store {
         if fresh.is_empty() {
             return Ok(summary);
         }
-
-        let mut balances: BTreeMap<&AccountId, (i64, i64)> = BTreeMap::new();
-        let mut positions: BTreeMap<(&AccountId, &Symbol), i64> = BTreeMap::new();
-        let mut effects = Vec::with_capacity(fresh.len());
-        for (_, input) in &fresh {
-            effects.push(Effect::of(&input.event.kind));
-        }
-        for ((_, input), effect) in fresh.iter().zip(&effects) {
-            let balance = balances.entry(&input.event.account_id).or_insert((0, 0));
-            balance.0 = balance.0.saturating_add(effect.cash_delta.minor());
-            balance.1 += 1;
-            if let Some((symbol, shares)) = &effect.position_delta {
-                let position = positions.entry((&input.event.account_id, symbol)).or_insert(0);
-                *position = position.saturating_add(*shares);
-            }
-        }
-
+        let effects: Vec<Effect> = fresh.iter().map(|(_, input)| Effect::of(&input.event.kind)).collect();
+        let (balances, positions) = net_changes(&fresh, &effects);
         let counts = self.upsert_balances(connection, &balances).await?;
         self.upsert_positions(connection, &positions).await?;
+        self.insert_apply_log(connection, &fresh, &balances, &counts, applier).await?;
+        Ok(summary)
+    }
 
-        // Each account's events take the indexes after the count it had before this batch,
-        // in batch order.
+    /// Logs each fresh event in the apply log with its index in its account's order of
+    /// applies: each account's events take the indexes after the count it had before this
+    /// batch (`counts`, read back from the balance upsert), in batch order.
+    async fn insert_apply_log(
+        &self,
+        connection: &mut AnyConnection,
+        fresh: &[(String, &ApplyInput<'_>)],
+        balances: &BalanceChanges<'_>,
+        counts: &HashMap<String, i64>,
+        applier: &str,
+    ) -> Result<(), sqlx::Error> {
         let mut next_index: HashMap<&AccountId, i64> = balances
             .iter()
             .map(|(account, (_, applied))| (*account, counts.get(account.as_str()).copied().unwrap_or(*applied) - applied + 1))
@@ -120,7 +116,7 @@ impl Store {
             self.count(1);
             query.execute(&mut *connection).await?;
         }
-        Ok(summary)
+        Ok(())
     }
 
     async fn already_applied(&self, connection: &mut AnyConnection, events: &[ApplyInput<'_>]) -> Result<HashSet<String>, sqlx::Error> {
@@ -190,6 +186,37 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The events of a batch to apply, with their ids: those the apply log does not hold
+/// (`already`), each once, in batch order.
+fn fresh_events<'e, 'a>(already: &HashSet<String>, events: &'e [ApplyInput<'a>]) -> Vec<(String, &'e ApplyInput<'a>)> {
+    let mut seen: HashSet<String> = HashSet::with_capacity(events.len());
+    let mut fresh: Vec<(String, &ApplyInput<'_>)> = Vec::with_capacity(events.len());
+    for input in events {
+        let event_id = input.event.event_id.to_string();
+        if !already.contains(&event_id) && seen.insert(event_id.clone()) {
+            fresh.push((event_id, input));
+        }
+    }
+    fresh
+}
+
+/// The net change the fresh events make: per account its cash delta and event count, per
+/// account and symbol its shares, both in account order.
+fn net_changes<'e>(fresh: &'e [(String, &ApplyInput<'_>)], effects: &'e [Effect]) -> (BalanceChanges<'e>, PositionChanges<'e>) {
+    let mut balances: BalanceChanges<'_> = BTreeMap::new();
+    let mut positions: PositionChanges<'_> = BTreeMap::new();
+    for ((_, input), effect) in fresh.iter().zip(effects) {
+        let balance = balances.entry(&input.event.account_id).or_insert((0, 0));
+        balance.0 = balance.0.saturating_add(effect.cash_delta.minor());
+        balance.1 += 1;
+        if let Some((symbol, shares)) = &effect.position_delta {
+            let position = positions.entry((&input.event.account_id, symbol)).or_insert(0);
+            *position = position.saturating_add(*shares);
+        }
+    }
+    (balances, positions)
 }
 
 pub(crate) fn check_batch_size(operation: &'static str, len: usize) -> Result<(), StoreError> {

@@ -3,7 +3,8 @@
 
 use crate::apply::{ApplyInput, check_batch_size};
 use crate::{ROWS_PER_STATEMENT_MAX, Store, StoreError, StoreKind, list, now_ns, value_rows};
-use sqlx::Row;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 use tradeflow_domain::{AccountId, Event, decode, encode};
 
 /// One row for `trade_events`.
@@ -155,70 +156,128 @@ impl Store {
         }
         self.retrying("polling trade_events", || async move {
             let mut transaction = self.begin_write().await?;
-            let lock = match self.kind {
-                StoreKind::Postgres => " FOR UPDATE SKIP LOCKED",
-                StoreKind::Sqlite => "",
-            };
-            let filter = if shard.is_some() { " AND shard_key % $2 = $3" } else { "" };
-            let sql = format!("SELECT id, event_id, payload, intended_at_ns FROM trade_events WHERE processed_at_ns IS NULL{filter} ORDER BY id LIMIT $1{lock}");
-            let mut query = sqlx::query(&sql).bind(i64::try_from(batch_size).unwrap_or(i64::MAX));
-            if let Some(shard) = shard {
-                query = query.bind(i64::from(shard.count)).bind(i64::from(shard.index));
-            }
-            self.count(1);
-            let rows = query.fetch_all(&mut *transaction).await?;
-
-            let mut outcome = PollOutcome { claimed: rows.len(), ..PollOutcome::default() };
-            let mut decoded = Vec::with_capacity(rows.len());
-            let mut processed_ids = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let row_id: i64 = row.try_get(0)?;
-                let payload: String = row.try_get(2)?;
-                match decode(payload.as_bytes()) {
-                    Ok(event) => {
-                        decoded.push((event, row.try_get::<i64, _>(3)?));
-                        processed_ids.push(row_id);
-                    }
-                    Err(error) => outcome.failed.push(PolledFailure { row_id, event_id: row.try_get(1)?, reason: error.to_string() }),
-                }
-            }
-            let inputs: Vec<ApplyInput<'_>> = decoded.iter().map(|(event, intended_at_ns)| ApplyInput { event, intended_at_ns: *intended_at_ns }).collect();
+            let rows = self.claim_rows(&mut transaction, batch_size, shard).await?;
+            let claimed = Claimed::decode(&rows)?;
+            let inputs: Vec<ApplyInput<'_>> = claimed
+                .decoded
+                .iter()
+                .map(|(event, intended_at_ns)| ApplyInput {
+                    event,
+                    intended_at_ns: *intended_at_ns,
+                })
+                .collect();
             let summary = self.apply_in(&mut transaction, &inputs, applier).await?;
-            outcome.applied = summary.applied;
-            outcome.duplicates = summary.duplicates;
-            outcome.intended_at_ns = decoded.iter().map(|(_, intended_at_ns)| *intended_at_ns).collect();
-
-            let processed_at_ns = now_ns();
-            for chunk in processed_ids.chunks(ROWS_PER_STATEMENT_MAX) {
-                // One placeholder style per statement: sqlx's SQLite driver does not number a
-                // `?` after a `$1` the way SQLite does.
-                let sql = format!(
-                    "UPDATE trade_events SET processed_at_ns = {} WHERE id IN ({})",
-                    crate::placeholder(self.kind, 1),
-                    list(self.kind, 2, chunk.len())
-                );
-                let mut query = sqlx::query(&sql).bind(processed_at_ns);
-                for id in chunk {
-                    query = query.bind(*id);
-                }
-                self.count(1);
-                query.execute(&mut *transaction).await?;
-            }
-            for failure in &outcome.failed {
-                self.count(1);
-                sqlx::query("UPDATE trade_events SET processed_at_ns = $1, error = $2 WHERE id = $3")
-                    .bind(processed_at_ns)
-                    .bind(failure.reason.as_str())
-                    .bind(failure.row_id)
-                    .execute(&mut *transaction)
-                    .await?;
-            }
+            self.mark_processed(&mut transaction, &claimed.processed_ids, &claimed.failed)
+                .await?;
             self.count(1);
             transaction.commit().await?;
-            outcome.committed_at_ns = now_ns();
-            Ok(outcome)
+            Ok(PollOutcome {
+                claimed: rows.len(),
+                applied: summary.applied,
+                duplicates: summary.duplicates,
+                intended_at_ns: claimed.decoded.iter().map(|(_, intended_at_ns)| *intended_at_ns).collect(),
+                failed: claimed.failed,
+                committed_at_ns: now_ns(),
+            })
         })
         .await
+    }
+
+    /// Selects up to `batch_size` unprocessed rows (of one shard, if given) in id order,
+    /// locking them on PostgreSQL and skipping rows another poller holds.
+    async fn claim_rows(
+        &self,
+        connection: &mut AnyConnection,
+        batch_size: usize,
+        shard: Option<Shard>,
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let lock = match self.kind {
+            StoreKind::Postgres => " FOR UPDATE SKIP LOCKED",
+            StoreKind::Sqlite => "",
+        };
+        let filter = if shard.is_some() { " AND shard_key % $2 = $3" } else { "" };
+        let sql = format!(
+            "SELECT id, event_id, payload, intended_at_ns FROM trade_events WHERE processed_at_ns IS NULL{filter} ORDER BY id LIMIT $1{lock}"
+        );
+        let mut query = sqlx::query(&sql).bind(i64::try_from(batch_size).unwrap_or(i64::MAX));
+        if let Some(shard) = shard {
+            query = query.bind(i64::from(shard.count)).bind(i64::from(shard.index));
+        }
+        self.count(1);
+        query.fetch_all(&mut *connection).await
+    }
+
+    /// Marks the claimed rows processed: those applied by id, in chunks, and each refused
+    /// one with its reason.
+    async fn mark_processed(
+        &self,
+        connection: &mut AnyConnection,
+        processed_ids: &[i64],
+        failed: &[PolledFailure],
+    ) -> Result<(), sqlx::Error> {
+        let processed_at_ns = now_ns();
+        for chunk in processed_ids.chunks(ROWS_PER_STATEMENT_MAX) {
+            // One placeholder style per statement: sqlx's SQLite driver does not number a
+            // `?` after a `$1` the way SQLite does.
+            let sql = format!(
+                "UPDATE trade_events SET processed_at_ns = {} WHERE id IN ({})",
+                crate::placeholder(self.kind, 1),
+                list(self.kind, 2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(processed_at_ns);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            self.count(1);
+            query.execute(&mut *connection).await?;
+        }
+        for failure in failed {
+            self.count(1);
+            sqlx::query("UPDATE trade_events SET processed_at_ns = $1, error = $2 WHERE id = $3")
+                .bind(processed_at_ns)
+                .bind(failure.reason.as_str())
+                .bind(failure.row_id)
+                .execute(&mut *connection)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The rows one poll claimed, decoded.
+struct Claimed {
+    /// The events decoded, with their intended send times, in id order.
+    decoded: Vec<(Event, i64)>,
+    /// The ids of the rows decoded.
+    processed_ids: Vec<i64>,
+    /// The rows that could not be decoded, with why.
+    failed: Vec<PolledFailure>,
+}
+
+impl Claimed {
+    /// Decodes each claimed row's payload; a row that does not decode is refused, not lost.
+    fn decode(rows: &[AnyRow]) -> Result<Claimed, sqlx::Error> {
+        let mut claimed = Claimed {
+            decoded: Vec::with_capacity(rows.len()),
+            processed_ids: Vec::with_capacity(rows.len()),
+            failed: Vec::new(),
+        };
+        for row in rows {
+            let row_id: i64 = row.try_get(0)?;
+            let payload: String = row.try_get(2)?;
+            match decode(payload.as_bytes()) {
+                Ok(event) => {
+                    claimed.decoded.push((event, row.try_get::<i64, _>(3)?));
+                    claimed.processed_ids.push(row_id);
+                }
+                Err(error) => claimed.failed.push(PolledFailure {
+                    row_id,
+                    event_id: row.try_get(1)?,
+                    reason: error.to_string(),
+                }),
+            }
+        }
+        Ok(claimed)
     }
 }
 

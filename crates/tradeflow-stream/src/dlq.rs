@@ -151,43 +151,8 @@ pub struct ReplayReport {
 /// comes back to the dead-letter topic, and must wait for the next replay rather than loop.
 /// Stops at that end, or when no letter arrives for [`REPLAY_IDLE`].
 pub async fn replay(bootstrap: &str, dlq_topic: &str, group: &str) -> Result<ReplayReport, StreamError> {
-    let partitions = crate::topic_partitions(bootstrap, dlq_topic).await?;
-    let end_reader: rdkafka::consumer::BaseConsumer = base_config(bootstrap)
-        .create()
-        .map_err(|error| StreamError::kafka("creating a watermark reader", error))?;
-    let topic = dlq_topic.to_owned();
-    let mut ends: std::collections::BTreeMap<i32, i64> = tokio::task::spawn_blocking(move || {
-        (0..partitions)
-            .map(|partition| {
-                end_reader
-                    .fetch_watermarks(&topic, partition, crate::lag::PROBE_TIMEOUT)
-                    .map(|(_, high)| (partition, high))
-                    .map_err(|error| StreamError::kafka(format!("reading the end of {topic}[{partition}]"), error))
-            })
-            .collect::<Result<_, _>>()
-    })
-    .await
-    .map_err(|error| StreamError::Task {
-        task: "watermark reader".into(),
-        reason: error.to_string(),
-    })??;
-    ends.retain(|_, end| *end > 0);
-    let consumer: StreamConsumer = base_config(bootstrap)
-        .set("group.id", group)
-        // Offsets are committed only after the replayed message is acknowledged.
-        .set("enable.auto.commit", "false")
-        // A replay group that never ran starts from the first dead letter.
-        .set("auto.offset.reset", "earliest")
-        // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
-        .set("fetch.wait.max.ms", "50")
-        // A group that ran before is re-joined after about this long on some brokers (the
-        // mock cluster waits session.timeout.ms minus one second): keep it short.
-        .set("session.timeout.ms", "6000")
-        .create()
-        .map_err(|error| StreamError::kafka("creating the replay consumer", error))?;
-    consumer
-        .subscribe(&[dlq_topic])
-        .map_err(|error| StreamError::kafka(format!("subscribing to {dlq_topic}"), error))?;
+    let ends = partition_ends(bootstrap, dlq_topic).await?;
+    let consumer = replay_consumer(bootstrap, dlq_topic, group)?;
     let producer = producer(bootstrap)?;
     let mut report = ReplayReport::default();
     let mut first_wait = true;
@@ -223,26 +188,7 @@ pub async fn replay(bootstrap: &str, dlq_topic: &str, group: &str) -> Result<Rep
             );
             continue;
         };
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&source);
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        producer.send(record, SEND_TIMEOUT).await.map_err(|(error, _)| {
-            StreamError::kafka(
-                format!("replaying {dlq_topic}[{}]@{} to {source}", message.partition(), message.offset()),
-                error,
-            )
-        })?;
-        let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(dlq_topic, message.partition(), Offset::Offset(message.offset() + 1))
-            .map_err(|error| StreamError::kafka("building the offset list", error))?;
-        consumer
-            .commit(&offsets, CommitMode::Sync)
-            .map_err(|error| StreamError::kafka(format!("committing {dlq_topic}[{}]", message.partition()), error))?;
+        send_back(&producer, &consumer, dlq_topic, &message, &source).await?;
         report.moved += 1;
         *report
             .by_kind
@@ -251,4 +197,83 @@ pub async fn replay(bootstrap: &str, dlq_topic: &str, group: &str) -> Result<Rep
         tracing::info!(messaging.destination.name = dlq_topic, messaging.destination.partition.id = message.partition(), messaging.kafka.offset = message.offset(), to = %source, "replayed a dead letter");
     }
     Ok(report)
+}
+
+/// The end offset of each partition of `dlq_topic` that holds anything, read when the
+/// replay starts: the letters before it are the ones to move.
+async fn partition_ends(bootstrap: &str, dlq_topic: &str) -> Result<std::collections::BTreeMap<i32, i64>, StreamError> {
+    let partitions = crate::topic_partitions(bootstrap, dlq_topic).await?;
+    let end_reader: rdkafka::consumer::BaseConsumer = base_config(bootstrap)
+        .create()
+        .map_err(|error| StreamError::kafka("creating a watermark reader", error))?;
+    let topic = dlq_topic.to_owned();
+    let mut ends: std::collections::BTreeMap<i32, i64> = tokio::task::spawn_blocking(move || {
+        (0..partitions)
+            .map(|partition| {
+                end_reader
+                    .fetch_watermarks(&topic, partition, crate::lag::PROBE_TIMEOUT)
+                    .map(|(_, high)| (partition, high))
+                    .map_err(|error| StreamError::kafka(format!("reading the end of {topic}[{partition}]"), error))
+            })
+            .collect::<Result<_, _>>()
+    })
+    .await
+    .map_err(|error| StreamError::Task {
+        task: "watermark reader".into(),
+        reason: error.to_string(),
+    })??;
+    ends.retain(|_, end| *end > 0);
+    Ok(ends)
+}
+
+/// The replay group's consumer, subscribed to `dlq_topic`; it commits only by hand.
+fn replay_consumer(bootstrap: &str, dlq_topic: &str, group: &str) -> Result<StreamConsumer, StreamError> {
+    let consumer: StreamConsumer = base_config(bootstrap)
+        .set("group.id", group)
+        // Offsets are committed only after the replayed message is acknowledged.
+        .set("enable.auto.commit", "false")
+        // A replay group that never ran starts from the first dead letter.
+        .set("auto.offset.reset", "earliest")
+        // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
+        .set("fetch.wait.max.ms", "50")
+        // A group that ran before is re-joined after about this long on some brokers (the
+        // mock cluster waits session.timeout.ms minus one second): keep it short.
+        .set("session.timeout.ms", "6000")
+        .create()
+        .map_err(|error| StreamError::kafka("creating the replay consumer", error))?;
+    consumer
+        .subscribe(&[dlq_topic])
+        .map_err(|error| StreamError::kafka(format!("subscribing to {dlq_topic}"), error))?;
+    Ok(consumer)
+}
+
+/// Sends one dead letter back to its `source` topic (key and payload as they were), and
+/// once it is acknowledged commits the offset after it.
+async fn send_back(
+    producer: &FutureProducer,
+    consumer: &StreamConsumer,
+    dlq_topic: &str,
+    message: &OwnedMessage,
+    source: &str,
+) -> Result<(), StreamError> {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(source);
+    if let Some(key) = message.key() {
+        record = record.key(key);
+    }
+    if let Some(payload) = message.payload() {
+        record = record.payload(payload);
+    }
+    producer.send(record, SEND_TIMEOUT).await.map_err(|(error, _)| {
+        StreamError::kafka(
+            format!("replaying {dlq_topic}[{}]@{} to {source}", message.partition(), message.offset()),
+            error,
+        )
+    })?;
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(dlq_topic, message.partition(), Offset::Offset(message.offset() + 1))
+        .map_err(|error| StreamError::kafka("building the offset list", error))?;
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .map_err(|error| StreamError::kafka(format!("committing {dlq_topic}[{}]", message.partition()), error))
 }

@@ -84,6 +84,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         dead_letter: true,
         journal: None,
         apply_delay: Duration::ZERO,
+        dedup: tradeflow_store::Dedup::ApplyLog,
     }
 }
 

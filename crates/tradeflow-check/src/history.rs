@@ -7,13 +7,16 @@
 //!   `account_seq`;
 //! - **bad balances**: accounts whose cash or a position went below zero at any point of
 //!   their apply order, or are below zero at the end: what a customer would have seen;
-//! - **mismatched accounts**: accounts whose final state differs from the oracle's.
+//! - **mismatched accounts**: accounts whose final state differs from the oracle's;
+//! - **misnumbered accounts**: accounts whose applies are not numbered 1, 2, 3, ... each
+//!   number once: the evidence of apply order is itself broken.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tradeflow_domain::{AccountId, AccountState, Event, EventId, Ledger, Oracle};
 
-/// One apply, as the store's apply log records it.
+/// One apply, as the store's apply journal records it (event and index), placed by the
+/// workload's account and sequence of its event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// The event.
@@ -64,6 +67,9 @@ pub struct CheckReport {
     pub bad_balances: u64,
     /// Accounts whose final state differs from the oracle.
     pub mismatched_accounts: u64,
+    /// Accounts whose applies are not numbered 1..=n, each number once.
+    #[serde(default)]
+    pub misnumbered_accounts: u64,
     /// Pass when all counts are zero.
     pub verdict: Verdict,
 }
@@ -88,10 +94,18 @@ pub fn check(input: &CheckInput<'_>) -> CheckReport {
         per_account.entry(&applied.account_id).or_default().push(applied);
     }
     let mut reordered = 0;
+    let mut misnumbered_accounts = 0;
     let mut went_negative: HashSet<&AccountId> = HashSet::new();
     let mut replay = Ledger::new();
     for (account_id, applies) in &mut per_account {
         applies.sort_by_key(|applied| applied.account_apply_index);
+        if !applies
+            .iter()
+            .enumerate()
+            .all(|(position, applied)| applied.account_apply_index == position as u64 + 1)
+        {
+            misnumbered_accounts += 1;
+        }
         let mut highest_seq = 0;
         for applied in applies.iter() {
             if applied.account_seq < highest_seq {
@@ -127,13 +141,15 @@ pub fn check(input: &CheckInput<'_>) -> CheckReport {
         .count() as u64;
 
     let bad_balances = went_negative.len() as u64;
-    let all_zero = lost == 0 && duplicated == 0 && reordered == 0 && bad_balances == 0 && mismatched_accounts == 0;
+    let all_zero =
+        lost == 0 && duplicated == 0 && reordered == 0 && bad_balances == 0 && mismatched_accounts == 0 && misnumbered_accounts == 0;
     CheckReport {
         lost,
         duplicated,
         reordered,
         bad_balances,
         mismatched_accounts,
+        misnumbered_accounts,
         verdict: if all_zero { Verdict::Pass } else { Verdict::Fail },
     }
 }

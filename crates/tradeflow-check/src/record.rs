@@ -327,6 +327,7 @@ impl RunRecord {
             ("reordered", check.reordered.to_string()),
             ("bad balances", check.bad_balances.to_string()),
             ("mismatched accounts", check.mismatched_accounts.to_string()),
+            ("misnumbered accounts", check.misnumbered_accounts.to_string()),
             ("verdict", format!("{:?}", check.verdict).to_uppercase()),
         ];
         let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);

@@ -13,6 +13,8 @@ use tradeflow_stream::lag::{self, LagProbe};
 use tradeflow_stream::metrics::{self, MetricsText};
 use tradeflow_stream::{ServiceConfig, ServiceCounters, run_service};
 
+/// How long the consumers have to leave their group after SIGTERM or Ctrl-C.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 /// How often the service reports what it did and samples lag.
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -66,6 +68,10 @@ pub struct ServiceArgs {
     /// forever and its partition waits behind it.
     #[arg(long, hide = true)]
     no_dead_letter: bool,
+    /// Lesson-only: apply every event handed over, again if it was applied before (the
+    /// naive consumer of the idempotence lesson; it corrupts balances on a redelivery).
+    #[arg(long, hide = true)]
+    naive_apply: bool,
 }
 
 /// When the consumers commit offsets (`--commit`).
@@ -147,6 +153,11 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
             dead_letter: !arguments.no_dead_letter,
             journal: journal.clone(),
             apply_delay: Duration::from_millis(arguments.apply_delay_ms),
+            dedup: if arguments.naive_apply {
+                tradeflow_store::Dedup::None
+            } else {
+                tradeflow_store::Dedup::ApplyLog
+            },
         };
         config.validate()?;
         consumers.push(tokio::spawn(run_service(
@@ -160,23 +171,27 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
     let started = std::time::Instant::now();
     let mut interval = tokio::time::interval(REPORT_INTERVAL);
     let mut failed = None;
+    // Listening starts once, here: a signal that came while no listener existed (between
+    // two turns of the loop) would be lost, and the service would ignore SIGTERM.
+    let mut shutdown = Shutdown::listen().context("listening for SIGTERM and Ctrl-C")?;
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = shutdown.recv() => break,
             _ = interval.tick() => {}
         }
         if let Some(finished) = consumers.iter().position(tokio::task::JoinHandle::is_finished) {
             failed = Some(consumers.swap_remove(finished));
             break;
         }
+        if arguments.journal {
+            // The host that reads the journal samples lag itself.
+            continue;
+        }
         let probe = probe.clone();
         if let Ok(Ok(partitions)) = tokio::task::spawn_blocking(move || probe.probe()).await {
             let sample = lag::sample(started.elapsed().as_secs_f64(), partitions, |_, _| None, 0);
             if let Ok(mut text) = metrics_text.lock() {
                 *text = lag::prometheus(&sample, &arguments.topic, &arguments.group);
-            }
-            if arguments.journal {
-                continue;
             }
             eprintln!(
                 "applied {}, duplicates skipped {}, dead-lettered {}, offset lag {}",
@@ -188,12 +203,20 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
         }
     }
     stop.send_replace(true);
-    if let Some(handle) = failed {
-        handle.await.context("a consumer task")?.context("a consumer stopped")?;
-    }
-    for handle in consumers {
-        handle.await.context("a consumer task")?.context("a consumer stopped")?;
-    }
+    let stopping = async {
+        if let Some(handle) = failed {
+            handle.await.context("a consumer task")?.context("a consumer stopped")?;
+        }
+        for handle in consumers {
+            handle.await.context("a consumer task")?.context("a consumer stopped")?;
+        }
+        anyhow::Ok(())
+    };
+    // A consumer that cannot leave its group in time (a rebalance that never completes)
+    // must not keep the process alive past what an orchestrator would wait anyway.
+    tokio::time::timeout(SHUTDOWN_DEADLINE, stopping)
+        .await
+        .map_err(|_| anyhow::anyhow!("the consumers did not stop within {SHUTDOWN_DEADLINE:?} of the shutdown signal; exiting without them (their uncommitted batches will be redelivered)"))??;
     say(format!(
         "stopped: applied {}, dead-lettered {}",
         counters.applied.load(Ordering::Relaxed),
@@ -203,11 +226,27 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending::<()>().await } } => {}
+/// SIGTERM and Ctrl-C (SIGINT), listened for from the start.
+struct Shutdown {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn listen() -> std::io::Result<Shutdown> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Shutdown {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for either signal.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }
 

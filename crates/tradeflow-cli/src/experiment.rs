@@ -129,8 +129,35 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
         }),
     )?;
     println!("written: {}", path.display());
-    Ok(outcomes.iter().all(|outcome| outcome.as_expected))
+    let wrong = outcomes
+        .iter()
+        .filter(|outcome| outcome.faults_fired && !outcome.as_expected)
+        .count();
+    let unknown = outcomes.iter().filter(|outcome| !outcome.faults_fired).count();
+    if wrong == 0 && unknown > 0 {
+        return Err(Unknown { rows: unknown }.into());
+    }
+    Ok(wrong == 0)
 }
+
+/// An experiment none of whose rows came out wrong, but some of whose rows could not show
+/// their lesson (exit code 2): neither a pass nor a failure.
+#[derive(Debug)]
+pub struct Unknown {
+    rows: usize,
+}
+
+impl std::fmt::Display for Unknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "UNKNOWN: {} row(s) could not show the lesson (a planned fault did not fire, or caught nothing the lesson is about); run it again, or with another seed",
+            self.rows
+        )
+    }
+}
+
+impl std::error::Error for Unknown {}
 
 /// Judges one variant's run, prints the line under it and returns its outcome.
 fn outcome(variant: &Variant, record: &RunRecord) -> VariantOutcome {

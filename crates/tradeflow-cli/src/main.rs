@@ -20,6 +20,9 @@ use std::process::ExitCode;
 
 /// Exit code of a run that completed but whose checker found a violation.
 pub const EXIT_VERDICT_FAIL: u8 = 3;
+/// Exit code of an experiment with a row whose faults did not fire, or caught nothing the
+/// lesson is about, and no row that came out wrong: it could not show its lesson.
+pub const EXIT_UNKNOWN: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -122,6 +125,10 @@ fn main() -> ExitCode {
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_VERDICT_FAIL),
+        Err(error) if error.downcast_ref::<experiment::Unknown>().is_some() => {
+            eprintln!("{error:#}");
+            ExitCode::from(EXIT_UNKNOWN)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -39,6 +39,8 @@ pub enum Violation {
     Lost,
     /// Applied out of order, or a balance gone negative (proof of it).
     Reordered,
+    /// Applied more than once (counted from the apply journal, which has no unique key).
+    Duplicated,
 }
 
 impl Violation {
@@ -47,6 +49,7 @@ impl Violation {
         match self {
             Violation::Lost => check.lost,
             Violation::Reordered => check.reordered + check.bad_balances,
+            Violation::Duplicated => check.duplicated,
         }
     }
 
@@ -55,6 +58,7 @@ impl Violation {
         match self {
             Violation::Lost => "lost",
             Violation::Reordered => "reordered or bad balances",
+            Violation::Duplicated => "duplicated",
         }
     }
 }

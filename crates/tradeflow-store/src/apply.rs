@@ -24,6 +24,17 @@ pub struct ApplyInput<'a> {
     pub intended_at_ns: i64,
 }
 
+/// Whether an apply skips events it applied before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dedup {
+    /// Events the apply log holds are skipped: applying is idempotent.
+    #[default]
+    ApplyLog,
+    /// Every event handed over is applied, again if it was before: the naive consumer
+    /// of the idempotence lesson. Never for anything else.
+    None,
+}
+
 /// What a committed batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplySummary {
@@ -44,10 +55,16 @@ impl Store {
     /// Applies a batch in one transaction. Events already in the apply log are skipped;
     /// either every other event is applied and logged, or (on error) none is.
     pub async fn apply_batch(&self, events: &[ApplyInput<'_>], applier: &str) -> Result<ApplySummary, StoreError> {
+        self.apply_batch_as(events, applier, Dedup::ApplyLog).await
+    }
+
+    /// Applies a batch in one transaction, deduplicated or not: [`Dedup::None`] is the
+    /// naive consumer of the idempotence lesson, which applies every event it is handed.
+    pub async fn apply_batch_as(&self, events: &[ApplyInput<'_>], applier: &str, dedup: Dedup) -> Result<ApplySummary, StoreError> {
         check_batch_size("applying a batch", events.len())?;
         self.retrying("applying a batch", || async move {
             let mut transaction = self.begin_write().await?;
-            let summary = self.apply_in(&mut transaction, events, applier).await?;
+            let summary = self.apply_in(&mut transaction, events, applier, dedup).await?;
             self.count(1);
             transaction.commit().await?;
             Ok(summary)
@@ -61,9 +78,12 @@ impl Store {
         connection: &mut AnyConnection,
         events: &[ApplyInput<'_>],
         applier: &str,
+        dedup: Dedup,
     ) -> Result<ApplySummary, sqlx::Error> {
-        let already = self.already_applied(connection, events).await?;
-        let fresh = fresh_events(&already, events);
+        let fresh = match dedup {
+            Dedup::ApplyLog => fresh_events(&self.already_applied(connection, events).await?, events),
+            Dedup::None => events.iter().map(|input| (input.event.event_id.to_string(), input)).collect(),
+        };
         let summary = ApplySummary {
             applied: fresh.len(),
             duplicates: events.len() - fresh.len(),
@@ -75,13 +95,16 @@ impl Store {
         let (balances, positions) = net_changes(&fresh, &effects);
         let counts = self.upsert_balances(connection, &balances).await?;
         self.upsert_positions(connection, &positions).await?;
-        self.insert_apply_log(connection, &fresh, &balances, &counts, applier).await?;
+        self.insert_apply_log(connection, &fresh, &balances, &counts, applier, dedup)
+            .await?;
         Ok(summary)
     }
 
-    /// Logs each fresh event in the apply log with its index in its account's order of
-    /// applies: each account's events take the indexes after the count it had before this
-    /// batch (`counts`, read back from the balance upsert), in batch order.
+    /// Logs each applied event in the apply log and the apply journal with its index in
+    /// its account's order of applies: each account's events take the indexes after the
+    /// count it had before this batch (`counts`, read back from the balance upsert), in
+    /// batch order. Without dedup, an event the apply log holds already keeps its first
+    /// row there; the journal gets every apply.
     async fn insert_apply_log(
         &self,
         connection: &mut AnyConnection,
@@ -89,20 +112,32 @@ impl Store {
         balances: &BalanceChanges<'_>,
         counts: &HashMap<String, i64>,
         applier: &str,
+        dedup: Dedup,
     ) -> Result<(), sqlx::Error> {
         let mut next_index: HashMap<&AccountId, i64> = balances
             .iter()
             .map(|(account, (_, applied))| (*account, counts.get(account.as_str()).copied().unwrap_or(*applied) - applied + 1))
             .collect();
+        let indexes: Vec<i64> = fresh
+            .iter()
+            .map(|(_, input)| {
+                let index = next_index.entry(&input.event.account_id).or_insert(1);
+                *index += 1;
+                *index - 1
+            })
+            .collect();
         let applied_at_ns = now_ns();
-        for chunk in fresh.chunks(ROWS_PER_STATEMENT_MAX) {
+        let on_conflict = match dedup {
+            Dedup::ApplyLog => "",
+            Dedup::None => " ON CONFLICT (event_id) DO NOTHING",
+        };
+        for (chunk, indexes) in fresh.chunks(ROWS_PER_STATEMENT_MAX).zip(indexes.chunks(ROWS_PER_STATEMENT_MAX)) {
             let sql = format!(
-                "INSERT INTO apply_log (event_id, account_id, account_seq, account_apply_index, intended_at_ns, applied_at_ns, applier) VALUES {}",
+                "INSERT INTO apply_log (event_id, account_id, account_seq, account_apply_index, intended_at_ns, applied_at_ns, applier) VALUES {}{on_conflict}",
                 value_rows(self.kind, chunk.len(), 7)
             );
             let mut query = sqlx::query(&sql);
-            for (event_id, input) in chunk {
-                let index = next_index.entry(&input.event.account_id).or_insert(1);
+            for ((event_id, input), index) in chunk.iter().zip(indexes) {
                 query = query
                     .bind(event_id.as_str())
                     .bind(input.event.account_id.as_str())
@@ -111,7 +146,20 @@ impl Store {
                     .bind(input.intended_at_ns)
                     .bind(applied_at_ns)
                     .bind(applier);
-                *index += 1;
+            }
+            self.count(1);
+            query.execute(&mut *connection).await?;
+            let sql = format!(
+                "INSERT INTO apply_journal (event_id, account_id, account_apply_index, applier) VALUES {}",
+                value_rows(self.kind, chunk.len(), 4)
+            );
+            let mut query = sqlx::query(&sql);
+            for ((event_id, input), index) in chunk.iter().zip(indexes) {
+                query = query
+                    .bind(event_id.as_str())
+                    .bind(input.event.account_id.as_str())
+                    .bind(*index)
+                    .bind(applier);
             }
             self.count(1);
             query.execute(&mut *connection).await?;

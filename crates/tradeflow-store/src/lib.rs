@@ -18,9 +18,9 @@ pub mod connect;
 pub mod read;
 pub mod source;
 
-pub use apply::{ApplyInput, ApplySummary};
+pub use apply::{ApplyInput, ApplySummary, Dedup};
 pub use connect::{StoreConfig, StoreKind};
-pub use read::{AppliedRow, Backlog};
+pub use read::{AppliedRow, Backlog, JournalRow};
 pub use source::{PollOutcome, PolledFailure, Shard, SourceRow};
 
 use std::sync::Arc;

@@ -24,6 +24,17 @@ pub struct AppliedRow {
     pub applier: String,
 }
 
+/// One row of the apply journal: one apply, a repeated one included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRow {
+    /// The event id, as text.
+    pub event_id: String,
+    /// The account the apply touched.
+    pub account_id: String,
+    /// 1, 2, 3, ...: the order in which the account saw its applies.
+    pub account_apply_index: i64,
+}
+
 /// Unprocessed rows of the poller's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Backlog {
@@ -84,6 +95,26 @@ impl Store {
                     intended_at_ns: row.try_get(4)?,
                     applied_at_ns: row.try_get(5)?,
                     applier: row.try_get(6)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(self.query_error(OPERATION))
+    }
+
+    /// The apply journal in apply order: every apply, a repeated one included.
+    pub async fn apply_journal(&self) -> Result<Vec<JournalRow>, StoreError> {
+        const OPERATION: &str = "reading the apply journal";
+        self.count(1);
+        let rows = sqlx::query("SELECT event_id, account_id, account_apply_index FROM apply_journal ORDER BY journal_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.query_error(OPERATION))?;
+        rows.iter()
+            .map(|row| {
+                Ok(JournalRow {
+                    event_id: row.try_get(0)?,
+                    account_id: row.try_get(1)?,
+                    account_apply_index: row.try_get(2)?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()

@@ -166,7 +166,9 @@ impl Store {
                     intended_at_ns: *intended_at_ns,
                 })
                 .collect();
-            let summary = self.apply_in(&mut transaction, &inputs, applier).await?;
+            let summary = self
+                .apply_in(&mut transaction, &inputs, applier, crate::apply::Dedup::ApplyLog)
+                .await?;
             self.mark_processed(&mut transaction, &claimed.processed_ids, &claimed.failed)
                 .await?;
             self.count(1);

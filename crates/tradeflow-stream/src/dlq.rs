@@ -36,6 +36,10 @@ pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")
 }
 
+/// How long a dead letter may take to be acknowledged (`message.timeout.ms`): below the
+/// balance service's `max.poll.interval.ms`.
+pub const DEAD_LETTER_TIMEOUT_MS: u32 = 10_000;
+
 /// A producer for dead letters and replays.
 pub fn producer(bootstrap: &str) -> Result<FutureProducer, StreamError> {
     base_config(bootstrap)
@@ -43,6 +47,10 @@ pub fn producer(bootstrap: &str) -> Result<FutureProducer, StreamError> {
         .set("acks", "all")
         // Retries must not duplicate a dead letter.
         .set("enable.idempotence", "true")
+        // A dead letter the broker does not take in this time fails the batch, well before
+        // the consumer's max.poll.interval.ms (20 s) would throw it out of its group
+        // (librdkafka's default is 5 minutes).
+        .set("message.timeout.ms", DEAD_LETTER_TIMEOUT_MS.to_string())
         .create()
         .map_err(|error| StreamError::kafka("creating the dead-letter producer", error))
 }

@@ -38,6 +38,8 @@ pub struct FleetConfig {
     pub dead_letter: bool,
     /// A pause before each batch's database transaction (see [`ServiceConfig`]).
     pub apply_delay: Duration,
+    /// Whether applying skips what the apply log holds (see [`ServiceConfig`]).
+    pub dedup: tradeflow_store::Dedup,
     /// Members as processes of their own; `None`: as tasks in this process.
     pub processes: Option<ServiceProcesses>,
     /// Seed of the kills' timing.
@@ -158,6 +160,7 @@ impl Fleet {
             dead_letter: self.config.dead_letter,
             journal: None,
             apply_delay: self.config.apply_delay,
+            dedup: self.config.dedup,
         }
     }
 
@@ -172,6 +175,7 @@ impl Fleet {
             commit: self.config.commit,
             dead_letter: self.config.dead_letter,
             apply_delay: self.config.apply_delay,
+            dedup: self.config.dedup,
         }
     }
 
@@ -224,7 +228,7 @@ impl Fleet {
     /// Wakes a frozen member's process with SIGCONT.
     pub fn wake(&mut self, index: u32) -> Result<(), String> {
         match self.members.get_mut(index as usize).and_then(Option::as_mut) {
-            Some(Member::Process(process)) => process.wake(),
+            Some(Member::Process(process)) => process.wake(self.counters.clone()),
             Some(Member::Task { .. }) => Err("a consumer inside the run cannot be frozen".into()),
             None => Err(format!("consumer-{index} is not running")),
         }
@@ -315,11 +319,12 @@ impl Fleet {
     pub async fn finish(mut self) -> Result<LatencyRecorder, StreamError> {
         self.stop_all();
         let mut latency = LatencyRecorder::new();
+        let group = self.config.group.clone();
         let task = |reason: String| StreamError::Task {
-            task: format!("a consumer of {}", self.config.group),
+            task: format!("a consumer of {group}"),
             reason,
         };
-        for (_, leaving) in self.leaving {
+        for (_, leaving) in std::mem::take(&mut self.leaving) {
             match leaving {
                 Leaving::Task { control, handle } => {
                     control.send_replace(Control::Stop);
@@ -330,5 +335,24 @@ impl Fleet {
             }
         }
         Ok(latency)
+    }
+}
+
+/// A fleet dropped without [`Fleet::finish`] (a run that failed early) stops its
+/// consumers: tasks are aborted (a consumer is not left reading on its own), processes are
+/// killed (`kill_on_drop`).
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for member in self.members.iter_mut().filter_map(Option::take) {
+            if let Member::Task { handle, .. } = member {
+                handle.abort();
+            }
+        }
+        for (_, leaving) in self.leaving.drain(..) {
+            match leaving {
+                Leaving::Task { handle, .. } => handle.abort(),
+                Leaving::Process(handle) => handle.abort(),
+            }
+        }
     }
 }

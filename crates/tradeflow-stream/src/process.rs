@@ -26,7 +26,7 @@ pub const KILL_WAIT_FOR_BATCH: Duration = Duration::from_secs(10);
 /// database transaction's time under the lesson's apply delay.
 pub const KILL_JITTER_MAX: Duration = Duration::from_millis(40);
 /// How long a process asked to stop (SIGTERM) has to leave its group before it is killed.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to start the balance service as processes.
 #[derive(Debug, Clone)]
@@ -50,6 +50,7 @@ pub(crate) struct ProcessArgs {
     pub(crate) commit: CommitPolicy,
     pub(crate) dead_letter: bool,
     pub(crate) apply_delay: Duration,
+    pub(crate) dedup: tradeflow_store::Dedup,
 }
 
 /// One running process.
@@ -60,7 +61,22 @@ pub(crate) struct ServiceProcess {
     state: Arc<Mutex<JournalState>>,
     reader: JoinHandle<()>,
     /// A freeze under way or done (SIGSTOP sent once it held a batch), until its SIGCONT.
-    freezing: Option<JoinHandle<()>>,
+    freezing: Option<JoinHandle<Frozen>>,
+}
+
+/// What a freeze found when it was sent.
+struct Frozen {
+    at: tokio::time::Instant,
+    /// Messages the process held.
+    held: usize,
+    /// Partitions the other members of the fleet owned.
+    others_assigned: i64,
+}
+
+/// Partitions the fleet's members other than the one with `state` own now.
+fn others_assigned(counters: &ServiceCounters, state: &Mutex<JournalState>) -> i64 {
+    let own = state.lock().map(|state| state.assigned).unwrap_or(0);
+    counters.assigned_partitions.load(Ordering::Relaxed) - own
 }
 
 impl ServiceProcess {
@@ -88,6 +104,9 @@ impl ServiceProcess {
             .kill_on_drop(true);
         if !args.dead_letter {
             command.arg("--no-dead-letter");
+        }
+        if args.dedup == tradeflow_store::Dedup::None {
+            command.arg("--naive-apply");
         }
         match spawn.store.kind {
             StoreKind::Postgres => command.env("DATABASE_URL", &spawn.store.url),
@@ -166,19 +185,19 @@ impl ServiceProcess {
                 messages: held,
                 effect: Some(effect.clone()),
                 committed: Some(committed),
+                partitions_moved: None,
             });
         }
         effect
     }
 
     /// Freezes the process with SIGSTOP while it holds a batch (waiting for one as a kill
-    /// does, `jitter` after), beside the caller; records the freeze in `counters`. Refused
-    /// while a freeze is under way.
+    /// does, `jitter` after), beside the caller. Refused while a freeze is under way.
     pub(crate) fn freeze(&mut self, jitter: Duration, counters: Arc<ServiceCounters>) -> Result<(), String> {
         if self.freezing.is_some() {
             return Err(format!("{} is frozen already", self.name));
         }
-        let (name, pid, state) = (self.name.clone(), self.pid, self.state.clone());
+        let (pid, state) = (self.pid, self.state.clone());
         self.freezing = Some(tokio::spawn(async move {
             let held = || state.lock().map(|state| state.held_messages()).unwrap_or(0);
             let deadline = tokio::time::Instant::now() + KILL_WAIT_FOR_BATCH;
@@ -187,31 +206,43 @@ impl ServiceProcess {
             }
             tokio::time::sleep(jitter).await;
             signal(pid, "STOP");
-            let messages = held();
-            if let Ok(mut log) = counters.fault_log.lock() {
-                log.push(FaultSeen {
-                    kind: SeenKind::Freeze,
-                    consumer: name.clone(),
-                    messages,
-                    effect: Some(format!(
-                        "{name} (pid {pid}) SIGSTOPped holding {messages} received, unapplied messages"
-                    )),
-                    committed: None,
-                });
+            Frozen {
+                at: tokio::time::Instant::now(),
+                held: held(),
+                others_assigned: others_assigned(&counters, &state),
             }
         }));
         Ok(())
     }
 
-    /// Wakes a frozen process (SIGCONT), once its freeze has been sent; beside the caller.
-    pub(crate) fn wake(&mut self) -> Result<(), String> {
+    /// Wakes a frozen process (SIGCONT) once its freeze has been sent, beside the caller;
+    /// records in `counters` what it held and how many partitions the group gave the
+    /// other members meanwhile (a zombie wakes up holding a batch of partitions it no
+    /// longer owns).
+    pub(crate) fn wake(&mut self, counters: Arc<ServiceCounters>) -> Result<(), String> {
         let Some(freezing) = self.freezing.take() else {
             return Err(format!("{} is not frozen", self.name));
         };
-        let pid = self.pid;
+        let (name, pid, state) = (self.name.clone(), self.pid, self.state.clone());
         tokio::spawn(async move {
-            let _ = freezing.await;
+            let Ok(frozen) = freezing.await else { return };
+            let moved = others_assigned(&counters, &state) - frozen.others_assigned;
             signal(pid, "CONT");
+            let effect = format!(
+                "{name} (pid {pid}) was frozen (SIGSTOP) for {:.1} s holding {} received, unapplied messages; meanwhile the other members gained {moved} partitions",
+                frozen.at.elapsed().as_secs_f64(),
+                frozen.held
+            );
+            if let Ok(mut log) = counters.fault_log.lock() {
+                log.push(FaultSeen {
+                    kind: SeenKind::Freeze,
+                    consumer: name,
+                    messages: frozen.held,
+                    effect: Some(effect),
+                    committed: None,
+                    partitions_moved: Some(moved),
+                });
+            }
         });
         Ok(())
     }

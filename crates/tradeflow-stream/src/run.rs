@@ -76,6 +76,9 @@ pub struct Scenario {
     /// A pause before each batch's database transaction: a database under load, so that a
     /// fault lands while a batch is held (zero: none).
     pub apply_delay: Duration,
+    /// Whether the balance service skips what the apply log holds; `Dedup::None` is the
+    /// naive consumer of the idempotence lesson.
+    pub dedup: tradeflow_store::Dedup,
     /// The balance service's consumers as processes of their own, so that a crash is a
     /// SIGKILL from outside; `None`: tasks in this process.
     pub processes: Option<crate::process::ServiceProcesses>,
@@ -92,6 +95,7 @@ impl Default for Scenario {
             topic_configs: Vec::new(),
             apply_delay: Duration::ZERO,
             processes: None,
+            dedup: tradeflow_store::Dedup::ApplyLog,
         }
     }
 }
@@ -399,6 +403,7 @@ impl Fleets {
             commit: options.scenario.commit,
             dead_letter: options.scenario.dead_letter,
             apply_delay: options.scenario.apply_delay,
+            dedup: options.scenario.dedup,
             processes: options.scenario.processes.clone(),
             seed: options.workload.seed,
         };

@@ -55,10 +55,21 @@ pub(crate) fn config(
         "plan": options.scenario.plan,
         "service_processes": options.scenario.processes.is_some(),
         "apply_delay_ms": options.scenario.apply_delay.as_millis() as u64,
+        "dedup": match options.scenario.dedup {
+            tradeflow_store::Dedup::ApplyLog => "apply_log",
+            tradeflow_store::Dedup::None => "none",
+        },
         // What the crashes caught: messages received and not applied, and of those the
         // ones whose offsets the broker had confirmed committed (known for processes only).
         "crashed_holding": crashed.iter().filter(|seen| seen.kind == SeenKind::Crash).map(|crash| crash.messages as u64).sum::<u64>(),
         "crashed_holding_committed": crashed.iter().filter_map(|crash| crash.committed).sum::<u64>(),
         "frozen_holding": crashed.iter().filter(|seen| seen.kind == SeenKind::Freeze).map(|frozen| frozen.messages as u64).sum::<u64>(),
+        // Of those, the messages of freezes during which the group moved partitions to the
+        // other members: a zombie's batch that another member may apply too.
+        "frozen_holding_moved": crashed
+            .iter()
+            .filter(|seen| seen.kind == SeenKind::Freeze && seen.partitions_moved.is_some_and(|moved| moved > 0))
+            .map(|frozen| frozen.messages as u64)
+            .sum::<u64>(),
     })
 }

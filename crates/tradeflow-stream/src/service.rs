@@ -21,11 +21,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tradeflow_check::LatencyRecorder;
 use tradeflow_domain::{Event, decode};
-use tradeflow_store::{ApplyInput, Store, now_ns};
+use tradeflow_store::{ApplyInput, Dedup, Store, now_ns};
 
 /// The consumer's `fetch.wait.max.ms`: the longest a fetch waits for data (the mock cluster
 /// waits all of it on an empty fetch), and so part of every event's latency.
 pub const FETCH_WAIT_MAX_MS: u32 = 10;
+
+/// The consumer's prefetch bound, `queued.max.messages.kbytes`.
+pub const QUEUED_MAX_KBYTES: u32 = 8_192;
 
 /// Largest batch one transaction may hold.
 pub const SERVICE_BATCH_MAX: usize = 10_000;
@@ -116,6 +119,9 @@ pub struct ServiceConfig {
     /// A pause before each batch's database transaction: a database under load, for the
     /// lessons whose fault must land while a batch is held (zero elsewhere).
     pub apply_delay: Duration,
+    /// Whether applying skips what the apply log holds (always, but for the naive consumer
+    /// of the idempotence lesson).
+    pub dedup: Dedup,
 }
 
 impl ServiceConfig {
@@ -157,6 +163,9 @@ impl ServiceConfig {
             .set("max.poll.interval.ms", (self.session_timeout_ms * 3).max(20_000).to_string())
             // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
             .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
+            // Bounded prefetch: librdkafka queues at most this much ahead of the batch in
+            // hand (its default is 64 MB), so in-flight work is bounded in memory too.
+            .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES.to_string())
             .create_with_context(ServiceContext {
                 name: self.name.clone(),
                 group: self.group.clone(),
@@ -224,6 +233,8 @@ pub struct FaultSeen {
     /// Of the messages held, those whose offsets the broker had confirmed committed (lost
     /// to a consumer that resumes from the committed offsets); known for processes only.
     pub committed: Option<u64>,
+    /// For a freeze: partitions the group gave the other members while it lasted.
+    pub partitions_moved: Option<i64>,
 }
 
 impl ServiceCounters {
@@ -356,7 +367,9 @@ pub async fn run_controlled(
     counters: Arc<ServiceCounters>,
 ) -> Result<LatencyRecorder, StreamError> {
     config.validate()?;
-    let consumer = config.consumer(counters.clone())?;
+    // Shared with the blocking pool: librdkafka's blocking calls (committed offsets, seek,
+    // a synchronous commit) run there, never on an async worker.
+    let consumer = Arc::new(config.consumer(counters.clone())?);
     consumer
         .subscribe(&[&config.topic])
         .map_err(|error| StreamError::kafka(format!("subscribing to {}", config.topic), error))?;
@@ -399,11 +412,11 @@ pub async fn run_controlled(
                 Err(_) => break,
             }
         }
-        positions.check(&consumer, &config, &batch, &counters);
+        positions.check(&consumer, &config, &batch, &counters).await;
         batches += 1;
         journal_received(&config, batches, &batch);
         if config.commit == CommitPolicy::BeforeDatabase {
-            commit_first(&consumer, &config, &batch, &counters);
+            commit_first(&consumer, &config, &batch, &counters).await;
         }
         if *control.borrow() == Control::CrashMidBatch {
             tracing::warn!(
@@ -420,6 +433,7 @@ pub async fn run_controlled(
                     messages: batch.len(),
                     effect: None,
                     committed: None,
+                    partitions_moved: None,
                 });
             }
             // Dropping the consumer closes it without committing anything more than the
@@ -462,7 +476,12 @@ fn journal_received(config: &ServiceConfig, batch_number: u64, batch: &[OwnedMes
 
 /// The `before_database` policy (lesson-only): the batch's offsets committed, and
 /// confirmed by the broker, before its database transaction starts.
-fn commit_first(consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfig, batch: &[OwnedMessage], counters: &ServiceCounters) {
+async fn commit_first(
+    consumer: &Arc<StreamConsumer<ServiceContext>>,
+    config: &ServiceConfig,
+    batch: &[OwnedMessage],
+    counters: &ServiceCounters,
+) {
     let next = next_offsets(batch, &BTreeMap::new());
     let mut offsets = TopicPartitionList::new();
     for ((topic, partition), offset) in &next {
@@ -470,7 +489,11 @@ fn commit_first(consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfi
             return;
         }
     }
-    match consumer.commit(&offsets, CommitMode::Sync) {
+    let committing = consumer.clone();
+    let outcome = tokio::task::spawn_blocking(move || committing.commit(&offsets, CommitMode::Sync))
+        .await
+        .unwrap_or_else(|error| Err(rdkafka::error::KafkaError::Canceled).inspect_err(|_| tracing::warn!(%error, "the commit task")));
+    match outcome {
         Ok(()) => {
             counters.committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
             if let Some(journal) = &config.journal {
@@ -496,9 +519,9 @@ struct Positions {
 impl Positions {
     /// Counts and reports the offsets `batch` jumps over. After an assignment, a
     /// partition's first message is compared with its committed offset.
-    fn check(
+    async fn check(
         &mut self,
-        consumer: &StreamConsumer<ServiceContext>,
+        consumer: &Arc<StreamConsumer<ServiceContext>>,
         config: &ServiceConfig,
         batch: &[OwnedMessage],
         counters: &ServiceCounters,
@@ -509,8 +532,24 @@ impl Positions {
             self.next.clear();
         }
         // Only the committed offset says where reading was to resume; without one (a new
-        // group), the first message is taken as the start.
-        let resume_at = |partition| committed_offset(consumer, &config.topic, partition);
+        // group), the first message is taken as the start. Read at once for every
+        // partition of the batch without a position, off the async workers.
+        let unknown: Vec<i32> = batch
+            .iter()
+            .map(Message::partition)
+            .filter(|partition| !self.next.contains_key(partition))
+            .collect::<std::collections::BTreeSet<i32>>()
+            .into_iter()
+            .collect();
+        let resumes = if unknown.is_empty() {
+            BTreeMap::new()
+        } else {
+            let (reading, topic) = (consumer.clone(), config.topic.clone());
+            tokio::task::spawn_blocking(move || committed_offsets_of(&reading, &topic, &unknown))
+                .await
+                .unwrap_or_default()
+        };
+        let resume_at = |partition| resumes.get(&partition).copied();
         for gap in gaps(&mut self.next, batch, resume_at) {
             counters.skipped.fetch_add(gap.count(), Ordering::Relaxed);
             tracing::error!(
@@ -564,18 +603,25 @@ fn gaps(next: &mut BTreeMap<i32, i64>, batch: &[OwnedMessage], mut resume_at: im
     found
 }
 
-/// The group's committed offset of a partition, if it has one.
-fn committed_offset(consumer: &StreamConsumer<ServiceContext>, topic: &str, partition: i32) -> Option<i64> {
+/// The group's committed offsets of `partitions`, of those that have one (blocking: call
+/// it off the async workers).
+fn committed_offsets_of(consumer: &StreamConsumer<ServiceContext>, topic: &str, partitions: &[i32]) -> BTreeMap<i32, i64> {
     let mut wanted = TopicPartitionList::new();
-    wanted.add_partition(topic, partition);
+    for partition in partitions {
+        wanted.add_partition(topic, *partition);
+    }
     match consumer.committed_offsets(wanted, COMMITTED_TIMEOUT) {
-        Ok(list) => list.elements().first().and_then(|element| match element.offset() {
-            Offset::Offset(offset) => Some(offset),
-            _ => None,
-        }),
+        Ok(list) => list
+            .elements()
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => Some((element.partition(), offset)),
+                _ => None,
+            })
+            .collect(),
         Err(error) => {
-            tracing::warn!(%error, messaging.destination.name = %topic, messaging.destination.partition.id = partition, "reading the committed offset; a gap before this partition's first message goes unnoticed");
-            None
+            tracing::warn!(%error, messaging.destination.name = %topic, partitions = ?partitions, "reading the committed offsets; a gap before these partitions' first messages goes unnoticed");
+            BTreeMap::new()
         }
     }
 }
@@ -621,7 +667,7 @@ fn commit(consumer: &StreamConsumer<ServiceContext>, next: &BTreeMap<(String, i3
 /// its partition there), apply the rest in one transaction, then commit the offsets.
 async fn process(
     store: &Store,
-    consumer: &StreamConsumer<ServiceContext>,
+    consumer: &Arc<StreamConsumer<ServiceContext>>,
     dead_letters: &rdkafka::producer::FutureProducer,
     config: &ServiceConfig,
     (batch_number, batch): (u64, &[OwnedMessage]),
@@ -670,7 +716,7 @@ async fn process(
     if !config.apply_delay.is_zero() {
         tokio::time::sleep(config.apply_delay).await;
     }
-    let summary = store.apply_batch(&inputs, &config.name).await?;
+    let summary = store.apply_batch_as(&inputs, &config.name, config.dedup).await?;
     let committed_at_ns = now_ns();
     for (_, _, intended_at_ns) in &accepted {
         if *intended_at_ns > 0 {
@@ -696,8 +742,11 @@ async fn process(
     }
     for (partition, offset) in &stuck_at {
         // Read the message again after a pause: it will fail again, and everything behind
-        // it in the partition waits. That is what a dead-letter topic prevents.
-        if let Err(error) = consumer.seek(&config.topic, *partition, Offset::Offset(*offset), lag::PROBE_TIMEOUT) {
+        // it in the partition waits. That is what a dead-letter topic prevents. (Seeking
+        // blocks: off the async workers.)
+        let (seeking, topic, partition, offset) = (consumer.clone(), config.topic.clone(), *partition, *offset);
+        let sought = tokio::task::spawn_blocking(move || seeking.seek(&topic, partition, Offset::Offset(offset), lag::PROBE_TIMEOUT)).await;
+        if let Ok(Err(error)) = sought {
             tracing::warn!(%error, messaging.destination.name = %config.topic, messaging.destination.partition.id = partition, messaging.kafka.offset = offset, "seeking back to a message that failed");
         }
         counters.poison_retries.fetch_add(1, Ordering::Relaxed);

@@ -289,6 +289,7 @@ mod tests {
             messages,
             effect: None,
             committed: None,
+            partitions_moved: None,
         }
     }
 

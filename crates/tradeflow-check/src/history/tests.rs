@@ -71,6 +71,7 @@ fn a_faithful_history_passes() {
             reordered: 0,
             bad_balances: 0,
             mismatched_accounts: 0,
+            misnumbered_accounts: 0,
             verdict: Verdict::Pass
         }
     );
@@ -118,4 +119,29 @@ fn a_first_deposit_applied_last_shows_reordering_and_bad_balances() {
         "cash deltas commute, so the end state matches: {report:?}"
     );
     assert_eq!(report.lost, 0);
+}
+
+#[test]
+fn applies_numbered_with_a_gap_or_twice_are_misnumbered() {
+    let fixture = fixture();
+    let must_apply: HashSet<EventId> = fixture.events.iter().map(|event| event.event_id).collect();
+    let order: Vec<usize> = (0..fixture.events.len()).collect();
+    let (mut applied, final_state) = store_history(&fixture.events, &order);
+    let account = applied[0].account_id.clone();
+    // The account's second apply takes the number of its first: one number twice, one gap.
+    let second = applied
+        .iter()
+        .position(|apply| apply.account_id == account && apply.account_apply_index == 2)
+        .expect("the account has two applies");
+    applied[second].account_apply_index = 1;
+    let report = check(&CheckInput {
+        events: &fixture.events,
+        must_apply: &must_apply,
+        applied: &applied,
+        final_state: &final_state,
+        oracle: &fixture.oracle,
+    });
+    assert_eq!(report.misnumbered_accounts, 1, "{report:?}");
+    assert_eq!((report.lost, report.duplicated), (0, 0), "{report:?}");
+    assert_eq!(report.verdict, Verdict::Fail);
 }

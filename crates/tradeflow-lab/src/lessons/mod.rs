@@ -5,6 +5,7 @@
 pub mod auto_commit_crash;
 pub mod broker_failure;
 pub mod consumer_scaling;
+pub mod idempotent_consumer;
 pub mod poison_message;
 pub mod poller_vs_stream;
 pub mod producer_retries;
@@ -29,6 +30,11 @@ pub const LESSONS: &[Lesson] = &[
         name: auto_commit_crash::NAME,
         what: auto_commit_crash::WHAT,
         variants: auto_commit_crash::variants,
+    },
+    Lesson {
+        name: idempotent_consumer::NAME,
+        what: idempotent_consumer::WHAT,
+        variants: idempotent_consumer::variants,
     },
     Lesson {
         name: producer_retries::NAME,

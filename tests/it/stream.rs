@@ -85,6 +85,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         journal: None,
         apply_delay: Duration::ZERO,
         dedup: tradeflow_store::Dedup::ApplyLog,
+        fencing: true,
     }
 }
 

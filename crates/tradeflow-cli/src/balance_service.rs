@@ -72,6 +72,10 @@ pub struct ServiceArgs {
     /// naive consumer of the idempotence lesson; it corrupts balances on a redelivery).
     #[arg(long, hide = true)]
     naive_apply: bool,
+    /// Lesson-only: apply a batch held while its partitions were revoked (a zombie's)
+    /// instead of dropping it.
+    #[arg(long, hide = true)]
+    no_fencing: bool,
 }
 
 /// When the consumers commit offsets (`--commit`).
@@ -158,6 +162,7 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
             } else {
                 tradeflow_store::Dedup::ApplyLog
             },
+            fencing: !arguments.no_fencing,
         };
         config.validate()?;
         consumers.push(tokio::spawn(run_service(

@@ -40,6 +40,8 @@ pub struct FleetConfig {
     pub apply_delay: Duration,
     /// Whether applying skips what the apply log holds (see [`ServiceConfig`]).
     pub dedup: tradeflow_store::Dedup,
+    /// Whether a batch held while its partitions were revoked is dropped.
+    pub fencing: bool,
     /// Members as processes of their own; `None`: as tasks in this process.
     pub processes: Option<ServiceProcesses>,
     /// Seed of the kills' timing.
@@ -161,6 +163,7 @@ impl Fleet {
             journal: None,
             apply_delay: self.config.apply_delay,
             dedup: self.config.dedup,
+            fencing: self.config.fencing,
         }
     }
 
@@ -176,6 +179,7 @@ impl Fleet {
             dead_letter: self.config.dead_letter,
             apply_delay: self.config.apply_delay,
             dedup: self.config.dedup,
+            fencing: self.config.fencing,
         }
     }
 

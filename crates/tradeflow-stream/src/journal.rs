@@ -35,6 +35,13 @@ pub enum JournalEntry {
         /// `(partition, offset)`.
         offsets: Vec<(i32, i64)>,
     },
+    /// A batch was dropped by the fence: its partitions were revoked while it was held.
+    Fenced {
+        /// The batch's number.
+        batch: u64,
+        /// Messages dropped.
+        messages: usize,
+    },
     /// A batch's database transaction committed (and, under the safe policy, its offsets
     /// were handed to the commit).
     Applied {
@@ -111,6 +118,8 @@ pub struct JournalState {
     pub dead_lettered: u64,
     /// Batches received.
     pub batches: u64,
+    /// Messages dropped by the fence.
+    pub fenced: u64,
     /// The last database commit, ns since the epoch.
     pub last_commit_ns: i64,
 }
@@ -129,6 +138,10 @@ impl JournalState {
                     let committed = self.committed.entry(*partition).or_insert(*offset);
                     *committed = (*committed).max(*offset);
                 }
+            }
+            JournalEntry::Fenced { messages, .. } => {
+                self.held = None;
+                self.fenced += *messages as u64;
             }
             JournalEntry::Applied {
                 applied,

@@ -25,6 +25,9 @@ pub const KILL_WAIT_FOR_BATCH: Duration = Duration::from_secs(10);
 /// Most time after a batch is received that a kill lands (drawn from the seed): within the
 /// database transaction's time under the lesson's apply delay.
 pub const KILL_JITTER_MAX: Duration = Duration::from_millis(40);
+/// How long the host gives its reader to take in the journal lines a frozen process wrote
+/// before it froze.
+pub const JOURNAL_CATCH_UP: Duration = Duration::from_millis(250);
 /// How long a process asked to stop (SIGTERM) has to leave its group before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -51,6 +54,7 @@ pub(crate) struct ProcessArgs {
     pub(crate) dead_letter: bool,
     pub(crate) apply_delay: Duration,
     pub(crate) dedup: tradeflow_store::Dedup,
+    pub(crate) fencing: bool,
 }
 
 /// One running process.
@@ -107,6 +111,9 @@ impl ServiceProcess {
         }
         if args.dedup == tradeflow_store::Dedup::None {
             command.arg("--naive-apply");
+        }
+        if !args.fencing {
+            command.arg("--no-fencing");
         }
         match spawn.store.kind {
             StoreKind::Postgres => command.env("DATABASE_URL", &spawn.store.url),
@@ -206,8 +213,12 @@ impl ServiceProcess {
             }
             tokio::time::sleep(jitter).await;
             signal(pid, "STOP");
+            let at = tokio::time::Instant::now();
+            // The journal lines the process wrote before it froze may still be in the pipe:
+            // it writes nothing more now, so a moment later the state is what it held.
+            tokio::time::sleep(JOURNAL_CATCH_UP).await;
             Frozen {
-                at: tokio::time::Instant::now(),
+                at,
                 held: held(),
                 others_assigned: others_assigned(&counters, &state),
             }
@@ -325,6 +336,9 @@ fn feed(state: &mut JournalState, entry: &JournalEntry, counters: &ServiceCounte
             counters.duplicates.fetch_add(*duplicates, Ordering::Relaxed);
             counters.dead_lettered.fetch_add(*dead_lettered, Ordering::Relaxed);
             counters.last_commit_ns.fetch_max(*committed_at_ns, Ordering::Relaxed);
+        }
+        JournalEntry::Fenced { messages, .. } => {
+            counters.fenced.fetch_add(*messages as u64, Ordering::Relaxed);
         }
         JournalEntry::Received { .. } | JournalEntry::Committed { .. } => {}
     }

@@ -79,6 +79,9 @@ pub struct Scenario {
     /// Whether the balance service skips what the apply log holds; `Dedup::None` is the
     /// naive consumer of the idempotence lesson.
     pub dedup: tradeflow_store::Dedup,
+    /// Whether the balance service drops a batch held while its partitions were revoked
+    /// (off only for the lesson that shows what a zombie does without it).
+    pub fencing: bool,
     /// The balance service's consumers as processes of their own, so that a crash is a
     /// SIGKILL from outside; `None`: tasks in this process.
     pub processes: Option<crate::process::ServiceProcesses>,
@@ -96,6 +99,7 @@ impl Default for Scenario {
             apply_delay: Duration::ZERO,
             processes: None,
             dedup: tradeflow_store::Dedup::ApplyLog,
+            fencing: true,
         }
     }
 }
@@ -404,6 +408,7 @@ impl Fleets {
             dead_letter: options.scenario.dead_letter,
             apply_delay: options.scenario.apply_delay,
             dedup: options.scenario.dedup,
+            fencing: options.scenario.fencing,
             processes: options.scenario.processes.clone(),
             seed: options.workload.seed,
         };

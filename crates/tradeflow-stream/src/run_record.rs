@@ -55,6 +55,8 @@ pub(crate) fn config(
         "plan": options.scenario.plan,
         "service_processes": options.scenario.processes.is_some(),
         "apply_delay_ms": options.scenario.apply_delay.as_millis() as u64,
+        "fencing": options.scenario.fencing,
+        "fenced": counters.sum(|counters| counters.fenced.load(Ordering::Relaxed)),
         "dedup": match options.scenario.dedup {
             tradeflow_store::Dedup::ApplyLog => "apply_log",
             tradeflow_store::Dedup::None => "none",

@@ -122,6 +122,10 @@ pub struct ServiceConfig {
     /// Whether applying skips what the apply log holds (always, but for the naive consumer
     /// of the idempotence lesson).
     pub dedup: Dedup,
+    /// Whether a batch whose partitions were revoked while it was held is dropped (and its
+    /// offsets never committed) instead of applied: always, but for the lesson that shows
+    /// what a zombie does without it.
+    pub fencing: bool,
 }
 
 impl ServiceConfig {
@@ -196,6 +200,8 @@ pub struct ServiceCounters {
     pub last_commit_ns: AtomicI64,
     /// Consumers that crashed mid-batch.
     pub crashes: AtomicU64,
+    /// Messages dropped by the fence: held while their partitions were revoked.
+    pub fenced: AtomicU64,
     /// Each crash or freeze of a consumer as it happened: which consumer, holding what.
     pub fault_log: std::sync::Mutex<Vec<FaultSeen>>,
     /// Times a consumer without a dead-letter topic went back to a message it could not
@@ -440,16 +446,12 @@ pub async fn run_controlled(
             // policy already did.
             return Ok(latency);
         }
-        process(
-            &store,
-            &consumer,
-            &dead_letters,
-            &config,
-            (batches, &batch),
-            &counters,
-            &mut latency,
-        )
-        .await?;
+        let held = Held {
+            number: batches,
+            messages: &batch,
+            generation: consumer.context().generation.load(Ordering::Relaxed),
+        };
+        process(&store, &consumer, &dead_letters, &config, held, &counters, &mut latency).await?;
         batch.clear();
     }
     Ok(latency)
@@ -663,6 +665,41 @@ fn commit(consumer: &StreamConsumer<ServiceContext>, next: &BTreeMap<(String, i3
     }
 }
 
+/// A batch in a consumer's hands: its number, its messages, and the consumer's assignment
+/// generation when it was received.
+struct Held<'a> {
+    number: u64,
+    messages: &'a [OwnedMessage],
+    generation: u64,
+}
+
+impl Held<'_> {
+    /// Whether the batch's partitions were revoked since it was received: a rebalance
+    /// the consumer took part in, or an assignment librdkafka gave up as lost (a session
+    /// that timed out while the process was frozen).
+    fn revoked(&self, consumer: &StreamConsumer<ServiceContext>) -> bool {
+        consumer.assignment_lost() || consumer.context().generation.load(Ordering::Relaxed) != self.generation
+    }
+}
+
+/// The fence: a batch held while its partitions were revoked is dropped, neither applied
+/// nor committed; their new owner reads the messages again from the committed offsets.
+fn fence(config: &ServiceConfig, held: &Held<'_>, counters: &ServiceCounters) {
+    tracing::warn!(
+        consumer = %config.name,
+        batch = held.number,
+        messages = held.messages.len(),
+        "fenced: the batch's partitions were revoked while it was held; dropping it for their new owner"
+    );
+    counters.fenced.fetch_add(held.messages.len() as u64, Ordering::Relaxed);
+    if let Some(journal) = &config.journal {
+        journal.write(&JournalEntry::Fenced {
+            batch: held.number,
+            messages: held.messages.len(),
+        });
+    }
+}
+
 /// One batch: dead-letter what cannot be applied (or, without a dead-letter topic, stop
 /// its partition there), apply the rest in one transaction, then commit the offsets.
 async fn process(
@@ -670,10 +707,18 @@ async fn process(
     consumer: &Arc<StreamConsumer<ServiceContext>>,
     dead_letters: &rdkafka::producer::FutureProducer,
     config: &ServiceConfig,
-    (batch_number, batch): (u64, &[OwnedMessage]),
+    held: Held<'_>,
     counters: &ServiceCounters,
     latency: &mut LatencyRecorder,
 ) -> Result<(), StreamError> {
+    let (batch_number, batch) = (held.number, held.messages);
+    if !config.apply_delay.is_zero() {
+        tokio::time::sleep(config.apply_delay).await;
+    }
+    if config.fencing && held.revoked(consumer) {
+        fence(config, &held, counters);
+        return Ok(());
+    }
     let mut accepted: Vec<(&OwnedMessage, Event, i64)> = Vec::with_capacity(batch.len());
     let mut dead_lettered = 0;
     // Without a dead-letter topic: the first message of each partition that could not be
@@ -713,9 +758,6 @@ async fn process(
             intended_at_ns: *intended_at_ns,
         })
         .collect();
-    if !config.apply_delay.is_zero() {
-        tokio::time::sleep(config.apply_delay).await;
-    }
     let summary = store.apply_batch_as(&inputs, &config.name, config.dedup).await?;
     let committed_at_ns = now_ns();
     for (_, _, intended_at_ns) in &accepted {
@@ -738,7 +780,14 @@ async fn process(
     // The database commit is done: now, and only now, the offsets (the other policies
     // exist to show what goes wrong when they are committed at another time).
     if config.commit == CommitPolicy::AfterDatabase {
-        commit(consumer, &next_offsets(batch, &stuck_at), counters, batch.len());
+        if config.fencing && held.revoked(consumer) {
+            // Revoked during the transaction: the partitions belong to another member now,
+            // which reads them again from the committed offsets (the apply log skips what
+            // this batch applied). Committing for them could move their offsets backwards.
+            tracing::warn!(consumer = %config.name, batch = batch_number, "partitions revoked during the database transaction: not committing their offsets");
+        } else {
+            commit(consumer, &next_offsets(batch, &stuck_at), counters, batch.len());
+        }
     }
     for (partition, offset) in &stuck_at {
         // Read the message again after a pause: it will fail again, and everything behind

@@ -13,10 +13,18 @@
 //! its batch, and applies it too: a zombie. The checker counts applies from the apply
 //! journal, which has no unique key, so a double apply shows whatever the service does.
 //!
-//! Variants: the naive consumer (every event handed over is applied) must show
-//! **duplicated** applies; the apply log must pass with the redelivery skipped
-//! (`redelivered` > 0). A run whose freeze did not catch a batch while the group moved its
-//! partitions is **unknown**.
+//! Two defences, each enough: the apply log (a second apply of an event id is skipped) and
+//! the fence (a consumer drops a batch whose partitions were revoked while it held it:
+//! librdkafka marks the assignment lost when the session times out, and the consumer checks
+//! before its database transaction; Kafka itself refuses the zombie's offset commit).
+//!
+//! Variants: the naive consumer without the fence must show **duplicated** applies; the
+//! naive consumer with the fence must pass with the zombie's batch dropped (`fenced` > 0);
+//! the apply log without the fence must pass with the redelivery skipped (`redelivered` >
+//! 0). A run whose freeze did not catch a batch while the group moved its partitions is
+//! **unknown**. The fence is checked by the client before the transaction: a zombie that
+//! wakes between the check and its commit still applies, which only the apply log (or a
+//! fencing token checked inside the transaction) stops.
 
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate};
@@ -44,12 +52,13 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
         )],
         1,
     );
-    let variant = |label: &str, dedup: Dedup, expected: Expected| {
+    let variant = |label: &str, dedup: Dedup, fencing: bool, expected: Expected| {
         let mut options = setup.stream(4, 2);
         crate::lessons::auto_commit_crash::configure(&mut options, tradeflow_stream::CommitPolicy::AfterDatabase);
         options.scenario.plan = plan.clone();
         options.scenario.processes = Some(service.clone());
         options.scenario.dedup = dedup;
+        options.scenario.fencing = fencing;
         options.stall_timeout = crate::lessons::auto_commit_crash::KILLED_SESSION_WAIT;
         Variant {
             label: label.into(),
@@ -59,8 +68,9 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
     };
     Ok(vec![
         variant(
-            "naive consumer",
+            "naive consumer, no fence",
             Dedup::None,
+            false,
             Expected::fail(
                 Violation::Duplicated,
                 "the naive consumer applies what it is handed: the zombie's batch, applied by the member that took its partitions, is applied again when it wakes",
@@ -69,9 +79,19 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
             .shown_by("frozen_holding_moved"),
         ),
         variant(
-            "apply log",
+            "naive consumer, fence",
+            Dedup::None,
+            true,
+            Expected::pass("the zombie finds its assignment lost when it wakes and drops the batch it held: nothing is applied twice, even by a consumer that does not deduplicate")
+                .observing("fenced")
+                .showing("SIGSTOP")
+                .shown_by("frozen_holding_moved"),
+        ),
+        variant(
+            "apply log, no fence",
             Dedup::ApplyLog,
-            Expected::pass("the apply log holds every applied event id: the second apply of each is skipped")
+            false,
+            Expected::pass("the apply log holds every applied event id: the zombie's second apply of each is skipped")
                 .observing("redelivered")
                 .showing("SIGSTOP")
                 .shown_by("frozen_holding_moved"),

@@ -5,11 +5,14 @@
 //! acks=all, idempotence over exactly-once.
 //!
 //! Variants: idempotence off with 5 requests in flight must **reorder** on the mock (slow
-//! brokers, `NotLeader` on some produce requests); on the proxied backends (tansu,
-//! container, kafka) resets fail every request in flight at once, so it must pass, the
-//! resent duplicates skipped by the idempotent service. Idempotence on: on the mock only
-//! order is judged (it does not check sequences; whether it loses events depends on
-//! timing), elsewhere it must pass.
+//! brokers, `NotLeader` on some produce requests). On Apache Kafka, which checks producer
+//! sequences, the nodes' proxies reset connections while requests are in flight: with
+//! idempotence off a request the broker had written is sent again and sits in the log
+//! twice, which the naive consumer (no dedup) applies twice: **duplicated**; with
+//! idempotence on the broker drops the resent copies: pass. Resets fail every request on a
+//! connection at once, so they are resent in order: reordering is shown on the mock only.
+//! Idempotence on, on the mock: only order is judged (it does not check sequences; whether
+//! it loses events depends on timing). Not run on tansu: it could not show either row.
 
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate, node_action};
@@ -24,6 +27,9 @@ use tradeflow_stream::publisher::PublisherConfig;
 pub const NAME: &str = "producer-retries";
 /// What it shows.
 pub const WHAT: &str = "produce requests fail while several are in flight: without idempotence a retried request lands behind a later one (reordering) or twice (duplicates)";
+
+/// Why the lesson is not run on tansu (process or container).
+pub const NOT_SHOWN_ON_TANSU: &str = "tansu cannot show it: with idempotence off, connection resets through its proxy left no written request to be resent (0 duplicates in its log, read back by the naive consumer, seed 1), and whether it checks producer sequences is not known, so neither row could show what idempotence prevents; run it on kafka (or the mock, for reordering)";
 
 /// The lesson's producer: small batches sent at once, five requests in flight, idempotence
 /// on or off. The must-fail property uses it too.
@@ -82,7 +88,10 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
                 ),
             )
         }
-        Backend::Tansu | Backend::Container | Backend::Kafka => {
+        Backend::Tansu | Backend::Container => {
+            return Err(NOT_SHOWN_ON_TANSU.into());
+        }
+        Backend::Kafka => {
             // The proxy (each node's, on Kafka) delays answers so several requests are in
             // flight, then resets the connections: requests the broker wrote but whose
             // answers were lost are sent again.
@@ -118,20 +127,30 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
             plan.seed = setup.seed;
             (
                 plan,
-                Expected::pass(
-                    "a reset fails every request in flight on the connection at once, and the client sends them again in order: no reordering; a request the broker had written comes twice, and the idempotent balance service skips it (see `redelivered`). The proxy cannot fail one request and pass the next, which is what reorders on the mock",
+                Expected::fail(
+                    Violation::Duplicated,
+                    "a reset fails every request in flight on the connection at once and the client sends them again: a request the broker had written is in the log twice, and the naive consumer applies it twice (reading the log back). They are resent in order, so nothing is reordered: the proxy cannot fail one request and pass the next, which is what reorders on the mock",
                 ),
-                Expected::pass("the broker discards the resent requests by their producer sequence: no duplicates, no reordering"),
+                Expected::pass(
+                    "the broker discards the resent requests by their producer sequence: the log holds each event once, so even the naive consumer applies each once",
+                ),
             )
         }
         Backend::External => {
             return Err("no faults can be injected into an external cluster from here".into());
         }
     };
+    // Where the broker checks producer sequences, the log itself is the evidence: the
+    // naive consumer applies every copy, so a duplicate in the log is a double apply.
+    let dedup = match setup.broker {
+        Backend::Mock => tradeflow_store::Dedup::ApplyLog,
+        _ => tradeflow_store::Dedup::None,
+    };
     let variant = |idempotence: bool, expected: Expected| {
         let mut options = setup.stream(6, 2);
         options.publisher = publisher(idempotence);
         options.scenario.plan = plan.clone();
+        options.scenario.dedup = dedup;
         Variant {
             label: format!("idempotence {}, 5 requests in flight", if idempotence { "on" } else { "off" }),
             run: VariantRun::Stream(Box::new(options)),

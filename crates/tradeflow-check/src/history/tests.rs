@@ -145,3 +145,15 @@ fn applies_numbered_with_a_gap_or_twice_are_misnumbered() {
     assert_eq!((report.lost, report.duplicated), (0, 0), "{report:?}");
     assert_eq!(report.verdict, Verdict::Fail);
 }
+
+#[test]
+fn an_apply_repeated_at_once_is_duplicated_not_reordered() {
+    let fixture = fixture();
+    // The first event applied twice in a row: the second apply carries the same sequence as
+    // the highest so far, which is a duplicate and no step backwards.
+    let mut order: Vec<usize> = vec![0, 0];
+    order.extend(1..fixture.events.len());
+    let report = run_check(&fixture, &order);
+    assert_eq!(report.duplicated, 1, "{report:?}");
+    assert_eq!(report.reordered, 0, "{report:?}");
+}

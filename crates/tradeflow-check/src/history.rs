@@ -127,18 +127,7 @@ pub fn check(input: &CheckInput<'_>) -> CheckReport {
         }
     }
 
-    let empty = AccountState::default();
-    let expected = input.oracle.ledger();
-    let mut accounts: HashSet<&AccountId> = input.final_state.keys().collect();
-    accounts.extend(expected.accounts().map(|(account_id, _)| account_id));
-    let mismatched_accounts = accounts
-        .into_iter()
-        .filter(|account_id| {
-            let actual = input.final_state.get(*account_id).unwrap_or(&empty);
-            let wanted = expected.account(account_id).unwrap_or(&empty);
-            !actual.same_holdings(wanted)
-        })
-        .count() as u64;
+    let mismatched_accounts = mismatched_accounts(input);
 
     let bad_balances = went_negative.len() as u64;
     let all_zero =
@@ -152,6 +141,23 @@ pub fn check(input: &CheckInput<'_>) -> CheckReport {
         misnumbered_accounts,
         verdict: if all_zero { Verdict::Pass } else { Verdict::Fail },
     }
+}
+
+/// Accounts whose final state differs from the oracle's (an account missing on one side
+/// counts as empty there).
+fn mismatched_accounts(input: &CheckInput<'_>) -> u64 {
+    let empty = AccountState::default();
+    let expected = input.oracle.ledger();
+    let mut accounts: HashSet<&AccountId> = input.final_state.keys().collect();
+    accounts.extend(expected.accounts().map(|(account_id, _)| account_id));
+    accounts
+        .into_iter()
+        .filter(|account_id| {
+            let actual = input.final_state.get(*account_id).unwrap_or(&empty);
+            let wanted = expected.account(account_id).unwrap_or(&empty);
+            !actual.same_holdings(wanted)
+        })
+        .count() as u64
 }
 
 #[cfg(test)]

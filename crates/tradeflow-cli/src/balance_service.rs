@@ -121,11 +121,6 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
             println!("{line}");
         }
     };
-    let journal = arguments.journal.then(|| Arc::new(Journal::stdout()));
-    let base_name = arguments
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", arguments.group, std::process::id()));
     say(format!(
         "balance service: {} consumer(s) of group {} on {} ({partitions} partitions) at {}, applying into {} ({})",
         arguments.consumers,
@@ -138,33 +133,7 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
     let counters = Arc::new(ServiceCounters::default());
     let (stop, stop_receiver) = watch::channel(false);
     let mut consumers = Vec::new();
-    for index in 0..arguments.consumers {
-        let config = ServiceConfig {
-            bootstrap: arguments.bootstrap.clone(),
-            topic: arguments.topic.clone(),
-            group: arguments.group.clone(),
-            name: if arguments.consumers == 1 {
-                base_name.clone()
-            } else {
-                format!("{base_name}-{index}")
-            },
-            batch_size: arguments.batch_size,
-            fill_wait: Duration::from_millis(arguments.fill_wait_ms),
-            session_timeout_ms: arguments.session_timeout_ms,
-            // The service as it must be run is the default: offsets after the database
-            // commit, bad messages to the dead-letter topic.
-            commit: arguments.commit.into(),
-            dead_letter: !arguments.no_dead_letter,
-            journal: journal.clone(),
-            apply_delay: Duration::from_millis(arguments.apply_delay_ms),
-            dedup: if arguments.naive_apply {
-                tradeflow_store::Dedup::None
-            } else {
-                tradeflow_store::Dedup::ApplyLog
-            },
-            fencing: !arguments.no_fencing,
-        };
-        config.validate()?;
+    for config in consumer_configs(&arguments)? {
         consumers.push(tokio::spawn(run_service(
             store.clone(),
             config,
@@ -173,20 +142,45 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
         )));
     }
     let probe = Arc::new(LagProbe::new(&arguments.bootstrap, &arguments.topic, &arguments.group, partitions)?);
+    let failed = report_until_shutdown(&arguments, &mut consumers, &counters, &probe, &metrics_text).await?;
+    stop.send_replace(true);
+    consumers.extend(failed);
+    stop_consumers(consumers).await?;
+    say(format!(
+        "stopped: applied {}, dead-lettered {}",
+        counters.applied.load(Ordering::Relaxed),
+        counters.dead_lettered.load(Ordering::Relaxed)
+    ));
+    store.close().await;
+    Ok(true)
+}
+
+/// A consumer task of the service.
+type ConsumerTask = tokio::task::JoinHandle<Result<tradeflow_check::LatencyRecorder, tradeflow_stream::StreamError>>;
+/// The service's consumer tasks.
+type Consumers = Vec<ConsumerTask>;
+
+/// Reports progress and lag every few seconds (and serves lag as metrics) until SIGTERM or
+/// Ctrl-C, or until a consumer ends on its own: returns that one, taken out of `consumers`.
+async fn report_until_shutdown(
+    arguments: &ServiceArgs,
+    consumers: &mut Consumers,
+    counters: &ServiceCounters,
+    probe: &Arc<LagProbe>,
+    metrics_text: &MetricsText,
+) -> anyhow::Result<Option<ConsumerTask>> {
     let started = std::time::Instant::now();
     let mut interval = tokio::time::interval(REPORT_INTERVAL);
-    let mut failed = None;
     // Listening starts once, here: a signal that came while no listener existed (between
     // two turns of the loop) would be lost, and the service would ignore SIGTERM.
     let mut shutdown = Shutdown::listen().context("listening for SIGTERM and Ctrl-C")?;
     loop {
         tokio::select! {
-            _ = shutdown.recv() => break,
+            _ = shutdown.recv() => return Ok(None),
             _ = interval.tick() => {}
         }
         if let Some(finished) = consumers.iter().position(tokio::task::JoinHandle::is_finished) {
-            failed = Some(consumers.swap_remove(finished));
-            break;
+            return Ok(Some(consumers.swap_remove(finished)));
         }
         if arguments.journal {
             // The host that reads the journal samples lag itself.
@@ -207,28 +201,61 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
             );
         }
     }
-    stop.send_replace(true);
+}
+
+/// Each consumer's configuration: the service as it must be run unless a lesson-only flag
+/// says otherwise (offsets after the database commit, bad messages to the dead-letter
+/// topic, the apply log, the fence).
+fn consumer_configs(arguments: &ServiceArgs) -> anyhow::Result<Vec<ServiceConfig>> {
+    let journal = arguments.journal.then(|| Arc::new(Journal::stdout()));
+    let base_name = arguments
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", arguments.group, std::process::id()));
+    (0..arguments.consumers)
+        .map(|index| {
+            let config = ServiceConfig {
+                bootstrap: arguments.bootstrap.clone(),
+                topic: arguments.topic.clone(),
+                group: arguments.group.clone(),
+                name: if arguments.consumers == 1 {
+                    base_name.clone()
+                } else {
+                    format!("{base_name}-{index}")
+                },
+                batch_size: arguments.batch_size,
+                fill_wait: Duration::from_millis(arguments.fill_wait_ms),
+                session_timeout_ms: arguments.session_timeout_ms,
+                commit: arguments.commit.into(),
+                dead_letter: !arguments.no_dead_letter,
+                journal: journal.clone(),
+                apply_delay: Duration::from_millis(arguments.apply_delay_ms),
+                dedup: if arguments.naive_apply {
+                    tradeflow_store::Dedup::None
+                } else {
+                    tradeflow_store::Dedup::ApplyLog
+                },
+                fencing: !arguments.no_fencing,
+            };
+            config.validate()?;
+            Ok(config)
+        })
+        .collect()
+}
+
+/// Waits for the consumers, told to stop, to leave their group; a consumer that cannot
+/// (a rebalance that never completes) must not keep the process alive past what an
+/// orchestrator would wait anyway.
+async fn stop_consumers(consumers: Consumers) -> anyhow::Result<()> {
     let stopping = async {
-        if let Some(handle) = failed {
-            handle.await.context("a consumer task")?.context("a consumer stopped")?;
-        }
         for handle in consumers {
             handle.await.context("a consumer task")?.context("a consumer stopped")?;
         }
         anyhow::Ok(())
     };
-    // A consumer that cannot leave its group in time (a rebalance that never completes)
-    // must not keep the process alive past what an orchestrator would wait anyway.
     tokio::time::timeout(SHUTDOWN_DEADLINE, stopping)
         .await
-        .map_err(|_| anyhow::anyhow!("the consumers did not stop within {SHUTDOWN_DEADLINE:?} of the shutdown signal; exiting without them (their uncommitted batches will be redelivered)"))??;
-    say(format!(
-        "stopped: applied {}, dead-lettered {}",
-        counters.applied.load(Ordering::Relaxed),
-        counters.dead_lettered.load(Ordering::Relaxed)
-    ));
-    store.close().await;
-    Ok(true)
+        .map_err(|_| anyhow::anyhow!("the consumers did not stop within {SHUTDOWN_DEADLINE:?} of the shutdown signal; exiting without them (their uncommitted batches will be redelivered)"))?
 }
 
 /// SIGTERM and Ctrl-C (SIGINT), listened for from the start.

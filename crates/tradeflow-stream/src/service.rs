@@ -410,14 +410,7 @@ pub async fn run_controlled(
                 continue;
             }
         }
-        let deadline = tokio::time::Instant::now() + config.fill_wait;
-        while batch.len() < config.batch_size {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
-                Ok(Err(error)) => tracing::warn!(%error, "consumer error"),
-                Err(_) => break,
-            }
-        }
+        fill(&consumer, &config, &mut batch).await;
         positions.check(&consumer, &config, &batch, &counters).await;
         batches += 1;
         journal_received(&config, batches, &batch);
@@ -425,27 +418,15 @@ pub async fn run_controlled(
             commit_first(&consumer, &config, &batch, &counters).await;
         }
         if *control.borrow() == Control::CrashMidBatch {
-            tracing::warn!(
-                messages = batch.len(),
-                commit = config.commit.as_str(),
-                "crashing mid-batch, before the database commit"
-            );
-            tokio::time::sleep(CRASH_LINGER).await;
-            counters.crashes.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut log) = counters.fault_log.lock() {
-                log.push(FaultSeen {
-                    kind: SeenKind::Crash,
-                    consumer: config.name.clone(),
-                    messages: batch.len(),
-                    effect: None,
-                    committed: None,
-                    partitions_moved: None,
-                });
-            }
+            crash(&config, &batch, &counters).await;
             // Dropping the consumer closes it without committing anything more than the
             // policy already did.
             return Ok(latency);
         }
+        // The generation at the end of the fill: every message of the batch was handed out
+        // under it (rebalance callbacks run only inside recv). A batch dropped by the fence
+        // later is read again: a revoked partition's next owner, this consumer included,
+        // starts from the committed offset.
         let held = Held {
             number: batches,
             messages: &batch,
@@ -455,6 +436,40 @@ pub async fn run_controlled(
         batch.clear();
     }
     Ok(latency)
+}
+
+/// Fills a batch whose first message is in, until it is full or the fill wait is over.
+async fn fill(consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfig, batch: &mut Vec<OwnedMessage>) {
+    let deadline = tokio::time::Instant::now() + config.fill_wait;
+    while batch.len() < config.batch_size {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => batch.push(message.detach()),
+            Ok(Err(error)) => tracing::warn!(%error, "consumer error"),
+            Err(_) => break,
+        }
+    }
+}
+
+/// The cooperative crash of the in-process tests: lingers as long as a transaction would
+/// (so that what the policy commits early lands) and records the crash.
+async fn crash(config: &ServiceConfig, batch: &[OwnedMessage], counters: &ServiceCounters) {
+    tracing::warn!(
+        messages = batch.len(),
+        commit = config.commit.as_str(),
+        "crashing mid-batch, before the database commit"
+    );
+    tokio::time::sleep(CRASH_LINGER).await;
+    counters.crashes.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut log) = counters.fault_log.lock() {
+        log.push(FaultSeen {
+            kind: SeenKind::Crash,
+            consumer: config.name.clone(),
+            messages: batch.len(),
+            effect: None,
+            committed: None,
+            partitions_moved: None,
+        });
+    }
 }
 
 /// Journals a batch received: per partition, its first and last offset.
@@ -719,6 +734,70 @@ async fn process(
         fence(config, &held, counters);
         return Ok(());
     }
+    let Triage {
+        accepted,
+        dead_lettered,
+        stuck_at,
+    } = triage(dead_letters, config, batch).await?;
+    let inputs: Vec<ApplyInput<'_>> = accepted
+        .iter()
+        .map(|(_, event, intended_at_ns)| ApplyInput {
+            event,
+            intended_at_ns: *intended_at_ns,
+        })
+        .collect();
+    let summary = store.apply_batch_as(&inputs, &config.name, config.dedup).await?;
+    let committed_at_ns = now_ns();
+    record_applied(&accepted, committed_at_ns, latency);
+    // The database commit is done: now, and only now, the offsets (the other policies
+    // exist to show what goes wrong when they are committed at another time).
+    if config.commit == CommitPolicy::AfterDatabase {
+        if config.fencing && held.revoked(consumer) {
+            // Revoked during the transaction: the partitions belong to another member now,
+            // which reads them again from the committed offsets (the apply log skips what
+            // this batch applied). Committing for them could move their offsets backwards.
+            tracing::warn!(consumer = %config.name, batch = batch_number, "partitions revoked during the database transaction: not committing their offsets");
+        } else {
+            commit(consumer, &next_offsets(batch, &stuck_at), counters, batch.len());
+        }
+    }
+    seek_back(consumer, config, &stuck_at, counters).await;
+    counters.applied.fetch_add(summary.applied as u64, Ordering::Relaxed);
+    counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
+    counters.dead_lettered.fetch_add(dead_lettered, Ordering::Relaxed);
+    counters.last_commit_ns.fetch_max(committed_at_ns, Ordering::Relaxed);
+    if let Some(journal) = &config.journal {
+        journal.write(&JournalEntry::Applied {
+            batch: batch_number,
+            applied: summary.applied as u64,
+            duplicates: summary.duplicates as u64,
+            dead_lettered,
+            committed_at_ns,
+        });
+    }
+    if !stuck_at.is_empty() {
+        tokio::time::sleep(POISON_RETRY_BACKOFF).await;
+    }
+    Ok(())
+}
+
+/// What a batch holds once sorted: the events to apply (message, event, intended send
+/// time), the messages dead-lettered, and, without a dead-letter topic, the first message of
+/// each partition that could not be processed (nothing at or after it is applied or
+/// committed).
+struct Triage<'a> {
+    accepted: Vec<(&'a OwnedMessage, Event, i64)>,
+    dead_lettered: u64,
+    stuck_at: BTreeMap<i32, i64>,
+}
+
+/// Sorts a batch: decodes each message, dead-letters what cannot be applied (or, without a
+/// dead-letter topic, stops its partition there).
+async fn triage<'a>(
+    dead_letters: &rdkafka::producer::FutureProducer,
+    config: &ServiceConfig,
+    batch: &'a [OwnedMessage],
+) -> Result<Triage<'a>, StreamError> {
     let mut accepted: Vec<(&OwnedMessage, Event, i64)> = Vec::with_capacity(batch.len());
     let mut dead_lettered = 0;
     // Without a dead-letter topic: the first message of each partition that could not be
@@ -751,22 +830,23 @@ async fn process(
             }
         }
     }
-    let inputs: Vec<ApplyInput<'_>> = accepted
-        .iter()
-        .map(|(_, event, intended_at_ns)| ApplyInput {
-            event,
-            intended_at_ns: *intended_at_ns,
-        })
-        .collect();
-    let summary = store.apply_batch_as(&inputs, &config.name, config.dedup).await?;
-    let committed_at_ns = now_ns();
-    for (_, _, intended_at_ns) in &accepted {
+    Ok(Triage {
+        accepted,
+        dead_lettered,
+        stuck_at,
+    })
+}
+
+/// Records each applied event's latency (intended send to database commit) and, at debug
+/// level, where it came from.
+fn record_applied(accepted: &[(&OwnedMessage, Event, i64)], committed_at_ns: i64, latency: &mut LatencyRecorder) {
+    for (_, _, intended_at_ns) in accepted {
         if *intended_at_ns > 0 {
             latency.record_ns(committed_at_ns - intended_at_ns);
         }
     }
     if tracing::enabled!(tracing::Level::DEBUG) {
-        for (message, event, _) in &accepted {
+        for (message, event, _) in accepted {
             tracing::debug!(
                 messaging.destination.name = message.topic(),
                 messaging.destination.partition.id = message.partition(),
@@ -777,19 +857,17 @@ async fn process(
             );
         }
     }
-    // The database commit is done: now, and only now, the offsets (the other policies
-    // exist to show what goes wrong when they are committed at another time).
-    if config.commit == CommitPolicy::AfterDatabase {
-        if config.fencing && held.revoked(consumer) {
-            // Revoked during the transaction: the partitions belong to another member now,
-            // which reads them again from the committed offsets (the apply log skips what
-            // this batch applied). Committing for them could move their offsets backwards.
-            tracing::warn!(consumer = %config.name, batch = batch_number, "partitions revoked during the database transaction: not committing their offsets");
-        } else {
-            commit(consumer, &next_offsets(batch, &stuck_at), counters, batch.len());
-        }
-    }
-    for (partition, offset) in &stuck_at {
+}
+
+/// Without a dead-letter topic: each stuck partition goes back to the message that failed,
+/// to read it again after a pause (seeking blocks: off the async workers).
+async fn seek_back(
+    consumer: &Arc<StreamConsumer<ServiceContext>>,
+    config: &ServiceConfig,
+    stuck_at: &BTreeMap<i32, i64>,
+    counters: &ServiceCounters,
+) {
+    for (partition, offset) in stuck_at {
         // Read the message again after a pause: it will fail again, and everything behind
         // it in the partition waits. That is what a dead-letter topic prevents. (Seeking
         // blocks: off the async workers.)
@@ -800,23 +878,6 @@ async fn process(
         }
         counters.poison_retries.fetch_add(1, Ordering::Relaxed);
     }
-    counters.applied.fetch_add(summary.applied as u64, Ordering::Relaxed);
-    counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
-    counters.dead_lettered.fetch_add(dead_lettered, Ordering::Relaxed);
-    counters.last_commit_ns.fetch_max(committed_at_ns, Ordering::Relaxed);
-    if let Some(journal) = &config.journal {
-        journal.write(&JournalEntry::Applied {
-            batch: batch_number,
-            applied: summary.applied as u64,
-            duplicates: summary.duplicates as u64,
-            dead_lettered,
-            committed_at_ns,
-        });
-    }
-    if !stuck_at.is_empty() {
-        tokio::time::sleep(POISON_RETRY_BACKOFF).await;
-    }
-    Ok(())
 }
 
 /// Decodes a message and checks that its key is its account (the key routes an account's

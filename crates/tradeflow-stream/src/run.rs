@@ -234,6 +234,8 @@ pub async fn run(
         fleets.sum(|counters| counters.assigned_partitions.load(Ordering::Relaxed) as u64) as i64
     })
     .await;
+    // The first assignments are no evidence of a fault: rebalances are counted from here.
+    let rebalances_before = fleets.sum(|counters| counters.rebalances.load(Ordering::Relaxed));
 
     let (start, start_ns) = (Instant::now(), now_ns());
     let intended_at = |partition: i32, offset: i64| {
@@ -289,7 +291,7 @@ pub async fn run(
         label: options.label(),
         store: store.kind().as_str().into(),
         broker: Some(cluster.backend().into()),
-        config: crate::run_record::config(options, &layout, &deliveries, &counters, switched.as_ref()),
+        config: crate::run_record::config(options, &layout, &deliveries, &counters, switched.as_ref(), rebalances_before),
         events: workload.events.len() as u64,
         applied,
         duration_s,

@@ -15,6 +15,7 @@ pub(crate) fn config(
     deliveries: &Deliveries,
     counters: &FleetCounters,
     switched: Option<&SwitchOutcome>,
+    rebalances_before: u64,
 ) -> serde_json::Value {
     let crashed = counters.crashed();
     serde_json::json!({
@@ -44,6 +45,8 @@ pub(crate) fn config(
         "poison_retries": counters.sum(|counters| counters.poison_retries.load(Ordering::Relaxed)),
         "skipped_by_broker": counters.sum(|counters| counters.skipped.load(Ordering::Relaxed)),
         "rebalances": counters.sum(|counters| counters.rebalances.load(Ordering::Relaxed)),
+        // Rebalances once every consumer had its first partitions: what faults caused.
+        "rebalances_in_run": counters.sum(|counters| counters.rebalances.load(Ordering::Relaxed)).saturating_sub(rebalances_before),
         "cutover": options.scenario.cutover.as_ref().map(|cutover| serde_json::json!({
             "topic": cutover.topic,
             "partitions": cutover.partitions,

@@ -66,7 +66,7 @@ pub fn variants(setup: &Setup) -> Vec<Variant> {
         label: "2 consumers, one joins, one leaves".into(),
         run: VariantRun::Stream(Box::new(options)),
         expected: Expected::pass("rebalances move partitions; offsets committed after the database commit keep every event applied once")
-            .observing("rebalances"),
+            .observing("rebalances_in_run"),
     });
     variants
 }

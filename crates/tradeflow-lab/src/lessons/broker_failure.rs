@@ -30,65 +30,14 @@ pub const WHAT: &str = "a broker down, paused, cut off or killed, per backend, w
 
 /// The lesson's variants for a setup.
 pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
-    let pass = |note: &str| Expected::pass(note);
     let cases: Vec<(Candidate, Expected)> = match setup.broker {
-        Backend::Mock => vec![
-            (
-                candidate(Action::Broker(Fault::BrokerDown { broker: 2 }), (2_000, 3_000)),
-                pass(
-                    "the mock has no replication and no disk: its partitions wait for the broker and nothing is lost. A real cluster promises this only with replication factor 3 and min.insync.replicas=2 (docker-compose.yml, --broker external)",
-                ),
-            ),
-            (
-                candidate(Action::Broker(Fault::RoundTripTime { broker: 1, delay_ms: 500 }), (2_000, 3_000)),
-                pass("a slow broker costs latency, not correctness"),
-            ),
-            (
-                candidate(
-                    Action::Broker(Fault::LeaderMove {
-                        topic: "trades".into(),
-                        partition: 0,
-                        broker: 3,
-                    }),
-                    (0, 0),
-                ),
-                pass("a leader move makes clients refresh metadata and carry on"),
-            ),
-        ],
+        Backend::Mock => mock_cases(),
         // No SIGKILL row: tansu keeps messages in memory, so a kill loses them (one broker,
         // no replicas) and a restarted tansu's metadata crashed librdkafka 2.12 in
         // rd_kafka_metadata_cache_find (SIGSEGV, seen here), while a broker killed for good
         // leaves the consumers' close waiting on a dead coordinator for minutes. The kill
         // lesson needs the three-broker cluster (docker-compose.yml, --broker external).
-        Backend::Tansu | Backend::Container => {
-            let mut cases = vec![
-                (
-                    candidate(Action::Broker(Fault::Pause), (1_500, 2_500)),
-                    pass("a frozen broker: requests time out and are retried when it resumes; nothing is lost"),
-                ),
-                (
-                    candidate(
-                        Action::Broker(Fault::ProxyChaos {
-                            chaos: Chaos {
-                                latency_ms: 200,
-                                jitter_ms: 100,
-                                bandwidth_bytes_per_s: Some(100_000),
-                                blackhole: false,
-                            },
-                        }),
-                        (1_500, 2_500),
-                    ),
-                    pass("a slow, narrow network for a while: latency grows, nothing is lost"),
-                ),
-            ];
-            if setup.broker == Backend::Container {
-                cases.push((
-                    candidate(Action::Broker(Fault::Disconnect), (1_500, 2_500)),
-                    pass("the container leaves its network: clients time out and reconnect when it is back; nothing is lost"),
-                ));
-            }
-            cases
-        }
+        Backend::Tansu | Backend::Container => tansu_cases(setup),
         Backend::Kafka => return Ok(replication_lessons(setup)),
         Backend::External => return Err("no faults can be injected into an external cluster from here: stop a broker by hand (docker compose stop kafka-2) during `tradeflow run stream --broker external`".into()),
     };
@@ -105,6 +54,67 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
             }
         })
         .collect())
+}
+
+/// The mock's rows: a broker down, a slow broker, a leader move.
+fn mock_cases() -> Vec<(Candidate, Expected)> {
+    let pass = |note: &str| Expected::pass(note);
+    vec![
+        (
+            candidate(Action::Broker(Fault::BrokerDown { broker: 2 }), (2_000, 3_000)),
+            pass(
+                "the mock has no replication and no disk: its partitions wait for the broker and nothing is lost. A real cluster promises this only with replication factor 3 and min.insync.replicas=2 (docker-compose.yml, --broker external)",
+            ),
+        ),
+        (
+            candidate(Action::Broker(Fault::RoundTripTime { broker: 1, delay_ms: 500 }), (2_000, 3_000)),
+            pass("a slow broker costs latency, not correctness"),
+        ),
+        (
+            candidate(
+                Action::Broker(Fault::LeaderMove {
+                    topic: "trades".into(),
+                    partition: 0,
+                    broker: 3,
+                }),
+                (0, 0),
+            ),
+            pass("a leader move makes clients refresh metadata and carry on"),
+        ),
+    ]
+}
+
+/// tansu's rows (process or container): a frozen broker, a slow narrow network, and on the
+/// container a network disconnect.
+fn tansu_cases(setup: &Setup) -> Vec<(Candidate, Expected)> {
+    let pass = |note: &str| Expected::pass(note);
+    let mut cases = vec![
+        (
+            candidate(Action::Broker(Fault::Pause), (1_500, 2_500)),
+            pass("a frozen broker: requests time out and are retried when it resumes; nothing is lost"),
+        ),
+        (
+            candidate(
+                Action::Broker(Fault::ProxyChaos {
+                    chaos: Chaos {
+                        latency_ms: 200,
+                        jitter_ms: 100,
+                        bandwidth_bytes_per_s: Some(100_000),
+                        blackhole: false,
+                    },
+                }),
+                (1_500, 2_500),
+            ),
+            pass("a slow, narrow network for a while: latency grows, nothing is lost"),
+        ),
+    ];
+    if setup.broker == Backend::Container {
+        cases.push((
+            candidate(Action::Broker(Fault::Disconnect), (1_500, 2_500)),
+            pass("the container leaves its network: clients time out and reconnect when it is back; nothing is lost"),
+        ));
+    }
+    cases
 }
 
 /// The leader of the run topic's busiest partition (most messages when a fault first
@@ -124,6 +134,33 @@ fn follower_of_busiest(index: usize) -> NodeTarget {
     }
 }
 
+/// One row of the replication lessons: its plan (seeded), what it must show, and what it
+/// changes in the experiments' options.
+fn replication_row(setup: &Setup, label: &str, plan: Vec<PlanStep>, expected: Expected, change: &dyn Fn(&mut StreamOptions)) -> Variant {
+    let mut options = setup.stream(6, 2);
+    // Failovers and a lost quorum take seconds: the lag must be given time to drain.
+    options.stall_timeout = Duration::from_secs(30);
+    let mut plan = FaultPlan::fixed(plan);
+    plan.seed = setup.seed;
+    options.scenario.plan = plan;
+    change(&mut options);
+    Variant {
+        label: label.to_owned(),
+        run: VariantRun::Stream(Box::new(options)),
+        expected,
+    }
+}
+
+/// The acks=1 row's producer and topic: the leader acknowledges alone, and a follower that
+/// never had the writes may become leader.
+fn acks_leader_only(options: &mut StreamOptions) {
+    options.publisher.acks = Acks::Leader;
+    options.publisher.idempotence = false;
+    options.scenario.topic_configs = vec![("unclean.leader.election.enable".into(), "true".into())];
+    // What the dead leader acknowledged alone never arrives: the run stops waiting for it.
+    options.stall_timeout = Duration::from_secs(15);
+}
+
 /// `broker-failure` on Apache Kafka: the replication lessons, each on a fresh three-node
 /// cluster (RF 3, min.insync.replicas 2 unless the row says otherwise).
 fn replication_lessons(setup: &Setup) -> Vec<Variant> {
@@ -135,25 +172,7 @@ fn replication_lessons(setup: &Setup) -> Vec<Variant> {
         action: node_action(node, action),
     };
     let row = |label: &str, plan: Vec<PlanStep>, expected: Expected, change: &dyn Fn(&mut StreamOptions)| {
-        let mut options = setup.stream(6, 2);
-        // Failovers and a lost quorum take seconds: the lag must be given time to drain.
-        options.stall_timeout = Duration::from_secs(30);
-        let mut plan = FaultPlan::fixed(plan);
-        plan.seed = setup.seed;
-        options.scenario.plan = plan;
-        change(&mut options);
-        Variant {
-            label: label.to_owned(),
-            run: VariantRun::Stream(Box::new(options)),
-            expected,
-        }
-    };
-    let acks_leader_only = |options: &mut StreamOptions| {
-        options.publisher.acks = Acks::Leader;
-        options.publisher.idempotence = false;
-        options.scenario.topic_configs = vec![("unclean.leader.election.enable".into(), "true".into())];
-        // What the dead leader acknowledged alone never arrives: the run stops waiting for it.
-        options.stall_timeout = Duration::from_secs(15);
+        replication_row(setup, label, plan, expected, change)
     };
     vec![
         row(

@@ -57,85 +57,12 @@ pub fn slow_mock_brokers(publishing_ms: u64) -> Vec<PlanStep> {
 
 /// The lesson's variants for a setup.
 pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
-    let publishing = setup.publishing_ms();
     let (plan, off_expected, on_expected) = match setup.broker {
-        Backend::Mock => {
-            // Slow answers keep several produce requests in flight; errors on some of them
-            // make the client retry those behind the later ones that succeeded.
-            let mut steps = slow_mock_brokers(publishing);
-            let errors = setup.plan(
-                &[candidate(
-                    Action::Broker(Fault::RequestErrors {
-                        api: Api::Produce,
-                        error: RequestError::NotLeader,
-                        count: 2,
-                    }),
-                    (0, 0),
-                )],
-                8,
-            );
-            steps.extend(errors.steps);
-            let mut plan = FaultPlan::fixed(steps);
-            plan.seed = setup.seed;
-            (
-                plan,
-                Expected::fail(
-                    Violation::Reordered,
-                    "a failed request is retried after later requests to the same partition succeeded: an account's events land out of order",
-                ),
-                Expected::either(
-                    "the mock does not check producer sequences (librdkafka 2.12 checks them only for transactional producers), so it cannot show what idempotence prevents: when a later request succeeds first, the client takes that as proof that the failed one was written and reports it delivered, and those events are lost. Whether that happens depends on timing (some runs lose hundreds, some none), so this row is not judged on its verdict, only on order: the client keeps the sequence, so nothing is reordered or duplicated. Run this on a broker that enforces sequences (tansu, container) for the idempotent row to pass",
-                ),
-            )
-        }
+        Backend::Mock => mock_rows(setup),
         Backend::Tansu | Backend::Container => {
             return Err(NOT_SHOWN_ON_TANSU.into());
         }
-        Backend::Kafka => {
-            // The proxy (each node's, on Kafka) delays answers so several requests are in
-            // flight, then resets the connections: requests the broker wrote but whose
-            // answers were lost are sent again.
-            let latency = Chaos {
-                latency_ms: 30,
-                ..Chaos::default()
-            };
-            let (delays, resets): (Vec<Action>, Vec<Candidate>) = if setup.broker == Backend::Kafka {
-                (1..=KAFKA_NODES)
-                    .map(|id| {
-                        (
-                            node_action(NodeTarget::Id { id }, NodeFault::ProxyChaos { chaos: latency }),
-                            candidate(node_action(NodeTarget::Id { id }, NodeFault::ProxyReset), (0, 0)),
-                        )
-                    })
-                    .unzip()
-            } else {
-                (
-                    vec![Action::Broker(Fault::ProxyChaos { chaos: latency })],
-                    vec![candidate(Action::Broker(Fault::ProxyReset), (0, 0))],
-                )
-            };
-            let mut steps: Vec<PlanStep> = delays
-                .into_iter()
-                .map(|action| PlanStep {
-                    at_ms: 0,
-                    for_ms: Some(publishing),
-                    action,
-                })
-                .collect();
-            steps.extend(setup.plan(&resets, 6).steps);
-            let mut plan = FaultPlan::fixed(steps);
-            plan.seed = setup.seed;
-            (
-                plan,
-                Expected::fail(
-                    Violation::Duplicated,
-                    "a reset fails every request in flight on the connection at once and the client sends them again: a request the broker had written is in the log twice, and the naive consumer applies it twice (reading the log back). They are resent in order, so nothing is reordered: the proxy cannot fail one request and pass the next, which is what reorders on the mock",
-                ),
-                Expected::pass(
-                    "the broker discards the resent requests by their producer sequence: the log holds each event once, so even the naive consumer applies each once",
-                ),
-            )
-        }
+        Backend::Kafka => kafka_rows(setup),
         Backend::External => {
             return Err("no faults can be injected into an external cluster from here".into());
         }
@@ -158,4 +85,78 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
         }
     };
     Ok(vec![variant(false, off_expected), variant(true, on_expected)])
+}
+
+/// On the mock: slow answers keep several produce requests in flight, and `NotLeader` on
+/// some of them; the plan and what each row must show.
+fn mock_rows(setup: &Setup) -> (FaultPlan, Expected, Expected) {
+    let publishing = setup.publishing_ms();
+    // Slow answers keep several produce requests in flight; errors on some of them
+    // make the client retry those behind the later ones that succeeded.
+    let mut steps = slow_mock_brokers(publishing);
+    let errors = setup.plan(
+        &[candidate(
+            Action::Broker(Fault::RequestErrors {
+                api: Api::Produce,
+                error: RequestError::NotLeader,
+                count: 2,
+            }),
+            (0, 0),
+        )],
+        8,
+    );
+    steps.extend(errors.steps);
+    let mut plan = FaultPlan::fixed(steps);
+    plan.seed = setup.seed;
+    (
+        plan,
+        Expected::fail(
+            Violation::Reordered,
+            "a failed request is retried after later requests to the same partition succeeded: an account's events land out of order",
+        ),
+        Expected::either(
+            "the mock does not check producer sequences (librdkafka 2.12 checks them only for transactional producers), so it cannot show what idempotence prevents: when a later request succeeds first, the client takes that as proof that the failed one was written and reports it delivered, and those events are lost. Whether that happens depends on timing (some runs lose hundreds, some none), so this row is not judged on its verdict, only on order: the client keeps the sequence, so nothing is reordered or duplicated. Run this on a broker that enforces sequences (tansu, container) for the idempotent row to pass",
+        ),
+    )
+}
+
+/// On Apache Kafka: each node's proxy delays answers and resets connections; the plan and
+/// what each row must show.
+fn kafka_rows(setup: &Setup) -> (FaultPlan, Expected, Expected) {
+    let publishing = setup.publishing_ms();
+    // Each node's proxy delays answers so several requests are in flight, then resets the
+    // connections: requests the broker wrote but whose answers were lost are sent again.
+    let latency = Chaos {
+        latency_ms: 30,
+        ..Chaos::default()
+    };
+    let (delays, resets): (Vec<Action>, Vec<Candidate>) = (1..=KAFKA_NODES)
+        .map(|id| {
+            (
+                node_action(NodeTarget::Id { id }, NodeFault::ProxyChaos { chaos: latency }),
+                candidate(node_action(NodeTarget::Id { id }, NodeFault::ProxyReset), (0, 0)),
+            )
+        })
+        .unzip();
+    let mut steps: Vec<PlanStep> = delays
+        .into_iter()
+        .map(|action| PlanStep {
+            at_ms: 0,
+            for_ms: Some(publishing),
+            action,
+        })
+        .collect();
+    steps.extend(setup.plan(&resets, 6).steps);
+    let mut plan = FaultPlan::fixed(steps);
+    plan.seed = setup.seed;
+    (
+        plan,
+        Expected::fail(
+            Violation::Duplicated,
+            "a reset fails every request in flight on the connection at once and the client sends them again: a request the broker had written is in the log twice, and the naive consumer applies it twice (reading the log back). They are resent in order, so nothing is reordered: the proxy cannot fail one request and pass the next, which is what reorders on the mock",
+        ),
+        Expected::pass(
+            "the broker discards the resent requests by their producer sequence: the log holds each event once, so even the naive consumer applies each once",
+        ),
+    )
 }

@@ -410,6 +410,9 @@ fn runner(name: &str, backend: Backend, default_cases: u32, default_shrink_iters
     let config = Config {
         cases,
         max_shrink_iters,
+        // A case whose faults did not fire is rejected and another drawn; a property that
+        // keeps drawing such cases is broken, and says so instead of running for hours.
+        max_global_rejects: cases * 2,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
         ..Config::default()
     };
@@ -449,16 +452,27 @@ fn cluster(backend: Backend, test: &str) -> Option<tradeflow_cluster::Cluster> {
 }
 
 /// Runs one case on a fresh broker and a fresh SQLite store, the balance service's
-/// consumers as `tradeflow balance-service` processes (a crash is a SIGKILL from outside);
-/// `None` when the backend is missing (outside CI).
+/// consumers as `tradeflow balance-service` processes (a crash is a SIGKILL from outside;
+/// a case that holds every consumer runs them in the run instead); `None` when the backend
+/// is missing (outside CI).
 async fn run_case(backend: Backend, test: &str, options: &StreamOptions) -> Option<RunRecord> {
     let cluster = cluster(backend, test)?;
     let (store, directory): (Store, _) = tradeflow_tests::sqlite_store().await;
     let mut options = options.clone();
-    options.scenario.processes = Some(ServiceProcesses {
-        executable: tradeflow_tests::tradeflow_executable(),
-        store: tradeflow_tests::sqlite_config(directory.path()),
-    });
+    // A hold (every consumer stops reading but stays in its group) is a stall, not a
+    // crash: only consumers inside the run can do it, so such a case runs them there.
+    let holds = options
+        .scenario
+        .plan
+        .steps
+        .iter()
+        .any(|step| matches!(step.action, Action::Service(ServiceFault::HoldAll | ServiceFault::ReleaseAll)));
+    if !holds {
+        options.scenario.processes = Some(ServiceProcesses {
+            executable: tradeflow_tests::tradeflow_executable(),
+            store: tradeflow_tests::sqlite_config(directory.path()),
+        });
+    }
     let (progress, _receiver) = watch::channel(RunProgress::default());
     let record = tradeflow_stream::run(&store, &cluster, &options, &progress)
         .await

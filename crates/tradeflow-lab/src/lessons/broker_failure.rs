@@ -151,6 +151,22 @@ fn replication_row(setup: &Setup, label: &str, plan: Vec<PlanStep>, expected: Ex
     }
 }
 
+/// A step of a node fault at `at_ms` lasting `for_ms`.
+fn node_step(at_ms: u64, for_ms: u64, node: NodeTarget, action: NodeFault) -> PlanStep {
+    PlanStep {
+        at_ms,
+        for_ms: Some(for_ms),
+        action: node_action(node, action),
+    }
+}
+
+/// The replication-factor-1 row's topic: one replica, and a min.insync.replicas it can
+/// meet (the cluster's 2 it cannot).
+fn one_replica(options: &mut StreamOptions) {
+    options.scenario.replication_factor = Some(1);
+    options.scenario.topic_configs = vec![("min.insync.replicas".into(), "1".into())];
+}
+
 /// The acks=1 row's producer and topic: the leader acknowledges alone, and a follower that
 /// never had the writes may become leader.
 fn acks_leader_only(options: &mut StreamOptions) {
@@ -166,11 +182,7 @@ fn acks_leader_only(options: &mut StreamOptions) {
 fn replication_lessons(setup: &Setup) -> Vec<Variant> {
     // Every row's first fault falls at the same seeded moment in the middle of publishing.
     let at_ms = setup.plan(&[candidate(Action::Service(ServiceFault::Join), (0, 0))], 1).steps[0].at_ms;
-    let step = |offset_ms: u64, for_ms: u64, node: NodeTarget, action: NodeFault| PlanStep {
-        at_ms: at_ms + offset_ms,
-        for_ms: Some(for_ms),
-        action: node_action(node, action),
-    };
+    let step = |offset_ms: u64, for_ms: u64, node: NodeTarget, action: NodeFault| node_step(at_ms + offset_ms, for_ms, node, action);
     let row = |label: &str, plan: Vec<PlanStep>, expected: Expected, change: &dyn Fn(&mut StreamOptions)| {
         replication_row(setup, label, plan, expected, change)
     };
@@ -226,11 +238,7 @@ fn replication_lessons(setup: &Setup) -> Vec<Variant> {
                 "a topic with one replica: its partitions on the dead node have no leader until it returns; their events wait in the producer (retried within message.timeout.ms) and arrive late. Had its disk died with it, they would be gone",
             )
             .showing("had no leader"),
-            &|options| {
-                options.scenario.replication_factor = Some(1);
-                // One replica cannot satisfy the cluster's min.insync.replicas of 2.
-                options.scenario.topic_configs = vec![("min.insync.replicas".into(), "1".into())];
-            },
+            &one_replica,
         ),
         row(
             "active controller killed",

@@ -431,6 +431,8 @@ pub async fn run_controlled(
             number: batches,
             messages: &batch,
             generation: consumer.context().generation.load(Ordering::Relaxed),
+            received_at: tokio::time::Instant::now(),
+            lease: Duration::from_millis(u64::from(config.session_timeout_ms)),
         };
         process(&store, &consumer, &dead_letters, &config, held, &counters, &mut latency).await?;
         batch.clear();
@@ -680,20 +682,28 @@ fn commit(consumer: &StreamConsumer<ServiceContext>, next: &BTreeMap<(String, i3
     }
 }
 
-/// A batch in a consumer's hands: its number, its messages, and the consumer's assignment
-/// generation when it was received.
+/// A batch in a consumer's hands: its number, its messages, the consumer's assignment
+/// generation when it was received, and the lease on its partitions.
 struct Held<'a> {
     number: u64,
     messages: &'a [OwnedMessage],
     generation: u64,
+    /// When it was received (a monotonic clock: it runs on while the process is frozen).
+    received_at: tokio::time::Instant,
+    /// The session timeout: held longer than this, the partitions may have been given to
+    /// another member without this consumer having heard of it yet.
+    lease: Duration,
 }
 
 impl Held<'_> {
-    /// Whether the batch's partitions were revoked since it was received: a rebalance
-    /// the consumer took part in, or an assignment librdkafka gave up as lost (a session
-    /// that timed out while the process was frozen).
+    /// Whether the batch's partitions were, or may have been, revoked since it was
+    /// received: a rebalance the consumer took part in, an assignment librdkafka gave up as
+    /// lost, or a batch held past the session timeout (a process frozen that long wakes up
+    /// before librdkafka notices its session is gone, so the flag alone comes too late).
     fn revoked(&self, consumer: &StreamConsumer<ServiceContext>) -> bool {
-        consumer.assignment_lost() || consumer.context().generation.load(Ordering::Relaxed) != self.generation
+        consumer.assignment_lost()
+            || consumer.context().generation.load(Ordering::Relaxed) != self.generation
+            || self.received_at.elapsed() >= self.lease
     }
 }
 

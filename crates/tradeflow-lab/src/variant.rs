@@ -7,7 +7,7 @@ use crate::expect::Expected;
 use std::time::Duration;
 use tokio::sync::watch;
 use tradeflow_check::{RunProgress, RunRecord};
-use tradeflow_cluster::plan::{Action, Candidate, FaultPlan};
+use tradeflow_cluster::plan::{Action, Candidate, FaultPlan, PlanStep};
 use tradeflow_cluster::{Backend, Cluster};
 use tradeflow_domain::{RateProfile, WorkloadConfig};
 use tradeflow_poller::RunOptions;
@@ -86,6 +86,13 @@ impl Setup {
             stall_timeout: Duration::from_secs(10),
             ..StreamOptions::new(self.workload())
         }
+    }
+
+    /// A plan of exactly these steps, under the setup's seed.
+    pub fn fixed_plan(&self, steps: Vec<PlanStep>) -> FaultPlan {
+        let mut plan = FaultPlan::fixed(steps);
+        plan.seed = self.seed;
+        plan
     }
 
     /// A plan of one step drawn from `candidates`, somewhere in the middle third of

@@ -110,18 +110,6 @@ pub struct JournalState {
     pub committed: BTreeMap<i32, i64>,
     /// Partitions owned now.
     pub assigned: i64,
-    /// Totals over the process's batches.
-    pub applied: u64,
-    /// Redeliveries the apply log skipped.
-    pub duplicates: u64,
-    /// Messages dead-lettered.
-    pub dead_lettered: u64,
-    /// Batches received.
-    pub batches: u64,
-    /// Messages dropped by the fence.
-    pub fenced: u64,
-    /// The last database commit, ns since the epoch.
-    pub last_commit_ns: i64,
 }
 
 impl JournalState {
@@ -129,33 +117,15 @@ impl JournalState {
     pub fn take(&mut self, entry: &JournalEntry) {
         match entry {
             JournalEntry::Assigned { partitions } => self.assigned = *partitions,
-            JournalEntry::Received { ranges, messages, .. } => {
-                self.batches += 1;
-                self.held = Some((ranges.clone(), *messages));
-            }
+            JournalEntry::Received { ranges, messages, .. } => self.held = Some((ranges.clone(), *messages)),
             JournalEntry::Committed { offsets } => {
                 for (partition, offset) in offsets {
                     let committed = self.committed.entry(*partition).or_insert(*offset);
                     *committed = (*committed).max(*offset);
                 }
             }
-            JournalEntry::Fenced { messages, .. } => {
-                self.held = None;
-                self.fenced += *messages as u64;
-            }
-            JournalEntry::Applied {
-                applied,
-                duplicates,
-                dead_lettered,
-                committed_at_ns,
-                ..
-            } => {
-                self.held = None;
-                self.applied += applied;
-                self.duplicates += duplicates;
-                self.dead_lettered += dead_lettered;
-                self.last_commit_ns = self.last_commit_ns.max(*committed_at_ns);
-            }
+            // A batch's end, applied or dropped, is what the host's counters take in.
+            JournalEntry::Fenced { .. } | JournalEntry::Applied { .. } => self.held = None,
         }
     }
 
@@ -214,7 +184,7 @@ mod tests {
             dead_lettered: 0,
             committed_at_ns: 5,
         });
-        assert_eq!((state.held_messages(), state.held_and_committed(), state.applied), (0, 0, 30));
+        assert_eq!((state.held_messages(), state.held_and_committed()), (0, 0));
     }
 
     #[test]

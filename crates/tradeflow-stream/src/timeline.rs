@@ -55,7 +55,7 @@ pub(crate) struct FaultTimeline {
     /// Crashes and freezes told to a consumer (index into `records`, consumer, which): a
     /// consumer dies (or freezes) with its next batch, so whether it did is known only at
     /// the end.
-    crashes: Vec<(usize, u32, SeenKind)>,
+    told: Vec<(usize, u32, SeenKind)>,
 }
 
 impl FaultTimeline {
@@ -66,7 +66,7 @@ impl FaultTimeline {
             records: Vec::new(),
             poisoning: Vec::new(),
             poison,
-            crashes: Vec::new(),
+            told: Vec::new(),
         }
     }
 
@@ -100,9 +100,9 @@ impl FaultTimeline {
             if let Err(error) = &outcome {
                 tracing::warn!(%action, %error, "a planned fault could not be applied");
             } else if let Action::Service(ServiceFault::Crash { consumer }) = &action {
-                self.crashes.push((self.records.len(), *consumer, SeenKind::Crash));
+                self.told.push((self.records.len(), *consumer, SeenKind::Crash));
             } else if let Action::Service(ServiceFault::Pause { consumer }) = &action {
-                self.crashes.push((self.records.len(), *consumer, SeenKind::Freeze));
+                self.told.push((self.records.len(), *consumer, SeenKind::Freeze));
             }
             let (effect, error) = match outcome {
                 Ok(effect) => (effect, None),
@@ -144,7 +144,7 @@ impl FaultTimeline {
             }
         }
         attach_observations(&mut self.records, cluster.observations());
-        attach_crashes(&mut self.records, &self.crashes, crashed);
+        attach_crashes(&mut self.records, &self.told, crashed);
         self.records
     }
 }

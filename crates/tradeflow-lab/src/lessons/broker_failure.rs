@@ -17,7 +17,7 @@ use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate, node_action};
 use std::time::Duration;
 use tradeflow_cluster::faults::{NodeFault, NodeTarget};
-use tradeflow_cluster::plan::{Action, Candidate, FaultPlan, PlanStep, ServiceFault};
+use tradeflow_cluster::plan::{Action, Candidate, PlanStep, ServiceFault};
 use tradeflow_cluster::proxy::Chaos;
 use tradeflow_cluster::{Backend, Fault};
 use tradeflow_stream::StreamOptions;
@@ -140,9 +140,7 @@ fn replication_row(setup: &Setup, label: &str, plan: Vec<PlanStep>, expected: Ex
     let mut options = setup.stream(6, 2);
     // Failovers and a lost quorum take seconds: the lag must be given time to drain.
     options.stall_timeout = Duration::from_secs(30);
-    let mut plan = FaultPlan::fixed(plan);
-    plan.seed = setup.seed;
-    options.scenario.plan = plan;
+    options.scenario.plan = setup.fixed_plan(plan);
     change(&mut options);
     Variant {
         label: label.to_owned(),

@@ -106,16 +106,14 @@ fn mock_rows(setup: &Setup) -> (FaultPlan, Expected, Expected) {
         8,
     );
     steps.extend(errors.steps);
-    let mut plan = FaultPlan::fixed(steps);
-    plan.seed = setup.seed;
     (
-        plan,
+        setup.fixed_plan(steps),
         Expected::fail(
             Violation::Reordered,
             "a failed request is retried after later requests to the same partition succeeded: an account's events land out of order",
         ),
         Expected::either(
-            "the mock does not check producer sequences (librdkafka 2.12 checks them only for transactional producers), so it cannot show what idempotence prevents: when a later request succeeds first, the client takes that as proof that the failed one was written and reports it delivered, and those events are lost. Whether that happens depends on timing (some runs lose hundreds, some none), so this row is not judged on its verdict, only on order: the client keeps the sequence, so nothing is reordered or duplicated. Run this on a broker that enforces sequences (tansu, container) for the idempotent row to pass",
+            "the mock does not check producer sequences (librdkafka 2.12 checks them only for transactional producers), so it cannot show what idempotence prevents: when a later request succeeds first, the client takes that as proof that the failed one was written and reports it delivered, and those events are lost. Whether that happens depends on timing (some runs lose hundreds, some none), so this row is not judged on its verdict, only on order: the client keeps the sequence, so nothing is reordered or duplicated. Run this on a broker that enforces sequences (kafka) for the idempotent row to be judged on its verdict",
         ),
     )
 }
@@ -147,10 +145,8 @@ fn kafka_rows(setup: &Setup) -> (FaultPlan, Expected, Expected) {
         })
         .collect();
     steps.extend(setup.plan(&resets, 6).steps);
-    let mut plan = FaultPlan::fixed(steps);
-    plan.seed = setup.seed;
     (
-        plan,
+        setup.fixed_plan(steps),
         Expected::fail(
             Violation::Duplicated,
             "a reset fails every request in flight on the connection at once and the client sends them again: a request the broker had written is in the log twice, and the naive consumer applies it twice (reading the log back). They are resent in order, so nothing is reordered: the proxy cannot fail one request and pass the next, which is what reorders on the mock",

@@ -101,6 +101,10 @@ impl From<CommitChoice> for tradeflow_stream::CommitPolicy {
 
 /// Runs the balance service until Ctrl-C or SIGTERM.
 pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
+    // Listening starts first and once: a SIGTERM during startup (a host that stops the
+    // process soon after starting it) or between two turns of the report loop is kept for
+    // the loop, instead of killing the process or being lost.
+    let shutdown = Shutdown::listen().context("listening for SIGTERM and Ctrl-C")?;
     let store = arguments.store.open().await?;
     let partitions = tradeflow_stream::topic_partitions(&arguments.bootstrap, &arguments.topic)
         .await
@@ -142,7 +146,7 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
         )));
     }
     let probe = Arc::new(LagProbe::new(&arguments.bootstrap, &arguments.topic, &arguments.group, partitions)?);
-    let failed = report_until_shutdown(&arguments, &mut consumers, &counters, &probe, &metrics_text).await?;
+    let failed = report_until_shutdown(shutdown, &arguments, &mut consumers, &counters, &probe, &metrics_text).await?;
     stop.send_replace(true);
     consumers.extend(failed);
     stop_consumers(consumers).await?;
@@ -163,6 +167,7 @@ type Consumers = Vec<ConsumerTask>;
 /// Reports progress and lag every few seconds (and serves lag as metrics) until SIGTERM or
 /// Ctrl-C, or until a consumer ends on its own: returns that one, taken out of `consumers`.
 async fn report_until_shutdown(
+    mut shutdown: Shutdown,
     arguments: &ServiceArgs,
     consumers: &mut Consumers,
     counters: &ServiceCounters,
@@ -171,9 +176,6 @@ async fn report_until_shutdown(
 ) -> anyhow::Result<Option<ConsumerTask>> {
     let started = std::time::Instant::now();
     let mut interval = tokio::time::interval(REPORT_INTERVAL);
-    // Listening starts once, here: a signal that came while no listener existed (between
-    // two turns of the loop) would be lost, and the service would ignore SIGTERM.
-    let mut shutdown = Shutdown::listen().context("listening for SIGTERM and Ctrl-C")?;
     loop {
         tokio::select! {
             _ = shutdown.recv() => return Ok(None),

@@ -105,6 +105,9 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
     // process soon after starting it) or between two turns of the report loop is kept for
     // the loop, instead of killing the process or being lost.
     let shutdown = Shutdown::listen().context("listening for SIGTERM and Ctrl-C")?;
+    if arguments.journal {
+        Journal::stdout().write(&tradeflow_stream::journal::JournalEntry::Listening);
+    }
     let store = arguments.store.open().await?;
     let partitions = tradeflow_stream::topic_partitions(&arguments.bootstrap, &arguments.topic)
         .await

@@ -16,6 +16,8 @@ use std::sync::Mutex;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JournalEntry {
+    /// The process listens for SIGTERM: from now on a stop request is a clean stop.
+    Listening,
     /// The consumer's partitions changed; it owns `partitions` now.
     Assigned {
         /// Partitions owned after the change.
@@ -110,12 +112,15 @@ pub struct JournalState {
     pub committed: BTreeMap<i32, i64>,
     /// Partitions owned now.
     pub assigned: i64,
+    /// Whether the process listens for SIGTERM yet.
+    pub listening: bool,
 }
 
 impl JournalState {
     /// Takes one entry in.
     pub fn take(&mut self, entry: &JournalEntry) {
         match entry {
+            JournalEntry::Listening => self.listening = true,
             JournalEntry::Assigned { partitions } => self.assigned = *partitions,
             JournalEntry::Received { ranges, messages, .. } => self.held = Some((ranges.clone(), *messages)),
             JournalEntry::Committed { offsets } => {

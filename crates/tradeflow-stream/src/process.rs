@@ -265,6 +265,15 @@ impl ServiceProcess {
             let _ = freezing.await;
             signal(self.pid, "CONT");
         }
+        // A process asked to stop before it listens for SIGTERM would die of the signal's
+        // default action: wait until it says it listens (or has ended).
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        while !self.state.lock().map(|state| state.listening).unwrap_or(true)
+            && matches!(self.child.try_wait(), Ok(None))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         signal(self.pid, "TERM");
         let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(status) => status,
@@ -340,7 +349,7 @@ fn feed(state: &mut JournalState, entry: &JournalEntry, counters: &ServiceCounte
         JournalEntry::Fenced { messages, .. } => {
             counters.fenced.fetch_add(*messages as u64, Ordering::Relaxed);
         }
-        JournalEntry::Received { .. } | JournalEntry::Committed { .. } => {}
+        JournalEntry::Listening | JournalEntry::Received { .. } | JournalEntry::Committed { .. } => {}
     }
 }
 

@@ -5,7 +5,9 @@
 //! - per-account order: `account_seq` increases in apply order (`reordered` = 0);
 //! - nothing acknowledged is lost (`lost` = 0);
 //! - nothing is applied twice (`duplicated` = 0);
-//! - the final state equals the oracle's (no mismatched account, no bad balance).
+//! - the final state equals the oracle's (no mismatched account, no bad balance);
+//! - committed offsets only move forward (as the lag probe reads them from the broker,
+//!   outside the consumers: a zombie's stale commit would move one back).
 //!
 //! They hold on the mock cluster (many cases), the tansu process and a broker container
 //! (fewer cases) under broker faults, consumer crashes and restarts, consumers joining and
@@ -502,14 +504,16 @@ enum Property {
     NothingLost,
     NothingTwice,
     MatchesOracle,
+    CommittedForward,
 }
 
 impl Property {
-    const ALL: [Property; 4] = [
+    const ALL: [Property; 5] = [
         Property::PerAccountOrder,
         Property::NothingLost,
         Property::NothingTwice,
         Property::MatchesOracle,
+        Property::CommittedForward,
     ];
 
     /// The property on a run's record: `Err` names what falsified it.
@@ -532,6 +536,10 @@ impl Property {
                     check.mismatched_accounts, check.bad_balances
                 ),
             ),
+            Property::CommittedForward => {
+                let backward = tradeflow_check::backward_commits(&record.lag);
+                (backward.is_empty(), format!("committed offsets only move forward: {backward:?}"))
+            }
         };
         if holds { Ok(()) } else { Err(format!("falsified {what}")) }
     }

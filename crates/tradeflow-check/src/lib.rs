@@ -16,7 +16,7 @@ pub mod store_history;
 
 pub use history::{Applied, CheckInput, CheckReport, Verdict, check};
 pub use record::{
-    BacklogSample, Drain, DrainWatch, FaultRecord, LagSample, LatencyRecorder, LatencySummary, PartitionLag, ProcessStats, RunProgress,
-    RunRecord, duration_and_throughput,
+    BacklogSample, BackwardCommit, Drain, DrainWatch, FaultRecord, LagSample, LatencyRecorder, LatencySummary, PartitionLag, ProcessStats,
+    RunProgress, RunRecord, backward_commits, duration_and_throughput,
 };
 pub use store_history::{check_store, check_workload};

@@ -277,6 +277,42 @@ pub fn duration_and_throughput(start_ns: i64, last_commit_ns: i64, applied: u64)
     (duration_s, if duration_s > 0.0 { applied as f64 / duration_s } else { 0.0 })
 }
 
+/// A partition's committed offset read lower than an earlier lag sample had read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackwardCommit {
+    /// Partition.
+    pub partition: i32,
+    /// When the lower offset was read, seconds since the start of the run.
+    pub t_s: f64,
+    /// The highest offset read before.
+    pub from: i64,
+    /// The lower offset read then.
+    pub to: i64,
+}
+
+/// Committed offsets that moved backwards over a run, as the lag probe read them from the
+/// broker (outside the consumers). A sample that read no committed offset (0) is not a
+/// move: a probe against a coordinator that is down reads none.
+pub fn backward_commits(lag: &[LagSample]) -> Vec<BackwardCommit> {
+    let mut highest: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+    let mut backward = Vec::new();
+    for sample in lag {
+        for partition in sample.partitions.iter().filter(|partition| partition.committed > 0) {
+            let seen = highest.entry(partition.partition).or_insert(partition.committed);
+            if partition.committed < *seen {
+                backward.push(BackwardCommit {
+                    partition: partition.partition,
+                    t_s: sample.t_s,
+                    from: *seen,
+                    to: partition.committed,
+                });
+            }
+            *seen = (*seen).max(partition.committed);
+        }
+    }
+    backward
+}
+
 impl RunRecord {
     /// The largest offset lag (stream) or backlog (poller) seen, with its time lag.
     pub fn worst_lag(&self) -> String {
@@ -375,6 +411,49 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(40));
         assert_eq!(watch.observe(true, 10, 9), Drain::Stalled);
         assert_eq!(watch.observe(true, 10, 10), Drain::Drained);
+    }
+
+    fn lag_at(t_s: f64, committed: &[i64]) -> LagSample {
+        LagSample {
+            t_s,
+            offset_lag_total: 0,
+            time_lag_ms: 0.0,
+            partitions: committed
+                .iter()
+                .enumerate()
+                .map(|(partition, committed)| PartitionLag {
+                    partition: partition as i32,
+                    log_end: 100,
+                    committed: *committed,
+                    offset_lag: 100 - committed,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_committed_offset_read_lower_than_before_is_a_backward_commit() {
+        let lag = [
+            lag_at(0.1, &[5, 7]),
+            lag_at(0.2, &[9, 7]),
+            lag_at(0.3, &[6, 8]),
+            lag_at(0.4, &[9, 8]),
+        ];
+        assert_eq!(
+            backward_commits(&lag),
+            vec![BackwardCommit {
+                partition: 0,
+                t_s: 0.3,
+                from: 9,
+                to: 6
+            }],
+            "partition 0 went from 9 back to 6; back at 9 later is no new move"
+        );
+        let none_read = [lag_at(0.1, &[5]), lag_at(0.2, &[0]), lag_at(0.3, &[5])];
+        assert!(
+            backward_commits(&none_read).is_empty(),
+            "a probe that read no committed offset is no move"
+        );
     }
 
     #[test]

@@ -127,6 +127,10 @@ pub async fn topic_partitions(bootstrap: &str, topic: &str) -> Result<i32, Strea
     })?
 }
 
+/// How long a client waits for a broker's answer to a request before it gives up on the
+/// connection and reconnects.
+pub const SOCKET_TIMEOUT_MS: u32 = 10_000;
+
 /// Settings every client of this crate shares (and the bench's raw clients, so that the
 /// limits are measured with the pipeline's own client settings).
 pub fn base_config(bootstrap: &str) -> ClientConfig {
@@ -138,7 +142,12 @@ pub fn base_config(bootstrap: &str) -> ClientConfig {
         // Loopback brokers answer fast; a short reconnect backoff makes broker restarts
         // cost little in experiments.
         .set("reconnect.backoff.ms", "50")
-        .set("reconnect.backoff.max.ms", "1000");
+        .set("reconnect.backoff.max.ms", "1000")
+        // A request a broker never answers (a paused broker; after the mock cluster's
+        // broker-down, a connection seen staying up but never answered) fails after this
+        // long and the client reconnects. librdkafka's default, 60 s, outlasts the runs' stall timeout, so a
+        // client that would have recovered was counted as losing what it had in flight.
+        .set("socket.timeout.ms", SOCKET_TIMEOUT_MS.to_string());
     // librdkafka's own debug contexts (for example `cgrp,topic`), for chasing broker
     // behaviour; its lines arrive as logs of target `librdkafka`.
     if let Ok(contexts) = std::env::var("TRADEFLOW_KAFKA_DEBUG")

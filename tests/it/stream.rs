@@ -86,6 +86,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         apply_delay: Duration::ZERO,
         dedup: tradeflow_store::Dedup::ApplyLog,
         fencing: true,
+        key_check: true,
     }
 }
 

@@ -48,6 +48,14 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// `--store`'s value, as the command line spells it.
+    pub fn choice_name(&self) -> &'static str {
+        match self.store {
+            StoreChoice::Sqlite => "sqlite",
+            StoreChoice::Postgres => "postgres",
+        }
+    }
+
     /// The store configuration these arguments name.
     pub fn config(&self) -> anyhow::Result<StoreConfig> {
         Ok(match (self.store, &self.database_url) {

@@ -76,6 +76,10 @@ pub struct ServiceArgs {
     /// instead of dropping it.
     #[arg(long, hide = true)]
     no_fencing: bool,
+    /// Lesson-only (chapter 02): apply a message whatever its key, instead of refusing one
+    /// not keyed by its account.
+    #[arg(long, hide = true)]
+    no_key_check: bool,
 }
 
 /// When the consumers commit offsets (`--commit`).
@@ -87,6 +91,8 @@ enum CommitChoice {
     Auto,
     /// As soon as a batch is received.
     BeforeDatabase,
+    /// In the order chapter 03's exercise (chapters/03-commit-after-database) returns.
+    Exercise,
 }
 
 impl From<CommitChoice> for tradeflow_stream::CommitPolicy {
@@ -95,6 +101,7 @@ impl From<CommitChoice> for tradeflow_stream::CommitPolicy {
             CommitChoice::AfterDatabase => tradeflow_stream::CommitPolicy::AfterDatabase,
             CommitChoice::Auto => tradeflow_stream::CommitPolicy::Auto,
             CommitChoice::BeforeDatabase => tradeflow_stream::CommitPolicy::BeforeDatabase,
+            CommitChoice::Exercise => tradeflow_stream::CommitPolicy::Exercise,
         }
     }
 }
@@ -241,6 +248,7 @@ fn consumer_configs(arguments: &ServiceArgs) -> anyhow::Result<Vec<ServiceConfig
                     tradeflow_store::Dedup::ApplyLog
                 },
                 fencing: !arguments.no_fencing,
+                key_check: !arguments.no_key_check,
             };
             config.validate()?;
             Ok(config)

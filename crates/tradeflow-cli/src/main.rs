@@ -7,6 +7,7 @@
 mod args;
 mod balance_service;
 mod bench;
+mod chapter;
 mod compare;
 mod dlq;
 mod experiment;
@@ -72,6 +73,11 @@ enum Command {
     /// creates what is missing.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
+    /// The workshop (chapters/): `chapter list`, `chapter check NN` (builds your code and
+    /// runs the chapter's experiment on it: exit 0 pass, 1 fail, 2 unknown), `chapter hint
+    /// NN`, `chapter solution NN` (after a pass, or with --give-up).
+    #[command(subcommand)]
+    Chapter(chapter::ChapterCommand),
 }
 
 #[derive(Subcommand)]
@@ -109,6 +115,7 @@ fn main() -> ExitCode {
             Command::Topics(command) => topics::run(command).await,
             Command::Experiment(arguments) => experiment::run(arguments).await,
             Command::Bench(arguments) => bench::run(arguments).await,
+            Command::Chapter(command) => chapter::run(command).await,
         }
     };
     let outcome = runtime.block_on(async {
@@ -125,6 +132,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_VERDICT_FAIL),
+        Err(ref error) if let Some(exit) = error.downcast_ref::<chapter::Exit>() => ExitCode::from(exit.code),
         Err(error) if error.downcast_ref::<experiment::Unknown>().is_some() => {
             eprintln!("{error:#}");
             ExitCode::from(EXIT_UNKNOWN)

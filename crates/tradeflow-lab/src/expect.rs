@@ -53,6 +53,15 @@ impl Violation {
         }
     }
 
+    /// Its one-word name, as a chapter declares it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Violation::Lost => "lost",
+            Violation::Reordered => "reordered",
+            Violation::Duplicated => "duplicated",
+        }
+    }
+
     /// Its name in tables.
     pub fn name(self) -> &'static str {
         match self {

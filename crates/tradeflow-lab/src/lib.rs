@@ -11,7 +11,9 @@
 //! | the lessons, by experiment name | `lessons/mod.rs` |
 //! | expected outcomes, violations, faults that must fire | `expect.rs` |
 //! | a variant, the setup, the runner | `variant.rs` |
+//! | the workshop's chapters: claim, run, judge | `chapters.rs` |
 
+pub mod chapters;
 pub mod expect;
 pub mod lessons;
 pub mod variant;

@@ -42,8 +42,12 @@ pub struct FleetConfig {
     pub dedup: tradeflow_store::Dedup,
     /// Whether a batch held while its partitions were revoked is dropped.
     pub fencing: bool,
+    /// Whether a message whose key is not its account is refused.
+    pub key_check: bool,
     /// Members as processes of their own; `None`: as tasks in this process.
     pub processes: Option<ServiceProcesses>,
+    /// The least time a kill waits once its process holds a batch.
+    pub kill_after: Duration,
     /// Seed of the kills' timing.
     pub seed: u64,
 }
@@ -164,6 +168,7 @@ impl Fleet {
             apply_delay: self.config.apply_delay,
             dedup: self.config.dedup,
             fencing: self.config.fencing,
+            key_check: self.config.key_check,
         }
     }
 
@@ -180,6 +185,7 @@ impl Fleet {
             apply_delay: self.config.apply_delay,
             dedup: self.config.dedup,
             fencing: self.config.fencing,
+            key_check: self.config.key_check,
         }
     }
 
@@ -196,7 +202,7 @@ impl Fleet {
             }
             (Member::Process(process), Control::CrashMidBatch) => {
                 self.kills += 1;
-                let jitter = jitter(self.config.seed, self.kills, KILL_JITTER_MAX);
+                let jitter = self.config.kill_after + jitter(self.config.seed, self.kills, KILL_JITTER_MAX);
                 let counters = self.counters.clone();
                 Leaving::Process(tokio::spawn(async move {
                     process.kill(jitter, &counters).await;

@@ -1,12 +1,14 @@
 //! Offset lag: per partition, the log end offset minus the group's committed offset. The
 //! metric that matters: it grows when the balance service falls behind, whatever the
-//! reason. Time lag is the age of the oldest event not yet applied.
+//! reason. Time lag is the age of the oldest event not yet applied. A partition's lag
+//! status (OK, WARN, STALL, STOP) reads how its offsets moved over the last few samples.
 
 use crate::{StreamError, base_config};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 use tradeflow_check::{LagSample, PartitionLag};
+pub use tradeflow_exercises::{LagStatus, OffsetSample};
 
 /// How long one lag probe may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,6 +84,72 @@ pub fn sample(t_s: f64, partitions: Vec<PartitionLag>, intended_at: impl Fn(i32,
     }
 }
 
+/// Samples in a lag status's window: two seconds at the run's sampling interval.
+pub const STATUS_WINDOW: usize = 4;
+
+/// Who judges a partition's lag status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LagRule {
+    /// The monitor's own rules ([`monitor_status`]).
+    #[default]
+    Monitor,
+    /// The learner's chapter 01 exercise.
+    Exercise,
+}
+
+impl LagRule {
+    /// The status of one partition over `window` (oldest first).
+    pub fn status(self, window: &[OffsetSample]) -> LagStatus {
+        match self {
+            LagRule::Monitor => monitor_status(window),
+            LagRule::Exercise => tradeflow_exercises::lag_status::lag_status(window),
+        }
+    }
+}
+
+/// Burrow-style rules over what a probe of offsets can see: OK while some sample has no
+/// lag or the committed offset moves without the lag growing at every step; WARN when it
+/// moves but the lag grows at every step; STALL when it does not move while messages
+/// arrive; STOP when it does not move and nothing arrives either.
+pub fn monitor_status(window: &[OffsetSample]) -> LagStatus {
+    let (Some(first), Some(last)) = (window.first(), window.last()) else {
+        return LagStatus::Ok;
+    };
+    if window.iter().any(|sample| sample.lag() == 0) {
+        return LagStatus::Ok;
+    }
+    if last.committed == first.committed {
+        return if last.log_end > first.log_end {
+            LagStatus::Stall
+        } else {
+            LagStatus::Stop
+        };
+    }
+    if window.windows(2).all(|pair| pair[1].lag() > pair[0].lag()) {
+        LagStatus::Warn
+    } else {
+        LagStatus::Ok
+    }
+}
+
+/// One partition's samples, oldest first, as the status rules read them.
+pub fn partition_samples(samples: &[LagSample], partition: i32) -> Vec<OffsetSample> {
+    samples
+        .iter()
+        .filter_map(|sample| {
+            sample
+                .partitions
+                .iter()
+                .find(|lag| lag.partition == partition)
+                .map(|lag| OffsetSample {
+                    at_s: sample.t_s,
+                    committed: lag.committed,
+                    log_end: lag.log_end,
+                })
+        })
+        .collect()
+}
+
 /// The sample in Prometheus text format.
 pub fn prometheus(sample: &LagSample, topic: &str, group: &str) -> String {
     let mut text = String::from("# HELP tradeflow_offset_lag Log end offset minus committed offset.\n# TYPE tradeflow_offset_lag gauge\n");
@@ -96,6 +164,30 @@ pub fn prometheus(sample: &LagSample, topic: &str, group: &str) -> String {
         "tradeflow_time_lag_seconds{{topic=\"{topic}\",group=\"{group}\"}} {}\n",
         sample.time_lag_ms / 1e3
     ));
+    text
+}
+
+/// Each partition's lag status over the last [`STATUS_WINDOW`] samples, in Prometheus text
+/// format (one series per status, 1 for the current one); nothing until a window is full.
+pub fn prometheus_status(samples: &[LagSample], rule: LagRule, topic: &str, group: &str) -> String {
+    let Some(last) = samples.last() else { return String::new() };
+    let mut text = String::from(
+        "# HELP tradeflow_lag_status A partition's lag status over the last samples (OK, WARN, STALL, STOP).\n# TYPE tradeflow_lag_status gauge\n",
+    );
+    for partition in last.partitions.iter().map(|lag| lag.partition) {
+        let series = partition_samples(samples, partition);
+        if series.len() < STATUS_WINDOW {
+            continue;
+        }
+        let status = rule.status(&series[series.len() - STATUS_WINDOW..]);
+        for candidate in [LagStatus::Ok, LagStatus::Warn, LagStatus::Stall, LagStatus::Stop] {
+            text.push_str(&format!(
+                "tradeflow_lag_status{{topic=\"{topic}\",group=\"{group}\",partition=\"{partition}\",status=\"{}\"}} {}\n",
+                candidate.as_str(),
+                u8::from(candidate == status)
+            ));
+        }
+    }
     text
 }
 

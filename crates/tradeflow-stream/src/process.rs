@@ -55,6 +55,7 @@ pub(crate) struct ProcessArgs {
     pub(crate) apply_delay: Duration,
     pub(crate) dedup: tradeflow_store::Dedup,
     pub(crate) fencing: bool,
+    pub(crate) key_check: bool,
 }
 
 /// One running process.
@@ -114,6 +115,9 @@ impl ServiceProcess {
         }
         if !args.fencing {
             command.arg("--no-fencing");
+        }
+        if !args.key_check {
+            command.arg("--no-key-check");
         }
         match spawn.store.kind {
             StoreKind::Postgres => command.env("DATABASE_URL", &spawn.store.url),

@@ -40,6 +40,28 @@ pub struct PublisherConfig {
     /// `acks`: all in-sync replicas (the pipeline's), or the leader alone (experiments, to
     /// show what a leader's death then loses). Idempotence needs `all`.
     pub acks: Acks,
+    /// How each message's key is chosen.
+    pub key: MessageKey,
+}
+
+/// How the publisher keys an event's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MessageKey {
+    /// The account: one account's events on one partition, in order (the pipeline's).
+    #[default]
+    Account,
+    /// What the learner's chapter 02 exercise returns.
+    Exercise,
+}
+
+impl MessageKey {
+    /// The key of `event`'s message.
+    fn of(self, event: &Event) -> std::borrow::Cow<'_, str> {
+        match self {
+            MessageKey::Account => std::borrow::Cow::Borrowed(event.account_id.as_str()),
+            MessageKey::Exercise => std::borrow::Cow::Owned(tradeflow_exercises::message_key::message_key(event)),
+        }
+    }
 }
 
 /// Which replicas must have a write before the broker acknowledges it.
@@ -73,6 +95,7 @@ impl Default for PublisherConfig {
             idempotence: true,
             in_flight_max: 5,
             acks: Acks::All,
+            key: MessageKey::Account,
         }
     }
 }
@@ -202,6 +225,7 @@ pub struct Publisher {
     producer: ThreadedProducer<PublishContext>,
     topic: String,
     deliveries: Arc<Deliveries>,
+    key: MessageKey,
 }
 
 impl Publisher {
@@ -234,6 +258,7 @@ impl Publisher {
             producer,
             topic: topic.to_owned(),
             deliveries,
+            key: config.key,
         })
     }
 
@@ -252,8 +277,9 @@ impl Publisher {
         let topic = topic.unwrap_or(&self.topic);
         let payload = encode(event);
         let intended = intended_at_ns.to_string();
+        let key = self.key.of(event);
         let mut record = BaseRecord::with_opaque_to(topic, index)
-            .key(event.account_id.as_str())
+            .key(key.as_ref())
             .payload(&payload)
             .headers(OwnedHeaders::new().insert(Header {
                 key: HEADER_INTENDED_AT_NS,

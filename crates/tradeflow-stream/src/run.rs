@@ -52,6 +52,8 @@ pub struct StreamOptions {
     pub stall_timeout: Duration,
     /// Where to publish lag as Prometheus text, if anywhere.
     pub metrics: Option<crate::metrics::MetricsText>,
+    /// Who judges each partition's lag status.
+    pub lag_rule: crate::lag::LagRule,
     /// What experiments change: the service's policies, faults, a cutover.
     pub scenario: Scenario,
 }
@@ -85,6 +87,12 @@ pub struct Scenario {
     /// The balance service's consumers as processes of their own, so that a crash is a
     /// SIGKILL from outside; `None`: tasks in this process.
     pub processes: Option<crate::process::ServiceProcesses>,
+    /// The least time a kill waits once its process holds a batch (a seeded jitter is
+    /// added): long enough for an early commit to land, short of the database commit.
+    pub kill_after: Duration,
+    /// Whether the balance service refuses a message not keyed by its account (off only
+    /// for chapter 02, to show what a wrong key does to order).
+    pub key_check: bool,
 }
 
 impl Default for Scenario {
@@ -100,6 +108,8 @@ impl Default for Scenario {
             processes: None,
             dedup: tradeflow_store::Dedup::ApplyLog,
             fencing: true,
+            kill_after: Duration::ZERO,
+            key_check: true,
         }
     }
 }
@@ -156,6 +166,7 @@ impl StreamOptions {
             fill_wait: FILL_WAIT_DEFAULT,
             stall_timeout: STALL_TIMEOUT_DEFAULT,
             metrics: None,
+            lag_rule: crate::lag::LagRule::Monitor,
             scenario: Scenario::default(),
         }
     }
@@ -345,8 +356,8 @@ async fn drive(
             applied,
             backlog: acked.saturating_sub(applied),
         });
-        if let Some(sample) = lag.step(start, intended_at).await? {
-            publish_metrics(options, watching.group, &sample);
+        if lag.step(start, intended_at).await?.is_some() {
+            publish_metrics(options, watching.group, &lag.samples);
         }
         fleets.main.check_processes()?;
         if publishing.as_ref().is_some_and(JoinHandle::is_finished)
@@ -382,12 +393,15 @@ fn task_error(task: &str, error: impl std::fmt::Display) -> StreamError {
     }
 }
 
-/// Serves a lag sample as Prometheus text, when the run has somewhere to serve it.
-fn publish_metrics(options: &StreamOptions, group: &str, sample: &LagSample) {
+/// Serves the last lag sample and each partition's lag status as Prometheus text, when the
+/// run has somewhere to serve it.
+fn publish_metrics(options: &StreamOptions, group: &str, samples: &[LagSample]) {
     if let Some(metrics) = &options.metrics
+        && let Some(sample) = samples.last()
         && let Ok(mut text) = metrics.lock()
     {
         *text = lag::prometheus(sample, &options.topic, group);
+        text.push_str(&lag::prometheus_status(samples, options.lag_rule, &options.topic, group));
     }
 }
 
@@ -412,6 +426,8 @@ impl Fleets {
             dedup: options.scenario.dedup,
             fencing: options.scenario.fencing,
             processes: options.scenario.processes.clone(),
+            kill_after: options.scenario.kill_after,
+            key_check: options.scenario.key_check,
             seed: options.workload.seed,
         };
         let main = Fleet::start(store.clone(), config(&options.topic, group.to_owned()), options.consumers)?;

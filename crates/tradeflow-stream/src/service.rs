@@ -64,6 +64,8 @@ pub enum CommitPolicy {
     /// Offsets committed as soon as a batch is received, before its database transaction.
     /// A crash loses the batch.
     BeforeDatabase,
+    /// In the order the learner's chapter 03 exercise returns.
+    Exercise,
 }
 
 impl CommitPolicy {
@@ -73,6 +75,21 @@ impl CommitPolicy {
             CommitPolicy::AfterDatabase => "after_database",
             CommitPolicy::Auto => "auto",
             CommitPolicy::BeforeDatabase => "before_database",
+            CommitPolicy::Exercise => "exercise",
+        }
+    }
+
+    /// The policy a consumer follows: the exercise's order of a batch's two steps as the
+    /// policy it amounts to; any other policy as it is.
+    pub fn resolved(self) -> Result<CommitPolicy, StreamError> {
+        use tradeflow_exercises::BatchStep::{ApplyToDatabase, CommitOffsets};
+        match (self, tradeflow_exercises::batch_steps::batch_steps()) {
+            (CommitPolicy::Exercise, [ApplyToDatabase, CommitOffsets]) => Ok(CommitPolicy::AfterDatabase),
+            (CommitPolicy::Exercise, [CommitOffsets, ApplyToDatabase]) => Ok(CommitPolicy::BeforeDatabase),
+            (CommitPolicy::Exercise, steps) => Err(StreamError::Config {
+                reason: format!("chapter 03's batch_steps must name each step once, in some order; it returned {steps:?}"),
+            }),
+            (policy, _) => Ok(policy),
         }
     }
 }
@@ -126,6 +143,9 @@ pub struct ServiceConfig {
     /// offsets never committed) instead of applied: always, but for the lesson that shows
     /// what a zombie does without it.
     pub fencing: bool,
+    /// Whether a message whose key is not its account is refused (dead-lettered): always,
+    /// but for chapter 02, which shows what a wrong key does to order.
+    pub key_check: bool,
 }
 
 impl ServiceConfig {
@@ -368,11 +388,12 @@ pub async fn run_service(
 #[tracing::instrument(skip_all, fields(consumer = %config.name, messaging.consumer.group.name = %config.group))]
 pub async fn run_controlled(
     store: Store,
-    config: ServiceConfig,
+    mut config: ServiceConfig,
     mut control: watch::Receiver<Control>,
     counters: Arc<ServiceCounters>,
 ) -> Result<LatencyRecorder, StreamError> {
     config.validate()?;
+    config.commit = config.commit.resolved()?;
     // Shared with the blocking pool: librdkafka's blocking calls (committed offsets, seek,
     // a synchronous commit) run there, never on an async worker.
     let consumer = Arc::new(config.consumer(counters.clone())?);
@@ -817,7 +838,7 @@ async fn triage<'a>(
         if stuck_at.get(&message.partition()).is_some_and(|stuck| message.offset() > *stuck) {
             continue;
         }
-        match accept(message) {
+        match accept(message, config.key_check) {
             Ok((event, intended_at_ns)) => accepted.push((message, event, intended_at_ns)),
             Err(rejection) => {
                 tracing::warn!(
@@ -892,7 +913,7 @@ async fn seek_back(
 
 /// Decodes a message and checks that its key is its account (the key routes an account's
 /// events to one partition; a message under another key would break that account's order).
-fn accept(message: &OwnedMessage) -> Result<(Event, i64), Rejection> {
+fn accept(message: &OwnedMessage, key_check: bool) -> Result<(Event, i64), Rejection> {
     let Some(payload) = message.payload() else {
         return Err(Rejection {
             kind: "empty_payload".into(),
@@ -904,7 +925,7 @@ fn accept(message: &OwnedMessage) -> Result<(Event, i64), Rejection> {
         reason: error.to_string(),
     })?;
     let key = message.key().map(String::from_utf8_lossy);
-    if key.as_deref() != Some(event.account_id.as_str()) {
+    if key_check && key.as_deref() != Some(event.account_id.as_str()) {
         return Err(Rejection {
             kind: "key_mismatch".into(),
             reason: format!(

@@ -3,7 +3,8 @@
 //! was already applied.
 //!
 //! From the field: Scalescape, "Building High Scale Backend Systems With Kafka" (2023),
-//! explicit commits; Wealthsimple, "Kafka in production" (2021).
+//! explicit commits; Parcel Perform, "Initial experience with Kafka": a restarted consumer
+//! resumes after the last committed message.
 //!
 //! The balance service runs as a `tradeflow balance-service` process, and the fault is a
 //! SIGKILL from outside at a seeded moment while the process holds a batch (its database
@@ -14,7 +15,13 @@
 //! Variants: auto commit and commit-before-DB must **lose** at least the messages the kill
 //! caught committed and unapplied; commit-after-DB must pass with the kill seen. A run whose
 //! kill caught nothing the policy could lose is **unknown**, not a pass.
+//!
+//! Chapter 03's run is the same kill with the learner's order of a batch's two steps,
+//! landing [`CHAPTER_KILL_AFTER`] or a little more after the batch is in hand: after an
+//! early commit has landed, before the database commit. It must lose nothing; a kill that
+//! caught no batch is unknown.
 
+use crate::chapters::Judgement;
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate};
 use std::time::Duration;
@@ -35,6 +42,38 @@ pub const APPLY_DELAY: Duration = Duration::from_millis(400);
 /// How long the run waits for lag that does not shrink: the killed member's session
 /// timeout and a rebalance, with room.
 pub const KILLED_SESSION_WAIT: Duration = Duration::from_secs(40);
+
+/// In chapter 03, how long the kill waits once the process holds a batch: well after a
+/// commit sent on receipt has landed, well before the database commit ([`APPLY_DELAY`]).
+pub const CHAPTER_KILL_AFTER: Duration = Duration::from_millis(150);
+
+/// Chapter 03's run: the lesson's kill, the learner's order of a batch's steps.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    let Some(service) = &setup.service else {
+        return Err("the chapter kills the balance service's process, and no tradeflow executable was given to start it".into());
+    };
+    let mut options = setup.stream(4, 1);
+    configure(&mut options, CommitPolicy::Exercise);
+    options.scenario.plan = setup.plan(
+        &[candidate(Action::Service(ServiceFault::Crash { consumer: 0 }), (1_000, 1_500))],
+        1,
+    );
+    options.scenario.processes = Some(service.clone());
+    options.scenario.kill_after = CHAPTER_KILL_AFTER;
+    options.stall_timeout = KILLED_SESSION_WAIT;
+    Ok(Variant {
+        label: "your batch_steps, one consumer process killed (SIGKILL) mid-batch".into(),
+        run: VariantRun::Stream(Box::new(options)),
+        expected: Expected::pass("the batch the process died holding is read again and applied")
+            .showing("was killed by SIGKILL")
+            .shown_by("crashed_holding"),
+    })
+}
+
+/// Judges a run of [`chapter`] by the checker's counts.
+pub fn judge(variant: &Variant, record: &tradeflow_check::RunRecord) -> Judgement {
+    crate::chapters::judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered])
+}
 
 /// The lesson's configuration: large batches filled slowly (so the consumer that dies holds
 /// a lot), a slow database (so that it holds a batch most of the time) and the commit policy

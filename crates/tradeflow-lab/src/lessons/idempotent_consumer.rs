@@ -4,7 +4,8 @@
 //!
 //! From the field: Confluent, "Exactly-once semantics is possible: here's how Kafka does
 //! it" (2017) and the idempotent-consumer pattern (Richardson, "Microservices Patterns",
-//! 2018); Wealthsimple, "Kafka in production" (2021), on deduplicating by event id.
+//! 2018); Scalescape, "Building High Scale Backend Systems With Kafka" (2023): be
+//! idempotent rather than chase exactly-once.
 //!
 //! Two `tradeflow balance-service` processes share the group. One is frozen with SIGSTOP
 //! while it holds a batch, for longer than its session timeout: the group gives its

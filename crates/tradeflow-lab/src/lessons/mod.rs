@@ -6,6 +6,8 @@ pub mod auto_commit_crash;
 pub mod broker_failure;
 pub mod consumer_scaling;
 pub mod idempotent_consumer;
+pub mod keys_keep_order;
+pub mod lag_status;
 pub mod poison_message;
 pub mod poller_vs_stream;
 pub mod producer_retries;

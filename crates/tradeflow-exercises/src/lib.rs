@@ -1,0 +1,75 @@
+//! The workshop's exercises: one function per chapter, in the file the learner edits
+//! (`chapters/NN-slug/exercise.rs`), compiled here so that the real pipeline can call it.
+//! The pipeline calls an exercise only when a run selects it (a chapter's run does); its
+//! own behaviour never depends on what a learner has written.
+//!
+//! With the `solutions` feature the chapters' solutions (`chapters/solutions/`) stand in
+//! for the learner's files: that build exists only to prove that every solution passes.
+
+/// One reading of a partition by the lag monitor: where the group's committed offset was
+/// and where the log ended, at a moment of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OffsetSample {
+    /// Seconds since the start of the run.
+    pub at_s: f64,
+    /// The group's committed offset: the next message the group will read.
+    pub committed: i64,
+    /// The log end offset: the offset the next message written will get.
+    pub log_end: i64,
+}
+
+impl OffsetSample {
+    /// Messages written and not yet committed by the group (never below zero).
+    pub fn lag(&self) -> i64 {
+        (self.log_end - self.committed).max(0)
+    }
+}
+
+/// What the lag of a partition says about its consumer over a window of samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LagStatus {
+    /// Keeping up.
+    Ok,
+    /// Committing, but falling behind.
+    Warn,
+    /// Not committing while messages arrive.
+    Stall,
+    /// Not committing, and nothing arrives either: a consumer that is gone.
+    Stop,
+}
+
+impl LagStatus {
+    /// Its name, as the monitor shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LagStatus::Ok => "OK",
+            LagStatus::Warn => "WARN",
+            LagStatus::Stall => "STALL",
+            LagStatus::Stop => "STOP",
+        }
+    }
+}
+
+/// One of the two things the balance service does with each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStep {
+    /// Apply the batch's events to the balances in one database transaction.
+    ApplyToDatabase,
+    /// Commit the batch's offsets to Kafka: the group will not read these messages again.
+    CommitOffsets,
+}
+
+/// Chapter 01: the lag status of a partition over a window of samples.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/01-offset-lag/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/01-offset-lag.rs")]
+pub mod lag_status;
+
+/// Chapter 02: the key of an event's message.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/02-keys-keep-order/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/02-keys-keep-order.rs")]
+pub mod message_key;
+
+/// Chapter 03: the order of a batch's two steps.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/03-commit-after-database/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/03-commit-after-database.rs")]
+pub mod batch_steps;

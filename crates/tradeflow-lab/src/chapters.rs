@@ -1,0 +1,176 @@
+//! The workshop's chapters: for each, the claim, the file the learner edits, the run that
+//! checks it (built by its lesson's file) and the judge of that run. As shipped every
+//! exercise fails with its chapter's declared violation; its solution passes.
+
+use crate::expect::Violation;
+use crate::faults_fired;
+use crate::lessons::{auto_commit_crash, keys_keep_order, lag_status};
+use crate::variant::{Setup, Variant};
+use tradeflow_check::RunRecord;
+use tradeflow_stream::lag::LagRule;
+
+/// One chapter.
+pub struct Chapter {
+    /// Its number, two digits (`01`).
+    pub number: &'static str,
+    /// Its folder under `chapters/`.
+    pub folder: &'static str,
+    /// Its title.
+    pub title: &'static str,
+    /// What the field learned, and where.
+    pub claim: &'static str,
+    /// The violation the exercise as shipped fails with.
+    pub violation: &'static str,
+    /// The function the learner writes, in `chapters/<folder>/exercise.rs`.
+    pub function: &'static str,
+    /// The chapter's run on a setup (or why it cannot run there).
+    pub run: fn(&Setup) -> Result<Variant, String>,
+    /// The judge of that run.
+    pub judge: fn(&Variant, &RunRecord) -> Judgement,
+}
+
+/// What a chapter's run shows about the learner's code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judgement {
+    /// It does what the chapter asks; the evidence in words.
+    Pass(String),
+    /// It does not: the violation (as the chapter declares it) and the numbers.
+    Fail {
+        /// The violation's name.
+        violation: &'static str,
+        /// The numbers behind it.
+        detail: String,
+    },
+    /// The run could not show either (its fault did not fire, it caught nothing).
+    Unknown(String),
+}
+
+impl Judgement {
+    /// The process exit code of a check: 0 pass, 1 fail, 2 unknown.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Judgement::Pass(_) => 0,
+            Judgement::Fail { .. } => 1,
+            Judgement::Unknown(_) => 2,
+        }
+    }
+}
+
+/// Every chapter, in the workshop's order.
+pub const CHAPTERS: &[Chapter] = &[
+    Chapter {
+        number: "01",
+        folder: "01-offset-lag",
+        title: "Offset lag is the metric",
+        claim: "Offset lag is the metric that matters (Wealthsimple, \"Kafka in production\", 2021), and how it moves says more than its size: a group that stops reading shows as a committed offset that no longer moves while the log grows, long before a threshold trips (the rules follow LinkedIn's Burrow).",
+        violation: "missed stall",
+        function: "lag_status",
+        run: |setup| lag_status::chapter(setup, LagRule::Exercise),
+        judge: lag_status::judge,
+    },
+    Chapter {
+        number: "02",
+        folder: "02-keys-keep-order",
+        title: "Keys keep order",
+        claim: "Kafka keeps order within a partition only: key each message by the entity whose order matters, the account, and let the default partitioner hash it (Parcel Perform, \"Initial experience with Kafka\"; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023).",
+        violation: "reordered",
+        function: "message_key",
+        run: keys_keep_order::chapter,
+        judge: keys_keep_order::judge,
+    },
+    Chapter {
+        number: "03",
+        folder: "03-commit-after-database",
+        title: "Commit offsets after the database commit",
+        claim: "Commit offsets explicitly, not on the client's timer (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023), and a restarted consumer resumes after the last committed message (Parcel Perform, \"Initial experience with Kafka\"): so commit only once the database transaction has committed, or the batch a process dies holding is lost.",
+        violation: "lost",
+        function: "batch_steps",
+        run: auto_commit_crash::chapter,
+        judge: auto_commit_crash::judge,
+    },
+];
+
+/// The chapter numbered `number` (`3`, `03` or its folder name).
+pub fn find(number: &str) -> Option<&'static Chapter> {
+    let wanted = number.trim();
+    CHAPTERS.iter().find(|chapter| {
+        chapter.folder == wanted
+            || chapter.number == wanted
+            || wanted.parse::<u32>().ok() == chapter.number.parse::<u32>().ok() && wanted.parse::<u32>().is_ok()
+    })
+}
+
+/// Judges a run by the checker's counts: unknown when its faults did not all fire or put
+/// nothing at stake, a failure naming the first of `violations` above zero, else a pass.
+pub fn judge_counts(variant: &Variant, record: &RunRecord, violations: &[Violation]) -> Judgement {
+    if !faults_fired(variant.planned_faults(), record) || !variant.expected.could_show(record) {
+        return Judgement::Unknown("a planned fault did not fire, or caught nothing the chapter is about; run the check again".into());
+    }
+    let check = &record.check;
+    if let Some(violation) = violations.iter().find(|violation| violation.count(check) > 0) {
+        return Judgement::Fail {
+            violation: violation.key(),
+            detail: format!(
+                "{} {} (want 0); lost {}, duplicated {}, reordered {}, bad balances {}, mismatched accounts {}",
+                violation.key(),
+                violation.count(check),
+                check.lost,
+                check.duplicated,
+                check.reordered,
+                check.bad_balances,
+                check.mismatched_accounts
+            ),
+        };
+    }
+    if !variant.expected.met_by(record) {
+        return Judgement::Fail {
+            violation: "mismatched",
+            detail: format!(
+                "the final balances differ from the oracle's in {} account(s), or the run did not show what it must ({})",
+                check.mismatched_accounts,
+                variant.expected.describe()
+            ),
+        };
+    }
+    Judgement::Pass(format!(
+        "{} of {} events applied, nothing lost, duplicated or reordered, every balance as the oracle's",
+        record.applied, record.events
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chapter_is_found_by_number_or_folder() {
+        assert_eq!(find("3").map(|chapter| chapter.folder), Some("03-commit-after-database"));
+        assert_eq!(find("03").map(|chapter| chapter.folder), Some("03-commit-after-database"));
+        assert_eq!(find("01-offset-lag").map(|chapter| chapter.number), Some("01"));
+        assert!(find("42").is_none());
+        assert!(find("lag").is_none());
+    }
+
+    #[test]
+    fn every_chapter_has_its_folder_exercise_and_solution() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../chapters");
+        for chapter in CHAPTERS {
+            let folder = root.join(chapter.folder);
+            for file in ["README.md", "exercise.rs", "hint.md"] {
+                assert!(folder.join(file).is_file(), "chapter {} has no {file}", chapter.number);
+            }
+            let exercise = std::fs::read_to_string(folder.join("exercise.rs")).unwrap_or_default();
+            assert!(
+                exercise.contains(&format!("pub fn {}", chapter.function)),
+                "chapter {}'s exercise defines {}",
+                chapter.number,
+                chapter.function
+            );
+            assert!(
+                root.join("solutions").join(format!("{}.rs", chapter.folder)).is_file(),
+                "chapter {} has a solution",
+                chapter.number
+            );
+        }
+    }
+}

@@ -28,6 +28,15 @@ experiment *ARGS:
 chaos BROKER="mock":
     for name in auto-commit-crash idempotent-consumer producer-retries poison-message repartition-cutover consumer-scaling broker-failure poller-vs-stream; do if [ {{BROKER}} = tansu ] && [ $name = producer-retries ]; then echo "producer-retries: not shown on tansu"; continue; fi; cargo run --release --bin tradeflow -- experiment $name --broker {{BROKER}} --out target/experiments/{{BROKER}}/$name || exit 1; done
 
+# The workshop: `just chapter list`, `just chapter check 03`, `just chapter hint 03`.
+chapter *ARGS:
+    cargo run -q --bin tradeflow -- chapter {{ARGS}}
+
+# The workshop's proof (as CI runs it): every exercise as shipped fails with its declared
+# violation, every solution passes on three seeds, the READMEs' commands run as written.
+chapters-proof:
+    bash .ci/prove-chapters
+
 # The local tansu image for --broker container (no registry needed).
 image:
     bash .ci/build-tansu-image

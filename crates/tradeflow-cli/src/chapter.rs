@@ -20,7 +20,12 @@ use tradeflow_lab::chapters::{CHAPTERS, Chapter, Judgement};
 pub enum ChapterCommand {
     /// Every chapter, in order, with the status of your last check: not started, failing
     /// (with which violation), unknown, or passed.
-    List,
+    List {
+        /// One line per chapter, `FOLDER<TAB>VIOLATION`: the violation each exercise as
+        /// shipped must fail with (for the workshop's proof in CI).
+        #[arg(long, hide = true)]
+        declared: bool,
+    },
     /// Builds your code (cargo build), runs the chapter's experiment on its default backend
     /// and prints the claim, the run's table and a verdict. Exit code 0 pass, 1 fail, 2
     /// unknown (the run could not show the lesson: run it again).
@@ -79,7 +84,13 @@ const RATE_PER_S: f64 = 2_000.0;
 pub async fn run(command: ChapterCommand) -> anyhow::Result<bool> {
     let workspace = workspace()?;
     match command {
-        ChapterCommand::List => list(&workspace),
+        ChapterCommand::List { declared: true } => {
+            for chapter in CHAPTERS {
+                println!("{}\t{}", chapter.folder, chapter.violation);
+            }
+            Ok(true)
+        }
+        ChapterCommand::List { declared: false } => list(&workspace),
         ChapterCommand::Check(arguments) => check(&workspace, &arguments),
         ChapterCommand::Run(arguments) => run_chapter(&workspace, &arguments).await,
         ChapterCommand::Hint { chapter } => {

@@ -108,17 +108,15 @@ pub fn judge_counts(variant: &Variant, record: &RunRecord, violations: &[Violati
     }
     let check = &record.check;
     if let Some(violation) = violations.iter().find(|violation| violation.count(check) > 0) {
+        let counted = match violation {
+            Violation::Reordered => format!("reordered {}, bad balances {}", check.reordered, check.bad_balances),
+            _ => format!("{} {}", violation.key(), violation.count(check)),
+        };
         return Judgement::Fail {
             violation: violation.key(),
             detail: format!(
-                "{} {} (want 0); lost {}, duplicated {}, reordered {}, bad balances {}, mismatched accounts {}",
-                violation.key(),
-                violation.count(check),
-                check.lost,
-                check.duplicated,
-                check.reordered,
-                check.bad_balances,
-                check.mismatched_accounts
+                "{counted} (want 0); lost {}, duplicated {}, reordered {}, bad balances {}, mismatched accounts {}",
+                check.lost, check.duplicated, check.reordered, check.bad_balances, check.mismatched_accounts
             ),
         };
     }

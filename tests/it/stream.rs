@@ -87,6 +87,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         dedup: tradeflow_store::Dedup::ApplyLog,
         fencing: true,
         key_check: true,
+        poison_exercise: false,
     }
 }
 

@@ -80,6 +80,9 @@ pub struct ServiceArgs {
     /// not keyed by its account.
     #[arg(long, hide = true)]
     no_key_check: bool,
+    /// Chapter 06: its exercise decides what happens to a message that cannot be processed.
+    #[arg(long, hide = true)]
+    poison_exercise: bool,
 }
 
 /// When the consumers commit offsets (`--commit`).
@@ -249,6 +252,7 @@ fn consumer_configs(arguments: &ServiceArgs) -> anyhow::Result<Vec<ServiceConfig
                 },
                 fencing: !arguments.no_fencing,
                 key_check: !arguments.no_key_check,
+                poison_exercise: arguments.poison_exercise,
             };
             config.validate()?;
             Ok(config)

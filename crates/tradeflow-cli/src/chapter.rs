@@ -254,6 +254,16 @@ async fn run_chapter(workspace: &Path, arguments: &ChapterRunArgs) -> anyhow::Re
         };
         println!("  fault at {:>6} ms  {}: {outcome}", fault.at_ms, fault.fault);
     }
+    let service: Vec<String> = ["dead_lettered", "poison_retries", "redelivered", "fenced", "crashed_holding"]
+        .iter()
+        .filter_map(|count| {
+            let value = record.config.get(*count)?.as_u64()?;
+            (value > 0).then(|| format!("{} {value}", count.replace('_', " ")))
+        })
+        .collect();
+    if !service.is_empty() {
+        println!("  the balance service: {}", service.join(", "));
+    }
     let judgement = (chapter.judge)(&variant, &record);
     let (status, code) = match &judgement {
         Judgement::Pass(evidence) => {

@@ -59,6 +59,15 @@ pub enum BatchStep {
     CommitOffsets,
 }
 
+/// What the balance service does with a message it cannot process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unprocessable {
+    /// Read it again after a pause; nothing behind it in its partition is applied meanwhile.
+    RetryLater,
+    /// Send it, with the reason, to the dead-letter topic and go on with the partition.
+    DeadLetter,
+}
+
 /// Chapter 01: the lag status of a partition over a window of samples.
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/01-offset-lag/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/01-offset-lag.rs")]
@@ -73,3 +82,8 @@ pub mod message_key;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/03-commit-after-database/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/03-commit-after-database.rs")]
 pub mod batch_steps;
+
+/// Chapter 06: what to do with a message that cannot be processed.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/06-dead-letter-topics/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/06-dead-letter-topics.rs")]
+pub mod on_unprocessable;

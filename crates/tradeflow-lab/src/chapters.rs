@@ -4,7 +4,7 @@
 
 use crate::expect::Violation;
 use crate::faults_fired;
-use crate::lessons::{auto_commit_crash, keys_keep_order, lag_status};
+use crate::lessons::{auto_commit_crash, keys_keep_order, lag_status, poison_message};
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
 use tradeflow_stream::lag::LagRule;
@@ -87,6 +87,16 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "batch_steps",
         run: auto_commit_crash::chapter,
         judge: auto_commit_crash::judge,
+    },
+    Chapter {
+        number: "06",
+        folder: "06-dead-letter-topics",
+        title: "Dead-letter topics and replay",
+        claim: "A message that cannot be processed must not hold up its partition: retry it a bounded number of times, then set it aside on a dead-letter topic and go on (Wealthsimple, \"Kafka in production\", 2021; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023: retries with limits).",
+        violation: "lost",
+        function: "on_unprocessable",
+        run: poison_message::chapter,
+        judge: poison_message::judge,
     },
 ];
 

@@ -44,6 +44,9 @@ pub struct FleetConfig {
     pub fencing: bool,
     /// Whether a message whose key is not its account is refused.
     pub key_check: bool,
+    /// Whether chapter 06's exercise decides what happens to a message that cannot be
+    /// processed.
+    pub poison_exercise: bool,
     /// Members as processes of their own; `None`: as tasks in this process.
     pub processes: Option<ServiceProcesses>,
     /// The least time a kill waits once its process holds a batch.
@@ -169,6 +172,7 @@ impl Fleet {
             dedup: self.config.dedup,
             fencing: self.config.fencing,
             key_check: self.config.key_check,
+            poison_exercise: self.config.poison_exercise,
         }
     }
 
@@ -186,6 +190,7 @@ impl Fleet {
             dedup: self.config.dedup,
             fencing: self.config.fencing,
             key_check: self.config.key_check,
+            poison_exercise: self.config.poison_exercise,
         }
     }
 

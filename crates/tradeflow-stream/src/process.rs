@@ -56,6 +56,7 @@ pub(crate) struct ProcessArgs {
     pub(crate) dedup: tradeflow_store::Dedup,
     pub(crate) fencing: bool,
     pub(crate) key_check: bool,
+    pub(crate) poison_exercise: bool,
 }
 
 /// One running process.
@@ -118,6 +119,9 @@ impl ServiceProcess {
         }
         if !args.key_check {
             command.arg("--no-key-check");
+        }
+        if args.poison_exercise {
+            command.arg("--poison-exercise");
         }
         match spawn.store.kind {
             StoreKind::Postgres => command.env("DATABASE_URL", &spawn.store.url),

@@ -93,6 +93,9 @@ pub struct Scenario {
     /// Whether the balance service refuses a message not keyed by its account (off only
     /// for chapter 02, to show what a wrong key does to order).
     pub key_check: bool,
+    /// Whether chapter 06's exercise decides what happens to a message that cannot be
+    /// processed (instead of `dead_letter`).
+    pub poison_exercise: bool,
 }
 
 impl Default for Scenario {
@@ -110,6 +113,7 @@ impl Default for Scenario {
             fencing: true,
             kill_after: Duration::ZERO,
             key_check: true,
+            poison_exercise: false,
         }
     }
 }
@@ -428,6 +432,7 @@ impl Fleets {
             processes: options.scenario.processes.clone(),
             kill_after: options.scenario.kill_after,
             key_check: options.scenario.key_check,
+            poison_exercise: options.scenario.poison_exercise,
             seed: options.workload.seed,
         };
         let main = Fleet::start(store.clone(), config(&options.topic, group.to_owned()), options.consumers)?;

@@ -146,6 +146,9 @@ pub struct ServiceConfig {
     /// Whether a message whose key is not its account is refused (dead-lettered): always,
     /// but for chapter 02, which shows what a wrong key does to order.
     pub key_check: bool,
+    /// Whether chapter 06's exercise decides what happens to a message that cannot be
+    /// processed (retry it later, or dead-letter it), instead of `dead_letter`.
+    pub poison_exercise: bool,
 }
 
 impl ServiceConfig {
@@ -233,6 +236,26 @@ pub struct ServiceCounters {
     /// transactions or compaction, such a gap is retention deleting messages before they
     /// were applied; librdkafka's `auto.offset.reset` then skips them with only a log line.
     pub skipped: AtomicU64,
+    /// Failed attempts per message (partition, offset) that cannot be processed, for the
+    /// rule that decides when to give up on one; at most [`POISON_TRACKED_MAX`] messages.
+    pub poison_attempts: std::sync::Mutex<BTreeMap<(i32, i64), u32>>,
+}
+
+/// Most messages whose failed attempts are remembered at once; past it, the count starts
+/// over (a message retried then gets a few more attempts, never fewer).
+pub const POISON_TRACKED_MAX: usize = 10_000;
+
+impl ServiceCounters {
+    /// Counts one more failed attempt at a message and returns how many there were.
+    fn failed_attempt(&self, partition: i32, offset: i64) -> u32 {
+        let Ok(mut attempts) = self.poison_attempts.lock() else { return 1 };
+        if attempts.len() >= POISON_TRACKED_MAX && !attempts.contains_key(&(partition, offset)) {
+            attempts.clear();
+        }
+        let attempt = attempts.entry((partition, offset)).or_insert(0);
+        *attempt += 1;
+        *attempt
+    }
 }
 
 /// What happened to a consumer.
@@ -769,7 +792,7 @@ async fn process(
         accepted,
         dead_lettered,
         stuck_at,
-    } = triage(dead_letters, config, batch).await?;
+    } = triage(dead_letters, config, batch, counters).await?;
     let inputs: Vec<ApplyInput<'_>> = accepted
         .iter()
         .map(|(_, event, intended_at_ns)| ApplyInput {
@@ -828,6 +851,7 @@ async fn triage<'a>(
     dead_letters: &rdkafka::producer::FutureProducer,
     config: &ServiceConfig,
     batch: &'a [OwnedMessage],
+    counters: &ServiceCounters,
 ) -> Result<Triage<'a>, StreamError> {
     let mut accepted: Vec<(&OwnedMessage, Event, i64)> = Vec::with_capacity(batch.len());
     let mut dead_lettered = 0;
@@ -850,7 +874,13 @@ async fn triage<'a>(
                     dead_letter = config.dead_letter,
                     "cannot process a message: it goes to the dead-letter topic, or without one its partition waits"
                 );
-                if config.dead_letter {
+                let dead_letter = if config.poison_exercise {
+                    let attempt = counters.failed_attempt(message.partition(), message.offset());
+                    tradeflow_exercises::on_unprocessable::on_unprocessable(attempt) == tradeflow_exercises::Unprocessable::DeadLetter
+                } else {
+                    config.dead_letter
+                };
+                if dead_letter {
                     dlq::send(dead_letters, message, &rejection, now_ns()).await?;
                     dead_lettered += 1;
                 } else {
@@ -948,6 +978,19 @@ mod tests {
 
     fn message(partition: i32, offset: i64) -> OwnedMessage {
         OwnedMessage::new(None, None, "trades".into(), Timestamp::NotAvailable, partition, offset, None)
+    }
+
+    #[test]
+    fn failed_attempts_are_counted_per_message() {
+        let counters = ServiceCounters::default();
+        assert_eq!(counters.failed_attempt(0, 5), 1);
+        assert_eq!(counters.failed_attempt(0, 5), 2);
+        assert_eq!(
+            counters.failed_attempt(1, 5),
+            1,
+            "another partition's message at the same offset is another message"
+        );
+        assert_eq!(counters.failed_attempt(0, 5), 3);
     }
 
     #[test]

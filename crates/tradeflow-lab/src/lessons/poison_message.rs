@@ -5,7 +5,12 @@
 //!
 //! Variants: no dead-letter topic must **lose** the events behind the poison (retried
 //! forever: `poison_retries` > 0); a dead-letter topic must pass (`dead_lettered` > 0).
+//!
+//! Chapter 06's run: the same poison, and the learner's `on_unprocessable` decides, at each
+//! failed attempt, whether to retry the message later or dead-letter it. It must pass with
+//! the poison dead-lettered; a run whose poison was never sent is unknown.
 
+use crate::chapters::Judgement;
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate};
 use std::time::Duration;
@@ -16,6 +21,24 @@ pub const NAME: &str = "poison-message";
 /// What it shows.
 pub const WHAT: &str =
     "a message no one can process: without a dead-letter topic its partition is stuck and lag grows; with one, everything else flows";
+
+/// Chapter 06's run: the lesson's poison, the learner's rule for it.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    let mut options = setup.stream(4, 2);
+    options.stall_timeout = Duration::from_secs(5);
+    options.scenario.poison_exercise = true;
+    options.scenario.plan = setup.plan(&[candidate(Action::Service(ServiceFault::Poison { count: 2 }), (0, 0))], 1);
+    Ok(Variant {
+        label: "your on_unprocessable, two poison messages mid-run".into(),
+        run: VariantRun::Stream(Box::new(options)),
+        expected: Expected::pass("the poison goes to the dead-letter topic; everything behind it is applied").observing("dead_lettered"),
+    })
+}
+
+/// Judges a run of [`chapter`] by the checker's counts.
+pub fn judge(variant: &Variant, record: &tradeflow_check::RunRecord) -> Judgement {
+    crate::chapters::judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered])
+}
 
 /// The lesson's variants for a setup.
 pub fn variants(setup: &Setup) -> Vec<Variant> {

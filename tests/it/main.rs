@@ -2,6 +2,7 @@
 //! real databases and brokers. Helpers are in `tests/lib.rs`.
 
 mod brokers;
+mod chapters;
 mod kafka;
 mod poller;
 mod properties;

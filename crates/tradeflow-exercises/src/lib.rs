@@ -68,6 +68,18 @@ pub enum Unprocessable {
     DeadLetter,
 }
 
+/// Where a cutover to a new topic stands, as the publisher sees it each time it asks whether
+/// to switch (publishing to the old topic has stopped; every send was answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutoverState {
+    /// Events the old topic acknowledged.
+    pub acknowledged_on_old: u64,
+    /// Of those, events the old topic's consumers have applied.
+    pub applied_from_old: u64,
+    /// How long publishing has been paused, ms.
+    pub paused_ms: u64,
+}
+
 /// Chapter 01: the lag status of a partition over a window of samples.
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/01-offset-lag/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/01-offset-lag.rs")]
@@ -87,3 +99,8 @@ pub mod batch_steps;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/06-dead-letter-topics/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/06-dead-letter-topics.rs")]
 pub mod on_unprocessable;
+
+/// Chapter 08: when the publisher may move to the new topic.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/08-cutover-runbook/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/08-cutover-runbook.rs")]
+pub mod ready_to_switch;

@@ -4,7 +4,7 @@
 
 use crate::expect::Violation;
 use crate::faults_fired;
-use crate::lessons::{auto_commit_crash, keys_keep_order, lag_status, poison_message};
+use crate::lessons::{auto_commit_crash, keys_keep_order, lag_status, poison_message, repartition_cutover};
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
 use tradeflow_stream::lag::LagRule;
@@ -97,6 +97,16 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "on_unprocessable",
         run: poison_message::chapter,
         judge: poison_message::judge,
+    },
+    Chapter {
+        number: "08",
+        folder: "08-cutover-runbook",
+        title: "Repartitioning breaks order: the cutover runbook",
+        claim: "Partitions only go up, and adding them moves keys to other partitions: overpartition from the start (Wealthsimple, \"Kafka in production\", 2021; Parcel Perform, \"Initial experience with Kafka\"). When you must move to more, drain the old topic before the new one starts, or an account's newer events overtake its older ones.",
+        violation: "reordered",
+        function: "ready_to_switch",
+        run: repartition_cutover::chapter,
+        judge: repartition_cutover::judge,
     },
 ];
 

@@ -74,11 +74,20 @@ pub(crate) async fn publish(
     for (index, scheduled) in workload.events.iter().enumerate() {
         tokio::time::sleep_until((start + Duration::from_nanos(scheduled.intended_offset_ns)).into()).await;
         if let Some(switch) = switch.as_ref().filter(|switch| switch.cutover.at_event == index) {
-            if switch.cutover.runbook == Runbook::DrainThenSwitch {
+            if switch.cutover.runbook != Runbook::Naive {
                 let waiting = Instant::now();
                 publisher.wait_for_reports(DRAIN_TIMEOUT).await?;
                 let acked = publisher.deliveries().acked();
-                while switch.old_applied.applied.load(Ordering::Relaxed) < acked && waiting.elapsed() < DRAIN_TIMEOUT {
+                let must_wait = |applied: u64, paused: Duration| match switch.cutover.runbook {
+                    Runbook::Exercise => !tradeflow_exercises::ready_to_switch::ready_to_switch(&tradeflow_exercises::CutoverState {
+                        acknowledged_on_old: acked,
+                        applied_from_old: applied,
+                        paused_ms: paused.as_millis() as u64,
+                    }),
+                    Runbook::DrainThenSwitch | Runbook::Naive => applied < acked,
+                };
+                while must_wait(switch.old_applied.applied.load(Ordering::Relaxed), waiting.elapsed()) && waiting.elapsed() < DRAIN_TIMEOUT
+                {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 switch.drain_wait_ms.store(waiting.elapsed().as_millis() as u64, Ordering::Relaxed);

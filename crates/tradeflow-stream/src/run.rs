@@ -142,6 +142,8 @@ pub enum Runbook {
     Naive,
     /// Stop publishing, wait until the old topic is fully applied, then switch.
     DrainThenSwitch,
+    /// Stop publishing, then switch when the learner's chapter 08 exercise says so.
+    Exercise,
 }
 
 /// Default partitions of the trades topic (overpartitioned from the start).

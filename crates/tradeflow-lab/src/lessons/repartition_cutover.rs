@@ -7,7 +7,11 @@
 //!
 //! Variants: a naive switch to 8 partitions must **reorder** (bad balances);
 //! drain-then-switch must pass.
+//!
+//! Chapter 08's run: the same lagging cutover, and the learner's `ready_to_switch` says
+//! when the publisher moves. It must pass (nothing reordered, no bad balance).
 
+use crate::chapters::Judgement;
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun};
 use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep, ServiceFault};
@@ -29,12 +33,11 @@ pub fn cutover(partitions: i32, at_event: usize, runbook: Runbook) -> Cutover {
     }
 }
 
-/// The lesson's variants for a setup.
-pub fn variants(setup: &Setup) -> Vec<Variant> {
+/// The cutover's event (half-way) and the plan that leaves the old topic behind at it: its
+/// consumers stall a second before and read again half a second after.
+fn lagging_cutover(setup: &Setup) -> (usize, FaultPlan) {
     let at_event = (setup.events / 2) as usize;
     let cutover_ms = (at_event as f64 / setup.rate * 1_000.0) as u64;
-    // The old balance service is behind at the cutover: it stalled a second before and
-    // reads again half a second after.
     let plan = FaultPlan {
         seed: setup.seed,
         steps: vec![PlanStep {
@@ -43,6 +46,30 @@ pub fn variants(setup: &Setup) -> Vec<Variant> {
             action: Action::Service(ServiceFault::HoldAll),
         }],
     };
+    (at_event, plan)
+}
+
+/// Chapter 08's run: the lesson's lagging cutover, the learner's moment to switch.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    let (at_event, plan) = lagging_cutover(setup);
+    let mut options = setup.stream(4, 2);
+    options.scenario.plan = plan;
+    options.scenario.cutover = Some(cutover(8, at_event, Runbook::Exercise));
+    Ok(Variant {
+        label: "your ready_to_switch, a cutover to 8 partitions while the old topic lags".into(),
+        run: VariantRun::Stream(Box::new(options)),
+        expected: Expected::pass("every account's older events applied before its newer ones"),
+    })
+}
+
+/// Judges a run of [`chapter`] by the checker's counts.
+pub fn judge(variant: &Variant, record: &tradeflow_check::RunRecord) -> Judgement {
+    crate::chapters::judge_counts(variant, record, &[Violation::Reordered, Violation::Lost, Violation::Duplicated])
+}
+
+/// The lesson's variants for a setup.
+pub fn variants(setup: &Setup) -> Vec<Variant> {
+    let (at_event, plan) = lagging_cutover(setup);
     let variant = |runbook: Runbook, expected: Expected| {
         let mut options = setup.stream(4, 2);
         options.scenario.plan = plan.clone();
@@ -50,7 +77,7 @@ pub fn variants(setup: &Setup) -> Vec<Variant> {
         Variant {
             label: match runbook {
                 Runbook::Naive => "naive switch to 8 partitions".into(),
-                Runbook::DrainThenSwitch => "drain, then switch to 8 partitions".into(),
+                Runbook::DrainThenSwitch | Runbook::Exercise => "drain, then switch to 8 partitions".into(),
             },
             run: VariantRun::Stream(Box::new(options)),
             expected,

@@ -83,6 +83,9 @@ pub struct ServiceArgs {
     /// Chapter 06: its exercise decides what happens to a message that cannot be processed.
     #[arg(long, hide = true)]
     poison_exercise: bool,
+    /// Chapter 04: its exercise decides which events of a batch are applied.
+    #[arg(long, hide = true)]
+    dedup_exercise: bool,
 }
 
 /// When the consumers commit offsets (`--commit`).
@@ -245,10 +248,10 @@ fn consumer_configs(arguments: &ServiceArgs) -> anyhow::Result<Vec<ServiceConfig
                 dead_letter: !arguments.no_dead_letter,
                 journal: journal.clone(),
                 apply_delay: Duration::from_millis(arguments.apply_delay_ms),
-                dedup: if arguments.naive_apply {
-                    tradeflow_store::Dedup::None
-                } else {
-                    tradeflow_store::Dedup::ApplyLog
+                dedup: match (arguments.naive_apply, arguments.dedup_exercise) {
+                    (true, _) => tradeflow_store::Dedup::None,
+                    (false, true) => tradeflow_store::Dedup::Exercise,
+                    (false, false) => tradeflow_store::Dedup::ApplyLog,
                 },
                 fencing: !arguments.no_fencing,
                 key_check: !arguments.no_key_check,

@@ -90,6 +90,11 @@ pub mod lag_status;
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/02-keys-keep-order.rs")]
 pub mod message_key;
 
+/// Chapter 04: which events of a batch to apply.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/04-idempotent-consumer/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/04-idempotent-consumer.rs")]
+pub mod events_to_apply;
+
 /// Chapter 03: the order of a batch's two steps.
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/03-commit-after-database/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/03-commit-after-database.rs")]

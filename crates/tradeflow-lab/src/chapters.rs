@@ -4,7 +4,7 @@
 
 use crate::expect::Violation;
 use crate::faults_fired;
-use crate::lessons::{auto_commit_crash, keys_keep_order, lag_status, poison_message, repartition_cutover};
+use crate::lessons::{auto_commit_crash, idempotent_consumer, keys_keep_order, lag_status, poison_message, repartition_cutover};
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
 use tradeflow_stream::lag::LagRule;
@@ -87,6 +87,16 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "batch_steps",
         run: auto_commit_crash::chapter,
         judge: auto_commit_crash::judge,
+    },
+    Chapter {
+        number: "04",
+        folder: "04-idempotent-consumer",
+        title: "Be idempotent, do not chase exactly-once",
+        claim: "Kafka delivers at least once: a rebalance, a crash or a paused process hands a message over again. Make applying it twice harmless instead of chasing exactly-once (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023).",
+        violation: "duplicated",
+        function: "events_to_apply",
+        run: idempotent_consumer::chapter,
+        judge: idempotent_consumer::judge,
     },
     Chapter {
         number: "06",

@@ -33,6 +33,8 @@ pub enum Dedup {
     /// Every event handed over is applied, again if it was before: the naive consumer
     /// of the idempotence lesson. Never for anything else.
     None,
+    /// The events the learner's chapter 04 exercise returns, given the apply log.
+    Exercise,
 }
 
 /// What a committed batch did.
@@ -83,6 +85,7 @@ impl Store {
         let fresh = match dedup {
             Dedup::ApplyLog => fresh_events(&self.already_applied(connection, events).await?, events),
             Dedup::None => events.iter().map(|input| (input.event.event_id.to_string(), input)).collect(),
+            Dedup::Exercise => exercise_events(&self.already_applied(connection, events).await?, events),
         };
         let summary = ApplySummary {
             applied: fresh.len(),
@@ -129,7 +132,7 @@ impl Store {
         let applied_at_ns = now_ns();
         let on_conflict = match dedup {
             Dedup::ApplyLog => "",
-            Dedup::None => " ON CONFLICT (event_id) DO NOTHING",
+            Dedup::None | Dedup::Exercise => " ON CONFLICT (event_id) DO NOTHING",
         };
         for (chunk, indexes) in fresh.chunks(ROWS_PER_STATEMENT_MAX).zip(indexes.chunks(ROWS_PER_STATEMENT_MAX)) {
             let sql = format!(
@@ -248,6 +251,17 @@ fn fresh_events<'e, 'a>(already: &HashSet<String>, events: &'e [ApplyInput<'a>])
         }
     }
     fresh
+}
+
+/// The events the chapter 04 exercise says to apply, in its order; an id it returns that is
+/// not in the batch is ignored.
+fn exercise_events<'e, 'a>(already: &HashSet<String>, events: &'e [ApplyInput<'a>]) -> Vec<(String, &'e ApplyInput<'a>)> {
+    let ids: Vec<tradeflow_domain::EventId> = events.iter().map(|input| input.event.event_id).collect();
+    let by_id: HashMap<tradeflow_domain::EventId, &ApplyInput<'a>> = events.iter().map(|input| (input.event.event_id, input)).collect();
+    tradeflow_exercises::events_to_apply::events_to_apply(&ids, &|event_id| already.contains(&event_id.to_string()))
+        .into_iter()
+        .filter_map(|event_id| Some((event_id.to_string(), *by_id.get(&event_id)?)))
+        .collect()
 }
 
 /// The net change the fresh events make: per account its cash delta and event count, per

@@ -111,8 +111,14 @@ impl ServiceProcess {
         if !args.dead_letter {
             command.arg("--no-dead-letter");
         }
-        if args.dedup == tradeflow_store::Dedup::None {
-            command.arg("--naive-apply");
+        match args.dedup {
+            tradeflow_store::Dedup::None => {
+                command.arg("--naive-apply");
+            }
+            tradeflow_store::Dedup::Exercise => {
+                command.arg("--dedup-exercise");
+            }
+            tradeflow_store::Dedup::ApplyLog => {}
         }
         if !args.fencing {
             command.arg("--no-fencing");

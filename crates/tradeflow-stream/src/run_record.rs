@@ -63,6 +63,7 @@ pub(crate) fn config(
         "dedup": match options.scenario.dedup {
             tradeflow_store::Dedup::ApplyLog => "apply_log",
             tradeflow_store::Dedup::None => "none",
+            tradeflow_store::Dedup::Exercise => "exercise",
         },
         // What the crashes caught: messages received and not applied, and of those the
         // ones whose offsets the broker had confirmed committed (known for processes only).

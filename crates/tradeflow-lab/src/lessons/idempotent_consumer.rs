@@ -29,7 +29,12 @@
 //! (`fenced` > 0); the apply log without the fence must pass with the zombie's redelivery
 //! skipped (`redelivered` > 0). A run whose freeze did not catch a batch while the group
 //! moved its partitions is **unknown**.
+//!
+//! Chapter 04's run is the row without the fence, with the learner's `events_to_apply`
+//! deciding inside the transaction which events of each batch are applied: it must pass
+//! with the zombie's second apply skipped; a freeze that caught nothing is unknown.
 
+use crate::chapters::Judgement;
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate};
 use tradeflow_cluster::plan::{Action, ServiceFault};
@@ -44,34 +49,55 @@ pub const WHAT: &str = "a consumer process frozen (SIGSTOP) past its session hol
 /// rebalance that follows, so that the other member has its batch by then.
 pub const FROZEN_FOR_MS: u64 = 12_000;
 
-/// The lesson's variants for a setup: it needs the service as processes.
-pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
+/// Chapter 04's run: the zombie without the fence, the learner's choice of what to apply.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    variant(
+        setup,
+        "your events_to_apply, no fence",
+        Dedup::Exercise,
+        false,
+        Expected::pass("each event applied once: the zombie's second apply and every redelivery skipped")
+            .showing("SIGSTOP")
+            .shown_by("frozen_holding_moved"),
+    )
+}
+
+/// Judges a run of [`chapter`] by the checker's counts.
+pub fn judge(variant: &Variant, record: &tradeflow_check::RunRecord) -> Judgement {
+    crate::chapters::judge_counts(variant, record, &[Violation::Duplicated, Violation::Lost, Violation::Reordered])
+}
+
+/// One run of the lesson: two processes, one frozen past its session holding a batch, the
+/// given dedup and fence.
+fn variant(setup: &Setup, label: &str, dedup: Dedup, fencing: bool, expected: Expected) -> Result<Variant, String> {
     let Some(service) = &setup.service else {
         return Err("the lesson freezes a balance service process, and no tradeflow executable was given to start it".into());
     };
-    let plan = setup.plan(
+    let mut options = setup.stream(4, 2);
+    crate::lessons::auto_commit_crash::configure(&mut options, tradeflow_stream::CommitPolicy::AfterDatabase);
+    options.scenario.plan = setup.plan(
         &[candidate(
             Action::Service(ServiceFault::Pause { consumer: 0 }),
             (FROZEN_FOR_MS, FROZEN_FOR_MS),
         )],
         1,
     );
-    let variant = |label: &str, dedup: Dedup, fencing: bool, expected: Expected| {
-        let mut options = setup.stream(4, 2);
-        crate::lessons::auto_commit_crash::configure(&mut options, tradeflow_stream::CommitPolicy::AfterDatabase);
-        options.scenario.plan = plan.clone();
-        options.scenario.processes = Some(service.clone());
-        options.scenario.dedup = dedup;
-        options.scenario.fencing = fencing;
-        options.stall_timeout = crate::lessons::auto_commit_crash::KILLED_SESSION_WAIT;
-        Variant {
-            label: label.into(),
-            run: VariantRun::Stream(Box::new(options)),
-            expected,
-        }
-    };
+    options.scenario.processes = Some(service.clone());
+    options.scenario.dedup = dedup;
+    options.scenario.fencing = fencing;
+    options.stall_timeout = crate::lessons::auto_commit_crash::KILLED_SESSION_WAIT;
+    Ok(Variant {
+        label: label.into(),
+        run: VariantRun::Stream(Box::new(options)),
+        expected,
+    })
+}
+
+/// The lesson's variants for a setup: it needs the service as processes.
+pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
     Ok(vec![
         variant(
+            setup,
             "naive consumer, no fence",
             Dedup::None,
             false,
@@ -81,8 +107,9 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
             )
             .showing("SIGSTOP")
             .shown_by("frozen_holding_moved"),
-        ),
+        )?,
         variant(
+            setup,
             "apply log and fence",
             Dedup::ApplyLog,
             true,
@@ -90,8 +117,9 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
                 .observing("fenced")
                 .showing("SIGSTOP")
                 .shown_by("frozen_holding_moved"),
-        ),
+        )?,
         variant(
+            setup,
             "apply log, no fence",
             Dedup::ApplyLog,
             false,
@@ -99,6 +127,6 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
                 .observing("redelivered")
                 .showing("SIGSTOP")
                 .shown_by("frozen_holding_moved"),
-        ),
+        )?,
     ])
 }

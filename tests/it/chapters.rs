@@ -11,6 +11,7 @@ fn chapter(target: &std::path::Path, args: &[&str]) -> Output {
         .arg("chapter")
         .args(args)
         .env("CARGO_TARGET_DIR", target)
+        .env_remove("TRADEFLOW_CHAPTER_STATUS")
         .output()
         .expect("tradeflow runs")
 }

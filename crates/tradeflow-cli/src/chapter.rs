@@ -129,9 +129,12 @@ fn workspace() -> anyhow::Result<PathBuf> {
         .context("no tradeflow workspace (a folder with chapters/ and Cargo.toml) here or above: run this from your clone")
 }
 
-/// Where the learner's progress is kept: beside the build, never committed.
+/// Where the learner's progress is kept: beside the build, never committed
+/// (`TRADEFLOW_CHAPTER_STATUS` puts it elsewhere: the workshop's proof keeps its own).
 fn status_path(workspace: &Path) -> PathBuf {
-    target_dir(workspace).join("chapters-status.json")
+    std::env::var_os("TRADEFLOW_CHAPTER_STATUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir(workspace).join("chapters-status.json"))
 }
 
 fn target_dir(workspace: &Path) -> PathBuf {
@@ -162,11 +165,12 @@ fn save_progress(workspace: &Path, chapter: &Chapter, status: String) -> anyhow:
 
 fn list(workspace: &Path) -> anyhow::Result<bool> {
     let progress = load_progress(workspace);
-    println!("{:<4} {:<44} {:<40} you write", "", "chapter", "status");
+    let width = CHAPTERS.iter().map(|chapter| chapter.title.len()).max().unwrap_or(0);
+    println!("{:<4} {:<width$}  {:<28} you write", "", "chapter", "status");
     for chapter in CHAPTERS {
         let status = progress.get(chapter.folder).map_or("not started", String::as_str);
         println!(
-            "{:<4} {:<44} {:<40} {} in chapters/{}/exercise.rs",
+            "{:<4} {:<width$}  {:<28} {} in chapters/{}/exercise.rs",
             chapter.number, chapter.title, status, chapter.function, chapter.folder
         );
     }

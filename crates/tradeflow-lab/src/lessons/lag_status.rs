@@ -17,9 +17,9 @@ use crate::chapters::Judgement;
 use crate::variant::{Setup, Variant, VariantRun};
 use crate::{Expected, faults_fired};
 use std::time::Duration;
-use tradeflow_check::RunRecord;
+use tradeflow_check::{LagSample, RunRecord};
 use tradeflow_cluster::plan::{Action, PlanStep, ServiceFault};
-use tradeflow_stream::lag::{LagRule, LagStatus, STATUS_WINDOW, partition_samples};
+use tradeflow_stream::lag::{LagRule, LagStatus, OffsetSample, STATUS_WINDOW, partition_samples};
 
 /// When the consumers stop reading, from the start of publishing.
 pub const STOP_AT: Duration = Duration::from_secs(3);
@@ -75,9 +75,10 @@ pub fn judge(variant: &Variant, record: &RunRecord) -> Judgement {
     let (Some(stop), Some(resume)) = (stopped_s("stops reading"), stopped_s("reads again")) else {
         return Judgement::Unknown("the run's record does not say when the consumers stopped and read again".into());
     };
+    let rule = options.lag_rule;
     let tally = tally(
-        record,
-        options.lag_rule,
+        &record.lag,
+        |window| rule.status(window),
         (stop + SETTLE.as_secs_f64(), resume),
         resume + RECOVER.as_secs_f64(),
     );
@@ -124,25 +125,26 @@ struct Tally {
     false_alarms: u64,
 }
 
-/// Counts each partition's windows: inside `stopped` (with lag all along) they must alarm;
-/// before its start or after `reading_again_s` they must not.
-fn tally(record: &RunRecord, rule: LagRule, stopped: (f64, f64), reading_again_s: f64) -> Tally {
+/// Counts each partition's windows: inside `stopped` (with lag all along, ending before the
+/// consumers read again) they must alarm; before its start or after `reading_again_s` they
+/// must not.
+fn tally(lag: &[LagSample], rule: impl Fn(&[OffsetSample]) -> LagStatus, stopped: (f64, f64), reading_again_s: f64) -> Tally {
     let mut tally = Tally::default();
-    let partitions: Vec<i32> = record
-        .lag
+    let partitions: Vec<i32> = lag
         .last()
         .map(|sample| sample.partitions.iter().map(|lag| lag.partition).collect())
         .unwrap_or_default();
     for partition in partitions {
-        let series = partition_samples(&record.lag, partition);
+        let series = partition_samples(lag, partition);
         for window in series.windows(STATUS_WINDOW) {
             let (from, to) = (window[0].at_s, window[STATUS_WINDOW - 1].at_s);
-            let alarm = matches!(rule.status(window), LagStatus::Stall | LagStatus::Stop);
-            if from >= stopped.0 && to <= stopped.1 && window.iter().all(|sample| sample.lag() > 0) {
+            let status = rule(window);
+            let alarm = matches!(status, LagStatus::Stall | LagStatus::Stop);
+            if from >= stopped.0 && to < stopped.1 && window.iter().all(|sample| sample.lag() > 0) {
                 tally.stopped += 1;
                 if !alarm {
                     tally.missed += 1;
-                    let said = rule.status(window).as_str();
+                    let said = status.as_str();
                     if !tally.missed_as.contains(&said) {
                         tally.missed_as.push(said);
                     }
@@ -159,7 +161,7 @@ fn tally(record: &RunRecord, rule: LagRule, stopped: (f64, f64), reading_again_s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tradeflow_stream::lag::{OffsetSample, monitor_status};
+    use tradeflow_stream::lag::monitor_status;
 
     fn window(points: &[(i64, i64)]) -> Vec<OffsetSample> {
         points
@@ -171,6 +173,43 @@ mod tests {
                 log_end: *log_end,
             })
             .collect()
+    }
+
+    /// One partition sampled every 500 ms: reading (committed follows the log) until 3 s,
+    /// stopped (committed frozen, the log growing) until 7 s, reading again after.
+    fn run_with_a_stop() -> Vec<LagSample> {
+        (1..=24)
+            .map(|step| {
+                let t_s = f64::from(step) * 0.5;
+                let log_end = i64::from(step) * 100;
+                let committed = if (3.0..7.0).contains(&t_s) { 250 } else { log_end - 10 };
+                LagSample {
+                    t_s,
+                    offset_lag_total: log_end - committed,
+                    time_lag_ms: 0.0,
+                    partitions: vec![tradeflow_check::PartitionLag {
+                        partition: 0,
+                        log_end,
+                        committed,
+                        offset_lag: log_end - committed,
+                    }],
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn windows_inside_the_stop_must_alarm_and_windows_while_reading_must_not() {
+        let lag = run_with_a_stop();
+        let judged = tally(&lag, monitor_status, (3.5, 7.0), 9.0);
+        assert!(judged.stopped > 0 && judged.reading > 0, "{judged:?}");
+        assert_eq!((judged.missed, judged.false_alarms), (0, 0), "the monitor's rules: {judged:?}");
+        // A rule that never alarms misses every stopped window; one that always does
+        // raises an alarm in every reading window. Both must show.
+        let never = tally(&lag, |_| LagStatus::Ok, (3.5, 7.0), 9.0);
+        assert_eq!(never.missed, never.stopped, "{never:?}");
+        let always = tally(&lag, |_| LagStatus::Stall, (3.5, 7.0), 9.0);
+        assert_eq!(always.false_alarms, always.reading, "{always:?}");
     }
 
     #[test]

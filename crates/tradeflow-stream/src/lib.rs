@@ -131,6 +131,9 @@ pub async fn topic_partitions(bootstrap: &str, topic: &str) -> Result<i32, Strea
 /// connection and reconnects.
 pub const SOCKET_TIMEOUT_MS: u32 = 10_000;
 
+/// How often a client refreshes the cluster's metadata in full.
+pub const METADATA_REFRESH_MS: u32 = 2_000;
+
 /// Settings every client of this crate shares (and the bench's raw clients, so that the
 /// limits are measured with the pipeline's own client settings).
 pub fn base_config(bootstrap: &str) -> ClientConfig {
@@ -147,7 +150,11 @@ pub fn base_config(bootstrap: &str) -> ClientConfig {
         // broker-down, a connection seen staying up but never answered) fails after this
         // long and the client reconnects. librdkafka's default, 60 s, outlasts the runs' stall timeout, so a
         // client that would have recovered was counted as losing what it had in flight.
-        .set("socket.timeout.ms", SOCKET_TIMEOUT_MS.to_string());
+        .set("socket.timeout.ms", SOCKET_TIMEOUT_MS.to_string())
+        // A broker the cluster stops listing (the mock cluster leaves a broker that is down
+        // out of its metadata, and librdkafka then forgets it) is learnt again on the next
+        // full metadata refresh: every few seconds here, not librdkafka's 5 minutes.
+        .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS.to_string());
     // librdkafka's own debug contexts (for example `cgrp,topic`), for chasing broker
     // behaviour; its lines arrive as logs of target `librdkafka`.
     if let Ok(contexts) = std::env::var("TRADEFLOW_KAFKA_DEBUG")

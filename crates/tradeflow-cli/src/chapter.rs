@@ -4,13 +4,10 @@
 //! the same without building; `hint NN` and `solution NN` (after a pass, or `--give-up`).
 
 use crate::args::StoreArgs;
-use crate::progress;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tokio::sync::watch;
-use tradeflow_check::{RunProgress, RunRecord};
 use tradeflow_cluster::Backend;
 use tradeflow_lab::Setup;
 use tradeflow_lab::chapters::{CHAPTERS, Chapter, Judgement};
@@ -246,7 +243,8 @@ async fn run_chapter(workspace: &Path, arguments: &ChapterRunArgs) -> anyhow::Re
     };
     let variant = (chapter.run)(&setup).map_err(|reason| anyhow::anyhow!("chapter {} cannot run: {reason}", chapter.number))?;
     let store = arguments.store.open().await?;
-    let record = run_variant(&store, &variant).await;
+    println!("{}", variant.label);
+    let record = crate::experiment::run_variant(&store, Backend::Mock, None, &variant).await;
     store.close().await;
     let record = record?;
     println!("\n{}", record.table());
@@ -268,7 +266,7 @@ async fn run_chapter(workspace: &Path, arguments: &ChapterRunArgs) -> anyhow::Re
     if !service.is_empty() {
         println!("  the balance service: {}", service.join(", "));
     }
-    let judgement = (chapter.judge)(&variant, &record);
+    let judgement = chapter.judge(&variant, &record);
     let (status, code) = match &judgement {
         Judgement::Pass(evidence) => {
             println!("\nPASS: {evidence}");
@@ -290,19 +288,4 @@ async fn run_chapter(workspace: &Path, arguments: &ChapterRunArgs) -> anyhow::Re
     };
     save_progress(workspace, chapter, status)?;
     if code == 0 { Ok(true) } else { Err(Exit { code }.into()) }
-}
-
-/// One run of the chapter's variant on a fresh mock cluster, its plan and progress shown.
-async fn run_variant(store: &tradeflow_store::Store, variant: &tradeflow_lab::Variant) -> anyhow::Result<RunRecord> {
-    let cluster = variant.start_cluster(Backend::Mock, None).context("starting the mock cluster")?;
-    if let Some(plan) = variant.plan() {
-        print!("{plan}");
-    }
-    println!("{}", variant.label);
-    let (sender, receiver) = watch::channel(RunProgress::default());
-    let drawing = progress::spawn("stream".into(), receiver);
-    let record = variant.run_on(store, cluster.as_ref(), &sender).await;
-    drop(sender);
-    let _ = drawing.await;
-    record.context("running the chapter's experiment")
 }

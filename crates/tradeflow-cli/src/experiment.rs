@@ -112,7 +112,7 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
     let mut outcomes = Vec::with_capacity(variants.len());
     for (index, variant) in variants.iter().enumerate() {
         println!("\n[{}/{}] {}", index + 1, variants.len(), variant.label);
-        let record = run_variant(&store, &arguments, variant).await?;
+        let record = run_variant(&store, arguments.broker, arguments.bootstrap.as_deref(), variant).await?;
         outcomes.push(outcome(variant, &record));
     }
     store.close().await;
@@ -200,10 +200,11 @@ fn outcome(variant: &Variant, record: &RunRecord) -> VariantOutcome {
     }
 }
 
-/// Runs one variant on a fresh broker, with its plan and progress shown.
-async fn run_variant(store: &Store, arguments: &ExperimentArgs, variant: &Variant) -> anyhow::Result<RunRecord> {
+/// Runs one variant on a fresh broker, with its plan and progress shown (an experiment's
+/// rows and a chapter's run).
+pub async fn run_variant(store: &Store, broker: Backend, bootstrap: Option<&str>, variant: &Variant) -> anyhow::Result<RunRecord> {
     let cluster = variant
-        .start_cluster(arguments.broker, arguments.bootstrap.as_deref())
+        .start_cluster(broker, bootstrap)
         .context("starting a fresh broker for the variant")?;
     let label = match (&variant.run, &cluster) {
         (VariantRun::Stream(options), Some(cluster)) => {

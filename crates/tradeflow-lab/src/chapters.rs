@@ -26,7 +26,25 @@ pub struct Chapter {
     /// The chapter's run on a setup (or why it cannot run there).
     pub run: fn(&Setup) -> Result<Variant, String>,
     /// The judge of that run.
-    pub judge: fn(&Variant, &RunRecord) -> Judgement,
+    pub judge: Judge,
+}
+
+/// How a chapter's run is judged.
+pub enum Judge {
+    /// By the checker's counts, these violations first to last ([`judge_counts`]).
+    Counts(&'static [Violation]),
+    /// By the chapter's own judge.
+    Own(fn(&Variant, &RunRecord) -> Judgement),
+}
+
+impl Chapter {
+    /// Judges a run of the chapter.
+    pub fn judge(&self, variant: &Variant, record: &RunRecord) -> Judgement {
+        match self.judge {
+            Judge::Counts(violations) => judge_counts(variant, record, violations),
+            Judge::Own(judge) => judge(variant, record),
+        }
+    }
 }
 
 /// What a chapter's run shows about the learner's code.
@@ -66,7 +84,7 @@ pub const CHAPTERS: &[Chapter] = &[
         violation: "missed stall",
         function: "lag_status",
         run: |setup| lag_status::chapter(setup, LagRule::Exercise),
-        judge: lag_status::judge,
+        judge: Judge::Own(lag_status::judge),
     },
     Chapter {
         number: "02",
@@ -76,7 +94,7 @@ pub const CHAPTERS: &[Chapter] = &[
         violation: "reordered",
         function: "message_key",
         run: keys_keep_order::chapter,
-        judge: keys_keep_order::judge,
+        judge: Judge::Counts(&[Violation::Reordered, Violation::Lost, Violation::Duplicated]),
     },
     Chapter {
         number: "03",
@@ -86,7 +104,7 @@ pub const CHAPTERS: &[Chapter] = &[
         violation: "lost",
         function: "batch_steps",
         run: auto_commit_crash::chapter,
-        judge: auto_commit_crash::judge,
+        judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
     },
     Chapter {
         number: "04",
@@ -96,7 +114,7 @@ pub const CHAPTERS: &[Chapter] = &[
         violation: "duplicated",
         function: "events_to_apply",
         run: idempotent_consumer::chapter,
-        judge: idempotent_consumer::judge,
+        judge: Judge::Counts(&[Violation::Duplicated, Violation::Lost, Violation::Reordered]),
     },
     Chapter {
         number: "06",
@@ -106,7 +124,7 @@ pub const CHAPTERS: &[Chapter] = &[
         violation: "lost",
         function: "on_unprocessable",
         run: poison_message::chapter,
-        judge: poison_message::judge,
+        judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
     },
     Chapter {
         number: "08",
@@ -116,7 +134,7 @@ pub const CHAPTERS: &[Chapter] = &[
         violation: "reordered",
         function: "ready_to_switch",
         run: repartition_cutover::chapter,
-        judge: repartition_cutover::judge,
+        judge: Judge::Counts(&[Violation::Reordered, Violation::Lost, Violation::Duplicated]),
     },
 ];
 

@@ -21,7 +21,6 @@
 //! early commit has landed, before the database commit. It must lose nothing; a kill that
 //! caught no batch is unknown.
 
-use crate::chapters::Judgement;
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate};
 use std::time::Duration;
@@ -73,11 +72,6 @@ pub fn chapter(setup: &Setup) -> Result<Variant, String> {
             .showing("was killed by SIGKILL")
             .shown_by("crashed_holding"),
     })
-}
-
-/// Judges a run of [`chapter`] by the checker's counts.
-pub fn judge(variant: &Variant, record: &tradeflow_check::RunRecord) -> Judgement {
-    crate::chapters::judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered])
 }
 
 /// The lesson's configuration: large batches filled slowly (so the consumer that dies holds

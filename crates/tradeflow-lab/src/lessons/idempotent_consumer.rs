@@ -34,7 +34,6 @@
 //! deciding inside the transaction which events of each batch are applied: it must pass
 //! with the zombie's second apply skipped; a freeze that caught nothing is unknown.
 
-use crate::chapters::Judgement;
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate};
 use tradeflow_cluster::plan::{Action, ServiceFault};
@@ -60,11 +59,6 @@ pub fn chapter(setup: &Setup) -> Result<Variant, String> {
             .showing("SIGSTOP")
             .shown_by("frozen_holding_moved"),
     )
-}
-
-/// Judges a run of [`chapter`] by the checker's counts.
-pub fn judge(variant: &Variant, record: &tradeflow_check::RunRecord) -> Judgement {
-    crate::chapters::judge_counts(variant, record, &[Violation::Duplicated, Violation::Lost, Violation::Reordered])
 }
 
 /// One run of the lesson: two processes, one frozen past its session holding a batch, the

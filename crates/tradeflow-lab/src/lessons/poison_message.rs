@@ -10,7 +10,6 @@
 //! failed attempt, whether to retry the message later or dead-letter it. It must pass with
 //! the poison dead-lettered; a run whose poison was never sent is unknown.
 
-use crate::chapters::Judgement;
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate};
 use std::time::Duration;
@@ -33,11 +32,6 @@ pub fn chapter(setup: &Setup) -> Result<Variant, String> {
         run: VariantRun::Stream(Box::new(options)),
         expected: Expected::pass("the poison goes to the dead-letter topic; everything behind it is applied").observing("dead_lettered"),
     })
-}
-
-/// Judges a run of [`chapter`] by the checker's counts.
-pub fn judge(variant: &Variant, record: &tradeflow_check::RunRecord) -> Judgement {
-    crate::chapters::judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered])
 }
 
 /// The lesson's variants for a setup.

@@ -11,7 +11,6 @@
 //! Chapter 08's run: the same lagging cutover, and the learner's `ready_to_switch` says
 //! when the publisher moves. It must pass (nothing reordered, no bad balance).
 
-use crate::chapters::Judgement;
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun};
 use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep, ServiceFault};
@@ -60,11 +59,6 @@ pub fn chapter(setup: &Setup) -> Result<Variant, String> {
         run: VariantRun::Stream(Box::new(options)),
         expected: Expected::pass("every account's older events applied before its newer ones"),
     })
-}
-
-/// Judges a run of [`chapter`] by the checker's counts.
-pub fn judge(variant: &Variant, record: &tradeflow_check::RunRecord) -> Judgement {
-    crate::chapters::judge_counts(variant, record, &[Violation::Reordered, Violation::Lost, Violation::Duplicated])
 }
 
 /// The lesson's variants for a setup.

@@ -241,32 +241,24 @@ async fn run_chapter(workspace: &Path, arguments: &ChapterRunArgs) -> anyhow::Re
             store: arguments.store.config()?,
         }),
     };
-    let variant = (chapter.run)(&setup).map_err(|reason| anyhow::anyhow!("chapter {} cannot run: {reason}", chapter.number))?;
+    let variants = (chapter.run)(&setup).map_err(|reason| anyhow::anyhow!("chapter {} cannot run: {reason}", chapter.number))?;
     let store = arguments.store.open().await?;
-    println!("{}", variant.label);
-    let record = crate::experiment::run_variant(&store, Backend::Mock, None, &variant).await;
+    let mut runs = Vec::with_capacity(variants.len());
+    for variant in variants {
+        println!("{}", variant.label);
+        match crate::experiment::run_variant(&store, Backend::Mock, None, &variant).await {
+            Ok(record) => {
+                print_run(&record);
+                runs.push((variant, record));
+            }
+            Err(error) => {
+                store.close().await;
+                return Err(error);
+            }
+        }
+    }
     store.close().await;
-    let record = record?;
-    println!("\n{}", record.table());
-    for fault in &record.faults {
-        let outcome = match (&fault.error, &fault.effect) {
-            (Some(error), _) => format!("NOT APPLIED: {error}"),
-            (None, Some(effect)) => effect.clone(),
-            (None, None) => "applied".into(),
-        };
-        println!("  fault at {:>6} ms  {}: {outcome}", fault.at_ms, fault.fault);
-    }
-    let service: Vec<String> = ["dead_lettered", "poison_retries", "redelivered", "fenced", "crashed_holding"]
-        .iter()
-        .filter_map(|count| {
-            let value = record.config.get(*count)?.as_u64()?;
-            (value > 0).then(|| format!("{} {value}", count.replace('_', " ")))
-        })
-        .collect();
-    if !service.is_empty() {
-        println!("  the balance service: {}", service.join(", "));
-    }
-    let judgement = chapter.judge(&variant, &record);
+    let judgement = chapter.judge(&runs);
     let (status, code) = match &judgement {
         Judgement::Pass(evidence) => {
             println!("\nPASS: {evidence}");
@@ -288,4 +280,36 @@ async fn run_chapter(workspace: &Path, arguments: &ChapterRunArgs) -> anyhow::Re
     };
     save_progress(workspace, chapter, status)?;
     if code == 0 { Ok(true) } else { Err(Exit { code }.into()) }
+}
+
+/// Prints a chapter run's table, each fault with what it did, and what the balance service
+/// counted.
+fn print_run(record: &tradeflow_check::RunRecord) {
+    println!("\n{}", record.table());
+    for fault in &record.faults {
+        let outcome = match (&fault.error, &fault.effect) {
+            (Some(error), _) => format!("NOT APPLIED: {error}"),
+            (None, Some(effect)) => effect.clone(),
+            (None, None) => "applied".into(),
+        };
+        println!("  fault at {:>6} ms  {}: {outcome}", fault.at_ms, fault.fault);
+    }
+    let service: Vec<String> = ["dead_lettered", "poison_retries", "redelivered", "fenced", "crashed_holding"]
+        .iter()
+        .filter_map(|count| {
+            let value = record.config.get(*count)?.as_u64()?;
+            (value > 0).then(|| format!("{} {value}", count.replace('_', " ")))
+        })
+        .collect();
+    if !service.is_empty() {
+        println!("  the balance service: {}", service.join(", "));
+    }
+    if let Some(settled) = record
+        .config
+        .get("assignments")
+        .and_then(|settled| settled.as_array())
+        .and_then(|settled| settled.last())
+    {
+        println!("  partitions per consumer, last settled: {}", settled["partitions_per_member"]);
+    }
 }

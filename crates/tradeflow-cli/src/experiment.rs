@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tradeflow_check::history::Verdict;
 use tradeflow_check::{CheckReport, RunProgress, RunRecord};
 use tradeflow_cluster::Backend;
-use tradeflow_lab::{LESSONS, Setup, Variant, VariantRun, faults_fired};
+use tradeflow_lab::{LESSONS, RowVerdict, Setup, Variant, VariantRun};
 use tradeflow_store::Store;
 
 /// Arguments of `tradeflow experiment`.
@@ -161,10 +161,9 @@ impl std::error::Error for Unknown {}
 
 /// Judges one variant's run, prints the line under it and returns its outcome.
 fn outcome(variant: &Variant, record: &RunRecord) -> VariantOutcome {
-    // A run whose faults did not fire, or did not put at stake what the lesson is about,
-    // could not show it: unknown.
-    let fired = faults_fired(variant.planned_faults(), record) && variant.expected.could_show(record);
-    let as_expected = fired && variant.expected.met_by(record);
+    let verdict = variant.verdict(record);
+    let fired = verdict != RowVerdict::Unknown;
+    let as_expected = verdict == RowVerdict::AsExpected;
     println!(
         "  -> lost {}, duplicated {}, reordered {}, bad balances {}: expected {}, {}",
         record.check.lost,

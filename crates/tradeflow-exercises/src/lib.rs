@@ -80,6 +80,23 @@ pub struct CutoverState {
     pub paused_ms: u64,
 }
 
+/// How the balance service will grow, as chapter 07's exercise is told it when the topic is
+/// created: the consumers it runs today, then the counts it will run as the load grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrowthPlan {
+    /// Consumers the balance service runs today.
+    pub consumers_today: u32,
+    /// The consumer counts it will run later, in order; the last is the peak.
+    pub consumers_later: &'static [u32],
+}
+
+impl GrowthPlan {
+    /// Every consumer count of the plan, today's first.
+    pub fn stages(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(self.consumers_today).chain(self.consumers_later.iter().copied())
+    }
+}
+
 /// Chapter 01: the lag status of a partition over a window of samples.
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/01-offset-lag/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/01-offset-lag.rs")]
@@ -104,6 +121,11 @@ pub mod batch_steps;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/06-dead-letter-topics/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/06-dead-letter-topics.rs")]
 pub mod on_unprocessable;
+
+/// Chapter 07: how many partitions the topic is created with.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/07-overpartition/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/07-overpartition.rs")]
+pub mod partitions_for;
 
 /// Chapter 08: when the publisher may move to the new topic.
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/08-cutover-runbook/exercise.rs")]

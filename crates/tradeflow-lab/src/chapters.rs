@@ -2,9 +2,11 @@
 //! checks it (built by its lesson's file) and the judge of that run. As shipped every
 //! exercise fails with its chapter's declared violation; its solution passes.
 
+use crate::RowVerdict;
 use crate::expect::Violation;
-use crate::faults_fired;
-use crate::lessons::{auto_commit_crash, idempotent_consumer, keys_keep_order, lag_status, poison_message, repartition_cutover};
+use crate::lessons::{
+    auto_commit_crash, consumer_scaling, idempotent_consumer, keys_keep_order, lag_status, poison_message, repartition_cutover,
+};
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
 use tradeflow_stream::lag::LagRule;
@@ -23,28 +25,47 @@ pub struct Chapter {
     pub violation: &'static str,
     /// The function the learner writes, in `chapters/<folder>/exercise.rs`.
     pub function: &'static str,
-    /// The chapter's run on a setup (or why it cannot run there).
-    pub run: fn(&Setup) -> Result<Variant, String>,
+    /// The chapter's runs on a setup, in order (or why it cannot run there); most chapters
+    /// have one.
+    pub run: fn(&Setup) -> Result<Vec<Variant>, String>,
     /// The judge of that run.
     pub judge: Judge,
 }
 
 /// How a chapter's run is judged.
 pub enum Judge {
-    /// By the checker's counts, these violations first to last ([`judge_counts`]).
+    /// By the checker's counts, these violations first to last ([`judge_counts`]), run by
+    /// run: the first run that does not pass decides.
     Counts(&'static [Violation]),
-    /// By the chapter's own judge.
-    Own(fn(&Variant, &RunRecord) -> Judgement),
+    /// By the chapter's own judge, over every run.
+    Own(fn(&[(Variant, RunRecord)]) -> Judgement),
 }
 
 impl Chapter {
-    /// Judges a run of the chapter.
-    pub fn judge(&self, variant: &Variant, record: &RunRecord) -> Judgement {
+    /// Judges the chapter's runs (each variant of its `run`, with its record).
+    pub fn judge(&self, runs: &[(Variant, RunRecord)]) -> Judgement {
+        if runs.is_empty() {
+            return Judgement::Unknown("the chapter ran nothing".into());
+        }
         match self.judge {
-            Judge::Counts(violations) => judge_counts(variant, record, violations),
-            Judge::Own(judge) => judge(variant, record),
+            Judge::Counts(violations) => {
+                let mut evidence = Vec::new();
+                for (variant, record) in runs {
+                    match judge_counts(variant, record, violations) {
+                        Judgement::Pass(seen) => evidence.push(seen),
+                        other => return other,
+                    }
+                }
+                Judgement::Pass(evidence.join("; "))
+            }
+            Judge::Own(judge) => judge(runs),
         }
     }
+}
+
+/// A chapter with one run: `chapter`'s variant alone.
+fn one(variant: Result<Variant, String>) -> Result<Vec<Variant>, String> {
+    variant.map(|variant| vec![variant])
 }
 
 /// What a chapter's run shows about the learner's code.
@@ -83,8 +104,8 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Offset lag is the metric that matters (Wealthsimple, \"Kafka in production\", 2021), and how it moves says more than its size: a group that stops reading shows as a committed offset that no longer moves while the log grows, long before a threshold trips (the rules follow LinkedIn's Burrow).",
         violation: "missed stall",
         function: "lag_status",
-        run: |setup| lag_status::chapter(setup, LagRule::Exercise),
-        judge: Judge::Own(lag_status::judge),
+        run: |setup| one(lag_status::chapter(setup, LagRule::Exercise)),
+        judge: Judge::Own(|runs| lag_status::judge(&runs[0].0, &runs[0].1)),
     },
     Chapter {
         number: "02",
@@ -93,7 +114,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Kafka keeps order within a partition only: key each message by the entity whose order matters, the account, and let the default partitioner hash it (Parcel Perform, \"Initial experience with Kafka\"; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023).",
         violation: "reordered",
         function: "message_key",
-        run: keys_keep_order::chapter,
+        run: |setup| one(keys_keep_order::chapter(setup)),
         judge: Judge::Counts(&[Violation::Reordered, Violation::Lost, Violation::Duplicated]),
     },
     Chapter {
@@ -103,7 +124,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Commit offsets explicitly, not on the client's timer (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023), and a restarted consumer resumes after the last committed message (Parcel Perform, \"Initial experience with Kafka\"): so commit only once the database transaction has committed, or the batch a process dies holding is lost.",
         violation: "lost",
         function: "batch_steps",
-        run: auto_commit_crash::chapter,
+        run: |setup| one(auto_commit_crash::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
     },
     Chapter {
@@ -113,7 +134,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Kafka delivers at least once: a rebalance, a crash or a paused process hands a message over again. Make applying it twice harmless instead of chasing exactly-once (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023).",
         violation: "duplicated",
         function: "events_to_apply",
-        run: idempotent_consumer::chapter,
+        run: |setup| one(idempotent_consumer::chapter(setup)),
         judge: Judge::Counts(&[Violation::Duplicated, Violation::Lost, Violation::Reordered]),
     },
     Chapter {
@@ -123,8 +144,18 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "A message that cannot be processed must not hold up its partition: retry it a bounded number of times, then set it aside on a dead-letter topic and go on (Wealthsimple, \"Kafka in production\", 2021; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023: retries with limits).",
         violation: "lost",
         function: "on_unprocessable",
-        run: poison_message::chapter,
+        run: |setup| one(poison_message::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+    },
+    Chapter {
+        number: "07",
+        folder: "07-overpartition",
+        title: "Overpartition from the start: consumers ≤ partitions",
+        claim: "Partitions are what consumers share out: a group runs at most one consumer per partition, so the partition count caps how far the service can grow, and it can only be raised later at the price of order (chapter 08). Overpartition from the very start, but not past a couple of hundred (Wealthsimple, \"Kafka in production\", 2021; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023: consumers ≤ partitions).",
+        violation: "idle consumers",
+        function: "partitions_for",
+        run: consumer_scaling::chapter,
+        judge: Judge::Own(consumer_scaling::judge),
     },
     Chapter {
         number: "08",
@@ -133,7 +164,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Partitions only go up, and adding them moves keys to other partitions: overpartition from the start (Wealthsimple, \"Kafka in production\", 2021; Parcel Perform, \"Initial experience with Kafka\"). When you must move to more, drain the old topic before the new one starts, or an account's newer events overtake its older ones.",
         violation: "reordered",
         function: "ready_to_switch",
-        run: repartition_cutover::chapter,
+        run: |setup| one(repartition_cutover::chapter(setup)),
         judge: Judge::Counts(&[Violation::Reordered, Violation::Lost, Violation::Duplicated]),
     },
 ];
@@ -151,7 +182,8 @@ pub fn find(number: &str) -> Option<&'static Chapter> {
 /// Judges a run by the checker's counts: unknown when its faults did not all fire or put
 /// nothing at stake, a failure naming the first of `violations` above zero, else a pass.
 pub fn judge_counts(variant: &Variant, record: &RunRecord, violations: &[Violation]) -> Judgement {
-    if !faults_fired(variant.planned_faults(), record) || !variant.expected.could_show(record) {
+    let verdict = variant.verdict(record);
+    if verdict == RowVerdict::Unknown {
         return Judgement::Unknown("a planned fault did not fire, or caught nothing the chapter is about; run the check again".into());
     }
     let check = &record.check;
@@ -168,7 +200,7 @@ pub fn judge_counts(variant: &Variant, record: &RunRecord, violations: &[Violati
             ),
         };
     }
-    if !variant.expected.met_by(record) {
+    if verdict == RowVerdict::NotAsExpected {
         return Judgement::Fail {
             violation: "mismatched",
             detail: format!(

@@ -200,3 +200,28 @@ fn config_count(record: &RunRecord, count: &str) -> u64 {
 pub fn faults_fired(planned: usize, record: &RunRecord) -> bool {
     record.faults.len() == planned && record.faults.iter().all(|fault| fault.error.is_none())
 }
+
+/// What a variant's run showed, against what the variant must show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowVerdict {
+    /// Its faults fired, put at stake what the lesson is about, and it came out as it must.
+    AsExpected,
+    /// Its faults fired and it did not come out as it must.
+    NotAsExpected,
+    /// A planned fault did not fire, or caught nothing the lesson is about: the run could not
+    /// show the lesson either way.
+    Unknown,
+}
+
+impl RowVerdict {
+    /// Judges `record`, a run of a variant with `planned` faults that must show `expected`.
+    pub fn of(expected: &Expected, planned: usize, record: &RunRecord) -> RowVerdict {
+        if !faults_fired(planned, record) || !expected.could_show(record) {
+            RowVerdict::Unknown
+        } else if expected.met_by(record) {
+            RowVerdict::AsExpected
+        } else {
+            RowVerdict::NotAsExpected
+        }
+    }
+}

@@ -41,6 +41,12 @@ impl Variant {
             VariantRun::Poller(_) => 0,
         }
     }
+
+    /// Judges a run of this variant: unknown when its faults did not all fire or caught
+    /// nothing the lesson is about, else whether it came out as it must.
+    pub fn verdict(&self, record: &tradeflow_check::RunRecord) -> crate::RowVerdict {
+        crate::RowVerdict::of(&self.expected, self.planned_faults(), record)
+    }
 }
 
 /// What every lesson builds its variants from.

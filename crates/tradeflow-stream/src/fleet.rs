@@ -90,6 +90,18 @@ pub struct Fleet {
     leaving: Vec<(usize, Leaving)>,
     started: usize,
     kills: u64,
+    /// The group's assignment each time it settled after a change.
+    assignments: Vec<SettledAssignment>,
+}
+
+/// The group's assignment once a rebalance settled: when, and how many partitions each
+/// running member held, most first (a 0 is a member with none: idle).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SettledAssignment {
+    /// Seconds since the run's start.
+    pub at_s: f64,
+    /// Partitions per running member, most first.
+    pub partitions_per_member: Vec<i64>,
 }
 
 impl Fleet {
@@ -103,6 +115,7 @@ impl Fleet {
             leaving: Vec::new(),
             started: 0,
             kills: 0,
+            assignments: Vec::new(),
         };
         for _ in 0..consumers {
             fleet.members.push(None);
@@ -326,6 +339,25 @@ impl Fleet {
     /// Members running now.
     pub fn running(&self) -> usize {
         self.members.iter().filter(|member| member.is_some()).count()
+    }
+
+    /// Notes the group's assignment if it has settled on one it did not hold at the last
+    /// settling: every running member assigned, all `partitions` held.
+    pub fn observe_assignment(&mut self, at_s: f64, partitions: i64) {
+        let Some(held) = self.counters.settled_assignment(self.running(), partitions) else {
+            return;
+        };
+        if self.assignments.last().map(|last| &last.partitions_per_member) != Some(&held) {
+            self.assignments.push(SettledAssignment {
+                at_s,
+                partitions_per_member: held,
+            });
+        }
+    }
+
+    /// The group's assignment each time it settled after a change, first to last.
+    pub fn assignments(&self) -> &[SettledAssignment] {
+        &self.assignments
     }
 
     /// Stops every member and waits for all of them (crashed ones included; one told to

@@ -333,12 +333,14 @@ async fn read_journal(name: String, stdout: tokio::process::ChildStdout, state: 
             }
         };
         let Ok(mut state) = state.lock() else { break };
-        feed(&mut state, &entry, &counters);
+        feed(&name, &mut state, &entry, &counters);
     }
+    // The journal ends with the process: it holds nothing any more.
+    counters.member_gone(&name);
 }
 
 /// Takes one journal entry into a process's state and the fleet's counters.
-fn feed(state: &mut JournalState, entry: &JournalEntry, counters: &ServiceCounters) {
+fn feed(name: &str, state: &mut JournalState, entry: &JournalEntry, counters: &ServiceCounters) {
     let assigned_before = state.assigned;
     state.take(entry);
     match entry {
@@ -346,6 +348,7 @@ fn feed(state: &mut JournalState, entry: &JournalEntry, counters: &ServiceCounte
             counters
                 .assigned_partitions
                 .fetch_add(partitions - assigned_before, Ordering::Relaxed);
+            counters.member_assigned(name, partitions - assigned_before);
             counters.rebalances.fetch_add(1, Ordering::Relaxed);
         }
         JournalEntry::Applied {
@@ -417,9 +420,10 @@ mod tests {
     fn the_journal_feeds_the_fleet_counters() {
         let counters = ServiceCounters::default();
         let mut state = JournalState::default();
-        feed(&mut state, &JournalEntry::Assigned { partitions: 4 }, &counters);
-        feed(&mut state, &JournalEntry::Assigned { partitions: 2 }, &counters);
+        feed("consumer-0", &mut state, &JournalEntry::Assigned { partitions: 4 }, &counters);
+        feed("consumer-0", &mut state, &JournalEntry::Assigned { partitions: 2 }, &counters);
         feed(
+            "consumer-0",
             &mut state,
             &JournalEntry::Applied {
                 batch: 1,

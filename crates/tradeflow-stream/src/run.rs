@@ -289,6 +289,7 @@ pub async fn run(
     drive(&watching, &mut fleets, &mut faults, &mut lag, publishing, &intended_at, progress).await?;
     let counters = fleets.counters();
     counters.report_skipped();
+    let assignments = fleets.main.assignments().to_vec();
     let latency = fleets.finish().await?;
     let crashed = counters.crashed();
     let faults = faults.finish(cluster, &crashed).await;
@@ -308,7 +309,10 @@ pub async fn run(
         label: options.label(),
         store: store.kind().as_str().into(),
         broker: Some(cluster.backend().into()),
-        config: crate::run_record::config(options, &layout, &deliveries, &counters, switched.as_ref(), rebalances_before),
+        config: crate::run_record::with_assignments(
+            crate::run_record::config(options, &layout, &deliveries, &counters, switched.as_ref(), rebalances_before),
+            &assignments,
+        ),
         events: workload.events.len() as u64,
         applied,
         duration_s,
@@ -352,6 +356,9 @@ async fn drive(
     loop {
         faults.tick(start).await;
         faults.apply_due(start, watching.cluster, watching.layout, &mut fleets.main).await;
+        fleets
+            .main
+            .observe_assignment(start.elapsed().as_secs_f64(), watching.layout.partitions());
         let (acked, applied) = (
             watching.deliveries.acked(),
             fleets.sum(|counters| counters.applied.load(Ordering::Relaxed)),

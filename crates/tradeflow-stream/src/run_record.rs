@@ -2,11 +2,18 @@
 //! publisher and consumers counted. Later versions add keys and never remove or rename one.
 
 use crate::cutover::SwitchOutcome;
+use crate::fleet::SettledAssignment;
 use crate::publisher::Deliveries;
 use crate::run::{FleetCounters, StreamOptions};
 use crate::service::SeenKind;
 use crate::timeline::TopicLayout;
 use std::sync::atomic::Ordering;
+
+/// `config` with the group's settled assignments added (`assignments`).
+pub(crate) fn with_assignments(mut config: serde_json::Value, assignments: &[SettledAssignment]) -> serde_json::Value {
+    config["assignments"] = serde_json::json!(assignments);
+    config
+}
 
 /// The record's `config` for a run.
 pub(crate) fn config(

@@ -239,6 +239,9 @@ pub struct ServiceCounters {
     /// Failed attempts per message (partition, offset) that cannot be processed, for the
     /// rule that decides when to give up on one; at most [`POISON_TRACKED_MAX`] messages.
     pub poison_attempts: std::sync::Mutex<BTreeMap<(i32, i64), u32>>,
+    /// Partitions each running member holds, by its name: set at each assignment,
+    /// lowered at each revocation, forgotten when the member ends.
+    pub partitions_by_member: std::sync::Mutex<BTreeMap<String, i64>>,
 }
 
 /// Most messages whose failed attempts are remembered at once; past it, the count starts
@@ -287,6 +290,42 @@ pub struct FaultSeen {
 }
 
 impl ServiceCounters {
+    /// `member` was assigned `partitions` more (an assignment) or, with a negative count,
+    /// lost them (a revocation). A revocation after the member was forgotten changes
+    /// nothing: a consumer closing after its loop ended is no member any more.
+    pub fn member_assigned(&self, member: &str, partitions: i64) {
+        let Ok(mut members) = self.partitions_by_member.lock() else {
+            return;
+        };
+        match members.get_mut(member) {
+            Some(held) => *held += partitions,
+            None if partitions >= 0 => {
+                members.insert(member.to_owned(), partitions);
+            }
+            None => {}
+        }
+    }
+
+    /// `member` ended: it holds nothing any more.
+    pub fn member_gone(&self, member: &str) {
+        if let Ok(mut members) = self.partitions_by_member.lock() {
+            members.remove(member);
+        }
+    }
+
+    /// The partitions each of `running` members holds, most first, once the group has
+    /// settled: every running member has had its assignment and together they hold all
+    /// `partitions`. `None` while a rebalance is going on.
+    pub fn settled_assignment(&self, running: usize, partitions: i64) -> Option<Vec<i64>> {
+        let members = self.partitions_by_member.lock().ok()?;
+        if members.len() != running || members.values().sum::<i64>() != partitions {
+            return None;
+        }
+        let mut held: Vec<i64> = members.values().copied().collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        Some(held)
+    }
+
     /// Messages accounted for: applied, skipped as duplicates, dead-lettered, or gone from
     /// the broker before they were read (`skipped`, which the checker counts as lost).
     pub fn processed(&self) -> u64 {
@@ -329,6 +368,7 @@ impl ConsumerContext for ServiceContext {
             self.counters
                 .assigned_partitions
                 .fetch_sub(i64::from(partitions.count() as i32), Ordering::Relaxed);
+            self.counters.member_assigned(&self.name, -i64::from(partitions.count() as i32));
             tracing::info!(consumer = %self.name, messaging.consumer.group.name = %self.group, partitions = ?partition_numbers(partitions), "partitions revoked");
             self.journal_assignment();
         }
@@ -352,6 +392,7 @@ impl ConsumerContext for ServiceContext {
                 self.counters
                     .assigned_partitions
                     .fetch_add(i64::from(partitions.count() as i32), Ordering::Relaxed);
+                self.counters.member_assigned(&self.name, i64::from(partitions.count() as i32));
                 tracing::info!(consumer = %self.name, messaging.consumer.group.name = %self.group, partitions = ?partition_numbers(partitions), "partitions assigned");
                 self.journal_assignment();
             }
@@ -406,6 +447,18 @@ pub async fn run_service(
     }
 }
 
+/// Forgets a member's partitions when its loop ends, however it ends.
+struct Membership {
+    counters: Arc<ServiceCounters>,
+    name: String,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.counters.member_gone(&self.name);
+    }
+}
+
 /// Runs one consumer of the balance service under a host's [`Control`]: until it is told
 /// to stop, or until it crashes mid-batch when told to.
 #[tracing::instrument(skip_all, fields(consumer = %config.name, messaging.consumer.group.name = %config.group))]
@@ -417,6 +470,12 @@ pub async fn run_controlled(
 ) -> Result<LatencyRecorder, StreamError> {
     config.validate()?;
     config.commit = config.commit.resolved()?;
+    // Declared before the consumer, so dropped after it: however the loop ends, the member
+    // holds nothing once it is gone.
+    let _membership = Membership {
+        counters: counters.clone(),
+        name: config.name.clone(),
+    };
     // Shared with the blocking pool: librdkafka's blocking calls (committed offsets, seek,
     // a synchronous commit) run there, never on an async worker.
     let consumer = Arc::new(config.consumer(counters.clone())?);
@@ -974,6 +1033,37 @@ fn accept(message: &OwnedMessage, key_check: bool) -> Result<(Event, i64), Rejec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_assignment_settles_once_every_running_member_holds_its_share() {
+        let counters = ServiceCounters::default();
+        counters.member_assigned("consumer-0", 2);
+        assert_eq!(counters.settled_assignment(2, 2), None, "one of two members assigned");
+        counters.member_assigned("consumer-1", 0);
+        assert_eq!(
+            counters.settled_assignment(2, 2),
+            Some(vec![2, 0]),
+            "an empty assignment is a member holding nothing"
+        );
+        // A rebalance: both revoke, then the partitions are shared again.
+        counters.member_assigned("consumer-0", -2);
+        assert_eq!(counters.settled_assignment(2, 2), None, "revoked: nobody holds the partitions");
+        counters.member_assigned("consumer-0", 1);
+        counters.member_assigned("consumer-1", 1);
+        assert_eq!(counters.settled_assignment(2, 2), Some(vec![1, 1]));
+        // A member that is gone holds nothing, and its late revocation changes nothing.
+        counters.member_gone("consumer-1");
+        counters.member_assigned("consumer-1", -1);
+        assert_eq!(counters.settled_assignment(1, 2), None);
+        assert_eq!(
+            counters
+                .partitions_by_member
+                .lock()
+                .map(|members| members.len())
+                .unwrap_or_default(),
+            1
+        );
+    }
     use rdkafka::Timestamp;
 
     fn message(partition: i32, offset: i64) -> OwnedMessage {

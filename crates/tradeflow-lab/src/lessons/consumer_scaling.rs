@@ -6,12 +6,23 @@
 //!
 //! Variants: 1, 3, 6 and 9 consumers on 6 partitions must pass; 2 consumers, one joining
 //! and one leaving mid-run, must pass with `rebalances` > 0.
+//!
+//! Chapter 07 (overpartition from the start, Wealthsimple 2021): the topic's partition count
+//! is the learner's `partitions_for`, chosen once for a service that grows from 2
+//! consumers to 4, then 6. Each stage runs with that count: no consumer may sit without a
+//! partition (idle) and none may hold more than another (uneven), judged from the group's
+//! settled assignment, not from timings; and the checker must find nothing lost,
+//! duplicated or reordered.
 
-use crate::expect::Expected;
+use crate::chapters::{Judgement, judge_counts};
+use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun};
 use std::time::Duration;
+use tradeflow_check::RunRecord;
 use tradeflow_cluster::Backend;
 use tradeflow_cluster::plan::{Action, FaultPlan, PlanStep, ServiceFault};
+use tradeflow_exercises::GrowthPlan;
+use tradeflow_stream::fleet::SettledAssignment;
 
 /// The experiment's name.
 pub const NAME: &str = "consumer-scaling";
@@ -69,4 +80,128 @@ pub fn variants(setup: &Setup) -> Vec<Variant> {
             .observing("rebalances_in_run"),
     });
     variants
+}
+
+/// Chapter 07's growth plan: 2 consumers today, then 4, then 6 at the peak.
+pub const GROWTH: GrowthPlan = GrowthPlan {
+    consumers_today: 2,
+    consumers_later: &[4, 6],
+};
+
+/// The most partitions chapter 07 takes: Wealthsimple's "don't go overboard (over 200)";
+/// each partition costs the brokers files and memory, and the group longer rebalances.
+pub const CHAPTER_PARTITIONS_MAX: i32 = 200;
+
+/// Chapter 07's runs: one per stage of the growth plan, each on a fresh broker with a topic
+/// of the learner's partition count and that stage's consumers in the group from the start
+/// (a group joined mid-run takes a rebalance of several seconds per join on the mock, and
+/// would make the chapter a test of rebalance timing).
+pub fn chapter(setup: &Setup) -> Result<Vec<Variant>, String> {
+    let partitions = tradeflow_exercises::partitions_for::partitions_for(&GROWTH);
+    if !(1..=CHAPTER_PARTITIONS_MAX).contains(&partitions) {
+        return Err(format!(
+            "partitions_for returned {partitions}: the topic takes 1..={CHAPTER_PARTITIONS_MAX} here (past 200 partitions, the write-up warns, each one costs the brokers files and memory and the group longer rebalances)"
+        ));
+    }
+    Ok(GROWTH
+        .stages()
+        .map(|consumers| Variant {
+            label: format!("your partitions_for: {partitions} partitions, {consumers} consumers"),
+            run: VariantRun::Stream(Box::new(setup.stream(partitions, consumers))),
+            expected: Expected::pass("every consumer holds a partition, as many as every other; nothing lost, duplicated or reordered"),
+        })
+        .collect())
+}
+
+/// The first stage, in order, with an idle consumer, else the first with an uneven share,
+/// as the chapter's failure; `None` when every stage shares its partitions out evenly.
+/// `settled`: per stage, its consumers, the partitions and each member's share.
+fn share_failure(settled: &[(usize, i32, Vec<i64>)]) -> Option<Judgement> {
+    if let Some((consumers, partitions, held)) = settled.iter().find(|(_, _, held)| held.contains(&0)) {
+        let idle = held.iter().filter(|&&held| held == 0).count();
+        return Some(Judgement::Fail {
+            violation: "idle consumers",
+            detail: format!(
+                "idle consumers {idle} of {consumers} (want 0): {partitions} partitions held {held:?} by {consumers} consumers; a consumer without a partition gets no work, however busy the topic"
+            ),
+        });
+    }
+    let (consumers, partitions, held) = settled.iter().find(|(_, _, held)| held.iter().min() != held.iter().max())?;
+    Some(Judgement::Fail {
+        violation: "uneven",
+        detail: format!(
+            "uneven {held:?} (want equal): {partitions} partitions over {consumers} consumers, the busiest holds {} and the least busy {}",
+            held.iter().max().copied().unwrap_or_default(),
+            held.iter().min().copied().unwrap_or_default()
+        ),
+    })
+}
+
+/// Judges chapter 07's runs: an idle consumer at any stage first, then an uneven share,
+/// from the group's settled assignment; then the checker's counts. Unknown when a stage's
+/// group never settled with all its consumers (the run could not show it).
+pub fn judge(runs: &[(Variant, RunRecord)]) -> Judgement {
+    let mut settled = Vec::new();
+    for (variant, record) in runs {
+        let VariantRun::Stream(options) = &variant.run else {
+            return Judgement::Unknown("chapter 07's runs are stream runs".into());
+        };
+        let consumers = options.consumers as usize;
+        let assignments: Vec<SettledAssignment> = serde_json::from_value(record.config["assignments"].clone()).unwrap_or_default();
+        let Some(assignment) = assignments
+            .iter()
+            .rev()
+            .find(|settled| settled.partitions_per_member.len() == consumers)
+        else {
+            return Judgement::Unknown(format!(
+                "the group of {consumers} consumers never settled with all of them assigned; run the check again"
+            ));
+        };
+        settled.push((consumers, options.partitions, assignment.partitions_per_member.clone()));
+    }
+    if let Some(failed) = share_failure(&settled) {
+        return failed;
+    }
+    for (variant, record) in runs {
+        if let failed @ (Judgement::Fail { .. } | Judgement::Unknown(_)) =
+            judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered])
+        {
+            return failed;
+        }
+    }
+    let at_each: Vec<String> = settled
+        .iter()
+        .map(|(consumers, _, held)| format!("{consumers} consumers hold {held:?}"))
+        .collect();
+    Judgement::Pass(format!(
+        "no consumer idle, none busier than another ({}); nothing lost, duplicated or reordered",
+        at_each.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(stages: &[(usize, i32, &[i64])]) -> Option<&'static str> {
+        let settled: Vec<(usize, i32, Vec<i64>)> = stages.iter().map(|(c, p, held)| (*c, *p, held.to_vec())).collect();
+        share_failure(&settled).map(|judgement| match judgement {
+            Judgement::Fail { violation, .. } => violation,
+            other => panic!("a share is judged fail or not at all: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn an_idle_consumer_at_any_stage_fails_before_an_uneven_share_and_even_shares_pass() {
+        // As shipped: one partition per consumer of today.
+        assert_eq!(
+            failure(&[(2, 2, &[1, 1]), (4, 2, &[1, 1, 0, 0]), (6, 2, &[1, 1, 0, 0, 0, 0])]),
+            Some("idle consumers")
+        );
+        // Sized for the peak only: nobody idle, but 6 over 4 consumers is 2, 2, 1, 1.
+        assert_eq!(failure(&[(2, 6, &[3, 3]), (4, 6, &[2, 2, 1, 1]), (6, 6, &[1; 6])]), Some("uneven"));
+        // An idle consumer later in the growth is still found when an earlier stage is uneven.
+        assert_eq!(failure(&[(2, 3, &[2, 1]), (4, 3, &[1, 1, 1, 0])]), Some("idle consumers"));
+        assert_eq!(failure(&[(2, 12, &[6, 6]), (4, 12, &[3; 4]), (6, 12, &[2; 6])]), None);
+    }
 }

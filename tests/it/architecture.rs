@@ -8,7 +8,7 @@ use std::path::Path;
 const LESSONS_DIR: &str = "crates/tradeflow-lab/src/lessons/";
 
 fn workspace() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 /// The rows of the "Lessons → code" table: the file each names.

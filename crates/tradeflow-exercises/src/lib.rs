@@ -97,6 +97,29 @@ impl GrowthPlan {
     }
 }
 
+/// The load chapter 10's test offers: ten times today's peak, on a topic of `partitions`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadTest {
+    /// Today's peak rate, events per second.
+    pub today_per_s: f64,
+    /// The rate the test offers: ten times today's peak.
+    pub target_per_s: f64,
+    /// Partitions of the topic.
+    pub partitions: i32,
+}
+
+/// The pipeline's settings chapter 10's exercise chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Most messages the balance service applies in one database transaction, and commits
+    /// the offsets of at once (1..=10,000).
+    pub batch_size: usize,
+    /// How long the publisher waits to fill a produce request, ms (0..=1,000).
+    pub linger_ms: u32,
+    /// Consumers in the balance service's group (1..=the topic's partitions).
+    pub consumers: u32,
+}
+
 /// Chapter 01: the lag status of a partition over a window of samples.
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/01-offset-lag/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/01-offset-lag.rs")]
@@ -126,6 +149,11 @@ pub mod on_unprocessable;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/07-overpartition/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/07-overpartition.rs")]
 pub mod partitions_for;
+
+/// Chapter 10: the pipeline's settings for ten times today's load.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/10-load-test/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/10-load-test.rs")]
+pub mod tune;
 
 /// Chapter 08: when the publisher may move to the new topic.
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/08-cutover-runbook/exercise.rs")]

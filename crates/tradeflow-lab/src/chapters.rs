@@ -5,7 +5,7 @@
 use crate::RowVerdict;
 use crate::expect::Violation;
 use crate::lessons::{
-    auto_commit_crash, consumer_scaling, idempotent_consumer, keys_keep_order, lag_status, poison_message, repartition_cutover,
+    auto_commit_crash, consumer_scaling, idempotent_consumer, keys_keep_order, lag_status, load_test, poison_message, repartition_cutover,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
@@ -166,6 +166,16 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "ready_to_switch",
         run: |setup| one(repartition_cutover::chapter(setup)),
         judge: Judge::Counts(&[Violation::Reordered, Violation::Lost, Violation::Duplicated]),
+    },
+    Chapter {
+        number: "10",
+        folder: "10-load-test",
+        title: "Load test at 10x and tune",
+        claim: "Tuning Kafka is tricky, so have a load-testing setup and use it before production does (Wealthsimple, \"Kafka in production\", 2021); test at ten times today's load (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023). A pipeline that keeps up today can fall seconds behind at 10x, and the settings that fix it are found by measuring, not by guessing.",
+        violation: "fell behind",
+        function: "tune",
+        run: |setup| one(load_test::chapter(setup)),
+        judge: Judge::Own(load_test::judge),
     },
 ];
 

@@ -8,6 +8,7 @@ pub mod consumer_scaling;
 pub mod idempotent_consumer;
 pub mod keys_keep_order;
 pub mod lag_status;
+pub mod load_test;
 pub mod poison_message;
 pub mod poller_vs_stream;
 pub mod producer_retries;

@@ -8,7 +8,6 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tradeflow_cluster::Backend;
 use tradeflow_lab::Setup;
 use tradeflow_lab::chapters::{CHAPTERS, Chapter, Judgement};
 
@@ -18,8 +17,9 @@ pub enum ChapterCommand {
     /// Every chapter, in order, with the status of your last check: not started, failing
     /// (with which violation), unknown, or passed.
     List {
-        /// One line per chapter, `FOLDER<TAB>VIOLATION`: the violation each exercise as
-        /// shipped must fail with (for the workshop's proof in CI).
+        /// One line per chapter, `FOLDER<TAB>VIOLATION<TAB>BACKEND`: the violation each
+        /// exercise as shipped must fail with, and the backend it runs on (for the
+        /// workshop's proof in CI).
         #[arg(long, hide = true)]
         declared: bool,
     },
@@ -83,7 +83,7 @@ pub async fn run(command: ChapterCommand) -> anyhow::Result<bool> {
     match command {
         ChapterCommand::List { declared: true } => {
             for chapter in CHAPTERS {
-                println!("{}\t{}", chapter.folder, chapter.violation);
+                println!("{}\t{}\t{}", chapter.folder, chapter.violation, chapter.backend);
             }
             Ok(true)
         }
@@ -235,7 +235,7 @@ async fn run_chapter(workspace: &Path, arguments: &ChapterRunArgs) -> anyhow::Re
         seed,
         events: EVENTS,
         rate: RATE_PER_S,
-        broker: Backend::Mock,
+        broker: chapter.backend,
         service: Some(tradeflow_stream::process::ServiceProcesses {
             executable: std::env::current_exe().context("finding this tradeflow executable, to start the balance service as processes")?,
             store: arguments.store.config()?,
@@ -246,7 +246,7 @@ async fn run_chapter(workspace: &Path, arguments: &ChapterRunArgs) -> anyhow::Re
     let mut runs = Vec::with_capacity(variants.len());
     for variant in variants {
         println!("{}", variant.label);
-        match crate::experiment::run_variant(&store, Backend::Mock, None, &variant).await {
+        match crate::experiment::run_variant(&store, chapter.backend, None, &variant).await {
             Ok(record) => {
                 print_run(&record);
                 runs.push((variant, record));

@@ -788,7 +788,7 @@ fn effect_of_cut(cluster: &Weak<KafkaCluster>, leader: i32) -> Option<String> {
             .collect();
         (!shrunk.is_empty()).then(|| {
             format!(
-                "in-sync replicas of {} shrank to node {leader} alone after {} ms: below min.insync.replicas={KAFKA_MIN_INSYNC_REPLICAS}, acks=all writes there are refused (NOT_ENOUGH_REPLICAS)",
+                "in-sync replicas of {} shrank to node {leader} alone after {} ms: below the cluster's min.insync.replicas={KAFKA_MIN_INSYNC_REPLICAS}, acks=all writes there are refused (NOT_ENOUGH_REPLICAS) unless the topic lowers it",
                 shrunk.join(", "),
                 waited.as_millis()
             )

@@ -97,6 +97,31 @@ impl GrowthPlan {
     }
 }
 
+/// Which replicas must have a write before the broker acknowledges it: the producer's
+/// `acks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// `acks=1`: the partition's leader alone.
+    Leader,
+    /// `acks=all`: every in-sync replica, and at least the topic's `min.insync.replicas`.
+    All,
+}
+
+/// The publisher's producer settings chapter 05's exercise chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSettings {
+    /// `acks`.
+    pub acks: Acks,
+    /// `enable.idempotence`: the broker discards a resent copy of a write by its producer
+    /// sequence (needs `acks` all and at most 5 requests in flight).
+    pub idempotence: bool,
+    /// `max.in.flight.requests.per.connection`: produce requests sent before the first is
+    /// answered (1..=5 here).
+    pub in_flight_max: u32,
+    /// `linger.ms`: how long to wait to fill a produce request (0..=1,000).
+    pub linger_ms: u32,
+}
+
 /// The load chapter 10's test offers: ten times today's peak, on a topic of `partitions`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoadTest {
@@ -139,6 +164,11 @@ pub mod events_to_apply;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/03-commit-after-database/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/03-commit-after-database.rs")]
 pub mod batch_steps;
+
+/// Chapter 05: the publisher's producer settings.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/05-reliable-producer/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/05-reliable-producer.rs")]
+pub mod producer_settings;
 
 /// Chapter 06: what to do with a message that cannot be processed.
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/06-dead-letter-topics/exercise.rs")]

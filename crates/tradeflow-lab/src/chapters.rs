@@ -5,10 +5,12 @@
 use crate::RowVerdict;
 use crate::expect::Violation;
 use crate::lessons::{
-    auto_commit_crash, consumer_scaling, idempotent_consumer, keys_keep_order, lag_status, load_test, poison_message, repartition_cutover,
+    auto_commit_crash, consumer_scaling, idempotent_consumer, keys_keep_order, lag_status, load_test, poison_message, producer_retries,
+    repartition_cutover,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
+use tradeflow_cluster::Backend;
 use tradeflow_stream::lag::LagRule;
 
 /// One chapter.
@@ -23,6 +25,9 @@ pub struct Chapter {
     pub claim: &'static str,
     /// The violation the exercise as shipped fails with.
     pub violation: &'static str,
+    /// The backend its runs need: the mock cluster, or Apache Kafka where the lesson needs
+    /// what only a real broker does (sequence checks, replication).
+    pub backend: Backend,
     /// The function the learner writes, in `chapters/<folder>/exercise.rs`.
     pub function: &'static str,
     /// The chapter's runs on a setup, in order (or why it cannot run there); most chapters
@@ -103,6 +108,7 @@ pub const CHAPTERS: &[Chapter] = &[
         title: "Offset lag is the metric",
         claim: "Offset lag is the metric that matters (Wealthsimple, \"Kafka in production\", 2021), and how it moves says more than its size: a group that stops reading shows as a committed offset that no longer moves while the log grows, long before a threshold trips (the rules follow LinkedIn's Burrow).",
         violation: "missed stall",
+        backend: Backend::Mock,
         function: "lag_status",
         run: |setup| one(lag_status::chapter(setup, LagRule::Exercise)),
         judge: Judge::Own(|runs| lag_status::judge(&runs[0].0, &runs[0].1)),
@@ -113,6 +119,7 @@ pub const CHAPTERS: &[Chapter] = &[
         title: "Keys keep order",
         claim: "Kafka keeps order within a partition only: key each message by the entity whose order matters, the account, and let the default partitioner hash it (Parcel Perform, \"Initial experience with Kafka\"; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023).",
         violation: "reordered",
+        backend: Backend::Mock,
         function: "message_key",
         run: |setup| one(keys_keep_order::chapter(setup)),
         judge: Judge::Counts(&[Violation::Reordered, Violation::Lost, Violation::Duplicated]),
@@ -123,6 +130,7 @@ pub const CHAPTERS: &[Chapter] = &[
         title: "Commit offsets after the database commit",
         claim: "Commit offsets explicitly, not on the client's timer (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023), and a restarted consumer resumes after the last committed message (Parcel Perform, \"Initial experience with Kafka\"): so commit only once the database transaction has committed, or the batch a process dies holding is lost.",
         violation: "lost",
+        backend: Backend::Mock,
         function: "batch_steps",
         run: |setup| one(auto_commit_crash::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
@@ -133,9 +141,21 @@ pub const CHAPTERS: &[Chapter] = &[
         title: "Be idempotent, do not chase exactly-once",
         claim: "Kafka delivers at least once: a rebalance, a crash or a paused process hands a message over again. Make applying it twice harmless instead of chasing exactly-once (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023).",
         violation: "duplicated",
+        backend: Backend::Mock,
         function: "events_to_apply",
         run: |setup| one(idempotent_consumer::chapter(setup)),
         judge: Judge::Counts(&[Violation::Duplicated, Violation::Lost, Violation::Reordered]),
+    },
+    Chapter {
+        number: "05",
+        folder: "05-reliable-producer",
+        title: "The reliable producer",
+        claim: "Set the producer for reliability, not for the benchmark: acks=all, and idempotence rather than exactly-once (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023). A producer retries whatever it was not told succeeded, and a connection that breaks with requests in flight leaves it unable to tell; without idempotence the broker writes the resent copies too.",
+        violation: "duplicated",
+        backend: Backend::Kafka,
+        function: "producer_settings",
+        run: |setup| one(producer_retries::chapter(setup)),
+        judge: Judge::Counts(&[Violation::Duplicated, Violation::Reordered, Violation::Lost]),
     },
     Chapter {
         number: "06",
@@ -143,6 +163,7 @@ pub const CHAPTERS: &[Chapter] = &[
         title: "Dead-letter topics and replay",
         claim: "A message that cannot be processed must not hold up its partition: retry it a bounded number of times, then set it aside on a dead-letter topic and go on (Wealthsimple, \"Kafka in production\", 2021; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023: retries with limits).",
         violation: "lost",
+        backend: Backend::Mock,
         function: "on_unprocessable",
         run: |setup| one(poison_message::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
@@ -153,6 +174,7 @@ pub const CHAPTERS: &[Chapter] = &[
         title: "Overpartition from the start: consumers ≤ partitions",
         claim: "Partitions are what consumers share out: a group runs at most one consumer per partition, so the partition count caps how far the service can grow, and it can only be raised later at the price of order (chapter 08). Overpartition from the very start, but not past a couple of hundred (Wealthsimple, \"Kafka in production\", 2021; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023: consumers ≤ partitions).",
         violation: "idle consumers",
+        backend: Backend::Mock,
         function: "partitions_for",
         run: consumer_scaling::chapter,
         judge: Judge::Own(consumer_scaling::judge),
@@ -163,6 +185,7 @@ pub const CHAPTERS: &[Chapter] = &[
         title: "Repartitioning breaks order: the cutover runbook",
         claim: "Partitions only go up, and adding them moves keys to other partitions: overpartition from the start (Wealthsimple, \"Kafka in production\", 2021; Parcel Perform, \"Initial experience with Kafka\"). When you must move to more, drain the old topic before the new one starts, or an account's newer events overtake its older ones.",
         violation: "reordered",
+        backend: Backend::Mock,
         function: "ready_to_switch",
         run: |setup| one(repartition_cutover::chapter(setup)),
         judge: Judge::Counts(&[Violation::Reordered, Violation::Lost, Violation::Duplicated]),
@@ -173,6 +196,7 @@ pub const CHAPTERS: &[Chapter] = &[
         title: "Load test at 10x and tune",
         claim: "Tuning Kafka is tricky, so have a load-testing setup and use it before production does (Wealthsimple, \"Kafka in production\", 2021); test at ten times today's load (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023). A pipeline that keeps up today can fall seconds behind at 10x, and the settings that fix it are found by measuring, not by guessing.",
         violation: "fell behind",
+        backend: Backend::Mock,
         function: "tune",
         run: |setup| one(load_test::chapter(setup)),
         judge: Judge::Own(load_test::judge),

@@ -13,6 +13,10 @@
 //! connection at once, so they are resent in order: reordering is shown on the mock only.
 //! Idempotence on, on the mock: only order is judged (it does not check sequences; whether
 //! it loses events depends on timing). Not run on tansu: it could not show either row.
+//!
+//! Chapter 05 (on `kafka`): the Kafka row's faults with the learner's producer settings
+//! and the naive consumer: a resent copy the broker keeps is applied twice (duplicated).
+//! Only the broker can drop the copy, so only idempotence passes.
 
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate, node_action};
@@ -21,12 +25,19 @@ use tradeflow_cluster::kafka::KAFKA_NODES;
 use tradeflow_cluster::plan::{Action, Candidate, FaultPlan, PlanStep};
 use tradeflow_cluster::proxy::Chaos;
 use tradeflow_cluster::{Backend, Fault, MOCK_BROKERS};
-use tradeflow_stream::publisher::PublisherConfig;
+use tradeflow_stream::publisher::{Acks, PublisherConfig};
 
 /// The experiment's name.
 pub const NAME: &str = "producer-retries";
 /// What it shows.
 pub const WHAT: &str = "produce requests fail while several are in flight: without idempotence a retried request lands behind a later one (reordering) or twice (duplicates)";
+
+/// Connection resets in the experiment's Kafka rows.
+const EXPERIMENT_RESETS: usize = 6;
+/// Connection resets in chapter 05's run: more than the experiment's, so that even a seed
+/// whose resets catch few requests in flight writes some twice (6 resets gave 1, 10 and 29
+/// duplicates on seeds 1-3).
+const CHAPTER_RESETS: usize = 16;
 
 /// Why the lesson is not run on tansu (process or container).
 pub const NOT_SHOWN_ON_TANSU: &str = "tansu cannot show it: with idempotence off, connection resets through its proxy left no written request to be resent (0 duplicates in its log, read back by the naive consumer, seed 1), and whether it checks producer sequences is not known, so neither row could show what idempotence prevents; run it on kafka (or the mock, for reordering)";
@@ -62,7 +73,7 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
         Backend::Tansu | Backend::Container => {
             return Err(NOT_SHOWN_ON_TANSU.into());
         }
-        Backend::Kafka => kafka_rows(setup),
+        Backend::Kafka => kafka_rows(setup, EXPERIMENT_RESETS),
         Backend::External => {
             return Err("no faults can be injected into an external cluster from here".into());
         }
@@ -120,7 +131,7 @@ fn mock_rows(setup: &Setup) -> (FaultPlan, Expected, Expected) {
 
 /// On Apache Kafka: each node's proxy delays answers and resets connections; the plan and
 /// what each row must show.
-fn kafka_rows(setup: &Setup) -> (FaultPlan, Expected, Expected) {
+fn kafka_rows(setup: &Setup, resets_planned: usize) -> (FaultPlan, Expected, Expected) {
     let publishing = setup.publishing_ms();
     // Each node's proxy delays answers so several requests are in flight, then resets the
     // connections: requests the broker wrote but whose answers were lost are sent again.
@@ -144,7 +155,7 @@ fn kafka_rows(setup: &Setup) -> (FaultPlan, Expected, Expected) {
             action,
         })
         .collect();
-    steps.extend(setup.plan(&resets, 6).steps);
+    steps.extend(setup.plan(&resets, resets_planned).steps);
     (
         setup.fixed_plan(steps),
         Expected::fail(
@@ -155,4 +166,64 @@ fn kafka_rows(setup: &Setup) -> (FaultPlan, Expected, Expected) {
             "the broker discards the resent requests by their producer sequence: the log holds each event once, so even the naive consumer applies each once",
         ),
     )
+}
+
+/// Chapter 05's run on Apache Kafka: the learner's producer settings, the Kafka row's
+/// delays and resets, and the naive consumer, so a copy in the log is a double apply.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    if setup.broker != Backend::Kafka {
+        return Err(format!(
+            "chapter 05 needs a broker that checks producer sequences: it runs on kafka, not on {}",
+            setup.broker
+        ));
+    }
+    let settings = tradeflow_exercises::producer_settings::producer_settings();
+    let acks = match settings.acks {
+        tradeflow_exercises::Acks::All => Acks::All,
+        tradeflow_exercises::Acks::Leader => Acks::Leader,
+    };
+    check_settings(&settings, acks)?;
+    let (plan, _, _) = kafka_rows(setup, CHAPTER_RESETS);
+    let mut options = setup.stream(6, 2);
+    options.publisher = PublisherConfig {
+        linger_ms: settings.linger_ms,
+        batch_max: 50,
+        idempotence: settings.idempotence,
+        in_flight_max: settings.in_flight_max,
+        acks,
+        ..PublisherConfig::default()
+    };
+    options.scenario.plan = plan;
+    options.scenario.dedup = tradeflow_store::Dedup::None;
+    Ok(Variant {
+        label: format!(
+            "your producer_settings: acks={}, idempotence {}, {} in flight, linger {} ms; connections reset mid-flight",
+            acks.as_str(),
+            if settings.idempotence { "on" } else { "off" },
+            settings.in_flight_max,
+            settings.linger_ms
+        ),
+        run: VariantRun::Stream(Box::new(options)),
+        expected: Expected::pass("every event is in the log once: nothing applied twice, lost or reordered"),
+    })
+}
+
+/// Refuses producer settings the client or the run would not take, saying why.
+fn check_settings(settings: &tradeflow_exercises::ProducerSettings, acks: Acks) -> Result<(), String> {
+    if !(1..=5).contains(&settings.in_flight_max) {
+        return Err(format!(
+            "producer_settings returned {} requests in flight: 1..=5 here (5 is the most idempotence keeps in order)",
+            settings.in_flight_max
+        ));
+    }
+    if settings.linger_ms > 1_000 {
+        return Err(format!(
+            "producer_settings returned linger_ms {}: at most 1000 here",
+            settings.linger_ms
+        ));
+    }
+    if settings.idempotence && acks != Acks::All {
+        return Err("producer_settings asks for idempotence with acks=1: librdkafka refuses it (idempotence needs acks=all: a write the leader alone had could be lost with its sequence)".into());
+    }
+    Ok(())
 }

@@ -180,6 +180,11 @@ pub mod on_unprocessable;
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/07-overpartition.rs")]
 pub mod partitions_for;
 
+/// Chapter 09: the producer's acks on three brokers.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/09-replication/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/09-replication.rs")]
+pub mod acks;
+
 /// Chapter 10: the pipeline's settings for ten times today's load.
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/10-load-test/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/10-load-test.rs")]

@@ -5,8 +5,8 @@
 use crate::RowVerdict;
 use crate::expect::Violation;
 use crate::lessons::{
-    auto_commit_crash, consumer_scaling, idempotent_consumer, keys_keep_order, lag_status, load_test, poison_message, producer_retries,
-    repartition_cutover,
+    auto_commit_crash, broker_failure, consumer_scaling, idempotent_consumer, keys_keep_order, lag_status, load_test, poison_message,
+    producer_retries, repartition_cutover,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
@@ -189,6 +189,17 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "ready_to_switch",
         run: |setup| one(repartition_cutover::chapter(setup)),
         judge: Judge::Counts(&[Violation::Reordered, Violation::Lost, Violation::Duplicated]),
+    },
+    Chapter {
+        number: "09",
+        folder: "09-replication",
+        title: "Three brokers and replication",
+        claim: "Run three brokers with a replication factor of at least 2 (Parcel Perform, \"Initial experience with Kafka\"), and have the producer wait for the replicas: acks=all (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023). Replicas protect only what they received before the producer was told the write was safe.",
+        violation: "lost",
+        backend: Backend::Kafka,
+        function: "acks",
+        run: |setup| one(broker_failure::chapter(setup)),
+        judge: Judge::Own(broker_failure::chapter_judge),
     },
     Chapter {
         number: "10",

@@ -12,6 +12,11 @@
 //! three nodes killed must pass; the leader's replication cut must pass with its ISR seen
 //! below min ISR (NOT_ENOUGH_REPLICAS); replication factor 1 must pass with its partition
 //! seen leaderless; the active controller killed must pass with a new controller seen.
+//!
+//! Chapter 09 (on `kafka`): the `acks=1` row's faults with the learner's `acks`. A loss
+//! counts only once the consumers have read everything the log still holds (the run's
+//! last lag sample, taken after every fault's undo, shows no lag): the unapplied events are
+//! then gone from the log, not merely unread. Otherwise the run is unknown.
 
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate, node_action};
@@ -173,6 +178,83 @@ fn acks_leader_only(options: &mut StreamOptions) {
     options.scenario.topic_configs = vec![("unclean.leader.election.enable".into(), "true".into())];
     // What the dead leader acknowledged alone never arrives: the run stops waiting for it.
     options.stall_timeout = Duration::from_secs(15);
+}
+
+/// When chapter 09's faults begin, ms into publishing.
+const CHAPTER_FAULT_AT_MS: u64 = 1_500;
+
+/// Chapter 09's run on Apache Kafka with the learner's `acks`: the `acks=1` row's faults
+/// (the busiest partition's followers stopped, its leader killed 2.5 s later, unclean
+/// leader election allowed on the topic).
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    if setup.broker != Backend::Kafka {
+        return Err(format!(
+            "chapter 09 needs three replicas: it runs on kafka, not on {}",
+            setup.broker
+        ));
+    }
+    let acks = match tradeflow_exercises::acks::acks() {
+        tradeflow_exercises::Acks::All => Acks::All,
+        tradeflow_exercises::Acks::Leader => Acks::Leader,
+    };
+    let step =
+        |offset_ms: u64, for_ms: u64, node: NodeTarget, action: NodeFault| node_step(CHAPTER_FAULT_AT_MS + offset_ms, for_ms, node, action);
+    let mut variant = replication_row(
+        setup,
+        "",
+        vec![
+            step(0, 4_500, follower_of_busiest(0), NodeFault::Pause),
+            step(0, 4_500, follower_of_busiest(1), NodeFault::Pause),
+            step(2_500, 8_000, leader_of_busiest(), NodeFault::Kill),
+        ],
+        Expected::pass(
+            "what the producer was told is written survives the leader's death: nothing acknowledged is lost, duplicated or reordered",
+        ),
+        &acks_leader_only,
+    );
+    variant.label = format!("your acks: acks={}; followers stopped, leader killed", acks.as_str());
+    if let VariantRun::Stream(options) = &mut variant.run {
+        options.publisher.acks = acks;
+        // Idempotence needs acks=all (the pipeline's setting); with acks=1 it is off.
+        options.publisher.idempotence = acks == Acks::All;
+        // For a while all three nodes are down or stopped, the group's coordinator among
+        // them: the group takes up to about 20 s to form again (seen: 15 s was too short),
+        // and what is unapplied when the run gives up must be gone, not late.
+        options.stall_timeout = Duration::from_secs(30);
+    }
+    Ok(variant)
+}
+
+/// Judges chapter 09's run: a loss counts only when the consumers had read everything the
+/// log still held at the end (no lag in the last sample, taken after every fault's undo):
+/// the events are then gone from the log. A loss with lag left is unknown.
+pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::chapters::Judgement {
+    use crate::chapters::{Judgement, judge_counts};
+    let Some((variant, record)) = runs.first() else {
+        return Judgement::Unknown("the chapter ran nothing".into());
+    };
+    let judged = judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered]);
+    if !matches!(&judged, Judgement::Fail { violation, .. } if *violation == Violation::Lost.key()) {
+        return judged;
+    }
+    let last_fault_s = record.faults.iter().map(|fault| fault.at_ms).max().unwrap_or(0) as f64 / 1_000.0;
+    match record.lag.last() {
+        Some(last) if last.t_s >= last_fault_s && last.offset_lag_total == 0 => match judged {
+            Judgement::Fail { violation, detail } => Judgement::Fail {
+                violation,
+                detail: format!("{detail}; the consumers had read everything the log still held: these events are gone from it"),
+            },
+            other => other,
+        },
+        last => Judgement::Unknown(format!(
+            "{} acknowledged events were never applied, but the consumers had not read everything the log held when the run ended ({}): they may be late, not lost; run the check again",
+            record.check.lost,
+            last.map_or("no lag sample".to_owned(), |last| format!(
+                "lag {} messages at {:.1} s",
+                last.offset_lag_total, last.t_s
+            ))
+        )),
+    }
 }
 
 /// `broker-failure` on Apache Kafka: the replication lessons, each on a fresh three-node

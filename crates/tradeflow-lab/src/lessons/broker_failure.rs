@@ -163,6 +163,16 @@ fn node_step(at_ms: u64, for_ms: u64, node: NodeTarget, action: NodeFault) -> Pl
     }
 }
 
+/// The acks=1 row's faults from `at_ms`: the busiest partition's followers stopped for
+/// 4.5 s, its leader killed 2.5 s in (for 8 s), so the leader is alone with what it is sent.
+fn followers_stopped_leader_killed(at_ms: u64) -> Vec<PlanStep> {
+    vec![
+        node_step(at_ms, 4_500, follower_of_busiest(0), NodeFault::Pause),
+        node_step(at_ms, 4_500, follower_of_busiest(1), NodeFault::Pause),
+        node_step(at_ms + 2_500, 8_000, leader_of_busiest(), NodeFault::Kill),
+    ]
+}
+
 /// The replication-factor-1 row's topic: one replica, and a min.insync.replicas it can
 /// meet (the cluster's 2 it cannot).
 fn one_replica(options: &mut StreamOptions) {
@@ -197,16 +207,10 @@ pub fn chapter(setup: &Setup) -> Result<Variant, String> {
         tradeflow_exercises::Acks::All => Acks::All,
         tradeflow_exercises::Acks::Leader => Acks::Leader,
     };
-    let step =
-        |offset_ms: u64, for_ms: u64, node: NodeTarget, action: NodeFault| node_step(CHAPTER_FAULT_AT_MS + offset_ms, for_ms, node, action);
     let mut variant = replication_row(
         setup,
         "",
-        vec![
-            step(0, 4_500, follower_of_busiest(0), NodeFault::Pause),
-            step(0, 4_500, follower_of_busiest(1), NodeFault::Pause),
-            step(2_500, 8_000, leader_of_busiest(), NodeFault::Kill),
-        ],
+        followers_stopped_leader_killed(CHAPTER_FAULT_AT_MS),
         Expected::pass(
             "what the producer was told is written survives the leader's death: nothing acknowledged is lost, duplicated or reordered",
         ),
@@ -278,11 +282,7 @@ fn replication_lessons(setup: &Setup) -> Vec<Variant> {
         ),
         row(
             "acks=1, followers stopped, leader killed",
-            vec![
-                step(0, 4_500, follower_of_busiest(0), NodeFault::Pause),
-                step(0, 4_500, follower_of_busiest(1), NodeFault::Pause),
-                step(2_500, 8_000, leader_of_busiest(), NodeFault::Kill),
-            ],
+            followers_stopped_leader_killed(at_ms),
             Expected::fail(
                 Violation::Lost,
                 "with its followers stopped, the leader acknowledges writes alone (acks=1); it dies, a follower that never had them becomes leader (unclean leader election allowed on this topic) and the restarted old leader truncates them: acknowledged events are gone",

@@ -521,9 +521,12 @@ impl Property {
     /// the group's committed offsets of two partitions go back (139 to 1, 309 to 156) by the
     /// end of a run whose follower of trades[0] was SIGKILLed for 3.6 s, with every event
     /// applied once (property seed 17971411837427491161, workload seed 4621552154312786239;
-    /// the same case held when replayed). Until the cause is known (a consumer re-reading a
-    /// partition from the start after a reset, or a commit overtaken by an older one) the
-    /// runs there print what moved back instead of claiming the property.
+    /// the same case held when replayed). The balance service now refuses to commit below
+    /// the offset it knows committed (`forward_only` in its service loop), which rules out
+    /// the first suspected cause, a consumer re-reading a partition from the start after
+    /// librdkafka reset its position. The other, a commit overtaken by an older one, it
+    /// cannot rule out; until runs on Kafka show the property holding, they print what moved
+    /// back instead of claiming it.
     const WITHOUT_FORWARD_COMMITS: [Property; 4] = [
         Property::PerAccountOrder,
         Property::NothingLost,

@@ -536,6 +536,7 @@ pub async fn run_controlled(
             generation: consumer.context().generation.load(Ordering::Relaxed),
             received_at: tokio::time::Instant::now(),
             lease: Duration::from_millis(u64::from(config.session_timeout_ms)),
+            floor: &mut positions.floor,
         };
         process(&store, &consumer, &dead_letters, &config, held, &counters, &mut latency).await?;
         batch.clear();
@@ -636,6 +637,9 @@ struct Positions {
     generation: u64,
     /// Partition -> the offset to be read next.
     next: BTreeMap<i32, i64>,
+    /// Partition -> the highest offset known committed for it in this generation (read
+    /// from the group at the assignment, then each commit's): no commit goes below it.
+    floor: BTreeMap<i32, i64>,
 }
 
 impl Positions {
@@ -652,6 +656,7 @@ impl Positions {
         if generation != self.generation {
             self.generation = generation;
             self.next.clear();
+            self.floor.clear();
         }
         // Only the committed offset says where reading was to resume; without one (a new
         // group), the first message is taken as the start. Read at once for every
@@ -671,6 +676,10 @@ impl Positions {
                 .await
                 .unwrap_or_default()
         };
+        for (partition, committed) in &resumes {
+            let floor = self.floor.entry(*partition).or_insert(*committed);
+            *floor = (*floor).max(*committed);
+        }
         let resume_at = |partition| resumes.get(&partition).copied();
         for gap in gaps(&mut self.next, batch, resume_at) {
             counters.skipped.fetch_add(gap.count(), Ordering::Relaxed);
@@ -767,6 +776,33 @@ fn next_offsets(batch: &[OwnedMessage], stuck_at: &BTreeMap<i32, i64>) -> BTreeM
 /// consumer's thread, and during a rebalance the coordinator holds the commit until this
 /// very consumer rejoins, which it cannot do while blocked. A commit that fails or is lost
 /// in a crash only means a redelivery, which the apply log skips.
+/// `next` without the partitions whose offset would move their committed offset back
+/// (below `floor`), each reported; `floor` raised to what is left. A consumer reads behind
+/// its committed offset when librdkafka resets its position (after a leader change it
+/// cannot validate, by `auto.offset.reset`): what it reads again is skipped by the apply
+/// log, and committing it would move the group's offset back over applied events.
+fn forward_only(mut next: BTreeMap<(String, i32), i64>, floor: &mut BTreeMap<i32, i64>, consumer: &str) -> BTreeMap<(String, i32), i64> {
+    next.retain(|(topic, partition), offset| match floor.get(partition) {
+        Some(committed) if *offset < *committed => {
+            tracing::warn!(
+                consumer,
+                messaging.destination.name = %topic,
+                messaging.destination.partition.id = partition,
+                offset,
+                committed,
+                "not committing an offset behind the one already committed: this consumer is reading messages it had passed (its position was reset)"
+            );
+            false
+        }
+        _ => true,
+    });
+    for ((_, partition), offset) in &next {
+        let committed = floor.entry(*partition).or_insert(*offset);
+        *committed = (*committed).max(*offset);
+    }
+    next
+}
+
 fn commit(consumer: &StreamConsumer<ServiceContext>, next: &BTreeMap<(String, i32), i64>, counters: &ServiceCounters, messages: usize) {
     let mut offsets = TopicPartitionList::new();
     for ((topic, partition), offset) in next {
@@ -796,6 +832,8 @@ struct Held<'a> {
     /// The session timeout: held longer than this, the partitions may have been given to
     /// another member without this consumer having heard of it yet.
     lease: Duration,
+    /// The consumer's committed-offset floor per partition ([`Positions`]).
+    floor: &'a mut BTreeMap<i32, i64>,
 }
 
 impl Held<'_> {
@@ -871,7 +909,8 @@ async fn process(
             // this batch applied). Committing for them could move their offsets backwards.
             tracing::warn!(consumer = %config.name, batch = batch_number, "partitions revoked during the database transaction: not committing their offsets");
         } else {
-            commit(consumer, &next_offsets(batch, &stuck_at), counters, batch.len());
+            let next = forward_only(next_offsets(batch, &stuck_at), held.floor, &config.name);
+            commit(consumer, &next, counters, batch.len());
         }
     }
     seek_back(consumer, config, &stuck_at, counters).await;
@@ -1068,6 +1107,25 @@ mod tests {
 
     fn message(partition: i32, offset: i64) -> OwnedMessage {
         OwnedMessage::new(None, None, "trades".into(), Timestamp::NotAvailable, partition, offset, None)
+    }
+
+    #[test]
+    fn no_commit_moves_a_partitions_committed_offset_back() {
+        // Partition 0 was committed at 139 (read from the group, or committed before);
+        // its position was then reset and the batch ends at offset 2.
+        let mut floor = BTreeMap::from([(0, 139)]);
+        let next = BTreeMap::from([(("trades".to_owned(), 0), 2), (("trades".to_owned(), 1), 50)]);
+        let kept = forward_only(next, &mut floor, "consumer-0");
+        assert_eq!(
+            kept,
+            BTreeMap::from([(("trades".to_owned(), 1), 50)]),
+            "partition 0 is not committed back"
+        );
+        assert_eq!(floor, BTreeMap::from([(0, 139), (1, 50)]), "the floor rises with what is committed");
+        // At the floor, or past it, an offset is committed.
+        let next = BTreeMap::from([(("trades".to_owned(), 0), 139), (("trades".to_owned(), 1), 51)]);
+        assert_eq!(forward_only(next.clone(), &mut floor, "consumer-0"), next);
+        assert_eq!(floor, BTreeMap::from([(0, 139), (1, 51)]));
     }
 
     #[test]

@@ -289,7 +289,6 @@ pub async fn run(
     drive(&watching, &mut fleets, &mut faults, &mut lag, publishing, &intended_at, progress).await?;
     let counters = fleets.counters();
     counters.report_skipped();
-    let assignments = fleets.main.assignments().to_vec();
     let latency = fleets.finish().await?;
     let crashed = counters.crashed();
     let faults = faults.finish(cluster, &crashed).await;
@@ -309,10 +308,7 @@ pub async fn run(
         label: options.label(),
         store: store.kind().as_str().into(),
         broker: Some(cluster.backend().into()),
-        config: crate::run_record::with_assignments(
-            crate::run_record::config(options, &layout, &deliveries, &counters, switched.as_ref(), rebalances_before),
-            &assignments,
-        ),
+        config: crate::run_record::config(options, &layout, &deliveries, &counters, switched.as_ref(), rebalances_before),
         events: workload.events.len() as u64,
         applied,
         duration_s,
@@ -465,6 +461,7 @@ impl Fleets {
         FleetCounters {
             main: self.main.counters.clone(),
             next: self.next.as_ref().map(|next| next.counters.clone()),
+            assignments: self.main.assignments().to_vec(),
         }
     }
 
@@ -482,6 +479,8 @@ impl Fleets {
 pub(crate) struct FleetCounters {
     main: Arc<ServiceCounters>,
     next: Option<Arc<ServiceCounters>>,
+    /// The run's group's settled assignments so far.
+    pub(crate) assignments: Vec<crate::fleet::SettledAssignment>,
 }
 
 impl FleetCounters {

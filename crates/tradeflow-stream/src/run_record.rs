@@ -2,18 +2,11 @@
 //! publisher and consumers counted. Later versions add keys and never remove or rename one.
 
 use crate::cutover::SwitchOutcome;
-use crate::fleet::SettledAssignment;
 use crate::publisher::Deliveries;
 use crate::run::{FleetCounters, StreamOptions};
 use crate::service::SeenKind;
 use crate::timeline::TopicLayout;
 use std::sync::atomic::Ordering;
-
-/// `config` with the group's settled assignments added (`assignments`).
-pub(crate) fn with_assignments(mut config: serde_json::Value, assignments: &[SettledAssignment]) -> serde_json::Value {
-    config["assignments"] = serde_json::json!(assignments);
-    config
-}
 
 /// The record's `config` for a run.
 pub(crate) fn config(
@@ -52,6 +45,7 @@ pub(crate) fn config(
         "poison_retries": counters.sum(|counters| counters.poison_retries.load(Ordering::Relaxed)),
         "skipped_by_broker": counters.sum(|counters| counters.skipped.load(Ordering::Relaxed)),
         "rebalances": counters.sum(|counters| counters.rebalances.load(Ordering::Relaxed)),
+        "assignments": counters.assignments,
         // Rebalances once every consumer had its first partitions: what faults caused.
         "rebalances_in_run": counters.sum(|counters| counters.rebalances.load(Ordering::Relaxed)).saturating_sub(rebalances_before),
         "cutover": options.scenario.cutover.as_ref().map(|cutover| serde_json::json!({

@@ -21,6 +21,11 @@ pub struct LagProbe {
 }
 
 impl LagProbe {
+    /// The partitions it reads.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
     /// A probe for `group` on `topic` (it reads offsets; it never joins the group).
     pub fn new(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Result<LagProbe, StreamError> {
         let consumer: BaseConsumer = base_config(bootstrap)

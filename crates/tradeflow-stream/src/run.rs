@@ -334,6 +334,19 @@ struct Watching<'a> {
     start: Instant,
 }
 
+/// Lag samples in a row (one every [`LAG_INTERVAL`]) that must show the group at the end of
+/// every partition's log before a run stops waiting for events the log does not hold.
+const LOG_READ_SAMPLES: u32 = 3;
+
+/// Whether the log holds nothing more for the group, `at_log_end` lag samples in a row
+/// having shown it at the end of every partition. Offsets are committed only after the
+/// database commit, so such a group has applied all the log holds, and what is still
+/// unapplied is not in it: waiting out the stall timeout would not bring it. Not under
+/// another commit policy, nor during a cutover (the probe watches the first topic only).
+fn holds_no_more(options: &StreamOptions, at_log_end: u32) -> bool {
+    at_log_end >= LOG_READ_SAMPLES && options.scenario.commit == CommitPolicy::AfterDatabase && options.scenario.cutover.is_none()
+}
+
 /// The run loop: applies the fault plan at its times, publishes progress, samples lag, and
 /// returns once the source is done and everything it got acknowledged is applied, or once
 /// the lag stops shrinking for the stall timeout (what is unapplied then counts as lost).
@@ -379,7 +392,16 @@ async fn drive(
         // broker deleted before they were read will never come: waiting for them would
         // only end in the stall timeout.
         let skipped = fleets.sum(|counters| counters.skipped.load(Ordering::Relaxed));
-        match watch.observe(publishing.is_none() && faults.done(), acked, applied + skipped) {
+        let source_done = publishing.is_none() && faults.done();
+        match watch.observe(source_done, acked, applied + skipped) {
+            Drain::Running if source_done && holds_no_more(options, lag.at_log_end) => {
+                tracing::warn!(
+                    applied,
+                    acked,
+                    "the group has committed the end of every partition's log for {LOG_READ_SAMPLES} lag samples: the acknowledged events still unapplied are not in the log; stopping and reporting them as lost"
+                );
+                return Ok(());
+            }
             Drain::Running => {}
             Drain::Drained => return Ok(()),
             Drain::Stalled => {
@@ -516,6 +538,11 @@ impl FleetCounters {
 struct LagSampler {
     probe: Arc<LagProbe>,
     samples: Vec<LagSample>,
+    /// Partitions the probe reads.
+    partitions: usize,
+    /// Samples in a row, up to the last, in which the group had committed the end of every
+    /// partition's log (no lag, no partition missing).
+    at_log_end: u32,
     last: Instant,
     probing: Option<JoinHandle<Result<Vec<tradeflow_check::PartitionLag>, StreamError>>>,
 }
@@ -523,8 +550,10 @@ struct LagSampler {
 impl LagSampler {
     fn new(probe: LagProbe) -> LagSampler {
         LagSampler {
+            partitions: usize::try_from(probe.partitions()).unwrap_or(0),
             probe: Arc::new(probe),
             samples: Vec::new(),
+            at_log_end: 0,
             last: Instant::now(),
             probing: None,
         }
@@ -544,6 +573,8 @@ impl LagSampler {
         match probing.await.map_err(|error| task_error("lag probe", error))? {
             Ok(partitions) => {
                 let sample = lag::sample(start.elapsed().as_secs_f64(), partitions, intended_at, now_ns());
+                let at_end = sample.offset_lag_total == 0 && sample.partitions.len() == self.partitions;
+                self.at_log_end = if at_end { self.at_log_end + 1 } else { 0 };
                 self.samples.push(sample.clone());
                 Ok(Some(sample))
             }

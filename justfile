@@ -63,13 +63,13 @@ bench-micro:
     cargo bench -p tradeflow-bench --bench micro
 
 # Mutation testing of the code that carries the guarantees (cargo install cargo-mutants).
-# The checker's verdicts, against its unit tests: minutes. SCOPE=guarantees adds the balance
-# service and the store's batch apply against the integration tests (they need PostgreSQL,
-# tansu and the Kafka jars, as `bash .ci/run` sets up): hours on 2 cores. Report in
+# The checker's verdicts, against its unit tests: minutes. SCOPE=guarantees: the balance
+# service's batch loop and the store's batch apply, against the integration tests
+# (scripts/mutants-guarantees; PostgreSQL at DATABASE_URL): hours on 2 cores. Report in
 # docs/mutants.md.
 mutants SCOPE="checker":
     if [ {{SCOPE}} = checker ]; then \
         cargo mutants -f crates/tradeflow-check/src/history.rs --test-package tradeflow-check --output target/mutants; \
     else \
-        cargo mutants -f crates/tradeflow-check/src/history.rs -f crates/tradeflow-check/src/store_history.rs -f crates/tradeflow-stream/src/service.rs -f crates/tradeflow-store/src/apply.rs --test-workspace true --output target/mutants; \
+        scripts/mutants-guarantees; \
     fi

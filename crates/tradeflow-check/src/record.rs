@@ -217,6 +217,11 @@ impl DrainWatch {
         }
     }
 
+    /// How long the processed count has not moved.
+    pub fn quiet_for(&self) -> std::time::Duration {
+        self.last_change.elapsed()
+    }
+
     /// Takes one observation.
     pub fn observe(&mut self, source_done: bool, emitted: u64, processed: u64) -> Drain {
         if processed != self.last_processed {

@@ -49,7 +49,8 @@ pub struct FleetConfig {
     pub poison_exercise: bool,
     /// Members as processes of their own; `None`: as tasks in this process.
     pub processes: Option<ServiceProcesses>,
-    /// The least time a kill waits once its process holds a batch.
+    /// The least time a kill waits after the receipt of the batch its process dies holding
+    /// (see [`crate::run::Scenario`]'s `kill_after`).
     pub kill_after: Duration,
     /// Seed of the kills' timing.
     pub seed: u64,
@@ -221,9 +222,11 @@ impl Fleet {
             (Member::Process(process), Control::CrashMidBatch) => {
                 self.kills += 1;
                 let jitter = self.config.kill_after + jitter(self.config.seed, self.kills, KILL_JITTER_MAX);
+                // A least wait after the batch in hand counts from that batch's receipt.
+                let fresh = !self.config.kill_after.is_zero();
                 let counters = self.counters.clone();
                 Leaving::Process(tokio::spawn(async move {
-                    process.kill(jitter, &counters).await;
+                    process.kill(jitter, fresh, &counters).await;
                     Ok(())
                 }))
             }

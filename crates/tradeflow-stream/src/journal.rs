@@ -114,6 +114,8 @@ pub struct JournalState {
     pub assigned: i64,
     /// Whether the process listens for SIGTERM yet.
     pub listening: bool,
+    /// Batches received so far.
+    pub batches_received: u64,
 }
 
 impl JournalState {
@@ -122,7 +124,10 @@ impl JournalState {
         match entry {
             JournalEntry::Listening => self.listening = true,
             JournalEntry::Assigned { partitions } => self.assigned = *partitions,
-            JournalEntry::Received { ranges, messages, .. } => self.held = Some((ranges.clone(), *messages)),
+            JournalEntry::Received { ranges, messages, .. } => {
+                self.held = Some((ranges.clone(), *messages));
+                self.batches_received += 1;
+            }
             JournalEntry::Committed { offsets } => {
                 for (partition, offset) in offsets {
                     let committed = self.committed.entry(*partition).or_insert(*offset);
@@ -168,6 +173,7 @@ mod tests {
             ranges: vec![(0, 100, 109), (1, 50, 69)],
         });
         assert_eq!(state.held_messages(), 30);
+        assert_eq!(state.batches_received, 1, "a kill that waits for a fresh batch counts them");
         assert_eq!(state.held_and_committed(), 0);
         // A commit of another partition, below its range: nothing of it.
         state.take(&JournalEntry::Committed {

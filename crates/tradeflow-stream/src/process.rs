@@ -170,13 +170,20 @@ impl ServiceProcess {
         self.state.lock().map(|state| state.held_messages()).unwrap_or(0)
     }
 
-    /// Kills the process with SIGKILL: at once if it holds a batch, else once it receives
-    /// one (waiting at most [`KILL_WAIT_FOR_BATCH`]), `jitter` after. Waits for it to die
-    /// and reads its journal to the end; records the crash in `counters` and returns what
-    /// the kill did.
-    pub(crate) async fn kill(mut self, jitter: Duration, counters: &ServiceCounters) -> String {
+    fn batches_received(&self) -> u64 {
+        self.state.lock().map(|state| state.batches_received).unwrap_or(0)
+    }
+
+    /// Kills the process with SIGKILL, `jitter` after it holds a batch: at once if it holds
+    /// one, else once it receives one; with `fresh`, once it receives its next one, so that
+    /// `jitter` counts from the batch's receipt (a kill asked for late in a batch's life
+    /// would otherwise land after its apply). Waits at most [`KILL_WAIT_FOR_BATCH`] for the
+    /// batch. Waits for the process to die and reads its journal to the end; records the
+    /// crash in `counters` and returns what the kill did.
+    pub(crate) async fn kill(mut self, jitter: Duration, fresh: bool, counters: &ServiceCounters) -> String {
         let deadline = tokio::time::Instant::now() + KILL_WAIT_FOR_BATCH;
-        while self.held() == 0 && tokio::time::Instant::now() < deadline {
+        let received_before = self.batches_received();
+        while !(self.held() > 0 && (!fresh || self.batches_received() > received_before)) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         tokio::time::sleep(jitter).await;

@@ -87,8 +87,10 @@ pub struct Scenario {
     /// The balance service's consumers as processes of their own, so that a crash is a
     /// SIGKILL from outside; `None`: tasks in this process.
     pub processes: Option<crate::process::ServiceProcesses>,
-    /// The least time a kill waits once its process holds a batch (a seeded jitter is
-    /// added): long enough for an early commit to land, short of the database commit.
+    /// The least time a kill waits after its process received the batch it dies holding (a
+    /// seeded jitter is added; a kill asked for mid-batch waits for the next batch): long
+    /// enough for an early commit to land, short of the database commit. Zero: at once if
+    /// the process holds a batch.
     pub kill_after: Duration,
     /// Whether the balance service refuses a message not keyed by its account (off only
     /// for chapter 02, to show what a wrong key does to order).
@@ -335,16 +337,20 @@ struct Watching<'a> {
 }
 
 /// Lag samples in a row (one every [`LAG_INTERVAL`]) that must show the group at the end of
-/// every partition's log before a run stops waiting for events the log does not hold.
+/// every partition's log, with nothing applied meanwhile, before a run stops waiting for
+/// events the log does not hold.
 const LOG_READ_SAMPLES: u32 = 3;
 
-/// Whether the log holds nothing more for the group, `at_log_end` lag samples in a row
-/// having shown it at the end of every partition. Offsets are committed only after the
-/// database commit, so such a group has applied all the log holds, and what is still
-/// unapplied is not in it: waiting out the stall timeout would not bring it. Not under
-/// another commit policy, nor during a cutover (the probe watches the first topic only).
-fn holds_no_more(options: &StreamOptions, at_log_end: u32) -> bool {
-    at_log_end >= LOG_READ_SAMPLES && options.scenario.commit == CommitPolicy::AfterDatabase && options.scenario.cutover.is_none()
+/// Whether the log holds nothing more for the group: `at_log_end` lag samples in a row have
+/// shown it at the end of every partition, and nothing was applied for `quiet`. The group
+/// has then applied all the log holds, and what is still unapplied is not in it: waiting
+/// out the stall timeout would not bring it. Under the default policy a committed offset
+/// comes after the database commit; the lessons' policies may commit first, and the quiet
+/// spell (longer than a batch's apply, the lessons' 400 ms delay included) covers a batch
+/// between its commit and its apply (a chapter's exercise resolves to one of the two).
+/// Not during a cutover: the probe watches the first topic only.
+fn holds_no_more(options: &StreamOptions, at_log_end: u32, quiet: Duration) -> bool {
+    at_log_end >= LOG_READ_SAMPLES && quiet >= LAG_INTERVAL * LOG_READ_SAMPLES && options.scenario.cutover.is_none()
 }
 
 /// The run loop: applies the fault plan at its times, publishes progress, samples lag, and
@@ -394,11 +400,11 @@ async fn drive(
         let skipped = fleets.sum(|counters| counters.skipped.load(Ordering::Relaxed));
         let source_done = publishing.is_none() && faults.done();
         match watch.observe(source_done, acked, applied + skipped) {
-            Drain::Running if source_done && holds_no_more(options, lag.at_log_end) => {
+            Drain::Running if source_done && holds_no_more(options, lag.at_log_end, watch.quiet_for()) => {
                 tracing::warn!(
                     applied,
                     acked,
-                    "the group has committed the end of every partition's log for {LOG_READ_SAMPLES} lag samples: the acknowledged events still unapplied are not in the log; stopping and reporting them as lost"
+                    "the group has committed the end of every partition's log for {LOG_READ_SAMPLES} lag samples and applied nothing meanwhile: the acknowledged events still unapplied are not in the log; stopping and reporting them as lost"
                 );
                 return Ok(());
             }
@@ -644,4 +650,47 @@ async fn wait_for_assignment(wanted: i64, assigned: impl Fn() -> i64) {
 /// A unique suffix for group names: time and process id.
 fn uuid_like() -> String {
     format!("{:x}-{:x}", now_ns(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tradeflow_domain::workload::{ACCOUNT_SKEW, RateProfile};
+
+    fn options() -> StreamOptions {
+        StreamOptions::new(WorkloadConfig {
+            seed: 1,
+            events: 100,
+            accounts: 10,
+            rate_per_s: 1_000.0,
+            profile: RateProfile::Steady,
+            skew: ACCOUNT_SKEW,
+            mix: tradeflow_domain::EventMix::default(),
+        })
+    }
+
+    #[test]
+    fn a_run_stops_waiting_for_the_log_only_after_three_samples_at_its_end_and_a_quiet_spell() {
+        let quiet = LAG_INTERVAL * LOG_READ_SAMPLES;
+        let mut options = options();
+        assert!(holds_no_more(&options, LOG_READ_SAMPLES, quiet));
+        assert!(
+            !holds_no_more(&options, LOG_READ_SAMPLES - 1, quiet),
+            "two samples at the end are not enough"
+        );
+        assert!(
+            !holds_no_more(&options, LOG_READ_SAMPLES, quiet - Duration::from_millis(1)),
+            "an apply within the window means the group is still at work"
+        );
+        options.scenario.cutover = Some(Cutover {
+            topic: "trades.v2".into(),
+            partitions: 8,
+            at_event: 50,
+            runbook: Runbook::Naive,
+        });
+        assert!(
+            !holds_no_more(&options, LOG_READ_SAMPLES + 5, quiet * 2),
+            "the probe watches the old topic only"
+        );
+    }
 }

@@ -459,6 +459,34 @@ impl Drop for Membership {
     }
 }
 
+/// A consumer of the group, as [`join`] makes it.
+struct Joined {
+    /// Subscribed to the topic. Shared with the blocking pool: librdkafka's blocking calls
+    /// (committed offsets, seek, a synchronous commit) run there, never on an async worker.
+    consumer: Arc<StreamConsumer<ServiceContext>>,
+    /// Where messages that cannot be processed go.
+    dead_letters: rdkafka::producer::FutureProducer,
+    /// However the consumer's loop ends, the member holds nothing once it is gone.
+    _membership: Membership,
+}
+
+/// Makes the consumer, subscribes it and makes its dead-letter producer.
+fn join(config: &ServiceConfig, counters: &Arc<ServiceCounters>) -> Result<Joined, StreamError> {
+    let _membership = Membership {
+        counters: counters.clone(),
+        name: config.name.clone(),
+    };
+    let consumer = Arc::new(config.consumer(counters.clone())?);
+    consumer
+        .subscribe(&[&config.topic])
+        .map_err(|error| StreamError::kafka(format!("subscribing to {}", config.topic), error))?;
+    Ok(Joined {
+        consumer,
+        dead_letters: dlq::producer(&config.bootstrap)?,
+        _membership,
+    })
+}
+
 /// Runs one consumer of the balance service under a host's [`Control`]: until it is told
 /// to stop, or until it crashes mid-batch when told to.
 #[tracing::instrument(skip_all, fields(consumer = %config.name, messaging.consumer.group.name = %config.group))]
@@ -470,19 +498,11 @@ pub async fn run_controlled(
 ) -> Result<LatencyRecorder, StreamError> {
     config.validate()?;
     config.commit = config.commit.resolved()?;
-    // Declared before the consumer, so dropped after it: however the loop ends, the member
-    // holds nothing once it is gone.
-    let _membership = Membership {
-        counters: counters.clone(),
-        name: config.name.clone(),
-    };
-    // Shared with the blocking pool: librdkafka's blocking calls (committed offsets, seek,
-    // a synchronous commit) run there, never on an async worker.
-    let consumer = Arc::new(config.consumer(counters.clone())?);
-    consumer
-        .subscribe(&[&config.topic])
-        .map_err(|error| StreamError::kafka(format!("subscribing to {}", config.topic), error))?;
-    let dead_letters = dlq::producer(&config.bootstrap)?;
+    let Joined {
+        consumer,
+        dead_letters,
+        _membership,
+    } = join(&config, &counters)?;
     let mut latency = LatencyRecorder::new();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(config.batch_size);
     let mut positions = Positions::default();

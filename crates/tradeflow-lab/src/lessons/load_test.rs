@@ -118,7 +118,7 @@ pub fn judge(runs: &[(Variant, RunRecord)]) -> Judgement {
         return Judgement::Fail {
             violation: "fell behind",
             detail: format!(
-                "fell behind: worst lag {worst_ms:.0} ms (want at most {LAG_BOUND_MS:.0}); applied {:.0} events/s while the log grew at {:.0}/s, {:.2} database statements per event",
+                "fell behind by {worst_ms:.0} ms at worst (want at most {LAG_BOUND_MS:.0} ms); applied {:.0} events/s while the log grew at {:.0}/s, {:.2} database statements per event",
                 record.throughput_per_s,
                 offered.unwrap_or_default(),
                 record.db_statements as f64 / record.events.max(1) as f64

@@ -74,6 +74,16 @@ pub enum Acks {
     Leader,
 }
 
+impl From<tradeflow_exercises::Acks> for Acks {
+    /// The `acks` a chapter's exercise chose.
+    fn from(acks: tradeflow_exercises::Acks) -> Acks {
+        match acks {
+            tradeflow_exercises::Acks::All => Acks::All,
+            tradeflow_exercises::Acks::Leader => Acks::Leader,
+        }
+    }
+}
+
 impl Acks {
     /// The value of librdkafka's `acks`.
     pub fn as_str(self) -> &'static str {

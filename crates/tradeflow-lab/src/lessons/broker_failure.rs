@@ -203,10 +203,7 @@ pub fn chapter(setup: &Setup) -> Result<Variant, String> {
             setup.broker
         ));
     }
-    let acks = match tradeflow_exercises::acks::acks() {
-        tradeflow_exercises::Acks::All => Acks::All,
-        tradeflow_exercises::Acks::Leader => Acks::Leader,
-    };
+    let acks = Acks::from(tradeflow_exercises::acks::acks());
     let mut variant = replication_row(
         setup,
         "",

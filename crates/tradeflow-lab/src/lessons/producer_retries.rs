@@ -178,10 +178,7 @@ pub fn chapter(setup: &Setup) -> Result<Variant, String> {
         ));
     }
     let settings = tradeflow_exercises::producer_settings::producer_settings();
-    let acks = match settings.acks {
-        tradeflow_exercises::Acks::All => Acks::All,
-        tradeflow_exercises::Acks::Leader => Acks::Leader,
-    };
+    let acks = Acks::from(settings.acks);
     check_settings(&settings, acks)?;
     let (plan, _, _) = kafka_rows(setup, CHAPTER_RESETS);
     let mut options = setup.stream(6, 2);

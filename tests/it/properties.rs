@@ -665,12 +665,7 @@ fn the_pipeline_keeps_order_loses_nothing_applies_once_and_matches_the_oracle_on
 
 #[test]
 fn the_pipeline_keeps_order_loses_nothing_applies_once_and_matches_the_oracle_on_kafka() {
-    holds(
-        "pipeline_on_kafka",
-        Backend::Kafka,
-        any_case(Backend::Kafka),
-        &Property::WITHOUT_FORWARD_COMMITS,
-    );
+    holds("pipeline_on_kafka", Backend::Kafka, any_case(Backend::Kafka), &Property::ALL);
 }
 
 #[test]

@@ -60,6 +60,9 @@ struct VariantOutcome {
     expected: &'static str,
     expected_detail: String,
     note: String,
+    /// When the broker deleted messages before they were read: what retention would have
+    /// covered the run.
+    retention: Option<String>,
     /// Every planned fault fired (otherwise the row is unknown).
     faults_fired: bool,
     as_expected: bool,
@@ -106,7 +109,14 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
     anyhow::ensure!(setup.rate >= 100.0, "--rate must be at least 100 events/s");
     let variants = match (lesson.variants)(&setup) {
         Ok(variants) => variants,
-        Err(reason) => bail!("experiment {} cannot run honestly on the {broker} backend: {reason}", lesson.name),
+        Err(reason) => {
+            return Err(NotHere {
+                experiment: lesson.name,
+                broker: broker.to_owned(),
+                reason,
+            }
+            .into());
+        }
     };
     let store = arguments.store.open().await?;
     let mut outcomes = Vec::with_capacity(variants.len());
@@ -159,6 +169,26 @@ impl std::fmt::Display for Unknown {
 
 impl std::error::Error for Unknown {}
 
+/// An experiment that cannot run honestly on the backend it was given (exit code 4).
+#[derive(Debug)]
+pub struct NotHere {
+    experiment: &'static str,
+    broker: String,
+    reason: String,
+}
+
+impl std::fmt::Display for NotHere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "experiment {} cannot run honestly on the {} backend: {}",
+            self.experiment, self.broker, self.reason
+        )
+    }
+}
+
+impl std::error::Error for NotHere {}
+
 /// Judges one variant's run, prints the line under it and returns its outcome.
 fn outcome(variant: &Variant, record: &RunRecord) -> VariantOutcome {
     let verdict = variant.verdict(record);
@@ -189,6 +219,7 @@ fn outcome(variant: &Variant, record: &RunRecord) -> VariantOutcome {
         },
         expected_detail: variant.expected.describe(),
         note: variant.expected.note.clone(),
+        retention: tradeflow_lab::lessons::retention::covering(record),
         faults_fired: fired,
         as_expected,
         applied: record.applied,
@@ -310,6 +341,9 @@ fn verdict_row(outcome: &VariantOutcome) -> [String; 9] {
 /// applied and what it did.
 fn write_faults(text: &mut String, outcome: &VariantOutcome) {
     let _ = writeln!(text, "- {}: {}", outcome.label, outcome.note);
+    if let Some(retention) = &outcome.retention {
+        let _ = writeln!(text, "    retention: {retention}");
+    }
     for fault in &outcome.faults {
         let _ = writeln!(
             text,

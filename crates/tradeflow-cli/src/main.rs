@@ -24,6 +24,9 @@ pub const EXIT_VERDICT_FAIL: u8 = 3;
 /// Exit code of an experiment with a row whose faults did not fire, or caught nothing the
 /// lesson is about, and no row that came out wrong: it could not show its lesson.
 pub const EXIT_UNKNOWN: u8 = 2;
+/// Exit code of an experiment that cannot run honestly on the backend it was given (it
+/// says why): a loop over every experiment skips it there.
+pub const EXIT_NOT_HERE: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -136,6 +139,10 @@ fn main() -> ExitCode {
         Err(error) if error.downcast_ref::<experiment::Unknown>().is_some() => {
             eprintln!("{error:#}");
             ExitCode::from(EXIT_UNKNOWN)
+        }
+        Err(error) if error.downcast_ref::<experiment::NotHere>().is_some() => {
+            eprintln!("{error:#}");
+            ExitCode::from(EXIT_NOT_HERE)
         }
         Err(error) => {
             eprintln!("error: {error:#}");

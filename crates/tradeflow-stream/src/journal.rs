@@ -37,6 +37,16 @@ pub enum JournalEntry {
         /// `(partition, offset)`.
         offsets: Vec<(i32, i64)>,
     },
+    /// The broker no longer had messages this consumer was to read next (retention deleted
+    /// them): it jumped from `expected` to `received`.
+    Skipped {
+        /// The partition.
+        partition: i32,
+        /// The offset it was to read.
+        expected: i64,
+        /// The offset it got.
+        received: i64,
+    },
     /// A batch was dropped by the fence: its partitions were revoked while it was held.
     Fenced {
         /// The batch's number.
@@ -136,6 +146,8 @@ impl JournalState {
             }
             // A batch's end, applied or dropped, is what the host's counters take in.
             JournalEntry::Fenced { .. } | JournalEntry::Applied { .. } => self.held = None,
+            // What the broker deleted is counted by the host; it holds nothing.
+            JournalEntry::Skipped { .. } => {}
         }
     }
 

@@ -373,6 +373,11 @@ fn feed(name: &str, state: &mut JournalState, entry: &JournalEntry, counters: &S
         JournalEntry::Fenced { messages, .. } => {
             counters.fenced.fetch_add(*messages as u64, Ordering::Relaxed);
         }
+        JournalEntry::Skipped { expected, received, .. } => {
+            counters
+                .skipped
+                .fetch_add(u64::try_from(received - expected).unwrap_or(0), Ordering::Relaxed);
+        }
         JournalEntry::Listening | JournalEntry::Received { .. } | JournalEntry::Committed { .. } => {}
     }
 }
@@ -441,6 +446,17 @@ mod tests {
             },
             &counters,
         );
+        feed(
+            "consumer-0",
+            &mut state,
+            &JournalEntry::Skipped {
+                partition: 0,
+                expected: 10,
+                received: 250,
+            },
+            &counters,
+        );
+        assert_eq!(counters.skipped.load(Ordering::Relaxed), 240, "what the broker deleted is counted");
         assert_eq!(counters.assigned_partitions.load(Ordering::Relaxed), 2);
         assert_eq!(counters.rebalances.load(Ordering::Relaxed), 2);
         assert_eq!(counters.applied.load(Ordering::Relaxed), 7);

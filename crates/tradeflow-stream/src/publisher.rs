@@ -138,6 +138,9 @@ pub struct Deliveries {
     failed: AtomicU64,
     /// How many failed deliveries gave each reason.
     failure_reasons: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Messages handed to the producer, and their bytes (key, payload and headers).
+    sent: AtomicU64,
+    sent_bytes: AtomicU64,
 }
 
 impl Deliveries {
@@ -157,6 +160,13 @@ impl Deliveries {
     /// Events whose delivery failed so far.
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The mean size of the messages handed to the producer (key, payload and headers, not
+    /// the record batch's framing), in bytes; 0 before the first.
+    pub fn message_bytes_mean(&self) -> u64 {
+        let sent = self.sent.load(Ordering::Relaxed);
+        self.sent_bytes.load(Ordering::Relaxed).checked_div(sent).unwrap_or(0)
     }
 
     /// How many failed deliveries gave each reason (NOT_ENOUGH_REPLICAS, a timeout, ...).
@@ -288,6 +298,9 @@ impl Publisher {
         let payload = encode(event);
         let intended = intended_at_ns.to_string();
         let key = self.key.of(event);
+        let bytes = key.as_ref().len() + payload.len() + HEADER_INTENDED_AT_NS.len() + intended.len();
+        self.deliveries.sent.fetch_add(1, Ordering::Relaxed);
+        self.deliveries.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         let mut record = BaseRecord::with_opaque_to(topic, index)
             .key(key.as_ref())
             .payload(&payload)

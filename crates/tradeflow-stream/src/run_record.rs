@@ -39,6 +39,7 @@ pub(crate) fn config(
         "profile": options.workload.profile.as_str(),
         "acknowledged": deliveries.acked(),
         "delivery_failed": deliveries.failed(),
+        "message_bytes_mean": deliveries.message_bytes_mean(),
         "dead_lettered": counters.sum(|counters| counters.dead_lettered.load(Ordering::Relaxed)),
         "redelivered": counters.sum(|counters| counters.duplicates.load(Ordering::Relaxed)),
         "crashes": counters.sum(|counters| counters.crashes.load(Ordering::Relaxed)),

@@ -658,7 +658,9 @@ struct Positions {
     /// Partition -> the offset to be read next.
     next: BTreeMap<i32, i64>,
     /// Partition -> the highest offset known committed for it in this generation (read
-    /// from the group at the assignment, then each commit's): no commit goes below it.
+    /// from the group at the assignment, then each commit's; 0 when the group has none):
+    /// no commit goes below it, and a partition without one is not committed until it is
+    /// read (see [`forward_only`]).
     floor: BTreeMap<i32, i64>,
 }
 
@@ -680,15 +682,16 @@ impl Positions {
         }
         // Only the committed offset says where reading was to resume; without one (a new
         // group), the first message is taken as the start. Read at once for every
-        // partition of the batch without a position, off the async workers.
+        // partition of the batch without a floor (a new one, or one whose read failed),
+        // off the async workers.
         let unknown: Vec<i32> = batch
             .iter()
             .map(Message::partition)
-            .filter(|partition| !self.next.contains_key(partition))
+            .filter(|partition| !self.floor.contains_key(partition))
             .collect::<std::collections::BTreeSet<i32>>()
             .into_iter()
             .collect();
-        let resumes = if unknown.is_empty() {
+        let read = if unknown.is_empty() {
             BTreeMap::new()
         } else {
             let (reading, topic) = (consumer.clone(), config.topic.clone());
@@ -696,13 +699,20 @@ impl Positions {
                 .await
                 .unwrap_or_default()
         };
-        for (partition, committed) in &resumes {
-            let floor = self.floor.entry(*partition).or_insert(*committed);
-            *floor = (*floor).max(*committed);
+        for (partition, committed) in &read {
+            let floor = self.floor.entry(*partition).or_insert(0);
+            *floor = (*floor).max(committed.unwrap_or(0));
         }
-        let resume_at = |partition| resumes.get(&partition).copied();
+        let resume_at = |partition| read.get(&partition).copied().flatten();
         for gap in gaps(&mut self.next, batch, resume_at) {
             counters.skipped.fetch_add(gap.count(), Ordering::Relaxed);
+            if let Some(journal) = &config.journal {
+                journal.write(&JournalEntry::Skipped {
+                    partition: gap.partition,
+                    expected: gap.expected,
+                    received: gap.received,
+                });
+            }
             tracing::error!(
                 messaging.destination.name = %config.topic,
                 messaging.destination.partition.id = gap.partition,
@@ -754,9 +764,9 @@ fn gaps(next: &mut BTreeMap<i32, i64>, batch: &[OwnedMessage], mut resume_at: im
     found
 }
 
-/// The group's committed offsets of `partitions`, of those that have one (blocking: call
-/// it off the async workers).
-fn committed_offsets_of(consumer: &StreamConsumer<ServiceContext>, topic: &str, partitions: &[i32]) -> BTreeMap<i32, i64> {
+/// The group's committed offset of each of `partitions` (`None`: the group has none for
+/// it); empty when the group could not be read (blocking: call it off the async workers).
+fn committed_offsets_of(consumer: &StreamConsumer<ServiceContext>, topic: &str, partitions: &[i32]) -> BTreeMap<i32, Option<i64>> {
     let mut wanted = TopicPartitionList::new();
     for partition in partitions {
         wanted.add_partition(topic, *partition);
@@ -765,13 +775,13 @@ fn committed_offsets_of(consumer: &StreamConsumer<ServiceContext>, topic: &str, 
         Ok(list) => list
             .elements()
             .iter()
-            .filter_map(|element| match element.offset() {
-                Offset::Offset(offset) => Some((element.partition(), offset)),
-                _ => None,
+            .map(|element| match element.offset() {
+                Offset::Offset(offset) => (element.partition(), Some(offset)),
+                _ => (element.partition(), None),
             })
             .collect(),
         Err(error) => {
-            tracing::warn!(%error, messaging.destination.name = %topic, partitions = ?partitions, "reading the committed offsets; a gap before these partitions' first messages goes unnoticed");
+            tracing::warn!(%error, messaging.destination.name = %topic, partitions = ?partitions, "reading the committed offsets; a gap before these partitions' first messages goes unnoticed, and their offsets are not committed until the read succeeds");
             BTreeMap::new()
         }
     }
@@ -797,12 +807,25 @@ fn next_offsets(batch: &[OwnedMessage], stuck_at: &BTreeMap<i32, i64>) -> BTreeM
 /// very consumer rejoins, which it cannot do while blocked. A commit that fails or is lost
 /// in a crash only means a redelivery, which the apply log skips.
 /// `next` without the partitions whose offset would move their committed offset back
-/// (below `floor`), each reported; `floor` raised to what is left. A consumer reads behind
-/// its committed offset when librdkafka resets its position (after a leader change it
-/// cannot validate, by `auto.offset.reset`): what it reads again is skipped by the apply
-/// log, and committing it would move the group's offset back over applied events.
+/// (below `floor`), or whose committed offset is not known (no `floor`: its read failed,
+/// as it does while the group's coordinator moves), each reported; `floor` raised to what
+/// is left. A consumer reads behind its committed offset when librdkafka resets its
+/// position (after a leader change it cannot validate, or an offset fetch that failed, by
+/// `auto.offset.reset`): what it reads again is skipped by the apply log, and committing
+/// it would move the group's offset back over applied events. Holding a commit back only
+/// means a redelivery, which the apply log skips.
 fn forward_only(mut next: BTreeMap<(String, i32), i64>, floor: &mut BTreeMap<i32, i64>, consumer: &str) -> BTreeMap<(String, i32), i64> {
     next.retain(|(topic, partition), offset| match floor.get(partition) {
+        None => {
+            tracing::warn!(
+                consumer,
+                messaging.destination.name = %topic,
+                messaging.destination.partition.id = partition,
+                offset,
+                "not committing: this partition's committed offset could not be read, so this offset may be behind it (read again with the next batch)"
+            );
+            false
+        }
         Some(committed) if *offset < *committed => {
             tracing::warn!(
                 consumer,
@@ -817,8 +840,9 @@ fn forward_only(mut next: BTreeMap<(String, i32), i64>, floor: &mut BTreeMap<i32
         _ => true,
     });
     for ((_, partition), offset) in &next {
-        let committed = floor.entry(*partition).or_insert(*offset);
-        *committed = (*committed).max(*offset);
+        if let Some(committed) = floor.get_mut(partition) {
+            *committed = (*committed).max(*offset);
+        }
     }
     next
 }
@@ -1133,7 +1157,7 @@ mod tests {
     fn no_commit_moves_a_partitions_committed_offset_back() {
         // Partition 0 was committed at 139 (read from the group, or committed before);
         // its position was then reset and the batch ends at offset 2.
-        let mut floor = BTreeMap::from([(0, 139)]);
+        let mut floor = BTreeMap::from([(0, 139), (1, 0)]);
         let next = BTreeMap::from([(("trades".to_owned(), 0), 2), (("trades".to_owned(), 1), 50)]);
         let kept = forward_only(next, &mut floor, "consumer-0");
         assert_eq!(
@@ -1146,6 +1170,20 @@ mod tests {
         let next = BTreeMap::from([(("trades".to_owned(), 0), 139), (("trades".to_owned(), 1), 51)]);
         assert_eq!(forward_only(next.clone(), &mut floor, "consumer-0"), next);
         assert_eq!(floor, BTreeMap::from([(0, 139), (1, 51)]));
+    }
+
+    #[test]
+    fn no_commit_for_a_partition_whose_committed_offset_is_unknown() {
+        // Partition 2's committed offset could not be read (the coordinator was moving):
+        // the offset the batch reached may be behind it, so it is held back, and no floor
+        // is made up for it; partition 0's is committed.
+        let mut floor = BTreeMap::from([(0, 10)]);
+        let next = BTreeMap::from([(("trades".to_owned(), 0), 12), (("trades".to_owned(), 2), 1)]);
+        assert_eq!(
+            forward_only(next, &mut floor, "consumer-0"),
+            BTreeMap::from([(("trades".to_owned(), 0), 12)])
+        );
+        assert_eq!(floor, BTreeMap::from([(0, 12)]));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod poison_message;
 pub mod poller_vs_stream;
 pub mod producer_retries;
 pub mod repartition_cutover;
+pub mod retention;
 
 use crate::variant::{Setup, Variant};
 
@@ -63,6 +64,11 @@ pub const LESSONS: &[Lesson] = &[
         name: broker_failure::NAME,
         what: broker_failure::WHAT,
         variants: broker_failure::variants,
+    },
+    Lesson {
+        name: retention::NAME,
+        what: retention::WHAT,
+        variants: retention::variants,
     },
     Lesson {
         name: poller_vs_stream::NAME,

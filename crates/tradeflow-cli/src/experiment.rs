@@ -344,6 +344,19 @@ fn write_faults(text: &mut String, outcome: &VariantOutcome) {
     if let Some(retention) = &outcome.retention {
         let _ = writeln!(text, "    retention: {retention}");
     }
+    let _ = writeln!(text, "    balance service: worst lag {}", outcome.worst_lag);
+    if let Some(notifications) = outcome.config.get("notifications") {
+        let _ = writeln!(
+            text,
+            "    notification group (its own lag): peak {} messages, {}, {} consumed",
+            notifications["peak_lag"],
+            match notifications["caught_up_at_s"].as_f64() {
+                Some(at) => format!("caught up at {at:.1} s"),
+                None => "NOT caught up by the end of the run".into(),
+            },
+            notifications["consumed"]
+        );
+    }
     for fault in &outcome.faults {
         let _ = writeln!(
             text,

@@ -28,6 +28,9 @@ pub struct Expected {
     /// A count from the run's configuration record the violation must reach: what the
     /// faults were seen to put at stake (messages a kill caught committed and unapplied).
     pub at_least: Option<&'static str>,
+    /// A bound on the balance service's worst time lag (the age of its oldest unapplied
+    /// event, as the lag samples saw it): what customers see of a service that falls behind.
+    pub time_lag: Option<TimeLag>,
     /// Why, in words.
     pub note: String,
 }
@@ -82,6 +85,7 @@ impl Expected {
             effect: None,
             shown_by: None,
             at_least: None,
+            time_lag: None,
             note: note.into(),
         }
     }
@@ -95,6 +99,7 @@ impl Expected {
             effect: None,
             shown_by: None,
             at_least: None,
+            time_lag: None,
             note: note.into(),
         }
     }
@@ -109,6 +114,7 @@ impl Expected {
             effect: None,
             shown_by: None,
             at_least: None,
+            time_lag: None,
             note: note.into(),
         }
     }
@@ -128,6 +134,12 @@ impl Expected {
     /// A count of the run's record without which the run could not show the lesson.
     pub fn shown_by(mut self, count: &'static str) -> Expected {
         self.shown_by = Some(count);
+        self
+    }
+
+    /// A bound the balance service's worst time lag must keep to too.
+    pub fn time_lag(mut self, bound: TimeLag) -> Expected {
+        self.time_lag = Some(bound);
         self
     }
 
@@ -162,6 +174,15 @@ impl Expected {
         if let (Some(violation), Some(count)) = (self.violation, self.at_least) {
             let _ = write!(text, ", {} >= {count}", violation.name());
         }
+        match self.time_lag {
+            Some(TimeLag::AtMost(ms)) => {
+                let _ = write!(text, ", worst time lag <= {ms:.0} ms");
+            }
+            Some(TimeLag::Over(ms)) => {
+                let _ = write!(text, ", worst time lag > {ms:.0} ms");
+            }
+            None => {}
+        }
         text
     }
 
@@ -176,7 +197,8 @@ impl Expected {
             count > 0 && self.at_least.is_none_or(|stake| count >= config_count(record, stake))
         });
         let observed = self.observed.is_none_or(|count| config_count(record, count) > 0);
-        verdict && violation && observed && self.effect_shown(record)
+        let time_lag = self.time_lag.is_none_or(|bound| bound.met_by(worst_time_lag_ms(record)));
+        verdict && violation && observed && time_lag && self.effect_shown(record)
     }
 
     fn effect_shown(&self, record: &RunRecord) -> bool {
@@ -187,6 +209,29 @@ impl Expected {
                 .any(|fault| fault.effect.as_deref().is_some_and(|effect| effect.contains(needle)))
         })
     }
+}
+
+/// A bound on the balance service's worst time lag, in ms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TimeLag {
+    /// It keeps up: never older than this.
+    AtMost(f64),
+    /// It falls behind: at some point older than this.
+    Over(f64),
+}
+
+impl TimeLag {
+    fn met_by(self, worst_ms: f64) -> bool {
+        match self {
+            TimeLag::AtMost(bound) => worst_ms <= bound,
+            TimeLag::Over(bound) => worst_ms > bound,
+        }
+    }
+}
+
+/// The balance service's worst time lag in a run's lag samples, in ms (0 without samples).
+pub fn worst_time_lag_ms(record: &RunRecord) -> f64 {
+    record.lag.iter().map(|sample| sample.time_lag_ms).fold(0.0, f64::max)
 }
 
 /// A count of the run's configuration record (0 when absent).

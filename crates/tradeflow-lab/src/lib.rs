@@ -18,7 +18,7 @@ pub mod expect;
 pub mod lessons;
 pub mod variant;
 
-pub use expect::{Expected, RowVerdict, Violation, faults_fired};
+pub use expect::{Expected, RowVerdict, TimeLag, Violation, faults_fired};
 pub use lessons::{LESSONS, Lesson, find};
 pub use variant::{Setup, Variant, VariantRun};
 

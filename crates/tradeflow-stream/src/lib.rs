@@ -22,6 +22,7 @@ pub mod fleet;
 pub mod journal;
 pub mod lag;
 pub mod metrics;
+pub mod notifications;
 pub mod process;
 pub mod publisher;
 pub mod run;
@@ -29,6 +30,7 @@ mod run_record;
 pub mod service;
 mod timeline;
 
+pub use notifications::Notifications;
 pub use run::{Cutover, Runbook, Scenario, StreamOptions, run};
 pub use service::{CommitPolicy, Control, FETCH_WAIT_MAX_MS, ServiceConfig, ServiceCounters, run_controlled, run_service};
 

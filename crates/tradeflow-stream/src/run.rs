@@ -5,6 +5,7 @@ use crate::StreamError;
 use crate::cutover::{Switch, publish};
 use crate::fleet::{Fleet, FleetConfig};
 use crate::lag::{self, LagProbe};
+use crate::notifications::NotificationGroup;
 use crate::publisher::{Deliveries, Delivery, Publisher, PublisherConfig};
 use crate::service::{CommitPolicy, ServiceCounters};
 use crate::timeline::{FaultTimeline, PoisonTarget, TopicLayout, ensure_topics};
@@ -98,6 +99,9 @@ pub struct Scenario {
     /// Whether chapter 06's exercise decides what happens to a message that cannot be
     /// processed (instead of `dead_letter`).
     pub poison_exercise: bool,
+    /// A second consumer group on the trades topic beside the balance service (the
+    /// loose-coupling lesson); `None`: the balance service alone.
+    pub notifications: Option<crate::notifications::Notifications>,
 }
 
 impl Default for Scenario {
@@ -116,6 +120,7 @@ impl Default for Scenario {
             kill_after: Duration::ZERO,
             key_check: true,
             poison_exercise: false,
+            notifications: None,
         }
     }
 }
@@ -255,8 +260,24 @@ pub async fn run(
     .await;
     // The first assignments are no evidence of a fault: rebalances are counted from here.
     let rebalances_before = fleets.sum(|counters| counters.rebalances.load(Ordering::Relaxed));
+    let mut notifications = match options.scenario.notifications {
+        Some(settings) => Some(
+            NotificationGroup::start(
+                &bootstrap,
+                &options.topic,
+                format!("{group}-notifications"),
+                options.partitions,
+                settings,
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     let (start, start_ns) = (Instant::now(), now_ns());
+    if let Some(notifications) = &mut notifications {
+        notifications.sample_from(start);
+    }
     let intended_at = |partition: i32, offset: i64| {
         let scheduled = workload.events.get(deliveries.event_at(partition, offset)?)?;
         Some(start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)))
@@ -289,6 +310,11 @@ pub async fn run(
         start,
     };
     drive(&watching, &mut fleets, &mut faults, &mut lag, publishing, &intended_at, progress).await?;
+    // The slower group catches up on its own time, bounded like the balance service's.
+    let notifications = match notifications {
+        Some(group) => Some(group.finish(options.stall_timeout).await),
+        None => None,
+    };
     let counters = fleets.counters();
     counters.report_skipped();
     let latency = fleets.finish().await?;
@@ -310,7 +336,15 @@ pub async fn run(
         label: options.label(),
         store: store.kind().as_str().into(),
         broker: Some(cluster.backend().into()),
-        config: crate::run_record::config(options, &layout, &deliveries, &counters, switched.as_ref(), rebalances_before),
+        config: crate::run_record::config(
+            options,
+            &layout,
+            &deliveries,
+            &counters,
+            switched.as_ref(),
+            rebalances_before,
+            notifications.as_ref(),
+        ),
         events: workload.events.len() as u64,
         applied,
         duration_s,
@@ -603,7 +637,7 @@ impl LagSampler {
 }
 
 /// Commits the topic's current end offsets for a new group, so that it starts there.
-async fn start_group_at_end(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Result<(), StreamError> {
+pub(crate) async fn start_group_at_end(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Result<(), StreamError> {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = crate::base_config(bootstrap)

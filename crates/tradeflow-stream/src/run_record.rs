@@ -2,6 +2,7 @@
 //! publisher and consumers counted. Later versions add keys and never remove or rename one.
 
 use crate::cutover::SwitchOutcome;
+use crate::notifications::NotificationsReport;
 use crate::publisher::Deliveries;
 use crate::run::{FleetCounters, StreamOptions};
 use crate::service::SeenKind;
@@ -16,9 +17,10 @@ pub(crate) fn config(
     counters: &FleetCounters,
     switched: Option<&SwitchOutcome>,
     rebalances_before: u64,
+    notifications: Option<&NotificationsReport>,
 ) -> serde_json::Value {
     let crashed = counters.crashed();
-    serde_json::json!({
+    let mut config = serde_json::json!({
         "topic": options.topic,
         "partitions": options.partitions,
         "consumers": options.consumers,
@@ -79,5 +81,13 @@ pub(crate) fn config(
             .filter(|seen| seen.kind == SeenKind::Freeze && seen.partitions_moved.is_some_and(|moved| moved > 0))
             .map(|frozen| frozen.messages as u64)
             .sum::<u64>(),
-    })
+    });
+    if let (Some(report), Some(object)) = (notifications, config.as_object_mut()) {
+        // The second group's counts, where an experiment's expectations read them.
+        object.insert("notifications_peak_lag".into(), report.peak_lag.into());
+        object.insert("notifications_caught_up".into(), u64::from(report.caught_up).into());
+        object.insert("notifications_consumed".into(), report.consumed.into());
+        object.insert("notifications".into(), serde_json::to_value(report).unwrap_or_default());
+    }
+    config
 }

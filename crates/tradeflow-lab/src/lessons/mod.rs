@@ -4,6 +4,7 @@
 
 pub mod auto_commit_crash;
 pub mod broker_failure;
+pub mod consumer_groups;
 pub mod consumer_scaling;
 pub mod idempotent_consumer;
 pub mod keys_keep_order;
@@ -59,6 +60,11 @@ pub const LESSONS: &[Lesson] = &[
         name: consumer_scaling::NAME,
         what: consumer_scaling::WHAT,
         variants: |setup| Ok(consumer_scaling::variants(setup)),
+    },
+    Lesson {
+        name: consumer_groups::NAME,
+        what: consumer_groups::WHAT,
+        variants: consumer_groups::variants,
     },
     Lesson {
         name: broker_failure::NAME,

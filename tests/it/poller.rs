@@ -23,6 +23,7 @@ async fn run(store: &Store, seed: u64, events: u64, rate_per_s: f64, poller: Pol
         },
         poller,
         stall_timeout: Duration::from_secs(20),
+        orders_per_s: None,
     };
     let (progress, _receiver) = watch::channel(RunProgress::default());
     eprintln!("seed: {seed}");

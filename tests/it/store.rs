@@ -96,6 +96,19 @@ async fn applying_twice_changes_nothing(store: Store) {
     }
 }
 
+on_both_stores!(one_accounts_cash_reads_as_the_balances_table_holds_it);
+async fn one_accounts_cash_reads_as_the_balances_table_holds_it(store: Store) {
+    let events = events(5, 120, 4);
+    store.apply_batch(&inputs(&events), "test").await.expect("apply");
+    let balances = store.balances().await.expect("balances");
+    assert!(!balances.is_empty());
+    for (account, state) in &balances {
+        assert_eq!(store.cash_of(account).await.expect("cash"), state.cash, "{account}");
+    }
+    let unseen = AccountId::new("acct-never-seen").expect("an account id");
+    assert_eq!(store.cash_of(&unseen).await.expect("cash").minor(), 0, "an account it has not seen has no cash");
+}
+
 on_both_stores!(a_failure_in_the_middle_of_a_batch_leaves_nothing_applied);
 async fn a_failure_in_the_middle_of_a_batch_leaves_nothing_applied(store: Store) {
     let events = events(5, 300, 6);

@@ -329,6 +329,7 @@ fn poller_options(config: &BenchConfig, knobs: &Knobs, rate: f64, events: u64) -
             shard_by_account: pollers > 1,
         },
         stall_timeout: PROBE_STALL_TIMEOUT,
+        orders_per_s: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! oracle, which it computes from the workload alone.
 
 pub mod history;
+pub mod orders;
 pub mod record;
 pub mod store_history;
 

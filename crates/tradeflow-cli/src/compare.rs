@@ -58,6 +58,7 @@ pub async fn run(arguments: CompareArgs) -> anyhow::Result<bool> {
             workload,
             poller,
             stall_timeout,
+            orders_per_s: None,
         },
         &sender,
     )

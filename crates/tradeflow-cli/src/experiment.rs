@@ -344,7 +344,22 @@ fn write_faults(text: &mut String, outcome: &VariantOutcome) {
     if let Some(retention) = &outcome.retention {
         let _ = writeln!(text, "    retention: {retention}");
     }
-    let _ = writeln!(text, "    balance service: worst lag {}", outcome.worst_lag);
+    let _ = writeln!(text, "    worst lag {}", outcome.worst_lag);
+    if let Some(orders) = outcome.config.get("orders") {
+        let _ = writeln!(
+            text,
+            "    orders: {} answered, {} wrong ({:.1} per thousand: {} refused though affordable, {} accepted though not); {} stale reads, staleness p50 {:.0} ms, p99 {:.0} ms, worst {:.0} ms",
+            orders["answered"],
+            outcome.config["orders_wrong"],
+            orders["wrong_per_thousand"].as_f64().unwrap_or(0.0),
+            orders["refused_affordable"],
+            orders["accepted_unaffordable"],
+            orders["stale_reads"],
+            orders["staleness_ms_p50"].as_f64().unwrap_or(0.0),
+            orders["staleness_ms_p99"].as_f64().unwrap_or(0.0),
+            orders["staleness_ms_max"].as_f64().unwrap_or(0.0),
+        );
+    }
     if let Some(notifications) = outcome.config.get("notifications") {
         let _ = writeln!(
             text,

@@ -61,6 +61,7 @@ pub async fn run(arguments: PollerArgs) -> anyhow::Result<bool> {
         workload,
         poller,
         stall_timeout: Duration::from_secs(arguments.stall_timeout_s),
+        orders_per_s: None,
     };
     let (sender, receiver) = watch::channel(RunProgress::default());
     let drawing = progress::spawn("poller".into(), receiver);

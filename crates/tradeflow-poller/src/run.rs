@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tradeflow_check::orders::OrdersDuringRun;
 use tradeflow_check::{
     BacklogSample, Drain, DrainWatch, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_workload, duration_and_throughput,
 };
@@ -27,6 +28,9 @@ pub struct RunOptions {
     /// How long the run waits, once the source is done, for a backlog that does not
     /// shrink before it gives up; what is still unapplied then is reported as lost.
     pub stall_timeout: Duration,
+    /// Order requests a second asked of the balances table while the run goes (the
+    /// order-placement lesson); `None`: none.
+    pub orders_per_s: Option<f64>,
 }
 
 /// Runs the workload through the pollers on `store` (emptied first) and checks the result.
@@ -45,6 +49,9 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
     let start_ns = now_ns();
     let emitted = Arc::new(AtomicU64::new(0));
     let source = tokio::spawn(source(store.clone(), workload.clone(), start, start_ns, emitted.clone()));
+    let orders = options
+        .orders_per_s
+        .map(|per_s| OrdersDuringRun::start(store.clone(), &workload, per_s, start));
     let watching = Watching {
         workload: &workload,
         counters: &counters,
@@ -54,6 +61,10 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
         stall_timeout: options.stall_timeout,
     };
     let backlog = drive(&watching, source, progress).await?;
+    let mut config = record_config(options);
+    if let Some(orders) = orders {
+        orders.finish(&workload).await.record_into(&mut config);
+    }
     stop.send_replace(true);
     let mut latency = LatencyRecorder::new();
     for (index, handle) in pollers.into_iter().enumerate() {
@@ -74,7 +85,7 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
         label: options.poller.label(),
         store: store.kind().as_str().into(),
         broker: None,
-        config: record_config(options),
+        config,
         events: workload.events.len() as u64,
         applied,
         duration_s,

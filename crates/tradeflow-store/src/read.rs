@@ -45,6 +45,23 @@ pub struct Backlog {
 }
 
 impl Store {
+    /// One account's cash as the balances table holds it now (zero for an account it has
+    /// not seen): what an order service reads to decide whether a customer can buy.
+    pub async fn cash_of(&self, account: &AccountId) -> Result<Money, StoreError> {
+        const OPERATION: &str = "reading an account's cash";
+        self.count(1);
+        let sql = format!("SELECT cash FROM balances WHERE account_id = {}", crate::placeholder(self.kind, 1));
+        let row = sqlx::query(&sql)
+            .bind(account.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.query_error(OPERATION))?;
+        match row {
+            Some(row) => Ok(Money::from_minor(row.try_get(0).map_err(self.query_error(OPERATION))?)),
+            None => Ok(Money::from_minor(0)),
+        }
+    }
+
     /// Every account's cash and positions.
     pub async fn balances(&self) -> Result<BTreeMap<AccountId, AccountState>, StoreError> {
         const OPERATION: &str = "reading balances";

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tradeflow_check::orders::OrdersDuringRun;
 use tradeflow_check::{Drain, DrainWatch, LagSample, ProcessStats, RunProgress, RunRecord, check_workload, duration_and_throughput};
 use tradeflow_cluster::plan::FaultPlan;
 use tradeflow_cluster::{Cluster, MOCK_PARTITION_RETAINED_MB};
@@ -102,6 +103,9 @@ pub struct Scenario {
     /// A second consumer group on the trades topic beside the balance service (the
     /// loose-coupling lesson); `None`: the balance service alone.
     pub notifications: Option<crate::notifications::Notifications>,
+    /// Order requests a second asked of the balances table while the run goes (the
+    /// order-placement lesson); `None`: none.
+    pub orders_per_s: Option<f64>,
 }
 
 impl Default for Scenario {
@@ -121,6 +125,7 @@ impl Default for Scenario {
             key_check: true,
             poison_exercise: false,
             notifications: None,
+            orders_per_s: None,
         }
     }
 }
@@ -289,6 +294,10 @@ pub async fn run(
         .map(|cutover| Switch::new(cutover, fleets.main.counters.clone()));
     let switched = switch.as_ref().map(Switch::outcome);
     let publishing = tokio::spawn(publish(publisher, workload.clone(), start, start_ns, switch));
+    let orders = options
+        .scenario
+        .orders_per_s
+        .map(|per_s| OrdersDuringRun::start(store.clone(), &workload, per_s, start));
     let mut lag = LagSampler::new(LagProbe::new(&bootstrap, &options.topic, &group, options.partitions)?);
     let poison = PoisonTarget {
         bootstrap: bootstrap.clone(),
@@ -310,6 +319,10 @@ pub async fn run(
         start,
     };
     drive(&watching, &mut fleets, &mut faults, &mut lag, publishing, &intended_at, progress).await?;
+    let orders = match orders {
+        Some(orders) => Some(orders.finish(&workload).await),
+        None => None,
+    };
     // The slower group catches up on its own time, bounded like the balance service's.
     let notifications = match notifications {
         Some(group) => Some(group.finish(options.stall_timeout).await),
@@ -330,21 +343,25 @@ pub async fn run(
     .await?;
     let last_commit_ns = counters.max(|counters| counters.last_commit_ns.load(Ordering::Relaxed) as u64) as i64;
     let (duration_s, throughput_per_s) = duration_and_throughput(start_ns, last_commit_ns, applied);
+    let mut config = crate::run_record::config(
+        options,
+        &layout,
+        &deliveries,
+        &counters,
+        switched.as_ref(),
+        rebalances_before,
+        notifications.as_ref(),
+    );
+    if let Some(orders) = &orders {
+        orders.record_into(&mut config);
+    }
     Ok(RunRecord {
         seed: options.workload.seed,
         architecture: "stream".into(),
         label: options.label(),
         store: store.kind().as_str().into(),
         broker: Some(cluster.backend().into()),
-        config: crate::run_record::config(
-            options,
-            &layout,
-            &deliveries,
-            &counters,
-            switched.as_ref(),
-            rebalances_before,
-            notifications.as_ref(),
-        ),
+        config,
         events: workload.events.len() as u64,
         applied,
         duration_s,

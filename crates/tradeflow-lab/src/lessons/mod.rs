@@ -10,6 +10,7 @@ pub mod idempotent_consumer;
 pub mod keys_keep_order;
 pub mod lag_status;
 pub mod load_test;
+pub mod order_placement;
 pub mod poison_message;
 pub mod poller_vs_stream;
 pub mod producer_retries;
@@ -75,6 +76,11 @@ pub const LESSONS: &[Lesson] = &[
         name: retention::NAME,
         what: retention::WHAT,
         variants: retention::variants,
+    },
+    Lesson {
+        name: order_placement::NAME,
+        what: order_placement::WHAT,
+        variants: order_placement::variants,
     },
     Lesson {
         name: poller_vs_stream::NAME,

@@ -30,6 +30,7 @@ pub fn variants(setup: &Setup) -> Vec<Variant> {
                     shard_by_account: false,
                 },
                 stall_timeout: Duration::from_secs(30),
+                orders_per_s: None,
             }),
             expected: Expected::pass("one poller keeps order; its latency is bounded below by the poll interval"),
         },

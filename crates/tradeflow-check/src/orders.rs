@@ -1,0 +1,361 @@
+//! Orders placed while trades are applied: a synchronous "can this customer buy this?"
+//! answered from the balances table, as an order service would, judged against the truth
+//! at the moment of the read (every trade whose time had come, applied in order by the
+//! oracle's rule). What customers see of lag: a refusal of an order they could afford, or
+//! an order accepted that their cash does not cover.
+//!
+//! The requests are drawn from the workload and a seed before the run: at a steady rate
+//! over the publishing window, each an order like one the workload holds: a random trade
+//! or withdrawal that takes cash, among those whose time has come (busy accounts are asked
+//! about more), asked again for the same account and the same amount.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tradeflow_domain::{AccountId, Effect, Ledger, Money, Workload};
+use tradeflow_store::Store;
+
+/// One planned request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRequest {
+    /// When to ask, in ns after the start of the run.
+    pub at_offset_ns: u64,
+    /// Whose cash.
+    pub account: AccountId,
+    /// How much the order needs.
+    pub amount: Money,
+}
+
+/// What the order service answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderAnswer {
+    /// The request (an index into the plan).
+    pub request: usize,
+    /// When the balance was read, in ns after the start of the run.
+    pub read_at_offset_ns: u64,
+    /// The cash the balances table held then.
+    pub seen_cash: Money,
+}
+
+impl OrderAnswer {
+    /// Whether the order was accepted: the cash seen covers it.
+    pub fn accepted(&self, plan: &[OrderRequest]) -> bool {
+        plan.get(self.request)
+            .is_some_and(|request| self.seen_cash.minor() >= request.amount.minor())
+    }
+}
+
+/// Plans `per_s` requests a second over the workload's publishing window.
+pub fn plan(workload: &Workload, seed: u64, per_s: f64) -> Vec<OrderRequest> {
+    let Some(last) = workload.events.last() else { return Vec::new() };
+    let step_ns = (1e9 / per_s.max(1.0)) as u64;
+    let mut random = SplitMix(seed ^ 0x6f72_6465_7273);
+    let mut truth = Truth::new(workload);
+    let mut requests = Vec::new();
+    let mut at = step_ns;
+    while at <= last.intended_offset_ns {
+        truth.advance_to(at);
+        if truth.reached > 0 {
+            // The first event that takes cash at or after a random one whose time has come.
+            let from = random.below(truth.reached);
+            let taking = workload.events[from..truth.reached]
+                .iter()
+                .chain(&workload.events[..from])
+                .map(|scheduled| (&scheduled.event, Effect::of(&scheduled.event.kind).cash_delta))
+                .find(|(_, delta)| delta.is_negative());
+            if let Some((event, delta)) = taking {
+                requests.push(OrderRequest {
+                    at_offset_ns: at,
+                    account: event.account_id.clone(),
+                    amount: delta.negated(),
+                });
+            }
+        }
+        at += step_ns;
+    }
+    requests
+}
+
+/// The order service of a run: asks the balances table each planned request at its time,
+/// one at a time (a request whose moment passed while an earlier read ran is asked at once).
+pub struct Desk {
+    plan: Arc<Vec<OrderRequest>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    asking: tokio::task::JoinHandle<Vec<OrderAnswer>>,
+}
+
+impl Desk {
+    /// Starts asking `plan`'s requests, timed from `start` (the run's clock).
+    pub fn start(store: Store, plan: Vec<OrderRequest>, start: Instant) -> Desk {
+        let plan = Arc::new(plan);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let asked = plan.clone();
+        let asking = tokio::spawn(async move {
+            let mut answers = Vec::with_capacity(asked.len());
+            for (index, request) in asked.iter().enumerate() {
+                let due = start + Duration::from_nanos(request.at_offset_ns);
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    () = tokio::time::sleep_until(due.into()) => {}
+                }
+                let read_at = start.elapsed();
+                match store.cash_of(&request.account).await {
+                    Ok(seen_cash) => answers.push(OrderAnswer {
+                        request: index,
+                        read_at_offset_ns: u64::try_from(read_at.as_nanos()).unwrap_or(u64::MAX),
+                        seen_cash,
+                    }),
+                    // An order service that cannot read answers nothing: not counted.
+                    Err(error) => tracing::warn!(%error, "the order desk could not read a balance"),
+                }
+            }
+            answers
+        });
+        Desk { plan, stop, asking }
+    }
+
+    /// Stops asking; the plan and the answers so far.
+    pub async fn finish(self) -> (Arc<Vec<OrderRequest>>, Vec<OrderAnswer>) {
+        self.stop.send_replace(true);
+        (self.plan, self.asking.await.unwrap_or_default())
+    }
+}
+
+/// Plans, asks and judges the orders of a run: started with the run's clock, finished
+/// when the run is; its report goes into the run's record (`orders` and flat counts).
+pub struct OrdersDuringRun {
+    desk: Desk,
+}
+
+impl OrdersDuringRun {
+    /// Plans `per_s` requests a second for `workload` and starts asking.
+    pub fn start(store: Store, workload: &Workload, per_s: f64, start: Instant) -> OrdersDuringRun {
+        OrdersDuringRun {
+            desk: Desk::start(store, plan(workload, workload.config.seed, per_s), start),
+        }
+    }
+
+    /// Stops asking; the answers judged.
+    pub async fn finish(self, workload: &Workload) -> OrdersReport {
+        let (plan, answers) = self.desk.finish().await;
+        score(workload, &plan, &answers)
+    }
+}
+
+impl OrdersReport {
+    /// Writes the report into a run record's `config` (a JSON object): `orders`, and the
+    /// flat counts `orders_answered` and `orders_wrong`.
+    pub fn record_into(&self, config: &mut serde_json::Value) {
+        if let Some(object) = config.as_object_mut() {
+            object.insert("orders_answered".into(), self.answered.into());
+            object.insert("orders_wrong".into(), self.wrong().into());
+            object.insert("orders".into(), serde_json::to_value(self).unwrap_or_default());
+        }
+    }
+}
+
+/// The answers judged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct OrdersReport {
+    /// Requests answered.
+    pub answered: u64,
+    /// Refused, though the true cash covered the order.
+    pub refused_affordable: u64,
+    /// Accepted, though the true cash did not cover it.
+    pub accepted_unaffordable: u64,
+    /// Wrong answers per thousand answered.
+    pub wrong_per_thousand: f64,
+    /// Reads whose cash was not the true cash (a wrong answer needs one; most are not).
+    pub stale_reads: u64,
+    /// Of the stale reads, how long the account's first unreflected trade had been due,
+    /// in ms, the median (a read whose cash matched no earlier true cash of its account is
+    /// left out).
+    pub staleness_ms_p50: f64,
+    /// Its 99th percentile.
+    pub staleness_ms_p99: f64,
+    /// Its worst.
+    pub staleness_ms_max: f64,
+}
+
+impl OrdersReport {
+    /// Wrong answers.
+    pub fn wrong(&self) -> u64 {
+        self.refused_affordable + self.accepted_unaffordable
+    }
+}
+
+/// Judges `answers` to `plan` against the truth at each read.
+pub fn score(workload: &Workload, plan: &[OrderRequest], answers: &[OrderAnswer]) -> OrdersReport {
+    let mut order: Vec<&OrderAnswer> = answers.iter().filter(|answer| answer.request < plan.len()).collect();
+    order.sort_by_key(|answer| answer.read_at_offset_ns);
+    let mut truth = Truth::new(workload);
+    let mut report = OrdersReport::default();
+    let mut staleness = Vec::new();
+    for answer in order {
+        truth.advance_to(answer.read_at_offset_ns);
+        let request = &plan[answer.request];
+        let true_cash = truth.cash(&request.account);
+        let affordable = true_cash.minor() >= request.amount.minor();
+        let accepted = answer.accepted(plan);
+        report.answered += 1;
+        match (accepted, affordable) {
+            (false, true) => report.refused_affordable += 1,
+            (true, false) => report.accepted_unaffordable += 1,
+            _ => {}
+        }
+        if answer.seen_cash != true_cash {
+            report.stale_reads += 1;
+            if let Some(due_ns) = truth.first_unreflected(&request.account, answer.seen_cash) {
+                staleness.push(answer.read_at_offset_ns.saturating_sub(due_ns) as f64 / 1e6);
+            }
+        }
+    }
+    report.wrong_per_thousand = if report.answered == 0 {
+        0.0
+    } else {
+        report.wrong() as f64 * 1_000.0 / report.answered as f64
+    };
+    staleness.sort_by(f64::total_cmp);
+    let at = |quantile: f64| {
+        if staleness.is_empty() {
+            0.0
+        } else {
+            staleness[((staleness.len() - 1) as f64 * quantile).round() as usize]
+        }
+    };
+    (report.staleness_ms_p50, report.staleness_ms_p99, report.staleness_ms_max) = (at(0.5), at(0.99), at(1.0));
+    report
+}
+
+/// The oracle walked forward in time: every event whose intended time has come, applied in
+/// order, and each account's cash after each of its events.
+struct Truth<'a> {
+    workload: &'a Workload,
+    ledger: Ledger,
+    /// Events applied so far (a prefix of the workload).
+    reached: usize,
+    /// Per account: `(intended offset, cash after)` of each of its events so far.
+    history: HashMap<AccountId, Vec<(u64, Money)>>,
+}
+
+impl<'a> Truth<'a> {
+    fn new(workload: &'a Workload) -> Truth<'a> {
+        Truth {
+            workload,
+            ledger: Ledger::new(),
+            reached: 0,
+            history: HashMap::new(),
+        }
+    }
+
+    fn advance_to(&mut self, offset_ns: u64) {
+        while let Some(scheduled) = self.workload.events.get(self.reached)
+            && scheduled.intended_offset_ns <= offset_ns
+        {
+            self.ledger.apply_checked(&scheduled.event);
+            let cash = self.cash(&scheduled.event.account_id);
+            self.history
+                .entry(scheduled.event.account_id.clone())
+                .or_default()
+                .push((scheduled.intended_offset_ns, cash));
+            self.reached += 1;
+        }
+    }
+
+    fn cash(&self, account: &AccountId) -> Money {
+        self.ledger.account(account).map_or(Money::from_minor(0), |state| state.cash)
+    }
+
+    /// When the first of the account's events that a read of `seen` did not reflect was
+    /// due: the event after the latest one whose cash was `seen` (the account's first event
+    /// when `seen` is the opening zero). `None` when `seen` was never its true cash.
+    fn first_unreflected(&self, account: &AccountId, seen: Money) -> Option<u64> {
+        let history = self.history.get(account)?;
+        let matched = history.iter().rposition(|(_, cash)| *cash == seen);
+        match matched {
+            Some(index) => history.get(index + 1).map(|(due, _)| *due),
+            None if seen.minor() == 0 => history.first().map(|(due, _)| *due),
+            None => None,
+        }
+    }
+}
+
+/// A small seeded generator (SplitMix64), so that a seed replays the same requests.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (`bound` > 0).
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tradeflow_domain::{RateProfile, WorkloadConfig};
+
+    fn workload() -> Workload {
+        Workload::generate(&WorkloadConfig {
+            seed: 3,
+            events: 2_000,
+            accounts: 10,
+            rate_per_s: 1_000.0,
+            profile: RateProfile::Steady,
+            skew: tradeflow_domain::workload::ACCOUNT_SKEW,
+            mix: tradeflow_domain::EventMix::default(),
+        })
+        .expect("a workload")
+    }
+
+    /// Answers read at the planned moment, from the truth `delay_ns` earlier.
+    fn answers(workload: &Workload, plan: &[OrderRequest], delay_ns: u64) -> Vec<OrderAnswer> {
+        plan.iter()
+            .enumerate()
+            .map(|(index, request)| {
+                let mut truth = Truth::new(workload);
+                truth.advance_to(request.at_offset_ns.saturating_sub(delay_ns));
+                OrderAnswer {
+                    request: index,
+                    read_at_offset_ns: request.at_offset_ns,
+                    seen_cash: truth.cash(&request.account),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_plan_is_seeded_and_spans_the_publishing_window() {
+        let workload = workload();
+        let plan = plan(&workload, 9, 200.0);
+        assert_eq!(plan, super::plan(&workload, 9, 200.0), "a seed replays the requests");
+        assert_ne!(plan, super::plan(&workload, 10, 200.0));
+        // Two seconds of publishing at 200 requests a second.
+        assert!((395..=400).contains(&plan.len()), "{}", plan.len());
+        assert!(plan.iter().all(|request| request.amount.minor() >= 1));
+    }
+
+    #[test]
+    fn an_up_to_date_balance_answers_every_order_right_and_a_late_one_does_not() {
+        let workload = workload();
+        let plan = plan(&workload, 9, 200.0);
+        let current = score(&workload, &plan, &answers(&workload, &plan, 0));
+        assert_eq!((current.answered, current.wrong(), current.stale_reads), (plan.len() as u64, 0, 0));
+        // Balances 300 ms behind: some answers are wrong, every wrong one from a stale read,
+        // and the staleness is what the delay makes it (at most 300 ms).
+        let late = score(&workload, &plan, &answers(&workload, &plan, 300_000_000));
+        assert!(late.wrong() > 0, "{late:?}");
+        assert!(late.stale_reads >= late.wrong(), "{late:?}");
+        assert!(late.staleness_ms_max <= 300.0 && late.staleness_ms_p50 > 0.0, "{late:?}");
+        assert!((late.wrong_per_thousand - late.wrong() as f64 * 1e3 / late.answered as f64).abs() < 1e-9);
+    }
+}

@@ -106,7 +106,25 @@ async fn one_accounts_cash_reads_as_the_balances_table_holds_it(store: Store) {
         assert_eq!(store.cash_of(account).await.expect("cash"), state.cash, "{account}");
     }
     let unseen = AccountId::new("acct-never-seen").expect("an account id");
-    assert_eq!(store.cash_of(&unseen).await.expect("cash").minor(), 0, "an account it has not seen has no cash");
+    assert_eq!(
+        store.cash_of(&unseen).await.expect("cash").minor(),
+        0,
+        "an account it has not seen has no cash"
+    );
+}
+
+on_both_stores!(the_chapter_exercise_decides_what_a_fresh_batch_applies);
+async fn the_chapter_exercise_decides_what_a_fresh_batch_applies(store: Store) {
+    // A batch none of whose events were applied: the exercise as shipped and its solution
+    // both apply every event once, and the balances are the oracle's.
+    let events = events(6, 150, 5);
+    let summary = store
+        .apply_batch_as(&inputs(&events), "test", tradeflow_store::Dedup::Exercise)
+        .await
+        .expect("apply");
+    assert_eq!((summary.applied, summary.duplicates), (150, 0));
+    assert!(same_state(&store.balances().await.expect("balances"), &expected(&events)));
+    assert_eq!(store.apply_log().await.expect("apply log").len(), 150);
 }
 
 on_both_stores!(a_failure_in_the_middle_of_a_batch_leaves_nothing_applied);

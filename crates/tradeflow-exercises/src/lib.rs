@@ -190,6 +190,11 @@ pub mod acks;
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/10-load-test.rs")]
 pub mod tune;
 
+/// Chapter 11: the consumer group of a second service on the trades topic.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/11-consumer-groups/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/11-consumer-groups.rs")]
+pub mod notification_group;
+
 /// Chapter 08: when the publisher may move to the new topic.
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/08-cutover-runbook/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/08-cutover-runbook.rs")]

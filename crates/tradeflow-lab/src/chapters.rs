@@ -5,8 +5,8 @@
 use crate::RowVerdict;
 use crate::expect::Violation;
 use crate::lessons::{
-    auto_commit_crash, broker_failure, consumer_scaling, idempotent_consumer, keys_keep_order, lag_status, load_test, poison_message,
-    producer_retries, repartition_cutover,
+    auto_commit_crash, broker_failure, consumer_groups, consumer_scaling, idempotent_consumer, keys_keep_order, lag_status, load_test,
+    poison_message, producer_retries, repartition_cutover,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
@@ -211,6 +211,17 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "tune",
         run: |setup| one(load_test::chapter(setup)),
         judge: Judge::Own(load_test::judge),
+    },
+    Chapter {
+        number: "11",
+        folder: "11-consumer-groups",
+        title: "A consumer group per service",
+        claim: "Several services can read the same topic, each in its own consumer group with its own offsets and its own lag: a slow one falls behind alone and holds no one back (Parcel Perform, \"Initial experience with Kafka\", loose-coupling services). Two services in one group are one consumer group: they split the partitions, and each reads only its share of the messages.",
+        violation: "lost",
+        backend: Backend::Mock,
+        function: "notification_group",
+        run: |setup| one(consumer_groups::chapter(setup)),
+        judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
     },
 ];
 

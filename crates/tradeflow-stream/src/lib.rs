@@ -30,7 +30,7 @@ mod run_record;
 pub mod service;
 mod timeline;
 
-pub use notifications::Notifications;
+pub use notifications::{Notifications, NotifierGroup};
 pub use run::{Cutover, Runbook, Scenario, StreamOptions, run};
 pub use service::{CommitPolicy, Control, FETCH_WAIT_MAX_MS, ServiceConfig, ServiceCounters, run_controlled, run_service};
 

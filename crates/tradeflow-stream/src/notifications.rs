@@ -22,6 +22,27 @@ pub struct Notifications {
     pub consumers: u32,
     /// The work of one notification (a call to a slow provider), done one message at a time.
     pub per_message: Duration,
+    /// Whose choice its group id is.
+    pub group: NotifierGroup,
+}
+
+/// Where the notification service's group id comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifierGroup {
+    /// A group of its own, named after the balance service's.
+    Own,
+    /// Chapter 11's exercise, given the balance service's group.
+    Exercise,
+}
+
+impl NotifierGroup {
+    /// The notification service's group id beside the balance service's `balances`.
+    pub fn name(self, balances: &str) -> String {
+        match self {
+            NotifierGroup::Own => format!("{balances}-notifications"),
+            NotifierGroup::Exercise => tradeflow_exercises::notification_group::notification_group(balances),
+        }
+    }
 }
 
 /// What the notification group did in a run, for the record.
@@ -58,16 +79,25 @@ pub(crate) struct NotificationGroup {
 }
 
 impl NotificationGroup {
-    /// Starts the group at the topic's end (like the balance service's) and waits until its
-    /// consumers hold every partition.
+    /// Starts the group at the topic's end (like the balance service's, `balances`) and
+    /// waits until its consumers hold every partition, or each holds some: a group id the
+    /// balance service uses too is one group, whose partitions the two services split.
     pub(crate) async fn start(
         bootstrap: &str,
         topic: &str,
-        group: String,
+        balances: &str,
         partitions: i32,
         settings: Notifications,
     ) -> Result<NotificationGroup, StreamError> {
-        start_group_at_end(bootstrap, topic, &group, partitions).await?;
+        let group = settings.group.name(balances);
+        if group == balances {
+            tracing::warn!(
+                group,
+                "the notification service joins the balance service's own group: the two split the partitions, and each reads only its share of the trades"
+            );
+        } else {
+            start_group_at_end(bootstrap, topic, &group, partitions).await?;
+        }
         let (stop, stopped) = watch::channel(false);
         let consumed = Arc::new(AtomicU64::new(0));
         let mut members = Vec::new();
@@ -98,11 +128,12 @@ impl NotificationGroup {
         }
         let deadline = Instant::now() + ASSIGNMENT_TIMEOUT;
         loop {
-            let assigned: usize = members
+            let held: Vec<usize> = members
                 .iter()
                 .map(|member| member.assignment().map(|list| list.count()).unwrap_or(0))
-                .sum();
-            if assigned >= usize::try_from(partitions).unwrap_or(0) {
+                .collect();
+            let assigned: usize = held.iter().sum();
+            if assigned >= usize::try_from(partitions).unwrap_or(0) || held.iter().all(|count| *count > 0) {
                 break;
             }
             if Instant::now() >= deadline {

@@ -266,16 +266,7 @@ pub async fn run(
     // The first assignments are no evidence of a fault: rebalances are counted from here.
     let rebalances_before = fleets.sum(|counters| counters.rebalances.load(Ordering::Relaxed));
     let mut notifications = match options.scenario.notifications {
-        Some(settings) => Some(
-            NotificationGroup::start(
-                &bootstrap,
-                &options.topic,
-                format!("{group}-notifications"),
-                options.partitions,
-                settings,
-            )
-            .await?,
-        ),
+        Some(settings) => Some(NotificationGroup::start(&bootstrap, &options.topic, &group, options.partitions, settings).await?),
         None => None,
     };
 

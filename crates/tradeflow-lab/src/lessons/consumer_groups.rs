@@ -19,12 +19,17 @@
 //! most 10 messages before the database transaction, so at most 500/s), must show the
 //! balance service falling behind: worst time lag over 3 s, nothing lost. A row whose
 //! notification group never fell behind could not show the lesson: unknown.
+//!
+//! Chapter 11's run: the notification service in the group the learner's
+//! `notification_group` names. The balance service's own group is one group with it: the
+//! two split the partitions, the trades of the notification service's share never reach
+//! the balances, and the checker counts them lost.
 
 use crate::expect::{Expected, TimeLag};
 use crate::variant::{Setup, Variant, VariantRun};
 use std::time::Duration;
 use tradeflow_cluster::Backend;
-use tradeflow_stream::Notifications;
+use tradeflow_stream::{Notifications, NotifierGroup};
 
 /// The experiment's name.
 pub const NAME: &str = "consumer-groups";
@@ -38,6 +43,7 @@ const EVENTS: u64 = 6_000;
 const NOTIFICATIONS: Notifications = Notifications {
     consumers: 2,
     per_message: Duration::from_millis(4),
+    group: NotifierGroup::Own,
 };
 /// The coupled design: the same 4 ms a message, as 40 ms before each batch of at most 10.
 const COUPLED_BATCH: usize = 10;
@@ -46,6 +52,26 @@ const COUPLED_DELAY: Duration = Duration::from_millis(40);
 /// (alone it stayed under 1.3 s on three Kafka nodes on a loaded 2-core machine; coupled
 /// it went past 8 s on every backend).
 const KEEPS_UP_MS: f64 = 3_000.0;
+
+/// Chapter 11's run: the notification service beside the balance service, in the group the
+/// learner's `notification_group` names. Judged by the checker's counts: a group shared
+/// with the balance service takes its share of the partitions away from it, and the
+/// trades there are never applied to balances (lost).
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    let mut options = setup.stream(4, 2);
+    options.workload.rate_per_s = RATE_PER_S;
+    options.workload.events = EVENTS;
+    options.scenario.notifications = Some(Notifications {
+        group: NotifierGroup::Exercise,
+        ..NOTIFICATIONS
+    });
+    options.stall_timeout = Duration::from_secs(30);
+    Ok(Variant {
+        label: "your notification_group: a notification service beside the balance service".into(),
+        run: VariantRun::Stream(Box::new(options)),
+        expected: Expected::pass("every trade reaches the balances; the notification service reads them all too, at its own pace"),
+    })
+}
 
 /// The lesson's variants for a setup.
 pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {

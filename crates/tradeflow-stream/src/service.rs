@@ -765,16 +765,19 @@ fn gaps(next: &mut BTreeMap<i32, i64>, batch: &[OwnedMessage], mut resume_at: im
 }
 
 /// The group's committed offset of each of `partitions` (`None`: the group has none for
-/// it); empty when the group could not be read (blocking: call it off the async workers).
+/// it); a partition it could not read is left out, and all are when the group could not be
+/// read (blocking: call it off the async workers).
 fn committed_offsets_of(consumer: &StreamConsumer<ServiceContext>, topic: &str, partitions: &[i32]) -> BTreeMap<i32, Option<i64>> {
     let mut wanted = TopicPartitionList::new();
     for partition in partitions {
         wanted.add_partition(topic, *partition);
     }
     match consumer.committed_offsets(wanted, COMMITTED_TIMEOUT) {
+        // A partition the group answered with an error for is as unknown as an unread one.
         Ok(list) => list
             .elements()
             .iter()
+            .filter(|element| element.error().is_ok())
             .map(|element| match element.offset() {
                 Offset::Offset(offset) => (element.partition(), Some(offset)),
                 _ => (element.partition(), None),

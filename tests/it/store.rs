@@ -127,6 +127,26 @@ async fn the_chapter_exercise_decides_what_a_fresh_batch_applies(store: Store) {
     assert_eq!(store.apply_log().await.expect("apply log").len(), 150);
 }
 
+on_both_stores!(a_batch_is_bounded_and_a_batch_at_the_bound_is_taken);
+async fn a_batch_is_bounded_and_a_batch_at_the_bound_is_taken(store: Store) {
+    let max = tradeflow_store::BATCH_EVENTS_MAX;
+    // A poll of exactly the bound is taken (the table is empty: it claims nothing).
+    let outcome = store.poll_once(max, None, "test").await;
+    assert!(outcome.is_ok(), "a poll of {max} rows is within the bound: {:?}", outcome.err());
+    // One more is refused with the bound in the reason, before the database is touched.
+    for refused in [
+        store.poll_once(max + 1, None, "test").await.err(),
+        store.apply_batch(&inputs(&events(7, 1, 1)).repeat(max + 1), "test").await.err(),
+    ] {
+        let reason = refused.map(|error| error.to_string()).unwrap_or_default();
+        assert!(
+            reason.contains(&format!("at most {max} events")),
+            "want a refusal naming the bound, got {reason:?}"
+        );
+    }
+    assert!(store.apply_log().await.expect("apply log").is_empty(), "nothing applied");
+}
+
 on_both_stores!(a_failure_in_the_middle_of_a_batch_leaves_nothing_applied);
 async fn a_failure_in_the_middle_of_a_batch_leaves_nothing_applied(store: Store) {
     let events = events(5, 300, 6);

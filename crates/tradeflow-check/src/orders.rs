@@ -77,18 +77,21 @@ pub fn plan(workload: &Workload, seed: u64, per_s: f64) -> Vec<OrderRequest> {
     requests
 }
 
-/// The order service of a run: asks the balances table each planned request at its time,
-/// one at a time (a request whose moment passed while an earlier read ran is asked at once).
-pub struct Desk {
+/// The order service of a run: plans its requests from the workload, asks the balances
+/// table each at its time, one at a time (a request whose moment passed while an earlier
+/// read ran is asked at once), and judges the answers when the run is over; the report goes
+/// into the run's record (`orders` and flat counts).
+pub struct OrdersDuringRun {
     plan: Arc<Vec<OrderRequest>>,
     stop: tokio::sync::watch::Sender<bool>,
     asking: tokio::task::JoinHandle<Vec<OrderAnswer>>,
 }
 
-impl Desk {
-    /// Starts asking `plan`'s requests, timed from `start` (the run's clock).
-    pub fn start(store: Store, plan: Vec<OrderRequest>, start: Instant) -> Desk {
-        let plan = Arc::new(plan);
+impl OrdersDuringRun {
+    /// Plans `per_s` requests a second for `workload` and starts asking, timed from `start`
+    /// (the run's clock).
+    pub fn start(store: Store, workload: &Workload, per_s: f64, start: Instant) -> OrdersDuringRun {
+        let plan = Arc::new(plan(workload, workload.config.seed, per_s));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let asked = plan.clone();
         let asking = tokio::spawn(async move {
@@ -112,34 +115,14 @@ impl Desk {
             }
             answers
         });
-        Desk { plan, stop, asking }
-    }
-
-    /// Stops asking; the plan and the answers so far.
-    pub async fn finish(self) -> (Arc<Vec<OrderRequest>>, Vec<OrderAnswer>) {
-        self.stop.send_replace(true);
-        (self.plan, self.asking.await.unwrap_or_default())
-    }
-}
-
-/// Plans, asks and judges the orders of a run: started with the run's clock, finished
-/// when the run is; its report goes into the run's record (`orders` and flat counts).
-pub struct OrdersDuringRun {
-    desk: Desk,
-}
-
-impl OrdersDuringRun {
-    /// Plans `per_s` requests a second for `workload` and starts asking.
-    pub fn start(store: Store, workload: &Workload, per_s: f64, start: Instant) -> OrdersDuringRun {
-        OrdersDuringRun {
-            desk: Desk::start(store, plan(workload, workload.config.seed, per_s), start),
-        }
+        OrdersDuringRun { plan, stop, asking }
     }
 
     /// Stops asking; the answers judged.
     pub async fn finish(self, workload: &Workload) -> OrdersReport {
-        let (plan, answers) = self.desk.finish().await;
-        score(workload, &plan, &answers)
+        self.stop.send_replace(true);
+        let answers = self.asking.await.unwrap_or_default();
+        score(workload, &self.plan, &answers)
     }
 }
 

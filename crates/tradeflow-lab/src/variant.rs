@@ -94,6 +94,22 @@ impl Setup {
         }
     }
 
+    /// Poller options with the experiments' defaults (one poller every 100 ms, batches of up
+    /// to 500, a 30 s stall timeout) for `workload`.
+    pub fn poller(&self, workload: WorkloadConfig) -> RunOptions {
+        RunOptions {
+            workload,
+            poller: tradeflow_poller::PollerConfig {
+                poll_interval: Duration::from_millis(100),
+                batch_size: 500,
+                pollers: 1,
+                shard_by_account: false,
+            },
+            stall_timeout: Duration::from_secs(30),
+            orders_per_s: None,
+        }
+    }
+
     /// A plan of exactly these steps, under the setup's seed.
     pub fn fixed_plan(&self, steps: Vec<PlanStep>) -> FaultPlan {
         let mut plan = FaultPlan::fixed(steps);

@@ -25,10 +25,8 @@
 
 use crate::expect::Expected;
 use crate::variant::{Setup, Variant, VariantRun};
-use std::time::Duration;
 use tradeflow_cluster::Backend;
 use tradeflow_domain::RateProfile;
-use tradeflow_poller::{PollerConfig, RunOptions};
 
 /// The experiment's name.
 pub const NAME: &str = "order-placement";
@@ -54,17 +52,8 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
         workload.rate_per_s = RATE_PER_S;
         workload.events = EVENTS;
         workload.profile = profile;
-        let poller = RunOptions {
-            workload: workload.clone(),
-            poller: PollerConfig {
-                poll_interval: Duration::from_millis(100),
-                batch_size: 500,
-                pollers: 1,
-                shard_by_account: false,
-            },
-            stall_timeout: Duration::from_secs(30),
-            orders_per_s: Some(ORDERS_PER_S),
-        };
+        let mut poller = setup.poller(workload.clone());
+        poller.orders_per_s = Some(ORDERS_PER_S);
         let mut stream = setup.stream(12, 3);
         stream.workload = workload;
         stream.scenario.orders_per_s = Some(ORDERS_PER_S);

@@ -7,8 +7,6 @@
 
 use crate::expect::Expected;
 use crate::variant::{Setup, Variant, VariantRun};
-use std::time::Duration;
-use tradeflow_poller::{PollerConfig, RunOptions};
 
 /// The experiment's name.
 pub const NAME: &str = "poller-vs-stream";
@@ -21,17 +19,7 @@ pub fn variants(setup: &Setup) -> Vec<Variant> {
     vec![
         Variant {
             label: "poller".into(),
-            run: VariantRun::Poller(RunOptions {
-                workload: setup.workload(),
-                poller: PollerConfig {
-                    poll_interval: Duration::from_millis(100),
-                    batch_size: 500,
-                    pollers: 1,
-                    shard_by_account: false,
-                },
-                stall_timeout: Duration::from_secs(30),
-                orders_per_s: None,
-            }),
+            run: VariantRun::Poller(setup.poller(setup.workload())),
             expected: Expected::pass("one poller keeps order; its latency is bounded below by the poll interval"),
         },
         Variant {

@@ -360,6 +360,25 @@ fn write_faults(text: &mut String, outcome: &VariantOutcome) {
             orders["staleness_ms_max"].as_f64().unwrap_or(0.0),
         );
     }
+    if let Some(cutover) = outcome.config.get("cutover").filter(|cutover| !cutover.is_null()) {
+        let _ = writeln!(
+            text,
+            "    cutover ({}{}): publisher moved at {:.2} s after a drain wait of {} ms, {} events published to the old topic not yet applied then{}",
+            cutover["runbook"].as_str().unwrap_or("?"),
+            if cutover["second_cluster"].as_bool() == Some(true) {
+                ", to a second cluster"
+            } else {
+                ""
+            },
+            cutover["switched_at_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+            cutover["drain_wait_ms"],
+            cutover["old_unapplied_at_switch"],
+            match (cutover["new_group_started_at_ms"].as_f64(), cutover["new_group_waited_ms"].as_u64()) {
+                (Some(at), Some(waited)) => format!("; the new group started at {:.2} s, {waited} ms after the switch", at / 1000.0),
+                _ => String::new(),
+            }
+        );
+    }
     if let Some(notifications) = outcome.config.get("notifications") {
         let _ = writeln!(
             text,

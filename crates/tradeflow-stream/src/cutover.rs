@@ -1,6 +1,6 @@
 //! A cutover: the publisher moves to another topic (with more partitions, so accounts map
-//! to other partitions) before a given event, at once (naive) or after the old topic is
-//! applied (drain-then-switch).
+//! to other partitions, or on a second cluster) before a given event, at once (naive,
+//! producer first, drain consumer) or after the old topic is applied (drain-then-switch).
 
 use crate::StreamError;
 use crate::publisher::Publisher;
@@ -16,35 +16,38 @@ pub(crate) struct Switch {
     cutover: Cutover,
     /// The old topic's consumers, to see when they have applied everything.
     old_applied: Arc<ServiceCounters>,
-    switched_at_ms: Arc<AtomicU64>,
-    drain_wait_ms: Arc<AtomicU64>,
+    /// The publisher to the second cluster, for a migration; `None`: the new topic is on
+    /// the first publisher's cluster.
+    elsewhere: Option<Publisher>,
+    outcome: SwitchOutcome,
 }
 
 impl Switch {
-    /// The switch to `cutover`, watching the old topic's consumers through `old_applied`.
-    pub(crate) fn new(cutover: Cutover, old_applied: Arc<ServiceCounters>) -> Switch {
+    /// The switch to `cutover`, watching the old topic's consumers through `old_applied`,
+    /// publishing through `elsewhere` after it when the new topic is on a second cluster.
+    pub(crate) fn new(cutover: Cutover, old_applied: Arc<ServiceCounters>, elsewhere: Option<Publisher>) -> Switch {
         Switch {
             cutover,
             old_applied,
-            switched_at_ms: Arc::new(AtomicU64::new(0)),
-            drain_wait_ms: Arc::new(AtomicU64::new(0)),
+            elsewhere,
+            outcome: SwitchOutcome::default(),
         }
     }
 
-    /// When the switch came and how long it waited for the drain, ms, readable after the
-    /// publisher owns the switch.
+    /// When the switch came, how long it waited for the drain, and what the old topic
+    /// still held unapplied then, readable after the publisher owns the switch.
     pub(crate) fn outcome(&self) -> SwitchOutcome {
-        SwitchOutcome {
-            switched_at_ms: self.switched_at_ms.clone(),
-            drain_wait_ms: self.drain_wait_ms.clone(),
-        }
+        self.outcome.clone()
     }
 }
 
-/// When a switch came and how long it waited for the drain.
+/// When a switch came (0: not yet), how long it waited for the drain, and how many events
+/// published to the old topic its consumers had not applied at the switch.
+#[derive(Clone, Default)]
 pub(crate) struct SwitchOutcome {
     switched_at_ms: Arc<AtomicU64>,
     drain_wait_ms: Arc<AtomicU64>,
+    old_unapplied: Arc<AtomicU64>,
 }
 
 impl SwitchOutcome {
@@ -54,6 +57,12 @@ impl SwitchOutcome {
             self.switched_at_ms.load(Ordering::Relaxed),
             self.drain_wait_ms.load(Ordering::Relaxed),
         )
+    }
+
+    /// Events published to the old topic and not applied when the publisher switched: what
+    /// a cutover puts at stake.
+    pub(crate) fn old_unapplied(&self) -> u64 {
+        self.old_unapplied.load(Ordering::Relaxed)
     }
 }
 
@@ -71,10 +80,11 @@ pub(crate) async fn publish(
     switch: Option<Switch>,
 ) -> Result<(), StreamError> {
     let mut topic: Option<String> = None;
+    let mut moved = false;
     for (index, scheduled) in workload.events.iter().enumerate() {
         tokio::time::sleep_until((start + Duration::from_nanos(scheduled.intended_offset_ns)).into()).await;
         if let Some(switch) = switch.as_ref().filter(|switch| switch.cutover.at_event == index) {
-            if switch.cutover.runbook != Runbook::Naive {
+            if switch.cutover.runbook.publisher_waits() {
                 let waiting = Instant::now();
                 publisher.wait_for_reports(DRAIN_TIMEOUT).await?;
                 let acked = publisher.deliveries().acked();
@@ -84,22 +94,43 @@ pub(crate) async fn publish(
                         applied_from_old: applied,
                         paused_ms: paused.as_millis() as u64,
                     }),
-                    Runbook::DrainThenSwitch | Runbook::Naive => applied < acked,
+                    _ => applied < acked,
                 };
                 while must_wait(switch.old_applied.applied.load(Ordering::Relaxed), waiting.elapsed()) && waiting.elapsed() < DRAIN_TIMEOUT
                 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                switch.drain_wait_ms.store(waiting.elapsed().as_millis() as u64, Ordering::Relaxed);
+                switch
+                    .outcome
+                    .drain_wait_ms
+                    .store(waiting.elapsed().as_millis() as u64, Ordering::Relaxed);
             }
-            switch.switched_at_ms.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-            tracing::info!(event = index, topic = %switch.cutover.topic, runbook = ?switch.cutover.runbook, "publisher cuts over");
+            let old_applied = switch.old_applied.applied.load(Ordering::Relaxed);
+            switch
+                .outcome
+                .old_unapplied
+                .store((index as u64).saturating_sub(old_applied), Ordering::Relaxed);
+            switch
+                .outcome
+                .switched_at_ms
+                .store(start.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
+            tracing::info!(event = index, topic = %switch.cutover.topic, second_cluster = switch.cutover.second_cluster, runbook = ?switch.cutover.runbook, "publisher cuts over");
             topic = Some(switch.cutover.topic.clone());
+            moved = switch.elsewhere.is_some();
         }
         let intended_at_ns = start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX));
-        publisher
-            .publish_to(topic.as_deref(), index, &scheduled.event, intended_at_ns)
-            .await?;
+        match switch.as_ref().and_then(|switch| switch.elsewhere.as_ref()).filter(|_| moved) {
+            Some(elsewhere) => elsewhere.publish(index, &scheduled.event, intended_at_ns).await?,
+            None => {
+                publisher
+                    .publish_to(topic.as_deref(), index, &scheduled.event, intended_at_ns)
+                    .await?
+            }
+        }
     }
-    publisher.flush().await.map(|_| ())
+    publisher.flush().await?;
+    if let Some(elsewhere) = switch.and_then(|switch| switch.elsewhere) {
+        elsewhere.flush().await?;
+    }
+    Ok(())
 }

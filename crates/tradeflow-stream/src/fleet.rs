@@ -339,6 +339,22 @@ impl Fleet {
         Ok(())
     }
 
+    /// Whether every member told to go has gone (its task returned, its process ended).
+    pub fn gone(&self) -> bool {
+        self.leaving.iter().all(|(_, leaving)| match leaving {
+            Leaving::Task { handle, .. } => handle.is_finished(),
+            Leaving::Process(handle) => handle.is_finished(),
+        })
+    }
+
+    /// The indexes of the members running now.
+    pub fn running_members(&self) -> Vec<u32> {
+        (0..self.members.len())
+            .filter(|index| self.members.get(*index).is_some_and(Option::is_some))
+            .map(|index| index as u32)
+            .collect()
+    }
+
     /// Members running now.
     pub fn running(&self) -> usize {
         self.members.iter().filter(|member| member.is_some()).count()

@@ -213,7 +213,7 @@ impl Deliveries {
 /// Receives delivery reports on the producer's thread.
 pub struct PublishContext {
     deliveries: Arc<Deliveries>,
-    /// The run's main topic: only its offsets are indexed for the lag sampler.
+    /// The run's main topic: only its offsets are indexed for the lag sampler (empty: none).
     topic: String,
 }
 
@@ -251,6 +251,29 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher to `topic` whose delivery reports go to `deliveries`.
     pub fn new(bootstrap: &str, topic: &str, config: &PublisherConfig, deliveries: Arc<Deliveries>) -> Result<Publisher, StreamError> {
+        Publisher::build(bootstrap, topic, config, deliveries, true)
+    }
+
+    /// A publisher to `topic` on a second cluster (a migration's), whose delivery reports go
+    /// to `deliveries` too but whose offsets are not indexed for the lag sampler: the
+    /// sampler reads the first cluster, where the same partition and offset name another
+    /// event.
+    pub fn elsewhere(
+        bootstrap: &str,
+        topic: &str,
+        config: &PublisherConfig,
+        deliveries: Arc<Deliveries>,
+    ) -> Result<Publisher, StreamError> {
+        Publisher::build(bootstrap, topic, config, deliveries, false)
+    }
+
+    fn build(
+        bootstrap: &str,
+        topic: &str,
+        config: &PublisherConfig,
+        deliveries: Arc<Deliveries>,
+        indexed: bool,
+    ) -> Result<Publisher, StreamError> {
         let producer = base_config(bootstrap)
             // Acknowledged only once every in-sync replica has the write (experiments may ask
             // for the leader alone, to show what that loses).
@@ -271,7 +294,7 @@ impl Publisher {
             .set("partitioner", "murmur2_random")
             .create_with_context(PublishContext {
                 deliveries: deliveries.clone(),
-                topic: topic.to_owned(),
+                topic: if indexed { topic.to_owned() } else { String::new() },
             })
             .map_err(|error| StreamError::kafka("creating the producer", error))?;
         Ok(Publisher {

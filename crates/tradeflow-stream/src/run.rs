@@ -130,13 +130,18 @@ impl Default for Scenario {
     }
 }
 
-/// A move of the publisher to another topic (with more partitions, so that accounts map
-/// to other partitions) before the event `at_event`. A second consumer group, already
-/// running, consumes the new topic.
+/// A move of the publisher to another topic before the event `at_event`: one with more
+/// partitions on the same cluster (so that accounts map to other partitions), or a topic on
+/// a second cluster (a migration). A second consumer group consumes the new topic, running
+/// from the start or moved there as the runbook says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cutover {
     /// The new topic.
     pub topic: String,
+    /// Whether the new topic is on a second cluster of the run's backend, started for the
+    /// run (mock and tansu only): the publisher and the new group connect to its bootstrap
+    /// servers while the old group reads the first cluster.
+    pub second_cluster: bool,
     /// Its partitions.
     pub partitions: i32,
     /// Index of the first event published to the new topic.
@@ -156,6 +161,26 @@ pub enum Runbook {
     DrainThenSwitch,
     /// Stop publishing, then switch when the learner's chapter 08 exercise says so.
     Exercise,
+    /// Switch the publisher at once; the new group starts only once the old group's offset
+    /// lag is zero after the switch (it read and applied the old topic's tail), and the old
+    /// group stops then. The cost is a pause in applying, not in publishing.
+    ProducerFirst,
+    /// Switch the publisher at once; at the same moment the old group's members leave for
+    /// the new topic and temporary consumers join the old group to drain it. The new group
+    /// starts once the old group's offset lag is zero, and the temporary consumers stop.
+    DrainConsumer,
+}
+
+impl Runbook {
+    /// Whether the publisher stops and waits for the old topic before it switches.
+    pub fn publisher_waits(self) -> bool {
+        matches!(self, Runbook::DrainThenSwitch | Runbook::Exercise)
+    }
+
+    /// Whether the new group waits for the old group's lag to reach zero before it starts.
+    pub fn new_group_waits(self) -> bool {
+        matches!(self, Runbook::ProducerFirst | Runbook::DrainConsumer)
+    }
 }
 
 /// Default partitions of the trades topic (overpartitioned from the start).
@@ -206,14 +231,11 @@ impl StreamOptions {
             "idempotence needs acks=all; turn it off to publish with acks=1".to_owned()
         } else if self.scenario.replication_factor.is_some_and(|factor| !(1..=5).contains(&factor)) {
             format!("the replication factor must be 1..=5, got {:?}", self.scenario.replication_factor)
-        } else if let Some(cutover) = self
-            .scenario
-            .cutover
-            .as_ref()
-            .filter(|cutover| cutover.topic == self.topic || !(1..=PARTITIONS_MAX).contains(&cutover.partitions))
-        {
+        } else if let Some(cutover) = self.scenario.cutover.as_ref().filter(|cutover| {
+            (cutover.topic == self.topic && !cutover.second_cluster) || !(1..=PARTITIONS_MAX).contains(&cutover.partitions)
+        }) {
             format!(
-                "a cutover needs another topic with 1..={PARTITIONS_MAX} partitions, got {} with {}",
+                "a cutover needs another topic (or one on a second cluster) with 1..={PARTITIONS_MAX} partitions, got {} with {}",
                 cutover.topic, cutover.partitions
             )
         } else {
@@ -249,7 +271,9 @@ pub async fn run(
     store.reset().await?;
     let layout = TopicLayout::of(options, cluster).await?;
     ensure_topics(cluster, &layout).await?;
+    let second = second_cluster(options, cluster, &layout).await?;
     let bootstrap = cluster.bootstrap_servers().to_owned();
+    let next_bootstrap = second.as_ref().map_or(bootstrap.as_str(), Cluster::bootstrap_servers).to_owned();
     let group = format!("tradeflow-balances-{}", uuid_like());
     start_group_at_end(&bootstrap, &options.topic, &group, options.partitions).await?;
     // The publisher comes up while the group forms: an idempotent producer sends nothing
@@ -257,9 +281,27 @@ pub async fn run(
     // every run back by up to half a second (a p99 of 500 ms on short runs).
     let deliveries = Arc::new(Deliveries::new(workload.events.len()));
     let publisher = Publisher::new(&bootstrap, &options.topic, &options.publisher, deliveries.clone())?;
+    let elsewhere = match (&second, &options.scenario.cutover) {
+        (Some(second), Some(cutover)) => Some(Publisher::elsewhere(
+            second.bootstrap_servers(),
+            &cutover.topic,
+            &options.publisher,
+            deliveries.clone(),
+        )?),
+        _ => None,
+    };
     let before = (store.statements(), ProcessStats::current());
-    let mut fleets = Fleets::start(store, options, &bootstrap, &group).await?;
-    wait_for_assignment(layout.partitions(), || {
+    let mut fleets = Fleets::start(store, options, &bootstrap, &next_bootstrap, &group).await?;
+    // The partitions of the groups running now (a new group that waits for the old one's
+    // lag is not among them).
+    let wanted = i64::from(options.partitions)
+        + options
+            .scenario
+            .cutover
+            .as_ref()
+            .filter(|_| fleets.next.is_some())
+            .map_or(0, |cutover| i64::from(cutover.partitions));
+    wait_for_assignment(wanted, || {
         fleets.sum(|counters| counters.assigned_partitions.load(Ordering::Relaxed) as u64) as i64
     })
     .await;
@@ -282,7 +324,7 @@ pub async fn run(
         .scenario
         .cutover
         .clone()
-        .map(|cutover| Switch::new(cutover, fleets.main.counters.clone()));
+        .map(|cutover| Switch::new(cutover, fleets.main.counters.clone(), elsewhere));
     let switched = switch.as_ref().map(Switch::outcome);
     let publishing = tokio::spawn(publish(publisher, workload.clone(), start, start_ns, switch));
     let orders = options
@@ -308,6 +350,7 @@ pub async fn run(
         deliveries: &deliveries,
         total: workload.events.len() as u64,
         start,
+        switched: switched.as_ref(),
     };
     drive(&watching, &mut fleets, &mut faults, &mut lag, publishing, &intended_at, progress).await?;
     let orders = match orders {
@@ -376,6 +419,8 @@ struct Watching<'a> {
     deliveries: &'a Deliveries,
     total: u64,
     start: Instant,
+    /// When the publisher switched, during a cutover.
+    switched: Option<&'a crate::cutover::SwitchOutcome>,
 }
 
 /// Lag samples in a row (one every [`LAG_INTERVAL`]) that must show the group at the end of
@@ -428,6 +473,9 @@ async fn drive(
         });
         if lag.step(start, intended_at).await?.is_some() {
             publish_metrics(options, watching.group, &lag.samples);
+        }
+        if let (Some(cutover), Some(switched)) = (&options.scenario.cutover, watching.switched) {
+            fleets.follow(cutover.runbook, switched.read().0, lag, start)?;
         }
         fleets.main.check_processes()?;
         if publishing.as_ref().is_some_and(JoinHandle::is_finished)
@@ -489,11 +537,55 @@ fn publish_metrics(options: &StreamOptions, group: &str, samples: &[LagSample]) 
 struct Fleets {
     main: Fleet,
     next: Option<Fleet>,
+    /// The new group of a runbook that starts it once the old group's lag is zero: its
+    /// configuration until then.
+    waiting: Option<(Store, FleetConfig, u32)>,
+    /// How far the drain consumer's temporary members have replaced the old group's.
+    drain: DrainStep,
+    /// When the new group started, for a runbook that makes it wait, ms since the start.
+    moved_at_ms: Option<u64>,
+}
+
+/// The drain consumer's steps on the old cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainStep {
+    /// Before the switch.
+    Before,
+    /// The old group's members (this many) are leaving.
+    Leaving(usize),
+    /// The temporary members have joined.
+    Draining,
+}
+
+/// Starts the second cluster of a migration (a cutover to a topic on another cluster) and
+/// creates its topic; `None` for every other run.
+async fn second_cluster(options: &StreamOptions, cluster: &Cluster, layout: &TopicLayout) -> Result<Option<Cluster>, StreamError> {
+    let Some(cutover) = options.scenario.cutover.as_ref().filter(|cutover| cutover.second_cluster) else {
+        return Ok(None);
+    };
+    let backend = cluster.kind();
+    if !matches!(backend, tradeflow_cluster::Backend::Mock | tradeflow_cluster::Backend::Tansu) {
+        return Err(StreamError::Config {
+            reason: format!(
+                "a migration starts a second cluster of the run's backend, which only mock and tansu can do here, not {backend}"
+            ),
+        });
+    }
+    let second = backend.start(None)?;
+    ensure_topics(&second, &layout.elsewhere(cutover)).await?;
+    tracing::info!(bootstrap = second.bootstrap_servers(), topic = %cutover.topic, "second cluster up for the migration");
+    Ok(Some(second))
 }
 
 impl Fleets {
-    async fn start(store: &Store, options: &StreamOptions, bootstrap: &str, group: &str) -> Result<Fleets, StreamError> {
-        let config = |topic: &str, group: String| FleetConfig {
+    async fn start(
+        store: &Store,
+        options: &StreamOptions,
+        bootstrap: &str,
+        next_bootstrap: &str,
+        group: &str,
+    ) -> Result<Fleets, StreamError> {
+        let config = |bootstrap: &str, topic: &str, group: String| FleetConfig {
             bootstrap: bootstrap.to_owned(),
             topic: topic.to_owned(),
             group,
@@ -510,16 +602,77 @@ impl Fleets {
             poison_exercise: options.scenario.poison_exercise,
             seed: options.workload.seed,
         };
-        let main = Fleet::start(store.clone(), config(&options.topic, group.to_owned()), options.consumers)?;
-        let next = match &options.scenario.cutover {
-            Some(cutover) => {
-                let next_group = format!("{group}-next");
-                start_group_at_end(bootstrap, &cutover.topic, &next_group, cutover.partitions).await?;
-                Some(Fleet::start(store.clone(), config(&cutover.topic, next_group), options.consumers)?)
-            }
-            None => None,
+        let main = Fleet::start(
+            store.clone(),
+            config(bootstrap, &options.topic, group.to_owned()),
+            options.consumers,
+        )?;
+        let mut fleets = Fleets {
+            main,
+            next: None,
+            waiting: None,
+            drain: DrainStep::Before,
+            moved_at_ms: None,
         };
-        Ok(Fleets { main, next })
+        if let Some(cutover) = &options.scenario.cutover {
+            let next_group = format!("{group}-next");
+            start_group_at_end(next_bootstrap, &cutover.topic, &next_group, cutover.partitions).await?;
+            let next = config(next_bootstrap, &cutover.topic, next_group);
+            if cutover.runbook.new_group_waits() {
+                fleets.waiting = Some((store.clone(), next, options.consumers));
+            } else {
+                fleets.next = Some(Fleet::start(store.clone(), next, options.consumers)?);
+            }
+        }
+        Ok(fleets)
+    }
+
+    /// The runbook's moves of the balance service once the publisher has switched (at
+    /// `switched_at_ms`, 0 before): the drain consumer's temporary members replace the old
+    /// group's at once; a waiting new group starts, and the old group stops, once a lag
+    /// sample taken a second after the switch shows the old group at the end of every
+    /// partition (what was published to the old topic is in its log by then).
+    fn follow(&mut self, runbook: Runbook, switched_at_ms: u64, lag: &LagSampler, start: Instant) -> Result<(), StreamError> {
+        if switched_at_ms == 0 {
+            return Ok(());
+        }
+        match (runbook, self.drain) {
+            (Runbook::DrainConsumer, DrainStep::Before) => {
+                let leaving = self.main.running_members();
+                self.drain = DrainStep::Leaving(leaving.len());
+                for index in leaving {
+                    self.main.leave(index).map_err(|reason| StreamError::Task {
+                        task: format!("moving consumer-{index} off the old cluster"),
+                        reason,
+                    })?;
+                }
+            }
+            // The temporary members join once the old ones have left: joining while they
+            // were leaving left tansu's group without an assignment for seconds.
+            (Runbook::DrainConsumer, DrainStep::Leaving(members)) if self.main.gone() => {
+                let joined = (0..members).filter_map(|_| self.main.join()).count();
+                self.drain = DrainStep::Draining;
+                tracing::info!(
+                    joined,
+                    "the old group's members left for the new cluster; temporary consumers drain the old topic"
+                );
+            }
+            _ => {}
+        }
+        let settled = Duration::from_millis(switched_at_ms) + LAG_INTERVAL * 2;
+        if self.waiting.is_some() && lag.at_log_end_since(settled) {
+            let Some((store, config, consumers)) = self.waiting.take() else {
+                return Ok(());
+            };
+            self.main.stop_all();
+            self.next = Some(Fleet::start(store, config, consumers)?);
+            self.moved_at_ms = Some(start.elapsed().as_millis() as u64);
+            tracing::info!(
+                waited_ms = start.elapsed().as_millis() as u64 - switched_at_ms,
+                "the old group's lag is zero: the new group starts and the old one stops"
+            );
+        }
+        Ok(())
     }
 
     /// A counter summed over both groups.
@@ -532,6 +685,7 @@ impl Fleets {
             main: self.main.counters.clone(),
             next: self.next.as_ref().map(|next| next.counters.clone()),
             assignments: self.main.assignments().to_vec(),
+            moved_at_ms: self.moved_at_ms,
         }
     }
 
@@ -551,6 +705,8 @@ pub(crate) struct FleetCounters {
     next: Option<Arc<ServiceCounters>>,
     /// The run's group's settled assignments so far.
     pub(crate) assignments: Vec<crate::fleet::SettledAssignment>,
+    /// When a waiting new group started (ms since the start), if it did.
+    pub(crate) moved_at_ms: Option<u64>,
 }
 
 impl FleetCounters {
@@ -631,6 +787,16 @@ impl LagSampler {
                 Ok(None)
             }
         }
+    }
+
+    /// Whether the last sample was taken after `since` (counted from the run's start) and
+    /// showed the group at the end of every partition's log.
+    fn at_log_end_since(&self, since: Duration) -> bool {
+        self.at_log_end > 0
+            && self
+                .samples
+                .last()
+                .is_some_and(|sample| Duration::from_secs_f64(sample.t_s.max(0.0)) > since)
     }
 
     /// The samples, with a last one taken now.
@@ -726,6 +892,7 @@ mod tests {
         );
         options.scenario.cutover = Some(Cutover {
             topic: "trades.v2".into(),
+            second_cluster: false,
             partitions: 8,
             at_event: 50,
             runbook: Runbook::Naive,

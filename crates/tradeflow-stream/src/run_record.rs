@@ -58,7 +58,16 @@ pub(crate) fn config(
             "runbook": cutover.runbook,
             "switched_at_ms": switched.map(|switched| switched.read().0),
             "drain_wait_ms": switched.map(|switched| switched.read().1),
+            "second_cluster": cutover.second_cluster,
+            // Events published to the old topic and not applied when the publisher moved.
+            "old_unapplied_at_switch": switched.map(SwitchOutcome::old_unapplied),
+            // When the new group started, for a runbook that makes it wait for the old
+            // group's lag to reach zero, and how long after the switch.
+            "new_group_started_at_ms": counters.moved_at_ms,
+            "new_group_waited_ms": counters.moved_at_ms.zip(switched).map(|(moved, switched)| moved.saturating_sub(switched.read().0)),
         })),
+        // What a cutover put at stake, where an experiment's expectations read it.
+        "cutover_old_unapplied": switched.map_or(0, SwitchOutcome::old_unapplied),
         "plan": options.scenario.plan,
         "service_processes": options.scenario.processes.is_some(),
         "apply_delay_ms": options.scenario.apply_delay.as_millis() as u64,

@@ -18,7 +18,7 @@ impl TopicLayout {
     /// or else the cluster's, and the scenario's topic configs.
     pub(crate) async fn of(options: &StreamOptions, cluster: &Cluster) -> Result<TopicLayout, ClusterError> {
         let mut topics = vec![(options.topic.clone(), options.partitions)];
-        if let Some(cutover) = &options.scenario.cutover {
+        if let Some(cutover) = options.scenario.cutover.as_ref().filter(|cutover| !cutover.second_cluster) {
             topics.push((cutover.topic.clone(), cutover.partitions));
         }
         let defaults = cluster.topic_defaults().await?;
@@ -30,7 +30,18 @@ impl TopicLayout {
         })
     }
 
-    /// Partitions of every topic of the run.
+    /// The same settings for a migration's topic on the second cluster (of the same
+    /// backend, so with the same defaults).
+    pub(crate) fn elsewhere(&self, cutover: &crate::run::Cutover) -> TopicLayout {
+        TopicLayout {
+            topics: vec![(cutover.topic.clone(), cutover.partitions)],
+            replication_factor: self.replication_factor,
+            configs: self.configs.clone(),
+            defaults: self.defaults,
+        }
+    }
+
+    /// Partitions of every topic of the layout.
     pub(crate) fn partitions(&self) -> i64 {
         self.topics.iter().map(|(_, partitions)| i64::from(*partitions)).sum()
     }

@@ -4,6 +4,7 @@
 
 pub mod auto_commit_crash;
 pub mod broker_failure;
+pub mod cluster_migration;
 pub mod consumer_groups;
 pub mod consumer_scaling;
 pub mod idempotent_consumer;
@@ -56,6 +57,11 @@ pub const LESSONS: &[Lesson] = &[
         name: repartition_cutover::NAME,
         what: repartition_cutover::WHAT,
         variants: |setup| Ok(repartition_cutover::variants(setup)),
+    },
+    Lesson {
+        name: cluster_migration::NAME,
+        what: cluster_migration::WHAT,
+        variants: cluster_migration::variants,
     },
     Lesson {
         name: consumer_scaling::NAME,

@@ -26,6 +26,7 @@ pub const WHAT: &str = "moving to a topic with more partitions while the old one
 pub fn cutover(partitions: i32, at_event: usize, runbook: Runbook) -> Cutover {
     Cutover {
         topic: "trades.v2".into(),
+        second_cluster: false,
         partitions,
         at_event,
         runbook,
@@ -71,7 +72,7 @@ pub fn variants(setup: &Setup) -> Vec<Variant> {
         Variant {
             label: match runbook {
                 Runbook::Naive => "naive switch to 8 partitions".into(),
-                Runbook::DrainThenSwitch | Runbook::Exercise => "drain, then switch to 8 partitions".into(),
+                _ => "drain, then switch to 8 partitions".into(),
             },
             run: VariantRun::Stream(Box::new(options)),
             expected,

@@ -441,3 +441,106 @@ async fn messages_the_broker_deleted_before_they_were_read_are_counted_not_silen
     );
     assert_eq!(applied, (high - low) as u64, "everything the broker still had is applied");
 }
+
+/// Publishes `events` (their indexes in the workload) to `trades` at `bootstrap`.
+async fn publish_to(bootstrap: &str, events: &[(usize, &tradeflow_domain::Event)]) {
+    let deliveries = Arc::new(Deliveries::new(events.iter().map(|(index, _)| index + 1).max().unwrap_or(0)));
+    let publisher = Publisher::new(bootstrap, "trades", &PublisherConfig::default(), deliveries.clone()).expect("publisher");
+    for (index, event) in events {
+        publisher.publish(*index, event, 0).await.expect("publish");
+    }
+    publisher.flush().await.expect("flush");
+    assert_eq!(deliveries.acked(), events.len() as u64, "every event acknowledged");
+}
+
+/// Events the store has applied.
+async fn applied(store: &Store) -> usize {
+    store.apply_log().await.expect("read the apply log").len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_service_told_to_move_follows_the_producer_to_the_new_cluster_after_the_old_tail() {
+    let seed = 41;
+    eprintln!("seed: {seed}");
+    let (store, directory) = tradeflow_tests::sqlite_store().await;
+    let (old, new) = (Cluster::mock(1).expect("old cluster"), Cluster::mock(1).expect("new cluster"));
+    for cluster in [&old, &new] {
+        cluster.ensure_topic("trades", 3, 1).await.expect("topic");
+        cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
+    }
+    let workload = Workload::generate(&workload(seed, 3_000)).expect("workload");
+    let events: Vec<(usize, &tradeflow_domain::Event)> = workload
+        .events
+        .iter()
+        .enumerate()
+        .map(|(index, scheduled)| (index, &scheduled.event))
+        .collect();
+    let (before, rest) = events.split_at(1_500);
+    let (later, after) = rest.split_at(500);
+    // The old cluster's share is there before the service starts: its tail is what the
+    // service must apply before it moves.
+    publish_to(old.bootstrap_servers(), before).await;
+    let service = tokio::process::Command::new(tradeflow_tests::tradeflow_executable())
+        .args([
+            "balance-service",
+            "--bootstrap",
+            old.bootstrap_servers(),
+            "--move-to",
+            new.bootstrap_servers(),
+        ])
+        .args([
+            "--group",
+            "balances",
+            "--database-url",
+            &tradeflow_tests::sqlite_config(directory.path()).url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the service starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while applied(&store).await < before.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old cluster's events were not applied in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // With nothing new on the new cluster, the service stays where it is however long the
+    // old one is quiet (its lag zero): the producer has not moved, and what it still writes
+    // to the old cluster is applied. A service that moved on a zero lag alone would strand
+    // these.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    publish_to(old.bootstrap_servers(), later).await;
+    publish_to(new.bootstrap_servers(), after).await;
+    while applied(&store).await < events.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new cluster's events were not applied in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = service.id().expect("the service runs");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let output = tokio::time::timeout(Duration::from_secs(30), service.wait_with_output())
+        .await
+        .expect("the service stops within 30 s of SIGTERM")
+        .expect("its output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("now reads trades at {}", new.bootstrap_servers())),
+        "the service says it moved: {stdout}"
+    );
+    let plain: Vec<_> = workload.plain_events().cloned().collect();
+    let must_apply: HashSet<EventId> = plain.iter().map(|event| event.event_id).collect();
+    let (report, applied) = check_store(&store, &plain, &must_apply, &Oracle::from_events(&plain))
+        .await
+        .expect("check");
+    assert_eq!(applied, 3_000);
+    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+}

@@ -29,6 +29,13 @@ pub struct ServiceArgs {
     /// The topic of trade events (see docs/wire-format.md for what it must hold).
     #[arg(long, default_value = "trades")]
     topic: String,
+    /// Move to this cluster, producer first (HOST:PORT[,HOST:PORT...]): the service reads
+    /// --bootstrap until the topic on this cluster grows (the producer has moved there) and
+    /// a lag sample taken a second later shows the group's offset lag on the old cluster at
+    /// zero (its tail is applied); then its consumers leave the old cluster and read the
+    /// same topic, in the same group, on this one. The topic must exist on both.
+    #[arg(long, value_name = "BOOTSTRAP")]
+    move_to: Option<String>,
     /// The consumer group; run several processes with the same group to share partitions.
     #[arg(long, default_value = "tradeflow-balances")]
     group: String,
@@ -151,17 +158,33 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
         store.url_redacted()
     ));
     let counters = Arc::new(ServiceCounters::default());
-    let (stop, stop_receiver) = watch::channel(false);
-    let mut consumers = Vec::new();
-    for config in consumer_configs(&arguments)? {
-        consumers.push(tokio::spawn(run_service(
-            store.clone(),
-            config,
-            stop_receiver.clone(),
-            counters.clone(),
-        )));
+    let mut shutdown = shutdown;
+    let mut bootstrap = arguments.bootstrap.as_str();
+    let mut partitions = partitions;
+    if let Some(move_to) = &arguments.move_to {
+        let mut migration = Migration::new(&arguments, partitions, move_to).await?;
+        let (stop_old, stop_old_receiver) = watch::channel(false);
+        let mut old = spawn_consumers(&store, consumer_configs(&arguments, bootstrap)?, &stop_old_receiver, &counters);
+        let moving = migration.wait(&mut shutdown, &mut old).await;
+        stop_old.send_replace(true);
+        stop_consumers(old).await?;
+        match moving? {
+            true => {
+                say(format!(
+                    "balance service: the producer moved and the old cluster's tail is applied; group {} now reads {} at {move_to} ({} partitions)",
+                    arguments.group, arguments.topic, migration.new_partitions
+                ));
+                (bootstrap, partitions) = (move_to.as_str(), migration.new_partitions);
+            }
+            false => {
+                store.close().await;
+                return Ok(true);
+            }
+        }
     }
-    let probe = Arc::new(LagProbe::new(&arguments.bootstrap, &arguments.topic, &arguments.group, partitions)?);
+    let (stop, stop_receiver) = watch::channel(false);
+    let mut consumers = spawn_consumers(&store, consumer_configs(&arguments, bootstrap)?, &stop_receiver, &counters);
+    let probe = Arc::new(LagProbe::new(bootstrap, &arguments.topic, &arguments.group, partitions)?);
     let failed = report_until_shutdown(shutdown, &arguments, &mut consumers, &counters, &probe, &metrics_text).await?;
     stop.send_replace(true);
     consumers.extend(failed);
@@ -173,6 +196,114 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
     ));
     store.close().await;
     Ok(true)
+}
+
+/// Starts the service's consumers.
+fn spawn_consumers(
+    store: &tradeflow_store::Store,
+    configs: Vec<ServiceConfig>,
+    stop: &watch::Receiver<bool>,
+    counters: &Arc<ServiceCounters>,
+) -> Consumers {
+    configs
+        .into_iter()
+        .map(|config| tokio::spawn(run_service(store.clone(), config, stop.clone(), counters.clone())))
+        .collect()
+}
+
+/// How often a moving service checks whether it may move.
+const MOVE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How long after the new cluster's topic grew a lag sample of the old cluster must be
+/// taken to count: what the producer sent the old cluster before it moved is in its log by
+/// then.
+const MOVE_SETTLE: Duration = Duration::from_secs(1);
+
+/// A producer-first move to another cluster (`--move-to`): the old cluster's lag, and the
+/// new cluster's topic, watched until the service may move.
+struct Migration {
+    old: Arc<LagProbe>,
+    new: Arc<LagProbe>,
+    old_partitions: i32,
+    new_partitions: i32,
+    /// The new topic's log end offsets, summed, when the service started.
+    new_end_at_start: i64,
+    /// When the new topic was first seen to grow.
+    grew_at: Option<std::time::Instant>,
+}
+
+impl Migration {
+    async fn new(arguments: &ServiceArgs, old_partitions: i32, move_to: &str) -> anyhow::Result<Migration> {
+        let new_partitions = tradeflow_stream::topic_partitions(move_to, &arguments.topic)
+            .await
+            .with_context(|| format!("checking the topic on the cluster to move to ({move_to})"))?;
+        let old = Arc::new(LagProbe::new(
+            &arguments.bootstrap,
+            &arguments.topic,
+            &arguments.group,
+            old_partitions,
+        )?);
+        let new = Arc::new(LagProbe::new(move_to, &arguments.topic, &arguments.group, new_partitions)?);
+        let mut migration = Migration {
+            old,
+            new,
+            old_partitions,
+            new_partitions,
+            new_end_at_start: 0,
+            grew_at: None,
+        };
+        migration.new_end_at_start = migration
+            .new_end()
+            .await
+            .context("reading the end of the topic on the cluster to move to")?;
+        Ok(migration)
+    }
+
+    /// The new topic's log end offsets, summed.
+    async fn new_end(&self) -> anyhow::Result<i64> {
+        let probe = self.new.clone();
+        let partitions = tokio::task::spawn_blocking(move || probe.probe()).await??;
+        Ok(partitions.iter().map(|partition| partition.log_end).sum())
+    }
+
+    /// Whether the old cluster's log is applied to its end: every partition read, no lag.
+    async fn old_drained(&self) -> anyhow::Result<bool> {
+        let probe = self.old.clone();
+        let partitions = tokio::task::spawn_blocking(move || probe.probe()).await??;
+        Ok(partitions.len() == usize::try_from(self.old_partitions).unwrap_or(0)
+            && partitions.iter().all(|partition| partition.offset_lag == 0))
+    }
+
+    /// Waits until the service may move (true), or for a shutdown signal (false); a
+    /// consumer that ends on its own meanwhile is an error.
+    async fn wait(&mut self, shutdown: &mut Shutdown, consumers: &mut Consumers) -> anyhow::Result<bool> {
+        let mut interval = tokio::time::interval(MOVE_CHECK_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.recv() => return Ok(false),
+                _ = interval.tick() => {}
+            }
+            if let Some(finished) = consumers.iter().position(tokio::task::JoinHandle::is_finished) {
+                let ended = consumers.swap_remove(finished).await.context("a consumer task")?;
+                ended.context("a consumer on the old cluster stopped")?;
+                anyhow::bail!("a consumer on the old cluster stopped on its own before the move");
+            }
+            match self.grew_at {
+                None => {
+                    // A probe that fails (a broker away for a moment) is tried again.
+                    if self.new_end().await.is_ok_and(|end| end > self.new_end_at_start) {
+                        tracing::info!("the topic on the cluster to move to grew: the producer has moved");
+                        self.grew_at = Some(std::time::Instant::now());
+                    }
+                }
+                Some(grew_at) if grew_at.elapsed() >= MOVE_SETTLE => {
+                    if self.old_drained().await.unwrap_or(false) {
+                        return Ok(true);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
 }
 
 /// A consumer task of the service.
@@ -224,7 +355,7 @@ async fn report_until_shutdown(
 /// Each consumer's configuration: the service as it must be run unless a lesson-only flag
 /// says otherwise (offsets after the database commit, bad messages to the dead-letter
 /// topic, the apply log, the fence).
-fn consumer_configs(arguments: &ServiceArgs) -> anyhow::Result<Vec<ServiceConfig>> {
+fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<Vec<ServiceConfig>> {
     let journal = arguments.journal.then(|| Arc::new(Journal::stdout()));
     let base_name = arguments
         .name
@@ -233,7 +364,7 @@ fn consumer_configs(arguments: &ServiceArgs) -> anyhow::Result<Vec<ServiceConfig
     (0..arguments.consumers)
         .map(|index| {
             let config = ServiceConfig {
-                bootstrap: arguments.bootstrap.clone(),
+                bootstrap: bootstrap.to_owned(),
                 topic: arguments.topic.clone(),
                 group: arguments.group.clone(),
                 name: if arguments.consumers == 1 {

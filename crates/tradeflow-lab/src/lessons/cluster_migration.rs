@@ -34,6 +34,11 @@
 //! A passing row whose old topic held nothing unapplied at the switch showed nothing:
 //! unknown.
 //!
+//! The service built for it: `tradeflow balance-service --move-to NEW_BOOTSTRAP` connects
+//! to both clusters and makes the producer-first move itself (it leaves the old cluster once
+//! the new cluster's topic grew and its lag on the old one is zero); a test in
+//! `tests/it/stream.rs` runs it across two mock clusters.
+//!
 //! Runs on the mock cluster and tansu, which can start a second cluster beside the first.
 //! On tansu without the drain-consumer row: there the temporary members that joined the old
 //! group once its own members had left got no partitions for the rest of the run (tansu

@@ -243,3 +243,54 @@ async fn a_schema_from_a_newer_build_is_refused() {
     assert!(matches!(error, StoreError::UnknownSchema { found: 99, known: 2, .. }), "{error}");
     assert!(error.to_string().contains("schema migration 99"), "{error}");
 }
+
+on_both_stores!(an_outbox_row_committed_after_a_higher_id_is_skipped_by_the_naive_read_and_taken_by_the_claiming_one);
+async fn an_outbox_row_committed_after_a_higher_id_is_skipped_by_the_naive_read_and_taken_by_the_claiming_one(store: Store) {
+    let events = events(11, 2, 2);
+    // Writer one inserts and keeps its transaction open; writer two inserts after it and
+    // commits at once.
+    let slow = {
+        let (store, event) = (store.clone(), events[0].clone());
+        tokio::spawn(async move {
+            store
+                .insert_source_events_holding(
+                    &[SourceRow {
+                        event: &event,
+                        intended_at_ns: 0,
+                    }],
+                    std::time::Duration::from_millis(800),
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    store
+        .insert_source_events(&[SourceRow {
+            event: &events[1],
+            intended_at_ns: 0,
+        }])
+        .await
+        .expect("writer two");
+    let first_read = store.outbox_rows(Some(0), 100).await.expect("naive read");
+    slow.await.expect("join").expect("writer one");
+    let ids = |rows: &[tradeflow_store::OutboxRow]| rows.iter().map(|row| row.id).collect::<Vec<_>>();
+    let all = store.outbox_rows(Some(0), 100).await.expect("every row");
+    assert_eq!(all.len(), 2);
+    let (low, high) = (all[0].id, all[1].id);
+    match store.kind() {
+        // PostgreSQL drew writer one's id first and committed it last: the naive relay saw
+        // only the higher id, and reading above it never returns the lower one.
+        StoreKind::Postgres => {
+            assert_eq!(ids(&first_read), [high], "writer two's row is visible first");
+            assert!(store.outbox_rows(Some(high), 100).await.expect("naive read").is_empty());
+        }
+        // SQLite's one writer at a time: writer two waited for writer one, so ids commit in
+        // their order and nothing can be skipped.
+        StoreKind::Sqlite => assert_eq!(ids(&first_read), [low, high]),
+    }
+    // The claiming read takes what is not marked, whatever the order of commits.
+    store.mark_relayed(&[high]).await.expect("mark");
+    assert_eq!(ids(&store.outbox_rows(None, 100).await.expect("claiming read")), [low]);
+    store.mark_relayed(&[low]).await.expect("mark");
+    assert!(store.outbox_rows(None, 100).await.expect("claiming read").is_empty());
+}

@@ -236,6 +236,7 @@ async fn run_chapter(workspace: &Path, arguments: &ChapterRunArgs) -> anyhow::Re
         events: EVENTS,
         rate: RATE_PER_S,
         broker: chapter.backend,
+        store: arguments.store.config()?.kind,
         service: Some(tradeflow_stream::process::ServiceProcesses {
             executable: std::env::current_exe().context("finding this tradeflow executable, to start the balance service as processes")?,
             store: arguments.store.config()?,

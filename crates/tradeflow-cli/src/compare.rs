@@ -25,12 +25,29 @@ pub struct CompareArgs {
     poller: PollerKnobs,
     #[command(flatten)]
     knobs: StreamKnobs,
+    /// Where the stream's events come from. `memory`: the publisher sends the workload as
+    /// it comes due, and the stream pays no write of its own. `outbox`: the system of
+    /// record inserts the events into its table as the poller's does (one writer, the
+    /// events due together in one transaction) and a relay publishes the table (rows not
+    /// yet marked relayed, marked once acknowledged): both architectures pay the system of
+    /// record's write.
+    #[arg(long, value_enum, default_value_t = Source::Memory)]
+    source: Source,
     /// Give up on a run whose backlog or lag has not shrunk for this many seconds.
     #[arg(long, default_value_t = 30)]
     stall_timeout_s: u64,
     /// Where to write results.json and report.md.
     #[arg(long, default_value = "tradeflow-compare")]
     out: PathBuf,
+}
+
+/// Where the stream's events come from (`--source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Source {
+    /// Published from memory as they come due.
+    Memory,
+    /// Written to the system of record's outbox table, then relayed.
+    Outbox,
 }
 
 /// Runs both architectures; returns whether both passed the checker.
@@ -46,7 +63,14 @@ pub async fn run(arguments: CompareArgs) -> anyhow::Result<bool> {
         shard_by_account: false,
     };
     poller.validate().context("checking the poller options")?;
-    let stream_options = arguments.knobs.options(workload.clone(), stall_timeout);
+    let mut stream_options = arguments.knobs.options(workload.clone(), stall_timeout);
+    if arguments.source == Source::Outbox {
+        stream_options.scenario.outbox = Some(tradeflow_stream::outbox::Outbox {
+            writers: 1,
+            hold_max: Duration::ZERO,
+            relay: tradeflow_stream::outbox::Relay::Claiming,
+        });
+    }
     stream_options.validate().context("checking the stream options")?;
 
     println!("[1/2] {} on {} ({})", poller.label(), store.kind(), store.url_redacted());

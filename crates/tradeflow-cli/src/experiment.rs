@@ -97,6 +97,7 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
         events: arguments.events,
         rate: arguments.rate,
         broker: arguments.broker,
+        store: arguments.store.config()?.kind,
         service: Some(tradeflow_stream::process::ServiceProcesses {
             executable: std::env::current_exe().context("finding this tradeflow executable, to start the balance service as processes")?,
             store: arguments.store.config()?,
@@ -377,6 +378,17 @@ fn write_faults(text: &mut String, outcome: &VariantOutcome) {
                 (Some(at), Some(waited)) => format!("; the new group started at {:.2} s, {waited} ms after the switch", at / 1000.0),
                 _ => String::new(),
             }
+        );
+    }
+    if let Some(outbox) = outcome.config.get("outbox") {
+        let _ = writeln!(
+            text,
+            "    outbox: {} rows written by {} writers, {} relayed ({} relay); {} committed after a higher id had been relayed",
+            outbox["written"],
+            outbox["writers"],
+            outbox["relayed"],
+            outbox["relay"].as_str().unwrap_or("?"),
+            outcome.config["outbox_late_commits"]
         );
     }
     if let Some(notifications) = outcome.config.get("notifications") {

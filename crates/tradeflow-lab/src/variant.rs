@@ -59,6 +59,8 @@ pub struct Setup {
     pub rate: f64,
     /// Where the brokers come from.
     pub broker: Backend,
+    /// The store the variants run on (a lesson may need PostgreSQL's concurrent writers).
+    pub store: tradeflow_store::StoreKind,
     /// How to start the balance service as processes of their own, for the lessons whose
     /// fault is a kill from outside; `None` where no `tradeflow` executable is at hand.
     pub service: Option<ServiceProcesses>,

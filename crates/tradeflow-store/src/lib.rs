@@ -21,7 +21,7 @@ pub mod source;
 pub use apply::{ApplyInput, ApplySummary, Dedup};
 pub use connect::{StoreConfig, StoreKind};
 pub use read::{AppliedRow, Backlog, JournalRow};
-pub use source::{PollOutcome, PolledFailure, Shard, SourceRow};
+pub use source::{OutboxRow, PollOutcome, PolledFailure, Shard, SourceRow};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -16,6 +16,17 @@ pub struct SourceRow<'a> {
     pub intended_at_ns: i64,
 }
 
+/// A row of the outbox (`trade_events`) as the relay reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// The row id.
+    pub id: i64,
+    /// The event, encoded with the wire format.
+    pub payload: String,
+    /// When it was meant to be sent, ns since the epoch.
+    pub intended_at_ns: i64,
+}
+
 /// Which accounts a poller owns: those whose shard key modulo `count` is `index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -75,6 +86,14 @@ impl Shard {
 impl Store {
     /// The system of record's write: inserts events into `trade_events` in one transaction.
     pub async fn insert_source_events(&self, rows: &[SourceRow<'_>]) -> Result<(), StoreError> {
+        self.insert_source_events_holding(rows, std::time::Duration::ZERO).await
+    }
+
+    /// Like [`Store::insert_source_events`], with the transaction held open for `hold`
+    /// after the insert, as a business transaction that does more work beside its outbox
+    /// row would: on PostgreSQL the row's id is drawn at the insert, so concurrent writers
+    /// commit ids out of order (SQLite's one writer at a time cannot).
+    pub async fn insert_source_events_holding(&self, rows: &[SourceRow<'_>], hold: std::time::Duration) -> Result<(), StoreError> {
         check_batch_size("inserting source events", rows.len())?;
         let encoded: Vec<(String, String)> = rows
             .iter()
@@ -109,9 +128,53 @@ impl Store {
                     self.count(1);
                     query.execute(&mut *transaction).await?;
                 }
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
                 self.count(1);
                 transaction.commit().await
             }
+        })
+        .await
+    }
+
+    /// The outbox relay's read: up to `limit` rows of `trade_events` in id order, those
+    /// with an id above `after` (the naive relay's "everything after the last id I saw"),
+    /// or, with `after` `None`, those not yet marked relayed (the claiming relay's).
+    pub async fn outbox_rows(&self, after: Option<i64>, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        check_batch_size("reading the outbox", limit)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Placeholders in the order they appear: SQLite numbers `$N` by appearance.
+        let query = match after {
+            Some(after) => sqlx::query("SELECT id, payload, intended_at_ns FROM trade_events WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(limit),
+            None => sqlx::query("SELECT id, payload, intended_at_ns FROM trade_events WHERE processed_at_ns IS NULL ORDER BY id LIMIT $1")
+                .bind(limit),
+        };
+        self.count(1);
+        let rows = query.fetch_all(&self.pool).await.map_err(self.query_error("reading the outbox"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxRow {
+                    id: row.try_get(0)?,
+                    payload: row.try_get(1)?,
+                    intended_at_ns: row.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(self.query_error("reading the outbox"))
+    }
+
+    /// Marks outbox rows relayed (the broker acknowledged them), so that the claiming
+    /// relay does not read them again.
+    pub async fn mark_relayed(&self, ids: &[i64]) -> Result<(), StoreError> {
+        check_batch_size("marking outbox rows relayed", ids.len())?;
+        self.retrying("marking outbox rows relayed", || async move {
+            let mut transaction = self.begin_write().await?;
+            self.mark_processed(&mut transaction, ids, &[]).await?;
+            self.count(1);
+            transaction.commit().await
         })
         .await
     }

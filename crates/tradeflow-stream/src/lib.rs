@@ -23,6 +23,7 @@ pub mod journal;
 pub mod lag;
 pub mod metrics;
 pub mod notifications;
+pub mod outbox;
 pub mod process;
 pub mod publisher;
 pub mod run;

@@ -106,6 +106,9 @@ pub struct Scenario {
     /// Order requests a second asked of the balances table while the run goes (the
     /// order-placement lesson); `None`: none.
     pub orders_per_s: Option<f64>,
+    /// Events written to the store's outbox and relayed to Kafka, instead of published from
+    /// memory (the outbox-relay lesson, `compare --source outbox`); `None`: from memory.
+    pub outbox: Option<crate::outbox::Outbox>,
 }
 
 impl Default for Scenario {
@@ -126,6 +129,7 @@ impl Default for Scenario {
             poison_exercise: false,
             notifications: None,
             orders_per_s: None,
+            outbox: None,
         }
     }
 }
@@ -238,6 +242,15 @@ impl StreamOptions {
                 "a cutover needs another topic (or one on a second cluster) with 1..={PARTITIONS_MAX} partitions, got {} with {}",
                 cutover.topic, cutover.partitions
             )
+        } else if let Some(outbox) = self.scenario.outbox
+            && (self.scenario.cutover.is_some() || !(1..=crate::outbox::WRITERS_MAX).contains(&outbox.writers))
+        {
+            format!(
+                "an outbox needs 1..={} writers and no cutover, got {} writers{}",
+                crate::outbox::WRITERS_MAX,
+                outbox.writers,
+                if self.scenario.cutover.is_some() { " and a cutover" } else { "" }
+            )
         } else {
             return Ok(());
         };
@@ -247,8 +260,15 @@ impl StreamOptions {
     /// A short description, for tables and records.
     pub fn label(&self) -> String {
         format!(
-            "stream partitions={} consumers={} linger={}ms batch={}",
-            self.partitions, self.consumers, self.publisher.linger_ms, self.batch_size
+            "stream partitions={} consumers={} linger={}ms batch={}{}",
+            self.partitions,
+            self.consumers,
+            self.publisher.linger_ms,
+            self.batch_size,
+            match self.scenario.outbox {
+                Some(outbox) => format!(" source=outbox writers={}", outbox.writers),
+                None => String::new(),
+            }
         )
     }
 }
@@ -326,7 +346,18 @@ pub async fn run(
         .clone()
         .map(|cutover| Switch::new(cutover, fleets.main.counters.clone(), elsewhere));
     let switched = switch.as_ref().map(Switch::outcome);
-    let publishing = tokio::spawn(publish(publisher, workload.clone(), start, start_ns, switch));
+    let outbox_counters = Arc::new(crate::outbox::OutboxCounters::default());
+    let publishing = match options.scenario.outbox {
+        Some(outbox) => tokio::spawn(crate::outbox::run(
+            store.clone(),
+            publisher,
+            workload.clone(),
+            (start, start_ns),
+            outbox,
+            outbox_counters.clone(),
+        )),
+        None => tokio::spawn(publish(publisher, workload.clone(), start, start_ns, switch)),
+    };
     let orders = options
         .scenario
         .orders_per_s
@@ -370,9 +401,11 @@ pub async fn run(
     let lag = lag.finish(start, &intended_at).await;
     let (db_statements, process) = (store.statements() - before.0, ProcessStats::current().since(&before.1));
     // What the broker acknowledged had to be applied; what it never acknowledged did not.
+    // From an outbox, every event had to be: each was committed to the system of record
+    // (a write that failed ends the run), and the relay owes it to Kafka.
     let reports = deliveries.reports();
     let (check, applied) = check_workload(store, &workload, |index| {
-        matches!(reports.get(index), Some(Some(Delivery::Acked { .. })))
+        options.scenario.outbox.is_some() || matches!(reports.get(index), Some(Some(Delivery::Acked { .. })))
     })
     .await?;
     let last_commit_ns = counters.max(|counters| counters.last_commit_ns.load(Ordering::Relaxed) as u64) as i64;
@@ -388,6 +421,9 @@ pub async fn run(
     );
     if let Some(orders) = &orders {
         orders.record_into(&mut config);
+    }
+    if let Some(outbox) = &options.scenario.outbox {
+        outbox_counters.record_into(outbox, &mut config);
     }
     Ok(RunRecord {
         seed: options.workload.seed,

@@ -183,6 +183,7 @@ mod tests {
             events: 6_000,
             rate: 2_000.0,
             broker,
+            store: tradeflow_store::StoreKind::Sqlite,
             service: None,
         }
     }

@@ -12,6 +12,7 @@ pub mod keys_keep_order;
 pub mod lag_status;
 pub mod load_test;
 pub mod order_placement;
+pub mod outbox_relay;
 pub mod poison_message;
 pub mod poller_vs_stream;
 pub mod producer_retries;
@@ -87,6 +88,11 @@ pub const LESSONS: &[Lesson] = &[
         name: order_placement::NAME,
         what: order_placement::WHAT,
         variants: order_placement::variants,
+    },
+    Lesson {
+        name: outbox_relay::NAME,
+        what: outbox_relay::WHAT,
+        variants: outbox_relay::variants,
     },
     Lesson {
         name: poller_vs_stream::NAME,

@@ -114,6 +114,7 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
             return Err(NotHere {
                 experiment: lesson.name,
                 broker: broker.to_owned(),
+                store: setup.store.as_str(),
                 reason,
             }
             .into());
@@ -170,11 +171,12 @@ impl std::fmt::Display for Unknown {
 
 impl std::error::Error for Unknown {}
 
-/// An experiment that cannot run honestly on the backend it was given (exit code 4).
+/// An experiment that cannot run honestly on the backend or store it was given (exit code 4).
 #[derive(Debug)]
 pub struct NotHere {
     experiment: &'static str,
     broker: String,
+    store: &'static str,
     reason: String,
 }
 
@@ -182,8 +184,8 @@ impl std::fmt::Display for NotHere {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "experiment {} cannot run honestly on the {} backend: {}",
-            self.experiment, self.broker, self.reason
+            "experiment {} cannot run honestly on the {} backend with the {} store: {}",
+            self.experiment, self.broker, self.store, self.reason
         )
     }
 }

@@ -166,7 +166,8 @@ fn an_experiment_that_needs_faults_says_it_cannot_run_on_an_external_cluster() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("cannot run honestly on the external backend") && stderr.contains("no faults can be injected"),
+        stderr.contains("cannot run honestly on the external backend with the sqlite store")
+            && stderr.contains("no faults can be injected"),
         "{stderr}"
     );
     assert!(

@@ -22,7 +22,7 @@ pub mod retention;
 use crate::variant::{Setup, Variant};
 
 /// A lesson as an experiment: its name, what it shows, and its variants for a setup (or
-/// why it cannot run honestly on the setup's backend).
+/// why it cannot run honestly on the setup's backend or store).
 pub struct Lesson {
     /// The experiment's name (`tradeflow experiment NAME`).
     pub name: &'static str,

@@ -80,6 +80,23 @@ pub struct CutoverState {
     pub paused_ms: u64,
 }
 
+/// Where a move to a new cluster stands, as the balance service sees it each time it asks
+/// whether to move its consumers (chapter 12): the producer moves to the new cluster on its
+/// own schedule, and the service samples its group's offset lag on the old cluster twice a
+/// second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationState {
+    /// Whether the producer writes to the new cluster now (the new cluster's topic has
+    /// started to grow).
+    pub producer_moved: bool,
+    /// The group's offset lag on the old cluster, summed over its partitions, at the latest
+    /// lag sample; `None` before the first sample that saw every partition.
+    pub old_offset_lag: Option<i64>,
+    /// How long after the producer moved that sample was taken, ms (0 when it was taken
+    /// before, or the producer has not moved).
+    pub sampled_ms_after_producer_moved: u64,
+}
+
 /// How the balance service will grow, as chapter 07's exercise is told it when the topic is
 /// created: the consumers it runs today, then the counts it will run as the load grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,3 +216,8 @@ pub mod notification_group;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/08-cutover-runbook/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/08-cutover-runbook.rs")]
 pub mod ready_to_switch;
+
+/// Chapter 12: when the balance service moves its consumers to the new cluster.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/12-cluster-migration/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/12-cluster-migration.rs")]
+pub mod may_move_consumers;

@@ -5,8 +5,8 @@
 use crate::RowVerdict;
 use crate::expect::Violation;
 use crate::lessons::{
-    auto_commit_crash, broker_failure, consumer_groups, consumer_scaling, idempotent_consumer, keys_keep_order, lag_status, load_test,
-    poison_message, producer_retries, repartition_cutover,
+    auto_commit_crash, broker_failure, cluster_migration, consumer_groups, consumer_scaling, idempotent_consumer, keys_keep_order,
+    lag_status, load_test, poison_message, producer_retries, repartition_cutover,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
@@ -222,6 +222,17 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "notification_group",
         run: |setup| one(consumer_groups::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+    },
+    Chapter {
+        number: "12",
+        folder: "12-cluster-migration",
+        title: "Moving to a new cluster: producer first",
+        claim: "To move a service that cannot stop to a new cluster, create the topics there, move the producer first, then the consumers (Wealthsimple, \"New Kafka Tier, No Kafka Tears\", 2022), and build services that can connect to both clusters at once. Consumers that move first leave behind whatever the producer still sends to the old cluster.",
+        violation: "lost",
+        backend: Backend::Mock,
+        function: "may_move_consumers",
+        run: |setup| one(cluster_migration::chapter(setup)),
+        judge: Judge::Counts(&[Violation::Lost, Violation::Reordered, Violation::Duplicated]),
     },
 ];
 

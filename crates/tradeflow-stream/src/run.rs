@@ -173,6 +173,9 @@ pub enum Runbook {
     /// the new topic and temporary consumers join the old group to drain it. The new group
     /// starts once the old group's offset lag is zero, and the temporary consumers stop.
     DrainConsumer,
+    /// Switch the publisher at once; the new group starts, and the old one stops, when the
+    /// learner's chapter 12 exercise says so (asked after each lag sample, from the start).
+    MoveExercise,
 }
 
 impl Runbook {
@@ -183,7 +186,7 @@ impl Runbook {
 
     /// Whether the new group waits for the old group's lag to reach zero before it starts.
     pub fn new_group_waits(self) -> bool {
-        matches!(self, Runbook::ProducerFirst | Runbook::DrainConsumer)
+        matches!(self, Runbook::ProducerFirst | Runbook::DrainConsumer | Runbook::MoveExercise)
     }
 }
 
@@ -580,6 +583,8 @@ struct Fleets {
     drain: DrainStep,
     /// When the new group started, for a runbook that makes it wait, ms since the start.
     moved_at_ms: Option<u64>,
+    /// The lag samples there were when chapter 12's exercise was last asked.
+    asked_after_samples: Option<usize>,
 }
 
 /// The drain consumer's steps on the old cluster.
@@ -649,6 +654,7 @@ impl Fleets {
             waiting: None,
             drain: DrainStep::Before,
             moved_at_ms: None,
+            asked_after_samples: None,
         };
         if let Some(cutover) = &options.scenario.cutover {
             let next_group = format!("{group}-next");
@@ -669,6 +675,16 @@ impl Fleets {
     /// sample taken a second after the switch shows the old group at the end of every
     /// partition (what was published to the old topic is in its log by then).
     fn follow(&mut self, runbook: Runbook, switched_at_ms: u64, lag: &LagSampler, start: Instant) -> Result<(), StreamError> {
+        if runbook == Runbook::MoveExercise {
+            if self.waiting.is_some() && self.asked_after_samples != Some(lag.samples.len()) {
+                self.asked_after_samples = Some(lag.samples.len());
+                let state = lag.migration_state(switched_at_ms);
+                if tradeflow_exercises::may_move_consumers::may_move_consumers(&state) {
+                    self.start_waiting_group(switched_at_ms, start)?;
+                }
+            }
+            return Ok(());
+        }
         if switched_at_ms == 0 {
             return Ok(());
         }
@@ -697,17 +713,25 @@ impl Fleets {
         }
         let settled = Duration::from_millis(switched_at_ms) + LAG_INTERVAL * 2;
         if self.waiting.is_some() && lag.at_log_end_since(settled) {
-            let Some((store, config, consumers)) = self.waiting.take() else {
-                return Ok(());
-            };
-            self.main.stop_all();
-            self.next = Some(Fleet::start(store, config, consumers)?);
-            self.moved_at_ms = Some(start.elapsed().as_millis() as u64);
-            tracing::info!(
-                waited_ms = start.elapsed().as_millis() as u64 - switched_at_ms,
-                "the old group's lag is zero: the new group starts and the old one stops"
-            );
+            self.start_waiting_group(switched_at_ms, start)?;
         }
+        Ok(())
+    }
+
+    /// Stops the old group and starts the new one that waited.
+    fn start_waiting_group(&mut self, switched_at_ms: u64, start: Instant) -> Result<(), StreamError> {
+        let Some((store, config, consumers)) = self.waiting.take() else {
+            return Ok(());
+        };
+        self.main.stop_all();
+        self.next = Some(Fleet::start(store, config, consumers)?);
+        let now_ms = start.elapsed().as_millis() as u64;
+        self.moved_at_ms = Some(now_ms);
+        tracing::info!(
+            at_ms = now_ms,
+            after_the_switch_ms = (switched_at_ms > 0).then(|| now_ms.saturating_sub(switched_at_ms)),
+            "the new group starts and the old one stops"
+        );
         Ok(())
     }
 
@@ -833,6 +857,24 @@ impl LagSampler {
                 .samples
                 .last()
                 .is_some_and(|sample| Duration::from_secs_f64(sample.t_s.max(0.0)) > since)
+    }
+
+    /// What chapter 12's exercise is told: whether the publisher has switched (at
+    /// `switched_at_ms`, 0 before), and the latest sample's lag and when it was taken.
+    fn migration_state(&self, switched_at_ms: u64) -> tradeflow_exercises::MigrationState {
+        let last = self.samples.last();
+        let sampled_ms = last.map_or(0, |sample| (sample.t_s.max(0.0) * 1_000.0) as u64);
+        tradeflow_exercises::MigrationState {
+            producer_moved: switched_at_ms > 0,
+            old_offset_lag: last
+                .filter(|sample| sample.partitions.len() == self.partitions)
+                .map(|sample| sample.offset_lag_total),
+            sampled_ms_after_producer_moved: if switched_at_ms > 0 {
+                sampled_ms.saturating_sub(switched_at_ms)
+            } else {
+                0
+            },
+        }
     }
 
     /// The samples, with a last one taken now.

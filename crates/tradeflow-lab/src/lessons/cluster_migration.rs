@@ -34,6 +34,9 @@
 //! A passing row whose old topic held nothing unapplied at the switch showed nothing:
 //! unknown.
 //!
+//! Chapter 12's run is the producer-first variant with the learner's `may_move_consumers`
+//! deciding when the consumers move; as shipped it moves them at once (consumers first).
+//!
 //! The service built for it: `tradeflow balance-service --move-to NEW_BOOTSTRAP` connects
 //! to both clusters and makes the producer-first move itself (it leaves the old cluster once
 //! the new cluster's topic grew and its lag on the old one is zero); a test in
@@ -121,6 +124,22 @@ impl Move {
             }
         }
     }
+}
+
+/// Chapter 12's run: the producer-first variant's migration (the old group stalled from a
+/// second before the switch), with the learner's `may_move_consumers` deciding when the
+/// consumers move. It must pass.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    let mut variant = variant(setup, Move::ProducerFirst);
+    if let VariantRun::Stream(options) = &mut variant.run
+        && let Some(cutover) = &mut options.scenario.cutover
+    {
+        cutover.runbook = Runbook::MoveExercise;
+    }
+    variant.label = "your may_move_consumers, a move to a new cluster while trades flow".into();
+    variant.expected = Expected::pass("nothing stranded on the old cluster, no account's new events before its old ones")
+        .shown_by("cutover_old_unapplied");
+    Ok(variant)
 }
 
 /// The migration's variant for `step` on `setup`: the switch half-way, and the old group

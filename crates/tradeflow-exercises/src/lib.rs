@@ -97,6 +97,21 @@ pub struct MigrationState {
     pub sampled_ms_after_producer_moved: u64,
 }
 
+/// What chapter 13's exercise knows when it sets how long a deployment may keep the
+/// balance service down: the topic's traffic and what its broker keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionBudget {
+    /// Trades a second on the topic (one partition).
+    pub rate_per_s: u64,
+    /// The mean message's size in bytes (key, value and headers), as measured on this
+    /// workload.
+    pub message_bytes: u64,
+    /// Bytes the broker keeps per partition; it deletes the oldest messages past that.
+    pub retained_bytes: u64,
+    /// How long a restarted consumer takes to read again (its group's join), ms.
+    pub rejoin_ms: u64,
+}
+
 /// How the balance service will grow, as chapter 07's exercise is told it when the topic is
 /// created: the consumers it runs today, then the counts it will run as the load grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,3 +236,8 @@ pub mod ready_to_switch;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/12-cluster-migration/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/12-cluster-migration.rs")]
 pub mod may_move_consumers;
+
+/// Chapter 13: how long a deployment may keep the balance service down.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/13-retention/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/13-retention.rs")]
+pub mod deploy_window_ms;

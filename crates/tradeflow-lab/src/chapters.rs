@@ -6,7 +6,7 @@ use crate::RowVerdict;
 use crate::expect::Violation;
 use crate::lessons::{
     auto_commit_crash, broker_failure, cluster_migration, consumer_groups, consumer_scaling, idempotent_consumer, keys_keep_order,
-    lag_status, load_test, poison_message, producer_retries, repartition_cutover,
+    lag_status, load_test, poison_message, producer_retries, repartition_cutover, retention,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
@@ -233,6 +233,17 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "may_move_consumers",
         run: |setup| one(cluster_migration::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Reordered, Violation::Duplicated]),
+    },
+    Chapter {
+        number: "13",
+        folder: "13-retention",
+        title: "Retention buys time, no more",
+        claim: "The log's retention lets a consumer that stopped pick up where it left off, but only for as long as the broker keeps the messages: if consuming falls far enough behind producing, they are deleted unread (Parcel Perform, \"Initial experience with Kafka\"). A committed offset is a position, not a promise that the messages are still there.",
+        violation: "lost",
+        backend: Backend::Mock,
+        function: "deploy_window_ms",
+        run: |setup| one(retention::chapter(setup)),
+        judge: Judge::Own(retention::chapter_judge),
     },
 ];
 

@@ -114,6 +114,91 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
     }
 }
 
+/// The most chapter 13's run keeps the service down, whatever the exercise says: the stop
+/// and the restart stay within the publishing.
+const CHAPTER_WINDOW_MAX_MS: u64 = 18_000;
+/// How long a restarted consumer takes to read again on the mock: its group's first join
+/// waits 3 s, and the process starts.
+const MOCK_REJOIN_MS: u64 = 3_500;
+/// The mean message of the lessons' workload, measured (`message_bytes_mean`).
+const MESSAGE_BYTES: u64 = 261;
+
+/// What chapter 13's exercise is told: the lesson's traffic and what the mock keeps.
+pub fn chapter_budget() -> tradeflow_exercises::RetentionBudget {
+    tradeflow_exercises::RetentionBudget {
+        rate_per_s: RATE_PER_S as u64,
+        message_bytes: MESSAGE_BYTES,
+        retained_bytes: u64::from(MOCK_PARTITION_RETAINED_MB) << 20,
+        rejoin_ms: MOCK_REJOIN_MS,
+    }
+}
+
+/// The window the learner's `deploy_window_ms` gives, and the one retention allows: the
+/// time the partition keeps at the lesson's rate, less the rejoin.
+fn chapter_windows() -> (u64, u64) {
+    let budget = chapter_budget();
+    let window = tradeflow_exercises::deploy_window_ms::deploy_window_ms(&budget);
+    let allowed = (budget.retained_bytes * 1_000 / (budget.rate_per_s * budget.message_bytes).max(1)).saturating_sub(budget.rejoin_ms);
+    (window, allowed)
+}
+
+/// Chapter 13's run: the lesson's outage on the mock, as long as the learner's window.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    let Some(service) = &setup.service else {
+        return Err("the chapter stops the balance service's process, and no tradeflow executable was given to start it".into());
+    };
+    let (window, _) = chapter_windows();
+    let stop_ms = window.min(CHAPTER_WINDOW_MAX_MS);
+    let mut variant = variant(
+        setup,
+        format!(
+            "your deploy_window_ms: the balance service down {:.1} s for a deployment",
+            stop_ms as f64 / 1e3
+        ),
+        stop_ms,
+        None,
+        Expected::pass("nothing deleted before it was read"),
+    );
+    if let VariantRun::Stream(options) = &mut variant.run {
+        options.scenario.processes = Some(service.clone());
+    }
+    Ok(variant)
+}
+
+/// Chapter 13's judge: lost as the checker counts it; a window under a quarter of what
+/// retention allows fails too (a deployment needs time: zero passes nothing).
+pub fn chapter_judge(runs: &[(Variant, RunRecord)]) -> crate::chapters::Judgement {
+    use crate::chapters::Judgement;
+    let Some((variant, record)) = runs.first() else {
+        return Judgement::Unknown("the chapter ran nothing".into());
+    };
+    let (window, allowed) = chapter_windows();
+    window_verdict(
+        window,
+        allowed,
+        crate::chapters::judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+    )
+}
+
+/// A counts verdict, turned into a failure when the window that passed was too cautious.
+fn window_verdict(window: u64, allowed: u64, judged: crate::chapters::Judgement) -> crate::chapters::Judgement {
+    use crate::chapters::Judgement;
+    match judged {
+        Judgement::Pass(_) if window.saturating_mul(4) < allowed => Judgement::Fail {
+            violation: "too cautious",
+            detail: format!(
+                "a window of {window} ms is under a quarter of the {allowed} ms retention allows at this rate: deployments would have no time; nothing was lost"
+            ),
+        },
+        Judgement::Pass(evidence) => Judgement::Pass(format!(
+            "down {:.1} s of the {:.1} s retention allows: {evidence}",
+            window.min(CHAPTER_WINDOW_MAX_MS) as f64 / 1e3,
+            allowed as f64 / 1e3
+        )),
+        other => other,
+    }
+}
+
 /// One run: a partition, a consumer, the outage, and on Kafka the topic's retention.
 fn variant(setup: &Setup, label: String, stop_ms: u64, retention_bytes: Option<u64>, expected: Expected) -> Variant {
     let mut options = setup.stream(1, 1);
@@ -197,6 +282,38 @@ mod tests {
             })
             .collect();
         covering_of(&config, &lag)
+    }
+
+    #[test]
+    fn a_window_that_passed_fails_when_it_is_under_a_quarter_of_what_retention_allows() {
+        use crate::chapters::Judgement;
+        let passed = || Judgement::Pass("nothing lost".into());
+        assert!(matches!(
+            window_verdict(0, 6_500, passed()),
+            Judgement::Fail {
+                violation: "too cautious",
+                ..
+            }
+        ));
+        assert!(matches!(
+            window_verdict(1_600, 6_500, passed()),
+            Judgement::Fail {
+                violation: "too cautious",
+                ..
+            }
+        ));
+        assert!(matches!(window_verdict(1_700, 6_500, passed()), Judgement::Pass(_)));
+        let lost = Judgement::Fail {
+            violation: "lost",
+            detail: "lost 9".into(),
+        };
+        assert!(matches!(
+            window_verdict(15_000, 6_500, lost),
+            Judgement::Fail { violation: "lost", .. }
+        ));
+        // The budget the learner is given: about 10 s kept at 2,000 messages of 261 bytes a
+        // second, 6.5 s once the rejoin is paid.
+        assert_eq!(chapter_windows().1, 6_543);
     }
 
     #[test]

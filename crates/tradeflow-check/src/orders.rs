@@ -25,6 +25,9 @@ pub struct OrderRequest {
     pub account: AccountId,
     /// How much the order needs.
     pub amount: Money,
+    /// The `account_seq` of the account's last trade executed before the order was placed
+    /// (0: none): what its confirmations told the customer.
+    pub confirmed_seq: u64,
 }
 
 /// What the order service answered.
@@ -36,15 +39,26 @@ pub struct OrderAnswer {
     pub read_at_offset_ns: u64,
     /// The cash the balances table held then.
     pub seen_cash: Money,
+    /// Whether the desk accepted the order.
+    pub accepted: bool,
 }
 
-impl OrderAnswer {
-    /// Whether the order was accepted: the cash seen covers it.
-    pub fn accepted(&self, plan: &[OrderRequest]) -> bool {
-        plan.get(self.request)
-            .is_some_and(|request| self.seen_cash.minor() >= request.amount.minor())
-    }
+/// How the order desk decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desk {
+    /// Reads the balance once and accepts when the cash covers the order.
+    #[default]
+    Plain,
+    /// Chapter 14's exercise decides, and may read again (every 10 ms, for at most
+    /// [`DESK_WAIT_MAX`]).
+    Exercise,
 }
+
+/// How long the exercise's desk reads again before it answers on what it has.
+pub const DESK_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How long it waits between reads.
+pub const DESK_READ_AGAIN: Duration = Duration::from_millis(10);
 
 /// Plans `per_s` requests a second over the workload's publishing window.
 pub fn plan(workload: &Workload, seed: u64, per_s: f64) -> Vec<OrderRequest> {
@@ -69,6 +83,7 @@ pub fn plan(workload: &Workload, seed: u64, per_s: f64) -> Vec<OrderRequest> {
                     at_offset_ns: at,
                     account: event.account_id.clone(),
                     amount: delta.negated(),
+                    confirmed_seq: truth.last_seq.get(&event.account_id).copied().unwrap_or(0),
                 });
             }
         }
@@ -89,8 +104,8 @@ pub struct OrdersDuringRun {
 
 impl OrdersDuringRun {
     /// Plans `per_s` requests a second for `workload` and starts asking, timed from `start`
-    /// (the run's clock).
-    pub fn start(store: Store, workload: &Workload, per_s: f64, start: Instant) -> OrdersDuringRun {
+    /// (the run's clock), deciding as `desk` says.
+    pub fn start(store: Store, workload: &Workload, per_s: f64, start: Instant, desk: Desk) -> OrdersDuringRun {
         let plan = Arc::new(plan(workload, workload.config.seed, per_s));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let asked = plan.clone();
@@ -102,13 +117,8 @@ impl OrdersDuringRun {
                     _ = stopped.changed() => break,
                     () = tokio::time::sleep_until(due.into()) => {}
                 }
-                let read_at = start.elapsed();
-                match store.cash_of(&request.account).await {
-                    Ok(seen_cash) => answers.push(OrderAnswer {
-                        request: index,
-                        read_at_offset_ns: u64::try_from(read_at.as_nanos()).unwrap_or(u64::MAX),
-                        seen_cash,
-                    }),
+                match answer(&store, desk, index, request, start).await {
+                    Ok(answer) => answers.push(answer),
                     // An order service that cannot read answers nothing: not counted.
                     Err(error) => tracing::warn!(%error, "the order desk could not read a balance"),
                 }
@@ -138,6 +148,53 @@ impl OrdersReport {
     }
 }
 
+/// One order answered: read, decide, and for the exercise's desk read again while it says
+/// so (bounded by [`DESK_WAIT_MAX`]).
+async fn answer(
+    store: &Store,
+    desk: Desk,
+    index: usize,
+    request: &OrderRequest,
+    start: Instant,
+) -> Result<OrderAnswer, tradeflow_store::StoreError> {
+    let asked = Instant::now();
+    loop {
+        let read_at = start.elapsed();
+        let (seen_cash, accepted) = match desk {
+            Desk::Plain => {
+                let cash = store.cash_of(&request.account).await?;
+                (cash, cash.minor() >= request.amount.minor())
+            }
+            Desk::Exercise => {
+                let (cash, applied_seq) = store.cash_and_applied_seq(&request.account).await?;
+                let view = tradeflow_exercises::OrderView {
+                    cash_seen: cash.minor(),
+                    amount: request.amount.minor(),
+                    applied_seq,
+                    confirmed_seq: request.confirmed_seq,
+                    waited_ms: asked.elapsed().as_millis() as u64,
+                };
+                match tradeflow_exercises::decide_order::decide_order(&view) {
+                    tradeflow_exercises::OrderDecision::Accept => (cash, true),
+                    tradeflow_exercises::OrderDecision::Refuse => (cash, false),
+                    tradeflow_exercises::OrderDecision::ReadAgain if asked.elapsed() < DESK_WAIT_MAX => {
+                        tokio::time::sleep(DESK_READ_AGAIN).await;
+                        continue;
+                    }
+                    // Waited its most: the desk answers on what it has.
+                    tradeflow_exercises::OrderDecision::ReadAgain => (cash, cash.minor() >= request.amount.minor()),
+                }
+            }
+        };
+        return Ok(OrderAnswer {
+            request: index,
+            read_at_offset_ns: u64::try_from(read_at.as_nanos()).unwrap_or(u64::MAX),
+            seen_cash,
+            accepted,
+        });
+    }
+}
+
 /// The answers judged.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct OrdersReport {
@@ -159,6 +216,10 @@ pub struct OrdersReport {
     pub staleness_ms_p99: f64,
     /// Its worst.
     pub staleness_ms_max: f64,
+    /// How long after the order was placed the desk answered, ms, the median.
+    pub answer_ms_p50: f64,
+    /// Its 99th percentile.
+    pub answer_ms_p99: f64,
 }
 
 impl OrdersReport {
@@ -168,29 +229,36 @@ impl OrdersReport {
     }
 }
 
-/// Judges `answers` to `plan` against the truth at each read.
+/// Judges `answers` to `plan`. An answer is right when it is right for some balance the
+/// account held between the moment the order was placed and the moment the desk read it:
+/// the balance then (every trade executed before the order, applied in order), or one a
+/// later trade of the account left before the read. A desk that reads at once is judged on
+/// the balance at the order; one that waits for the customer's trades may also answer on
+/// the trades that came while it waited.
 pub fn score(workload: &Workload, plan: &[OrderRequest], answers: &[OrderAnswer]) -> OrdersReport {
-    let mut order: Vec<&OrderAnswer> = answers.iter().filter(|answer| answer.request < plan.len()).collect();
-    order.sort_by_key(|answer| answer.read_at_offset_ns);
     let mut truth = Truth::new(workload);
+    truth.advance_to(u64::MAX);
     let mut report = OrdersReport::default();
     let mut staleness = Vec::new();
-    for answer in order {
-        truth.advance_to(answer.read_at_offset_ns);
+    let mut answer_ms = Vec::new();
+    for answer in answers.iter().filter(|answer| answer.request < plan.len()) {
         let request = &plan[answer.request];
-        let true_cash = truth.cash(&request.account);
-        let affordable = true_cash.minor() >= request.amount.minor();
-        let accepted = answer.accepted(plan);
+        let read_at = answer.read_at_offset_ns.max(request.at_offset_ns);
+        answer_ms.push(read_at.saturating_sub(request.at_offset_ns) as f64 / 1e6);
+        let held = truth.held_between(&request.account, request.at_offset_ns, read_at);
+        let affordable = |cash: &Money| cash.minor() >= request.amount.minor();
         report.answered += 1;
-        match (accepted, affordable) {
-            (false, true) => report.refused_affordable += 1,
-            (true, false) => report.accepted_unaffordable += 1,
-            _ => {}
+        if !held.iter().any(|cash| affordable(cash) == answer.accepted) {
+            if answer.accepted {
+                report.accepted_unaffordable += 1;
+            } else {
+                report.refused_affordable += 1;
+            }
         }
-        if answer.seen_cash != true_cash {
+        if !held.contains(&answer.seen_cash) {
             report.stale_reads += 1;
-            if let Some(due_ns) = truth.first_unreflected(&request.account, answer.seen_cash) {
-                staleness.push(answer.read_at_offset_ns.saturating_sub(due_ns) as f64 / 1e6);
+            if let Some(due_ns) = truth.first_unreflected(&request.account, answer.seen_cash, request.at_offset_ns) {
+                staleness.push(read_at.saturating_sub(due_ns) as f64 / 1e6);
             }
         }
     }
@@ -200,14 +268,17 @@ pub fn score(workload: &Workload, plan: &[OrderRequest], answers: &[OrderAnswer]
         report.wrong() as f64 * 1_000.0 / report.answered as f64
     };
     staleness.sort_by(f64::total_cmp);
-    let at = |quantile: f64| {
-        if staleness.is_empty() {
+    answer_ms.sort_by(f64::total_cmp);
+    let at = |values: &[f64], quantile: f64| {
+        if values.is_empty() {
             0.0
         } else {
-            staleness[((staleness.len() - 1) as f64 * quantile).round() as usize]
+            values[((values.len() - 1) as f64 * quantile).round() as usize]
         }
     };
-    (report.staleness_ms_p50, report.staleness_ms_p99, report.staleness_ms_max) = (at(0.5), at(0.99), at(1.0));
+    (report.staleness_ms_p50, report.staleness_ms_p99, report.staleness_ms_max) =
+        (at(&staleness, 0.5), at(&staleness, 0.99), at(&staleness, 1.0));
+    (report.answer_ms_p50, report.answer_ms_p99) = (at(&answer_ms, 0.5), at(&answer_ms, 0.99));
     report
 }
 
@@ -218,6 +289,8 @@ struct Truth<'a> {
     ledger: Ledger,
     /// Events applied so far (a prefix of the workload).
     reached: usize,
+    /// Per account: the `account_seq` of its last event so far.
+    last_seq: HashMap<AccountId, u64>,
     /// Per account: `(intended offset, cash after)` of each of its events so far.
     history: HashMap<AccountId, Vec<(u64, Money)>>,
 }
@@ -228,6 +301,7 @@ impl<'a> Truth<'a> {
             workload,
             ledger: Ledger::new(),
             reached: 0,
+            last_seq: HashMap::new(),
             history: HashMap::new(),
         }
     }
@@ -242,6 +316,8 @@ impl<'a> Truth<'a> {
                 .entry(scheduled.event.account_id.clone())
                 .or_default()
                 .push((scheduled.intended_offset_ns, cash));
+            self.last_seq
+                .insert(scheduled.event.account_id.clone(), scheduled.event.account_seq);
             self.reached += 1;
         }
     }
@@ -250,11 +326,25 @@ impl<'a> Truth<'a> {
         self.ledger.account(account).map_or(Money::from_minor(0), |state| state.cash)
     }
 
-    /// When the first of the account's events that a read of `seen` did not reflect was
-    /// due: the event after the latest one whose cash was `seen` (the account's first event
-    /// when `seen` is the opening zero). `None` when `seen` was never its true cash.
-    fn first_unreflected(&self, account: &AccountId, seen: Money) -> Option<u64> {
+    /// The account's cash at `from` and after each of its events due up to `to` (advanced
+    /// past `to` first).
+    fn held_between(&self, account: &AccountId, from: u64, to: u64) -> Vec<Money> {
+        let history = self.history.get(account).map_or(&[][..], Vec::as_slice);
+        let before = history.partition_point(|(due, _)| *due <= from);
+        let until = history.partition_point(|(due, _)| *due <= to);
+        let at_from = before.checked_sub(1).map_or(Money::from_minor(0), |index| history[index].1);
+        std::iter::once(at_from)
+            .chain(history[before..until].iter().map(|(_, cash)| *cash))
+            .collect()
+    }
+
+    /// When the first of the account's events up to `until` that a read of `seen` did not
+    /// reflect was due: the event after the latest one whose cash was `seen` (the account's
+    /// first event when `seen` is the opening zero). `None` when `seen` was never its true
+    /// cash by then.
+    fn first_unreflected(&self, account: &AccountId, seen: Money, until: u64) -> Option<u64> {
         let history = self.history.get(account)?;
+        let history = &history[..history.partition_point(|(due, _)| *due <= until)];
         let matched = history.iter().rposition(|(_, cash)| *cash == seen);
         match matched {
             Some(index) => history.get(index + 1).map(|(due, _)| *due),
@@ -307,10 +397,12 @@ mod tests {
             .map(|(index, request)| {
                 let mut truth = Truth::new(workload);
                 truth.advance_to(request.at_offset_ns.saturating_sub(delay_ns));
+                let seen_cash = truth.cash(&request.account);
                 OrderAnswer {
                     request: index,
                     read_at_offset_ns: request.at_offset_ns,
-                    seen_cash: truth.cash(&request.account),
+                    seen_cash,
+                    accepted: seen_cash.minor() >= request.amount.minor(),
                 }
             })
             .collect()
@@ -325,6 +417,39 @@ mod tests {
         // Two seconds of publishing at 200 requests a second.
         assert!((395..=400).contains(&plan.len()), "{}", plan.len());
         assert!(plan.iter().all(|request| request.amount.minor() >= 1));
+    }
+
+    #[test]
+    fn an_answer_read_later_is_right_on_any_balance_the_account_held_since_the_order() {
+        let workload = workload();
+        let plan = plan(&workload, 9, 200.0);
+        // Each read 300 ms after its order, of the balance as it was then: right, though
+        // the balance moved since the order (it is one the account held in between).
+        let later: Vec<OrderAnswer> = answers(&workload, &plan, 0)
+            .into_iter()
+            .map(|mut answer| {
+                let request = &plan[answer.request];
+                let mut truth = Truth::new(&workload);
+                truth.advance_to(request.at_offset_ns + 300_000_000);
+                answer.read_at_offset_ns = request.at_offset_ns + 300_000_000;
+                answer.seen_cash = truth.cash(&request.account);
+                answer.accepted = answer.seen_cash.minor() >= request.amount.minor();
+                answer
+            })
+            .collect();
+        let report = score(&workload, &plan, &later);
+        assert_eq!((report.wrong(), report.stale_reads), (0, 0), "{report:?}");
+        assert!((report.answer_ms_p50 - 300.0).abs() < 1e-6, "{report:?}");
+        // The same reads answered the other way round are all wrong.
+        let flipped: Vec<OrderAnswer> = later
+            .iter()
+            .cloned()
+            .map(|mut answer| {
+                answer.accepted = !answer.accepted;
+                answer
+            })
+            .collect();
+        assert!(score(&workload, &plan, &flipped).wrong() > 0);
     }
 
     #[test]

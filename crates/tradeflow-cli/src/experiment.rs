@@ -351,7 +351,7 @@ fn write_faults(text: &mut String, outcome: &VariantOutcome) {
     if let Some(orders) = outcome.config.get("orders") {
         let _ = writeln!(
             text,
-            "    orders: {} answered, {} wrong ({:.1} per thousand: {} refused though affordable, {} accepted though not); {} stale reads, staleness p50 {:.0} ms, p99 {:.0} ms, worst {:.0} ms",
+            "    orders: {} answered, {} wrong ({:.1} per thousand: {} refused though affordable, {} accepted though not); {} stale reads, staleness p50 {:.0} ms, p99 {:.0} ms, worst {:.0} ms; answered {:.0} ms after the order at the median, {:.0} ms at p99",
             orders["answered"],
             outcome.config["orders_wrong"],
             orders["wrong_per_thousand"].as_f64().unwrap_or(0.0),
@@ -361,6 +361,8 @@ fn write_faults(text: &mut String, outcome: &VariantOutcome) {
             orders["staleness_ms_p50"].as_f64().unwrap_or(0.0),
             orders["staleness_ms_p99"].as_f64().unwrap_or(0.0),
             orders["staleness_ms_max"].as_f64().unwrap_or(0.0),
+            orders["answer_ms_p50"].as_f64().unwrap_or(0.0),
+            orders["answer_ms_p99"].as_f64().unwrap_or(0.0),
         );
     }
     if let Some(cutover) = outcome.config.get("cutover").filter(|cutover| !cutover.is_null()) {

@@ -112,6 +112,34 @@ pub struct RetentionBudget {
     pub rejoin_ms: u64,
 }
 
+/// What the order desk of chapter 14 knows when a customer places an order: the balance it
+/// read, and how far the balances table has got with the customer's trades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderView {
+    /// The customer's cash as the balances table holds it, minor units.
+    pub cash_seen: i64,
+    /// What the order needs, minor units.
+    pub amount: i64,
+    /// The customer's trades applied to that balance: the highest `account_seq` applied.
+    pub applied_seq: u64,
+    /// The customer's trades executed before the order was placed: the `account_seq` of
+    /// the last one (its confirmation carries it).
+    pub confirmed_seq: u64,
+    /// How long this order has waited so far, ms.
+    pub waited_ms: u64,
+}
+
+/// What the order desk does with an order (chapter 14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderDecision {
+    /// Accept it: the cash covers it.
+    Accept,
+    /// Refuse it.
+    Refuse,
+    /// Read the balance again in 10 ms, and decide then.
+    ReadAgain,
+}
+
 /// How the balance service will grow, as chapter 07's exercise is told it when the topic is
 /// created: the consumers it runs today, then the counts it will run as the load grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,3 +269,8 @@ pub mod may_move_consumers;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/13-retention/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/13-retention.rs")]
 pub mod deploy_window_ms;
+
+/// Chapter 14: what the order desk does with an order.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/14-order-placement/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/14-order-placement.rs")]
+pub mod decide_order;

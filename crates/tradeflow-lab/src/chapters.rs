@@ -6,7 +6,7 @@ use crate::RowVerdict;
 use crate::expect::Violation;
 use crate::lessons::{
     auto_commit_crash, broker_failure, cluster_migration, consumer_groups, consumer_scaling, idempotent_consumer, keys_keep_order,
-    lag_status, load_test, poison_message, producer_retries, repartition_cutover, retention,
+    lag_status, load_test, order_placement, poison_message, producer_retries, repartition_cutover, retention,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
@@ -244,6 +244,17 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "deploy_window_ms",
         run: |setup| one(retention::chapter(setup)),
         judge: Judge::Own(retention::chapter_judge),
+    },
+    Chapter {
+        number: "14",
+        folder: "14-order-placement",
+        title: "Lag is what customers see: read your own writes",
+        claim: "The first team moved off the poller because of customers: at market open the balances fell behind the trades and \"it would prevent customers from placing orders due to bad balances\" (Wealthsimple, \"Kafka in production\", 2021). Any asynchronous pipeline has a lag; a synchronous answer read from its output inherits it, unless it knows what it must wait for.",
+        violation: "wrong answers",
+        backend: Backend::Mock,
+        function: "decide_order",
+        run: |setup| one(order_placement::chapter(setup)),
+        judge: Judge::Own(order_placement::chapter_judge),
     },
 ];
 

@@ -51,7 +51,7 @@ pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<R
     let source = tokio::spawn(source(store.clone(), workload.clone(), start, start_ns, emitted.clone()));
     let orders = options
         .orders_per_s
-        .map(|per_s| OrdersDuringRun::start(store.clone(), &workload, per_s, start));
+        .map(|per_s| OrdersDuringRun::start(store.clone(), &workload, per_s, start, tradeflow_check::orders::Desk::Plain));
     let watching = Watching {
         workload: &workload,
         counters: &counters,

@@ -62,6 +62,26 @@ impl Store {
         }
     }
 
+    /// One account's cash and the highest `account_seq` applied to it (0 when none), read
+    /// in one statement so that the two agree: what an order service that waits for the
+    /// trades it knows of reads.
+    pub async fn cash_and_applied_seq(&self, account: &AccountId) -> Result<(Money, u64), StoreError> {
+        const OPERATION: &str = "reading an account's cash and applied sequence";
+        self.count(1);
+        // `$1` twice, bound once: on SQLite a named parameter is one parameter wherever it
+        // appears.
+        let sql = "SELECT COALESCE((SELECT cash FROM balances WHERE account_id = $1), 0), \
+                   COALESCE((SELECT MAX(account_seq) FROM apply_log WHERE account_id = $1), 0)";
+        let row = sqlx::query(sql)
+            .bind(account.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.query_error(OPERATION))?;
+        let cash: i64 = row.try_get(0).map_err(self.query_error(OPERATION))?;
+        let seq: i64 = row.try_get(1).map_err(self.query_error(OPERATION))?;
+        Ok((Money::from_minor(cash), u64::try_from(seq).unwrap_or(0)))
+    }
+
     /// Every account's cash and positions.
     pub async fn balances(&self) -> Result<BTreeMap<AccountId, AccountState>, StoreError> {
         const OPERATION: &str = "reading balances";

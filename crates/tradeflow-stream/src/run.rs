@@ -106,6 +106,8 @@ pub struct Scenario {
     /// Order requests a second asked of the balances table while the run goes (the
     /// order-placement lesson); `None`: none.
     pub orders_per_s: Option<f64>,
+    /// How the order desk decides (chapter 14's exercise, or at once on the balance read).
+    pub order_desk: tradeflow_check::orders::Desk,
     /// Events written to the store's outbox and relayed to Kafka, instead of published from
     /// memory (the outbox-relay lesson, `compare --source outbox`); `None`: from memory.
     pub outbox: Option<crate::outbox::Outbox>,
@@ -129,6 +131,7 @@ impl Default for Scenario {
             poison_exercise: false,
             notifications: None,
             orders_per_s: None,
+            order_desk: tradeflow_check::orders::Desk::Plain,
             outbox: None,
         }
     }
@@ -364,7 +367,7 @@ pub async fn run(
     let orders = options
         .scenario
         .orders_per_s
-        .map(|per_s| OrdersDuringRun::start(store.clone(), &workload, per_s, start));
+        .map(|per_s| OrdersDuringRun::start(store.clone(), &workload, per_s, start, options.scenario.order_desk));
     let mut lag = LagSampler::new(LagProbe::new(&bootstrap, &options.topic, &group, options.partitions)?);
     let poison = PoisonTarget {
         bootstrap: bootstrap.clone(),

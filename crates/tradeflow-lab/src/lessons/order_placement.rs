@@ -12,9 +12,16 @@
 //! the rate, here 1,000 events in 0.1 s), while an order desk asks 200 requests a second,
 //! drawn from the same seed: each an order like one in the workload (a random trade or
 //! withdrawal that takes cash, among those whose time has come), asked again for the same
-//! account and amount. The checker judges each answer against the truth at the moment of
-//! the read (every trade whose time had come, applied in order) and counts wrong answers
-//! per thousand, and how stale the stale reads were (`tradeflow-check`'s `orders`).
+//! account and amount. The checker judges each answer right when it is right for some
+//! balance the account held between the order and the desk's read (the truth: every trade
+//! whose time had come, applied in order; for a desk that reads at once, the balance at
+//! the order) and counts wrong answers per thousand, how stale the stale reads were, and how long after the order the
+//! desk answered (`tradeflow-check`'s `orders`).
+//!
+//! Chapter 14's run: the stream at the steady rate, the desk deciding with the learner's
+//! `decide_order`, told the balance it read, the customer's trades applied to it and the
+//! ones confirmed before the order. As shipped it answers at once on the balance read; it
+//! passes with at most 10 wrong answers per thousand, answered within a second at p99.
 //!
 //! Variants: every row must pass (nothing lost: the answers come from a correct pipeline
 //! that is only late) with its orders answered (`orders_answered` > 0). The lesson is in
@@ -23,8 +30,10 @@
 //! setup (the poller's floor is its poll interval; the stream's is its end-to-end latency,
 //! which three Kafka JVMs on two cores push past the poller's). No row claims a winner.
 
-use crate::expect::Expected;
+use crate::chapters::{Judgement, judge_counts};
+use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun};
+use tradeflow_check::RunRecord;
 use tradeflow_cluster::Backend;
 use tradeflow_domain::RateProfile;
 
@@ -71,4 +80,96 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
         });
     }
     Ok(rows)
+}
+
+/// The most wrong answers per thousand chapter 14's run may give.
+pub const CHAPTER_WRONG_PER_THOUSAND_MAX: f64 = 10.0;
+/// The slowest its desk may answer, at p99, ms: a desk that makes every customer wait has
+/// not solved anything.
+pub const CHAPTER_ANSWER_P99_MAX_MS: f64 = 1_000.0;
+
+/// Chapter 14's run: the stream at the lesson's steady rate, the desk deciding with the
+/// learner's `decide_order`.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    let mut stream = setup.stream(12, 3);
+    stream.workload.rate_per_s = RATE_PER_S;
+    stream.workload.events = EVENTS / 2;
+    stream.scenario.orders_per_s = Some(ORDERS_PER_S);
+    stream.scenario.order_desk = tradeflow_check::orders::Desk::Exercise;
+    Ok(Variant {
+        label: "your decide_order: an order desk beside the stream, 200 orders a second".into(),
+        run: VariantRun::Stream(Box::new(stream)),
+        expected: Expected::pass("nothing lost; the desk's answers right").observing("orders_answered"),
+    })
+}
+
+/// Chapter 14's judge: the checker's counts first, then the desk's wrong answers per
+/// thousand against [`CHAPTER_WRONG_PER_THOUSAND_MAX`].
+pub fn chapter_judge(runs: &[(Variant, RunRecord)]) -> Judgement {
+    let Some((variant, record)) = runs.first() else {
+        return Judgement::Unknown("the chapter ran nothing".into());
+    };
+    let orders = record.config.get("orders").cloned().unwrap_or_default();
+    let number = |key: &str| orders.get(key).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    desk_verdict(
+        judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+        number("wrong_per_thousand"),
+        (number("refused_affordable"), number("accepted_unaffordable")),
+        (number("answer_ms_p50"), number("answer_ms_p99")),
+    )
+}
+
+/// A counts verdict, turned into a failure when the desk answered too many orders wrong.
+fn desk_verdict(judged: Judgement, wrong_per_thousand: f64, (refused, accepted): (f64, f64), (p50, p99): (f64, f64)) -> Judgement {
+    match judged {
+        Judgement::Pass(_) if wrong_per_thousand > CHAPTER_WRONG_PER_THOUSAND_MAX => Judgement::Fail {
+            violation: "wrong answers",
+            detail: format!(
+                "{wrong_per_thousand:.1} wrong answers per thousand (want at most {CHAPTER_WRONG_PER_THOUSAND_MAX:.0}): {refused:.0} refused though affordable, {accepted:.0} accepted though not; answered {p50:.0} ms after the order at the median, {p99:.0} ms at p99"
+            ),
+        },
+        Judgement::Pass(_) if p99 > CHAPTER_ANSWER_P99_MAX_MS => Judgement::Fail {
+            violation: "slow answers",
+            detail: format!(
+                "the desk answered {p99:.0} ms after the order at p99 (want at most {CHAPTER_ANSWER_P99_MAX_MS:.0}), {p50:.0} ms at the median; {wrong_per_thousand:.1} wrong answers per thousand"
+            ),
+        },
+        Judgement::Pass(evidence) => Judgement::Pass(format!(
+            "{wrong_per_thousand:.1} wrong answers per thousand, answered {p50:.0} ms after the order at the median, {p99:.0} ms at p99; {evidence}"
+        )),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_desk_that_passed_the_counts_fails_on_too_many_wrong_answers() {
+        let passed = || Judgement::Pass("nothing lost".into());
+        assert!(matches!(
+            desk_verdict(passed(), 10.5, (9.0, 2.0), (1.0, 2.0)),
+            Judgement::Fail {
+                violation: "wrong answers",
+                ..
+            }
+        ));
+        assert!(matches!(desk_verdict(passed(), 10.0, (8.0, 2.0), (1.0, 2.0)), Judgement::Pass(_)));
+        assert!(matches!(
+            desk_verdict(passed(), 0.0, (0.0, 0.0), (900.0, 2_000.0)),
+            Judgement::Fail {
+                violation: "slow answers",
+                ..
+            }
+        ));
+        let lost = Judgement::Fail {
+            violation: "lost",
+            detail: "lost 3".into(),
+        };
+        assert!(matches!(
+            desk_verdict(lost, 0.0, (0.0, 0.0), (0.0, 0.0)),
+            Judgement::Fail { violation: "lost", .. }
+        ));
+    }
 }

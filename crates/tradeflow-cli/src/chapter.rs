@@ -17,9 +17,9 @@ pub enum ChapterCommand {
     /// Every chapter, in order, with the status of your last check: not started, failing
     /// (with which violation), unknown, or passed.
     List {
-        /// One line per chapter, `FOLDER<TAB>VIOLATION<TAB>BACKEND`: the violation each
-        /// exercise as shipped must fail with, and the backend it runs on (for the
-        /// workshop's proof in CI).
+        /// One line per chapter, `FOLDER<TAB>VIOLATION<TAB>BACKEND<TAB>STORE`: the violation
+        /// each exercise as shipped must fail with, and the backend and store it runs on
+        /// (for the workshop's proof in CI).
         #[arg(long, hide = true)]
         declared: bool,
     },
@@ -83,7 +83,13 @@ pub async fn run(command: ChapterCommand) -> anyhow::Result<bool> {
     match command {
         ChapterCommand::List { declared: true } => {
             for chapter in CHAPTERS {
-                println!("{}\t{}\t{}", chapter.folder, chapter.violation, chapter.backend);
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    chapter.folder,
+                    chapter.violation,
+                    chapter.backend,
+                    chapter.store.as_str()
+                );
             }
             Ok(true)
         }

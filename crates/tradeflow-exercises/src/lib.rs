@@ -140,6 +140,16 @@ pub enum OrderDecision {
     ReadAgain,
 }
 
+/// What the outbox relay reads next (chapter 15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxRead {
+    /// The rows with an id above this one, in id order.
+    IdsAbove(i64),
+    /// The rows not yet marked relayed, in id order; the relay marks them relayed once the
+    /// broker has acknowledged them.
+    NotYetRelayed,
+}
+
 /// How the balance service will grow, as chapter 07's exercise is told it when the topic is
 /// created: the consumers it runs today, then the counts it will run as the load grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,3 +284,8 @@ pub mod deploy_window_ms;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/14-order-placement/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/14-order-placement.rs")]
 pub mod decide_order;
+
+/// Chapter 15: what the outbox relay reads next.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/15-outbox-relay/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/15-outbox-relay.rs")]
+pub mod next_read;

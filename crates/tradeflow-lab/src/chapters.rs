@@ -6,11 +6,12 @@ use crate::RowVerdict;
 use crate::expect::Violation;
 use crate::lessons::{
     auto_commit_crash, broker_failure, cluster_migration, consumer_groups, consumer_scaling, idempotent_consumer, keys_keep_order,
-    lag_status, load_test, order_placement, poison_message, producer_retries, repartition_cutover, retention,
+    lag_status, load_test, order_placement, outbox_relay, poison_message, producer_retries, repartition_cutover, retention,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
 use tradeflow_cluster::Backend;
+use tradeflow_store::StoreKind;
 use tradeflow_stream::lag::LagRule;
 
 /// One chapter.
@@ -35,6 +36,9 @@ pub struct Chapter {
     pub run: fn(&Setup) -> Result<Vec<Variant>, String>,
     /// The judge of that run.
     pub judge: Judge,
+    /// The store it needs (SQLite, the embedded default, unless its lesson needs
+    /// PostgreSQL's concurrent writers).
+    pub store: StoreKind,
 }
 
 /// How a chapter's run is judged.
@@ -109,6 +113,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Offset lag is the metric that matters (Wealthsimple, \"Kafka in production\", 2021), and how it moves says more than its size: a group that stops reading shows as a committed offset that no longer moves while the log grows, long before a threshold trips (the rules follow LinkedIn's Burrow).",
         violation: "missed stall",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "lag_status",
         run: |setup| one(lag_status::chapter(setup, LagRule::Exercise)),
         judge: Judge::Own(|runs| lag_status::judge(&runs[0].0, &runs[0].1)),
@@ -120,6 +125,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Kafka keeps order within a partition only: key each message by the entity whose order matters, the account, and let the default partitioner hash it (Parcel Perform, \"Initial experience with Kafka\"; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023).",
         violation: "reordered",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "message_key",
         run: |setup| one(keys_keep_order::chapter(setup)),
         judge: Judge::Counts(&[Violation::Reordered, Violation::Lost, Violation::Duplicated]),
@@ -131,6 +137,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Commit offsets explicitly, not on the client's timer (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023), and a restarted consumer resumes after the last committed message (Parcel Perform, \"Initial experience with Kafka\"): so commit only once the database transaction has committed, or the batch a process dies holding is lost.",
         violation: "lost",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "batch_steps",
         run: |setup| one(auto_commit_crash::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
@@ -142,6 +149,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Kafka delivers at least once: a rebalance, a crash or a paused process hands a message over again. Make applying it twice harmless instead of chasing exactly-once (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023).",
         violation: "duplicated",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "events_to_apply",
         run: |setup| one(idempotent_consumer::chapter(setup)),
         judge: Judge::Counts(&[Violation::Duplicated, Violation::Lost, Violation::Reordered]),
@@ -153,6 +161,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Set the producer for reliability, not for the benchmark: acks=all, and idempotence rather than exactly-once (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023). A producer retries whatever it was not told succeeded, and a connection that breaks with requests in flight leaves it unable to tell; without idempotence the broker writes the resent copies too.",
         violation: "duplicated",
         backend: Backend::Kafka,
+        store: StoreKind::Sqlite,
         function: "producer_settings",
         run: |setup| one(producer_retries::chapter(setup)),
         judge: Judge::Counts(&[Violation::Duplicated, Violation::Reordered, Violation::Lost]),
@@ -164,6 +173,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "A message that cannot be processed must not hold up its partition: retry it a bounded number of times, then set it aside on a dead-letter topic and go on (Wealthsimple, \"Kafka in production\", 2021; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023: retries with limits).",
         violation: "lost",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "on_unprocessable",
         run: |setup| one(poison_message::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
@@ -175,6 +185,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Partitions are what consumers share out: a group runs at most one consumer per partition, so the partition count caps how far the service can grow, and it can only be raised later at the price of order (chapter 08). Overpartition from the very start, but not past a couple of hundred (Wealthsimple, \"Kafka in production\", 2021; Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023: consumers ≤ partitions).",
         violation: "idle consumers",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "partitions_for",
         run: consumer_scaling::chapter,
         judge: Judge::Own(consumer_scaling::judge),
@@ -186,6 +197,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Partitions only go up, and adding them moves keys to other partitions: overpartition from the start (Wealthsimple, \"Kafka in production\", 2021; Parcel Perform, \"Initial experience with Kafka\"). When you must move to more, drain the old topic before the new one starts, or an account's newer events overtake its older ones.",
         violation: "reordered",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "ready_to_switch",
         run: |setup| one(repartition_cutover::chapter(setup)),
         judge: Judge::Counts(&[Violation::Reordered, Violation::Lost, Violation::Duplicated]),
@@ -197,6 +209,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Run three brokers with a replication factor of at least 2 (Parcel Perform, \"Initial experience with Kafka\"), and have the producer wait for the replicas: acks=all (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023). Replicas protect only what they received before the producer was told the write was safe.",
         violation: "lost",
         backend: Backend::Kafka,
+        store: StoreKind::Sqlite,
         function: "acks",
         run: |setup| one(broker_failure::chapter(setup)),
         judge: Judge::Own(broker_failure::chapter_judge),
@@ -208,6 +221,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Tuning Kafka is tricky, so have a load-testing setup and use it before production does (Wealthsimple, \"Kafka in production\", 2021); test at ten times today's load (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023). A pipeline that keeps up today can fall seconds behind at 10x, and the settings that fix it are found by measuring, not by guessing.",
         violation: "fell behind",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "tune",
         run: |setup| one(load_test::chapter(setup)),
         judge: Judge::Own(load_test::judge),
@@ -219,6 +233,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "Several services can read the same topic, each in its own consumer group with its own offsets and its own lag: a slow one falls behind alone and holds no one back (Parcel Perform, \"Initial experience with Kafka\", loose-coupling services). Two services in one group are one consumer group: they split the partitions, and each reads only its share of the messages.",
         violation: "lost",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "notification_group",
         run: |setup| one(consumer_groups::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
@@ -230,6 +245,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "To move a service that cannot stop to a new cluster, create the topics there, move the producer first, then the consumers (Wealthsimple, \"New Kafka Tier, No Kafka Tears\", 2022), and build services that can connect to both clusters at once. Consumers that move first leave behind whatever the producer still sends to the old cluster.",
         violation: "lost",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "may_move_consumers",
         run: |setup| one(cluster_migration::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Reordered, Violation::Duplicated]),
@@ -241,6 +257,7 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "The log's retention lets a consumer that stopped pick up where it left off, but only for as long as the broker keeps the messages: if consuming falls far enough behind producing, they are deleted unread (Parcel Perform, \"Initial experience with Kafka\"). A committed offset is a position, not a promise that the messages are still there.",
         violation: "lost",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "deploy_window_ms",
         run: |setup| one(retention::chapter(setup)),
         judge: Judge::Own(retention::chapter_judge),
@@ -252,9 +269,22 @@ pub const CHAPTERS: &[Chapter] = &[
         claim: "The first team moved off the poller because of customers: at market open the balances fell behind the trades and \"it would prevent customers from placing orders due to bad balances\" (Wealthsimple, \"Kafka in production\", 2021). Any asynchronous pipeline has a lag; a synchronous answer read from its output inherits it, unless it knows what it must wait for.",
         violation: "wrong answers",
         backend: Backend::Mock,
+        store: StoreKind::Sqlite,
         function: "decide_order",
         run: |setup| one(order_placement::chapter(setup)),
         judge: Judge::Own(order_placement::chapter_judge),
+    },
+    Chapter {
+        number: "15",
+        folder: "15-outbox-relay",
+        title: "The outbox relay: claim rows, do not remember an id",
+        claim: "A system of record that feeds Kafka writes each event into an outbox table in the same transaction as its data, and a relay publishes the table (Wealthsimple, \"Kafka in production\", 2021, replaced a poller over such a table). Writers draw ids when they insert and commit in another order: a relay that remembers the last id it published skips for ever the rows that commit late.",
+        violation: "lost",
+        backend: Backend::Mock,
+        store: StoreKind::Postgres,
+        function: "next_read",
+        run: |setup| one(outbox_relay::chapter(setup)),
+        judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
     },
 ];
 

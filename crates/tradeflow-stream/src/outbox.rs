@@ -32,6 +32,8 @@ pub enum Relay {
     AfterLastId,
     /// Rows not yet marked relayed, in id order, marked once the broker acknowledged them.
     Claiming,
+    /// What the learner's chapter 15 exercise says, asked before each read.
+    Exercise,
 }
 
 /// The outbox source of a run.
@@ -68,10 +70,9 @@ impl OutboxCounters {
     /// reads: for it, the rows written and never relayed).
     pub(crate) fn record_into(&self, outbox: &Outbox, config: &mut serde_json::Value) {
         let (written, relayed) = (self.written.load(Ordering::Relaxed), self.relayed.load(Ordering::Relaxed));
-        let late = match outbox.relay {
-            Relay::AfterLastId => written.saturating_sub(relayed),
-            Relay::Claiming => self.late.load(Ordering::Relaxed),
-        };
+        // Late rows the relay read, and those it never read (a row read twice after a
+        // failed delivery counts once in `written`, twice in `relayed`).
+        let late = self.late.load(Ordering::Relaxed) + written.saturating_sub(relayed);
         if let Some(object) = config.as_object_mut() {
             object.insert(
                 "outbox".into(),
@@ -209,6 +210,10 @@ async fn relay(
         let after = match relay {
             Relay::AfterLastId => Some(last),
             Relay::Claiming => None,
+            Relay::Exercise => match tradeflow_exercises::next_read::next_read(last) {
+                tradeflow_exercises::OutboxRead::IdsAbove(id) => Some(id),
+                tradeflow_exercises::OutboxRead::NotYetRelayed => None,
+            },
         };
         let rows = store.outbox_rows(after, RELAY_BATCH).await?;
         if rows.is_empty() {
@@ -236,8 +241,8 @@ async fn relay(
             published.push((row.id, *index));
             counters.relayed.fetch_add(1, Ordering::Relaxed);
         }
-        last = rows.last().map_or(last, |row| row.id);
-        if relay == Relay::Claiming {
+        last = last.max(rows.last().map_or(last, |row| row.id));
+        if after.is_none() {
             // Marked once acknowledged: a relay that dies before the mark publishes the rows
             // again (the balance service's apply log skips the copies).
             // A row whose delivery failed stays unmarked and is read again.

@@ -125,13 +125,13 @@ fn desk_verdict(judged: Judgement, wrong_per_thousand: f64, (refused, accepted):
         Judgement::Pass(_) if wrong_per_thousand > CHAPTER_WRONG_PER_THOUSAND_MAX => Judgement::Fail {
             violation: "wrong answers",
             detail: format!(
-                "{wrong_per_thousand:.1} wrong answers per thousand (want at most {CHAPTER_WRONG_PER_THOUSAND_MAX:.0}): {refused:.0} refused though affordable, {accepted:.0} accepted though not; answered {p50:.0} ms after the order at the median, {p99:.0} ms at p99"
+                "wrong answers {wrong_per_thousand:.1} per thousand (want at most {CHAPTER_WRONG_PER_THOUSAND_MAX:.0}): {refused:.0} refused though affordable, {accepted:.0} accepted though not; answered {p50:.0} ms after the order at the median, {p99:.0} ms at p99"
             ),
         },
         Judgement::Pass(_) if p99 > CHAPTER_ANSWER_P99_MAX_MS => Judgement::Fail {
             violation: "slow answers",
             detail: format!(
-                "the desk answered {p99:.0} ms after the order at p99 (want at most {CHAPTER_ANSWER_P99_MAX_MS:.0}), {p50:.0} ms at the median; {wrong_per_thousand:.1} wrong answers per thousand"
+                "slow answers: the desk answered {p99:.0} ms after the order at p99 (want at most {CHAPTER_ANSWER_P99_MAX_MS:.0}), {p50:.0} ms at the median; {wrong_per_thousand:.1} wrong answers per thousand"
             ),
         },
         Judgement::Pass(evidence) => Judgement::Pass(format!(

@@ -22,7 +22,8 @@
 //! - claiming relay, "rows not yet marked relayed, in id order", marked once acknowledged:
 //!   **pass**, the late rows published when they appear.
 //!
-//! Either row whose run had no late commit showed nothing: unknown. Needs PostgreSQL:
+//! Either row whose run had no late commit showed nothing: unknown. Chapter 15's run is the
+//! same outbox with the learner's `next_read` choosing each read of the relay. Needs PostgreSQL:
 //! SQLite takes one writer at a time, so ids commit in their order and the naive relay
 //! cannot skip (the experiment says so and exits 4). Runs on every backend's brokers; CI
 //! runs it on the mock and tansu, with PostgreSQL.
@@ -56,22 +57,41 @@ pub fn outbox(relay: Relay) -> Outbox {
     }
 }
 
+/// Why the lesson cannot run on a store other than PostgreSQL.
+const NEEDS_POSTGRES: &str = "it needs PostgreSQL (--store postgres, DATABASE_URL): SQLite takes one writer at a time, so outbox ids commit in their order and the naive relay cannot skip one";
+
+/// A run of the lesson's outbox with `relay`.
+fn variant(setup: &Setup, relay: Relay, label: &str, expected: Expected) -> Variant {
+    let mut options = setup.stream(6, 2);
+    options.workload.rate_per_s = RATE_PER_S;
+    options.workload.events = EVENTS;
+    options.scenario.outbox = Some(outbox(relay));
+    Variant {
+        label: label.into(),
+        run: VariantRun::Stream(Box::new(options)),
+        expected: expected.shown_by("outbox_late_commits"),
+    }
+}
+
+/// Chapter 15's run: the lesson's outbox, the learner's `next_read` choosing each read.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    if setup.store != StoreKind::Postgres {
+        return Err(NEEDS_POSTGRES.into());
+    }
+    Ok(variant(
+        setup,
+        Relay::Exercise,
+        "your next_read: an outbox written by eight writers, relayed to Kafka",
+        Expected::pass("every row written to the outbox published and applied"),
+    ))
+}
+
 /// The lesson's variants for a setup, or why its store cannot show them.
 pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
     if setup.store != StoreKind::Postgres {
-        return Err("it needs PostgreSQL (--database-url postgres://...): SQLite takes one writer at a time, so outbox ids commit in their order and the naive relay cannot skip one".into());
+        return Err(NEEDS_POSTGRES.into());
     }
-    let variant = |relay: Relay, label: &str, expected: Expected| {
-        let mut options = setup.stream(6, 2);
-        options.workload.rate_per_s = RATE_PER_S;
-        options.workload.events = EVENTS;
-        options.scenario.outbox = Some(outbox(relay));
-        Variant {
-            label: label.into(),
-            run: VariantRun::Stream(Box::new(options)),
-            expected: expected.shown_by("outbox_late_commits"),
-        }
-    };
+    let variant = |relay: Relay, label: &str, expected: Expected| variant(setup, relay, label, expected);
     Ok(vec![
         variant(
             Relay::AfterLastId,

@@ -187,7 +187,7 @@ fn window_verdict(window: u64, allowed: u64, judged: crate::chapters::Judgement)
         Judgement::Pass(_) if window.saturating_mul(4) < allowed => Judgement::Fail {
             violation: "too cautious",
             detail: format!(
-                "a window of {window} ms is under a quarter of the {allowed} ms retention allows at this rate: deployments would have no time; nothing was lost"
+                "too cautious: a window of {window} ms is under a quarter of the {allowed} ms retention allows at this rate: deployments would have no time; nothing was lost"
             ),
         },
         Judgement::Pass(evidence) => Judgement::Pass(format!(

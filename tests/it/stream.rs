@@ -544,3 +544,213 @@ async fn a_balance_service_told_to_move_follows_the_producer_to_the_new_cluster_
     assert_eq!(applied, 3_000);
     assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
 }
+
+/// A `Write` into a shared buffer, for a journal a test reads back.
+#[derive(Clone, Default)]
+struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("the buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A one-partition mock cluster whose `trades` already holds `events` of a seeded
+/// workload; its bootstrap servers, and the workload.
+async fn published(seed: u64, events: u64) -> (Cluster, String, Workload) {
+    let cluster = Cluster::mock(1).expect("mock cluster starts");
+    cluster.ensure_topic("trades", 1, 1).await.expect("topic");
+    cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let workload = Workload::generate(&workload(seed, events)).expect("workload");
+    let events: Vec<(usize, &tradeflow_domain::Event)> = workload
+        .events
+        .iter()
+        .enumerate()
+        .map(|(index, scheduled)| (index, &scheduled.event))
+        .collect();
+    publish_to(&bootstrap, &events).await;
+    (cluster, bootstrap, workload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_fills_to_its_size_and_no_further_and_the_journal_numbers_what_each_received_and_applied() {
+    let seed = 51;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap, _workload) = published(seed, 1_000).await;
+    let buffer = SharedBuffer::default();
+    let mut config = service_config(&bootstrap, "batches", 100);
+    // A fill wait long enough for every batch to fill from what the partition holds.
+    config.fill_wait = Duration::from_millis(500);
+    config.journal = Some(Arc::new(tradeflow_stream::journal::Journal::to(Box::new(buffer.clone()))));
+    let counters = Arc::new(ServiceCounters::default());
+    let (stop, stop_receiver) = watch::channel(false);
+    let service = tokio::spawn(run_service(store.clone(), config, stop_receiver, counters.clone()));
+    wait_until("every event to be applied", Duration::from_secs(60), || {
+        counters.applied.load(std::sync::atomic::Ordering::Relaxed) >= 1_000
+    })
+    .await;
+    stop.send_replace(true);
+    service.await.expect("join").expect("the service stops cleanly");
+
+    // Batches, as the apply log has them: one transaction's rows share their apply time.
+    let mut sizes: BTreeMap<i64, usize> = BTreeMap::new();
+    for row in store.apply_log().await.expect("apply log") {
+        *sizes.entry(row.applied_at_ns).or_default() += 1;
+    }
+    let sizes: Vec<usize> = sizes.into_values().collect();
+    eprintln!("batch sizes: {sizes:?}");
+    assert!(sizes.iter().all(|size| *size <= 100), "no batch past its size: {sizes:?}");
+    assert!(
+        sizes.iter().filter(|size| **size == 100).count() >= 8,
+        "the batches fill from a partition that holds a thousand messages: {sizes:?}"
+    );
+
+    // The journal: batches numbered 1, 2, 3, ... as received, their offsets contiguous
+    // from 0 to 999, each applied under its own number before the next is received.
+    let text = String::from_utf8(buffer.0.lock().expect("the buffer").clone()).expect("UTF-8");
+    let entries: Vec<tradeflow_stream::journal::JournalEntry> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a journal line"))
+        .collect();
+    let (mut next_offset, mut expected_batch, mut open) = (0_i64, 1_u64, None);
+    for entry in &entries {
+        match entry {
+            tradeflow_stream::journal::JournalEntry::Received { batch, messages, ranges } => {
+                assert_eq!(open, None, "a batch received before the last one was applied: {entry:?}");
+                assert_eq!(*batch, expected_batch, "batches are numbered as received");
+                assert_eq!(ranges, &vec![(0, next_offset, next_offset + *messages as i64 - 1)], "{entry:?}");
+                next_offset += *messages as i64;
+                open = Some(*batch);
+            }
+            tradeflow_stream::journal::JournalEntry::Applied { batch, applied, .. } => {
+                assert_eq!(open, Some(*batch), "applied under the number it was received with: {entry:?}");
+                assert!(*applied > 0, "{entry:?}");
+                expected_batch += 1;
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(next_offset, 1_000, "the journal says every message was received");
+    assert_eq!(expected_batch as usize - 1, sizes.len(), "a journal batch for each transaction");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_commits_before_the_database_and_crashes_mid_batch_loses_the_batch() {
+    let seed = 53;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap, _workload) = published(seed, 300).await;
+    let mut config = service_config(&bootstrap, "commits-first", 100);
+    config.commit = tradeflow_stream::CommitPolicy::BeforeDatabase;
+    let counters = Arc::new(ServiceCounters::default());
+    // Told to crash before it reads anything: it dies with its first batch, after the
+    // policy's early commit and before the database transaction.
+    let (_control, receiver) = watch::channel(tradeflow_stream::Control::CrashMidBatch);
+    tradeflow_stream::run_controlled(store.clone(), config, receiver, counters.clone())
+        .await
+        .expect("the consumer returns at its crash");
+    let log = counters.fault_log.lock().expect("the fault log").clone();
+    assert_eq!(counters.crashes.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(log.len(), 1, "{log:?}");
+    let held = log[0].messages;
+    assert!(held > 0, "the crash held a batch: {log:?}");
+    assert!(store.apply_log().await.expect("apply log").is_empty(), "nothing applied");
+    assert_eq!(
+        committed_offset(&bootstrap, "balances"),
+        Some(held as i64),
+        "the batch's offsets were committed before the crash: a restart skips it (lost)"
+    );
+}
+
+/// The group's offset lag on `trades`, summed over `partitions` (None while unreadable).
+fn group_lag(bootstrap: &str, group: &str, partitions: i32) -> Option<i64> {
+    let probe = tradeflow_stream::lag::LagProbe::new(bootstrap, "trades", group, partitions).ok()?;
+    let read = probe.probe().ok()?;
+    (read.len() == partitions as usize).then(|| read.iter().map(|partition| partition.offset_lag).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_comes_back_after_another_member_read_it_is_not_counted_as_skipped() {
+    let seed = 57;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let cluster = Cluster::mock(1).expect("mock cluster starts");
+    cluster.ensure_topic("trades", 2, 1).await.expect("topic");
+    cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let workload = Workload::generate(&workload(seed, 1_500)).expect("workload");
+    let events: Vec<(usize, &tradeflow_domain::Event)> = workload
+        .events
+        .iter()
+        .enumerate()
+        .map(|(index, scheduled)| (index, &scheduled.event))
+        .collect();
+    let applied = |counters: &ServiceCounters| counters.applied.load(std::sync::atomic::Ordering::Relaxed);
+    let assigned = |counters: &ServiceCounters| counters.assigned_partitions.load(std::sync::atomic::Ordering::Relaxed);
+    // The first member reads both partitions alone.
+    publish_to(&bootstrap, &events[..500]).await;
+    let first_counters = Arc::new(ServiceCounters::default());
+    let (stop_first, receiver) = watch::channel(false);
+    let first_task = tokio::spawn(run_service(
+        store.clone(),
+        service_config(&bootstrap, "first", 100),
+        receiver,
+        first_counters.clone(),
+    ));
+    wait_until(
+        "the first member to apply and commit what is there",
+        Duration::from_secs(60),
+        || applied(&first_counters) >= 500 && group_lag(&bootstrap, "balances", 2) == Some(0),
+    )
+    .await;
+    // A second member joins and takes one of the two partitions, and reads on in it.
+    let second_counters = Arc::new(ServiceCounters::default());
+    let (stop_second, receiver) = watch::channel(false);
+    let second_task = tokio::spawn(run_service(
+        store.clone(),
+        service_config(&bootstrap, "second", 100),
+        receiver,
+        second_counters.clone(),
+    ));
+    wait_until("a partition to move to the second member", Duration::from_secs(60), || {
+        assigned(&second_counters) == 1 && assigned(&first_counters) == 1
+    })
+    .await;
+    publish_to(&bootstrap, &events[500..1_000]).await;
+    wait_until("both members to apply and commit what came", Duration::from_secs(60), || {
+        applied(&first_counters) + applied(&second_counters) >= 1_000 && group_lag(&bootstrap, "balances", 2) == Some(0)
+    })
+    .await;
+    assert!(applied(&second_counters) > 0, "the second member read its partition");
+    // It leaves: its partition goes back to the first member, which must resume from the
+    // committed offset, not from where it had itself got to before.
+    stop_second.send_replace(true);
+    second_task.await.expect("join").expect("the second member stops cleanly");
+    publish_to(&bootstrap, &events[1_000..]).await;
+    wait_until("the first member to apply the rest", Duration::from_secs(60), || {
+        applied(&first_counters) + applied(&second_counters) >= 1_500
+    })
+    .await;
+    stop_first.send_replace(true);
+    first_task.await.expect("join").expect("the first member stops cleanly");
+    assert_eq!(
+        first_counters.skipped.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing was deleted: what the other member read is not a gap"
+    );
+    let plain: Vec<_> = workload.plain_events().cloned().collect();
+    let must_apply: HashSet<EventId> = plain.iter().map(|event| event.event_id).collect();
+    let (report, applied) = check_store(&store, &plain, &must_apply, &Oracle::from_events(&plain))
+        .await
+        .expect("check");
+    assert_eq!(applied, 1_500);
+    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+}

@@ -128,7 +128,11 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
         outcomes.push(outcome(variant, &record));
     }
     store.close().await;
+    let left_out = (lesson.left_out)(&setup);
     println!("\n{}", verdict_table(lesson.name, seed, broker, &outcomes));
+    for row in &left_out {
+        println!("left out on {broker}: {row}");
+    }
     let path = arguments.out.join("experiment.json");
     write_json(
         &path,
@@ -138,6 +142,7 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
             "broker": broker,
             "store": arguments.store.config()?.kind.as_str(),
             "variants": outcomes,
+            "left_out": left_out,
         }),
     )?;
     println!("written: {}", path.display());

@@ -30,6 +30,14 @@ pub struct Lesson {
     pub what: &'static str,
     /// Its variants.
     pub variants: fn(&Setup) -> Result<Vec<Variant>, String>,
+    /// The rows it leaves out on a setup's backend, each with why (the report prints them
+    /// under its table).
+    pub left_out: fn(&Setup) -> Vec<String>,
+}
+
+/// No row left out.
+fn none_left_out(_: &Setup) -> Vec<String> {
+    Vec::new()
 }
 
 /// Every lesson, in the order `tradeflow experiment list` shows them.
@@ -38,66 +46,79 @@ pub const LESSONS: &[Lesson] = &[
         name: auto_commit_crash::NAME,
         what: auto_commit_crash::WHAT,
         variants: auto_commit_crash::variants,
+        left_out: none_left_out,
     },
     Lesson {
         name: idempotent_consumer::NAME,
         what: idempotent_consumer::WHAT,
         variants: idempotent_consumer::variants,
+        left_out: none_left_out,
     },
     Lesson {
         name: producer_retries::NAME,
         what: producer_retries::WHAT,
         variants: producer_retries::variants,
+        left_out: none_left_out,
     },
     Lesson {
         name: poison_message::NAME,
         what: poison_message::WHAT,
         variants: |setup| Ok(poison_message::variants(setup)),
+        left_out: none_left_out,
     },
     Lesson {
         name: repartition_cutover::NAME,
         what: repartition_cutover::WHAT,
         variants: |setup| Ok(repartition_cutover::variants(setup)),
+        left_out: none_left_out,
     },
     Lesson {
         name: cluster_migration::NAME,
         what: cluster_migration::WHAT,
         variants: cluster_migration::variants,
+        left_out: cluster_migration::left_out,
     },
     Lesson {
         name: consumer_scaling::NAME,
         what: consumer_scaling::WHAT,
         variants: |setup| Ok(consumer_scaling::variants(setup)),
+        left_out: none_left_out,
     },
     Lesson {
         name: consumer_groups::NAME,
         what: consumer_groups::WHAT,
         variants: consumer_groups::variants,
+        left_out: none_left_out,
     },
     Lesson {
         name: broker_failure::NAME,
         what: broker_failure::WHAT,
         variants: broker_failure::variants,
+        left_out: none_left_out,
     },
     Lesson {
         name: retention::NAME,
         what: retention::WHAT,
         variants: retention::variants,
+        left_out: none_left_out,
     },
     Lesson {
         name: order_placement::NAME,
         what: order_placement::WHAT,
         variants: order_placement::variants,
+        left_out: none_left_out,
     },
     Lesson {
         name: outbox_relay::NAME,
         what: outbox_relay::WHAT,
         variants: outbox_relay::variants,
+        left_out: none_left_out,
     },
     Lesson {
         name: poller_vs_stream::NAME,
         what: poller_vs_stream::WHAT,
         variants: |setup| Ok(poller_vs_stream::variants(setup)),
+        left_out: none_left_out,
     },
 ];
 

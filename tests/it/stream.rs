@@ -442,6 +442,26 @@ async fn messages_the_broker_deleted_before_they_were_read_are_counted_not_silen
     assert_eq!(applied, (high - low) as u64, "everything the broker still had is applied");
 }
 
+/// A one-broker mock cluster with `trades` (`partitions`) and its dead-letter topic; its
+/// bootstrap servers.
+async fn trades_on_one_broker(partitions: i32) -> (Cluster, String) {
+    let cluster = Cluster::mock(1).expect("mock cluster starts");
+    cluster.ensure_topic("trades", partitions, 1).await.expect("topic");
+    cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    (cluster, bootstrap)
+}
+
+/// A workload's events with their indexes, as `publish_to` takes them.
+fn indexed(workload: &Workload) -> Vec<(usize, &tradeflow_domain::Event)> {
+    workload
+        .events
+        .iter()
+        .enumerate()
+        .map(|(index, scheduled)| (index, &scheduled.event))
+        .collect()
+}
+
 /// Publishes `events` (their indexes in the workload) to `trades` at `bootstrap`.
 async fn publish_to(bootstrap: &str, events: &[(usize, &tradeflow_domain::Event)]) {
     let deliveries = Arc::new(Deliveries::new(events.iter().map(|(index, _)| index + 1).max().unwrap_or(0)));
@@ -469,12 +489,7 @@ async fn a_balance_service_told_to_move_follows_the_producer_to_the_new_cluster_
         cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
     }
     let workload = Workload::generate(&workload(seed, 3_000)).expect("workload");
-    let events: Vec<(usize, &tradeflow_domain::Event)> = workload
-        .events
-        .iter()
-        .enumerate()
-        .map(|(index, scheduled)| (index, &scheduled.event))
-        .collect();
+    let events = indexed(&workload);
     let (before, rest) = events.split_at(1_500);
     let (later, after) = rest.split_at(500);
     // The old cluster's share is there before the service starts: its tail is what the
@@ -563,17 +578,9 @@ impl std::io::Write for SharedBuffer {
 /// A one-partition mock cluster whose `trades` already holds `events` of a seeded
 /// workload; its bootstrap servers, and the workload.
 async fn published(seed: u64, events: u64) -> (Cluster, String, Workload) {
-    let cluster = Cluster::mock(1).expect("mock cluster starts");
-    cluster.ensure_topic("trades", 1, 1).await.expect("topic");
-    cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
-    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let (cluster, bootstrap) = trades_on_one_broker(1).await;
     let workload = Workload::generate(&workload(seed, events)).expect("workload");
-    let events: Vec<(usize, &tradeflow_domain::Event)> = workload
-        .events
-        .iter()
-        .enumerate()
-        .map(|(index, scheduled)| (index, &scheduled.event))
-        .collect();
+    let events = indexed(&workload);
     publish_to(&bootstrap, &events).await;
     (cluster, bootstrap, workload)
 }
@@ -682,17 +689,9 @@ async fn a_partition_that_comes_back_after_another_member_read_it_is_not_counted
     let seed = 57;
     eprintln!("seed: {seed}");
     let (store, _directory) = tradeflow_tests::sqlite_store().await;
-    let cluster = Cluster::mock(1).expect("mock cluster starts");
-    cluster.ensure_topic("trades", 2, 1).await.expect("topic");
-    cluster.ensure_topic("trades.dlq", 1, 1).await.expect("dlq topic");
-    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let (_cluster, bootstrap) = trades_on_one_broker(2).await;
     let workload = Workload::generate(&workload(seed, 1_500)).expect("workload");
-    let events: Vec<(usize, &tradeflow_domain::Event)> = workload
-        .events
-        .iter()
-        .enumerate()
-        .map(|(index, scheduled)| (index, &scheduled.event))
-        .collect();
+    let events = indexed(&workload);
     let applied = |counters: &ServiceCounters| counters.applied.load(std::sync::atomic::Ordering::Relaxed);
     let assigned = |counters: &ServiceCounters| counters.assigned_partitions.load(std::sync::atomic::Ordering::Relaxed);
     // The first member reads both partitions alone.

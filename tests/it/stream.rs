@@ -88,6 +88,8 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         fencing: true,
         key_check: true,
         poison_exercise: false,
+        database_retry: tradeflow_stream::service::DatabaseRetry::Backoff,
+        max_poll_interval_ms: None,
     }
 }
 
@@ -170,13 +172,7 @@ async fn a_balance_service_killed_mid_batch_and_restarted_loses_nothing_and_appl
     stop.send_replace(true);
     survivor.await.expect("join").expect("the survivor stops cleanly");
 
-    let events: Vec<_> = workload.plain_events().cloned().collect();
-    let must_apply: HashSet<EventId> = events.iter().map(|event| event.event_id).collect();
-    let (report, applied) = check_store(&store, &events, &must_apply, &Oracle::from_events(&events))
-        .await
-        .expect("check");
-    assert_eq!(applied, 4_000);
-    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+    assert_every_event_applied_once(&store, &workload, 4_000).await;
     let skipped = survivor_counters.duplicates.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("redelivered and skipped: {skipped}");
     assert!(
@@ -303,13 +299,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_while_the
     )
     .await;
 
-    let events: Vec<_> = workload.plain_events().cloned().collect();
-    let must_apply: HashSet<EventId> = events.iter().map(|event| event.event_id).collect();
-    let (report, applied) = check_store(&store, &events, &must_apply, &Oracle::from_events(&events))
-        .await
-        .expect("check");
-    assert_eq!(applied, 500);
-    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+    assert_every_event_applied_once(&store, &workload, 500).await;
     assert_eq!(
         counters.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
         poison.len() as u64
@@ -440,6 +430,18 @@ async fn messages_the_broker_deleted_before_they_were_read_are_counted_not_silen
         "the gap between the committed offset and the log's start"
     );
     assert_eq!(applied, (high - low) as u64, "everything the broker still had is applied");
+}
+
+/// Checks the store against the workload's oracle: `count` events applied, each once, in
+/// order, with the right balances.
+async fn assert_every_event_applied_once(store: &Store, workload: &Workload, count: usize) {
+    let events: Vec<_> = workload.plain_events().cloned().collect();
+    let must_apply: HashSet<EventId> = events.iter().map(|event| event.event_id).collect();
+    let (report, applied) = check_store(store, &events, &must_apply, &Oracle::from_events(&events))
+        .await
+        .expect("check");
+    assert_eq!(applied, count as u64);
+    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
 }
 
 /// A one-broker mock cluster with `trades` (`partitions`) and its dead-letter topic; its
@@ -752,4 +754,61 @@ async fn a_partition_that_comes_back_after_another_member_read_it_is_not_counted
         .expect("check");
     assert_eq!(applied, 1_500);
     assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_pauses_the_partitions_and_keeps_the_member_in_its_group_until_it_is_back() {
+    let seed = 61;
+    eprintln!("seed: {seed}");
+    let (store, directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap, workload) = published(seed, 1_000).await;
+    // Another process takes the store's write lock before the service starts: every batch
+    // it receives meets a database that does not answer.
+    let mut holder = tokio::process::Command::new(tradeflow_tests::tradeflow_executable())
+        .arg("hold-sqlite-lock")
+        .arg(directory.path().join("test.db"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the lock holder starts");
+    let mut said = tokio::io::BufReader::new(holder.stdout.take().expect("its stdout"));
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut said, &mut line).await.expect("it says");
+    assert_eq!(line.trim(), "locked");
+
+    let counters = Arc::new(ServiceCounters::default());
+    let (stop, stop_receiver) = watch::channel(false);
+    let mut config = service_config(&bootstrap, "patient", 100);
+    config.max_poll_interval_ms = Some(6_000);
+    let service = tokio::spawn(run_service(store.clone(), config, stop_receiver, counters.clone()));
+    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until("the breaker to open", Duration::from_secs(60), || {
+        service.is_finished() || read(&counters.breaker_opened) > 0
+    })
+    .await;
+    // Past max.poll.interval.ms with the database still away: a member that stopped polling
+    // would be out of its group by now.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(!service.is_finished(), "the service stopped by itself: {:?}", service.await);
+    let failures = read(&counters.database_failures);
+    eprintln!(
+        "while the database was away: {} calls, {failures} failed, breaker opened {} times, {} rebalances",
+        read(&counters.database_attempts),
+        read(&counters.breaker_opened),
+        read(&counters.rebalances)
+    );
+    assert_eq!(read(&counters.applied), 0, "nothing applies while the file is locked");
+    assert!(failures >= 3, "every call failed: {failures}");
+    assert!(failures <= 12, "calls a backoff apart, not at once: {failures} in some 14 s");
+    assert_eq!(read(&counters.max_poll_exceeded), 0, "the member polled on");
+    assert_eq!(read(&counters.rebalances), 1, "its first assignment and nothing since");
+
+    holder.kill().await.expect("the lock holder dies");
+    wait_until("every event to be applied", Duration::from_secs(60), || {
+        read(&counters.applied) >= 1_000
+    })
+    .await;
+    stop.send_replace(true);
+    service.await.expect("join").expect("the service stops cleanly");
+    assert_every_event_applied_once(&store, &workload, 1_000).await;
 }

@@ -387,6 +387,8 @@ fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<
                 fencing: !arguments.no_fencing,
                 key_check: !arguments.no_key_check,
                 poison_exercise: arguments.poison_exercise,
+                database_retry: tradeflow_stream::service::DatabaseRetry::Backoff,
+                max_poll_interval_ms: None,
             };
             config.validate()?;
             Ok(config)

@@ -81,6 +81,14 @@ enum Command {
     /// NN`, `chapter solution NN` (after a pass, or with --give-up).
     #[command(subcommand)]
     Chapter(chapter::ChapterCommand),
+    /// Takes the write lock of a SQLite store file and holds it until killed: the
+    /// database-outage lesson's fault on SQLite, from a process of its own. Prints
+    /// `locked` once it holds the lock.
+    #[command(hide = true)]
+    HoldSqliteLock {
+        /// The SQLite file.
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +127,7 @@ fn main() -> ExitCode {
             Command::Experiment(arguments) => experiment::run(arguments).await,
             Command::Bench(arguments) => bench::run(arguments).await,
             Command::Chapter(command) => chapter::run(command).await,
+            Command::HoldSqliteLock { file } => hold_sqlite_lock(&file).await,
         }
     };
     let outcome = runtime.block_on(async {
@@ -149,4 +158,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tradeflow hold-sqlite-lock FILE`: holds the file's write lock until the process is
+/// killed.
+async fn hold_sqlite_lock(file: &std::path::Path) -> anyhow::Result<bool> {
+    let _connection = tradeflow_store::connect::lock_sqlite_file(file).await?;
+    println!("locked");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    std::future::pending::<()>().await;
+    Ok(true)
 }

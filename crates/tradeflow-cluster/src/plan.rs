@@ -94,6 +94,28 @@ impl fmt::Display for ServiceFault {
     }
 }
 
+/// Faults of the database the balance service writes to, applied from outside its
+/// process by the run (through a chaos proxy in front of PostgreSQL, or a lock another
+/// process holds on the SQLite file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "snake_case")]
+pub enum DatabaseFault {
+    /// The database becomes unreachable: PostgreSQL's connections are reset and new ones
+    /// refused; the SQLite file is locked by another process.
+    Outage,
+    /// The database is reachable again.
+    Back,
+}
+
+impl fmt::Display for DatabaseFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseFault::Outage => f.write_str("the balance service's database becomes unreachable"),
+            DatabaseFault::Back => f.write_str("the balance service's database is reachable again"),
+        }
+    }
+}
+
 /// What a step does, and to whom.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "target", rename_all = "snake_case")]
@@ -102,6 +124,8 @@ pub enum Action {
     Broker(Fault),
     /// A balance-service fault, applied by the run.
     Service(ServiceFault),
+    /// A fault of the balance service's database, applied by the run.
+    Database(DatabaseFault),
 }
 
 impl Action {
@@ -110,6 +134,8 @@ impl Action {
         match self {
             Action::Broker(fault) => fault.undo().map(Action::Broker),
             Action::Service(fault) => fault.undo().map(Action::Service),
+            Action::Database(DatabaseFault::Outage) => Some(Action::Database(DatabaseFault::Back)),
+            Action::Database(DatabaseFault::Back) => None,
         }
     }
 }
@@ -119,6 +145,7 @@ impl fmt::Display for Action {
         match self {
             Action::Broker(fault) => write!(f, "broker: {fault}"),
             Action::Service(fault) => write!(f, "balance service: {fault}"),
+            Action::Database(fault) => write!(f, "database: {fault}"),
         }
     }
 }
@@ -209,8 +236,13 @@ impl FaultPlan {
     pub fn broker_faults(&self) -> impl Iterator<Item = Fault> + '_ {
         self.timeline().into_iter().filter_map(|(_, action)| match action {
             Action::Broker(fault) => Some(fault),
-            Action::Service(_) => None,
+            Action::Service(_) | Action::Database(_) => None,
         })
+    }
+
+    /// Whether the plan takes the balance service's database away at some point.
+    pub fn has_database_faults(&self) -> bool {
+        self.steps.iter().any(|step| matches!(step.action, Action::Database(_)))
     }
 }
 

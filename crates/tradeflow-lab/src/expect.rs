@@ -18,6 +18,9 @@ pub struct Expected {
     /// A count from the run's configuration record that must be above zero (for example
     /// `redelivered`), whatever the verdict.
     pub observed: Option<&'static str>,
+    /// A count from the run's configuration record that must be zero (for example
+    /// `rebalances_in_run`: what the row's way of meeting the fault must avoid).
+    pub never: Option<&'static str>,
     /// Words a fault's recorded effect must contain: the proof that the fault did what the
     /// row is about (a new leader, an ISR below min.insync.replicas).
     pub effect: Option<&'static str>,
@@ -82,6 +85,7 @@ impl Expected {
             verdict: Some(Verdict::Pass),
             violation: None,
             observed: None,
+            never: None,
             effect: None,
             shown_by: None,
             at_least: None,
@@ -96,6 +100,7 @@ impl Expected {
             verdict: Some(Verdict::Fail),
             violation: Some(violation),
             observed: None,
+            never: None,
             effect: None,
             shown_by: None,
             at_least: None,
@@ -111,6 +116,7 @@ impl Expected {
             verdict: None,
             violation: None,
             observed: None,
+            never: None,
             effect: None,
             shown_by: None,
             at_least: None,
@@ -122,6 +128,12 @@ impl Expected {
     /// A count of the run's record that must be above zero too.
     pub fn observing(mut self, count: &'static str) -> Expected {
         self.observed = Some(count);
+        self
+    }
+
+    /// A count of the run's record that must be zero too.
+    pub fn never(mut self, count: &'static str) -> Expected {
+        self.never = Some(count);
         self
     }
 
@@ -168,6 +180,9 @@ impl Expected {
         if let Some(count) = self.observed {
             let _ = write!(text, ", {count} > 0");
         }
+        if let Some(count) = self.never {
+            let _ = write!(text, ", {count} = 0");
+        }
         if let Some(effect) = self.effect {
             let _ = write!(text, ", a fault's effect shows \"{effect}\"");
         }
@@ -196,7 +211,8 @@ impl Expected {
             let count = violation.count(&record.check);
             count > 0 && self.at_least.is_none_or(|stake| count >= config_count(record, stake))
         });
-        let observed = self.observed.is_none_or(|count| config_count(record, count) > 0);
+        let observed = self.observed.is_none_or(|count| config_count(record, count) > 0)
+            && self.never.is_none_or(|count| config_count(record, count) == 0);
         let time_lag = self.time_lag.is_none_or(|bound| bound.met_by(worst_time_lag_ms(record)));
         verdict && violation && observed && time_lag && self.effect_shown(record)
     }

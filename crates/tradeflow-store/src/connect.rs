@@ -173,8 +173,47 @@ impl Store {
             pool,
             kind: config.kind,
             url_redacted,
+            url: SecretUrl(config.url.clone()),
             statements: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The SQLite file of a SQLite store.
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        (self.kind == StoreKind::Sqlite).then(|| {
+            let url = &self.url.0;
+            std::path::PathBuf::from(url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url))
+        })
+    }
+
+    /// `HOST:PORT` of a PostgreSQL store's server (port 5432 when the URL names none).
+    pub fn postgres_address(&self) -> Option<String> {
+        (self.kind == StoreKind::Postgres).then(|| server_address(&self.url.0)).flatten()
+    }
+
+    /// A second store on the same PostgreSQL database, reached through `address` (a proxy
+    /// in front of the server) instead of the URL's host and port. Its own pool and
+    /// statement counter.
+    pub async fn through(&self, address: std::net::SocketAddr) -> Result<Store, StoreError> {
+        let bad = |reason: &str| StoreError::BadUrl {
+            url: self.url_redacted.clone(),
+            reason: reason.into(),
+        };
+        if self.kind != StoreKind::Postgres {
+            return Err(bad("only a PostgreSQL store can be reached through another address"));
+        }
+        let (scheme, rest) = self.url.0.split_once("://").ok_or_else(|| bad("the URL has no scheme"))?;
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        let user_info = authority
+            .rsplit_once('@')
+            .map(|(user_info, _)| format!("{user_info}@"))
+            .unwrap_or_default();
+        Store::connect(&StoreConfig {
+            kind: StoreKind::Postgres,
+            url: format!("{scheme}://{user_info}{address}{path}"),
+        })
+        .await
     }
 
     /// Empties every tradeflow table, so that a run starts from nothing.
@@ -194,6 +233,59 @@ impl Store {
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Takes SQLite's write lock on the file at `path` (`BEGIN EXCLUSIVE` on a connection of
+/// its own) and holds it as long as the returned connection lives: every writer of the
+/// file waits, then answers busy. The database-outage lesson's fault on SQLite, held by a
+/// process of its own.
+pub async fn lock_sqlite_file(path: &std::path::Path) -> Result<sqlx::AnyConnection, StoreError> {
+    sqlx::any::install_default_drivers();
+    let config = StoreConfig::sqlite_file(path);
+    let failed = |error| StoreError::Connect {
+        kind: StoreKind::Sqlite,
+        url: config.url_redacted(),
+        hint: "check that the file exists and is a tradeflow store",
+        error,
+    };
+    if !path.exists() {
+        return Err(StoreError::Invalid {
+            operation: "locking a SQLite file",
+            reason: format!("{} does not exist", path.display()),
+        });
+    }
+    let mut connection = sqlx::AnyConnection::connect(&config.driver_url()?).await.map_err(failed)?;
+    connection
+        .execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str())
+        .await
+        .map_err(failed)?;
+    connection.execute("BEGIN EXCLUSIVE").await.map_err(failed)?;
+    Ok(connection)
+}
+
+/// `HOST:PORT` of a server URL's authority (port 5432 when it names none).
+fn server_address(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if host.is_empty() {
+        return None;
+    }
+    Some(if host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    })
+}
+
+/// A URL that may hold a password: its `Debug` shows it redacted.
+#[derive(Clone)]
+pub(crate) struct SecretUrl(String);
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
     }
 }
 
@@ -230,6 +322,23 @@ mod tests {
         );
         assert_eq!(redact("postgres://tradeflow@host/db"), "postgres://tradeflow@host/db");
         assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[test]
+    fn a_stores_address_comes_from_its_url_and_its_debug_hides_the_password() {
+        assert_eq!(
+            format!("{:?}", SecretUrl("postgres://tradeflow:secret@127.0.0.1:5432/db".into())),
+            "postgres://tradeflow:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(
+            server_address("postgres://tradeflow:p@ss@127.0.0.1:6543/db").as_deref(),
+            Some("127.0.0.1:6543")
+        );
+        assert_eq!(
+            server_address("postgres://u@db.example/x?sslmode=require").as_deref(),
+            Some("db.example:5432")
+        );
+        assert_eq!(server_address("postgres:///x"), None);
     }
 
     #[test]

@@ -134,7 +134,42 @@ pub struct Store {
     pool: sqlx::AnyPool,
     kind: StoreKind,
     url_redacted: String,
+    /// The URL as given, password included: for a second pool to the same database (a
+    /// lesson's path through a chaos proxy); never printed.
+    url: connect::SecretUrl,
     statements: Arc<AtomicU64>,
+}
+
+impl StoreError {
+    /// Whether the error says the database could not be reached or could not answer (a
+    /// connection refused, reset or timed out, the server shutting down or refusing
+    /// connections, a SQLite file locked by another process for longer than the busy
+    /// timeout), as against a statement the database refused: the first is worth trying
+    /// again later; the second would fail the same way.
+    pub fn is_unavailable(&self) -> bool {
+        let error = match self {
+            StoreError::Query { error, .. } | StoreError::Connect { error, .. } => error,
+            StoreError::RetriesExhausted { error, .. } => return is_lost_race(error) || unavailable(error),
+            _ => return false,
+        };
+        unavailable(error) || is_lost_race(error)
+    }
+}
+
+/// Whether a driver error means the database is out of reach (see
+/// [`StoreError::is_unavailable`]).
+fn unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => {
+            true
+        }
+        // Connection exceptions (08xxx), the server shutting down or starting (57P01..57P03),
+        // too many connections (53300).
+        sqlx::Error::Database(database_error) => database_error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0") || code == "53300"),
+        _ => false,
+    }
 }
 
 impl Store {

@@ -52,6 +52,11 @@ pub struct FleetConfig {
     /// The least time a kill waits after the receipt of the batch its process dies holding
     /// (see [`crate::run::Scenario`]'s `kill_after`).
     pub kill_after: Duration,
+    /// How a failing database is met (see [`ServiceConfig`]); members inside the run only
+    /// may meet it the naive way.
+    pub database_retry: crate::service::DatabaseRetry,
+    /// The members' `max.poll.interval.ms`; `None`: the service's default.
+    pub max_poll_interval_ms: Option<u32>,
     /// Seed of the kills' timing.
     pub seed: u64,
 }
@@ -108,6 +113,15 @@ pub struct SettledAssignment {
 impl Fleet {
     /// A fleet with `consumers` members started.
     pub fn start(store: Store, config: FleetConfig, consumers: u32) -> Result<Fleet, StreamError> {
+        if config.processes.is_some()
+            && (config.database_retry != crate::service::DatabaseRetry::Backoff || config.max_poll_interval_ms.is_some())
+        {
+            return Err(StreamError::Config {
+                reason:
+                    "the naive database retries and a max.poll.interval.ms of the run's own are for consumers inside the run, not processes"
+                        .into(),
+            });
+        }
         let mut fleet = Fleet {
             store,
             config,
@@ -187,6 +201,8 @@ impl Fleet {
             fencing: self.config.fencing,
             key_check: self.config.key_check,
             poison_exercise: self.config.poison_exercise,
+            database_retry: self.config.database_retry,
+            max_poll_interval_ms: self.config.max_poll_interval_ms,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod journal;
 pub mod lag;
 pub mod metrics;
 pub mod notifications;
+mod outage;
 pub mod outbox;
 pub mod process;
 pub mod publisher;

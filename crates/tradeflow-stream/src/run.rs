@@ -6,6 +6,7 @@ use crate::cutover::{Switch, publish};
 use crate::fleet::{Fleet, FleetConfig};
 use crate::lag::{self, LagProbe};
 use crate::notifications::NotificationGroup;
+use crate::outage::DatabaseOutage;
 use crate::publisher::{Deliveries, Delivery, Publisher, PublisherConfig};
 use crate::service::{CommitPolicy, ServiceCounters};
 use crate::timeline::{FaultTimeline, PoisonTarget, TopicLayout, ensure_topics};
@@ -111,6 +112,14 @@ pub struct Scenario {
     /// Events written to the store's outbox and relayed to Kafka, instead of published from
     /// memory (the outbox-relay lesson, `compare --source outbox`); `None`: from memory.
     pub outbox: Option<crate::outbox::Outbox>,
+    /// How the balance service meets a failing database (the naive way only in the
+    /// database-outage lesson).
+    pub database_retry: crate::service::DatabaseRetry,
+    /// The consumers' `max.poll.interval.ms`; `None`: the service's default.
+    pub max_poll_interval_ms: Option<u32>,
+    /// The `tradeflow` executable that holds a SQLite file's lock during a planned database
+    /// outage (a process of its own); PostgreSQL's outage needs none.
+    pub lock_holder: Option<std::path::PathBuf>,
 }
 
 impl Default for Scenario {
@@ -133,6 +142,9 @@ impl Default for Scenario {
             orders_per_s: None,
             order_desk: tradeflow_check::orders::Desk::Plain,
             outbox: None,
+            database_retry: crate::service::DatabaseRetry::Backoff,
+            max_poll_interval_ms: None,
+            lock_holder: None,
         }
     }
 }
@@ -316,8 +328,13 @@ pub async fn run(
         )?),
         _ => None,
     };
+    let outage = match options.scenario.plan.has_database_faults() {
+        true => Some(DatabaseOutage::prepare(store, options.scenario.lock_holder.as_ref(), options.workload.seed).await?),
+        false => None,
+    };
+    let service_store = outage.as_ref().map_or_else(|| store.clone(), DatabaseOutage::service_store);
     let before = (store.statements(), ProcessStats::current());
-    let mut fleets = Fleets::start(store, options, &bootstrap, &next_bootstrap, &group).await?;
+    let mut fleets = Fleets::start(&service_store, options, &bootstrap, &next_bootstrap, &group).await?;
     // The partitions of the groups running now (a new group that waits for the old one's
     // lag is not among them).
     let wanted = i64::from(options.partitions)
@@ -378,7 +395,7 @@ pub async fn run(
             .map(|account| account.id.as_str().to_owned())
             .unwrap_or_default(),
     };
-    let mut faults = FaultTimeline::new(&options.scenario.plan, poison);
+    let mut faults = FaultTimeline::new(&options.scenario.plan, poison, outage);
     let watching = Watching {
         options,
         cluster,
@@ -403,9 +420,12 @@ pub async fn run(
     counters.report_skipped();
     let latency = fleets.finish().await?;
     let crashed = counters.crashed();
-    let faults = faults.finish(cluster, &crashed).await;
+    let (faults, outage) = faults.finish(cluster, &crashed).await;
     let lag = lag.finish(start, &intended_at).await;
-    let (db_statements, process) = (store.statements() - before.0, ProcessStats::current().since(&before.1));
+    let (db_statements, process) = (
+        store.statements() + outage.as_ref().map_or(0, DatabaseOutage::own_statements) - before.0,
+        ProcessStats::current().since(&before.1),
+    );
     // What the broker acknowledged had to be applied; what it never acknowledged did not.
     // From an outbox, every event had to be: each was committed to the system of record
     // (a write that failed ends the run), and the relay owes it to Kafka.
@@ -430,6 +450,9 @@ pub async fn run(
     }
     if let Some(outbox) = &options.scenario.outbox {
         outbox_counters.record_into(outbox, &mut config);
+    }
+    if let Some(outage) = &outage {
+        crate::run_record::database_into(&mut config, options, &counters, outage, &lag);
     }
     Ok(RunRecord {
         seed: options.workload.seed,
@@ -644,6 +667,8 @@ impl Fleets {
             kill_after: options.scenario.kill_after,
             key_check: options.scenario.key_check,
             poison_exercise: options.scenario.poison_exercise,
+            database_retry: options.scenario.database_retry,
+            max_poll_interval_ms: options.scenario.max_poll_interval_ms,
             seed: options.workload.seed,
         };
         let main = Fleet::start(
@@ -749,6 +774,11 @@ impl Fleets {
             next: self.next.as_ref().map(|next| next.counters.clone()),
             assignments: self.main.assignments().to_vec(),
             moved_at_ms: self.moved_at_ms,
+            rebalances_at_end: self.main.counters.rebalances.load(Ordering::Relaxed)
+                + self
+                    .next
+                    .as_ref()
+                    .map_or(0, |next| next.counters.rebalances.load(Ordering::Relaxed)),
         }
     }
 
@@ -770,6 +800,9 @@ pub(crate) struct FleetCounters {
     pub(crate) assignments: Vec<crate::fleet::SettledAssignment>,
     /// When a waiting new group started (ms since the start), if it did.
     pub(crate) moved_at_ms: Option<u64>,
+    /// Rebalances seen by the end of the run, before the consumers left (their leaving is
+    /// a revocation each, and no fault's doing).
+    pub(crate) rebalances_at_end: u64,
 }
 
 impl FleetCounters {

@@ -49,8 +49,9 @@ pub(crate) fn config(
         "skipped_by_broker": counters.sum(|counters| counters.skipped.load(Ordering::Relaxed)),
         "rebalances": counters.sum(|counters| counters.rebalances.load(Ordering::Relaxed)),
         "assignments": counters.assignments,
-        // Rebalances once every consumer had its first partitions: what faults caused.
-        "rebalances_in_run": counters.sum(|counters| counters.rebalances.load(Ordering::Relaxed)).saturating_sub(rebalances_before),
+        // Rebalances once every consumer had its first partitions and before they left at
+        // the end: what faults caused.
+        "rebalances_in_run": counters.rebalances_at_end.saturating_sub(rebalances_before),
         "cutover": options.scenario.cutover.as_ref().map(|cutover| serde_json::json!({
             "topic": cutover.topic,
             "partitions": cutover.partitions,
@@ -91,6 +92,15 @@ pub(crate) fn config(
             .map(|frozen| frozen.messages as u64)
             .sum::<u64>(),
     });
+    if let Some(object) = config.as_object_mut() {
+        // Dead letters that could not be sent: their partitions waited and read them again.
+        object.insert(
+            "dead_letter_failures".into(),
+            counters
+                .sum(|counters| counters.dead_letter_failures.load(Ordering::Relaxed))
+                .into(),
+        );
+    }
     if let (Some(report), Some(object)) = (notifications, config.as_object_mut()) {
         // The second group's counts, where an experiment's expectations read them.
         object.insert("notifications_peak_lag".into(), report.peak_lag.into());
@@ -100,3 +110,50 @@ pub(crate) fn config(
     }
     config
 }
+
+/// What a run with a database outage adds to its record's `config`: how the service met
+/// it, the outage's window, the service's database calls during it, whether it was taken
+/// out of its group, and how long its lag took to drain once the database was back (the
+/// first lag sample after the return whose oldest unapplied event is under
+/// [`DRAINED_TIME_LAG_MS`] old).
+pub(crate) fn database_into(
+    config: &mut serde_json::Value,
+    options: &StreamOptions,
+    counters: &FleetCounters,
+    outage: &crate::outage::DatabaseOutage,
+    lag: &[tradeflow_check::LagSample],
+) {
+    let window = outage.window;
+    let outage_ms = window.from_ms.zip(window.to_ms).map(|(from, to)| to.saturating_sub(from));
+    let during = window.attempts.1.saturating_sub(window.attempts.0);
+    let drained_at_ms = window.to_ms.and_then(|back| {
+        lag.iter()
+            .map(|sample| ((sample.t_s * 1_000.0) as u64, sample.time_lag_ms))
+            .find(|(at_ms, time_lag_ms)| *at_ms >= back && *time_lag_ms < DRAINED_TIME_LAG_MS)
+            .map(|(at_ms, _)| at_ms)
+    });
+    let sum = |read: fn(&crate::service::ServiceCounters) -> &std::sync::atomic::AtomicU64| {
+        counters.sum(|counters| read(counters).load(Ordering::Relaxed))
+    };
+    let Some(object) = config.as_object_mut() else { return };
+    object.insert("database_retry".into(), options.scenario.database_retry.as_str().into());
+    object.insert("database_attempts".into(), sum(|counters| &counters.database_attempts).into());
+    object.insert("database_failures".into(), sum(|counters| &counters.database_failures).into());
+    object.insert("breaker_opened".into(), sum(|counters| &counters.breaker_opened).into());
+    object.insert("max_poll_exceeded".into(), sum(|counters| &counters.max_poll_exceeded).into());
+    object.insert(
+        "database".into(),
+        serde_json::json!({
+            "retry": options.scenario.database_retry.as_str(),
+            "max_poll_interval_ms": options.scenario.max_poll_interval_ms,
+            "outage_from_ms": window.from_ms,
+            "outage_ms": outage_ms,
+            "calls_during_outage": during,
+            "calls_per_s_during_outage": outage_ms.filter(|ms| *ms > 0).map(|ms| during as f64 * 1_000.0 / ms as f64),
+            "drained_ms_after_return": drained_at_ms.zip(window.to_ms).map(|(drained, back)| drained - back),
+        }),
+    );
+}
+
+/// A time lag under which the balance service counts as caught up after an outage, in ms.
+pub(crate) const DRAINED_TIME_LAG_MS: f64 = 1_000.0;

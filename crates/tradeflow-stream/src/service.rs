@@ -11,7 +11,9 @@
 use crate::dlq::{self, Rejection};
 use crate::journal::{Journal, JournalEntry};
 use crate::{HEADER_INTENDED_AT_NS, StreamError, base_config, lag};
+use rand::SeedableRng;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -48,6 +50,47 @@ pub const COMMITTED_TIMEOUT: Duration = Duration::from_secs(2);
 /// The auto-commit interval of the `auto` policy: short, so that the crash experiment
 /// shows its effect in seconds.
 pub const AUTO_COMMIT_INTERVAL_MS: u32 = 100;
+
+/// How long one database call of the balance service may take before it is given up and
+/// counted as a failure (a blackholed connection, a lock that is not let go). Long against
+/// a batch's transaction on a loaded machine; a batch given up this way that did commit is
+/// skipped by the apply log when it is tried again.
+pub const DATABASE_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The wait after a batch's first failed database call; doubled after each further one,
+/// up to [`DATABASE_RETRY_MAX`], each wait drawn uniformly between half and all of it
+/// (jitter, so that the consumers of a group do not come back in step).
+pub const DATABASE_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest wait between two tries of a batch while the database is away.
+pub const DATABASE_RETRY_MAX: Duration = Duration::from_secs(3);
+/// Failed database calls in a row after which the circuit breaker opens. From the first
+/// failure the consumer pauses its partitions (it fetches nothing more, and goes on
+/// polling, so it stays in its group); once open, it tries the batch in hand once per
+/// backoff until the database answers.
+pub const BREAKER_OPENS_AFTER: u32 = 3;
+
+/// How the balance service meets a database that fails or does not answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseRetry {
+    /// A timeout on every call, retries with exponential backoff and jitter, and a circuit
+    /// breaker that pauses the partitions after [`BREAKER_OPENS_AFTER`] failures in a row:
+    /// few calls while the database is away, no rebalance, the batch applied when it is back.
+    #[default]
+    Backoff,
+    /// The database-outage lesson's naive consumer: tries the batch again at once, for
+    /// ever, with no timeout, and polls nothing meanwhile.
+    AtOnce,
+}
+
+impl DatabaseRetry {
+    /// The name the records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseRetry::Backoff => "backoff",
+            DatabaseRetry::AtOnce => "at_once",
+        }
+    }
+}
 
 /// When a consumer commits its offsets. Only `AfterDatabase` is safe; the others exist
 /// for the experiments and property tests that show why.
@@ -149,6 +192,10 @@ pub struct ServiceConfig {
     /// Whether chapter 06's exercise decides what happens to a message that cannot be
     /// processed (retry it later, or dead-letter it), instead of `dead_letter`.
     pub poison_exercise: bool,
+    /// How a failing database is met (the naive way only in the database-outage lesson).
+    pub database_retry: DatabaseRetry,
+    /// `max.poll.interval.ms`; `None`: three session timeouts, at least 20 s.
+    pub max_poll_interval_ms: Option<u32>,
 }
 
 impl ServiceConfig {
@@ -165,6 +212,14 @@ impl ServiceConfig {
             });
         }
         Ok(())
+    }
+
+    /// The consumer's `max.poll.interval.ms`: a member that polls less often than this is
+    /// taken out of its group.
+    pub fn max_poll_interval_ms(&self) -> u32 {
+        self.max_poll_interval_ms
+            .unwrap_or((self.session_timeout_ms * 3).max(20_000))
+            .max(self.session_timeout_ms)
     }
 
     fn consumer(&self, counters: Arc<ServiceCounters>) -> Result<StreamConsumer<ServiceContext>, StreamError> {
@@ -187,7 +242,7 @@ impl ServiceConfig {
             // The rebalance timeout: how long a rebalance waits for members to rejoin. This
             // loop polls between batches, and a batch takes far less, so a member silent this
             // long is gone; the default (5 minutes) would stall the group that long.
-            .set("max.poll.interval.ms", (self.session_timeout_ms * 3).max(20_000).to_string())
+            .set("max.poll.interval.ms", self.max_poll_interval_ms().to_string())
             // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
             .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
             // Bounded prefetch: librdkafka queues at most this much ahead of the batch in
@@ -242,6 +297,18 @@ pub struct ServiceCounters {
     /// Partitions each running member holds, by its name: set at each assignment,
     /// lowered at each revocation, forgotten when the member ends.
     pub partitions_by_member: std::sync::Mutex<BTreeMap<String, i64>>,
+    /// Database calls made to apply a batch (each try counts, the failed ones included).
+    pub database_attempts: AtomicU64,
+    /// Of those, the ones that failed or timed out because the database was out of reach.
+    pub database_failures: AtomicU64,
+    /// Times a consumer's circuit breaker opened (it paused its partitions).
+    pub breaker_opened: AtomicU64,
+    /// Times a consumer heard from librdkafka that it had not polled within
+    /// `max.poll.interval.ms` and had been taken out of its group.
+    pub max_poll_exceeded: AtomicU64,
+    /// Messages whose dead letter could not be sent: their partition waited at them and
+    /// read them again.
+    pub dead_letter_failures: AtomicU64,
 }
 
 /// Most messages whose failed attempts are remembered at once; past it, the count starts
@@ -506,6 +573,7 @@ pub async fn run_controlled(
     let mut latency = LatencyRecorder::new();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(config.batch_size);
     let mut positions = Positions::default();
+    let mut carried = Carried::default();
     let mut batches = 0;
     while *control.borrow() != Control::Stop {
         if *control.borrow() == Control::Hold {
@@ -514,26 +582,29 @@ pub async fn run_controlled(
             }
             continue;
         }
-        let first = tokio::select! {
-            changed = control.changed() => {
-                if changed.is_err() {
-                    break;
+        carried.take_into(&consumer, &mut batch, config.batch_size);
+        if batch.is_empty() {
+            let first = tokio::select! {
+                changed = control.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    // Stop leaves at once; a crash waits for the next batch, so that it
+                    // lands mid-batch.
+                    continue;
                 }
-                // Stop leaves at once; a crash waits for the next batch, so that it lands
-                // mid-batch.
-                continue;
-            }
-            received = consumer.recv() => received,
-        };
-        match first {
-            Ok(message) => batch.push(message.detach()),
-            Err(error) => {
-                tracing::warn!(%error, "consumer error");
-                tokio::time::sleep(ERROR_BACKOFF).await;
-                continue;
+                received = consumer.recv() => received,
+            };
+            match first {
+                Ok(message) => batch.push(message.detach()),
+                Err(error) => {
+                    consumer_error(&error, &counters);
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                    continue;
+                }
             }
         }
-        fill(&consumer, &config, &mut batch).await;
+        fill(&consumer, &config, &mut batch, &counters).await;
         positions.check(&consumer, &config, &batch, &counters).await;
         batches += 1;
         journal_received(&config, batches, &batch);
@@ -558,22 +629,83 @@ pub async fn run_controlled(
             lease: Duration::from_millis(u64::from(config.session_timeout_ms)),
             floor: &mut positions.floor,
         };
-        process(&store, &consumer, &dead_letters, &config, held, &counters, &mut latency).await?;
+        let steer = Steer {
+            control: &control,
+            carried: &mut carried,
+            latency: &mut latency,
+        };
+        process(&store, &consumer, &dead_letters, &config, held, &counters, steer).await?;
         batch.clear();
     }
     Ok(latency)
 }
 
 /// Fills a batch whose first message is in, until it is full or the fill wait is over.
-async fn fill(consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfig, batch: &mut Vec<OwnedMessage>) {
+async fn fill(
+    consumer: &StreamConsumer<ServiceContext>,
+    config: &ServiceConfig,
+    batch: &mut Vec<OwnedMessage>,
+    counters: &ServiceCounters,
+) {
     let deadline = tokio::time::Instant::now() + config.fill_wait;
     while batch.len() < config.batch_size {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(message)) => batch.push(message.detach()),
-            Ok(Err(error)) => tracing::warn!(%error, "consumer error"),
+            Ok(Err(error)) => consumer_error(&error, counters),
             Err(_) => break,
         }
     }
+}
+
+/// Logs an error the consumer handed out instead of a message, and counts the one that
+/// says the member was taken out of its group for not polling in time.
+fn consumer_error(error: &KafkaError, counters: &ServiceCounters) {
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PollExceeded) {
+        counters.max_poll_exceeded.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%error, "this consumer did not poll within max.poll.interval.ms and was taken out of its group: its partitions went to the others");
+    } else {
+        tracing::warn!(%error, "consumer error");
+    }
+}
+
+/// Messages a consumer received while it waited for its database with the circuit breaker
+/// open (from partitions assigned to it meanwhile, before it paused them too): they start
+/// its next batch, unless its partitions changed hands since, in which case every
+/// partition is read again from its committed offset and they are dropped.
+#[derive(Default)]
+struct Carried {
+    messages: Vec<OwnedMessage>,
+    generation: u64,
+}
+
+impl Carried {
+    fn keep(&mut self, consumer: &StreamConsumer<ServiceContext>, message: OwnedMessage) {
+        let generation = consumer.context().generation.load(Ordering::Relaxed);
+        if generation != self.generation {
+            self.messages.clear();
+            self.generation = generation;
+        }
+        self.messages.push(message);
+    }
+
+    /// Moves up to `room` carried messages of the current generation into `batch`.
+    fn take_into(&mut self, consumer: &StreamConsumer<ServiceContext>, batch: &mut Vec<OwnedMessage>, room: usize) {
+        if self.generation != consumer.context().generation.load(Ordering::Relaxed) {
+            self.messages.clear();
+        }
+        let taken = self.messages.len().min(room.saturating_sub(batch.len()));
+        batch.extend(self.messages.drain(..taken));
+    }
+}
+
+/// What a batch's processing needs of the loop around it: the host's control (a consumer
+/// told to stop while it waits for the database leaves with the batch unapplied) and where
+/// messages received meanwhile go.
+struct Steer<'a> {
+    control: &'a watch::Receiver<Control>,
+    carried: &'a mut Carried,
+    /// The consumer's latencies: each applied event's, from its intended send time.
+    latency: &'a mut LatencyRecorder,
 }
 
 /// The cooperative crash of the in-process tests: lingers as long as a transaction would
@@ -884,6 +1016,21 @@ struct Held<'a> {
 }
 
 impl Held<'_> {
+    /// The partitions and offset ranges the batch holds, for the logs of a consumer that is
+    /// stuck with it.
+    fn partitions(&self) -> Vec<(i32, i64, i64)> {
+        let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+        for message in self.messages {
+            let range = ranges.entry(message.partition()).or_insert((message.offset(), message.offset()));
+            range.0 = range.0.min(message.offset());
+            range.1 = range.1.max(message.offset());
+        }
+        ranges
+            .into_iter()
+            .map(|(partition, (first, last))| (partition, first, last))
+            .collect()
+    }
+
     /// Whether the batch's partitions were, or may have been, revoked since it was
     /// received: a rebalance the consumer took part in, an assignment librdkafka gave up as
     /// lost, or a batch held past the session timeout (a process frozen that long wakes up
@@ -920,9 +1067,9 @@ async fn process(
     consumer: &Arc<StreamConsumer<ServiceContext>>,
     dead_letters: &rdkafka::producer::FutureProducer,
     config: &ServiceConfig,
-    held: Held<'_>,
+    mut held: Held<'_>,
     counters: &ServiceCounters,
-    latency: &mut LatencyRecorder,
+    mut steer: Steer<'_>,
 ) -> Result<(), StreamError> {
     let (batch_number, batch) = (held.number, held.messages);
     if !config.apply_delay.is_zero() {
@@ -944,9 +1091,11 @@ async fn process(
             intended_at_ns: *intended_at_ns,
         })
         .collect();
-    let summary = store.apply_batch_as(&inputs, &config.name, config.dedup).await?;
+    let Some(summary) = apply(store, consumer, config, &mut held, &inputs, counters, &mut steer).await? else {
+        return Ok(());
+    };
     let committed_at_ns = now_ns();
-    record_applied(&accepted, committed_at_ns, latency);
+    record_applied(&accepted, committed_at_ns, steer.latency);
     // The database commit is done: now, and only now, the offsets (the other policies
     // exist to show what goes wrong when they are committed at another time).
     if config.commit == CommitPolicy::AfterDatabase {
@@ -978,6 +1127,199 @@ async fn process(
         tokio::time::sleep(POISON_RETRY_BACKOFF).await;
     }
     Ok(())
+}
+
+/// Applies a batch's accepted events in one transaction, meeting a database that fails as
+/// the configuration says. `None`: the batch was given up unapplied and nothing of it is
+/// to be committed (its partitions changed hands while the database was away, or the host
+/// told the consumer to stop).
+async fn apply(
+    store: &Store,
+    consumer: &Arc<StreamConsumer<ServiceContext>>,
+    config: &ServiceConfig,
+    held: &mut Held<'_>,
+    inputs: &[ApplyInput<'_>],
+    counters: &ServiceCounters,
+    steer: &mut Steer<'_>,
+) -> Result<Option<tradeflow_store::apply::ApplySummary>, StreamError> {
+    let mut failures: u32 = 0;
+    let mut breaker = Breaker::Closed;
+    let mut jitter = rand_chacha::ChaCha8Rng::seed_from_u64(held.number);
+    loop {
+        counters.database_attempts.fetch_add(1, Ordering::Relaxed);
+        let attempt = match config.database_retry {
+            DatabaseRetry::AtOnce => store
+                .apply_batch_as(inputs, &config.name, config.dedup)
+                .await
+                .map_err(Failure::Store),
+            DatabaseRetry::Backoff => tokio::time::timeout(DATABASE_CALL_TIMEOUT, store.apply_batch_as(inputs, &config.name, config.dedup))
+                .await
+                .map_err(|_| Failure::TimedOut)
+                .and_then(|applied| applied.map_err(Failure::Store)),
+        };
+        let failure = match attempt {
+            Ok(summary) => {
+                if failures > 0 {
+                    tracing::info!(consumer = %config.name, batch = held.number, failures, "the database answers again: batch applied");
+                    // The batch was held for the outage's length while this consumer kept
+                    // its partitions (no rebalance reached it): its lease starts again.
+                    held.received_at = tokio::time::Instant::now();
+                }
+                breaker.close(consumer, config);
+                return Ok(Some(summary));
+            }
+            Err(Failure::Store(error)) if config.database_retry == DatabaseRetry::Backoff && !error.is_unavailable() => {
+                breaker.close(consumer, config);
+                return Err(error.into());
+            }
+            Err(failure) => failure,
+        };
+        failures += 1;
+        counters.database_failures.fetch_add(1, Ordering::Relaxed);
+        if config.database_retry == DatabaseRetry::AtOnce {
+            if failures == 1 || failures.is_power_of_two() {
+                tracing::warn!(consumer = %config.name, batch = held.number, failures, error = %failure, "database call failed; trying again at once");
+            }
+            continue;
+        }
+        tracing::warn!(
+            consumer = %config.name,
+            batch = held.number,
+            failures,
+            error = %failure,
+            partitions = ?held.partitions(),
+            "database call failed; the batch is held and tried again after a backoff"
+        );
+        // The batch is held: nothing more is fetched while it waits, and polling with every
+        // partition paused keeps the member in its group. A message of a partition assigned
+        // meanwhile is kept for the next batch, and that partition paused too.
+        breaker.hold(consumer, config);
+        if failures == BREAKER_OPENS_AFTER {
+            breaker.open(config, counters);
+        }
+        wait_polling(consumer, backoff(failures, &mut jitter), steer.carried, counters).await;
+        breaker.hold(consumer, config);
+        if consumer.assignment_lost() || consumer.context().generation.load(Ordering::Relaxed) != held.generation {
+            breaker.close(consumer, config);
+            fence(config, held, counters);
+            return Ok(None);
+        }
+        if *steer.control.borrow() == Control::Stop {
+            tracing::warn!(consumer = %config.name, batch = held.number, "told to stop while the database is away: leaving the batch unapplied and uncommitted");
+            breaker.close(consumer, config);
+            return Ok(None);
+        }
+    }
+}
+
+/// Why a database call failed.
+enum Failure {
+    /// The store said so.
+    Store(tradeflow_store::StoreError),
+    /// It did not answer within [`DATABASE_CALL_TIMEOUT`].
+    TimedOut,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Store(error) => error.fmt(f),
+            Failure::TimedOut => write!(f, "no answer within {DATABASE_CALL_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// The wait before the next try after `failures` failures in a row: exponential from
+/// [`DATABASE_RETRY_FIRST`], capped at [`DATABASE_RETRY_MAX`], drawn between half and all
+/// of it.
+fn backoff(failures: u32, jitter: &mut impl rand::Rng) -> Duration {
+    let full = DATABASE_RETRY_FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(DATABASE_RETRY_MAX);
+    full.mul_f64(jitter.random_range(0.5..=1.0))
+}
+
+/// Waits `wait` while polling the consumer (its partitions paused): keeps `max.poll.interval.ms`
+/// from running out and serves rebalances.
+async fn wait_polling(consumer: &StreamConsumer<ServiceContext>, wait: Duration, carried: &mut Carried, counters: &ServiceCounters) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => carried.keep(consumer, message.detach()),
+            Ok(Err(error)) => consumer_error(&error, counters),
+            Err(_) => return,
+        }
+    }
+}
+
+/// A consumer's circuit breaker for its database. Closed: fetching. Holding: a database
+/// call failed, the partitions are paused while the batch waits for its next try (bounded
+/// retries, a backoff apart). Open: [`BREAKER_OPENS_AFTER`] calls failed in a row; the
+/// partitions stay paused and the batch is tried once per backoff (at most
+/// [`DATABASE_RETRY_MAX`] apart) until the database answers.
+#[derive(PartialEq, Eq)]
+enum Breaker {
+    Closed,
+    Holding,
+    Open,
+}
+
+impl Breaker {
+    /// Pauses every partition the consumer holds (again, for any assigned since).
+    fn hold(&mut self, consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfig) {
+        let paused = pause_assignment(consumer, config);
+        if *self == Breaker::Closed {
+            *self = Breaker::Holding;
+            tracing::info!(consumer = %config.name, partitions = ?paused, "partitions paused while the batch in hand waits for the database");
+        }
+    }
+
+    /// Opens the breaker.
+    fn open(&mut self, config: &ServiceConfig, counters: &ServiceCounters) {
+        if *self == Breaker::Open {
+            return;
+        }
+        *self = Breaker::Open;
+        counters.breaker_opened.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            consumer = %config.name,
+            messaging.destination.name = %config.topic,
+            "circuit breaker open: {BREAKER_OPENS_AFTER} database calls failed in a row; partitions stay paused, the member stays in its group, the batch is tried at most every {DATABASE_RETRY_MAX:?}"
+        );
+    }
+
+    /// Closes the breaker: resumes the partitions the consumer holds now.
+    fn close(&mut self, consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfig) {
+        if *self == Breaker::Closed {
+            return;
+        }
+        *self = Breaker::Closed;
+        match consumer.assignment() {
+            Ok(assignment) => {
+                if let Err(error) = consumer.resume(&assignment) {
+                    tracing::warn!(consumer = %config.name, %error, "resuming partitions after the database came back");
+                }
+                tracing::info!(consumer = %config.name, partitions = ?partition_numbers(&assignment), "circuit breaker closed: partitions resumed");
+            }
+            Err(error) => tracing::warn!(consumer = %config.name, %error, "reading the assignment to resume it"),
+        }
+    }
+}
+
+/// Pauses every partition the consumer holds; returns their numbers.
+fn pause_assignment(consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfig) -> Vec<i32> {
+    match consumer.assignment() {
+        Ok(assignment) => {
+            if let Err(error) = consumer.pause(&assignment) {
+                tracing::warn!(consumer = %config.name, %error, "pausing partitions");
+            }
+            partition_numbers(&assignment)
+        }
+        Err(error) => {
+            tracing::warn!(consumer = %config.name, %error, "reading the assignment to pause it");
+            Vec::new()
+        }
+    }
 }
 
 /// What a batch holds once sorted: the events to apply (message, event, intended send
@@ -1025,8 +1367,23 @@ async fn triage<'a>(
                 } else {
                     config.dead_letter
                 };
-                if dead_letter {
-                    dlq::send(dead_letters, message, &rejection, now_ns()).await?;
+                let sent = if dead_letter {
+                    dlq::send(dead_letters, message, &rejection, now_ns())
+                        .await
+                        .inspect_err(|error| {
+                            counters.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(
+                                %error,
+                                messaging.destination.partition.id = message.partition(),
+                                messaging.kafka.offset = message.offset(),
+                                "the dead letter could not be sent: its partition waits at it and reads it again"
+                            );
+                        })
+                        .is_ok()
+                } else {
+                    false
+                };
+                if sent {
                     dead_lettered += 1;
                 } else {
                     // A partition's messages arrive in offset order, so what was accepted
@@ -1187,6 +1544,28 @@ mod tests {
             BTreeMap::from([(("trades".to_owned(), 0), 12)])
         );
         assert_eq!(floor, BTreeMap::from([(0, 12)]));
+    }
+
+    #[test]
+    fn a_retry_waits_twice_as_long_as_the_one_before_up_to_the_cap_with_jitter_between_half_and_all() {
+        let mut jitter = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut full = DATABASE_RETRY_FIRST;
+        let mut below_full = 0;
+        for failures in 1..=40 {
+            let wait = backoff(failures, &mut jitter);
+            assert!(
+                wait >= full / 2 && wait <= full,
+                "failure {failures}: {wait:?} outside {:?}..={full:?}",
+                full / 2
+            );
+            below_full += u32::from(wait < full.mul_f64(0.95));
+            full = (full * 2).min(DATABASE_RETRY_MAX);
+        }
+        assert_eq!(full, DATABASE_RETRY_MAX);
+        assert!(
+            below_full > 5,
+            "the waits are jittered, not all the full backoff: {below_full} of 40 below it"
+        );
     }
 
     #[test]

@@ -5,12 +5,13 @@
 
 use crate::dlq;
 use crate::fleet::Fleet;
+use crate::outage::DatabaseOutage;
 use crate::run::{PROGRESS_INTERVAL, StreamOptions};
 use crate::service::{FaultSeen, SeenKind};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tradeflow_check::FaultRecord;
-use tradeflow_cluster::plan::{Action, FaultPlan, ServiceFault};
+use tradeflow_cluster::plan::{Action, DatabaseFault, FaultPlan, ServiceFault};
 use tradeflow_cluster::{Cluster, ClusterError, Fault, TopicDefaults};
 
 impl TopicLayout {
@@ -67,10 +68,12 @@ pub(crate) struct FaultTimeline {
     /// consumer dies (or freezes) with its next batch, so whether it did is known only at
     /// the end.
     told: Vec<(usize, u32, SeenKind)>,
+    /// The means of a planned database outage.
+    database: Option<DatabaseOutage>,
 }
 
 impl FaultTimeline {
-    pub(crate) fn new(plan: &FaultPlan, poison: PoisonTarget) -> FaultTimeline {
+    pub(crate) fn new(plan: &FaultPlan, poison: PoisonTarget, database: Option<DatabaseOutage>) -> FaultTimeline {
         FaultTimeline {
             timeline: plan.timeline(),
             next_step: 0,
@@ -78,6 +81,7 @@ impl FaultTimeline {
             poisoning: Vec::new(),
             poison,
             told: Vec::new(),
+            database,
         }
     }
 
@@ -107,6 +111,17 @@ impl FaultTimeline {
                     Ok(None)
                 }
                 Action::Service(fault) => apply_service_fault(fault, fleet).await.map(|()| None),
+                Action::Database(fault) => {
+                    let (at_ms, attempts) = (
+                        start.elapsed().as_millis() as u64,
+                        fleet.counters.database_attempts.load(std::sync::atomic::Ordering::Relaxed),
+                    );
+                    match (&mut self.database, fault) {
+                        (None, _) => Err("the run has no means of taking its database away".to_owned()),
+                        (Some(database), DatabaseFault::Outage) => database.cut(at_ms, attempts).await.map(Some),
+                        (Some(database), DatabaseFault::Back) => database.restore(at_ms, attempts).await.map(Some),
+                    }
+                }
             };
             if let Err(error) = &outcome {
                 tracing::warn!(%action, %error, "a planned fault could not be applied");
@@ -146,7 +161,7 @@ impl FaultTimeline {
     /// The records, once the poison tasks have ended, with what the backend saw faults
     /// lead to and how each crash went (`crashed`: the fleet's crashes, once its consumers
     /// are gone; a crash no consumer carried out is recorded as not applied).
-    pub(crate) async fn finish(mut self, cluster: &Cluster, crashed: &[FaultSeen]) -> Vec<FaultRecord> {
+    pub(crate) async fn finish(mut self, cluster: &Cluster, crashed: &[FaultSeen]) -> (Vec<FaultRecord>, Option<DatabaseOutage>) {
         for (index, task) in std::mem::take(&mut self.poisoning) {
             let outcome = task.await.unwrap_or_else(|error| Err(format!("poison task: {error}")));
             if let (Err(error), Some(record)) = (outcome, self.records.get_mut(index)) {
@@ -156,7 +171,7 @@ impl FaultTimeline {
         }
         attach_observations(&mut self.records, cluster.observations());
         attach_crashes(&mut self.records, &self.told, crashed);
-        self.records
+        (self.records, self.database)
     }
 }
 

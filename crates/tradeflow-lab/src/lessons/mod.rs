@@ -7,6 +7,7 @@ pub mod broker_failure;
 pub mod cluster_migration;
 pub mod consumer_groups;
 pub mod consumer_scaling;
+pub mod database_outage;
 pub mod idempotent_consumer;
 pub mod keys_keep_order;
 pub mod lag_status;
@@ -112,6 +113,12 @@ pub const LESSONS: &[Lesson] = &[
         name: outbox_relay::NAME,
         what: outbox_relay::WHAT,
         variants: outbox_relay::variants,
+        left_out: none_left_out,
+    },
+    Lesson {
+        name: database_outage::NAME,
+        what: database_outage::WHAT,
+        variants: database_outage::variants,
         left_out: none_left_out,
     },
     Lesson {

@@ -1,0 +1,106 @@
+//! Lesson: a consumer is only as available as its database. When the database goes away,
+//! retrying at once, for ever, with no timeout, hammers it (or hangs on it) and stops the
+//! consumer polling, so the group takes it out for exceeding `max.poll.interval.ms` and
+//! rebalances; bounded retries with exponential backoff and jitter, a timeout on every
+//! call and a circuit breaker that pauses the partitions keep the member in its group, make
+//! few calls while the database is away, and drain the lag once it is back.
+//!
+//! From the field: Scalescape, "Building High Scale Backend Systems With Kafka" (2023):
+//! sensible timeouts, retries with a limit and exponential backoff, a circuit breaker
+//! against cascading failure, consumers scaled to their dependencies.
+//!
+//! The fault comes from outside the balance service: on PostgreSQL its pool reaches the
+//! server through a chaos proxy, and the outage resets every connection and refuses new
+//! ones; on SQLite another process (`tradeflow hold-sqlite-lock`) takes the file's write
+//! lock. The run's own store (the checker's) keeps its direct connection. The outage starts
+//! at a seeded moment in the middle of publishing and lasts 12 to 14 s, twice the
+//! consumers' `max.poll.interval.ms` (6 s, the least librdkafka allows beside a 6 s session).
+//!
+//! Variants, both with two consumers in the run:
+//! - **at once, for ever**: must pass the checker (the apply log skips what the evicted
+//!   member's batch had applied) and must show the member taken out of its group
+//!   (`max_poll_exceeded` > 0, which librdkafka reports when the member polls again);
+//! - **backoff and breaker** (the service's defaults): must pass with its breaker seen open
+//!   (`breaker_opened` > 0) and no rebalance after the first assignment
+//!   (`rebalances_in_run` = 0).
+//!
+//! Both rows need the outage applied (its effect recorded) and, for the second, the service
+//! to have met it (`database_failures` > 0): a run whose outage reached nobody is unknown.
+//! Each row reports the calls the service made during the outage, per second, and how long
+//! after the database's return its time lag was under a second again.
+
+use crate::expect::Expected;
+use crate::variant::{Setup, Variant, VariantRun, candidate};
+use std::time::Duration;
+use tradeflow_cluster::plan::{Action, DatabaseFault};
+use tradeflow_stream::service::DatabaseRetry;
+
+/// The experiment's name.
+pub const NAME: &str = "database-outage";
+/// What it shows.
+pub const WHAT: &str = "the database goes away for 12-14 s: retrying at once with no timeout gets the consumer taken out of its group; backoff, timeouts and a breaker that pauses the partitions keep it in, with few calls, and drain the lag after";
+
+/// The offered rate and the events: twenty seconds of publishing, which hold the outage.
+const RATE_PER_S: f64 = 2_000.0;
+const EVENTS: u64 = 40_000;
+/// The outage's length, drawn with the seed.
+const OUTAGE_MS: (u64, u64) = (12_000, 14_000);
+/// The consumers' `max.poll.interval.ms`: librdkafka's least beside the fleet's session
+/// timeout, half the shortest outage.
+pub const MAX_POLL_INTERVAL_MS: u32 = tradeflow_stream::fleet::FLEET_SESSION_TIMEOUT_MS;
+/// Words every outage's recorded effect holds: the proof that it was applied.
+pub const EFFECT: &str = "database unreachable";
+
+/// The lesson's variants for a setup.
+pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
+    if setup.store == tradeflow_store::StoreKind::Sqlite && setup.service.is_none() {
+        return Err(
+            "on SQLite the outage is a lock held by another tradeflow process, and no tradeflow executable was given to start it".into(),
+        );
+    }
+    Ok(vec![
+        variant(
+            setup,
+            DatabaseRetry::AtOnce,
+            Expected::pass("nothing lost (the apply log skips what is applied twice), but the consumer stopped polling while it retried and was taken out of its group")
+                .showing(EFFECT)
+                .observing("max_poll_exceeded"),
+        ),
+        variant(
+            setup,
+            DatabaseRetry::Backoff,
+            Expected::pass("the breaker paused the partitions: the member polled on, stayed in its group, made few calls, and drained its lag once the database was back")
+                .showing(EFFECT)
+                .observing("breaker_opened")
+                .never("rebalances_in_run")
+                .shown_by("database_failures"),
+        ),
+    ])
+}
+
+/// One run: two consumers on four partitions, the outage at a seeded moment.
+fn variant(setup: &Setup, retry: DatabaseRetry, expected: Expected) -> Variant {
+    let mut options = setup.stream(4, 2);
+    options.workload.rate_per_s = RATE_PER_S;
+    options.workload.events = EVENTS;
+    options.scenario.database_retry = retry;
+    options.scenario.max_poll_interval_ms = Some(MAX_POLL_INTERVAL_MS);
+    options.scenario.lock_holder = setup.service.as_ref().map(|service| service.executable.clone());
+    // The outage is no stall: nothing is applied while it lasts.
+    options.stall_timeout = Duration::from_millis(OUTAGE_MS.1 + 15_000);
+    let publishing_ms = (EVENTS as f64 / RATE_PER_S * 1_000.0) as u64;
+    options.scenario.plan = tradeflow_cluster::plan::FaultPlan::random(
+        setup.seed,
+        &[candidate(Action::Database(DatabaseFault::Outage), OUTAGE_MS)],
+        1,
+        (publishing_ms / 5, publishing_ms / 4),
+    );
+    Variant {
+        label: match retry {
+            DatabaseRetry::AtOnce => "at once, for ever, no timeout".into(),
+            DatabaseRetry::Backoff => "backoff, timeouts, breaker".into(),
+        },
+        run: VariantRun::Stream(Box::new(options)),
+        expected,
+    }
+}

@@ -150,6 +150,16 @@ pub enum OutboxRead {
     NotYetRelayed,
 }
 
+/// What the balance service does after a database call failed (chapter 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseWait {
+    /// Try the batch again at once, without polling Kafka meanwhile.
+    AtOnce,
+    /// Pause the partitions (nothing more is fetched), go on polling Kafka, and try the
+    /// batch again after this long.
+    PausedFor(std::time::Duration),
+}
+
 /// How the balance service will grow, as chapter 07's exercise is told it when the topic is
 /// created: the consumers it runs today, then the counts it will run as the load grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,3 +299,8 @@ pub mod decide_order;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/15-outbox-relay/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/15-outbox-relay.rs")]
 pub mod next_read;
+
+/// Chapter 16: what the balance service does after a database call failed.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/16-database-outage/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/16-database-outage.rs")]
+pub mod after_database_failure;

@@ -5,8 +5,9 @@
 use crate::RowVerdict;
 use crate::expect::Violation;
 use crate::lessons::{
-    auto_commit_crash, broker_failure, cluster_migration, consumer_groups, consumer_scaling, idempotent_consumer, keys_keep_order,
-    lag_status, load_test, order_placement, outbox_relay, poison_message, producer_retries, repartition_cutover, retention,
+    auto_commit_crash, broker_failure, cluster_migration, consumer_groups, consumer_scaling, database_outage, idempotent_consumer,
+    keys_keep_order, lag_status, load_test, order_placement, outbox_relay, poison_message, producer_retries, repartition_cutover,
+    retention,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
@@ -285,6 +286,18 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "next_read",
         run: |setup| one(outbox_relay::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+    },
+    Chapter {
+        number: "16",
+        folder: "16-database-outage",
+        title: "When the database goes away: back off, pause, stay in the group",
+        claim: "A production consumer needs sensible timeouts, retries with a limit and exponential backoff, and a circuit breaker against cascading failure, and must be scaled to its dependencies, the database first (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023). A consumer that retries its database at once, for ever, stops polling Kafka: the group takes it out for exceeding max.poll.interval.ms, and the database that comes back meets every retry at once.",
+        violation: "evicted",
+        backend: Backend::Mock,
+        store: StoreKind::Postgres,
+        function: "after_database_failure",
+        run: |setup| one(database_outage::chapter(setup)),
+        judge: Judge::Own(database_outage::chapter_judge),
     },
 ];
 

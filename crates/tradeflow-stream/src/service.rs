@@ -68,6 +68,9 @@ pub const DATABASE_RETRY_MAX: Duration = Duration::from_secs(3);
 /// backoff until the database answers.
 pub const BREAKER_OPENS_AFTER: u32 = 3;
 
+/// The longest pause chapter 16's exercise may ask for between two tries.
+pub const EXERCISE_WAIT_MAX: Duration = Duration::from_secs(60);
+
 /// How the balance service meets a database that fails or does not answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,6 +83,9 @@ pub enum DatabaseRetry {
     /// The database-outage lesson's naive consumer: tries the batch again at once, for
     /// ever, with no timeout, and polls nothing meanwhile.
     AtOnce,
+    /// Chapter 16's exercise decides after each failure: again at once, or paused for a
+    /// while (each call keeps its timeout).
+    Exercise,
 }
 
 impl DatabaseRetry {
@@ -88,6 +94,7 @@ impl DatabaseRetry {
         match self {
             DatabaseRetry::Backoff => "backoff",
             DatabaseRetry::AtOnce => "at_once",
+            DatabaseRetry::Exercise => "exercise",
         }
     }
 }
@@ -1152,10 +1159,12 @@ async fn apply(
                 .apply_batch_as(inputs, &config.name, config.dedup)
                 .await
                 .map_err(Failure::Store),
-            DatabaseRetry::Backoff => tokio::time::timeout(DATABASE_CALL_TIMEOUT, store.apply_batch_as(inputs, &config.name, config.dedup))
-                .await
-                .map_err(|_| Failure::TimedOut)
-                .and_then(|applied| applied.map_err(Failure::Store)),
+            DatabaseRetry::Backoff | DatabaseRetry::Exercise => {
+                tokio::time::timeout(DATABASE_CALL_TIMEOUT, store.apply_batch_as(inputs, &config.name, config.dedup))
+                    .await
+                    .map_err(|_| Failure::TimedOut)
+                    .and_then(|applied| applied.map_err(Failure::Store))
+            }
         };
         let failure = match attempt {
             Ok(summary) => {
@@ -1168,7 +1177,7 @@ async fn apply(
                 breaker.close(consumer, config);
                 return Ok(Some(summary));
             }
-            Err(Failure::Store(error)) if config.database_retry == DatabaseRetry::Backoff && !error.is_unavailable() => {
+            Err(Failure::Store(error)) if config.database_retry != DatabaseRetry::AtOnce && !error.is_unavailable() => {
                 breaker.close(consumer, config);
                 return Err(error.into());
             }
@@ -1176,12 +1185,20 @@ async fn apply(
         };
         failures += 1;
         counters.database_failures.fetch_add(1, Ordering::Relaxed);
-        if config.database_retry == DatabaseRetry::AtOnce {
+        let wait = match config.database_retry {
+            DatabaseRetry::AtOnce => None,
+            DatabaseRetry::Backoff => Some(backoff(failures, &mut jitter)),
+            DatabaseRetry::Exercise => match tradeflow_exercises::after_database_failure::after_database_failure(failures) {
+                tradeflow_exercises::DatabaseWait::AtOnce => None,
+                tradeflow_exercises::DatabaseWait::PausedFor(wait) => Some(wait.min(EXERCISE_WAIT_MAX)),
+            },
+        };
+        let Some(wait) = wait else {
             if failures == 1 || failures.is_power_of_two() {
                 tracing::warn!(consumer = %config.name, batch = held.number, failures, error = %failure, "database call failed; trying again at once");
             }
             continue;
-        }
+        };
         tracing::warn!(
             consumer = %config.name,
             batch = held.number,
@@ -1197,7 +1214,7 @@ async fn apply(
         if failures == BREAKER_OPENS_AFTER {
             breaker.open(config, counters);
         }
-        wait_polling(consumer, backoff(failures, &mut jitter), steer.carried, counters).await;
+        wait_polling(consumer, wait, steer.carried, counters).await;
         breaker.hold(consumer, config);
         if consumer.assignment_lost() || consumer.context().generation.load(Ordering::Relaxed) != held.generation {
             breaker.close(consumer, config);

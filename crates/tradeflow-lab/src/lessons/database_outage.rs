@@ -29,7 +29,7 @@
 //! Each row reports the calls the service made during the outage, per second, and how long
 //! after the database's return its time lag was under a second again.
 
-use crate::expect::Expected;
+use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun, candidate};
 use std::time::Duration;
 use tradeflow_cluster::plan::{Action, DatabaseFault};
@@ -78,6 +78,84 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
     ])
 }
 
+/// In chapter 16, the most database calls a second the two consumers may make while the
+/// database is away: the defaults make about one and a half (tried through PostgreSQL's
+/// proxy, seed 1); a consumer that tries again at once makes thousands.
+pub const CHAPTER_CALLS_PER_S_MAX: f64 = 10.0;
+/// In chapter 16, how soon after the database's return the time lag must be under a
+/// second again: the defaults took 3.1 s, the chapter's solution 5.4 and 5.6 s (seeds 1 and 2).
+pub const CHAPTER_DRAIN_MS_MAX: u64 = 15_000;
+
+/// Chapter 16's run: the lesson's outage, the learner's `after_database_failure` deciding
+/// what the service does after each failed call. Needs PostgreSQL, where a failed call
+/// fails at once (the proxy refuses it) and a consumer that tries again at once shows.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    if setup.store != tradeflow_store::StoreKind::Postgres {
+        return Err("chapter 16 needs PostgreSQL (--store postgres, DATABASE_URL): there a call fails at once while the database is away, so how often your service calls it shows; on SQLite every call waits out the lock".into());
+    }
+    Ok(variant(
+        setup,
+        DatabaseRetry::Exercise,
+        Expected::pass("the balance service stays in its group, spares the database and catches up once it is back")
+            .showing(EFFECT)
+            .shown_by("database_failures"),
+    ))
+}
+
+/// Chapter 16's judge: the checker's counts first; then taken out of the group (a
+/// rebalance, or librdkafka's max.poll.interval.ms error) fails as `evicted`, more than
+/// [`CHAPTER_CALLS_PER_S_MAX`] calls a second during the outage as `hammered`, and a time lag
+/// not back under a second within [`CHAPTER_DRAIN_MS_MAX`] of the return as `slow recovery`.
+pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::chapters::Judgement {
+    use crate::chapters::Judgement;
+    let Some((variant, record)) = runs.first() else {
+        return Judgement::Unknown("the chapter ran nothing".into());
+    };
+    let judged = crate::chapters::judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered]);
+    let Judgement::Pass(evidence) = judged else {
+        return judged;
+    };
+    let count = |key: &str| record.config.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let database = record.config.get("database").cloned().unwrap_or_default();
+    let (evicted, rebalances) = (count("max_poll_exceeded"), count("rebalances_in_run"));
+    let calls_per_s = database["calls_per_s_during_outage"].as_f64().unwrap_or(0.0);
+    let calls = database["calls_during_outage"].as_u64().unwrap_or(0);
+    let drained = database["drained_ms_after_return"].as_u64();
+    if evicted > 0 || rebalances > 0 {
+        return Judgement::Fail {
+            violation: "evicted",
+            detail: format!(
+                "evicted {evicted} times: the group took a consumer out for not polling within max.poll.interval.ms ({MAX_POLL_INTERVAL_MS} ms), {rebalances} rebalances; {calls} database calls during the outage"
+            ),
+        };
+    }
+    if calls_per_s > CHAPTER_CALLS_PER_S_MAX {
+        return Judgement::Fail {
+            violation: "hammered the database",
+            detail: format!(
+                "hammered the database: {calls} calls during the outage, {calls_per_s:.1} a second (at most {CHAPTER_CALLS_PER_S_MAX:.0}): a database coming back meets them all"
+            ),
+        };
+    }
+    match drained {
+        Some(ms) if ms <= CHAPTER_DRAIN_MS_MAX => Judgement::Pass(format!(
+            "no rebalance, {calls} database calls during the outage ({calls_per_s:.1}/s), time lag under 1 s {:.1} s after the return; {evidence}",
+            ms as f64 / 1e3
+        )),
+        _ => Judgement::Fail {
+            violation: "slow recovery after the outage",
+            detail: format!(
+                "slow recovery after the outage: the time lag was {} within {:.0} s of the database's return; waits between tries too long?",
+                drained.map_or("never under 1 s again".to_owned(), |ms| format!(
+                    "under 1 s only {:.1} s after",
+                    ms as f64 / 1e3
+                )),
+                CHAPTER_DRAIN_MS_MAX as f64 / 1e3
+            ),
+        },
+    }
+}
+
 /// One run: two consumers on four partitions, the outage at a seeded moment.
 fn variant(setup: &Setup, retry: DatabaseRetry, expected: Expected) -> Variant {
     let mut options = setup.stream(4, 2);
@@ -99,6 +177,7 @@ fn variant(setup: &Setup, retry: DatabaseRetry, expected: Expected) -> Variant {
         label: match retry {
             DatabaseRetry::AtOnce => "at once, for ever, no timeout".into(),
             DatabaseRetry::Backoff => "backoff, timeouts, breaker".into(),
+            DatabaseRetry::Exercise => "your after_database_failure: the database away for 12-14 s".into(),
         },
         run: VariantRun::Stream(Box::new(options)),
         expected,

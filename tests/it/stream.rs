@@ -90,6 +90,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         poison_exercise: false,
         database_retry: tradeflow_stream::service::DatabaseRetry::Backoff,
         max_poll_interval_ms: None,
+        schema_newest: tradeflow_domain::SCHEMA_VERSION,
     }
 }
 
@@ -255,7 +256,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_while_the
     let key = Some(valid.account_id.as_str());
     let poison: Vec<Poison<'_>> = vec![
         ("not_json", key, Some(b"{\"schema_version\": 1, ".to_vec())),
-        ("unknown_schema_version", key, Some(with("schema_version", 2.into()))),
+        ("unknown_schema_version", key, Some(with("schema_version", 3.into()))),
         ("invalid_value", key, Some(with("type", "refund".into()))),
         (
             "missing_field",
@@ -268,6 +269,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_while_the
         ),
         ("key_mismatch", Some("acct-99999"), Some(encode(&valid))),
         ("empty_payload", key, None),
+        ("empty_payload", key, Some(Vec::new())),
     ];
     // Half the valid events, the poison, then the other half: the partitions must keep flowing.
     let mut publishing = Vec::new();
@@ -325,7 +327,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_while_the
         .iter()
         .find(|letter| letter[dlq::HEADER_ERROR_KIND] == "unknown_schema_version")
         .expect("schema letter");
-    assert!(schema[dlq::HEADER_ERROR_REASON].contains("unknown schema_version 2"), "{schema:?}");
+    assert!(schema[dlq::HEADER_ERROR_REASON].contains("unknown schema_version 3"), "{schema:?}");
 
     // Replay sends every dead letter back to `trades`; the service, unchanged, refuses them
     // again, so each comes back to the dead-letter topic: nothing is lost either way.

@@ -389,6 +389,7 @@ fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<
                 poison_exercise: arguments.poison_exercise,
                 database_retry: tradeflow_stream::service::DatabaseRetry::Backoff,
                 max_poll_interval_ms: None,
+                schema_newest: tradeflow_domain::SCHEMA_VERSION,
             };
             config.validate()?;
             Ok(config)

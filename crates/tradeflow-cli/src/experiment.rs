@@ -400,6 +400,25 @@ fn write_faults(text: &mut String, outcome: &VariantOutcome) {
             outcome.config["outbox_late_commits"]
         );
     }
+    if let Some(schema) = outcome.config.get("schema").filter(|schema| !schema.is_null()) {
+        let _ = writeln!(
+            text,
+            "    schema: the producer writes {} from event {}, consumers read up to version {} at the start",
+            schema["producer_writes"].as_str().unwrap_or("?"),
+            schema["from_event"],
+            schema["consumers_read_at_start"],
+        );
+    }
+    if let Some(kinds) = outcome.config.get("dead_letters_by_kind").and_then(serde_json::Value::as_object) {
+        for (kind, seen) in kinds {
+            let _ = writeln!(
+                text,
+                "    dead letters {kind}: {}, the first because: {}",
+                seen["count"],
+                seen["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
     if let Some(database) = outcome.config.get("database") {
         let _ = writeln!(
             text,

@@ -64,6 +64,11 @@ pub enum ServiceFault {
         /// How many.
         count: u32,
     },
+    /// Every running consumer is replaced by one that reads the newest schema version this
+    /// build knows (a rolling upgrade of the balance service).
+    Upgrade,
+    /// The dead-letter topic is replayed to the trades topic (`tradeflow dlq replay`).
+    ReplayDeadLetters,
 }
 
 impl ServiceFault {
@@ -90,6 +95,8 @@ impl fmt::Display for ServiceFault {
             ServiceFault::Join => f.write_str("a consumer joins the group"),
             ServiceFault::Leave { consumer } => write!(f, "consumer-{consumer} leaves the group"),
             ServiceFault::Poison { count } => write!(f, "{count} poison messages under a hot account's key"),
+            ServiceFault::Upgrade => f.write_str("every consumer is upgraded to read the newest schema version"),
+            ServiceFault::ReplayDeadLetters => f.write_str("the dead letters are replayed to the trades topic"),
         }
     }
 }

@@ -9,8 +9,19 @@ use crate::ids::{AccountId, EventId, Symbol};
 use crate::money::{AMOUNT_MAX, Money, PRICE_MAX, Quantity};
 use serde_json::{Map, Value, json};
 
-/// The only schema version this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The newest schema version this build reads and writes. It reads every version from
+/// [`SCHEMA_VERSION_OLDEST`] to this one; it writes each event in the oldest version that
+/// can carry it (see [`encode`]), so that consumers not yet upgraded keep reading what
+/// did not change.
+pub const SCHEMA_VERSION: u64 = 2;
+/// The oldest schema version this build reads.
+pub const SCHEMA_VERSION_OLDEST: u64 = 1;
+/// The optional field schema_version 2 added to `trade_executed`: the client's id of the
+/// order the trade filled, for consumers that trace orders (the balance service checks it
+/// and has no use for it).
+pub const CLIENT_ORDER_ID: &str = "client_order_id";
+/// The longest `client_order_id`, in characters.
+pub const CLIENT_ORDER_ID_LEN_MAX: usize = 64;
 /// The largest encoded event accepted, in bytes.
 pub const ENCODED_LEN_MAX: usize = 64 * 1024;
 
@@ -39,11 +50,13 @@ pub enum DecodeError {
         /// The JSON type found.
         found: &'static str,
     },
-    /// `schema_version` is one this build does not know.
-    #[error("unknown schema_version {version} (this build reads {SCHEMA_VERSION})")]
+    /// `schema_version` is one this reader does not know.
+    #[error("unknown schema_version {version} (this reader reads {SCHEMA_VERSION_OLDEST} to {newest})")]
     UnknownSchemaVersion {
         /// The version found, as written.
         version: String,
+        /// The newest version the reader reads.
+        newest: u64,
     },
     /// A required field is absent.
     #[error("field `{field}` is missing")]
@@ -70,12 +83,35 @@ pub enum DecodeError {
         reason: String,
     },
     /// A field this version does not define.
-    #[error("field `{field}` is not part of schema_version {SCHEMA_VERSION} for type `{event_type}`")]
+    #[error("field `{field}` is not part of schema_version {version} for type `{event_type}`")]
     UnknownField {
         /// The field.
         field: String,
         /// The event type.
         event_type: String,
+        /// The message's schema version.
+        version: u64,
+    },
+}
+
+/// Why an event cannot be written in the schema version asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The version is not one this build writes.
+    #[error("schema_version {version} is not one this build writes ({SCHEMA_VERSION_OLDEST} to {SCHEMA_VERSION})")]
+    UnknownVersion {
+        /// The version asked for.
+        version: u64,
+    },
+    /// The event's type came after the version.
+    #[error("type `{event_type}` needs schema_version {needs} or later, not {version}")]
+    TooNew {
+        /// The event type.
+        event_type: &'static str,
+        /// The oldest version that carries it.
+        needs: u64,
+        /// The version asked for.
+        version: u64,
     },
 }
 
@@ -95,10 +131,43 @@ impl DecodeError {
     }
 }
 
-/// Encodes an event as one line of JSON.
+/// Encodes an event as one line of JSON, in the oldest schema version that carries it:
+/// version 1 for the three first types, 2 for `fee_charged`.
 pub fn encode(event: &Event) -> Vec<u8> {
+    object_bytes(&object_of(event, event.kind.since_schema_version()))
+}
+
+/// Encodes an event in schema version `version` (a producer upgraded to a version writes it
+/// on every message); `client_order_id`, version 2's optional field of a trade, is added
+/// when given.
+pub fn encode_as(event: &Event, version: u64, client_order_id: Option<&str>) -> Result<Vec<u8>, EncodeError> {
+    if !(SCHEMA_VERSION_OLDEST..=SCHEMA_VERSION).contains(&version) {
+        return Err(EncodeError::UnknownVersion { version });
+    }
+    let needs = event.kind.since_schema_version();
+    if needs > version {
+        return Err(EncodeError::TooNew {
+            event_type: event.kind.type_name(),
+            needs,
+            version,
+        });
+    }
+    let mut object = object_of(event, version);
+    if let (Some(id), true, EventKind::TradeExecuted { .. }) = (client_order_id, version >= 2, &event.kind) {
+        object.insert(CLIENT_ORDER_ID.into(), Value::from(id));
+    }
+    Ok(object_bytes(&object))
+}
+
+fn object_bytes(object: &Map<String, Value>) -> Vec<u8> {
+    // Serializing a map built from strings and integers cannot fail.
+    serde_json::to_vec(object).unwrap_or_default()
+}
+
+/// An event's fields as a JSON object stamped with `version`.
+fn object_of(event: &Event, version: u64) -> Map<String, Value> {
     let mut object = json!({
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": version,
         "event_id": event.event_id.to_string(),
         "account_id": event.account_id.as_str(),
         "account_seq": event.account_seq,
@@ -106,7 +175,7 @@ pub fn encode(event: &Event) -> Vec<u8> {
         "type": event.kind.type_name(),
     });
     let fields = match &event.kind {
-        EventKind::Deposit { amount } | EventKind::Withdrawal { amount } => {
+        EventKind::Deposit { amount } | EventKind::Withdrawal { amount } | EventKind::FeeCharged { amount } => {
             json!({ "amount": amount.minor() })
         }
         EventKind::TradeExecuted {
@@ -124,14 +193,23 @@ pub fn encode(event: &Event) -> Vec<u8> {
     if let (Some(object), Value::Object(fields)) = (object.as_object_mut(), fields) {
         object.extend(fields);
     }
-    // Serializing a `Value` built from strings and integers cannot fail.
-    serde_json::to_vec(&object).unwrap_or_default()
+    match object {
+        Value::Object(object) => object,
+        _ => Map::new(),
+    }
 }
 
-/// Decodes one event, refusing anything that is not a valid version-1 event.
+/// Decodes one event of any schema version this build reads, refusing anything else.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    decode_up_to(bytes, SCHEMA_VERSION)
+}
+
+/// Decodes one event as a reader of versions up to `newest` does (a consumer not yet
+/// upgraded reads up to 1), refusing a newer version whole: a reader that skipped what it
+/// does not know would apply a `fee_charged` as nothing, and the balance would be wrong.
+pub fn decode_up_to(bytes: &[u8], newest: u64) -> Result<Event, DecodeError> {
     let object = parse_object(bytes)?;
-    let event_type = check_fields(&object)?;
+    let event_type = check_fields(&object, newest.min(SCHEMA_VERSION))?;
     let event_id = EventId::parse(string(&object, "event_id")?).map_err(|error| invalid("event_id", error))?;
     let account_id = AccountId::new(string(&object, "account_id")?).map_err(|error| invalid("account_id", error))?;
     let account_seq = integer(&object, "account_seq")?;
@@ -147,6 +225,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             amount: amount(&object, "amount", AMOUNT_MAX)?,
         },
         "withdrawal" => EventKind::Withdrawal {
+            amount: amount(&object, "amount", AMOUNT_MAX)?,
+        },
+        "fee_charged" => EventKind::FeeCharged {
             amount: amount(&object, "amount", AMOUNT_MAX)?,
         },
         _ => trade_executed(&object)?,
@@ -175,24 +256,35 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     }
 }
 
-/// Checks the object's schema version, its event type and that it holds no field that
-/// type does not define; returns the event type.
-fn check_fields(object: &Map<String, Value>) -> Result<&str, DecodeError> {
+/// Checks the object's schema version (one from the oldest to `newest`), its event type
+/// (one the version defines) and that it holds no field that type does not define in that
+/// version; returns the event type.
+fn check_fields(object: &Map<String, Value>, newest: u64) -> Result<&str, DecodeError> {
     // The version is read first: a future version may change every other field.
-    let version = field(object, "schema_version")?;
-    if version.as_u64() != Some(SCHEMA_VERSION) {
+    let version_field = field(object, "schema_version")?;
+    let Some(version) = version_field
+        .as_u64()
+        .filter(|version| (SCHEMA_VERSION_OLDEST..=newest).contains(version))
+    else {
         return Err(DecodeError::UnknownSchemaVersion {
-            version: version.to_string(),
+            version: version_field.to_string(),
+            newest,
         });
-    }
+    };
     let event_type = string(object, "type")?;
-    let kind_fields: &[&str] = match event_type {
-        "deposit" | "withdrawal" => &["amount"],
-        "trade_executed" => &["side", "symbol", "quantity", "price"],
-        other => {
+    let kind_fields: &[&str] = match (event_type, version) {
+        ("deposit" | "withdrawal", _) | ("fee_charged", 2..) => &["amount"],
+        ("trade_executed", 1) => &["side", "symbol", "quantity", "price"],
+        ("trade_executed", _) => &["side", "symbol", "quantity", "price", CLIENT_ORDER_ID],
+        (other, _) => {
+            let known = if version >= 2 {
+                "deposit, withdrawal, trade_executed or fee_charged"
+            } else {
+                "deposit, withdrawal or trade_executed"
+            };
             return Err(DecodeError::InvalidValue {
                 field: "type",
-                reason: format!("unknown event type {other:?} (expected deposit, withdrawal or trade_executed)"),
+                reason: format!("unknown event type {other:?} in schema_version {version} (expected {known})"),
             });
         }
     };
@@ -203,7 +295,21 @@ fn check_fields(object: &Map<String, Value>) -> Result<&str, DecodeError> {
         return Err(DecodeError::UnknownField {
             field: unknown.clone(),
             event_type: event_type.to_owned(),
+            version,
         });
+    }
+    if let Some(id) = object.get(CLIENT_ORDER_ID) {
+        let id = id.as_str().ok_or(DecodeError::WrongType {
+            field: CLIENT_ORDER_ID,
+            expected: "a string",
+            found: json_type(id),
+        })?;
+        if id.is_empty() || id.chars().count() > CLIENT_ORDER_ID_LEN_MAX || id.chars().any(|c| c.is_control()) {
+            return Err(DecodeError::InvalidValue {
+                field: CLIENT_ORDER_ID,
+                reason: format!("must be 1 to {CLIENT_ORDER_ID_LEN_MAX} characters without control characters"),
+            });
+        }
     }
     Ok(event_type)
 }

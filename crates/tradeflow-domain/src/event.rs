@@ -38,7 +38,7 @@ impl Side {
     }
 }
 
-/// The three kinds of event.
+/// The kinds of event: three since schema_version 1, `FeeCharged` since 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
     /// Cash paid in.
@@ -62,6 +62,11 @@ pub enum EventKind {
         /// Positive price per share, in minor units.
         price: Money,
     },
+    /// A fee the broker charged the account (schema_version 2 and later).
+    FeeCharged {
+        /// Positive amount.
+        amount: Money,
+    },
 }
 
 impl EventKind {
@@ -71,6 +76,15 @@ impl EventKind {
             EventKind::Deposit { .. } => "deposit",
             EventKind::Withdrawal { .. } => "withdrawal",
             EventKind::TradeExecuted { .. } => "trade_executed",
+            EventKind::FeeCharged { .. } => "fee_charged",
+        }
+    }
+
+    /// The oldest schema version that can carry the kind.
+    pub const fn since_schema_version(&self) -> u64 {
+        match self {
+            EventKind::FeeCharged { .. } => 2,
+            _ => 1,
         }
     }
 }

@@ -31,7 +31,7 @@ impl Effect {
                 cash_delta: *amount,
                 position_delta: None,
             },
-            EventKind::Withdrawal { amount } => Effect {
+            EventKind::Withdrawal { amount } | EventKind::FeeCharged { amount } => Effect {
                 cash_delta: amount.negated(),
                 position_delta: None,
             },

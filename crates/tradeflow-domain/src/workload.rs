@@ -293,6 +293,25 @@ impl Workload {
         from + window.partition_point(|scheduled| scheduled.intended_offset_ns <= elapsed_ns)
     }
 
+    /// Turns every `every`-th withdrawal from the event at index `from` on into a fee of
+    /// the same amount: what a system of record upgraded to schema_version 2 records. The
+    /// cash leaving the account is the same, so the workload stays valid and the oracle's
+    /// balances do not change. Returns how many it turned.
+    pub fn charge_fees_from(&mut self, from: usize, every: usize) -> usize {
+        let mut seen = 0;
+        let mut turned = 0;
+        for scheduled in self.events.iter_mut().skip(from) {
+            if let EventKind::Withdrawal { amount } = scheduled.event.kind {
+                seen += 1;
+                if seen % every.max(1) == 0 {
+                    scheduled.event.kind = EventKind::FeeCharged { amount };
+                    turned += 1;
+                }
+            }
+        }
+        turned
+    }
+
     /// The events alone, in emission order.
     pub fn plain_events(&self) -> impl Iterator<Item = &Event> {
         self.events.iter().map(|scheduled| &scheduled.event)

@@ -57,6 +57,8 @@ pub struct FleetConfig {
     pub database_retry: crate::service::DatabaseRetry,
     /// The members' `max.poll.interval.ms`; `None`: the service's default.
     pub max_poll_interval_ms: Option<u32>,
+    /// The newest schema version the members read (see [`ServiceConfig`]).
+    pub schema_newest: u64,
     /// Seed of the kills' timing.
     pub seed: u64,
 }
@@ -114,12 +116,12 @@ impl Fleet {
     /// A fleet with `consumers` members started.
     pub fn start(store: Store, config: FleetConfig, consumers: u32) -> Result<Fleet, StreamError> {
         if config.processes.is_some()
-            && (config.database_retry != crate::service::DatabaseRetry::Backoff || config.max_poll_interval_ms.is_some())
+            && (config.database_retry != crate::service::DatabaseRetry::Backoff
+                || config.max_poll_interval_ms.is_some()
+                || config.schema_newest != tradeflow_domain::SCHEMA_VERSION)
         {
             return Err(StreamError::Config {
-                reason:
-                    "the naive database retries and a max.poll.interval.ms of the run's own are for consumers inside the run, not processes"
-                        .into(),
+                reason: "the naive database retries, a max.poll.interval.ms of the run's own and consumers of an older schema are for consumers inside the run, not processes".into(),
             });
         }
         let mut fleet = Fleet {
@@ -203,6 +205,7 @@ impl Fleet {
             poison_exercise: self.config.poison_exercise,
             database_retry: self.config.database_retry,
             max_poll_interval_ms: self.config.max_poll_interval_ms,
+            schema_newest: self.config.schema_newest,
         }
     }
 
@@ -316,6 +319,20 @@ impl Fleet {
             Some(Some(_)) => Err(format!("consumer-{index} is running")),
             None => Err(format!("there is no consumer-{index}")),
         }
+    }
+
+    /// A rolling upgrade: every running member leaves and a new one joins in its place,
+    /// reading the newest schema version this build knows. Returns how many were replaced.
+    pub fn upgrade(&mut self) -> Result<usize, String> {
+        self.config.schema_newest = tradeflow_domain::SCHEMA_VERSION;
+        let running = self.running_members();
+        for index in &running {
+            self.leave(*index)?;
+        }
+        for _ in &running {
+            self.join().ok_or("no upgraded consumer could join")?;
+        }
+        Ok(running.len())
     }
 
     /// Tells every running member to stop reading (`Control::Hold`) or to read again.

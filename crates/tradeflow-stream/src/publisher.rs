@@ -246,12 +246,56 @@ pub struct Publisher {
     topic: String,
     deliveries: Arc<Deliveries>,
     key: MessageKey,
+    /// From which event on (its index in the workload) the publisher writes another schema
+    /// than the oldest that carries each event (the schema-evolution lesson's upgraded
+    /// producer).
+    schema: Option<(usize, SchemaWrite)>,
+}
+
+/// What a producer upgraded to a new schema writes (the schema-evolution lesson).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaWrite {
+    /// schema_version 2 on every message, with a `client_order_id` on each trade.
+    V2,
+    /// A breaking change shipped as version 2: `amount` renamed `value`, `quantity`
+    /// renamed `shares`.
+    V2Renamed,
+}
+
+impl SchemaWrite {
+    /// An event's message as this producer writes it.
+    pub fn encode(self, event: &Event) -> Vec<u8> {
+        let client_order_id = format!("order-{}-{}", event.account_id.as_str(), event.account_seq);
+        let bytes = tradeflow_domain::encode_as(event, 2, Some(&client_order_id))
+            .unwrap_or_else(|_| unreachable!("version 2 carries every event this build knows"));
+        match self {
+            SchemaWrite::V2 => bytes,
+            SchemaWrite::V2Renamed => {
+                let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                    return bytes;
+                };
+                for (from, to) in [("amount", "value"), ("quantity", "shares")] {
+                    if let Some(value) = object.remove(from) {
+                        object.insert(to.into(), value);
+                    }
+                }
+                serde_json::to_vec(&object).unwrap_or(bytes)
+            }
+        }
+    }
 }
 
 impl Publisher {
     /// A publisher to `topic` whose delivery reports go to `deliveries`.
     pub fn new(bootstrap: &str, topic: &str, config: &PublisherConfig, deliveries: Arc<Deliveries>) -> Result<Publisher, StreamError> {
         Publisher::build(bootstrap, topic, config, deliveries, true)
+    }
+
+    /// The same publisher, writing `write` from the event at index `from` on.
+    pub fn writing(mut self, from: usize, write: SchemaWrite) -> Publisher {
+        self.schema = Some((from, write));
+        self
     }
 
     /// A publisher to `topic` on a second cluster (a migration's), whose delivery reports go
@@ -302,6 +346,7 @@ impl Publisher {
             topic: topic.to_owned(),
             deliveries,
             key: config.key,
+            schema: None,
         })
     }
 
@@ -318,7 +363,10 @@ impl Publisher {
     /// Like [`Publisher::publish`], to `topic` instead of the publisher's own when given.
     pub async fn publish_to(&self, topic: Option<&str>, index: usize, event: &Event, intended_at_ns: i64) -> Result<(), StreamError> {
         let topic = topic.unwrap_or(&self.topic);
-        let payload = encode(event);
+        let payload = match self.schema {
+            Some((from, write)) if index >= from => write.encode(event),
+            _ => encode(event),
+        };
         let intended = intended_at_ns.to_string();
         let key = self.key.of(event);
         let bytes = key.as_ref().len() + payload.len() + HEADER_INTENDED_AT_NS.len() + intended.len();

@@ -120,6 +120,26 @@ pub struct Scenario {
     /// The `tradeflow` executable that holds a SQLite file's lock during a planned database
     /// outage (a process of its own); PostgreSQL's outage needs none.
     pub lock_holder: Option<std::path::PathBuf>,
+    /// A producer upgraded to a new schema partway through (the schema-evolution lesson);
+    /// `None`: every event in the oldest version that carries it, read by consumers of
+    /// the newest.
+    pub schema: Option<SchemaChange>,
+}
+
+/// A schema change during a run: from the event at `from_event` on, the system of record
+/// records every `fees_every`-th withdrawal as a `fee_charged` (version 2's new type) and
+/// the producer writes `write`; the consumers read versions up to `consumers_read` until
+/// a planned upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaChange {
+    /// The first event the upgraded producer writes.
+    pub from_event: usize,
+    /// What it writes.
+    pub write: crate::publisher::SchemaWrite,
+    /// Every how many withdrawals from then on one is a fee instead.
+    pub fees_every: usize,
+    /// The newest version the consumers read at the start.
+    pub consumers_read: u64,
 }
 
 impl Default for Scenario {
@@ -145,6 +165,7 @@ impl Default for Scenario {
             database_retry: crate::service::DatabaseRetry::Backoff,
             max_poll_interval_ms: None,
             lock_holder: None,
+            schema: None,
         }
     }
 }
@@ -305,7 +326,16 @@ pub async fn run(
     for fault in options.scenario.plan.broker_faults() {
         cluster.supports(&fault)?;
     }
-    let workload = Arc::new(Workload::generate(&options.workload)?);
+    let mut workload = Workload::generate(&options.workload)?;
+    if let Some(change) = options.scenario.schema {
+        let fees = workload.charge_fees_from(change.from_event, change.fees_every);
+        tracing::info!(
+            from_event = change.from_event,
+            fees,
+            "the system of record records fees from here on (schema_version 2)"
+        );
+    }
+    let workload = Arc::new(workload);
     store.reset().await?;
     let layout = TopicLayout::of(options, cluster).await?;
     ensure_topics(cluster, &layout).await?;
@@ -318,7 +348,10 @@ pub async fn run(
     // until it has its producer id, and made after the group it held the first events of
     // every run back by up to half a second (a p99 of 500 ms on short runs).
     let deliveries = Arc::new(Deliveries::new(workload.events.len()));
-    let publisher = Publisher::new(&bootstrap, &options.topic, &options.publisher, deliveries.clone())?;
+    let mut publisher = Publisher::new(&bootstrap, &options.topic, &options.publisher, deliveries.clone())?;
+    if let Some(change) = options.scenario.schema {
+        publisher = publisher.writing(change.from_event, change.write);
+    }
     let elsewhere = match (&second, &options.scenario.cutover) {
         (Some(second), Some(cutover)) => Some(Publisher::elsewhere(
             second.bootstrap_servers(),
@@ -522,7 +555,15 @@ async fn drive(
     let mut watch = DrainWatch::new(options.stall_timeout);
     loop {
         faults.tick(start).await;
-        faults.apply_due(start, watching.cluster, watching.layout, &mut fleets.main).await;
+        faults
+            .apply_due(
+                start,
+                watching.cluster,
+                watching.layout,
+                &mut fleets.main,
+                watching.deliveries.acked(),
+            )
+            .await;
         fleets
             .main
             .observe_assignment(start.elapsed().as_secs_f64(), watching.layout.partitions());
@@ -669,6 +710,10 @@ impl Fleets {
             poison_exercise: options.scenario.poison_exercise,
             database_retry: options.scenario.database_retry,
             max_poll_interval_ms: options.scenario.max_poll_interval_ms,
+            schema_newest: options
+                .scenario
+                .schema
+                .map_or(tradeflow_domain::SCHEMA_VERSION, |change| change.consumers_read),
             seed: options.workload.seed,
         };
         let main = Fleet::start(
@@ -809,6 +854,19 @@ impl FleetCounters {
     /// A counter summed over both groups.
     pub(crate) fn sum(&self, read: impl Fn(&ServiceCounters) -> u64) -> u64 {
         read(&self.main) + self.next.as_deref().map_or(0, &read)
+    }
+
+    /// Dead letters sent per error kind over both groups: count and the first reason.
+    pub(crate) fn dead_letter_kinds(&self) -> std::collections::BTreeMap<String, (u64, String)> {
+        let mut kinds = std::collections::BTreeMap::new();
+        for counters in std::iter::once(&self.main).chain(self.next.as_ref()) {
+            if let Ok(seen) = counters.dead_letter_kinds.lock() {
+                for (kind, (count, reason)) in seen.iter() {
+                    kinds.entry(kind.clone()).or_insert((0, reason.clone())).0 += count;
+                }
+            }
+        }
+        kinds
     }
 
     /// Says loudly when the broker deleted messages before they were read.

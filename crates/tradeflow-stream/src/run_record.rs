@@ -93,6 +93,29 @@ pub(crate) fn config(
             .sum::<u64>(),
     });
     if let Some(object) = config.as_object_mut() {
+        // Dead letters per error kind: how many, and the first one's reason.
+        let kinds = counters.dead_letter_kinds();
+        object.insert(
+            "dead_letters_by_kind".into(),
+            serde_json::Value::Object(
+                kinds
+                    .into_iter()
+                    .map(|(kind, (count, reason))| (kind, serde_json::json!({ "count": count, "reason": reason })))
+                    .collect(),
+            ),
+        );
+        object.insert(
+            "schema".into(),
+            serde_json::to_value(options.scenario.schema.map(|change| {
+                serde_json::json!({
+                    "from_event": change.from_event,
+                    "producer_writes": change.write,
+                    "fees_every": change.fees_every,
+                    "consumers_read_at_start": change.consumers_read,
+                })
+            }))
+            .unwrap_or_default(),
+        );
         // Dead letters that could not be sent: their partitions waited and read them again.
         object.insert(
             "dead_letter_failures".into(),

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tradeflow_check::LatencyRecorder;
-use tradeflow_domain::{Event, decode};
+use tradeflow_domain::{Event, decode_up_to};
 use tradeflow_store::{ApplyInput, Dedup, Store, now_ns};
 
 /// The consumer's `fetch.wait.max.ms`: the longest a fetch waits for data (the mock cluster
@@ -203,6 +203,9 @@ pub struct ServiceConfig {
     pub database_retry: DatabaseRetry,
     /// `max.poll.interval.ms`; `None`: three session timeouts, at least 20 s.
     pub max_poll_interval_ms: Option<u32>,
+    /// The newest schema version the consumer reads ([`tradeflow_domain::SCHEMA_VERSION`]
+    /// but in the schema-evolution lesson, whose consumers not yet upgraded read 1).
+    pub schema_newest: u64,
 }
 
 impl ServiceConfig {
@@ -316,6 +319,8 @@ pub struct ServiceCounters {
     /// Messages whose dead letter could not be sent: their partition waited at them and
     /// read them again.
     pub dead_letter_failures: AtomicU64,
+    /// Dead letters sent, per error kind: how many, and the first one's reason.
+    pub dead_letter_kinds: std::sync::Mutex<BTreeMap<String, (u64, String)>>,
 }
 
 /// Most messages whose failed attempts are remembered at once; past it, the count starts
@@ -1366,7 +1371,7 @@ async fn triage<'a>(
         if stuck_at.get(&message.partition()).is_some_and(|stuck| message.offset() > *stuck) {
             continue;
         }
-        match accept(message, config.key_check) {
+        match accept(message, config.key_check, config.schema_newest) {
             Ok((event, intended_at_ns)) => accepted.push((message, event, intended_at_ns)),
             Err(rejection) => {
                 tracing::warn!(
@@ -1402,6 +1407,9 @@ async fn triage<'a>(
                 };
                 if sent {
                     dead_lettered += 1;
+                    if let Ok(mut kinds) = counters.dead_letter_kinds.lock() {
+                        kinds.entry(rejection.kind.clone()).or_insert((0, rejection.reason.clone())).0 += 1;
+                    }
                 } else {
                     // A partition's messages arrive in offset order, so what was accepted
                     // before this one stays accepted and what follows is skipped above.
@@ -1462,14 +1470,14 @@ async fn seek_back(
 
 /// Decodes a message and checks that its key is its account (the key routes an account's
 /// events to one partition; a message under another key would break that account's order).
-fn accept(message: &OwnedMessage, key_check: bool) -> Result<(Event, i64), Rejection> {
-    let Some(payload) = message.payload() else {
+fn accept(message: &OwnedMessage, key_check: bool, schema_newest: u64) -> Result<(Event, i64), Rejection> {
+    let Some(payload) = message.payload().filter(|payload| !payload.is_empty()) else {
         return Err(Rejection {
             kind: "empty_payload".into(),
             reason: "the message has no payload".into(),
         });
     };
-    let event = decode(payload).map_err(|error| Rejection {
+    let event = decode_up_to(payload, schema_newest).map_err(|error| Rejection {
         kind: error.kind().into(),
         reason: error.to_string(),
     })?;

@@ -70,6 +70,9 @@ pub(crate) struct FaultTimeline {
     told: Vec<(usize, u32, SeenKind)>,
     /// The means of a planned database outage.
     database: Option<DatabaseOutage>,
+    /// Replays of the dead-letter topic under way beside the loop (index into `records`,
+    /// task saying what it moved).
+    replaying: Vec<(usize, JoinHandle<Result<String, String>>)>,
 }
 
 impl FaultTimeline {
@@ -82,13 +85,16 @@ impl FaultTimeline {
             poison,
             told: Vec::new(),
             database,
+            replaying: Vec::new(),
         }
     }
 
     /// Waits for the next progress tick, or for the next step's time if that comes first.
     pub(crate) async fn tick(&self, start: Instant) {
         let tick = tokio::time::sleep(PROGRESS_INTERVAL);
-        match self.timeline.get(self.next_step) {
+        // A step past its time waits on a condition (an upgrade on the consumers having
+        // handled everything): it is looked at again at the next tick.
+        match self.timeline.get(self.next_step).filter(|(at, _)| start + *at > Instant::now()) {
             Some((at, _)) => {
                 tokio::select! {
                     _ = tick => {}
@@ -100,8 +106,17 @@ impl FaultTimeline {
     }
 
     /// Applies every step whose time has come, and records it.
-    pub(crate) async fn apply_due(&mut self, start: Instant, cluster: &Cluster, layout: &TopicLayout, fleet: &mut Fleet) {
+    /// An upgrade of the consumers waits, past its time, until they have handled every
+    /// message the broker acknowledged (`acked`): applied it or set it aside on the
+    /// dead-letter topic. Upgrading sooner would let the new consumers apply an account's
+    /// newer events before the replay brings back its older ones.
+    pub(crate) async fn apply_due(&mut self, start: Instant, cluster: &Cluster, layout: &TopicLayout, fleet: &mut Fleet, acked: u64) {
         while let Some((at, action)) = self.timeline.get(self.next_step).filter(|(at, _)| start.elapsed() >= *at).cloned() {
+            let handled = fleet.counters.applied.load(std::sync::atomic::Ordering::Relaxed)
+                + fleet.counters.dead_lettered.load(std::sync::atomic::Ordering::Relaxed);
+            if action == Action::Service(ServiceFault::Upgrade) && handled < acked {
+                return;
+            }
             self.next_step += 1;
             tracing::info!(at_ms = at.as_millis() as u64, %action, "applying a planned fault");
             let outcome = match &action {
@@ -110,6 +125,16 @@ impl FaultTimeline {
                     self.publish_poison(*count);
                     Ok(None)
                 }
+                Action::Service(ServiceFault::ReplayDeadLetters) => {
+                    self.replay_dead_letters();
+                    Ok(None)
+                }
+                Action::Service(ServiceFault::Upgrade) => fleet.upgrade().map(|replaced| {
+                    Some(format!(
+                        "{replaced} consumers replaced by ones reading schema_version up to {}",
+                        tradeflow_domain::SCHEMA_VERSION
+                    ))
+                }),
                 Action::Service(fault) => apply_service_fault(fault, fleet).await.map(|()| None),
                 Action::Database(fault) => {
                     let (at_ms, attempts) = (
@@ -143,6 +168,19 @@ impl FaultTimeline {
         }
     }
 
+    /// Replays the dead-letter topic beside the loop; its effect says how many it moved.
+    fn replay_dead_letters(&mut self) {
+        let (bootstrap, topic) = (self.poison.bootstrap.clone(), self.poison.topic.clone());
+        let group = format!("tradeflow-replay-{}", std::process::id());
+        let task = tokio::spawn(async move {
+            dlq::replay(&bootstrap, &dlq::dlq_topic(&topic), &group)
+                .await
+                .map(|report| format!("replayed {} dead letters to {topic} ({:?})", report.moved, report.by_kind))
+                .map_err(|error| error.to_string())
+        });
+        self.replaying.push((self.records.len(), task));
+    }
+
     fn publish_poison(&mut self, count: u32) {
         let (bootstrap, topic, key) = (self.poison.bootstrap.clone(), self.poison.topic.clone(), self.poison.key.clone());
         let task = tokio::spawn(async move {
@@ -155,7 +193,9 @@ impl FaultTimeline {
 
     /// Whether every step has been applied and every poison published.
     pub(crate) fn done(&self) -> bool {
-        self.next_step >= self.timeline.len() && self.poisoning.iter().all(|(_, task)| task.is_finished())
+        self.next_step >= self.timeline.len()
+            && self.poisoning.iter().all(|(_, task)| task.is_finished())
+            && self.replaying.iter().all(|(_, task)| task.is_finished())
     }
 
     /// The records, once the poison tasks have ended, with what the backend saw faults
@@ -167,6 +207,15 @@ impl FaultTimeline {
             if let (Err(error), Some(record)) = (outcome, self.records.get_mut(index)) {
                 tracing::warn!(fault = %record.fault, %error, "a planned fault could not be applied");
                 record.error = Some(error);
+            }
+        }
+        for (index, task) in std::mem::take(&mut self.replaying) {
+            let outcome = task.await.unwrap_or_else(|error| Err(format!("replay task: {error}")));
+            if let Some(record) = self.records.get_mut(index) {
+                match outcome {
+                    Ok(effect) => record.effect = Some(effect),
+                    Err(error) => record.error = Some(error),
+                }
             }
         }
         attach_observations(&mut self.records, cluster.observations());
@@ -291,7 +340,9 @@ async fn apply_service_fault(fault: &ServiceFault, fleet: &mut Fleet) -> Result<
             .ok_or_else(|| format!("no consumer could join ({} running)", fleet.running())),
         ServiceFault::HoldAll => fleet.hold_all(true),
         ServiceFault::ReleaseAll => fleet.hold_all(false),
-        ServiceFault::Poison { .. } => Err("poison is published beside the run loop".into()),
+        ServiceFault::Poison { .. } | ServiceFault::Upgrade | ServiceFault::ReplayDeadLetters => {
+            Err("applied by the timeline itself".into())
+        }
     }
 }
 

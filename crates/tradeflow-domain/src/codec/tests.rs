@@ -12,6 +12,9 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
         (1..=AMOUNT_MAX).prop_map(|amount| EventKind::Withdrawal {
             amount: Money::from_minor(amount)
         }),
+        (1..=AMOUNT_MAX).prop_map(|amount| EventKind::FeeCharged {
+            amount: Money::from_minor(amount)
+        }),
         (any::<bool>(), "[A-Z][A-Z0-9.]{0,11}", 1..=QUANTITY_MAX, 1..=PRICE_MAX).prop_map(|(buy, symbol, quantity, price)| {
             EventKind::TradeExecuted {
                 side: if buy { Side::Buy } else { Side::Sell },
@@ -100,14 +103,20 @@ fn refusals_name_the_field_and_the_reason() {
         (
             deposit_json(),
             "schema_version",
-            Some(json!(2)),
-            DecodeError::UnknownSchemaVersion { version: "2".into() },
+            Some(json!(3)),
+            DecodeError::UnknownSchemaVersion {
+                version: "3".into(),
+                newest: SCHEMA_VERSION,
+            },
         ),
         (
             deposit_json(),
             "schema_version",
             Some(json!("1")),
-            DecodeError::UnknownSchemaVersion { version: "\"1\"".into() },
+            DecodeError::UnknownSchemaVersion {
+                version: "\"1\"".into(),
+                newest: SCHEMA_VERSION,
+            },
         ),
         (
             deposit_json(),
@@ -177,7 +186,7 @@ fn refusals_name_the_field_and_the_reason() {
             Some(json!("refund")),
             DecodeError::InvalidValue {
                 field: "type",
-                reason: "unknown event type \"refund\" (expected deposit, withdrawal or trade_executed)".into(),
+                reason: "unknown event type \"refund\" in schema_version 1 (expected deposit, withdrawal or trade_executed)".into(),
             },
         ),
         (
@@ -187,6 +196,7 @@ fn refusals_name_the_field_and_the_reason() {
             DecodeError::UnknownField {
                 field: "colour".into(),
                 event_type: "deposit".into(),
+                version: 1,
             },
         ),
         (
@@ -223,6 +233,7 @@ fn refusals_name_the_field_and_the_reason() {
             DecodeError::UnknownField {
                 field: "amount".into(),
                 event_type: "trade_executed".into(),
+                version: 1,
             },
         ),
     ];
@@ -243,4 +254,106 @@ fn non_objects_and_non_json_are_refused() {
         decode(&vec![b' '; ENCODED_LEN_MAX + 1]),
         Err(DecodeError::TooLarge { .. })
     ));
+}
+
+#[test]
+fn each_event_is_written_in_the_oldest_version_that_carries_it() {
+    let deposit = decode(&serde_json::to_vec(&deposit_json()).expect("serializable")).expect("a deposit");
+    let written: Value = serde_json::from_slice(&encode(&deposit)).expect("JSON");
+    assert_eq!(written["schema_version"], json!(1));
+    let fee = Event {
+        kind: EventKind::FeeCharged {
+            amount: Money::from_minor(250),
+        },
+        ..deposit.clone()
+    };
+    let written: Value = serde_json::from_slice(&encode(&fee)).expect("JSON");
+    assert_eq!(written["schema_version"], json!(2));
+    assert_eq!(written["type"], json!("fee_charged"));
+    assert_eq!(
+        encode_as(&fee, 1, None),
+        Err(EncodeError::TooNew {
+            event_type: "fee_charged",
+            needs: 2,
+            version: 1
+        })
+    );
+    assert_eq!(encode_as(&fee, 3, None), Err(EncodeError::UnknownVersion { version: 3 }));
+    // A producer upgraded to version 2 stamps it on every message; readers of 2 take both.
+    let as_two = encode_as(&deposit, 2, None).expect("a deposit in version 2");
+    assert_eq!(decode(&as_two), Ok(deposit.clone()));
+    assert_eq!(decode(&encode(&deposit)), Ok(deposit));
+}
+
+#[test]
+fn a_reader_of_version_one_refuses_version_two_whole_and_says_why() {
+    let deposit_v2 = decode_with(deposit_json(), "schema_version", Some(json!(2))).expect("version 2 reads");
+    let bytes = encode_as(&deposit_v2, 2, None).expect("encodes");
+    assert_eq!(
+        decode_up_to(&bytes, 1),
+        Err(DecodeError::UnknownSchemaVersion {
+            version: "2".into(),
+            newest: 1
+        })
+    );
+    let refused = decode_up_to(&bytes, 1).expect_err("refused");
+    assert_eq!(refused.to_string(), "unknown schema_version 2 (this reader reads 1 to 1)");
+    assert_eq!(refused.kind(), "unknown_schema_version");
+}
+
+#[test]
+fn version_two_adds_fee_charged_and_a_trades_client_order_id_and_version_one_has_neither() {
+    let mut fee = deposit_json();
+    fee["type"] = json!("fee_charged");
+    assert!(matches!(
+        decode_with(fee.clone(), "schema_version", Some(json!(1))),
+        Err(DecodeError::InvalidValue { field: "type", .. })
+    ));
+    assert_eq!(
+        decode_with(fee, "schema_version", Some(json!(2))).map(|event| event.kind),
+        Ok(EventKind::FeeCharged {
+            amount: Money::from_minor(500)
+        })
+    );
+    assert_eq!(
+        decode_with(trade_json(), CLIENT_ORDER_ID, Some(json!("order-7"))),
+        Err(DecodeError::UnknownField {
+            field: CLIENT_ORDER_ID.into(),
+            event_type: "trade_executed".into(),
+            version: 1
+        })
+    );
+    let mut trade = trade_json();
+    trade["schema_version"] = json!(2);
+    let plain = decode_with(trade.clone(), "side", Some(json!("buy"))).expect("a version 2 trade without the field");
+    assert_eq!(decode_with(trade.clone(), CLIENT_ORDER_ID, Some(json!("order-7"))), Ok(plain));
+    assert!(matches!(
+        decode_with(trade.clone(), CLIENT_ORDER_ID, Some(json!(""))),
+        Err(DecodeError::InvalidValue {
+            field: CLIENT_ORDER_ID,
+            ..
+        })
+    ));
+    assert!(matches!(
+        decode_with(trade, CLIENT_ORDER_ID, Some(json!(7))),
+        Err(DecodeError::WrongType {
+            field: CLIENT_ORDER_ID,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_renamed_field_is_refused_naming_both_fields() {
+    // A breaking change: `amount` renamed `value` without a new major version.
+    let mut renamed = deposit_json();
+    renamed["schema_version"] = json!(2);
+    let object = renamed.as_object_mut().expect("an object");
+    let amount = object.remove("amount").expect("a deposit has an amount");
+    object.insert("value".into(), amount);
+    let refused = decode(&serde_json::to_vec(&renamed).expect("serializable")).expect_err("refused");
+    assert_eq!(
+        refused.to_string(),
+        "field `value` is not part of schema_version 2 for type `deposit`"
+    );
 }

@@ -153,3 +153,27 @@ fn due_takes_the_events_whose_time_has_come_up_to_a_maximum() {
     assert_eq!(workload.due(10, 9_500_000, 50), 10);
     assert_eq!(workload.due(90, u64::MAX, 50), 100);
 }
+
+#[test]
+fn fees_replace_withdrawals_from_an_index_on_and_leave_every_balance_as_it_was() {
+    let plain = Workload::generate(&config(11, 3_000, 20, RateProfile::Steady)).expect("valid config");
+    let mut upgraded = plain.clone();
+    let turned = upgraded.charge_fees_from(1_500, 2);
+    let fees = |workload: &Workload| {
+        workload
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, scheduled)| matches!(scheduled.event.kind, EventKind::FeeCharged { .. }))
+            .map(|(index, _)| index)
+            .collect::<Vec<_>>()
+    };
+    let at = fees(&upgraded);
+    assert!(turned > 50, "some withdrawals became fees: {turned}");
+    assert_eq!(at.len(), turned);
+    assert!(at.iter().all(|index| *index >= 1_500), "none before the index: {at:?}");
+    assert!(fees(&plain).is_empty());
+    let oracle = |workload: &Workload| Oracle::from_events(workload.plain_events());
+    assert_eq!(oracle(&upgraded).rejected(), 0);
+    assert_eq!(oracle(&upgraded).ledger(), oracle(&plain).ledger());
+}

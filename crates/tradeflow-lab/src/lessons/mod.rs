@@ -19,6 +19,7 @@ pub mod poller_vs_stream;
 pub mod producer_retries;
 pub mod repartition_cutover;
 pub mod retention;
+pub mod schema_evolution;
 
 use crate::variant::{Setup, Variant};
 
@@ -113,6 +114,12 @@ pub const LESSONS: &[Lesson] = &[
         name: outbox_relay::NAME,
         what: outbox_relay::WHAT,
         variants: outbox_relay::variants,
+        left_out: none_left_out,
+    },
+    Lesson {
+        name: schema_evolution::NAME,
+        what: schema_evolution::WHAT,
+        variants: schema_evolution::variants,
         left_out: none_left_out,
     },
     Lesson {

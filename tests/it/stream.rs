@@ -91,6 +91,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         database_retry: tradeflow_stream::service::DatabaseRetry::Backoff,
         max_poll_interval_ms: None,
         schema_newest: tradeflow_domain::SCHEMA_VERSION,
+        prefetch: tradeflow_stream::service::Prefetch::Bounded,
     }
 }
 

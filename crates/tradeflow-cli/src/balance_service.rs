@@ -93,6 +93,20 @@ pub struct ServiceArgs {
     /// Chapter 04: its exercise decides which events of a batch are applied.
     #[arg(long, hide = true)]
     dedup_exercise: bool,
+    /// How much each consumer fetches ahead of the batch in hand: bounded (4 MiB queued,
+    /// fetches of at most 2 MiB: the default) or librdkafka-defaults (64 MiB queued,
+    /// fetches of up to 50 MB: the consumer-memory lesson's comparison).
+    #[arg(long, value_enum, default_value_t = PrefetchChoice::Bounded)]
+    prefetch: PrefetchChoice,
+}
+
+/// How much a consumer fetches ahead (`--prefetch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PrefetchChoice {
+    /// 4 MiB queued ahead (`queued.max.messages.kbytes` 4096), fetches of at most 2 MiB.
+    Bounded,
+    /// librdkafka's own defaults (`queued.max.messages.kbytes` 65536).
+    LibrdkafkaDefaults,
 }
 
 /// When the consumers commit offsets (`--commit`).
@@ -390,6 +404,10 @@ fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<
                 database_retry: tradeflow_stream::service::DatabaseRetry::Backoff,
                 max_poll_interval_ms: None,
                 schema_newest: tradeflow_domain::SCHEMA_VERSION,
+                prefetch: match arguments.prefetch {
+                    PrefetchChoice::Bounded => tradeflow_stream::service::Prefetch::Bounded,
+                    PrefetchChoice::LibrdkafkaDefaults => tradeflow_stream::service::Prefetch::LibrdkafkaDefaults,
+                },
             };
             config.validate()?;
             Ok(config)

@@ -400,6 +400,17 @@ fn write_faults(text: &mut String, outcome: &VariantOutcome) {
             outcome.config["outbox_late_commits"]
         );
     }
+    if let Some(mb) = outcome.config.get("service_peak_rss_mb").and_then(serde_json::Value::as_f64) {
+        let _ = writeln!(
+            text,
+            "    balance service process: peak RSS {mb:.1} MB (prefetch {}){}",
+            outcome.config["prefetch"].as_str().unwrap_or("?"),
+            outcome.config["backlog_drain_per_s"]
+                .as_f64()
+                .map(|rate| format!(", drained the backlog at {rate:.0} events/s"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(schema) = outcome.config.get("schema").filter(|schema| !schema.is_null()) {
         let _ = writeln!(
             text,

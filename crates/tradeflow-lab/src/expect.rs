@@ -34,6 +34,9 @@ pub struct Expected {
     /// A bound on the balance service's worst time lag (the age of its oldest unapplied
     /// event, as the lag samples saw it): what customers see of a service that falls behind.
     pub time_lag: Option<TimeLag>,
+    /// A bound on the peak resident set of the balance service's processes, in MB
+    /// (`service_peak_rss_mb`); a run without the figure could not show it.
+    pub rss_mb: Option<Bound>,
     /// Why, in words.
     pub note: String,
 }
@@ -90,6 +93,7 @@ impl Expected {
             shown_by: None,
             at_least: None,
             time_lag: None,
+            rss_mb: None,
             note: note.into(),
         }
     }
@@ -105,6 +109,7 @@ impl Expected {
             shown_by: None,
             at_least: None,
             time_lag: None,
+            rss_mb: None,
             note: note.into(),
         }
     }
@@ -121,6 +126,7 @@ impl Expected {
             shown_by: None,
             at_least: None,
             time_lag: None,
+            rss_mb: None,
             note: note.into(),
         }
     }
@@ -155,6 +161,12 @@ impl Expected {
         self
     }
 
+    /// A bound the balance service's processes' peak resident set must keep to, in MB.
+    pub fn rss_mb(mut self, bound: Bound) -> Expected {
+        self.rss_mb = Some(bound);
+        self
+    }
+
     /// A count of the run's record the violation must reach.
     pub fn at_least(mut self, count: &'static str) -> Expected {
         self.at_least = Some(count);
@@ -165,7 +177,8 @@ impl Expected {
     /// `shown_by` count is above zero), or it shows the failure it must show, which is
     /// proof enough. A pass without the stake proves nothing: unknown.
     pub fn could_show(&self, record: &RunRecord) -> bool {
-        let at_stake = self.shown_by.is_none_or(|count| config_count(record, count) > 0);
+        let at_stake =
+            self.shown_by.is_none_or(|count| config_count(record, count) > 0) && (self.rss_mb.is_none() || peak_rss_mb(record).is_some());
         at_stake || (self.verdict == Some(Verdict::Fail) && self.met_by(record))
     }
 
@@ -188,6 +201,15 @@ impl Expected {
         }
         if let (Some(violation), Some(count)) = (self.violation, self.at_least) {
             let _ = write!(text, ", {} >= {count}", violation.name());
+        }
+        match self.rss_mb {
+            Some(TimeLag::AtMost(mb)) => {
+                let _ = write!(text, ", peak RSS <= {mb:.0} MB");
+            }
+            Some(TimeLag::Over(mb)) => {
+                let _ = write!(text, ", peak RSS > {mb:.0} MB");
+            }
+            None => {}
         }
         match self.time_lag {
             Some(TimeLag::AtMost(ms)) => {
@@ -214,7 +236,10 @@ impl Expected {
         let observed = self.observed.is_none_or(|count| config_count(record, count) > 0)
             && self.never.is_none_or(|count| config_count(record, count) == 0);
         let time_lag = self.time_lag.is_none_or(|bound| bound.met_by(worst_time_lag_ms(record)));
-        verdict && violation && observed && time_lag && self.effect_shown(record)
+        let rss = self
+            .rss_mb
+            .is_none_or(|bound| peak_rss_mb(record).is_some_and(|mb| bound.met_by(mb)));
+        verdict && violation && observed && time_lag && rss && self.effect_shown(record)
     }
 
     fn effect_shown(&self, record: &RunRecord) -> bool {
@@ -226,6 +251,9 @@ impl Expected {
         })
     }
 }
+
+/// A bound on a figure of a run (a time lag in ms, a resident set in MB): at most, or over.
+pub type Bound = TimeLag;
 
 /// A bound on the balance service's worst time lag, in ms.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -248,6 +276,11 @@ impl TimeLag {
 /// The balance service's worst time lag in a run's lag samples, in ms (0 without samples).
 pub fn worst_time_lag_ms(record: &RunRecord) -> f64 {
     record.lag.iter().map(|sample| sample.time_lag_ms).fold(0.0, f64::max)
+}
+
+/// The peak resident set of the balance service's processes, in MB, when measured.
+pub fn peak_rss_mb(record: &RunRecord) -> Option<f64> {
+    record.config.get("service_peak_rss_mb").and_then(serde_json::Value::as_f64)
 }
 
 /// A count of the run's configuration record (0 when absent).

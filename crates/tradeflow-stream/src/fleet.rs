@@ -59,6 +59,8 @@ pub struct FleetConfig {
     pub max_poll_interval_ms: Option<u32>,
     /// The newest schema version the members read (see [`ServiceConfig`]).
     pub schema_newest: u64,
+    /// How much the members fetch ahead (see [`ServiceConfig`]).
+    pub prefetch: crate::service::Prefetch,
     /// Seed of the kills' timing.
     pub seed: u64,
 }
@@ -206,6 +208,7 @@ impl Fleet {
             database_retry: self.config.database_retry,
             max_poll_interval_ms: self.config.max_poll_interval_ms,
             schema_newest: self.config.schema_newest,
+            prefetch: self.config.prefetch,
         }
     }
 
@@ -224,6 +227,7 @@ impl Fleet {
             fencing: self.config.fencing,
             key_check: self.config.key_check,
             poison_exercise: self.config.poison_exercise,
+            prefetch: self.config.prefetch,
         }
     }
 

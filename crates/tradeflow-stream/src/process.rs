@@ -57,10 +57,13 @@ pub(crate) struct ProcessArgs {
     pub(crate) fencing: bool,
     pub(crate) key_check: bool,
     pub(crate) poison_exercise: bool,
+    pub(crate) prefetch: crate::service::Prefetch,
 }
 
 /// One running process.
 pub(crate) struct ServiceProcess {
+    /// The fleet's counters (the journal's reader feeds them; the stop adds the peak RSS).
+    counters: Arc<ServiceCounters>,
     name: String,
     child: Child,
     pid: u32,
@@ -129,6 +132,9 @@ impl ServiceProcess {
         if args.poison_exercise {
             command.arg("--poison-exercise");
         }
+        if args.prefetch == crate::service::Prefetch::LibrdkafkaDefaults {
+            command.args(["--prefetch", "librdkafka-defaults"]);
+        }
         match spawn.store.kind {
             StoreKind::Postgres => command.env("DATABASE_URL", &spawn.store.url),
             StoreKind::Sqlite => command.args(["--database-url", &spawn.store.url]),
@@ -141,8 +147,9 @@ impl ServiceProcess {
             reason: "the balance service process has no standard output".into(),
         })?;
         let state = Arc::new(Mutex::new(JournalState::default()));
-        let reader = tokio::spawn(read_journal(name.to_owned(), stdout, state.clone(), counters));
+        let reader = tokio::spawn(read_journal(name.to_owned(), stdout, state.clone(), counters.clone()));
         Ok(ServiceProcess {
+            counters,
             name: name.to_owned(),
             child,
             pid,
@@ -295,6 +302,10 @@ impl ServiceProcess {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Its peak resident set, while it still has one to read.
+        if let Some(peak_kb) = peak_rss_kb(self.pid) {
+            self.counters.peak_rss_kb.fetch_max(peak_kb, Ordering::Relaxed);
+        }
         signal(self.pid, "TERM");
         let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(status) => status,
@@ -317,6 +328,15 @@ impl ServiceProcess {
             }),
         }
     }
+}
+
+/// The peak resident set (`VmHWM`) of process `pid` so far, in kB; `None` once it is gone.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Reads a process's journal to its end, into `state` and the fleet's `counters`.

@@ -124,6 +124,11 @@ pub struct Scenario {
     /// `None`: every event in the oldest version that carries it, read by consumers of
     /// the newest.
     pub schema: Option<SchemaChange>,
+    /// How much the consumers fetch ahead (bounded but in the consumer-memory lesson).
+    pub prefetch: crate::service::Prefetch,
+    /// Whether the consumers start only once every event is published and acknowledged:
+    /// a backlog waiting for them (the consumer-memory lesson).
+    pub backlog_first: bool,
 }
 
 /// A schema change during a run: from the event at `from_event` on, the system of record
@@ -166,6 +171,8 @@ impl Default for Scenario {
             max_poll_interval_ms: None,
             lock_holder: None,
             schema: None,
+            prefetch: crate::service::Prefetch::Bounded,
+            backlog_first: false,
         }
     }
 }
@@ -377,10 +384,12 @@ pub async fn run(
             .as_ref()
             .filter(|_| fleets.next.is_some())
             .map_or(0, |cutover| i64::from(cutover.partitions));
-    wait_for_assignment(wanted, || {
-        fleets.sum(|counters| counters.assigned_partitions.load(Ordering::Relaxed) as u64) as i64
-    })
-    .await;
+    if !options.scenario.backlog_first {
+        wait_for_assignment(wanted, || {
+            fleets.sum(|counters| counters.assigned_partitions.load(Ordering::Relaxed) as u64) as i64
+        })
+        .await;
+    }
     // The first assignments are no evidence of a fault: rebalances are counted from here.
     let rebalances_before = fleets.sum(|counters| counters.rebalances.load(Ordering::Relaxed));
     let mut notifications = match options.scenario.notifications {
@@ -487,6 +496,11 @@ pub async fn run(
     if let Some(outage) = &outage {
         crate::run_record::database_into(&mut config, options, &counters, outage, &lag);
     }
+    if let (Some(started_ms), Some(object)) = (counters.backlog_started_at_ms, config.as_object_mut()) {
+        // How fast the consumers drained the backlog: from their start to the last commit.
+        let draining_s = ((last_commit_ns - start_ns) as f64 / 1e9 - started_ms as f64 / 1e3).max(1e-3);
+        object.insert("backlog_drain_per_s".into(), (applied as f64 / draining_s).into());
+    }
     Ok(RunRecord {
         seed: options.workload.seed,
         architecture: "stream".into(),
@@ -588,6 +602,16 @@ async fn drive(
             && let Some(handle) = publishing.take()
         {
             handle.await.map_err(|error| task_error("publisher", error))??;
+            if options.scenario.backlog_first {
+                tracing::info!(
+                    backlog = watching.deliveries.acked(),
+                    "every event published: the consumers start on the backlog"
+                );
+                fleets.backlog_started_at_ms = Some(start.elapsed().as_millis() as u64);
+                for _ in 0..options.consumers {
+                    fleets.main.join();
+                }
+            }
         }
         // Unique events applied, not messages processed: redeliveries and dead letters
         // would otherwise count towards "everything acknowledged is applied". Messages the
@@ -652,6 +676,8 @@ struct Fleets {
     moved_at_ms: Option<u64>,
     /// The lag samples there were when chapter 12's exercise was last asked.
     asked_after_samples: Option<usize>,
+    /// With a backlog first, when the consumers started on it, ms since the start.
+    backlog_started_at_ms: Option<u64>,
 }
 
 /// The drain consumer's steps on the old cluster.
@@ -714,12 +740,14 @@ impl Fleets {
                 .scenario
                 .schema
                 .map_or(tradeflow_domain::SCHEMA_VERSION, |change| change.consumers_read),
+            prefetch: options.scenario.prefetch,
             seed: options.workload.seed,
         };
+        // With a backlog first, the consumers join once publishing is done (see `drive`).
         let main = Fleet::start(
             store.clone(),
             config(bootstrap, &options.topic, group.to_owned()),
-            options.consumers,
+            if options.scenario.backlog_first { 0 } else { options.consumers },
         )?;
         let mut fleets = Fleets {
             main,
@@ -728,6 +756,7 @@ impl Fleets {
             drain: DrainStep::Before,
             moved_at_ms: None,
             asked_after_samples: None,
+            backlog_started_at_ms: None,
         };
         if let Some(cutover) = &options.scenario.cutover {
             let next_group = format!("{group}-next");
@@ -819,6 +848,7 @@ impl Fleets {
             next: self.next.as_ref().map(|next| next.counters.clone()),
             assignments: self.main.assignments().to_vec(),
             moved_at_ms: self.moved_at_ms,
+            backlog_started_at_ms: self.backlog_started_at_ms,
             rebalances_at_end: self.main.counters.rebalances.load(Ordering::Relaxed)
                 + self
                     .next
@@ -848,12 +878,23 @@ pub(crate) struct FleetCounters {
     /// Rebalances seen by the end of the run, before the consumers left (their leaving is
     /// a revocation each, and no fault's doing).
     pub(crate) rebalances_at_end: u64,
+    /// With a backlog first, when the consumers started on it, ms since the start.
+    pub(crate) backlog_started_at_ms: Option<u64>,
 }
 
 impl FleetCounters {
     /// A counter summed over both groups.
     pub(crate) fn sum(&self, read: impl Fn(&ServiceCounters) -> u64) -> u64 {
         read(&self.main) + self.next.as_deref().map_or(0, &read)
+    }
+
+    /// The highest peak resident set of the members that were processes, in kB (0: none).
+    pub(crate) fn peak_rss_kb(&self) -> u64 {
+        std::iter::once(&self.main)
+            .chain(self.next.as_ref())
+            .map(|counters| counters.peak_rss_kb.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Dead letters sent per error kind over both groups: count and the first reason.

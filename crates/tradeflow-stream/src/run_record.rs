@@ -93,6 +93,14 @@ pub(crate) fn config(
             .sum::<u64>(),
     });
     if let Some(object) = config.as_object_mut() {
+        // The consumers' fetching ahead and, for members that are processes, their peak
+        // resident set; with a backlog first, how fast they drained it.
+        object.insert("prefetch".into(), options.scenario.prefetch.as_str().into());
+        let peak_kb = counters.peak_rss_kb();
+        object.insert("service_peak_rss_mb".into(), (peak_kb > 0).then(|| peak_kb as f64 / 1_024.0).into());
+        if let Some(started) = counters.backlog_started_at_ms {
+            object.insert("backlog_started_at_ms".into(), started.into());
+        }
         // Dead letters per error kind: how many, and the first one's reason.
         let kinds = counters.dead_letter_kinds();
         object.insert(

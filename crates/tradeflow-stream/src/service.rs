@@ -29,8 +29,37 @@ use tradeflow_store::{ApplyInput, Dedup, Store, now_ns};
 /// waits all of it on an empty fetch), and so part of every event's latency.
 pub const FETCH_WAIT_MAX_MS: u32 = 10;
 
-/// The consumer's prefetch bound, `queued.max.messages.kbytes`.
-pub const QUEUED_MAX_KBYTES: u32 = 8_192;
+/// The consumer's prefetch bound, `queued.max.messages.kbytes`: with [`FETCH_MAX_BYTES`],
+/// what keeps the balance service's process near 51 MB draining a backlog, where
+/// librdkafka's defaults take it past 90 MB (`experiment consumer-memory`, debug build,
+/// mock cluster, SQLite, seed 1: 50.9 and 51.0 MB against 92.7 and 101.1 MB).
+pub const QUEUED_MAX_KBYTES: u32 = 4_096;
+/// The most one fetch response may carry, `fetch.max.bytes` (librdkafka's default is
+/// 50 MB): a response lands in the queue whole, overshooting its bound by up to this.
+pub const FETCH_MAX_BYTES: u32 = 2 << 20;
+
+/// How much a consumer fetches ahead of the batch in hand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prefetch {
+    /// The service's bound: [`QUEUED_MAX_KBYTES`] queued, fetches of at most
+    /// [`FETCH_MAX_BYTES`].
+    #[default]
+    Bounded,
+    /// librdkafka's defaults (`queued.max.messages.kbytes` 65536, `fetch.max.bytes` 50 MB):
+    /// the consumer-memory lesson's comparison.
+    LibrdkafkaDefaults,
+}
+
+impl Prefetch {
+    /// The name the command line and records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Prefetch::Bounded => "bounded",
+            Prefetch::LibrdkafkaDefaults => "librdkafka_defaults",
+        }
+    }
+}
 
 /// Largest batch one transaction may hold.
 pub const SERVICE_BATCH_MAX: usize = 10_000;
@@ -206,6 +235,8 @@ pub struct ServiceConfig {
     /// The newest schema version the consumer reads ([`tradeflow_domain::SCHEMA_VERSION`]
     /// but in the schema-evolution lesson, whose consumers not yet upgraded read 1).
     pub schema_newest: u64,
+    /// How much the consumer fetches ahead (bounded but in the consumer-memory lesson).
+    pub prefetch: Prefetch,
 }
 
 impl ServiceConfig {
@@ -234,7 +265,15 @@ impl ServiceConfig {
 
     fn consumer(&self, counters: Arc<ServiceCounters>) -> Result<StreamConsumer<ServiceContext>, StreamError> {
         let auto = self.commit == CommitPolicy::Auto;
-        base_config(&self.bootstrap)
+        let mut config = base_config(&self.bootstrap);
+        if self.prefetch == Prefetch::Bounded {
+            // Bounded prefetch: librdkafka queues at most this much ahead of the batch in
+            // hand (its default is 64 MB), so in-flight work is bounded in memory too.
+            config
+                .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES.to_string())
+                .set("fetch.max.bytes", FETCH_MAX_BYTES.to_string());
+        }
+        config
             .set("group.id", &self.group)
             .set("client.id", &self.name)
             // Offsets are committed by hand, after the database commit (the `auto` policy
@@ -255,9 +294,6 @@ impl ServiceConfig {
             .set("max.poll.interval.ms", self.max_poll_interval_ms().to_string())
             // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
             .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
-            // Bounded prefetch: librdkafka queues at most this much ahead of the batch in
-            // hand (its default is 64 MB), so in-flight work is bounded in memory too.
-            .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES.to_string())
             .create_with_context(ServiceContext {
                 name: self.name.clone(),
                 group: self.group.clone(),
@@ -321,6 +357,9 @@ pub struct ServiceCounters {
     pub dead_letter_failures: AtomicU64,
     /// Dead letters sent, per error kind: how many, and the first one's reason.
     pub dead_letter_kinds: std::sync::Mutex<BTreeMap<String, (u64, String)>>,
+    /// The highest peak resident set (`VmHWM`) of the members that are processes of their
+    /// own, read as each was stopped, in kB.
+    pub peak_rss_kb: AtomicU64,
 }
 
 /// Most messages whose failed attempts are remembered at once; past it, the count starts

@@ -6,6 +6,7 @@ pub mod auto_commit_crash;
 pub mod broker_failure;
 pub mod cluster_migration;
 pub mod consumer_groups;
+pub mod consumer_memory;
 pub mod consumer_scaling;
 pub mod database_outage;
 pub mod idempotent_consumer;
@@ -127,6 +128,12 @@ pub const LESSONS: &[Lesson] = &[
         what: database_outage::WHAT,
         variants: database_outage::variants,
         left_out: none_left_out,
+    },
+    Lesson {
+        name: consumer_memory::NAME,
+        what: consumer_memory::WHAT,
+        variants: consumer_memory::variants,
+        left_out: consumer_memory::left_out,
     },
     Lesson {
         name: poller_vs_stream::NAME,

@@ -16,7 +16,7 @@
 //! backlog of a partition, in bytes.
 //!
 //! A process that is down, not one that only stops reading: a consumer that stays up keeps
-//! fetching into its prefetch queue (8 MiB, `queued.max.messages.kbytes`) while it does not
+//! fetching into its prefetch queue (4 MiB, `queued.max.messages.kbytes`) while it does not
 //! process, and what is in the queue survives the broker's deletion.
 //!
 //! Variants: an outage longer than retention must **lose** events (`skipped_by_broker` >

@@ -1,0 +1,108 @@
+//! Lesson: a consumer's memory is what it fetches ahead, so bound it. The first
+//! Wealthsimple write-up (2021) found that "a kafka consumer/producer seems to require
+//! about 1.5 GB extra memory". librdkafka fetches ahead of the application into a queue
+//! bounded by `queued.max.messages.kbytes`: 64 MiB by default, which the high-level consumer
+//! applies to its one queue whatever the number of partitions (librdkafka 2.12's
+//! CONFIGURATION.md; the legacy consumer, and separate partition queues, apply it per
+//! partition). The balance service bounds it at 4 MiB, and each fetch at 2 MiB
+//! (`fetch.max.bytes`, 50 MB by default: a fetch response lands in the queue whole).
+//!
+//! The run publishes a backlog before the balance service starts (one `tradeflow
+//! balance-service` process, its database SQLite or PostgreSQL), then lets it drain the
+//! backlog. The process's peak resident set (`VmHWM`, read from `/proc` as it is stopped)
+//! and its drain rate are recorded.
+//!
+//! Variants, on 8 partitions (100,000 events, 26 MB) and on 64 (400,000 events, 104 MB,
+//! more than librdkafka's default queue):
+//! - **librdkafka's defaults**: must pass, with the peak over 64 MB (the queue takes the
+//!   whole 26 MB backlog on 8 partitions, 64 MiB of the 104 MB on 64);
+//! - **the service's bound**: must pass, under 64 MB, on both.
+//!
+//! A run whose process's peak was not read is unknown. Each row reports the rate at which
+//! the process drained the backlog: what the bound costs, if anything.
+//!
+//! What it cannot show, and says so ([`left_out`]): the field's gigabyte. With librdkafka
+//! 2.12's high-level consumer the default queue is bounded for the whole consumer, so
+//! defaults and many partitions do not reach it here (the peak stayed near 100 MB on 64
+//! partitions). And the publisher's memory against `queue.buffering.max.kbytes` (1 GiB by
+//! default) while the broker is slow is not run yet.
+
+use crate::expect::{Bound, Expected};
+use crate::variant::{Setup, Variant, VariantRun};
+use tradeflow_stream::service::Prefetch;
+
+/// The experiment's name.
+pub const NAME: &str = "consumer-memory";
+/// What it shows.
+pub const WHAT: &str = "the balance service's own peak RSS draining a backlog: librdkafka's default prefetch (64 MiB queued) against the service's bound (4 MiB), on 8 and 64 partitions";
+
+/// The bound the service's defaults must keep it under, in MB.
+pub const SERVICE_RSS_MB_MAX: f64 = 64.0;
+/// The offered rate of the backlog's publishing, events per second.
+const RATE_PER_S: f64 = 100_000.0;
+/// Accounts of the workload, spread evenly: each partition holds about as much as the
+/// others (the mock cluster keeps 5 MB per partition).
+const ACCOUNTS: u32 = 2_000;
+
+/// What the lesson cannot show, and why.
+pub fn left_out(_: &Setup) -> Vec<String> {
+    vec![
+        "librdkafka's defaults with many partitions at a gigabyte (the field's 1.5 GB): librdkafka 2.12's high-level consumer bounds its one queue at 64 MiB (queued.max.messages.kbytes) whatever the partitions, so the default rows stay near 100 MB".into(),
+        "the publisher's memory against queue.buffering.max.kbytes (1 GiB by default) while the broker is slow: not built yet".into(),
+    ]
+}
+
+/// The lesson's variants for a setup: the service as a process of its own.
+pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
+    if setup.service.is_none() {
+        return Err("the lesson measures the balance service's own process, and no tradeflow executable was given to start it".into());
+    }
+    let mut variants = Vec::new();
+    for (partitions, events) in [(8, 100_000), (64, 400_000)] {
+        variants.push(variant(
+            setup,
+            partitions,
+            events,
+            Prefetch::LibrdkafkaDefaults,
+            Expected::pass("librdkafka's default queue (64 MiB) takes as much of the backlog as it can: the process grows past 64 MB")
+                .rss_mb(Bound::Over(SERVICE_RSS_MB_MAX)),
+        ));
+        variants.push(variant(
+            setup,
+            partitions,
+            events,
+            Prefetch::Bounded,
+            Expected::pass("the service's bound (4 MiB queued, 2 MiB fetches) keeps the process under 64 MB whatever the backlog")
+                .rss_mb(Bound::AtMost(SERVICE_RSS_MB_MAX)),
+        ));
+    }
+    Ok(variants)
+}
+
+/// One run: the backlog, then one consumer process with `prefetch`.
+fn variant(setup: &Setup, partitions: i32, events: u64, prefetch: Prefetch, expected: Expected) -> Variant {
+    let mut options = setup.stream(partitions, 1);
+    options.workload.events = events;
+    options.workload.rate_per_s = RATE_PER_S;
+    options.workload.accounts = ACCOUNTS;
+    options.workload.skew = 0.0;
+    // The balance service's own defaults (`tradeflow balance-service`).
+    options.batch_size = 500;
+    options.fill_wait = std::time::Duration::from_millis(5);
+    options.scenario.prefetch = prefetch;
+    options.scenario.backlog_first = true;
+    options.scenario.processes = setup.service.clone();
+    options.stall_timeout = std::time::Duration::from_secs(30);
+    Variant {
+        label: format!(
+            "{partitions} partitions, {} events waiting, {}",
+            events,
+            match prefetch {
+                Prefetch::LibrdkafkaDefaults => "librdkafka's defaults",
+                Prefetch::Bounded => "the service's bound",
+            }
+        ),
+        run: VariantRun::Stream(Box::new(options)),
+        expected,
+    }
+}

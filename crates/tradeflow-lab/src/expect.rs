@@ -202,23 +202,16 @@ impl Expected {
         if let (Some(violation), Some(count)) = (self.violation, self.at_least) {
             let _ = write!(text, ", {} >= {count}", violation.name());
         }
-        match self.rss_mb {
-            Some(TimeLag::AtMost(mb)) => {
-                let _ = write!(text, ", peak RSS <= {mb:.0} MB");
+        for (bound, figure, unit) in [(self.rss_mb, "peak RSS", "MB"), (self.time_lag, "worst time lag", "ms")] {
+            match bound {
+                Some(Bound::AtMost(limit)) => {
+                    let _ = write!(text, ", {figure} <= {limit:.0} {unit}");
+                }
+                Some(Bound::Over(limit)) => {
+                    let _ = write!(text, ", {figure} > {limit:.0} {unit}");
+                }
+                None => {}
             }
-            Some(TimeLag::Over(mb)) => {
-                let _ = write!(text, ", peak RSS > {mb:.0} MB");
-            }
-            None => {}
-        }
-        match self.time_lag {
-            Some(TimeLag::AtMost(ms)) => {
-                let _ = write!(text, ", worst time lag <= {ms:.0} ms");
-            }
-            Some(TimeLag::Over(ms)) => {
-                let _ = write!(text, ", worst time lag > {ms:.0} ms");
-            }
-            None => {}
         }
         text
     }

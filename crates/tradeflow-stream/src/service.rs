@@ -29,10 +29,12 @@ use tradeflow_store::{ApplyInput, Dedup, Store, now_ns};
 /// waits all of it on an empty fetch), and so part of every event's latency.
 pub const FETCH_WAIT_MAX_MS: u32 = 10;
 
-/// The consumer's prefetch bound, `queued.max.messages.kbytes`: with [`FETCH_MAX_BYTES`],
-/// what keeps the balance service's process near 51 MB draining a backlog, where
-/// librdkafka's defaults take it past 90 MB (`experiment consumer-memory`, debug build,
-/// mock cluster, SQLite, seed 1: 50.9 and 51.0 MB against 92.7 and 101.1 MB).
+/// The consumer's prefetch bound, `queued.max.messages.kbytes`. With [`FETCH_MAX_BYTES`]
+/// it kept the balance service's process at 47 to 58 MB draining a backlog, where
+/// librdkafka's defaults took it to 85 to 107 MB, at a cost: the backlog drained some 20%
+/// slower (`experiment consumer-memory`, debug build, SQLite, mock and tansu, seeds 1 and
+/// 2). Measured beside it: 6 MiB queued gave 55 to 62 MB within 8% of the defaults' rate,
+/// 8 MiB 58 to 64 MB at their rate, 16 MiB 83 to 86 MB.
 pub const QUEUED_MAX_KBYTES: u32 = 4_096;
 /// The most one fetch response may carry, `fetch.max.bytes` (librdkafka's default is
 /// 50 MB): a response lands in the queue whole, overshooting its bound by up to this.

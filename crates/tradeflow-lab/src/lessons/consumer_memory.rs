@@ -1,6 +1,8 @@
-//! Lesson: a consumer's memory is what it fetches ahead, so bound it. The first
-//! Wealthsimple write-up (2021) found that "a kafka consumer/producer seems to require
-//! about 1.5 GB extra memory". librdkafka fetches ahead of the application into a queue
+//! Lesson: a consumer's memory is what it fetches ahead, so bound it.
+//!
+//! From the field: Wealthsimple, "Kafka in production" (March 2021 edition): each Kafka
+//! consumer or producer needed some 1.5 GB more memory, and the consumer kept running out
+//! of it until its container was given more. librdkafka fetches ahead of the application into a queue
 //! bounded by `queued.max.messages.kbytes`: 64 MiB by default, which the high-level consumer
 //! applies to its one queue whatever the number of partitions (librdkafka 2.12's
 //! CONFIGURATION.md; the legacy consumer, and separate partition queues, apply it per

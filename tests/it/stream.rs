@@ -92,6 +92,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         max_poll_interval_ms: None,
         schema_newest: tradeflow_domain::SCHEMA_VERSION,
         prefetch: tradeflow_stream::service::Prefetch::Bounded,
+        schema_exercise: false,
     }
 }
 

@@ -404,6 +404,7 @@ fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<
                 database_retry: tradeflow_stream::service::DatabaseRetry::Backoff,
                 max_poll_interval_ms: None,
                 schema_newest: tradeflow_domain::SCHEMA_VERSION,
+                schema_exercise: false,
                 prefetch: match arguments.prefetch {
                     PrefetchChoice::Bounded => tradeflow_stream::service::Prefetch::Bounded,
                     PrefetchChoice::LibrdkafkaDefaults => tradeflow_stream::service::Prefetch::LibrdkafkaDefaults,

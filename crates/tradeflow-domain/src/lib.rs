@@ -21,7 +21,9 @@ pub mod money;
 pub mod oracle;
 pub mod workload;
 
-pub use codec::{DecodeError, EncodeError, SCHEMA_VERSION, SCHEMA_VERSION_OLDEST, decode, decode_up_to, encode, encode_as};
+pub use codec::{
+    DecodeError, EncodeError, SCHEMA_VERSION, SCHEMA_VERSION_OLDEST, decode, decode_tolerant, decode_up_to, encode, encode_as,
+};
 pub use event::{Event, EventKind, Side};
 pub use ids::{AccountId, EventId, IdError, Symbol};
 pub use ledger::{AccountState, Effect, Ledger, Outcome, Rejection};

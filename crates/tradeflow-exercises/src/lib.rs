@@ -150,6 +150,18 @@ pub enum OutboxRead {
     NotYetRelayed,
 }
 
+/// What a consumer does with a message of a schema version newer than it reads
+/// (chapter 17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewerVersion {
+    /// Refuse it whole: it goes to the dead-letter topic, to be replayed once the consumer
+    /// reads that version.
+    Refuse,
+    /// Read what it knows of it (the tolerant reader): the fields it does not know are
+    /// left out, and a message whose type it does not know is passed over.
+    ReadWhatYouKnow,
+}
+
 /// What the balance service does after a database call failed (chapter 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatabaseWait {
@@ -304,3 +316,8 @@ pub mod next_read;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/16-database-outage/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/16-database-outage.rs")]
 pub mod after_database_failure;
+
+/// Chapter 17: what a consumer does with a message of a newer schema version.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/17-schema-evolution/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/17-schema-evolution.rs")]
+pub mod on_newer_version;

@@ -7,7 +7,7 @@ use crate::expect::Violation;
 use crate::lessons::{
     auto_commit_crash, broker_failure, cluster_migration, consumer_groups, consumer_scaling, database_outage, idempotent_consumer,
     keys_keep_order, lag_status, load_test, order_placement, outbox_relay, poison_message, producer_retries, repartition_cutover,
-    retention,
+    retention, schema_evolution,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
@@ -298,6 +298,18 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "after_database_failure",
         run: |setup| one(database_outage::chapter(setup)),
         judge: Judge::Own(database_outage::chapter_judge),
+    },
+    Chapter {
+        number: "17",
+        folder: "17-schema-evolution",
+        title: "Schema changes: refuse what you cannot read, whole",
+        claim: "Events outlive the code that reads them, so changes to their schema must stay backward compatible (Scalescape, \"Building High Scale Backend Systems With Kafka\", 2023): additions go into a new version that readers learn first. A reader that meets a version it does not know must not guess: reading only the fields it knows passes over what the new version added, and a new kind of event can move money.",
+        violation: "lost",
+        backend: Backend::Mock,
+        store: StoreKind::Sqlite,
+        function: "on_newer_version",
+        run: |setup| one(schema_evolution::chapter(setup)),
+        judge: Judge::Counts(&[Violation::Lost, Violation::Reordered, Violation::Duplicated]),
     },
 ];
 

@@ -61,6 +61,8 @@ pub struct FleetConfig {
     pub schema_newest: u64,
     /// How much the members fetch ahead (see [`ServiceConfig`]).
     pub prefetch: crate::service::Prefetch,
+    /// Whether chapter 17's exercise decides what happens to a newer version's message.
+    pub schema_exercise: bool,
     /// Seed of the kills' timing.
     pub seed: u64,
 }
@@ -120,7 +122,8 @@ impl Fleet {
         if config.processes.is_some()
             && (config.database_retry != crate::service::DatabaseRetry::Backoff
                 || config.max_poll_interval_ms.is_some()
-                || config.schema_newest != tradeflow_domain::SCHEMA_VERSION)
+                || config.schema_newest != tradeflow_domain::SCHEMA_VERSION
+                || config.schema_exercise)
         {
             return Err(StreamError::Config {
                 reason: "the naive database retries, a max.poll.interval.ms of the run's own and consumers of an older schema are for consumers inside the run, not processes".into(),
@@ -209,6 +212,7 @@ impl Fleet {
             max_poll_interval_ms: self.config.max_poll_interval_ms,
             schema_newest: self.config.schema_newest,
             prefetch: self.config.prefetch,
+            schema_exercise: self.config.schema_exercise,
         }
     }
 

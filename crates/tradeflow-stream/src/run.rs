@@ -129,6 +129,9 @@ pub struct Scenario {
     /// Whether the consumers start only once every event is published and acknowledged:
     /// a backlog waiting for them (the consumer-memory lesson).
     pub backlog_first: bool,
+    /// Whether chapter 17's exercise decides what the consumers do with a message of a
+    /// newer version than they read.
+    pub schema_exercise: bool,
 }
 
 /// A schema change during a run: from the event at `from_event` on, the system of record
@@ -173,6 +176,7 @@ impl Default for Scenario {
             schema: None,
             prefetch: crate::service::Prefetch::Bounded,
             backlog_first: false,
+            schema_exercise: false,
         }
     }
 }
@@ -741,6 +745,7 @@ impl Fleets {
                 .schema
                 .map_or(tradeflow_domain::SCHEMA_VERSION, |change| change.consumers_read),
             prefetch: options.scenario.prefetch,
+            schema_exercise: options.scenario.schema_exercise,
             seed: options.workload.seed,
         };
         // With a backlog first, the consumers join once publishing is done (see `drive`).

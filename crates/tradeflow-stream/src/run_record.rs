@@ -93,6 +93,11 @@ pub(crate) fn config(
             .sum::<u64>(),
     });
     if let Some(object) = config.as_object_mut() {
+        // Messages chapter 17's tolerant reader passed over.
+        object.insert(
+            "passed_over".into(),
+            counters.sum(|counters| counters.passed_over.load(Ordering::Relaxed)).into(),
+        );
         // The consumers' fetching ahead and, for members that are processes, their peak
         // resident set; with a backlog first, how fast they drained it.
         object.insert("prefetch".into(), options.scenario.prefetch.as_str().into());

@@ -239,6 +239,9 @@ pub struct ServiceConfig {
     pub schema_newest: u64,
     /// How much the consumer fetches ahead (bounded but in the consumer-memory lesson).
     pub prefetch: Prefetch,
+    /// Whether chapter 17's exercise decides what happens to a message of a version newer
+    /// than `schema_newest` (instead of refusing it).
+    pub schema_exercise: bool,
 }
 
 impl ServiceConfig {
@@ -362,6 +365,8 @@ pub struct ServiceCounters {
     /// The highest peak resident set (`VmHWM`) of the members that are processes of their
     /// own, read as each was stopped, in kB.
     pub peak_rss_kb: AtomicU64,
+    /// Messages passed over by chapter 17's tolerant reader: their type unknown to it.
+    pub passed_over: AtomicU64,
 }
 
 /// Most messages whose failed attempts are remembered at once; past it, the count starts
@@ -1412,8 +1417,22 @@ async fn triage<'a>(
         if stuck_at.get(&message.partition()).is_some_and(|stuck| message.offset() > *stuck) {
             continue;
         }
-        match accept(message, config.key_check, config.schema_newest) {
-            Ok((event, intended_at_ns)) => accepted.push((message, event, intended_at_ns)),
+        let outcome = match accept(message, config.key_check, config.schema_newest) {
+            Err(rejection) if config.schema_exercise && rejection.kind == "unknown_schema_version" => {
+                newer_version(message, config, rejection)
+            }
+            outcome => outcome.map(Some),
+        };
+        match outcome {
+            Ok(Some((event, intended_at_ns))) => accepted.push((message, event, intended_at_ns)),
+            Ok(None) => {
+                counters.passed_over.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    messaging.destination.partition.id = message.partition(),
+                    messaging.kafka.offset = message.offset(),
+                    "passed over: a newer version's event type this consumer does not know"
+                );
+            }
             Err(rejection) => {
                 tracing::warn!(
                     messaging.destination.name = message.topic(),
@@ -1506,6 +1525,33 @@ async fn seek_back(
             tracing::warn!(%error, messaging.destination.name = %config.topic, messaging.destination.partition.id = partition, messaging.kafka.offset = offset, "seeking back to a message that failed");
         }
         counters.poison_retries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Chapter 17: what the learner's `on_newer_version` makes of a message of a version the
+/// consumer does not read: refused as it was, or read for what the consumer knows of it
+/// (`None`: its type unknown, passed over).
+fn newer_version(message: &OwnedMessage, config: &ServiceConfig, refused: Rejection) -> Result<Option<(Event, i64)>, Rejection> {
+    let version = message
+        .payload()
+        .and_then(|payload| serde_json::from_slice::<serde_json::Value>(payload).ok())
+        .and_then(|value| value.get("schema_version").and_then(serde_json::Value::as_u64))
+        .unwrap_or(0);
+    match tradeflow_exercises::on_newer_version::on_newer_version(version, config.schema_newest) {
+        tradeflow_exercises::NewerVersion::Refuse => Err(refused),
+        tradeflow_exercises::NewerVersion::ReadWhatYouKnow => {
+            let payload = message.payload().unwrap_or_default();
+            let read = tradeflow_domain::decode_tolerant(payload, config.schema_newest).map_err(|error| Rejection {
+                kind: error.kind().into(),
+                reason: error.to_string(),
+            })?;
+            Ok(read.map(|event| {
+                let intended_at_ns = dlq::header(message, HEADER_INTENDED_AT_NS)
+                    .and_then(|text| text.parse().ok())
+                    .unwrap_or(0);
+                (event, intended_at_ns)
+            }))
+        }
     }
 }
 

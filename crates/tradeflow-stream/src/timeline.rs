@@ -112,8 +112,11 @@ impl FaultTimeline {
     /// newer events before the replay brings back its older ones.
     pub(crate) async fn apply_due(&mut self, start: Instant, cluster: &Cluster, layout: &TopicLayout, fleet: &mut Fleet, acked: u64) {
         while let Some((at, action)) = self.timeline.get(self.next_step).filter(|(at, _)| start.elapsed() >= *at).cloned() {
+            // Applied, set aside on the dead-letter topic, or (chapter 17's tolerant
+            // reader) passed over: handled either way.
             let handled = fleet.counters.applied.load(std::sync::atomic::Ordering::Relaxed)
-                + fleet.counters.dead_lettered.load(std::sync::atomic::Ordering::Relaxed);
+                + fleet.counters.dead_lettered.load(std::sync::atomic::Ordering::Relaxed)
+                + fleet.counters.passed_over.load(std::sync::atomic::Ordering::Relaxed);
             if action == Action::Service(ServiceFault::Upgrade) && handled < acked {
                 return;
             }

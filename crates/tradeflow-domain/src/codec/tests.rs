@@ -357,3 +357,19 @@ fn a_renamed_field_is_refused_naming_both_fields() {
         "field `value` is not part of schema_version 2 for type `deposit`"
     );
 }
+
+#[test]
+fn a_tolerant_reader_of_version_one_passes_over_a_fee_and_drops_the_fields_it_does_not_know() {
+    let mut fee = deposit_json();
+    fee["schema_version"] = json!(2);
+    fee["type"] = json!("fee_charged");
+    assert_eq!(decode_tolerant(&serde_json::to_vec(&fee).expect("serializable"), 1), Ok(None));
+    let mut trade = trade_json();
+    trade["schema_version"] = json!(2);
+    trade[CLIENT_ORDER_ID] = json!("order-7");
+    let read = decode_tolerant(&serde_json::to_vec(&trade).expect("serializable"), 1).expect("reads");
+    assert_eq!(
+        read,
+        Some(decode(&serde_json::to_vec(&trade_json()).expect("serializable")).expect("a trade"))
+    );
+}

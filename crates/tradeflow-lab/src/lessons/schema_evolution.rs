@@ -28,6 +28,10 @@
 //! - **a field renamed**: the producer ships `amount` as `value` and `quantity` as
 //!   `shares` under version 2: every reader refuses those messages (`unknown_field`,
 //!   naming the field) and no upgrade fixes them: must **lose** them, dead-lettered.
+//!
+//! Chapter 17's run is the producer-first row with the learner's `on_newer_version`
+//! deciding what the old consumers do with version 2: refuse it (the dead-letter topic,
+//! then the replay) or read what they know of it (a `fee_charged` passed over: lost).
 
 use crate::expect::{Expected, Violation};
 use crate::variant::{Setup, Variant, VariantRun};
@@ -47,10 +51,29 @@ const FEES_EVERY: usize = 2;
 const UPGRADE_AFTER_MS: u64 = 2_000;
 const REPLAY_AFTER_MS: u64 = 6_000;
 
-/// The lesson's variants for a setup.
-pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
+/// Chapter 17's run: the producer-first row, the learner's `on_newer_version` deciding what
+/// the consumers not yet upgraded do with version 2.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    let mut variant = variant(
+        setup,
+        "your on_newer_version: the producer on version 2, the consumers on 1 until after publishing",
+        SchemaWrite::V2,
+        1,
+        upgrade_then_replay(setup),
+        Expected::pass("every event applied once, in order: what the old consumers could not read came back with the replay")
+            .showing("replayed"),
+    );
+    if let VariantRun::Stream(options) = &mut variant.run {
+        options.scenario.schema_exercise = true;
+    }
+    Ok(variant)
+}
+
+/// After publishing: the consumers upgraded (once they have handled everything), then the
+/// dead letters replayed.
+fn upgrade_then_replay(setup: &Setup) -> tradeflow_cluster::plan::FaultPlan {
     let publishing = setup.publishing_ms();
-    let upgrade_then_replay = setup.fixed_plan(vec![
+    setup.fixed_plan(vec![
         PlanStep {
             at_ms: publishing + UPGRADE_AFTER_MS,
             for_ms: None,
@@ -61,14 +84,18 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
             for_ms: None,
             action: Action::Service(ServiceFault::ReplayDeadLetters),
         },
-    ]);
+    ])
+}
+
+/// The lesson's variants for a setup.
+pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
     Ok(vec![
         variant(
             setup,
             "producer first, consumers upgraded after, dead letters replayed",
             SchemaWrite::V2,
             1,
-            upgrade_then_replay,
+            upgrade_then_replay(setup),
             Expected::pass("version 2 went to the dead-letter topic while the consumers read 1; the replay after their upgrade applied it")
                 .observing("dead_lettered")
                 .showing("replayed"),

@@ -92,9 +92,11 @@ impl FaultTimeline {
     /// Waits for the next progress tick, or for the next step's time if that comes first.
     pub(crate) async fn tick(&self, start: Instant) {
         let tick = tokio::time::sleep(PROGRESS_INTERVAL);
-        // A step past its time waits on a condition (an upgrade on the consumers having
-        // handled everything): it is looked at again at the next tick.
-        match self.timeline.get(self.next_step).filter(|(at, _)| start + *at > Instant::now()) {
+        // An upgrade past its time waits on the consumers having handled everything: it is
+        // looked at again at the next tick. Any other step past its time is applied at once.
+        let waiting =
+            |(at, action): &&(Duration, Action)| start + *at <= Instant::now() && *action == Action::Service(ServiceFault::Upgrade);
+        match self.timeline.get(self.next_step).filter(|step| !waiting(step)) {
             Some((at, _)) => {
                 tokio::select! {
                     _ = tick => {}

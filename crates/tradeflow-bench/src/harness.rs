@@ -739,7 +739,7 @@ async fn service_rss(binary: &std::path::Path, setup: &Setup, store: &Store, see
     let workload = Workload::generate(&workload_config(seed, rate, EVENTS)).context("workload")?;
     publish_on_schedule(&cluster, topic, &workload).await?;
     wait_until_applied(store, &mut child, EVENTS).await?;
-    let high_water_kb = peak_rss_kb(pid)?;
+    let high_water_kb = tradeflow_stream::process::peak_rss_kb(pid).context("no VmHWM in /proc/PID/status")? as f64;
     child.start_kill().ok();
     let _ = child.wait().await;
     Ok(high_water_kb / 1_024.0)
@@ -810,16 +810,6 @@ async fn wait_until_applied(store: &Store, child: &mut tokio::process::Child, ev
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The peak resident set (`VmHWM`) of process `pid` so far, in kB.
-fn peak_rss_kb(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the process status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/PID/status")
 }
 
 fn now_rfc3339() -> String {

@@ -331,7 +331,7 @@ impl ServiceProcess {
 }
 
 /// The peak resident set (`VmHWM`) of process `pid` so far, in kB; `None` once it is gone.
-fn peak_rss_kb(pid: u32) -> Option<u64> {
+pub fn peak_rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -372,9 +372,10 @@ pub async fn run(
         )?),
         _ => None,
     };
-    let outage = match options.scenario.plan.has_database_faults() {
-        true => Some(DatabaseOutage::prepare(store, options.scenario.lock_holder.as_ref(), options.workload.seed).await?),
-        false => None,
+    let outage = if options.scenario.plan.has_database_faults() {
+        Some(DatabaseOutage::prepare(store, options.scenario.lock_holder.as_ref(), options.workload.seed).await?)
+    } else {
+        None
     };
     let service_store = outage.as_ref().map_or_else(|| store.clone(), DatabaseOutage::service_store);
     let before = (store.statements(), ProcessStats::current());
@@ -848,18 +849,16 @@ impl Fleets {
     }
 
     fn counters(&self) -> FleetCounters {
-        FleetCounters {
+        let mut counters = FleetCounters {
             main: self.main.counters.clone(),
             next: self.next.as_ref().map(|next| next.counters.clone()),
             assignments: self.main.assignments().to_vec(),
             moved_at_ms: self.moved_at_ms,
             backlog_started_at_ms: self.backlog_started_at_ms,
-            rebalances_at_end: self.main.counters.rebalances.load(Ordering::Relaxed)
-                + self
-                    .next
-                    .as_ref()
-                    .map_or(0, |next| next.counters.rebalances.load(Ordering::Relaxed)),
-        }
+            rebalances_at_end: 0,
+        };
+        counters.rebalances_at_end = counters.sum(|counters| counters.rebalances.load(Ordering::Relaxed));
+        counters
     }
 
     /// Stops every consumer; their latency histograms merged.
@@ -895,11 +894,7 @@ impl FleetCounters {
 
     /// The highest peak resident set of the members that were processes, in kB (0: none).
     pub(crate) fn peak_rss_kb(&self) -> u64 {
-        std::iter::once(&self.main)
-            .chain(self.next.as_ref())
-            .map(|counters| counters.peak_rss_kb.load(Ordering::Relaxed))
-            .max()
-            .unwrap_or(0)
+        self.max(|counters| counters.peak_rss_kb.load(Ordering::Relaxed))
     }
 
     /// Dead letters sent per error kind over both groups: count and the first reason.

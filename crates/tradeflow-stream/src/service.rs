@@ -791,20 +791,25 @@ async fn crash(config: &ServiceConfig, batch: &[OwnedMessage], counters: &Servic
 /// Journals a batch received: per partition, its first and last offset.
 fn journal_received(config: &ServiceConfig, batch_number: u64, batch: &[OwnedMessage]) {
     let Some(journal) = &config.journal else { return };
+    journal.write(&JournalEntry::Received {
+        batch: batch_number,
+        messages: batch.len(),
+        ranges: offset_ranges(batch),
+    });
+}
+
+/// Per partition of a batch, its first and last offset: `(partition, first, last)`.
+fn offset_ranges(batch: &[OwnedMessage]) -> Vec<(i32, i64, i64)> {
     let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     for message in batch {
         let range = ranges.entry(message.partition()).or_insert((message.offset(), message.offset()));
         range.0 = range.0.min(message.offset());
         range.1 = range.1.max(message.offset());
     }
-    journal.write(&JournalEntry::Received {
-        batch: batch_number,
-        messages: batch.len(),
-        ranges: ranges
-            .into_iter()
-            .map(|(partition, (first, last))| (partition, first, last))
-            .collect(),
-    });
+    ranges
+        .into_iter()
+        .map(|(partition, (first, last))| (partition, first, last))
+        .collect()
 }
 
 /// The `before_database` policy (lesson-only): the batch's offsets committed, and
@@ -1077,16 +1082,7 @@ impl Held<'_> {
     /// The partitions and offset ranges the batch holds, for the logs of a consumer that is
     /// stuck with it.
     fn partitions(&self) -> Vec<(i32, i64, i64)> {
-        let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-        for message in self.messages {
-            let range = ranges.entry(message.partition()).or_insert((message.offset(), message.offset()));
-            range.0 = range.0.min(message.offset());
-            range.1 = range.1.max(message.offset());
-        }
-        ranges
-            .into_iter()
-            .map(|(partition, (first, last))| (partition, first, last))
-            .collect()
+        offset_ranges(self.messages)
     }
 
     /// Whether the batch's partitions were, or may have been, revoked since it was
@@ -1530,27 +1526,19 @@ async fn seek_back(
 
 /// Chapter 17: what the learner's `on_newer_version` makes of a message of a version the
 /// consumer does not read: refused as it was, or read for what the consumer knows of it
-/// (`None`: its type unknown, passed over).
-fn newer_version(message: &OwnedMessage, config: &ServiceConfig, refused: Rejection) -> Result<Option<(Event, i64)>, Rejection> {
+/// (`None`: its type unknown, passed over). Either way its key must be its account.
+fn newer_version(message: &OwnedMessage, config: &ServiceConfig, refusal: Rejection) -> Result<Option<(Event, i64)>, Rejection> {
     let version = message
         .payload()
         .and_then(|payload| serde_json::from_slice::<serde_json::Value>(payload).ok())
         .and_then(|value| value.get("schema_version").and_then(serde_json::Value::as_u64))
         .unwrap_or(0);
     match tradeflow_exercises::on_newer_version::on_newer_version(version, config.schema_newest) {
-        tradeflow_exercises::NewerVersion::Refuse => Err(refused),
+        tradeflow_exercises::NewerVersion::Refuse => Err(refusal),
         tradeflow_exercises::NewerVersion::ReadWhatYouKnow => {
             let payload = message.payload().unwrap_or_default();
-            let read = tradeflow_domain::decode_tolerant(payload, config.schema_newest).map_err(|error| Rejection {
-                kind: error.kind().into(),
-                reason: error.to_string(),
-            })?;
-            Ok(read.map(|event| {
-                let intended_at_ns = dlq::header(message, HEADER_INTENDED_AT_NS)
-                    .and_then(|text| text.parse().ok())
-                    .unwrap_or(0);
-                (event, intended_at_ns)
-            }))
+            let read = tradeflow_domain::decode_tolerant(payload, config.schema_newest).map_err(refused)?;
+            read.map(|event| keyed(message, event, config.key_check)).transpose()
         }
     }
 }
@@ -1564,10 +1552,21 @@ fn accept(message: &OwnedMessage, key_check: bool, schema_newest: u64) -> Result
             reason: "the message has no payload".into(),
         });
     };
-    let event = decode_up_to(payload, schema_newest).map_err(|error| Rejection {
+    let event = decode_up_to(payload, schema_newest).map_err(refused)?;
+    keyed(message, event, key_check)
+}
+
+/// A decoder's refusal as a dead letter's reason.
+fn refused(error: tradeflow_domain::DecodeError) -> Rejection {
+    Rejection {
         kind: error.kind().into(),
         reason: error.to_string(),
-    })?;
+    }
+}
+
+/// A decoded event, once its message's key is checked to be its account, with its intended
+/// send time (0 without the header).
+fn keyed(message: &OwnedMessage, event: Event, key_check: bool) -> Result<(Event, i64), Rejection> {
     let key = message.key().map(String::from_utf8_lossy);
     if key_check && key.as_deref() != Some(event.account_id.as_str()) {
         return Err(Rejection {

@@ -94,8 +94,7 @@ impl FaultTimeline {
         let tick = tokio::time::sleep(PROGRESS_INTERVAL);
         // An upgrade past its time waits on the consumers having handled everything: it is
         // looked at again at the next tick. Any other step past its time is applied at once.
-        let waiting =
-            |(at, action): &&(Duration, Action)| start + *at <= Instant::now() && *action == Action::Service(ServiceFault::Upgrade);
+        let waiting = |(at, action): &&(Duration, Action)| start + *at <= Instant::now() && waits_for_the_consumers(action);
         match self.timeline.get(self.next_step).filter(|step| !waiting(step)) {
             Some((at, _)) => {
                 tokio::select! {
@@ -119,7 +118,7 @@ impl FaultTimeline {
             let handled = fleet.counters.applied.load(std::sync::atomic::Ordering::Relaxed)
                 + fleet.counters.dead_lettered.load(std::sync::atomic::Ordering::Relaxed)
                 + fleet.counters.passed_over.load(std::sync::atomic::Ordering::Relaxed);
-            if action == Action::Service(ServiceFault::Upgrade) && handled < acked {
+            if waits_for_the_consumers(&action) && handled < acked {
                 return;
             }
             self.next_step += 1;
@@ -227,6 +226,12 @@ impl FaultTimeline {
         attach_crashes(&mut self.records, &self.told, crashed);
         (self.records, self.database)
     }
+}
+
+/// Whether a step, once due, waits until the consumers have handled every acknowledged
+/// message (an upgrade: see [`FaultTimeline::apply_due`]).
+fn waits_for_the_consumers(action: &Action) -> bool {
+    *action == Action::Service(ServiceFault::Upgrade)
 }
 
 /// Gives each crash (or freeze) told to a consumer the one it led to, in order, or the

@@ -289,25 +289,42 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
-/// Replaces the password of a URL's user-info with `***`.
+/// Replaces the password of a URL's user-info, and the value of a `password=` query
+/// parameter, with `***`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => {
-            let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
-            let masked = if user_info.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{masked}@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
+    // The user-info ends at the last `@`, so a password holding `/`, `?` or `@` unencoded
+    // is still masked whole; the host runs from there to the first `/` or `?`. (An `@` in
+    // the query moves that cut: the URL is then shown mangled, never with its password.)
+    let host_start = rest.rfind('@').map_or(0, |at| at + 1);
+    let authority_end = rest[host_start..].find(['/', '?']).map_or(rest.len(), |end| host_start + end);
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{user_info}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => format!("{path}?{}", redact_query(query)),
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// A query string with the value of every `password` parameter replaced by `***`.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[cfg(test)]
@@ -322,6 +339,13 @@ mod tests {
         );
         assert_eq!(redact("postgres://tradeflow@host/db"), "postgres://tradeflow@host/db");
         assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+        assert_eq!(
+            redact("postgres://tradeflow@127.0.0.1/db?sslmode=require&password=secret&application_name=x"),
+            "postgres://tradeflow@127.0.0.1/db?sslmode=require&password=***&application_name=x"
+        );
+        assert_eq!(redact("postgres://u:pw@h/db?Password=pw"), "postgres://u:***@h/db?Password=***");
+        // A password with `?` or `/` in it, not percent-encoded, is still the password.
+        assert_eq!(redact("postgres://u:p?s/s@h:5432/db"), "postgres://u:***@h:5432/db");
     }
 
     #[test]

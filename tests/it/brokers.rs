@@ -120,7 +120,7 @@ async fn faults_a_backend_cannot_inject_are_refused_with_the_reason() {
         "the refusal lists what is supported: {error}"
     );
 
-    let external = Cluster::external("127.0.0.1:9092").expect("valid bootstrap");
+    let external = Cluster::external(mock.bootstrap_servers()).expect("the mock answers as an external cluster");
     let error = external
         .inject(&Fault::BrokerDown { broker: 1 })
         .await

@@ -197,3 +197,86 @@ mod tests {
         assert_eq!(config.get("ssl.ca.location"), None);
     }
 }
+
+/// How long [`probe`] waits for a broker to answer.
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Remembers the last error the client reported (a refused or timed-out connection, a
+/// failed handshake), for the message of a probe that got no answer.
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<String>>);
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
+impl rdkafka::ClientContext for LastError {
+    // librdkafka reports a failed connection (refused, timed out, a failed handshake) as a
+    // log line from its broker thread ("FAIL"), at once; its error events wait for a poll.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "FAIL"
+            && let Ok(mut last) = self.0.lock()
+        {
+            *last = Some(log_message.to_owned());
+        }
+        tracing::debug!(?level, fac, log_message, "librdkafka, probing the bootstrap servers");
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if let Ok(mut last) = self.0.lock() {
+            last.get_or_insert_with(|| format!("{error}: {reason}"));
+        }
+    }
+}
+
+/// Asks the bootstrap servers for the cluster's metadata and waits at most
+/// [`PROBE_TIMEOUT`]: an address where no broker answers fails here, in seconds, naming
+/// what the client saw, instead of in the first admin request a minute later.
+pub fn probe(bootstrap: &str, security: &Security) -> Result<(), crate::ClusterError> {
+    use rdkafka::consumer::Consumer;
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("socket.connection.setup.timeout.ms", PROBE_TIMEOUT.as_millis().to_string());
+    security.apply(&mut config);
+    let unreachable = |reason: String| crate::ClusterError::Unreachable {
+        bootstrap: bootstrap.to_owned(),
+        waited_s: PROBE_TIMEOUT.as_secs(),
+        reason,
+    };
+    let consumer: rdkafka::consumer::BaseConsumer<LastError> = config
+        .create_with_context(LastError::default())
+        .map_err(|error| unreachable(format!("creating a client: {error}")))?;
+    match consumer.fetch_metadata(None, PROBE_TIMEOUT) {
+        Ok(metadata) if !metadata.brokers().is_empty() => Ok(()),
+        Ok(_) => Err(unreachable("the metadata named no broker".into())),
+        Err(error) => {
+            // The client's error events (the connection's own failure among them) wait in
+            // its queue until a poll serves them to the context.
+            let _ = consumer.poll(std::time::Duration::from_millis(100));
+            let seen = consumer.context().0.lock().ok().and_then(|last| last.clone());
+            Err(unreachable(seen.unwrap_or_else(|| format!("no answer: {error}"))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    #[test]
+    fn an_address_where_nothing_listens_fails_within_the_probe_and_says_what_the_client_saw() {
+        // A port just freed: nothing listens there, so the connection is refused.
+        let address = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        let started = std::time::Instant::now();
+        let error = probe(&address.to_string(), &Security::default()).expect_err("nothing answers");
+        let elapsed = started.elapsed();
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!("no Kafka broker answered at {address} within 5 s")),
+            "{text}"
+        );
+        assert!(text.to_lowercase().contains("refused"), "names the refusal: {text}");
+        assert!(elapsed < PROBE_TIMEOUT + std::time::Duration::from_secs(3), "bounded: {elapsed:?}");
+    }
+}

@@ -97,6 +97,18 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+    /// No broker answered at the bootstrap servers within the probe's time.
+    #[error(
+        "no Kafka broker answered at {bootstrap} within {waited_s} s ({reason}); check the address (--bootstrap or KAFKA_BOOTSTRAP_SERVERS), that the broker is up, and its security settings"
+    )]
+    Unreachable {
+        /// The bootstrap servers tried.
+        bootstrap: String,
+        /// How long the probe waited, in seconds.
+        waited_s: u64,
+        /// What the client saw: the last connection error, or that nothing answered.
+        reason: String,
+    },
 }
 
 /// A running or reachable Kafka cluster.
@@ -152,6 +164,7 @@ impl Cluster {
                 reason: format!("bootstrap servers must be HOST:PORT[,HOST:PORT...], got {bootstrap:?}"),
             });
         }
+        external::probe(bootstrap, &security)?;
         Ok(Cluster {
             backend: Backend::External,
             bootstrap: bootstrap.to_owned(),

@@ -93,6 +93,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         schema_newest: tradeflow_domain::SCHEMA_VERSION,
         prefetch: tradeflow_stream::service::Prefetch::Bounded,
         schema_exercise: false,
+        instance_id: None,
     }
 }
 
@@ -803,4 +804,89 @@ async fn a_database_that_goes_away_pauses_the_partitions_and_keeps_the_member_in
     stop.send_replace(true);
     service.await.expect("join").expect("the service stops cleanly");
     assert_every_event_applied_once(&store, &workload, 1_000).await;
+}
+
+/// The last JSON log line of a process whose message is "batch received": its fields.
+fn last_batch_received(logs: &str) -> Option<serde_json::Value> {
+    logs.lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["fields"]["message"] == tradeflow_stream::service::BATCH_RECEIVED)
+        .map(|line| line["fields"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_balance_service_process_has_logged_the_topic_partitions_and_offsets_it_holds() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let seed = 61;
+    eprintln!("seed: {seed}");
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let (_cluster, bootstrap) = trades_on_one_broker(2).await;
+    let workload = Workload::generate(&workload(seed, 2_000)).expect("workload");
+    publish_to(&bootstrap, &indexed(&workload)).await;
+    // The service as an operator runs it: JSON logs, each batch received at `info`. A pause
+    // before each transaction keeps each batch in hand long enough to be caught holding it.
+    let mut child = tokio::process::Command::new(tradeflow_tests::tradeflow_executable())
+        .args([
+            "--log-format",
+            "json",
+            "balance-service",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "trades",
+        ])
+        .args(["--group", "stuck-test", "--name", "stuck", "--journal", "--batch-size", "100"])
+        .args(["--apply-delay-ms", "400", "--database-url"])
+        .arg(tradeflow_tests::sqlite_config(directory.path()).url)
+        .env("RUST_LOG", "warn,tradeflow_stream::service=info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the balance service starts");
+    let pid = child.id().expect("a pid");
+    let mut journal = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // The third batch received (the first two applied): it is stuck from here on.
+    let mut received = 0;
+    let held = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), journal.next_line())
+            .await
+            .expect("a journal line within a minute")
+            .expect("reading the journal")
+            .expect("the process runs on");
+        if let Ok(tradeflow_stream::journal::JournalEntry::Received { ranges, .. }) = serde_json::from_str(&line) {
+            received += 1;
+            if received == 3 {
+                break ranges;
+            }
+        }
+    };
+    let stopped = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    assert!(stopped.is_ok_and(|status| status.success()), "SIGSTOP sent");
+    // Frozen within the pause before its transaction: nothing after the receipt.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rest = tokio::time::timeout(Duration::from_millis(500), journal.next_line()).await;
+    assert!(rest.is_err(), "the frozen process wrote nothing after the batch it holds: {rest:?}");
+    child.start_kill().expect("SIGKILL");
+    let _ = child.wait().await;
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .await
+        .expect("reading the logs");
+    let last = last_batch_received(&logs).unwrap_or_else(|| panic!("a batch-received log line among:\n{logs}"));
+    eprintln!("held {held:?}; last log line's fields: {last}");
+    assert_eq!(last["messaging.destination.name"], "trades", "the line names the topic: {last}");
+    assert_eq!(last["consumer"], "stuck", "the line names the consumer: {last}");
+    assert_eq!(
+        last["offsets"],
+        tradeflow_stream::service::held_offsets(&held),
+        "the line names the partitions and offsets of the batch the stuck process holds: {last}"
+    );
+    assert!(!held.is_empty());
 }

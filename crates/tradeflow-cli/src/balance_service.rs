@@ -55,6 +55,13 @@ pub struct ServiceArgs {
     /// consumers, NAME-INDEX).
     #[arg(long)]
     name: Option<String>,
+    /// Static membership: the group knows this process by this id (`group.instance.id`;
+    /// with several consumers, ID-INDEX). Restarted under the same id within
+    /// --session-timeout-ms, it gets its partitions back and the other members are not
+    /// rebalanced; without it, every restart rebalances the whole group. Letters, digits,
+    /// '.', '_' and '-'.
+    #[arg(long, value_name = "ID")]
+    group_instance_id: Option<String>,
     /// Write what the consumers do as JSON lines on standard output (batches received,
     /// commits the broker confirmed, batches applied), for a host that watches this process
     /// and may kill it; the service's own lines go to standard error.
@@ -142,6 +149,8 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
     if arguments.journal {
         Journal::stdout().write(&tradeflow_stream::journal::JournalEntry::Listening);
     }
+    // Bad settings are refused before anything is opened or created.
+    consumer_configs(&arguments, &arguments.bootstrap)?;
     let store = arguments.store.open().await?;
     let partitions = tradeflow_stream::topic_partitions(&arguments.bootstrap, &arguments.topic)
         .await
@@ -405,6 +414,13 @@ fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<
                 max_poll_interval_ms: None,
                 schema_newest: tradeflow_domain::SCHEMA_VERSION,
                 schema_exercise: false,
+                instance_id: arguments.group_instance_id.as_ref().map(|id| {
+                    if arguments.consumers == 1 {
+                        id.clone()
+                    } else {
+                        format!("{id}-{index}")
+                    }
+                }),
                 prefetch: match arguments.prefetch {
                     PrefetchChoice::Bounded => tradeflow_stream::service::Prefetch::Bounded,
                     PrefetchChoice::LibrdkafkaDefaults => tradeflow_stream::service::Prefetch::LibrdkafkaDefaults,

@@ -117,6 +117,31 @@ fn a_topic_that_does_not_exist_is_a_clear_error() {
 }
 
 #[test]
+fn a_bad_group_instance_id_is_refused_before_anything_is_opened() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let database = directory.path().join("balances.db");
+    let output = tradeflow()
+        .args([
+            "balance-service",
+            "--bootstrap",
+            "127.0.0.1:1",
+            "--group-instance-id",
+            "bad id!",
+            "--database-url",
+        ])
+        .arg(&database)
+        .output()
+        .expect("tradeflow runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("group instance id \"bad id!\"") && stderr.contains("letters, digits"),
+        "{stderr}"
+    );
+    assert!(!database.exists(), "no store created for a refused configuration");
+}
+
+#[test]
 fn experiment_list_names_every_experiment_and_an_unknown_one_is_refused_with_the_list() {
     let output = tradeflow().args(["experiment", "list"]).output().expect("tradeflow runs");
     assert!(output.status.success());
@@ -128,6 +153,7 @@ fn experiment_list_names_every_experiment_and_an_unknown_one_is_refused_with_the
         "repartition-cutover",
         "consumer-scaling",
         "broker-failure",
+        "stuck-consumer",
         "poller-vs-stream",
     ];
     for name in names {

@@ -17,7 +17,7 @@ pub struct Expected {
     pub violation: Option<Violation>,
     /// A count from the run's configuration record that must be above zero (for example
     /// `redelivered`), whatever the verdict.
-    pub observed: Option<&'static str>,
+    pub observed: Vec<&'static str>,
     /// A count from the run's configuration record that must be zero (for example
     /// `rebalances_in_run`: what the row's way of meeting the fault must avoid).
     pub never: Option<&'static str>,
@@ -87,7 +87,7 @@ impl Expected {
         Expected {
             verdict: Some(Verdict::Pass),
             violation: None,
-            observed: None,
+            observed: Vec::new(),
             never: None,
             effect: None,
             shown_by: None,
@@ -103,7 +103,7 @@ impl Expected {
         Expected {
             verdict: Some(Verdict::Fail),
             violation: Some(violation),
-            observed: None,
+            observed: Vec::new(),
             never: None,
             effect: None,
             shown_by: None,
@@ -120,7 +120,7 @@ impl Expected {
         Expected {
             verdict: None,
             violation: None,
-            observed: None,
+            observed: Vec::new(),
             never: None,
             effect: None,
             shown_by: None,
@@ -131,9 +131,9 @@ impl Expected {
         }
     }
 
-    /// A count of the run's record that must be above zero too.
+    /// A count of the run's record that must be above zero too (each one so named).
     pub fn observing(mut self, count: &'static str) -> Expected {
-        self.observed = Some(count);
+        self.observed.push(count);
         self
     }
 
@@ -190,7 +190,7 @@ impl Expected {
             (Some(Verdict::Fail), Some(violation)) => format!("fail ({})", violation.name()),
             (Some(Verdict::Fail), None) => "fail".to_owned(),
         };
-        if let Some(count) = self.observed {
+        for count in &self.observed {
             let _ = write!(text, ", {count} > 0");
         }
         if let Some(count) = self.never {
@@ -226,7 +226,7 @@ impl Expected {
             let count = violation.count(&record.check);
             count > 0 && self.at_least.is_none_or(|stake| count >= config_count(record, stake))
         });
-        let observed = self.observed.is_none_or(|count| config_count(record, count) > 0)
+        let observed = self.observed.iter().all(|count| config_count(record, count) > 0)
             && self.never.is_none_or(|count| config_count(record, count) == 0);
         let time_lag = self.time_lag.is_none_or(|bound| bound.met_by(worst_time_lag_ms(record)));
         let rss = self

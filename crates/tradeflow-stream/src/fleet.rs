@@ -63,6 +63,13 @@ pub struct FleetConfig {
     pub prefetch: crate::service::Prefetch,
     /// Whether chapter 17's exercise decides what happens to a newer version's message.
     pub schema_exercise: bool,
+    /// Whether each member has a `group.instance.id` (`<group>.<name>`): static
+    /// membership, so that a member restarted under its name within its session timeout
+    /// gets its partitions back without a rebalance.
+    pub static_membership: bool,
+    /// The members' `session.timeout.ms` ([`FLEET_SESSION_TIMEOUT_MS`] unless a lesson
+    /// needs a longer one).
+    pub session_timeout_ms: u32,
     /// Seed of the kills' timing.
     pub seed: u64,
 }
@@ -192,6 +199,7 @@ impl Fleet {
     }
 
     fn service_config(&self, name: String) -> ServiceConfig {
+        let instance_id = self.config.static_membership.then(|| format!("{}.{name}", self.config.group));
         ServiceConfig {
             bootstrap: self.config.bootstrap.clone(),
             topic: self.config.topic.clone(),
@@ -199,7 +207,7 @@ impl Fleet {
             name,
             batch_size: self.config.batch_size,
             fill_wait: self.config.fill_wait,
-            session_timeout_ms: FLEET_SESSION_TIMEOUT_MS,
+            session_timeout_ms: self.config.session_timeout_ms,
             commit: self.config.commit,
             dead_letter: self.config.dead_letter,
             journal: None,
@@ -213,6 +221,7 @@ impl Fleet {
             schema_newest: self.config.schema_newest,
             prefetch: self.config.prefetch,
             schema_exercise: self.config.schema_exercise,
+            instance_id,
         }
     }
 
@@ -223,7 +232,7 @@ impl Fleet {
             group: self.config.group.clone(),
             batch_size: self.config.batch_size,
             fill_wait: self.config.fill_wait,
-            session_timeout_ms: FLEET_SESSION_TIMEOUT_MS,
+            session_timeout_ms: self.config.session_timeout_ms,
             commit: self.config.commit,
             dead_letter: self.config.dead_letter,
             apply_delay: self.config.apply_delay,
@@ -232,6 +241,7 @@ impl Fleet {
             key_check: self.config.key_check,
             poison_exercise: self.config.poison_exercise,
             prefetch: self.config.prefetch,
+            static_membership: self.config.static_membership,
         }
     }
 
@@ -319,13 +329,22 @@ impl Fleet {
         }
         self.leaving = still;
         match self.members.get(index) {
-            Some(None) => match self.spawn(index) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(format!("the fleet started {FLEET_MEMBERS_MAX} consumers already")),
-                Err(error) => Err(error.to_string()),
-            },
+            Some(None) => {
+                // What every member had seen before the restart, to tell what it changed.
+                self.counters.mark_restart(&format!("consumer-{index}"));
+                self.spawned(index)
+            }
             Some(Some(_)) => Err(format!("consumer-{index} is running")),
             None => Err(format!("there is no consumer-{index}")),
+        }
+    }
+
+    /// Starts a member in slot `index`, as [`Fleet::restart`] says it did.
+    fn spawned(&mut self, index: usize) -> Result<(), String> {
+        match self.spawn(index) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("the fleet started {FLEET_MEMBERS_MAX} consumers already")),
+            Err(error) => Err(error.to_string()),
         }
     }
 

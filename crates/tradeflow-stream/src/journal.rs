@@ -22,6 +22,9 @@ pub enum JournalEntry {
     Assigned {
         /// Partitions owned after the change.
         partitions: i64,
+        /// Which they are (absent from journals of earlier versions).
+        #[serde(default)]
+        owned: Vec<i32>,
     },
     /// A batch was received: per partition, its first and last offset.
     Received {
@@ -122,6 +125,8 @@ pub struct JournalState {
     pub committed: BTreeMap<i32, i64>,
     /// Partitions owned now.
     pub assigned: i64,
+    /// Which they are.
+    pub owned: Vec<i32>,
     /// Whether the process listens for SIGTERM yet.
     pub listening: bool,
     /// Batches received so far.
@@ -133,7 +138,10 @@ impl JournalState {
     pub fn take(&mut self, entry: &JournalEntry) {
         match entry {
             JournalEntry::Listening => self.listening = true,
-            JournalEntry::Assigned { partitions } => self.assigned = *partitions,
+            JournalEntry::Assigned { partitions, owned } => {
+                self.assigned = *partitions;
+                self.owned.clone_from(owned);
+            }
             JournalEntry::Received { ranges, messages, .. } => {
                 self.held = Some((ranges.clone(), *messages));
                 self.batches_received += 1;

@@ -7,7 +7,7 @@
 
 use crate::StreamError;
 use crate::journal::{JournalEntry, JournalState};
-use crate::service::{CommitPolicy, FaultSeen, SeenKind, ServiceCounters};
+use crate::service::{BATCH_RECEIVED, CommitPolicy, FaultSeen, SeenKind, ServiceCounters, Stuck, held_offsets};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -58,6 +58,8 @@ pub(crate) struct ProcessArgs {
     pub(crate) key_check: bool,
     pub(crate) poison_exercise: bool,
     pub(crate) prefetch: crate::service::Prefetch,
+    /// Whether each member has a `group.instance.id` (`<group>.<name>`): static membership.
+    pub(crate) static_membership: bool,
 }
 
 /// One running process.
@@ -71,15 +73,67 @@ pub(crate) struct ServiceProcess {
     reader: JoinHandle<()>,
     /// A freeze under way or done (SIGSTOP sent once it held a batch), until its SIGCONT.
     freezing: Option<JoinHandle<Frozen>>,
+    /// The last "batch received" line of its JSON logs (standard error).
+    last_received_log: Arc<Mutex<Option<serde_json::Value>>>,
+    /// Its standard error's reader.
+    log_reader: JoinHandle<()>,
 }
 
 /// What a freeze found when it was sent.
 struct Frozen {
-    at: tokio::time::Instant,
+    at: std::time::Instant,
     /// Messages the process held.
     held: usize,
+    /// Their offsets, per partition.
+    held_offsets: String,
+    /// Partitions it owned.
+    owned: Vec<i32>,
+    /// The topic and offsets its last "batch received" log line named.
+    logged: Option<(String, String)>,
     /// Partitions the other members of the fleet owned.
     others_assigned: i64,
+}
+
+impl Frozen {
+    /// Records the freeze in `counters`, ending now (woken or killed: `ended`); returns its
+    /// effect in words.
+    fn record(self, name: &str, pid: u32, ended: &str, counters: &ServiceCounters, state: &Mutex<JournalState>) -> String {
+        let moved = others_assigned(counters, state) - self.others_assigned;
+        let logged = match &self.logged {
+            Some((topic, offsets)) if *offsets == self.held_offsets => {
+                format!("its last log line named topic {topic}, offsets {offsets}: the batch it held")
+            }
+            Some((topic, offsets)) => format!(
+                "its last log line named topic {topic}, offsets {offsets}, NOT the batch it held ({})",
+                self.held_offsets
+            ),
+            None => "it had written no batch-received log line".to_owned(),
+        };
+        let effect = format!(
+            "{name} (pid {pid}) was frozen (SIGSTOP) for {:.1} s until it was {ended}, owning partitions {:?} and holding {} received, unapplied messages; {logged}; meanwhile the other members gained {moved} partitions",
+            self.at.elapsed().as_secs_f64(),
+            self.owned,
+            self.held
+        );
+        if let Ok(mut log) = counters.fault_log.lock() {
+            log.push(FaultSeen {
+                kind: SeenKind::Freeze,
+                consumer: name.to_owned(),
+                messages: self.held,
+                effect: Some(effect.clone()),
+                committed: None,
+                partitions_moved: Some(moved),
+                stuck: Some(Stuck {
+                    owned: self.owned,
+                    from: self.at,
+                    to: std::time::Instant::now(),
+                    held: self.held_offsets,
+                    logged: self.logged,
+                }),
+            });
+        }
+        effect
+    }
 }
 
 /// Partitions the fleet's members other than the one with `state` own now.
@@ -107,10 +161,17 @@ impl ServiceProcess {
             .args(["--session-timeout-ms", &args.session_timeout_ms.to_string()])
             .args(["--commit", &args.commit.as_str().replace('_', "-")])
             .args(["--apply-delay-ms", &args.apply_delay.as_millis().to_string()])
+            // JSON logs, with each batch received (its topic, partitions and offsets): the
+            // host keeps the last such line and passes the others on.
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", child_log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if args.static_membership {
+            command.args(["--group-instance-id", &format!("{}.{name}", args.group)]);
+        }
         if !args.dead_letter {
             command.arg("--no-dead-letter");
         }
@@ -146,8 +207,13 @@ impl ServiceProcess {
         let stdout = child.stdout.take().ok_or_else(|| StreamError::Config {
             reason: "the balance service process has no standard output".into(),
         })?;
+        let stderr = child.stderr.take().ok_or_else(|| StreamError::Config {
+            reason: "the balance service process has no standard error".into(),
+        })?;
         let state = Arc::new(Mutex::new(JournalState::default()));
         let reader = tokio::spawn(read_journal(name.to_owned(), stdout, state.clone(), counters.clone()));
+        let last_received_log = Arc::new(Mutex::new(None));
+        let log_reader = tokio::spawn(read_logs(name.to_owned(), stderr, last_received_log.clone()));
         Ok(ServiceProcess {
             counters,
             name: name.to_owned(),
@@ -156,6 +222,8 @@ impl ServiceProcess {
             state,
             reader,
             freezing: None,
+            last_received_log,
+            log_reader,
         })
     }
 
@@ -188,12 +256,20 @@ impl ServiceProcess {
     /// batch. Waits for the process to die and reads its journal to the end; records the
     /// crash in `counters` and returns what the kill did.
     pub(crate) async fn kill(mut self, jitter: Duration, fresh: bool, counters: &ServiceCounters) -> String {
-        let deadline = tokio::time::Instant::now() + KILL_WAIT_FOR_BATCH;
-        let received_before = self.batches_received();
-        while !(self.held() > 0 && (!fresh || self.batches_received() > received_before)) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        if let Some(freezing) = self.freezing.take() {
+            // A frozen process receives nothing more: it is killed as it is, and its freeze
+            // ends here (recorded before the kill, while what it owned is still known).
+            if let Ok(frozen) = freezing.await {
+                frozen.record(&self.name, self.pid, "killed (SIGKILL)", counters, &self.state);
+            }
+        } else {
+            let deadline = tokio::time::Instant::now() + KILL_WAIT_FOR_BATCH;
+            let received_before = self.batches_received();
+            while !(self.held() > 0 && (!fresh || self.batches_received() > received_before)) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tokio::time::sleep(jitter).await;
         }
-        tokio::time::sleep(jitter).await;
         // SIGKILL (tokio's kill sends it, to a child not yet reaped, whose pid cannot
         // have been reused).
         if let Err(error) = self.child.start_kill() {
@@ -201,11 +277,12 @@ impl ServiceProcess {
         }
         let status = self.child.wait().await;
         let _ = (&mut self.reader).await;
-        let state = self.state.lock().map(|state| state.clone()).unwrap_or_default();
+        let _ = (&mut self.log_reader).await;
         let ended = match status {
             Ok(status) => exit_description(status),
             Err(error) => format!("could not be waited for ({error})"),
         };
+        let state = self.state.lock().map(|state| state.clone()).unwrap_or_default();
         let (held, committed) = (state.held_messages(), state.held_and_committed());
         counters.crashes.fetch_add(1, Ordering::Relaxed);
         counters.assigned_partitions.fetch_sub(state.assigned, Ordering::Relaxed);
@@ -221,33 +298,51 @@ impl ServiceProcess {
                 effect: Some(effect.clone()),
                 committed: Some(committed),
                 partitions_moved: None,
+                stuck: None,
             });
         }
         effect
     }
 
-    /// Freezes the process with SIGSTOP while it holds a batch (waiting for one as a kill
-    /// does, `jitter` after), beside the caller. Refused while a freeze is under way.
+    /// Freezes the process with SIGSTOP while it holds a batch (`jitter` after it receives
+    /// its next one, waiting for it as a kill does), beside the caller. Refused while a
+    /// freeze is under way.
     pub(crate) fn freeze(&mut self, jitter: Duration, counters: Arc<ServiceCounters>) -> Result<(), String> {
         if self.freezing.is_some() {
             return Err(format!("{} is frozen already", self.name));
         }
-        let (pid, state) = (self.pid, self.state.clone());
+        let (pid, state, logs) = (self.pid, self.state.clone(), self.last_received_log.clone());
+        let received_before = self.batches_received();
         self.freezing = Some(tokio::spawn(async move {
             let held = || state.lock().map(|state| state.held_messages()).unwrap_or(0);
+            let received = || state.lock().map(|state| state.batches_received).unwrap_or(0);
+            // A batch received after the freeze was asked for: the process has just begun
+            // on it (one held for a while may be an instant from its apply).
             let deadline = tokio::time::Instant::now() + KILL_WAIT_FOR_BATCH;
-            while held() == 0 && tokio::time::Instant::now() < deadline {
+            while !(held() > 0 && received() > received_before) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             tokio::time::sleep(jitter).await;
             signal(pid, "STOP");
-            let at = tokio::time::Instant::now();
-            // The journal lines the process wrote before it froze may still be in the pipe:
-            // it writes nothing more now, so a moment later the state is what it held.
+            let at = std::time::Instant::now();
+            // The journal and log lines the process wrote before it froze may still be in
+            // the pipes: it writes nothing more now, so a moment later they are all read.
             tokio::time::sleep(JOURNAL_CATCH_UP).await;
+            let (held_ranges, owned) = state
+                .lock()
+                .map(|state| {
+                    (
+                        state.held.as_ref().map(|(ranges, _)| ranges.clone()).unwrap_or_default(),
+                        state.owned.clone(),
+                    )
+                })
+                .unwrap_or_default();
             Frozen {
                 at,
                 held: held(),
+                held_offsets: held_offsets(&held_ranges),
+                owned,
+                logged: logs.lock().ok().and_then(|line| line.as_ref().and_then(logged_batch)),
                 others_assigned: others_assigned(&counters, &state),
             }
         }));
@@ -265,23 +360,8 @@ impl ServiceProcess {
         let (name, pid, state) = (self.name.clone(), self.pid, self.state.clone());
         tokio::spawn(async move {
             let Ok(frozen) = freezing.await else { return };
-            let moved = others_assigned(&counters, &state) - frozen.others_assigned;
             signal(pid, "CONT");
-            let effect = format!(
-                "{name} (pid {pid}) was frozen (SIGSTOP) for {:.1} s holding {} received, unapplied messages; meanwhile the other members gained {moved} partitions",
-                frozen.at.elapsed().as_secs_f64(),
-                frozen.held
-            );
-            if let Ok(mut log) = counters.fault_log.lock() {
-                log.push(FaultSeen {
-                    kind: SeenKind::Freeze,
-                    consumer: name,
-                    messages: frozen.held,
-                    effect: Some(effect),
-                    committed: None,
-                    partitions_moved: Some(moved),
-                });
-            }
+            frozen.record(&name, pid, "woken (SIGCONT)", &counters, &state);
         });
         Ok(())
     }
@@ -316,6 +396,7 @@ impl ServiceProcess {
             }
         };
         let _ = (&mut self.reader).await;
+        let _ = (&mut self.log_reader).await;
         match status {
             Ok(status) if status.success() => Ok(()),
             Ok(status) => Err(StreamError::Task {
@@ -337,6 +418,59 @@ pub fn peak_rss_kb(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The processes' log filter: the host's (`RUST_LOG`, warnings by default), with the
+/// balance service's `info` lines (each batch received, each assignment) on top.
+fn child_log_filter() -> String {
+    let own = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
+    format!("{own},tradeflow_stream::service=info")
+}
+
+/// Reads a process's JSON logs (its standard error) to their end: keeps the last "batch
+/// received" line in `last`; passes every line that is not an `info` line on to this
+/// process's standard error, as `name: LEVEL message key=value ...`.
+async fn read_logs(name: String, stderr: tokio::process::ChildStderr, last: Arc<Mutex<Option<serde_json::Value>>>) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+            eprintln!("{name}: {line}");
+            continue;
+        };
+        let level = entry.get("level").and_then(serde_json::Value::as_str).unwrap_or("");
+        let fields = entry.get("fields");
+        let message = fields
+            .and_then(|fields| fields.get("message"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        if message == BATCH_RECEIVED {
+            if let Ok(mut last) = last.lock() {
+                *last = Some(entry);
+            }
+            continue;
+        }
+        if level == "INFO" || level == "DEBUG" || level == "TRACE" {
+            continue;
+        }
+        let rest: Vec<String> = fields
+            .and_then(serde_json::Value::as_object)
+            .map(|fields| {
+                fields
+                    .iter()
+                    .filter(|(key, _)| *key != "message")
+                    .map(|(key, value)| format!("{key}={}", value.as_str().map_or_else(|| value.to_string(), str::to_owned)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        eprintln!("{name}: {level} {message} {}", rest.join(" "));
+    }
+}
+
+/// The topic and offsets a "batch received" log line names.
+fn logged_batch(line: &serde_json::Value) -> Option<(String, String)> {
+    let fields = line.get("fields")?;
+    let text = |key: &str| fields.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
+    Some((text("messaging.destination.name")?, text("offsets")?))
 }
 
 /// Reads a process's journal to its end, into `state` and the fleet's `counters`.
@@ -371,11 +505,12 @@ fn feed(name: &str, state: &mut JournalState, entry: &JournalEntry, counters: &S
     let assigned_before = state.assigned;
     state.take(entry);
     match entry {
-        JournalEntry::Assigned { partitions } => {
+        JournalEntry::Assigned { partitions, .. } => {
             counters
                 .assigned_partitions
                 .fetch_add(partitions - assigned_before, Ordering::Relaxed);
             counters.member_assigned(name, partitions - assigned_before);
+            counters.member_changed(name);
             counters.rebalances.fetch_add(1, Ordering::Relaxed);
         }
         JournalEntry::Applied {
@@ -452,8 +587,24 @@ mod tests {
     fn the_journal_feeds_the_fleet_counters() {
         let counters = ServiceCounters::default();
         let mut state = JournalState::default();
-        feed("consumer-0", &mut state, &JournalEntry::Assigned { partitions: 4 }, &counters);
-        feed("consumer-0", &mut state, &JournalEntry::Assigned { partitions: 2 }, &counters);
+        feed(
+            "consumer-0",
+            &mut state,
+            &JournalEntry::Assigned {
+                partitions: 4,
+                owned: vec![0, 1, 2, 3],
+            },
+            &counters,
+        );
+        feed(
+            "consumer-0",
+            &mut state,
+            &JournalEntry::Assigned {
+                partitions: 2,
+                owned: vec![1, 3],
+            },
+            &counters,
+        );
         feed(
             "consumer-0",
             &mut state,

@@ -132,6 +132,12 @@ pub struct Scenario {
     /// Whether chapter 17's exercise decides what the consumers do with a message of a
     /// newer version than they read.
     pub schema_exercise: bool,
+    /// Whether each consumer has a `group.instance.id` (static membership: the
+    /// stuck-consumer lesson).
+    pub static_membership: bool,
+    /// The consumers' `session.timeout.ms`; `None`: the fleet's default
+    /// ([`crate::fleet::FLEET_SESSION_TIMEOUT_MS`]).
+    pub session_timeout_ms: Option<u32>,
 }
 
 /// A schema change during a run: from the event at `from_event` on, the system of record
@@ -177,6 +183,8 @@ impl Default for Scenario {
             prefetch: crate::service::Prefetch::Bounded,
             backlog_first: false,
             schema_exercise: false,
+            static_membership: false,
+            session_timeout_ms: None,
         }
     }
 }
@@ -501,6 +509,7 @@ pub async fn run(
     if let Some(outage) = &outage {
         crate::run_record::database_into(&mut config, options, &counters, outage, &lag);
     }
+    crate::run_record::stuck_into(&mut config, options, &counters, &crashed, &lag, start);
     if let (Some(started_ms), Some(object)) = (counters.backlog_started_at_ms, config.as_object_mut()) {
         // How fast the consumers drained the backlog: from their start to the last commit.
         let draining_s = ((last_commit_ns - start_ns) as f64 / 1e9 - started_ms as f64 / 1e3).max(1e-3);
@@ -747,6 +756,11 @@ impl Fleets {
                 .map_or(tradeflow_domain::SCHEMA_VERSION, |change| change.consumers_read),
             prefetch: options.scenario.prefetch,
             schema_exercise: options.scenario.schema_exercise,
+            static_membership: options.scenario.static_membership,
+            session_timeout_ms: options
+                .scenario
+                .session_timeout_ms
+                .unwrap_or(crate::fleet::FLEET_SESSION_TIMEOUT_MS),
             seed: options.workload.seed,
         };
         // With a backlog first, the consumers join once publishing is done (see `drive`).
@@ -856,6 +870,7 @@ impl Fleets {
             moved_at_ms: self.moved_at_ms,
             backlog_started_at_ms: self.backlog_started_at_ms,
             rebalances_at_end: 0,
+            changes_at_end: self.main.counters.changes_by_member(),
         };
         counters.rebalances_at_end = counters.sum(|counters| counters.rebalances.load(Ordering::Relaxed));
         counters
@@ -882,6 +897,8 @@ pub(crate) struct FleetCounters {
     /// Rebalances seen by the end of the run, before the consumers left (their leaving is
     /// a revocation each, and no fault's doing).
     pub(crate) rebalances_at_end: u64,
+    /// The assignment changes each member of the main group had seen by then, by name.
+    pub(crate) changes_at_end: std::collections::BTreeMap<String, u64>,
     /// With a backlog first, when the consumers started on it, ms since the start.
     pub(crate) backlog_started_at_ms: Option<u64>,
 }
@@ -922,6 +939,11 @@ impl FleetCounters {
     }
 
     /// The crashes of the group the fault plan steers (the main one).
+    /// Each restart of a main-group member, with what every member had seen before it.
+    pub(crate) fn restart_marks(&self) -> Vec<(String, std::collections::BTreeMap<String, u64>)> {
+        self.main.restart_marks.lock().map(|marks| marks.clone()).unwrap_or_default()
+    }
+
     pub(crate) fn crashed(&self) -> Vec<crate::service::FaultSeen> {
         self.main.fault_log.lock().map(|log| log.clone()).unwrap_or_default()
     }

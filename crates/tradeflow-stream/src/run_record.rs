@@ -193,3 +193,101 @@ pub(crate) fn database_into(
 
 /// A time lag under which the balance service counts as caught up after an outage, in ms.
 pub(crate) const DRAINED_TIME_LAG_MS: f64 = 1_000.0;
+
+/// For a run with a consumer process frozen (stuck): what it owned, whether its last log
+/// line named the batch it held, how its partitions' offset lag moved against the others'
+/// while it was frozen, and what the other members saw after it was restarted.
+///
+/// - `stuck_lag_apart`: 1 when, from the first lag sample of the freeze to the last,
+///   every partition it owned grew in lag and ended above every other partition's lag.
+/// - `log_named_held`: 1 when its last "batch received" log line named the run's topic and
+///   exactly the offsets of the batch it held.
+/// - `others_changes_after_restart`: assignment changes the other members saw from its
+///   restart to the end of the run (before they left).
+pub(crate) fn stuck_into(
+    config: &mut serde_json::Value,
+    options: &StreamOptions,
+    counters: &FleetCounters,
+    crashed: &[crate::service::FaultSeen],
+    lag: &[tradeflow_check::LagSample],
+    start: std::time::Instant,
+) {
+    let Some((name, stuck)) = crashed
+        .iter()
+        .find_map(|seen| seen.stuck.as_ref().map(|stuck| (seen.consumer.as_str(), stuck)))
+    else {
+        return;
+    };
+    let Some(object) = config.as_object_mut() else { return };
+    let at_s = |instant: std::time::Instant| instant.saturating_duration_since(start).as_secs_f64();
+    let (from_s, to_s) = (at_s(stuck.from), at_s(stuck.to));
+    let first = lag.iter().find(|sample| sample.t_s >= from_s);
+    let last = lag.iter().rev().find(|sample| sample.t_s <= to_s);
+    let lag_of = |sample: &tradeflow_check::LagSample, partition: i32| {
+        sample
+            .partitions
+            .iter()
+            .find(|lag| lag.partition == partition)
+            .map_or(0, |lag| lag.offset_lag)
+    };
+    let mut apart = 0;
+    if let (Some(first), Some(last)) = (first, last)
+        && last.t_s > first.t_s
+        && !stuck.owned.is_empty()
+    {
+        let grew_by = stuck
+            .owned
+            .iter()
+            .map(|partition| lag_of(last, *partition) - lag_of(first, *partition))
+            .min()
+            .unwrap_or(0);
+        let others_max = last
+            .partitions
+            .iter()
+            .filter(|lag| !stuck.owned.contains(&lag.partition))
+            .map(|lag| lag.offset_lag)
+            .max()
+            .unwrap_or(0);
+        let stuck_min = stuck.owned.iter().map(|partition| lag_of(last, *partition)).min().unwrap_or(0);
+        apart = u64::from(grew_by > 0 && stuck_min > others_max);
+        object.insert(
+            "stuck_lag".into(),
+            serde_json::json!({
+                "from_s": first.t_s,
+                "to_s": last.t_s,
+                "own_grew_by_at_least": grew_by,
+                "own_lag_at_least": stuck_min,
+                "others_lag_at_most": others_max,
+            }),
+        );
+    }
+    object.insert("stuck_consumer".into(), name.into());
+    object.insert("stuck_partitions".into(), serde_json::json!(stuck.owned));
+    object.insert("stuck_held".into(), stuck.held.clone().into());
+    object.insert(
+        "stuck_logged".into(),
+        stuck
+            .logged
+            .as_ref()
+            .map(|(topic, offsets)| serde_json::json!({ "topic": topic, "offsets": offsets }))
+            .unwrap_or_default(),
+    );
+    object.insert("stuck_lag_apart".into(), apart.into());
+    let named = stuck
+        .logged
+        .as_ref()
+        .is_some_and(|(topic, offsets)| *topic == options.topic && *offsets == stuck.held && !offsets.is_empty());
+    object.insert("log_named_held".into(), u64::from(named).into());
+    object.insert("static_membership".into(), options.scenario.static_membership.into());
+    let marks = counters.restart_marks();
+    if let Some((_, mark)) = marks.iter().find(|(restarted, _)| restarted == name) {
+        let others: u64 = counters
+            .changes_at_end
+            .iter()
+            .filter(|(member, _)| *member != name)
+            .map(|(member, at_end)| at_end.saturating_sub(mark.get(member).copied().unwrap_or(0)))
+            .sum();
+        object.insert("restarted".into(), 1.into());
+        object.insert("others_changes_after_restart".into(), others.into());
+    }
+}

@@ -242,6 +242,10 @@ pub struct ServiceConfig {
     /// Whether chapter 17's exercise decides what happens to a message of a version newer
     /// than `schema_newest` (instead of refusing it).
     pub schema_exercise: bool,
+    /// `group.instance.id`: static membership. A member that comes back under the same id
+    /// within its session timeout gets its partitions back without a rebalance of the
+    /// group; `None`: a dynamic member, whose every (re)join rebalances the whole group.
+    pub instance_id: Option<String>,
 }
 
 impl ServiceConfig {
@@ -255,6 +259,13 @@ impl ServiceConfig {
         if self.topic.is_empty() || self.group.is_empty() {
             return Err(StreamError::Config {
                 reason: "topic and group must not be empty".into(),
+            });
+        }
+        if let Some(id) = &self.instance_id
+            && (id.is_empty() || id.len() > INSTANCE_ID_MAX || id.chars().any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c))))
+        {
+            return Err(StreamError::Config {
+                reason: format!("group instance id {id:?} must be 1..={INSTANCE_ID_MAX} characters of letters, digits, '.', '_' and '-'"),
             });
         }
         Ok(())
@@ -277,6 +288,10 @@ impl ServiceConfig {
             config
                 .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES.to_string())
                 .set("fetch.max.bytes", FETCH_MAX_BYTES.to_string());
+        }
+        if let Some(id) = &self.instance_id {
+            // Static membership: the broker knows this member by the id across restarts.
+            config.set("group.instance.id", id);
         }
         config
             .set("group.id", &self.group)
@@ -305,6 +320,7 @@ impl ServiceConfig {
                 counters,
                 generation: AtomicU64::new(0),
                 journal: self.journal.clone(),
+                owned: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             })
             .map_err(|error| StreamError::kafka(format!("creating consumer {} of group {}", self.name, self.group), error))
     }
@@ -367,7 +383,15 @@ pub struct ServiceCounters {
     pub peak_rss_kb: AtomicU64,
     /// Messages passed over by chapter 17's tolerant reader: their type unknown to it.
     pub passed_over: AtomicU64,
+    /// Assignment changes (assignments and revocations) each member saw, by its name.
+    pub changes_by_member: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Each restart of a member: its name, and `changes_by_member` just before it.
+    pub restart_marks: std::sync::Mutex<Vec<(String, BTreeMap<String, u64>)>>,
 }
+
+/// Longest `group.instance.id` accepted (Kafka's limit for a group member's id is far
+/// higher; a longer one here is a mistake).
+pub const INSTANCE_ID_MAX: usize = 249;
 
 /// Most messages whose failed attempts are remembered at once; past it, the count starts
 /// over (a message retried then gets a few more attempts, never fewer).
@@ -412,6 +436,23 @@ pub struct FaultSeen {
     pub committed: Option<u64>,
     /// For a freeze: partitions the group gave the other members while it lasted.
     pub partitions_moved: Option<i64>,
+    /// For a freeze: what the frozen process owned and had last logged.
+    pub stuck: Option<Stuck>,
+}
+
+/// A consumer process frozen (stuck): what it owned, when, and what its logs said it held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    /// The partitions it owned when it froze.
+    pub owned: Vec<i32>,
+    /// When it froze, and when it was woken or killed.
+    pub from: std::time::Instant,
+    /// See `from`.
+    pub to: std::time::Instant,
+    /// The offsets of the batch it held, per partition ([`held_offsets`]).
+    pub held: String,
+    /// The topic and offsets its last "batch received" log line named, if it wrote one.
+    pub logged: Option<(String, String)>,
 }
 
 impl ServiceCounters {
@@ -428,6 +469,26 @@ impl ServiceCounters {
                 members.insert(member.to_owned(), partitions);
             }
             None => {}
+        }
+    }
+
+    /// `member` saw its assignment change (an assignment or a revocation).
+    pub fn member_changed(&self, member: &str) {
+        if let Ok(mut changes) = self.changes_by_member.lock() {
+            *changes.entry(member.to_owned()).or_insert(0) += 1;
+        }
+    }
+
+    /// The assignment changes each member saw so far, by its name.
+    pub fn changes_by_member(&self) -> BTreeMap<String, u64> {
+        self.changes_by_member.lock().map(|changes| changes.clone()).unwrap_or_default()
+    }
+
+    /// `member` is about to be started again: marks what every member had seen by then.
+    pub fn mark_restart(&self, member: &str) {
+        let seen = self.changes_by_member();
+        if let Ok(mut marks) = self.restart_marks.lock() {
+            marks.push((member.to_owned(), seen));
         }
     }
 
@@ -470,13 +531,29 @@ pub struct ServiceContext {
     /// its partitions' read positions came from the committed offsets again.
     generation: AtomicU64,
     journal: Option<Arc<Journal>>,
+    /// The partitions this consumer owns now.
+    owned: std::sync::Mutex<std::collections::BTreeSet<i32>>,
 }
 
 impl ServiceContext {
+    /// Takes note of an assignment (`assigned`) or a revocation of `partitions`.
+    fn own(&self, partitions: &TopicPartitionList, assigned: bool) {
+        if let Ok(mut owned) = self.owned.lock() {
+            for partition in partition_numbers(partitions) {
+                if assigned {
+                    owned.insert(partition);
+                } else {
+                    owned.remove(&partition);
+                }
+            }
+        }
+    }
+
     fn journal_assignment(&self) {
         if let Some(journal) = &self.journal {
             journal.write(&JournalEntry::Assigned {
                 partitions: self.counters.assigned_partitions.load(Ordering::Relaxed),
+                owned: self.owned.lock().map(|owned| owned.iter().copied().collect()).unwrap_or_default(),
             });
         }
     }
@@ -494,6 +571,8 @@ impl ConsumerContext for ServiceContext {
                 .assigned_partitions
                 .fetch_sub(i64::from(partitions.count() as i32), Ordering::Relaxed);
             self.counters.member_assigned(&self.name, -i64::from(partitions.count() as i32));
+            self.own(partitions, false);
+            self.counters.member_changed(&self.name);
             tracing::info!(consumer = %self.name, messaging.consumer.group.name = %self.group, partitions = ?partition_numbers(partitions), "partitions revoked");
             self.journal_assignment();
         }
@@ -518,6 +597,8 @@ impl ConsumerContext for ServiceContext {
                     .assigned_partitions
                     .fetch_add(i64::from(partitions.count() as i32), Ordering::Relaxed);
                 self.counters.member_assigned(&self.name, i64::from(partitions.count() as i32));
+                self.own(partitions, true);
+                self.counters.member_changed(&self.name);
                 tracing::info!(consumer = %self.name, messaging.consumer.group.name = %self.group, partitions = ?partition_numbers(partitions), "partitions assigned");
                 self.journal_assignment();
             }
@@ -784,18 +865,46 @@ async fn crash(config: &ServiceConfig, batch: &[OwnedMessage], counters: &Servic
             effect: None,
             committed: None,
             partitions_moved: None,
+            stuck: None,
         });
     }
 }
 
-/// Journals a batch received: per partition, its first and last offset.
+/// Logs and journals a batch received: its topic and, per partition, its first and last
+/// offset. The log line (at `info`) is what names a stuck consumer's partitions and
+/// offsets to whoever must restart it: the last one it wrote is what it holds.
 fn journal_received(config: &ServiceConfig, batch_number: u64, batch: &[OwnedMessage]) {
+    if config.journal.is_none() && !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let ranges = offset_ranges(batch);
+    tracing::info!(
+        consumer = %config.name,
+        messaging.destination.name = %config.topic,
+        batch = batch_number,
+        messages = batch.len(),
+        offsets = %held_offsets(&ranges),
+        "{BATCH_RECEIVED}"
+    );
     let Some(journal) = &config.journal else { return };
     journal.write(&JournalEntry::Received {
         batch: batch_number,
         messages: batch.len(),
-        ranges: offset_ranges(batch),
+        ranges,
     });
+}
+
+/// The message of the log line written as each batch is received.
+pub const BATCH_RECEIVED: &str = "batch received";
+
+/// Per partition, an offset range as a log line writes it: `partition:first-last`, comma
+/// separated (`0:120-180,3:55-99`).
+pub fn held_offsets(ranges: &[(i32, i64, i64)]) -> String {
+    ranges
+        .iter()
+        .map(|(partition, first, last)| format!("{partition}:{first}-{last}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Per partition of a batch, its first and last offset: `(partition, first, last)`.

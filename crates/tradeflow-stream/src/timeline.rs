@@ -377,6 +377,7 @@ mod tests {
             effect: None,
             committed: None,
             partitions_moved: None,
+            stuck: None,
         }
     }
 

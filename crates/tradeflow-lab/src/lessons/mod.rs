@@ -21,6 +21,7 @@ pub mod producer_retries;
 pub mod repartition_cutover;
 pub mod retention;
 pub mod schema_evolution;
+pub mod stuck_consumer;
 
 use crate::variant::{Setup, Variant};
 
@@ -134,6 +135,12 @@ pub const LESSONS: &[Lesson] = &[
         what: consumer_memory::WHAT,
         variants: consumer_memory::variants,
         left_out: consumer_memory::left_out,
+    },
+    Lesson {
+        name: stuck_consumer::NAME,
+        what: stuck_consumer::WHAT,
+        variants: stuck_consumer::variants,
+        left_out: stuck_consumer::left_out,
     },
     Lesson {
         name: poller_vs_stream::NAME,

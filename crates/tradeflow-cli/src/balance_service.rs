@@ -114,6 +114,8 @@ enum PrefetchChoice {
     Bounded,
     /// librdkafka's own defaults (`queued.max.messages.kbytes` 65536).
     LibrdkafkaDefaults,
+    /// What chapter 18's exercise (`chapters/18-consumer-memory/exercise.rs`) returns.
+    Exercise,
 }
 
 /// When the consumers commit offsets (`--commit`).
@@ -424,6 +426,7 @@ fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<
                 prefetch: match arguments.prefetch {
                     PrefetchChoice::Bounded => tradeflow_stream::service::Prefetch::Bounded,
                     PrefetchChoice::LibrdkafkaDefaults => tradeflow_stream::service::Prefetch::LibrdkafkaDefaults,
+                    PrefetchChoice::Exercise => tradeflow_stream::service::Prefetch::Exercise,
                 },
             };
             config.validate()?;

@@ -162,6 +162,18 @@ pub enum NewerVersion {
     ReadWhatYouKnow,
 }
 
+/// How much a consumer of the balance service fetches ahead of the batch in hand
+/// (chapter 18): librdkafka's `queued.max.messages.kbytes` and `fetch.max.bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefetchLimits {
+    /// Most data librdkafka queues ahead of the application, in KiB
+    /// (`queued.max.messages.kbytes`, 1 to 2,097,151; librdkafka's default 65,536).
+    pub queued_max_messages_kbytes: u32,
+    /// Most data one fetch response may bring, in bytes (`fetch.max.bytes`, at least
+    /// `message.max.bytes`, 1,000,000 here; librdkafka's default 52,428,800).
+    pub fetch_max_bytes: u32,
+}
+
 /// What the balance service does after a database call failed (chapter 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatabaseWait {
@@ -321,3 +333,8 @@ pub mod after_database_failure;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/17-schema-evolution/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/17-schema-evolution.rs")]
 pub mod on_newer_version;
+
+/// Chapter 18: how much the balance service's consumer fetches ahead.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/18-consumer-memory/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/18-consumer-memory.rs")]
+pub mod prefetch_limits;

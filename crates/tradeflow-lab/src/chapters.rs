@@ -4,6 +4,7 @@
 
 use crate::RowVerdict;
 use crate::expect::Violation;
+use crate::lessons::consumer_memory;
 use crate::lessons::{
     auto_commit_crash, broker_failure, cluster_migration, consumer_groups, consumer_scaling, database_outage, idempotent_consumer,
     keys_keep_order, lag_status, load_test, order_placement, outbox_relay, poison_message, producer_retries, repartition_cutover,
@@ -310,6 +311,18 @@ pub const CHAPTERS: &[Chapter] = &[
         function: "on_newer_version",
         run: |setup| one(schema_evolution::chapter(setup)),
         judge: Judge::Counts(&[Violation::Lost, Violation::Reordered, Violation::Duplicated]),
+    },
+    Chapter {
+        number: "18",
+        folder: "18-consumer-memory",
+        title: "A consumer's memory is what it fetches ahead: bound it",
+        claim: "A Kafka consumer or producer seemed to need about 1.5 GB of extra memory (Wealthsimple, \"Kafka in production\", 2021). Much of a consumer's memory is what its client fetches ahead of the application: librdkafka queues up to 64 MiB, and a fetch response of up to 50 MB lands whole. A service that starts on a backlog takes all of it it can.",
+        violation: "memory",
+        backend: Backend::Mock,
+        store: StoreKind::Sqlite,
+        function: "prefetch_limits",
+        run: |setup| one(consumer_memory::chapter(setup)),
+        judge: Judge::Own(consumer_memory::chapter_judge),
     },
 ];
 

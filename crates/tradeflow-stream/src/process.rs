@@ -193,8 +193,14 @@ impl ServiceProcess {
         if args.poison_exercise {
             command.arg("--poison-exercise");
         }
-        if args.prefetch == crate::service::Prefetch::LibrdkafkaDefaults {
-            command.args(["--prefetch", "librdkafka-defaults"]);
+        match args.prefetch {
+            crate::service::Prefetch::Bounded => {}
+            crate::service::Prefetch::LibrdkafkaDefaults => {
+                command.args(["--prefetch", "librdkafka-defaults"]);
+            }
+            crate::service::Prefetch::Exercise => {
+                command.args(["--prefetch", "exercise"]);
+            }
         }
         match spawn.store.kind {
             StoreKind::Postgres => command.env("DATABASE_URL", &spawn.store.url),

@@ -51,6 +51,8 @@ pub enum Prefetch {
     /// librdkafka's defaults (`queued.max.messages.kbytes` 65536, `fetch.max.bytes` 50 MB):
     /// the consumer-memory lesson's comparison.
     LibrdkafkaDefaults,
+    /// Chapter 18's exercise decides (`tradeflow_exercises::prefetch_limits`).
+    Exercise,
 }
 
 impl Prefetch {
@@ -59,6 +61,7 @@ impl Prefetch {
         match self {
             Prefetch::Bounded => "bounded",
             Prefetch::LibrdkafkaDefaults => "librdkafka_defaults",
+            Prefetch::Exercise => "exercise",
         }
     }
 }
@@ -282,12 +285,20 @@ impl ServiceConfig {
     fn consumer(&self, counters: Arc<ServiceCounters>) -> Result<StreamConsumer<ServiceContext>, StreamError> {
         let auto = self.commit == CommitPolicy::Auto;
         let mut config = base_config(&self.bootstrap);
-        if self.prefetch == Prefetch::Bounded {
+        let limits = match self.prefetch {
             // Bounded prefetch: librdkafka queues at most this much ahead of the batch in
             // hand (its default is 64 MB), so in-flight work is bounded in memory too.
+            Prefetch::Bounded => Some((QUEUED_MAX_KBYTES, FETCH_MAX_BYTES)),
+            Prefetch::LibrdkafkaDefaults => None,
+            Prefetch::Exercise => {
+                let limits = tradeflow_exercises::prefetch_limits::prefetch_limits();
+                Some((limits.queued_max_messages_kbytes, limits.fetch_max_bytes))
+            }
+        };
+        if let Some((queued_kbytes, fetch_bytes)) = limits {
             config
-                .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES.to_string())
-                .set("fetch.max.bytes", FETCH_MAX_BYTES.to_string());
+                .set("queued.max.messages.kbytes", queued_kbytes.to_string())
+                .set("fetch.max.bytes", fetch_bytes.to_string());
         }
         if let Some(id) = &self.instance_id {
             // Static membership: the broker knows this member by the id across restarts.

@@ -81,6 +81,60 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
     Ok(variants)
 }
 
+/// Chapter 18's run: the 8-partition backlog, drained by one process whose prefetch the
+/// learner's `prefetch_limits` bounds.
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    if setup.service.is_none() {
+        return Err("chapter 18 measures the balance service's own process, and no tradeflow executable was given to start it".into());
+    }
+    Ok(variant(
+        setup,
+        8,
+        100_000,
+        Prefetch::Exercise,
+        Expected::pass("the balance service drains the backlog under 64 MB"),
+    ))
+}
+
+/// Chapter 18's judge: the checker's counts first; then a peak resident set over
+/// [`SERVICE_RSS_MB_MAX`] fails as `memory`; a peak not read is unknown. The evidence gives
+/// the rate at which the process drained the backlog: what the bound cost.
+pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::chapters::Judgement {
+    use crate::chapters::Judgement;
+    let Some((variant, record)) = runs.first() else {
+        return Judgement::Unknown("the chapter ran nothing".into());
+    };
+    let judged = crate::chapters::judge_counts(
+        variant,
+        record,
+        &[
+            crate::expect::Violation::Lost,
+            crate::expect::Violation::Duplicated,
+            crate::expect::Violation::Reordered,
+        ],
+    );
+    let Judgement::Pass(evidence) = judged else {
+        return judged;
+    };
+    let drained = record
+        .config
+        .get("backlog_drain_per_s")
+        .and_then(serde_json::Value::as_f64)
+        .map_or("not measured".to_owned(), |rate| format!("{rate:.0} events/s"));
+    match crate::expect::peak_rss_mb(record) {
+        None => Judgement::Unknown("the balance service process's peak resident set was not read; run the check again".into()),
+        Some(mb) if mb > SERVICE_RSS_MB_MAX => Judgement::Fail {
+            violation: "memory",
+            detail: format!(
+                "memory {mb:.1} MB at the balance service process's peak (at most {SERVICE_RSS_MB_MAX:.0} MB); it drained the backlog at {drained}"
+            ),
+        },
+        Some(mb) => Judgement::Pass(format!(
+            "peak RSS {mb:.1} MB (at most {SERVICE_RSS_MB_MAX:.0}), backlog drained at {drained}; {evidence}"
+        )),
+    }
+}
+
 /// One run: the backlog, then one consumer process with `prefetch`.
 fn variant(setup: &Setup, partitions: i32, events: u64, prefetch: Prefetch, expected: Expected) -> Variant {
     let mut options = setup.stream(partitions, 1);
@@ -102,6 +156,7 @@ fn variant(setup: &Setup, partitions: i32, events: u64, prefetch: Prefetch, expe
             match prefetch {
                 Prefetch::LibrdkafkaDefaults => "librdkafka's defaults",
                 Prefetch::Bounded => "the service's bound",
+                Prefetch::Exercise => "your prefetch_limits",
             }
         ),
         run: VariantRun::Stream(Box::new(options)),

@@ -37,6 +37,9 @@ pub struct Expected {
     /// A bound on the peak resident set of the balance service's processes, in MB
     /// (`service_peak_rss_mb`); a run without the figure could not show it.
     pub rss_mb: Option<Bound>,
+    /// A bound on the most the publisher held queued, in MiB
+    /// (`publisher_queued_peak_mib`); a run without the figure could not show it.
+    pub queued_mib: Option<Bound>,
     /// Why, in words.
     pub note: String,
 }
@@ -94,6 +97,7 @@ impl Expected {
             at_least: None,
             time_lag: None,
             rss_mb: None,
+            queued_mib: None,
             note: note.into(),
         }
     }
@@ -110,6 +114,7 @@ impl Expected {
             at_least: None,
             time_lag: None,
             rss_mb: None,
+            queued_mib: None,
             note: note.into(),
         }
     }
@@ -127,6 +132,7 @@ impl Expected {
             at_least: None,
             time_lag: None,
             rss_mb: None,
+            queued_mib: None,
             note: note.into(),
         }
     }
@@ -167,6 +173,12 @@ impl Expected {
         self
     }
 
+    /// A bound the publisher's peak queued bytes must keep to, in MiB.
+    pub fn queued_mib(mut self, bound: Bound) -> Expected {
+        self.queued_mib = Some(bound);
+        self
+    }
+
     /// A count of the run's record the violation must reach.
     pub fn at_least(mut self, count: &'static str) -> Expected {
         self.at_least = Some(count);
@@ -177,8 +189,9 @@ impl Expected {
     /// `shown_by` count is above zero), or it shows the failure it must show, which is
     /// proof enough. A pass without the stake proves nothing: unknown.
     pub fn could_show(&self, record: &RunRecord) -> bool {
-        let at_stake =
-            self.shown_by.is_none_or(|count| config_count(record, count) > 0) && (self.rss_mb.is_none() || peak_rss_mb(record).is_some());
+        let at_stake = self.shown_by.is_none_or(|count| config_count(record, count) > 0)
+            && (self.rss_mb.is_none() || peak_rss_mb(record).is_some())
+            && (self.queued_mib.is_none() || queued_peak_mib(record).is_some());
         at_stake || (self.verdict == Some(Verdict::Fail) && self.met_by(record))
     }
 
@@ -202,7 +215,11 @@ impl Expected {
         if let (Some(violation), Some(count)) = (self.violation, self.at_least) {
             let _ = write!(text, ", {} >= {count}", violation.name());
         }
-        for (bound, figure, unit) in [(self.rss_mb, "peak RSS", "MB"), (self.time_lag, "worst time lag", "ms")] {
+        for (bound, figure, unit) in [
+            (self.rss_mb, "peak RSS", "MB"),
+            (self.queued_mib, "publisher's peak queued", "MiB"),
+            (self.time_lag, "worst time lag", "ms"),
+        ] {
             match bound {
                 Some(Bound::AtMost(limit)) => {
                     let _ = write!(text, ", {figure} <= {limit:.0} {unit}");
@@ -232,7 +249,10 @@ impl Expected {
         let rss = self
             .rss_mb
             .is_none_or(|bound| peak_rss_mb(record).is_some_and(|mb| bound.met_by(mb)));
-        verdict && violation && observed && time_lag && rss && self.effect_shown(record)
+        let queued = self
+            .queued_mib
+            .is_none_or(|bound| queued_peak_mib(record).is_some_and(|mib| bound.met_by(mib)));
+        verdict && violation && observed && time_lag && rss && queued && self.effect_shown(record)
     }
 
     fn effect_shown(&self, record: &RunRecord) -> bool {
@@ -274,6 +294,11 @@ pub fn worst_time_lag_ms(record: &RunRecord) -> f64 {
 /// The peak resident set of the balance service's processes, in MB, when measured.
 pub fn peak_rss_mb(record: &RunRecord) -> Option<f64> {
     record.config.get("service_peak_rss_mb").and_then(serde_json::Value::as_f64)
+}
+
+/// The most the publisher held queued, in MiB, when measured.
+pub fn queued_peak_mib(record: &RunRecord) -> Option<f64> {
+    record.config.get("publisher_queued_peak_mib").and_then(serde_json::Value::as_f64)
 }
 
 /// A count of the run's configuration record (0 when absent).

@@ -42,7 +42,16 @@ pub struct PublisherConfig {
     pub acks: Acks,
     /// How each message's key is chosen.
     pub key: MessageKey,
+    /// `queue.buffering.max.kbytes`: the most data the producer holds before the broker has
+    /// it (a send past it waits); `None`: librdkafka's default, 1 GiB.
+    pub buffer_kbytes: Option<u32>,
+    /// Whether the producer's queued bytes are sampled (librdkafka's statistics every
+    /// [`QUEUE_STATS_INTERVAL_MS`]) for [`Deliveries::queued_peak_bytes`].
+    pub queue_stats: bool,
 }
+
+/// How often the producer's statistics are read when its queue is measured.
+pub const QUEUE_STATS_INTERVAL_MS: u32 = 100;
 
 /// How the publisher keys an event's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -106,6 +115,8 @@ impl Default for PublisherConfig {
             in_flight_max: 5,
             acks: Acks::All,
             key: MessageKey::Account,
+            buffer_kbytes: None,
+            queue_stats: false,
         }
     }
 }
@@ -141,6 +152,9 @@ pub struct Deliveries {
     /// Messages handed to the producer, and their bytes (key, payload and headers).
     sent: AtomicU64,
     sent_bytes: AtomicU64,
+    /// The most bytes the producer held queued (not yet acknowledged) at one statistics
+    /// sample, where its queue is measured.
+    queued_peak: AtomicU64,
 }
 
 impl Deliveries {
@@ -150,6 +164,12 @@ impl Deliveries {
             reports: Mutex::new(vec![None; events]),
             ..Deliveries::default()
         }
+    }
+
+    /// The most bytes the producer held queued at once (librdkafka's `msg_size`), where
+    /// its queue was measured; 0 otherwise.
+    pub fn queued_peak_bytes(&self) -> u64 {
+        self.queued_peak.load(Ordering::Relaxed)
     }
 
     /// Events acknowledged so far.
@@ -217,7 +237,11 @@ pub struct PublishContext {
     topic: String,
 }
 
-impl ClientContext for PublishContext {}
+impl ClientContext for PublishContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.deliveries.queued_peak.fetch_max(statistics.msg_size, Ordering::Relaxed);
+    }
+}
 
 impl ProducerContext for PublishContext {
     type DeliveryOpaque = usize;
@@ -318,7 +342,14 @@ impl Publisher {
         deliveries: Arc<Deliveries>,
         indexed: bool,
     ) -> Result<Publisher, StreamError> {
-        let producer = base_config(bootstrap)
+        let mut client = base_config(bootstrap);
+        if let Some(kbytes) = config.buffer_kbytes {
+            client.set("queue.buffering.max.kbytes", kbytes.to_string());
+        }
+        if config.queue_stats {
+            client.set("statistics.interval.ms", QUEUE_STATS_INTERVAL_MS.to_string());
+        }
+        let producer = client
             // Acknowledged only once every in-sync replica has the write (experiments may ask
             // for the leader alone, to show what that loses).
             .set("acks", config.acks.as_str())

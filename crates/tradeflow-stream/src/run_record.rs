@@ -101,6 +101,15 @@ pub(crate) fn config(
         // The consumers' fetching ahead and, for members that are processes, their peak
         // resident set; with a backlog first, how fast they drained it.
         object.insert("prefetch".into(), options.scenario.prefetch.as_str().into());
+        // The publisher's buffer, and the most it held queued, where that was measured.
+        object.insert("publisher_buffer_kbytes".into(), options.publisher.buffer_kbytes.into());
+        let queued = deliveries.queued_peak_bytes();
+        object.insert(
+            "publisher_queued_peak_mib".into(),
+            (options.publisher.queue_stats && queued > 0)
+                .then(|| queued as f64 / (1_024.0 * 1_024.0))
+                .into(),
+        );
         let peak_kb = counters.peak_rss_kb();
         object.insert("service_peak_rss_mb".into(), (peak_kb > 0).then(|| peak_kb as f64 / 1_024.0).into());
         if let Some(started) = counters.backlog_started_at_ms {

@@ -13,7 +13,7 @@
 //! bisect between the last sustainable and the first unsustainable rate.
 
 use crate::limits;
-use crate::results::{BenchResults, ConfigResult, Knobs, Point, STREAM_FILL_WAIT_MS, Series, Setup, SetupLimits, Slo};
+use crate::results::{BenchResults, ConfigResult, Knobs, Point, STREAM_FILL_WAIT_MS, Series, Setup, SetupLimits, Slo, StoreApplyAt};
 use crate::threads::{self, ThreadShare};
 use anyhow::{Context as _, bail};
 use std::path::PathBuf;
@@ -246,7 +246,24 @@ async fn search_streams(
         rate_text(Some(setup_limits.store_apply.per_s)),
     ));
     let mut best_rate: f64 = 0.0;
+    let apply_events = raw_apply_events(config.seed)?;
     for knobs in stream_matrix {
+        // The store as this configuration uses it: its batch size, a writer per consumer.
+        let apply = match *knobs {
+            Knobs::Stream { batch_size, consumers, .. } => Some(
+                store_apply_at(
+                    &store,
+                    &apply_events,
+                    batch_size,
+                    consumers as usize,
+                    &mut setup_limits,
+                    reporter,
+                    &label,
+                )
+                .await?,
+            ),
+            Knobs::Poller { .. } => None,
+        };
         let mut result = search(config, reporter, knobs, &label, |rate, events| {
             let options = stream_options(config, knobs, rate, events);
             let store = store.clone();
@@ -254,7 +271,9 @@ async fn search_streams(
             async move { run_stream(broker, &store, &options, reporter).await }
         })
         .await?;
-        read_against_limits(&mut result, &setup_limits);
+        if let Some(apply) = apply {
+            read_against_limits(&mut result, &setup_limits, apply);
+        }
         best_rate = best_rate.max(result.max_sustainable_per_s);
         gathered.configurations.push(result);
     }
@@ -282,12 +301,54 @@ fn stream_batch_size(stream_matrix: &[Knobs]) -> usize {
         .unwrap_or(500)
 }
 
-/// Sets a stream result's efficiency against the slower of its setup's raw consume and
-/// raw store-apply limits, and names that limit (left unset unless that limit is a
-/// positive, finite rate).
-fn read_against_limits(result: &mut ConfigResult, setup_limits: &SetupLimits) {
+/// The raw store apply at `batch_size` and `writers`, measured once per setup (on the
+/// store emptied first) and kept in `setup_limits`.
+async fn store_apply_at(
+    store: &Store,
+    events: &[tradeflow_domain::Event],
+    batch_size: usize,
+    writers: usize,
+    setup_limits: &mut SetupLimits,
+    reporter: &dyn Reporter,
+    label: &str,
+) -> anyhow::Result<StoreApplyAt> {
+    if let Some(known) = setup_limits
+        .store_apply_by_config
+        .iter()
+        .find(|known| known.batch_size == batch_size && known.writers == writers)
+    {
+        return Ok(*known);
+    }
+    store.reset().await.context("emptying the store")?;
+    let rate = limits::raw_store_apply(store, events, batch_size, writers)
+        .await
+        .with_context(|| format!("raw store apply, batches of {batch_size}, {writers} writers"))?;
+    let at = StoreApplyAt {
+        batch_size,
+        writers,
+        per_s: rate.per_s,
+    };
+    reporter.line(&format!(
+        "[{label}] raw store apply {:.0}/s (batches of {batch_size}, {writers} writers)",
+        at.per_s
+    ));
+    setup_limits.store_apply_by_config.push(at);
+    Ok(at)
+}
+
+/// The events of the raw store-apply limit.
+fn raw_apply_events(seed: u64) -> anyhow::Result<Vec<tradeflow_domain::Event>> {
+    let workload = Workload::generate(&workload_config(seed ^ 0x5eed, 10_000.0, RAW_APPLY_EVENTS)).context("raw-apply workload")?;
+    Ok(workload.plain_events().cloned().collect())
+}
+
+/// Sets a stream result's efficiency against the slower of its setup's raw consume and the
+/// raw store apply at its own batch size and consumers (`apply`), and names that limit
+/// (left unset unless that limit is a positive, finite rate).
+fn read_against_limits(result: &mut ConfigResult, setup_limits: &SetupLimits, apply_at: StoreApplyAt) {
+    result.store_apply = Some(apply_at);
     let consume = setup_limits.consume.map_or(f64::INFINITY, |rate| rate.per_s);
-    let apply = setup_limits.store_apply.per_s;
+    let apply = apply_at.per_s;
     let ceiling = consume.min(apply);
     if ceiling.is_finite() && ceiling > 0.0 {
         result.efficiency = Some(result.max_sustainable_per_s / ceiling);
@@ -543,6 +604,7 @@ where
         at_fraction,
         series,
         efficiency: None,
+        store_apply: None,
         bounded_by: None,
     })
 }
@@ -706,16 +768,15 @@ async fn raw_limits(config: &BenchConfig, setup: &Setup, store: &Store, batch: u
     };
     drop(cluster);
     store.reset().await.context("emptying the store")?;
-    let apply_workload =
-        Workload::generate(&workload_config(config.seed ^ 0x5eed, 10_000.0, RAW_APPLY_EVENTS)).context("raw-apply workload")?;
-    let events: Vec<_> = apply_workload.plain_events().cloned().collect();
-    let store_apply = limits::raw_store_apply(store, &events, batch).await.context("raw store apply")?;
+    let events = raw_apply_events(config.seed)?;
+    let store_apply = limits::raw_store_apply(store, &events, batch, 1).await.context("raw store apply")?;
     Ok(SetupLimits {
         setup: setup.label(),
         produce,
         consume,
         store_apply,
         store_apply_batch: batch,
+        store_apply_by_config: Vec::new(),
         balance_service_rss_mb: None,
         notes,
     })

@@ -6,7 +6,9 @@
 //! Delivery guarantee of [`raw_produce`]: the trade publisher's, `acks=all` with idempotence,
 //! so the ceiling is that of the guarantee the pipeline pays for. [`raw_consume`] commits
 //! nothing and leaves no consumer group behind: it reads, counts and forgets.
-//! [`raw_store_apply`] applies from one task, as one consumer of the stream does.
+//! [`raw_store_apply`] applies from as many tasks as the stream configuration has consumers,
+//! each with its own share of the accounts, in batches of that configuration's size: the
+//! store as the pipeline uses it.
 //!
 //! Clients start from the pipeline's own settings ([`tradeflow_stream::base_config`]:
 //! bootstrap servers, the environment's SASL/SSL settings, reconnect backoff).
@@ -362,38 +364,81 @@ fn consume_blocking(consumer: &BaseConsumer, bootstrap: &str, topic: &str, expec
     Ok(rate)
 }
 
-/// Applies `events` to `store` in batches of `batch_size`, one batch after the other from
-/// one task, and returns events applied per second.
+/// Applies `events` to `store` from `writers` tasks at once, each applying its share of
+/// the accounts (an account's events stay in one task, in order, as a partition keeps
+/// them for one consumer) in batches of `batch_size`, one after the other; returns events
+/// applied per second over the whole.
 ///
 /// The events must be new to the store (an empty store, or one reset): an event the apply
 /// log already holds is an error, because deduplicating is not applying.
-#[tracing::instrument(skip_all, fields(store = %store.kind(), events = events.len(), batch_size))]
-pub async fn raw_store_apply(store: &Store, events: &[Event], batch_size: usize) -> anyhow::Result<RawRate> {
+#[tracing::instrument(skip_all, fields(store = %store.kind(), events = events.len(), batch_size, writers))]
+pub async fn raw_store_apply(store: &Store, events: &[Event], batch_size: usize, writers: usize) -> anyhow::Result<RawRate> {
     ensure!(
         (1..=BATCH_EVENTS_MAX).contains(&batch_size),
         "batch size must be 1..={BATCH_EVENTS_MAX}, got {batch_size}"
     );
+    ensure!(
+        (1..=RAW_WRITERS_MAX).contains(&writers),
+        "writers must be 1..={RAW_WRITERS_MAX}, got {writers}"
+    );
+    let mut shares: Vec<Vec<Event>> = vec![Vec::new(); writers];
+    for event in events {
+        let share = account_share(event.account_id.as_str(), writers);
+        shares[share].push(event.clone());
+    }
     let started = Instant::now();
+    let tasks: Vec<_> = shares
+        .into_iter()
+        .enumerate()
+        .map(|(writer, share)| {
+            let store = store.clone();
+            tokio::spawn(async move { apply_share(&store, &share, batch_size, writer).await })
+        })
+        .collect();
     let mut applied: u64 = 0;
-    for (batch, chunk) in events.chunks(batch_size).enumerate() {
-        let intended_at_ns = now_ns();
-        let inputs: Vec<ApplyInput<'_>> = chunk.iter().map(|event| ApplyInput { event, intended_at_ns }).collect();
-        let summary = store
-            .apply_batch(&inputs, RAW_APPLIER)
-            .await
-            .with_context(|| format!("applying batch {batch} ({} events) to {}", chunk.len(), store.url_redacted()))?;
-        ensure!(
-            summary.duplicates == 0,
-            "batch {batch}: {} events were already in the apply log of {}; measure on an empty (reset) store",
-            summary.duplicates,
-            store.url_redacted()
-        );
-        applied += summary.applied as u64;
+    for task in tasks {
+        applied += task.await.context("a raw store-apply writer")??;
     }
     let seconds = started.elapsed().as_secs_f64();
     let rate = RawRate::new(applied, seconds, None);
     tracing::info!(per_s = rate.per_s, seconds, "raw store apply done");
     Ok(rate)
+}
+
+/// Most concurrent writers [`raw_store_apply`] starts.
+pub const RAW_WRITERS_MAX: usize = 64;
+
+/// Which of `writers` shares an account's events go to (FNV-1a of its id).
+fn account_share(account: &str, writers: usize) -> usize {
+    let hash = account.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % writers as u64) as usize
+}
+
+/// One writer of [`raw_store_apply`]: its share, batch after batch; returns events applied.
+async fn apply_share(store: &Store, events: &[Event], batch_size: usize, writer: usize) -> anyhow::Result<u64> {
+    let applier = format!("{RAW_APPLIER}-{writer}");
+    let mut applied = 0;
+    for (batch, chunk) in events.chunks(batch_size).enumerate() {
+        let intended_at_ns = now_ns();
+        let inputs: Vec<ApplyInput<'_>> = chunk.iter().map(|event| ApplyInput { event, intended_at_ns }).collect();
+        let summary = store.apply_batch(&inputs, &applier).await.with_context(|| {
+            format!(
+                "writer {writer} applying batch {batch} ({} events) to {}",
+                chunk.len(),
+                store.url_redacted()
+            )
+        })?;
+        ensure!(
+            summary.duplicates == 0,
+            "writer {writer}, batch {batch}: {} events were already in the apply log of {}; measure on an empty (reset) store",
+            summary.duplicates,
+            store.url_redacted()
+        );
+        applied += summary.applied as u64;
+    }
+    Ok(applied)
 }
 
 #[cfg(test)]

@@ -128,10 +128,25 @@ pub struct ConfigResult {
     pub at_fraction: Vec<(f64, Point)>,
     /// Time series of the run at half the maximum (or the last probe).
     pub series: Series,
-    /// Stream only: max / min(raw consume, raw apply).
+    /// Stream only: max / min(raw consume, raw apply at this configuration's batch size
+    /// and consumers).
     pub efficiency: Option<f64>,
+    /// Stream only: the raw store apply this configuration is read against: its batch
+    /// size, one writer per consumer.
+    pub store_apply: Option<StoreApplyAt>,
     /// Stream only: which raw limit is the smaller.
     pub bounded_by: Option<String>,
+}
+
+/// The raw store apply at one batch size and number of writers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StoreApplyAt {
+    /// Events per batch.
+    pub batch_size: usize,
+    /// Concurrent writers, each with its share of the accounts.
+    pub writers: usize,
+    /// Events applied per second.
+    pub per_s: f64,
 }
 
 /// Raw limits of one setup.
@@ -147,6 +162,8 @@ pub struct SetupLimits {
     pub store_apply: RawRate,
     /// Batch size of the store-apply limit.
     pub store_apply_batch: usize,
+    /// The raw store apply at each stream configuration's batch size and consumers.
+    pub store_apply_by_config: Vec<StoreApplyAt>,
     /// Peak RSS of `tradeflow balance-service` as its own process, MB.
     pub balance_service_rss_mb: Option<f64>,
     /// Why a limit is missing.

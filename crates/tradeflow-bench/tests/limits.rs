@@ -74,8 +74,8 @@ async fn raw_store_apply_applies_every_event_once() {
         .expect("SQLite store opens");
     let events = events(MESSAGES);
 
-    let rate = raw_store_apply(&store, &events, 100).await.expect("every batch applies");
-    eprintln!("raw store apply on SQLite, batches of 100: {rate:?}");
+    let rate = raw_store_apply(&store, &events, 100, 1).await.expect("every batch applies");
+    eprintln!("raw store apply on SQLite, batches of 100, one writer: {rate:?}");
     assert_eq!(rate.items, MESSAGES);
     assert!(rate.per_s > 0.0 && rate.bytes_per_s.is_none(), "{rate:?}");
     let log = store.apply_log().await.expect("the apply log reads back");
@@ -86,12 +86,43 @@ async fn raw_store_apply_applies_every_event_once() {
             .all(|(row, event)| row.event_id == event.event_id.to_string())
     );
 
-    let again = raw_store_apply(&store, &events[..10], 10)
+    let again = raw_store_apply(&store, &events[..10], 10, 1)
         .await
         .expect_err("applying known events again is deduplication, not a rate");
     assert!(again.to_string().contains("already in the apply log"), "{again:#}");
-    let refused = raw_store_apply(&store, &events, 0)
+    let refused = raw_store_apply(&store, &events, 0, 1)
         .await
         .expect_err("a batch holds at least one event");
     assert!(refused.to_string().contains("batch size"), "{refused:#}");
+    let refused = raw_store_apply(&store, &events, 10, 0).await.expect_err("at least one writer");
+    assert!(refused.to_string().contains("writers"), "{refused:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_store_apply_from_several_writers_applies_every_event_once_in_each_accounts_order() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let store = Store::connect(&StoreConfig::sqlite_file(&directory.path().join("raw.db")))
+        .await
+        .expect("SQLite store opens");
+    let events = events(MESSAGES);
+    let rate = raw_store_apply(&store, &events, 50, 3).await.expect("every batch applies");
+    eprintln!("raw store apply on SQLite, batches of 50, three writers: {rate:?}");
+    assert_eq!(rate.items, MESSAGES);
+    let log = store.apply_log().await.expect("the apply log reads back");
+    assert_eq!(log.len(), events.len(), "each event once");
+    let appliers: std::collections::BTreeSet<&str> = log.iter().map(|row| row.applier.as_str()).collect();
+    assert_eq!(appliers.len(), 3, "three writers applied: {appliers:?}");
+    // Each account's events in the workload's order: by the order in which the account
+    // saw them, its sequence numbers only go up.
+    let mut rows: Vec<_> = log.iter().collect();
+    rows.sort_by_key(|row| (row.account_id.clone(), row.account_apply_index));
+    for pair in rows.windows(2) {
+        if pair[0].account_id == pair[1].account_id {
+            assert!(
+                pair[0].account_seq < pair[1].account_seq,
+                "account {} applied out of order",
+                pair[0].account_id
+            );
+        }
+    }
 }

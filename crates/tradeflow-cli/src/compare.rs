@@ -25,13 +25,13 @@ pub struct CompareArgs {
     poller: PollerKnobs,
     #[command(flatten)]
     knobs: StreamKnobs,
-    /// Where the stream's events come from. `memory`: the publisher sends the workload as
-    /// it comes due, and the stream pays no write of its own. `outbox`: the system of
-    /// record inserts the events into its table as the poller's does (one writer, the
-    /// events due together in one transaction) and a relay publishes the table (rows not
-    /// yet marked relayed, marked once acknowledged): both architectures pay the system of
-    /// record's write.
-    #[arg(long, value_enum, default_value_t = Source::Memory)]
+    /// Where the stream's events come from. `outbox` (the default, the fair pairing): the
+    /// system of record inserts the events into its table as the poller's does (one writer,
+    /// the events due together in one transaction) and a relay publishes the table (rows
+    /// not yet marked relayed, marked once acknowledged): both architectures pay the system
+    /// of record's write. `memory`: the publisher sends the workload as it comes due, and
+    /// the stream pays no write of its own (cheaper than the poller by that write).
+    #[arg(long, value_enum, default_value_t = Source::Outbox)]
     source: Source,
     /// Give up on a run whose backlog or lag has not shrunk for this many seconds.
     #[arg(long, default_value_t = 30)]
@@ -114,6 +114,7 @@ fn rows(runs: &[RunRecord]) -> Vec<(String, Vec<String>)> {
         row("store / broker", &|r| {
             format!("{} / {}", r.store, r.broker.clone().unwrap_or_else(|| "-".into()))
         }),
+        row("events come from", &source_of),
         row("events applied", &|r| format!("{} of {}", r.applied, r.events)),
         row("throughput (events/s)", &|r| format!("{:.0}", r.throughput_per_s)),
         row("latency p50 (ms)", &|r| format!("{:.1}", r.latency_ms.p50)),
@@ -134,6 +135,18 @@ fn rows(runs: &[RunRecord]) -> Vec<(String, Vec<String>)> {
         }),
         row("verdict", &|r| format!("{:?}", r.check.verdict).to_uppercase()),
     ]
+}
+
+/// Where a run's events came from, and whether its system of record paid a durable write
+/// for each: the poller's table always; the stream's outbox, or memory (no write).
+fn source_of(record: &RunRecord) -> String {
+    if record.architecture == "poller" {
+        "its table: a durable insert per event".to_owned()
+    } else if record.config.get("outbox").is_some_and(|outbox| !outbox.is_null()) {
+        "an outbox table and a relay: a durable insert per event".to_owned()
+    } else {
+        "memory: no write of its own".to_owned()
+    }
 }
 
 fn side_by_side(runs: &[RunRecord]) -> String {

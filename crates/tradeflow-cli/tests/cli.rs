@@ -79,6 +79,18 @@ fn compare_writes_a_valid_results_file_and_report() {
         report.contains("seed 7") && report.contains("| throughput (events/s) |"),
         "{report}"
     );
+    // The fair pairing by default: the stream's system of record pays the poller's write.
+    assert!(
+        runs[1]["config"]["outbox"]["written"] == 2000,
+        "the stream's events went through the outbox: {}",
+        runs[1]["config"]
+    );
+    assert!(
+        report.contains(
+            "| events come from | its table: a durable insert per event | an outbox table and a relay: a durable insert per event |"
+        ),
+        "{report}"
+    );
 }
 
 #[test]

@@ -36,9 +36,35 @@ pub struct CompareArgs {
     /// Give up on a run whose backlog or lag has not shrunk for this many seconds.
     #[arg(long, default_value_t = 30)]
     stall_timeout_s: u64,
-    /// Where to write results.json and report.md.
+    /// Where to write results.json and report.md (and each side's record,
+    /// poller.json and stream.json).
     #[arg(long, default_value = "tradeflow-compare")]
     out: PathBuf,
+    /// Run one side only, writing its record to --record: how compare runs each side, in a
+    /// process of its own.
+    #[arg(long, value_enum, hide = true, requires = "record")]
+    side: Option<Side>,
+    /// Where --side writes its record.
+    #[arg(long, hide = true)]
+    record: Option<PathBuf>,
+}
+
+/// One side of the comparison (`--side`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Side {
+    /// The poller.
+    Poller,
+    /// The stream.
+    Stream,
+}
+
+impl Side {
+    fn as_str(self) -> &'static str {
+        match self {
+            Side::Poller => "poller",
+            Side::Stream => "stream",
+        }
+    }
 }
 
 /// Where the stream's events come from (`--source`).
@@ -50,11 +76,85 @@ enum Source {
     Outbox,
 }
 
-/// Runs both architectures; returns whether both passed the checker.
+/// Runs both architectures, each in a process of its own (this executable with `--side`),
+/// so that each one's CPU and peak RSS are its own; returns whether both passed the checker.
 pub async fn run(arguments: CompareArgs) -> anyhow::Result<bool> {
+    if let (Some(side), Some(record)) = (arguments.side, &arguments.record) {
+        return run_side(&arguments, side, record).await;
+    }
     let workload = arguments.workload.config()?;
+    // Bad settings and a missing store are refused here, before any side starts.
+    drop(side_options(&arguments)?);
+    arguments.store.open().await?.close().await;
     println!("seed: {}", workload.seed);
-    let store = arguments.store.open().await?;
+    std::fs::create_dir_all(&arguments.out).with_context(|| format!("creating {}", arguments.out.display()))?;
+    let mut runs = Vec::new();
+    for side in [Side::Poller, Side::Stream] {
+        runs.push(run_in_own_process(&arguments, side).await?);
+    }
+    print!("{}", side_by_side(&runs));
+    let results = arguments.out.join("results.json");
+    write_json(&results, &serde_json::json!({ "seed": runs[0].seed, "runs": runs }))?;
+    let report = arguments.out.join("report.md");
+    std::fs::write(&report, report_markdown(&runs, &arguments)).with_context(|| format!("writing {}", report.display()))?;
+    println!("written: {} and {}", results.display(), report.display());
+    Ok(runs.iter().all(|record| record.check.verdict == Verdict::Pass))
+}
+
+/// The arguments this process was started with, for a side's process: `--database-url`
+/// left out (the side reads it from `DATABASE_URL`, so that no password is on a command
+/// line), `--side` and `--record` added.
+fn side_command(arguments: &CompareArgs, side: Side, record: &std::path::Path) -> anyhow::Result<std::process::Command> {
+    let executable = std::env::current_exe().context("finding this executable, to run each side in a process of its own")?;
+    let mut command = std::process::Command::new(executable);
+    let mut skip_value = false;
+    for argument in std::env::args_os().skip(1) {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        match argument.to_str() {
+            Some("--database-url") => skip_value = true,
+            Some(text) if text.starts_with("--database-url=") => {}
+            _ => {
+                command.arg(argument);
+            }
+        }
+    }
+    command.args(["--side", side.as_str(), "--record"]).arg(record);
+    if let Some(url) = &arguments.store.database_url {
+        match arguments.store.store {
+            crate::args::StoreChoice::Postgres => {
+                command.env("DATABASE_URL", url);
+            }
+            crate::args::StoreChoice::Sqlite => {
+                command.arg("--database-url").arg(url);
+            }
+        }
+    }
+    Ok(command)
+}
+
+/// Runs one side in a process of its own and reads back its record.
+async fn run_in_own_process(arguments: &CompareArgs, side: Side) -> anyhow::Result<RunRecord> {
+    let record = arguments.out.join(format!("{}.json", side.as_str()));
+    let _ = std::fs::remove_file(&record);
+    let mut command = side_command(arguments, side, &record)?;
+    let status = tokio::task::spawn_blocking(move || command.status())
+        .await
+        .context("waiting for a side's process")?
+        .with_context(|| format!("starting the {} side's process", side.as_str()))?;
+    // 0: it passed; 3: it finished and the checker found something (the table shows what).
+    if !matches!(status.code(), Some(0 | 3)) {
+        anyhow::bail!("the {} side's process failed ({status}); its error is above", side.as_str());
+    }
+    let text = std::fs::read(&record).with_context(|| format!("reading the {} side's record {}", side.as_str(), record.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("parsing the {} side's record {}", side.as_str(), record.display()))
+}
+
+/// The poller's configuration and the stream's options these arguments give.
+fn side_options(arguments: &CompareArgs) -> anyhow::Result<(PollerConfig, tradeflow_stream::StreamOptions)> {
+    let workload = arguments.workload.config()?;
     let stall_timeout = Duration::from_secs(arguments.stall_timeout_s);
     let poller = PollerConfig {
         poll_interval: Duration::from_millis(arguments.poller.poll_interval_ms),
@@ -63,7 +163,7 @@ pub async fn run(arguments: CompareArgs) -> anyhow::Result<bool> {
         shard_by_account: false,
     };
     poller.validate().context("checking the poller options")?;
-    let mut stream_options = arguments.knobs.options(workload.clone(), stall_timeout);
+    let mut stream_options = arguments.knobs.options(workload, stall_timeout);
     if arguments.source == Source::Outbox {
         stream_options.scenario.outbox = Some(tradeflow_stream::outbox::Outbox {
             writers: 1,
@@ -72,39 +172,45 @@ pub async fn run(arguments: CompareArgs) -> anyhow::Result<bool> {
         });
     }
     stream_options.validate().context("checking the stream options")?;
+    Ok((poller, stream_options))
+}
 
-    println!("[1/2] {} on {} ({})", poller.label(), store.kind(), store.url_redacted());
-    let (sender, receiver) = watch::channel(RunProgress::default());
-    let drawing = progress::spawn("poller".into(), receiver);
-    let poller_record = tradeflow_poller::run(
-        &store,
-        &RunOptions {
-            workload,
-            poller,
-            stall_timeout,
-            orders_per_s: None,
-        },
-        &sender,
-    )
-    .await;
-    drop(sender);
-    let _ = drawing.await;
-    let poller_record = poller_record.context("running the poller")?;
-
-    print!("[2/2] ");
-    let cluster = arguments.knobs.cluster()?;
-    let stream_record = run_stream::run_once(&store, &cluster, &stream_options).await?;
-    let runs = [poller_record, stream_record];
-
-    print!("{}", side_by_side(&runs));
-    std::fs::create_dir_all(&arguments.out).with_context(|| format!("creating {}", arguments.out.display()))?;
-    let results = arguments.out.join("results.json");
-    write_json(&results, &serde_json::json!({ "seed": runs[0].seed, "runs": runs }))?;
-    let report = arguments.out.join("report.md");
-    std::fs::write(&report, report_markdown(&runs, &arguments)).with_context(|| format!("writing {}", report.display()))?;
-    println!("written: {} and {}", results.display(), report.display());
+/// One side, in this process: its run, its record written to `record`; returns whether it
+/// passed the checker.
+async fn run_side(arguments: &CompareArgs, side: Side, record: &std::path::Path) -> anyhow::Result<bool> {
+    let workload = arguments.workload.config()?;
+    let store = arguments.store.open().await?;
+    let stall_timeout = Duration::from_secs(arguments.stall_timeout_s);
+    let (poller, stream_options) = side_options(arguments)?;
+    let run = match side {
+        Side::Poller => {
+            println!("[1/2] {} on {} ({})", poller.label(), store.kind(), store.url_redacted());
+            let (sender, receiver) = watch::channel(RunProgress::default());
+            let drawing = progress::spawn("poller".into(), receiver);
+            let run = tradeflow_poller::run(
+                &store,
+                &RunOptions {
+                    workload,
+                    poller,
+                    stall_timeout,
+                    orders_per_s: None,
+                },
+                &sender,
+            )
+            .await;
+            drop(sender);
+            let _ = drawing.await;
+            run.context("running the poller")?
+        }
+        Side::Stream => {
+            print!("[2/2] ");
+            let cluster = arguments.knobs.cluster()?;
+            run_stream::run_once(&store, &cluster, &stream_options).await?
+        }
+    };
     store.close().await;
-    Ok(runs.iter().all(|record| record.check.verdict == Verdict::Pass))
+    write_json(record, &run)?;
+    Ok(run.check.verdict == Verdict::Pass)
 }
 
 fn rows(runs: &[RunRecord]) -> Vec<(String, Vec<String>)> {
@@ -195,6 +301,9 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs) -> String {
     let _ = write!(
         text,
         "\n## How to read it\n\n\
+         Each side ran in a process of its own (`poller.json` and `stream.json` beside this report are their records), so \
+         its CPU and peak RSS are its own; the stream's process also holds the mock cluster when the broker is `mock`, and \
+         each side's process holds the whole workload and its checker. \
          Latency runs from each event's **intended** send time (open-loop load) to the commit of its balance update, so a \
          system that falls behind shows it in its percentiles instead of hiding it. The checker reads the apply log and the \
          balances back from the database and compares them with an oracle computed from the workload alone.\n\n\

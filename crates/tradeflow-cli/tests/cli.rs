@@ -79,6 +79,12 @@ fn compare_writes_a_valid_results_file_and_report() {
         report.contains("seed 7") && report.contains("| throughput (events/s) |"),
         "{report}"
     );
+    // Each side ran in a process of its own and left its record beside the results.
+    for side in ["poller", "stream"] {
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("{side}.json"))).expect("a side's record")).expect("valid JSON");
+        assert_eq!(record["architecture"], side);
+    }
     // The fair pairing by default: the stream's system of record pays the poller's write.
     assert!(
         runs[1]["config"]["outbox"]["written"] == 2000,

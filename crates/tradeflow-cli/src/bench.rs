@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Bisection steps after the doubling search (default 2 quick, 4 full).
     #[arg(long)]
     bisect_steps: Option<u32>,
+    /// The first rate each search offers, events/s; it doubles from there.
+    #[arg(long, default_value_t = 2_000.0)]
+    start_rate: f64,
     /// Fractions of the highest sustainable rate at which latency is measured, comma
     /// separated (default 0.25,0.5,0.75 quick; 0.1,0.25,0.5,0.75,0.9 full).
     #[arg(long, value_delimiter = ',')]
@@ -119,11 +122,14 @@ pub async fn run(arguments: BenchArgs) -> anyhow::Result<bool> {
     {
         anyhow::bail!("--fractions must each be in (0, 1], got {fraction}");
     }
+    if !(arguments.start_rate.is_finite() && arguments.start_rate >= 1.0) {
+        anyhow::bail!("--start-rate must be at least 1 event/s, got {}", arguments.start_rate);
+    }
     let config = BenchConfig {
         quick,
         seed: arguments.seed,
         slo_p99_ms: arguments.slo_p99_ms,
-        start_rate: 2_000.0,
+        start_rate: arguments.start_rate,
         probe_seconds: arguments.probe_seconds.unwrap_or(if quick { 2.0 } else { 5.0 }),
         bisect_steps: arguments.bisect_steps.unwrap_or(if quick { 2 } else { 4 }),
         fractions: arguments.fractions.clone().unwrap_or_else(|| {

@@ -3,7 +3,7 @@
 
 use crate::args::{PollerKnobs, StoreArgs, WorkloadArgs, write_json};
 use crate::run_stream::StreamKnobs;
-use crate::{progress, run_stream};
+use crate::{ceilings, progress, run_stream};
 use anyhow::Context;
 use clap::Args;
 use std::fmt::Write as _;
@@ -40,6 +40,22 @@ pub struct CompareArgs {
     /// poller.json and stream.json).
     #[arg(long, default_value = "tradeflow-compare")]
     out: PathBuf,
+    /// Skip the ceiling search: only the fixed-rate table.
+    #[arg(long)]
+    no_ceilings: bool,
+    /// The p99 SLOs of the ceiling search, ms, comma separated: each architecture's highest
+    /// sustainable rate is searched under each, and the headline is their ratio.
+    #[arg(long, value_delimiter = ',', default_values_t = [100.0, 500.0])]
+    slo_p99_ms: Vec<f64>,
+    /// The first rate the ceiling search offers, events/s; it doubles from there.
+    #[arg(long, default_value_t = 2_000.0)]
+    ceiling_start_rate: f64,
+    /// Seconds of events per ceiling probe.
+    #[arg(long, default_value_t = 4.0)]
+    probe_seconds: f64,
+    /// Bisection steps per SLO after the doubling.
+    #[arg(long, default_value_t = 2)]
+    bisect_steps: u32,
     /// Run one side only, writing its record to --record: how compare runs each side, in a
     /// process of its own.
     #[arg(long, value_enum, hide = true, requires = "record")]
@@ -78,11 +94,13 @@ enum Source {
 
 /// Runs both architectures, each in a process of its own (this executable with `--side`),
 /// so that each one's CPU and peak RSS are its own; returns whether both passed the checker.
-pub async fn run(arguments: CompareArgs) -> anyhow::Result<bool> {
+pub async fn run(mut arguments: CompareArgs) -> anyhow::Result<bool> {
     if let (Some(side), Some(record)) = (arguments.side, &arguments.record) {
         return run_side(&arguments, side, record).await;
     }
     let workload = arguments.workload.config()?;
+    // One seed for every side and probe, drawn here when none was given.
+    arguments.workload.seed = Some(workload.seed);
     // Bad settings and a missing store are refused here, before any side starts.
     drop(side_options(&arguments)?);
     arguments.store.open().await?.close().await;
@@ -90,21 +108,45 @@ pub async fn run(arguments: CompareArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&arguments.out).with_context(|| format!("creating {}", arguments.out.display()))?;
     let mut runs = Vec::new();
     for side in [Side::Poller, Side::Stream] {
-        runs.push(run_in_own_process(&arguments, side).await?);
+        runs.push(run_in_own_process(&arguments, side, None).await?);
     }
     print!("{}", side_by_side(&runs));
+    let ceilings = if arguments.no_ceilings {
+        None
+    } else {
+        Some(search_ceilings(&arguments, workload.seed).await?)
+    };
+    if let Some(ceilings) = &ceilings {
+        print!("{}", ceilings_text(ceilings));
+    }
     let results = arguments.out.join("results.json");
-    write_json(&results, &serde_json::json!({ "seed": runs[0].seed, "runs": runs }))?;
+    write_json(
+        &results,
+        &serde_json::json!({ "seed": runs[0].seed, "runs": runs, "ceilings": ceilings }),
+    )?;
     let report = arguments.out.join("report.md");
-    std::fs::write(&report, report_markdown(&runs, &arguments)).with_context(|| format!("writing {}", report.display()))?;
+    let mut markdown = report_markdown(&runs, &arguments);
+    if let Some(ceilings) = &ceilings {
+        markdown.push_str(&ceilings_markdown(ceilings, &arguments, workload.seed));
+    }
+    std::fs::write(&report, markdown).with_context(|| format!("writing {}", report.display()))?;
     println!("written: {} and {}", results.display(), report.display());
     Ok(runs.iter().all(|record| record.check.verdict == Verdict::Pass))
 }
 
+/// Flags a side's process gets from compare itself, not from compare's command line.
+const SET_FOR_THE_SIDE: [&str; 5] = ["--database-url", "--seed", "--rate", "--events", "--record"];
+
 /// The arguments this process was started with, for a side's process: `--database-url`
 /// left out (the side reads it from `DATABASE_URL`, so that no password is on a command
-/// line), `--side` and `--record` added.
-fn side_command(arguments: &CompareArgs, side: Side, record: &std::path::Path) -> anyhow::Result<std::process::Command> {
+/// line); the seed, the rate and the events set (a probe's `rate` and `events` when given);
+/// `--side` and `--record` added.
+fn side_command(
+    arguments: &CompareArgs,
+    side: Side,
+    record: &std::path::Path,
+    probe: Option<(f64, u64)>,
+) -> anyhow::Result<std::process::Command> {
     let executable = std::env::current_exe().context("finding this executable, to run each side in a process of its own")?;
     let mut command = std::process::Command::new(executable);
     let mut skip_value = false;
@@ -114,13 +156,18 @@ fn side_command(arguments: &CompareArgs, side: Side, record: &std::path::Path) -
             continue;
         }
         match argument.to_str() {
-            Some("--database-url") => skip_value = true,
-            Some(text) if text.starts_with("--database-url=") => {}
+            Some(text) if SET_FOR_THE_SIDE.contains(&text) => skip_value = true,
+            Some(text) if SET_FOR_THE_SIDE.iter().any(|flag| text.starts_with(&format!("{flag}="))) => {}
             _ => {
                 command.arg(argument);
             }
         }
     }
+    let workload = arguments.workload.config()?;
+    let (rate, events) = probe.unwrap_or((workload.rate_per_s, workload.events));
+    command
+        .args(["--seed", &workload.seed.to_string()])
+        .args(["--rate", &rate.to_string(), "--events", &events.to_string()]);
     command.args(["--side", side.as_str(), "--record"]).arg(record);
     if let Some(url) = &arguments.store.database_url {
         match arguments.store.store {
@@ -135,11 +182,19 @@ fn side_command(arguments: &CompareArgs, side: Side, record: &std::path::Path) -
     Ok(command)
 }
 
-/// Runs one side in a process of its own and reads back its record.
-async fn run_in_own_process(arguments: &CompareArgs, side: Side) -> anyhow::Result<RunRecord> {
-    let record = arguments.out.join(format!("{}.json", side.as_str()));
+/// Runs one side in a process of its own (at a probe's rate and events, when given) and
+/// reads back its record.
+async fn run_in_own_process(arguments: &CompareArgs, side: Side, probe: Option<(f64, u64)>) -> anyhow::Result<RunRecord> {
+    let record = match probe {
+        None => arguments.out.join(format!("{}.json", side.as_str())),
+        Some(_) => arguments.out.join(format!("{}-probe.json", side.as_str())),
+    };
     let _ = std::fs::remove_file(&record);
-    let mut command = side_command(arguments, side, &record)?;
+    let mut command = side_command(arguments, side, &record, probe)?;
+    if probe.is_some() {
+        // A probe's own lines would bury the search's: it says what it found in its record.
+        command.stdout(std::process::Stdio::null());
+    }
     let status = tokio::task::spawn_blocking(move || command.status())
         .await
         .context("waiting for a side's process")?
@@ -150,6 +205,130 @@ async fn run_in_own_process(arguments: &CompareArgs, side: Side) -> anyhow::Resu
     }
     let text = std::fs::read(&record).with_context(|| format!("reading the {} side's record {}", side.as_str(), record.display()))?;
     serde_json::from_slice(&text).with_context(|| format!("parsing the {} side's record {}", side.as_str(), record.display()))
+}
+
+/// Both sides' ceilings under each SLO, and their ratio.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Ceilings {
+    slos_ms: Vec<f64>,
+    probe_seconds: f64,
+    poller: ceilings::SideCeilings,
+    stream: ceilings::SideCeilings,
+}
+
+/// Searches each side's highest sustainable rate under each SLO, every probe a process of
+/// its own.
+async fn search_ceilings(arguments: &CompareArgs, seed: u64) -> anyhow::Result<Ceilings> {
+    let mut slos_ms = arguments.slo_p99_ms.clone();
+    if slos_ms.is_empty() || slos_ms.iter().any(|slo| !slo.is_finite() || *slo <= 0.0) {
+        anyhow::bail!("--slo-p99-ms wants positive numbers of ms, comma separated, got {slos_ms:?}");
+    }
+    slos_ms.sort_by(|a, b| b.total_cmp(a));
+    if !(arguments.probe_seconds > 0.0 && arguments.ceiling_start_rate > 0.0) {
+        anyhow::bail!("--probe-seconds and --ceiling-start-rate must be above zero");
+    }
+    let search = ceilings::Search {
+        start_rate: arguments.ceiling_start_rate,
+        probe_seconds: arguments.probe_seconds,
+        bisect_steps: arguments.bisect_steps,
+        slos_ms: slos_ms.clone(),
+    };
+    println!(
+        "
+ceilings (seed {seed}): the highest sustainable rate of each under p99 ≤ {} ms, {} s probes doubling from {:.0}/s, {} bisection steps per SLO, each probe a process of its own",
+        slos_ms.iter().map(|slo| format!("{slo:.0}")).collect::<Vec<_>>().join(" and "),
+        arguments.probe_seconds,
+        arguments.ceiling_start_rate,
+        arguments.bisect_steps
+    );
+    let mut found = Vec::new();
+    for side in [Side::Poller, Side::Stream] {
+        println!("{}:", side.as_str());
+        found.push(
+            ceilings::search(
+                &search,
+                |rate, events| run_in_own_process(arguments, side, Some((rate, events))),
+                |line| println!("{line}"),
+            )
+            .await?,
+        );
+    }
+    let stream = found.pop().unwrap_or_else(|| unreachable!("two sides searched"));
+    let poller = found.pop().unwrap_or_else(|| unreachable!("two sides searched"));
+    Ok(Ceilings {
+        slos_ms,
+        probe_seconds: arguments.probe_seconds,
+        poller,
+        stream,
+    })
+}
+
+/// What the field reported: the rewrite's gain in throughput over the poller it replaced.
+const FIELD_GAIN: &str = "the field reported 5x (Wealthsimple, \"Kafka in production\", March 2021 edition) and 8x (its other edition)";
+
+/// The headline lines: each SLO's ceilings and their ratio.
+fn headline(ceilings: &Ceilings) -> Vec<String> {
+    ceilings
+        .slos_ms
+        .iter()
+        .map(|slo| {
+            let (poller, stream) = (ceilings.poller.at(*slo).unwrap_or(0.0), ceilings.stream.at(*slo).unwrap_or(0.0));
+            let ratio = ceilings::ratio(poller, stream).map_or("no ratio: a side sustained no rate tried".to_owned(), |ratio| {
+                format!("{ratio:.2}x")
+            });
+            format!("at p99 ≤ {slo:.0} ms: poller {poller:.0}/s, stream {stream:.0}/s: stream/poller {ratio}")
+        })
+        .collect()
+}
+
+fn ceilings_text(ceilings: &Ceilings) -> String {
+    let mut text = String::from(
+        "
+highest sustainable rates, each side in processes of its own:
+",
+    );
+    for line in headline(ceilings) {
+        let _ = writeln!(text, "  {line}");
+    }
+    let _ = writeln!(
+        text,
+        "  ({FIELD_GAIN}; this machine, this seed and these settings measured the above)"
+    );
+    text
+}
+
+fn ceilings_markdown(ceilings: &Ceilings, arguments: &CompareArgs, seed: u64) -> String {
+    let mut text = format!(
+        "
+## Ceilings: how much more can the new system take?
+
+Each side's highest sustainable rate (checker passes, p99 within the SLO, everything applied within the SLO of the last send), searched by doubling from {:.0}/s then {} bisection steps per SLO, with {} s of events per probe, seed {seed}, every probe a process of its own. The {} lines below are this machine's; {FIELD_GAIN}.
+
+",
+        arguments.ceiling_start_rate,
+        arguments.bisect_steps,
+        arguments.probe_seconds,
+        ceilings.slos_ms.len()
+    );
+    for line in headline(ceilings) {
+        let _ = writeln!(text, "- {line}");
+    }
+    for (name, side) in [("poller", &ceilings.poller), ("stream", &ceilings.stream)] {
+        let _ = writeln!(
+            text,
+            "
+{name}'s probes (offered → applied, p99, drain after the last send):
+"
+        );
+        for probe in &side.probes {
+            let _ = writeln!(
+                text,
+                "- {:.0}/s → {:.0}/s, p99 {:.1} ms, drain {:.0} ms, checker {}",
+                probe.offered_per_s, probe.throughput_per_s, probe.p99_ms, probe.drain_ms, probe.verdict
+            );
+        }
+    }
+    text
 }
 
 /// The poller's configuration and the stream's options these arguments give.

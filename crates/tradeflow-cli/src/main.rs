@@ -7,6 +7,7 @@
 mod args;
 mod balance_service;
 mod bench;
+mod ceilings;
 mod chapter;
 mod compare;
 mod dlq;

@@ -12,34 +12,33 @@ fn tradeflow() -> Command {
     command
 }
 
-#[test]
-fn compare_writes_a_valid_results_file_and_report() {
-    let directory = tempfile::tempdir().expect("temporary directory");
-    let out = directory.path().join("out");
+/// Runs `tradeflow compare --seed 7 --events 2000` with `extra` arguments in `directory`;
+/// asserts it succeeded; returns its output directory and standard output.
+fn compare(directory: &std::path::Path, extra: &[&str]) -> (std::path::PathBuf, String) {
+    let out = directory.join("out");
     let output = tradeflow()
-        .current_dir(directory.path())
-        .args([
-            "compare",
-            "--seed",
-            "7",
-            "--events",
-            "2000",
-            "--rate",
-            "20000",
-            "--partitions",
-            "4",
-            "--consumers",
-            "2",
-            "--out",
-        ])
+        .current_dir(directory)
+        .args(["compare", "--seed", "7", "--events", "2000"])
+        .args(extra)
+        .arg("--out")
         .arg(&out)
         .output()
         .expect("tradeflow runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    (out, stdout)
+}
+
+#[test]
+fn compare_writes_a_valid_results_file_and_report() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let (out, stdout) = compare(
+        directory.path(),
+        &["--rate", "20000", "--partitions", "4", "--consumers", "2", "--no-ceilings"],
     );
     assert!(stdout.starts_with("seed: 7\n"), "{stdout}");
 
@@ -97,6 +96,49 @@ fn compare_writes_a_valid_results_file_and_report() {
         ),
         "{report}"
     );
+}
+
+#[test]
+fn compare_searches_each_sides_ceiling_under_each_slo_in_processes_of_their_own() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let (out, stdout) = compare(
+        directory.path(),
+        &[
+            "--rate",
+            "8000",
+            "--slo-p99-ms",
+            "500",
+            "--ceiling-start-rate",
+            "16000",
+            "--probe-seconds",
+            "0.5",
+            "--bisect-steps",
+            "0",
+        ],
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json")).expect("valid JSON");
+    let ceilings = &results["ceilings"];
+    for side in ["poller", "stream"] {
+        let probes = ceilings[side]["probes"].as_array().expect("probes");
+        assert!(!probes.is_empty(), "{side} probed: {ceilings}");
+        assert_eq!(probes[0]["offered_per_s"], 16000.0, "the search starts where asked");
+        // Doubling until a probe fails under the SLO: the last one did, unless the search
+        // reached the highest rate it offers.
+        let last = probes.last().expect("a probe");
+        assert!(
+            last["verdict"] != "pass"
+                || last["p99_ms"].as_f64() > Some(500.0)
+                || last["drain_ms"].as_f64() > Some(500.0)
+                || last["offered_per_s"].as_f64() >= Some(256_000.0),
+            "{side}'s search ends at a failing rate: {probes:?}"
+        );
+        let ceiling = ceilings[side]["ceilings"][0].as_array().expect("(slo, rate)");
+        assert_eq!(ceiling[0], 500.0);
+    }
+    assert!(stdout.contains("at p99 ≤ 500 ms: poller "), "{stdout}");
+    let report = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(report.contains("## Ceilings") && report.contains("5x"), "{report}");
 }
 
 #[test]

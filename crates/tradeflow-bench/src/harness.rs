@@ -163,6 +163,9 @@ pub async fn run(config: &BenchConfig, reporter: &dyn Reporter) -> anyhow::Resul
             "cores": std::thread::available_parallelism().map_or(0, |cores| cores.get()),
             "os": std::env::consts::OS,
             "arch": std::env::consts::ARCH,
+            "cpu": proc_field("/proc/cpuinfo", "model name"),
+            "memory": proc_field("/proc/meminfo", "MemTotal"),
+            "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         }),
         limits: gathered.limits,
         configurations: gathered.configurations,
@@ -733,6 +736,14 @@ fn series_of(measured: &Measured) -> Series {
         published: measured.rates.published.clone(),
         lag,
     }
+}
+
+/// The value of the first `key: value` line of a `/proc` file (`None` where there is none).
+fn proc_field(path: &str, key: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()?.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name.trim() == key).then(|| value.trim().to_owned())
+    })
 }
 
 /// Raw produce, consume and store-apply limits of a setup.

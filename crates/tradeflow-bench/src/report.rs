@@ -149,6 +149,7 @@ pub fn markdown(results: &BenchResults) -> String {
         "Started {} and took {:.0} s on {} cores. SLO: p99 (intended send → balance commit) ≤ {:.0} ms and everything applied within {:.0} ms of the last send (the backlog does not grow). Open loop: events leave at their intended times.\n",
         results.started_at, results.duration_s, results.machine["cores"], results.slo.p99_ms, results.slo.drain_ms
     );
+    write_summary(&mut text, results);
     write_limits(&mut text, results);
     write_configurations(&mut text, results);
     write_probes(&mut text, results);
@@ -166,6 +167,97 @@ pub fn markdown(results: &BenchResults) -> String {
         "Charts: `latency-throughput.svg` (p99 against achieved rate, every run), `lag.svg` (offset lag or poller backlog over the run at half the maximum), `throughput-partitions.svg` (highest sustainable rate against partitions × consumers)."
     );
     text
+}
+
+/// What a backend cannot show, stated where its numbers are quoted.
+fn backend_limits(setup: &str) -> &'static str {
+    match setup.split('+').next().unwrap_or_default() {
+        "mock" => {
+            "librdkafka's mock cluster: three brokers inside the bench process, no disk and no replication traffic, so broker costs are lower than a production cluster's"
+        }
+        "tansu" => "tansu: one broker with memory storage, no replication",
+        "kafka" => {
+            "Apache Kafka: three brokers (combined mode) on this one machine, RF 3, min.insync.replicas 2: replication costs CPU here, not network"
+        }
+        "container" => "tansu in a container: one broker, memory storage, no replication",
+        _ => "a cluster this bench did not start: its limits are its own",
+    }
+}
+
+/// The summary a reviewer can paste into a decision record: machine, seed, setups, each
+/// store's poller ceiling against each setup's best stream ceiling and their ratio, latency
+/// at half load, every efficiency, and what each backend cannot show.
+fn write_summary(text: &mut String, results: &BenchResults) {
+    let machine = &results.machine;
+    let field = |key: &str| machine[key].as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        text,
+        "## Summary
+"
+    );
+    let _ = writeln!(
+        text,
+        "- machine: {} cores ({}), {} memory, {} {}, {} build; seed {}, {} matrix; SLO p99 ≤ {:.0} ms",
+        machine["cores"],
+        field("cpu"),
+        field("memory"),
+        field("os"),
+        field("arch"),
+        field("build"),
+        results.seed,
+        results.matrix,
+        results.slo.p99_ms
+    );
+    let best = |architecture: &str, on: &str| {
+        results
+            .configurations
+            .iter()
+            .filter(|config| config.setup == on && config.label.starts_with(architecture))
+            .max_by(|a, b| a.max_sustainable_per_s.total_cmp(&b.max_sustainable_per_s))
+    };
+    for limits in &results.limits {
+        let setup = limits.setup.as_str();
+        let store = setup.split('+').nth(1).unwrap_or_default();
+        let (poller, stream) = (best("poller", store), best("stream", setup));
+        let at_half = |config: Option<&ConfigResult>| {
+            config
+                .and_then(half_point)
+                .map_or("-".to_owned(), |point| format!("{:.1} ms", point.latency_ms.p99))
+        };
+        let ratio = match (poller, stream) {
+            (Some(poller), Some(stream)) if poller.max_sustainable_per_s > 0.0 => {
+                format!("{:.2}x", stream.max_sustainable_per_s / poller.max_sustainable_per_s)
+            }
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            text,
+            "- {setup}: highest sustainable poller {} /s ({}), stream {} /s ({}): stream/poller {ratio}; p99 at half load poller {}, stream {}",
+            poller.map_or("-".to_owned(), |config| format!("{:.0}", config.max_sustainable_per_s)),
+            poller.map_or("-".to_owned(), |config| config.label.clone()),
+            stream.map_or("-".to_owned(), |config| format!("{:.0}", config.max_sustainable_per_s)),
+            stream.map_or("-".to_owned(), |config| config.label.clone()),
+            at_half(poller),
+            at_half(stream),
+        );
+        let efficiencies: Vec<String> = results
+            .configurations
+            .iter()
+            .filter(|config| config.setup == setup)
+            .filter_map(|config| config.efficiency.map(|efficiency| format!("{} {efficiency:.2}", config.label)))
+            .collect();
+        if !efficiencies.is_empty() {
+            let _ = writeln!(text, "  - efficiency: {}", efficiencies.join(", "));
+        }
+        let _ = writeln!(text, "  - what it cannot show: {}", backend_limits(setup));
+    }
+    for skipped in &results.skipped {
+        let _ = writeln!(text, "- skipped: {skipped}");
+    }
+    let _ = writeln!(
+        text,
+        "- the field reported 5x and 8x (Wealthsimple, \"Kafka in production\", 2021, its two editions) for their rewrite over their poller\n"
+    );
 }
 
 /// The raw limits section: a row per setup, and its notes on what could not be measured.

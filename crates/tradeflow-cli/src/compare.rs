@@ -110,7 +110,13 @@ pub async fn run(mut arguments: CompareArgs) -> anyhow::Result<bool> {
     for side in [Side::Poller, Side::Stream] {
         runs.push(run_in_own_process(&arguments, side, None).await?);
     }
-    print!("{}", side_by_side(&runs));
+    // When the last event was due: what a side applies after it is its drain.
+    let last_send_s = tradeflow_domain::Workload::generate(&workload)
+        .context("the workload")?
+        .events
+        .last()
+        .map_or(0.0, |last| last.intended_offset_ns as f64 / 1e9);
+    print!("{}", side_by_side(&runs, last_send_s));
     let ceilings = if arguments.no_ceilings {
         None
     } else {
@@ -125,7 +131,7 @@ pub async fn run(mut arguments: CompareArgs) -> anyhow::Result<bool> {
         &serde_json::json!({ "seed": runs[0].seed, "runs": runs, "ceilings": ceilings }),
     )?;
     let report = arguments.out.join("report.md");
-    let mut markdown = report_markdown(&runs, &arguments);
+    let mut markdown = report_markdown(&runs, &arguments, last_send_s);
     if let Some(ceilings) = &ceilings {
         markdown.push_str(&ceilings_markdown(ceilings, &arguments, workload.seed));
     }
@@ -392,7 +398,8 @@ async fn run_side(arguments: &CompareArgs, side: Side, record: &std::path::Path)
     Ok(run.check.verdict == Verdict::Pass)
 }
 
-fn rows(runs: &[RunRecord]) -> Vec<(String, Vec<String>)> {
+/// The table's rows; `last_send_s`: when the last event was due, from the start.
+fn rows(runs: &[RunRecord], last_send_s: f64) -> Vec<(String, Vec<String>)> {
     let row = |name: &str, value: &dyn Fn(&RunRecord) -> String| (name.to_owned(), runs.iter().map(value).collect());
     vec![
         row("configuration", &|r| r.label.clone()),
@@ -412,6 +419,11 @@ fn rows(runs: &[RunRecord]) -> Vec<(String, Vec<String>)> {
         row("cpu (s)", &|r| format!("{:.2}", r.process.cpu_s)),
         row("peak rss (MB)", &|r| format!("{:.1}", r.process.rss_max_mb)),
         row("worst lag / backlog", &|r| r.worst_lag()),
+        // How long after the last event was due the side had applied everything: with
+        // `--profile burst`, how long the market-open spike took to drain.
+        row("all applied after the last send (ms)", &|r| {
+            format!("{:.0}", ((r.duration_s - last_send_s) * 1_000.0).max(0.0))
+        }),
         row("lost / dup / reordered", &|r| {
             format!("{} / {} / {}", r.check.lost, r.check.duplicated, r.check.reordered)
         }),
@@ -434,8 +446,8 @@ fn source_of(record: &RunRecord) -> String {
     }
 }
 
-fn side_by_side(runs: &[RunRecord]) -> String {
-    let rows = rows(runs);
+fn side_by_side(runs: &[RunRecord], last_send_s: f64) -> String {
+    let rows = rows(runs, last_send_s);
     let name_width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
     let value_width = rows
         .iter()
@@ -457,7 +469,7 @@ fn side_by_side(runs: &[RunRecord]) -> String {
     text
 }
 
-fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs) -> String {
+fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64) -> String {
     let mut text = format!(
         "# tradeflow compare, seed {}\n\nThe same {} events (seed {}, {} accounts, {} events/s offered, {} profile) through the poller and \
          the stream, on the same {} store. Reproduce with:\n\n```sh\ncargo run --release --bin tradeflow -- compare --seed {} --events {} --rate {} --store {}\n```\n\n",
@@ -474,7 +486,7 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs) -> String {
         runs[0].store,
     );
     text.push_str("| | poller | stream |\n|---|---|---|\n");
-    for (name, values) in rows(runs) {
+    for (name, values) in rows(runs, last_send_s) {
         let _ = writeln!(text, "| {name} | {} |", values.join(" | "));
     }
     let _ = write!(

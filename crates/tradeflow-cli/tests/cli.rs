@@ -75,7 +75,9 @@ fn compare_writes_a_valid_results_file_and_report() {
     );
     let report = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     assert!(
-        report.contains("seed 7") && report.contains("| throughput (events/s) |"),
+        report.contains("seed 7")
+            && report.contains("| throughput (events/s) |")
+            && report.contains("| all applied after the last send (ms) |"),
         "{report}"
     );
     // Each side ran in a process of its own and left its record beside the results.

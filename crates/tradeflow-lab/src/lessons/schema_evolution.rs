@@ -92,7 +92,7 @@ fn upgrade_then_replay(setup: &Setup) -> tradeflow_cluster::plan::FaultPlan {
 }
 
 /// Why the lesson does not run on tansu (or the container, which runs tansu).
-pub const NOT_SHOWN_ON_TANSU: &str = "tansu cannot show it: in two CI rehearsals under load (2026-11-30, seed 1), after the old consumers left the group and the upgraded ones joined it, tansu 0.1.2's group coordinator gave the new members no partitions for the rest of the run (the group never settled an assignment again), and the producer-first row lost the 3,000 replayed events (it passed on an idle machine); the row would show tansu, not the upgrade. Run it on the mock or kafka";
+pub const NOT_SHOWN_ON_TANSU: &str = "tansu cannot show it: in two CI rehearsals under load (2026-11-30, seed 1), after the old consumers left the group and the upgraded ones joined it, tansu 0.1.2's group coordinator gave the new members no partitions for the rest of the run (the group never settled an assignment again), and the producer-first row lost the 3,000 replayed events (run by hand twice the same day, it passed); the row would show tansu, not the upgrade. Run it on the mock or kafka";
 
 /// The lesson's variants for a setup (not on tansu).
 pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {

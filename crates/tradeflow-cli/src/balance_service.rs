@@ -142,6 +142,28 @@ impl From<CommitChoice> for tradeflow_stream::CommitPolicy {
     }
 }
 
+/// How long the service waits at startup for a broker that does not answer (paused,
+/// restarting) before it gives up with the last error.
+const BROKER_WAIT_AT_START: Duration = Duration::from_secs(15);
+
+/// The topic's partition count, read from the brokers. A broker that does not answer is
+/// asked again every half second for up to [`BROKER_WAIT_AT_START`] (a member started while
+/// its broker is paused or restarting joins once it is back, as librdkafka's own clients
+/// would); a topic that does not exist is an error at once.
+async fn wait_for_topic(bootstrap: &str, topic: &str) -> anyhow::Result<i32> {
+    let deadline = tokio::time::Instant::now() + BROKER_WAIT_AT_START;
+    loop {
+        match tradeflow_stream::topic_partitions(bootstrap, topic).await {
+            Ok(partitions) => return Ok(partitions),
+            Err(error @ tradeflow_stream::StreamError::Kafka { .. }) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "the brokers did not answer; asking again (for up to {BROKER_WAIT_AT_START:?} in all)");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error).context("checking the topic"),
+        }
+    }
+}
+
 /// Runs the balance service until Ctrl-C or SIGTERM.
 pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
     // Listening starts first and once: a SIGTERM during startup (a host that stops the
@@ -154,9 +176,7 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
     // Bad settings are refused before anything is opened or created.
     consumer_configs(&arguments, &arguments.bootstrap)?;
     let store = arguments.store.open().await?;
-    let partitions = tradeflow_stream::topic_partitions(&arguments.bootstrap, &arguments.topic)
-        .await
-        .context("checking the topic")?;
+    let partitions = wait_for_topic(&arguments.bootstrap, &arguments.topic).await?;
     let metrics_text = MetricsText::default();
     let _server = match &arguments.metrics_addr {
         Some(address) => {

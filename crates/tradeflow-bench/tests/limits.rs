@@ -66,12 +66,18 @@ async fn raw_consume_names_a_topic_that_does_not_exist() {
     assert!(error.to_string().contains("no-such-topic"), "{error:#}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_store_apply_applies_every_event_once() {
+/// A fresh SQLite store in a temporary directory (kept while the guard lives).
+async fn sqlite_store() -> (Store, tempfile::TempDir) {
     let directory = tempfile::tempdir().expect("a temporary directory");
     let store = Store::connect(&StoreConfig::sqlite_file(&directory.path().join("raw.db")))
         .await
         .expect("SQLite store opens");
+    (store, directory)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_store_apply_applies_every_event_once() {
+    let (store, _directory) = sqlite_store().await;
     let events = events(MESSAGES);
 
     let rate = raw_store_apply(&store, &events, 100, 1).await.expect("every batch applies");
@@ -100,10 +106,7 @@ async fn raw_store_apply_applies_every_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_store_apply_from_several_writers_applies_every_event_once_in_each_accounts_order() {
-    let directory = tempfile::tempdir().expect("a temporary directory");
-    let store = Store::connect(&StoreConfig::sqlite_file(&directory.path().join("raw.db")))
-        .await
-        .expect("SQLite store opens");
+    let (store, _directory) = sqlite_store().await;
     let events = events(MESSAGES);
     let rate = raw_store_apply(&store, &events, 50, 3).await.expect("every batch applies");
     eprintln!("raw store apply on SQLite, batches of 50, three writers: {rate:?}");

@@ -363,10 +363,10 @@ fn side_options(arguments: &CompareArgs) -> anyhow::Result<(PollerConfig, tradef
 /// One side, in this process: its run, its record written to `record`; returns whether it
 /// passed the checker.
 async fn run_side(arguments: &CompareArgs, side: Side, record: &std::path::Path) -> anyhow::Result<bool> {
-    let workload = arguments.workload.config()?;
-    let store = arguments.store.open().await?;
-    let stall_timeout = Duration::from_secs(arguments.stall_timeout_s);
     let (poller, stream_options) = side_options(arguments)?;
+    // The workload and stall timeout the stream's options were built from serve the poller too.
+    let (workload, stall_timeout) = (stream_options.workload.clone(), stream_options.stall_timeout);
+    let store = arguments.store.open().await?;
     let run = match side {
         Side::Poller => {
             println!("[1/2] {} on {} ({})", poller.label(), store.kind(), store.url_redacted());

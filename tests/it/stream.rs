@@ -94,6 +94,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         prefetch: tradeflow_stream::service::Prefetch::Bounded,
         schema_exercise: false,
         instance_id: None,
+        held_exercise: false,
     }
 }
 

@@ -335,7 +335,7 @@ impl RunRecord {
     /// The human table printed at the end of a run.
     pub fn table(&self) -> String {
         let check = &self.check;
-        let rows: Vec<(&str, String)> = vec![
+        let mut rows: Vec<(&str, String)> = vec![
             ("run", self.label.clone()),
             ("seed", self.seed.to_string()),
             ("store", self.store.clone()),
@@ -371,6 +371,18 @@ impl RunRecord {
             ("misnumbered accounts", check.misnumbered_accounts.to_string()),
             ("verdict", format!("{:?}", check.verdict).to_uppercase()),
         ];
+        // A run that read its topic back: what the log held, counted into duplicated and
+        // reordered above.
+        let log = |key: &str| self.config.get(key).and_then(serde_json::Value::as_u64);
+        if let (Some(records), Some(copies), Some(out_of_order)) = (log("log_records"), log("log_copies"), log("log_out_of_order")) {
+            rows.insert(
+                5,
+                (
+                    "the log, read back",
+                    format!("{records} records: {copies} copies of an earlier one, {out_of_order} out of their account's order"),
+                ),
+            );
+        }
         let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
         let mut text = String::new();
         for (name, value) in rows {

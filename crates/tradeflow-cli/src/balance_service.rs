@@ -100,6 +100,10 @@ pub struct ServiceArgs {
     /// Chapter 04: its exercise decides which events of a batch are applied.
     #[arg(long, hide = true)]
     dedup_exercise: bool,
+    /// Chapter 19: its exercise says which partitions and offsets each "batch received"
+    /// log line names.
+    #[arg(long, hide = true)]
+    held_exercise: bool,
     /// How much each consumer fetches ahead of the batch in hand: bounded (4 MiB queued,
     /// fetches of at most 2 MiB: the default) or librdkafka-defaults (64 MiB queued,
     /// fetches of up to 50 MB: the consumer-memory lesson's comparison).
@@ -436,6 +440,7 @@ fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<
                 max_poll_interval_ms: None,
                 schema_newest: tradeflow_domain::SCHEMA_VERSION,
                 schema_exercise: false,
+                held_exercise: arguments.held_exercise,
                 instance_id: arguments.group_instance_id.as_ref().map(|id| {
                     if arguments.consumers == 1 {
                         id.clone()

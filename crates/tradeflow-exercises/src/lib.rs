@@ -174,6 +174,27 @@ pub struct PrefetchLimits {
     pub fetch_max_bytes: u32,
 }
 
+/// A message of a batch, where it sits in the log (chapter 19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Its partition of the trades topic.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+}
+
+/// Offsets of one partition a log line names as held (chapter 19): `first` to `last`, both
+/// included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeldRange {
+    /// The partition.
+    pub partition: i32,
+    /// Its first offset in the batch.
+    pub first: i64,
+    /// Its last offset in the batch.
+    pub last: i64,
+}
+
 /// What the balance service does after a database call failed (chapter 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatabaseWait {
@@ -338,3 +359,8 @@ pub mod on_newer_version;
 #[cfg_attr(not(feature = "solutions"), path = "../../../chapters/18-consumer-memory/exercise.rs")]
 #[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/18-consumer-memory.rs")]
 pub mod prefetch_limits;
+
+/// Chapter 19: the partitions and offsets a "batch received" log line names.
+#[cfg_attr(not(feature = "solutions"), path = "../../../chapters/19-stuck-consumer/exercise.rs")]
+#[cfg_attr(feature = "solutions", path = "../../../chapters/solutions/19-stuck-consumer.rs")]
+pub mod held_ranges;

@@ -4,11 +4,10 @@
 
 use crate::RowVerdict;
 use crate::expect::Violation;
-use crate::lessons::consumer_memory;
 use crate::lessons::{
-    auto_commit_crash, broker_failure, cluster_migration, consumer_groups, consumer_scaling, database_outage, idempotent_consumer,
-    keys_keep_order, lag_status, load_test, order_placement, outbox_relay, poison_message, producer_retries, repartition_cutover,
-    retention, schema_evolution,
+    auto_commit_crash, broker_failure, cluster_migration, consumer_groups, consumer_memory, consumer_scaling, database_outage,
+    idempotent_consumer, keys_keep_order, lag_status, load_test, order_placement, outbox_relay, poison_message, producer_retries,
+    repartition_cutover, retention, schema_evolution, stuck_consumer,
 };
 use crate::variant::{Setup, Variant};
 use tradeflow_check::RunRecord;
@@ -142,7 +141,7 @@ pub const CHAPTERS: &[Chapter] = &[
         store: StoreKind::Sqlite,
         function: "batch_steps",
         run: |setup| one(auto_commit_crash::chapter(setup)),
-        judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+        judge: Judge::Counts(&crate::chapters::EVERY_COUNT),
     },
     Chapter {
         number: "04",
@@ -178,7 +177,7 @@ pub const CHAPTERS: &[Chapter] = &[
         store: StoreKind::Sqlite,
         function: "on_unprocessable",
         run: |setup| one(poison_message::chapter(setup)),
-        judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+        judge: Judge::Counts(&crate::chapters::EVERY_COUNT),
     },
     Chapter {
         number: "07",
@@ -238,7 +237,7 @@ pub const CHAPTERS: &[Chapter] = &[
         store: StoreKind::Sqlite,
         function: "notification_group",
         run: |setup| one(consumer_groups::chapter(setup)),
-        judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+        judge: Judge::Counts(&crate::chapters::EVERY_COUNT),
     },
     Chapter {
         number: "12",
@@ -286,7 +285,7 @@ pub const CHAPTERS: &[Chapter] = &[
         store: StoreKind::Postgres,
         function: "next_read",
         run: |setup| one(outbox_relay::chapter(setup)),
-        judge: Judge::Counts(&[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+        judge: Judge::Counts(&crate::chapters::EVERY_COUNT),
     },
     Chapter {
         number: "16",
@@ -324,6 +323,18 @@ pub const CHAPTERS: &[Chapter] = &[
         run: |setup| one(consumer_memory::chapter(setup)),
         judge: Judge::Own(consumer_memory::chapter_judge),
     },
+    Chapter {
+        number: "19",
+        folder: "19-stuck-consumer",
+        title: "A stuck consumer: log what you hold, restart only that one",
+        claim: "A consumer owns particular partitions, so its logs must say which partition and offset each message it handles came from: when one consumer gets stuck, that is what lets you find it and restart just that one, without touching the rest of its group (Wealthsimple, \"Kafka in production\", 2021).",
+        violation: "log",
+        backend: Backend::Mock,
+        store: StoreKind::Sqlite,
+        function: "held_ranges",
+        run: |setup| one(stuck_consumer::chapter(setup)),
+        judge: Judge::Own(stuck_consumer::chapter_judge),
+    },
 ];
 
 /// The chapter numbered `number` (`3`, `03` or its folder name).
@@ -335,6 +346,10 @@ pub fn find(number: &str) -> Option<&'static Chapter> {
             || wanted.parse::<u32>().ok() == chapter.number.parse::<u32>().ok() && wanted.parse::<u32>().is_ok()
     })
 }
+
+/// Every count of the checker a chapter's run must keep at zero, in the order a failure
+/// names them: lost, duplicated, reordered.
+pub const EVERY_COUNT: [Violation; 3] = [Violation::Lost, Violation::Duplicated, Violation::Reordered];
 
 /// Judges a run by the checker's counts: unknown when its faults did not all fire or put
 /// nothing at stake, a failure naming the first of `violations` above zero, else a pass.

@@ -63,6 +63,8 @@ pub struct FleetConfig {
     pub prefetch: crate::service::Prefetch,
     /// Whether chapter 17's exercise decides what happens to a newer version's message.
     pub schema_exercise: bool,
+    /// Whether chapter 19's exercise says what each "batch received" log line names.
+    pub held_exercise: bool,
     /// Whether each member has a `group.instance.id` (`<group>.<name>`): static
     /// membership, so that a member restarted under its name within its session timeout
     /// gets its partitions back without a rebalance.
@@ -222,6 +224,7 @@ impl Fleet {
             prefetch: self.config.prefetch,
             schema_exercise: self.config.schema_exercise,
             instance_id,
+            held_exercise: self.config.held_exercise,
         }
     }
 
@@ -242,6 +245,7 @@ impl Fleet {
             poison_exercise: self.config.poison_exercise,
             prefetch: self.config.prefetch,
             static_membership: self.config.static_membership,
+            held_exercise: self.config.held_exercise,
         }
     }
 

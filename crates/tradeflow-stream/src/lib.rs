@@ -21,6 +21,7 @@ pub mod dlq;
 pub mod fleet;
 pub mod journal;
 pub mod lag;
+pub mod log_audit;
 pub mod metrics;
 pub mod notifications;
 mod outage;

@@ -60,6 +60,8 @@ pub(crate) struct ProcessArgs {
     pub(crate) prefetch: crate::service::Prefetch,
     /// Whether each member has a `group.instance.id` (`<group>.<name>`): static membership.
     pub(crate) static_membership: bool,
+    /// Whether chapter 19's exercise says what each "batch received" log line names.
+    pub(crate) held_exercise: bool,
 }
 
 /// One running process.
@@ -192,6 +194,9 @@ impl ServiceProcess {
         }
         if args.poison_exercise {
             command.arg("--poison-exercise");
+        }
+        if args.held_exercise {
+            command.arg("--held-exercise");
         }
         match args.prefetch {
             crate::service::Prefetch::Bounded => {}

@@ -138,6 +138,15 @@ pub struct Scenario {
     /// The consumers' `session.timeout.ms`; `None`: the fleet's default
     /// ([`crate::fleet::FLEET_SESSION_TIMEOUT_MS`]).
     pub session_timeout_ms: Option<u32>,
+    /// Whether the run reads its topic back once it is over and counts what the log holds
+    /// twice or out of order as duplicated and reordered (the producer-retries lesson on a
+    /// broker that checks sequences): the producer's doing, whatever the consumers did.
+    /// The balance service should then deduplicate (`Dedup::ApplyLog`), so that a consumer's
+    /// redelivery after a rebalance is not counted as the producer's copy.
+    pub audit_log: bool,
+    /// Whether chapter 19's exercise says which partitions and offsets each "batch
+    /// received" log line names.
+    pub held_exercise: bool,
 }
 
 /// A schema change during a run: from the event at `from_event` on, the system of record
@@ -185,6 +194,8 @@ impl Default for Scenario {
             schema_exercise: false,
             static_membership: false,
             session_timeout_ms: None,
+            audit_log: false,
+            held_exercise: false,
         }
     }
 }
@@ -485,10 +496,21 @@ pub async fn run(
     // From an outbox, every event had to be: each was committed to the system of record
     // (a write that failed ends the run), and the relay owes it to Kafka.
     let reports = deliveries.reports();
-    let (check, applied) = check_workload(store, &workload, |index| {
+    let (mut check, applied) = check_workload(store, &workload, |index| {
         options.scenario.outbox.is_some() || matches!(reports.get(index), Some(Some(Delivery::Acked { .. })))
     })
     .await?;
+    let log = if options.scenario.audit_log {
+        let log = crate::log_audit::audit(&bootstrap, &options.topic, options.partitions).await?;
+        check.duplicated += log.copies;
+        check.reordered += log.out_of_order;
+        if log.copies + log.out_of_order > 0 {
+            check.verdict = tradeflow_check::history::Verdict::Fail;
+        }
+        Some(log)
+    } else {
+        None
+    };
     let last_commit_ns = counters.max(|counters| counters.last_commit_ns.load(Ordering::Relaxed) as u64) as i64;
     let (duration_s, throughput_per_s) = duration_and_throughput(start_ns, last_commit_ns, applied);
     let mut config = crate::run_record::config(
@@ -510,6 +532,12 @@ pub async fn run(
         crate::run_record::database_into(&mut config, options, &counters, outage, &lag);
     }
     crate::run_record::stuck_into(&mut config, options, &counters, &crashed, &lag, start);
+    if let (Some(log), Some(object)) = (log, config.as_object_mut()) {
+        object.insert("log_records".into(), log.records.into());
+        object.insert("log_copies".into(), log.copies.into());
+        object.insert("log_out_of_order".into(), log.out_of_order.into());
+        object.insert("log_unreadable".into(), log.unreadable.into());
+    }
     if let (Some(started_ms), Some(object)) = (counters.backlog_started_at_ms, config.as_object_mut()) {
         // How fast the consumers drained the backlog: from their start to the last commit.
         let draining_s = ((last_commit_ns - start_ns) as f64 / 1e9 - started_ms as f64 / 1e3).max(1e-3);
@@ -756,6 +784,7 @@ impl Fleets {
                 .map_or(tradeflow_domain::SCHEMA_VERSION, |change| change.consumers_read),
             prefetch: options.scenario.prefetch,
             schema_exercise: options.scenario.schema_exercise,
+            held_exercise: options.scenario.held_exercise,
             static_membership: options.scenario.static_membership,
             session_timeout_ms: options
                 .scenario

@@ -249,6 +249,9 @@ pub struct ServiceConfig {
     /// within its session timeout gets its partitions back without a rebalance of the
     /// group; `None`: a dynamic member, whose every (re)join rebalances the whole group.
     pub instance_id: Option<String>,
+    /// Whether chapter 19's exercise says which partitions and offsets each "batch
+    /// received" log line names (instead of each partition's first and last offset).
+    pub held_exercise: bool,
 }
 
 impl ServiceConfig {
@@ -889,12 +892,17 @@ fn journal_received(config: &ServiceConfig, batch_number: u64, batch: &[OwnedMes
         return;
     }
     let ranges = offset_ranges(batch);
+    let named = if config.held_exercise {
+        exercise_ranges(batch)
+    } else {
+        ranges.clone()
+    };
     tracing::info!(
         consumer = %config.name,
         messaging.destination.name = %config.topic,
         batch = batch_number,
         messages = batch.len(),
-        offsets = %held_offsets(&ranges),
+        offsets = %held_offsets(&named),
         "{BATCH_RECEIVED}"
     );
     let Some(journal) = &config.journal else { return };
@@ -916,6 +924,23 @@ pub fn held_offsets(ranges: &[(i32, i64, i64)]) -> String {
         .map(|(partition, first, last)| format!("{partition}:{first}-{last}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// What chapter 19's exercise names for a batch, in partition order.
+fn exercise_ranges(batch: &[OwnedMessage]) -> Vec<(i32, i64, i64)> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let received: Vec<tradeflow_exercises::Received> = batch
+        .iter()
+        .map(|message| tradeflow_exercises::Received {
+            partition: message.partition(),
+            offset: message.offset(),
+        })
+        .collect();
+    let mut ranges = tradeflow_exercises::held_ranges::held_ranges(&received);
+    ranges.sort();
+    ranges.into_iter().map(|range| (range.partition, range.first, range.last)).collect()
 }
 
 /// Per partition of a batch, its first and last offset: `(partition, first, last)`.

@@ -234,7 +234,7 @@ pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::c
     let Some((variant, record)) = runs.first() else {
         return Judgement::Unknown("the chapter ran nothing".into());
     };
-    let judged = judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered]);
+    let judged = judge_counts(variant, record, &crate::chapters::EVERY_COUNT);
     if !matches!(&judged, Judgement::Fail { violation, .. } if *violation == Violation::Lost.key()) {
         return judged;
     }

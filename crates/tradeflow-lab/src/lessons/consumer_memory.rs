@@ -196,15 +196,7 @@ pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::c
     let Some((variant, record)) = runs.first() else {
         return Judgement::Unknown("the chapter ran nothing".into());
     };
-    let judged = crate::chapters::judge_counts(
-        variant,
-        record,
-        &[
-            crate::expect::Violation::Lost,
-            crate::expect::Violation::Duplicated,
-            crate::expect::Violation::Reordered,
-        ],
-    );
+    let judged = crate::chapters::judge_counts(variant, record, &crate::chapters::EVERY_COUNT);
     let Judgement::Pass(evidence) = judged else {
         return judged;
     };

@@ -15,7 +15,7 @@
 //! duplicated or reordered.
 
 use crate::chapters::{Judgement, judge_counts};
-use crate::expect::{Expected, Violation};
+use crate::expect::Expected;
 use crate::variant::{Setup, Variant, VariantRun};
 use std::time::Duration;
 use tradeflow_check::RunRecord;
@@ -163,9 +163,7 @@ pub fn judge(runs: &[(Variant, RunRecord)]) -> Judgement {
         return failed;
     }
     for (variant, record) in runs {
-        if let failed @ (Judgement::Fail { .. } | Judgement::Unknown(_)) =
-            judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered])
-        {
+        if let failed @ (Judgement::Fail { .. } | Judgement::Unknown(_)) = judge_counts(variant, record, &crate::chapters::EVERY_COUNT) {
             return failed;
         }
     }

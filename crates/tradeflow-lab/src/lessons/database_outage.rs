@@ -29,7 +29,7 @@
 //! Each row reports the calls the service made during the outage, per second, and how long
 //! after the database's return its time lag was under a second again.
 
-use crate::expect::{Expected, Violation};
+use crate::expect::Expected;
 use crate::variant::{Setup, Variant, VariantRun, candidate};
 use std::time::Duration;
 use tradeflow_cluster::plan::{Action, DatabaseFault};
@@ -111,7 +111,7 @@ pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::c
     let Some((variant, record)) = runs.first() else {
         return Judgement::Unknown("the chapter ran nothing".into());
     };
-    let judged = crate::chapters::judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered]);
+    let judged = crate::chapters::judge_counts(variant, record, &crate::chapters::EVERY_COUNT);
     let Judgement::Pass(evidence) = judged else {
         return judged;
     };

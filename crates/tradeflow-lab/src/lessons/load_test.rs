@@ -16,7 +16,7 @@
 //! pipeline. The full search for the highest sustainable rate is `tradeflow bench`.
 
 use crate::chapters::{Judgement, judge_counts};
-use crate::expect::{Expected, Violation};
+use crate::expect::Expected;
 use crate::variant::{Setup, Variant, VariantRun};
 use tradeflow_check::RunRecord;
 use tradeflow_exercises::{LoadTest, Tuning};
@@ -125,7 +125,7 @@ pub fn judge(runs: &[(Variant, RunRecord)]) -> Judgement {
             ),
         };
     }
-    match judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered]) {
+    match judge_counts(variant, record, &crate::chapters::EVERY_COUNT) {
         Judgement::Pass(evidence) => Judgement::Pass(format!(
             "kept up with 10x today's peak ({:.0} events/s asked, the log grew at {:.0}/s): worst lag {worst_ms:.0} ms; {evidence}",
             LOAD.target_per_s,

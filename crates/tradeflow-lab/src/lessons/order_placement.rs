@@ -31,7 +31,7 @@
 //! which three Kafka JVMs on two cores push past the poller's). No row claims a winner.
 
 use crate::chapters::{Judgement, judge_counts};
-use crate::expect::{Expected, Violation};
+use crate::expect::Expected;
 use crate::variant::{Setup, Variant, VariantRun};
 use tradeflow_check::RunRecord;
 use tradeflow_cluster::Backend;
@@ -112,7 +112,7 @@ pub fn chapter_judge(runs: &[(Variant, RunRecord)]) -> Judgement {
     let orders = record.config.get("orders").cloned().unwrap_or_default();
     let number = |key: &str| orders.get(key).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
     desk_verdict(
-        judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+        judge_counts(variant, record, &crate::chapters::EVERY_COUNT),
         number("wrong_per_thousand"),
         (number("refused_affordable"), number("accepted_unaffordable")),
         (number("answer_ms_p50"), number("answer_ms_p99")),

@@ -8,14 +8,17 @@
 //! brokers, `NotLeader` on some produce requests). On Apache Kafka, which checks producer
 //! sequences, the nodes' proxies reset connections while requests are in flight: with
 //! idempotence off a request the broker had written is sent again and sits in the log
-//! twice, which the naive consumer (no dedup) applies twice: **duplicated**; with
-//! idempotence on the broker drops the resent copies: pass. Resets fail every request on a
+//! twice: **duplicated**, counted by reading the topic back once the run is over; with
+//! idempotence on the broker drops the resent copies: pass. The resets reach the consumers'
+//! connections too, and a consumer may read a batch again after a rebalance: that is the
+//! consumer's redelivery, not the producer's copy, so the balance service deduplicates here
+//! and only what the log holds twice (or out of order) is counted. Resets fail every request on a
 //! connection at once, so they are resent in order: reordering is shown on the mock only.
 //! Idempotence on, on the mock: only order is judged (it does not check sequences; whether
 //! it loses events depends on timing). Not run on tansu: it could not show either row.
 //!
-//! Chapter 05 (on `kafka`): the Kafka row's faults with the learner's producer settings
-//! and the naive consumer: a resent copy the broker keeps is applied twice (duplicated).
+//! Chapter 05 (on `kafka`): the Kafka row's faults with the learner's producer settings,
+//! judged on the log read back: a resent copy the broker keeps is in it twice (duplicated).
 //! Only the broker can drop the copy, so only idempotence passes.
 
 use crate::expect::{Expected, Violation};
@@ -78,17 +81,15 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
             return Err("no faults can be injected into an external cluster from here".into());
         }
     };
-    // Where the broker checks producer sequences, the log itself is the evidence: the
-    // naive consumer applies every copy, so a duplicate in the log is a double apply.
-    let dedup = match setup.broker {
-        Backend::Mock => tradeflow_store::Dedup::ApplyLog,
-        _ => tradeflow_store::Dedup::None,
-    };
+    // Where the broker checks producer sequences, the log itself is the evidence: it is
+    // read back once the run is over (the consumers deduplicate, so that a redelivery of
+    // theirs is not taken for a copy the producer wrote).
+    let audit_log = setup.broker == Backend::Kafka;
     let variant = |idempotence: bool, expected: Expected| {
         let mut options = setup.stream(6, 2);
         options.publisher = publisher(idempotence);
         options.scenario.plan = plan.clone();
-        options.scenario.dedup = dedup;
+        options.scenario.audit_log = audit_log;
         Variant {
             label: format!("idempotence {}, 5 requests in flight", if idempotence { "on" } else { "off" }),
             run: VariantRun::Stream(Box::new(options)),
@@ -160,16 +161,16 @@ fn kafka_rows(setup: &Setup, resets_planned: usize) -> (FaultPlan, Expected, Exp
         setup.fixed_plan(steps),
         Expected::fail(
             Violation::Duplicated,
-            "a reset fails every request in flight on the connection at once and the client sends them again: a request the broker had written is in the log twice, and the naive consumer applies it twice (reading the log back). They are resent in order, so nothing is reordered: the proxy cannot fail one request and pass the next, which is what reorders on the mock",
+            "a reset fails every request in flight on the connection at once and the client sends them again: a request the broker had written is in the log twice (read back once the run is over), and a consumer that applies every record applies it twice. They are resent in order, so nothing is reordered: the proxy cannot fail one request and pass the next, which is what reorders on the mock",
         ),
         Expected::pass(
-            "the broker discards the resent requests by their producer sequence: the log holds each event once, so even the naive consumer applies each once",
+            "the broker discards the resent requests by their producer sequence: the log, read back, holds each event once, in each account's order",
         ),
     )
 }
 
 /// Chapter 05's run on Apache Kafka: the learner's producer settings, the Kafka row's
-/// delays and resets, and the naive consumer, so a copy in the log is a double apply.
+/// delays and resets, judged on the log read back once the run is over.
 pub fn chapter(setup: &Setup) -> Result<Variant, String> {
     if setup.broker != Backend::Kafka {
         return Err(format!(
@@ -191,7 +192,7 @@ pub fn chapter(setup: &Setup) -> Result<Variant, String> {
         ..PublisherConfig::default()
     };
     options.scenario.plan = plan;
-    options.scenario.dedup = tradeflow_store::Dedup::None;
+    options.scenario.audit_log = true;
     Ok(Variant {
         label: format!(
             "your producer_settings: acks={}, idempotence {}, {} in flight, linger {} ms; connections reset mid-flight",

@@ -176,7 +176,7 @@ pub fn chapter_judge(runs: &[(Variant, RunRecord)]) -> crate::chapters::Judgemen
     window_verdict(
         window,
         allowed,
-        crate::chapters::judge_counts(variant, record, &[Violation::Lost, Violation::Duplicated, Violation::Reordered]),
+        crate::chapters::judge_counts(variant, record, &crate::chapters::EVERY_COUNT),
     )
 }
 

@@ -169,3 +169,66 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
     }
     Ok(rows)
 }
+
+/// Chapter 19's run: the dynamic row, with the learner's `held_ranges` saying what each
+/// "batch received" log line names (on the mock: the log line, not static membership, is
+/// the chapter's; the experiment shows static membership on kafka).
+pub fn chapter(setup: &Setup) -> Result<Variant, String> {
+    if matches!(setup.broker, Backend::Tansu | Backend::Container) {
+        return Err(NOT_SHOWN_ON_TANSU.into());
+    }
+    let mut row = variant(
+        setup,
+        "your held_ranges: one of three processes stuck (SIGSTOP) holding a batch, then restarted",
+        false,
+        Expected::pass("the stuck process's last log line names the partitions and offsets it holds"),
+    )?;
+    if let VariantRun::Stream(options) = &mut row.run {
+        options.scenario.held_exercise = true;
+    }
+    Ok(row)
+}
+
+/// Chapter 19's judge: unknown when the freeze caught no batch (or the restart did not
+/// happen); a failure named `log` when the stuck process's last "batch received" line did
+/// not name exactly what its journal says it held; then the checker's counts.
+pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::chapters::Judgement {
+    use crate::chapters::Judgement;
+    let Some((variant, record)) = runs.first() else {
+        return Judgement::Unknown("the chapter ran nothing".into());
+    };
+    if variant.verdict(record) == crate::RowVerdict::Unknown {
+        return Judgement::Unknown("the freeze caught no batch in hand, or a planned fault did not fire; run the check again".into());
+    }
+    let text = |key: &str| {
+        record
+            .config
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("nothing")
+            .to_owned()
+    };
+    let held = text("stuck_held");
+    let logged = record.config.get("stuck_logged").map_or_else(
+        || "nothing".to_owned(),
+        |line| {
+            let field = |key: &str| line.get(key).and_then(serde_json::Value::as_str).unwrap_or("nothing");
+            format!("topic {}, offsets {}", field("topic"), field("offsets"))
+        },
+    );
+    let named = record.config.get("log_named_held").and_then(serde_json::Value::as_u64) == Some(1);
+    if !named {
+        return Judgement::Fail {
+            violation: "log",
+            detail: format!(
+                "log the stuck process, {}, last logged {logged}, and it held {held}: where it stopped cannot be read from its logs",
+                text("stuck_consumer")
+            ),
+        };
+    }
+    let judged = crate::chapters::judge_counts(variant, record, &crate::chapters::EVERY_COUNT);
+    match judged {
+        Judgement::Pass(evidence) => Judgement::Pass(format!("the stuck process's last log line named what it held ({held}); {evidence}")),
+        other => other,
+    }
+}

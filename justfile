@@ -1,8 +1,9 @@
 # Short recipes over cargo. Every recipe is a plain command you can also type yourself.
 
-# Run the tests (the README's test command).
-test:
-    cargo test --workspace
+# Run the tests (the README's test command): `just test --include-ignored` runs those that
+# need a server too, `just test -p tradeflow-tests -- poller::` a few.
+test *ARGS:
+    scripts/test {{ARGS}}
 
 # The main job: poller vs stream on one seed (mock cluster + SQLite by default).
 compare *ARGS:

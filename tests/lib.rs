@@ -1,10 +1,18 @@
 //! Helpers shared by the integration tests (the `it` test binary): stores on real
 //! databases, each test with its own, and the rule for servers that cannot be found.
 //!
-//! A test that needs a server it cannot find says so on standard error and skips, unless
-//! `TRADEFLOW_REQUIRE_BACKENDS` names it (`mock,tansu,kafka,postgres,container`): then it
-//! fails, so CI really runs it. CI names what it installs; what it cannot have (a Docker
-//! engine on a machine without one) skips loudly.
+//! A test that needs a server is `#[ignore]`d, with a reason that names the server and how
+//! to supply it (one of [`IGNORE_REASON_PREFIXES`]), so a plain `cargo test --workspace`
+//! counts it as ignored, not passed. Run with `--include-ignored`, a test that cannot find
+//! its server says so on standard error and skips, unless `TRADEFLOW_REQUIRE_BACKENDS`
+//! names it (`mock,tansu,kafka,postgres,container`): then it fails, so CI really runs it.
+//! CI names what it installs; what it cannot have (a Docker engine on a machine without
+//! one) skips loudly.
+//!
+//! Every helper that hands a test a backend (a mock cluster, a store, a broker) records
+//! that it did, and [`server_missing`] records what it skipped, in
+//! `$TRADEFLOW_TEST_BACKENDS_DIR` when that is set: `scripts/test` reads it back to say on
+//! its last line which backends the run exercised.
 
 pub mod processes;
 
@@ -34,12 +42,62 @@ pub fn required(backend: &str) -> bool {
     std::env::var(REQUIRE_VARIABLE).is_ok_and(|list| list.split(',').any(|name| name.trim() == backend))
 }
 
+/// How the `#[ignore = "..."]` reason of a test that needs a server begins, by backend:
+/// `scripts/test` reads these from the test output to name the backends whose tests were
+/// ignored, and an architecture test holds every such attribute to one of them.
+pub const IGNORE_REASON_PREFIXES: [(&str, &str); 4] = [
+    ("postgres", "needs PostgreSQL"),
+    ("tansu", "needs tansu"),
+    ("kafka", "needs Apache Kafka"),
+    ("container", "needs a Docker engine"),
+];
+
+/// The directory `scripts/test` names for the evidence of which backends the tests used.
+pub const BACKENDS_DIR_VARIABLE: &str = "TRADEFLOW_TEST_BACKENDS_DIR";
+
+/// The file in [`BACKENDS_DIR_VARIABLE`]'s directory that the evidence is appended to: a
+/// line per backend a test got (or did not), `OUTCOME<TAB>BACKEND<TAB>TEST<TAB>DETAIL`,
+/// with OUTCOME `exercised`, `skipped` (missing, not required) or `failed` (missing and
+/// required). `scripts/test` reads this format; the CLI's tests write it too.
+pub const BACKENDS_FILE: &str = "backends.tsv";
+
+/// Records that the running test got `backend` (`mock`, `sqlite`, `postgres`, `tansu`,
+/// `kafka`, `container`): evidence for `scripts/test`'s last line.
+pub fn exercised(backend: &str) {
+    record_backend("exercised", backend, "");
+}
+
+/// Appends one line of evidence to [`BACKENDS_FILE`] when `TRADEFLOW_TEST_BACKENDS_DIR` is
+/// set (nothing otherwise). The test is named by its thread, which the test harness names
+/// after it. Panics when the line cannot be written: the script's account would be wrong.
+fn record_backend(outcome: &str, backend: &str, detail: &str) {
+    use std::io::Write;
+    let Some(directory) = std::env::var_os(BACKENDS_DIR_VARIABLE) else {
+        return;
+    };
+    let one_field = |text: &str| text.replace(['\t', '\n', '\r'], " ");
+    let test = std::thread::current().name().unwrap_or("unnamed").to_owned();
+    // One write of the whole line, appended: lines from tests running side by side stay whole.
+    let line = format!("{outcome}\t{backend}\t{}\t{}\n", one_field(&test), one_field(detail));
+    let path = std::path::Path::new(&directory).join(BACKENDS_FILE);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .unwrap_or_else(|error| panic!("recording backend {backend} in {}: {error}", path.display()));
+}
+
 /// Reports a server that cannot be found: panics when `TRADEFLOW_REQUIRE_BACKENDS` names
-/// it, otherwise says loudly that the test is skipped.
+/// it, otherwise says loudly that the test is skipped. Either way it is recorded for
+/// `scripts/test`.
 pub fn server_missing(test: &str, backend: &str, what: &str, detail: &str) {
+    let unavailable = format!("{what} unavailable: {detail}");
     if required(backend) {
+        record_backend("failed", backend, &unavailable);
         panic!("{test}: {what} is required ({REQUIRE_VARIABLE} names {backend}) but unavailable: {detail}");
     }
+    record_backend("skipped", backend, &unavailable);
     eprintln!(
         "\n*** SKIPPED {test}: {what} unavailable ({detail}). Run `bash .ci/run` or set it up as it does; {REQUIRE_VARIABLE}={backend} makes this a failure. ***\n"
     );
@@ -74,7 +132,16 @@ pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
     init_logs();
     let directory = tempfile::tempdir().expect("a temporary directory");
     let store = Store::connect(&sqlite_config(directory.path())).await.expect("SQLite store opens");
+    exercised("sqlite");
     (store, directory)
+}
+
+/// librdkafka's mock cluster with `brokers` brokers, in this process: always there.
+pub fn mock_cluster(brokers: i32) -> tradeflow_cluster::Cluster {
+    init_logs();
+    let cluster = tradeflow_cluster::Cluster::mock(brokers).expect("mock cluster starts");
+    exercised("mock");
+    cluster
 }
 
 /// The URL of the PostgreSQL server for tests.
@@ -116,6 +183,7 @@ pub async fn postgres_database(test: &str) -> Option<(Store, String)> {
     })
     .await
     .expect("PostgreSQL store opens");
+    exercised("postgres");
     Some((store, url))
 }
 
@@ -123,7 +191,10 @@ pub async fn postgres_database(test: &str) -> Option<(Store, String)> {
 pub fn tansu_cluster(test: &str) -> Option<tradeflow_cluster::Cluster> {
     init_logs();
     match tradeflow_cluster::Cluster::tansu() {
-        Ok(cluster) => Some(cluster),
+        Ok(cluster) => {
+            exercised("tansu");
+            Some(cluster)
+        }
         Err(error) => {
             server_missing(test, "tansu", "the tansu broker", &error.to_string());
             None
@@ -139,7 +210,10 @@ pub fn container_cluster(test: &str) -> Option<tradeflow_cluster::Cluster> {
     init_logs();
     let image = std::env::var("TRADEFLOW_CONTAINER_IMAGE").unwrap_or_else(|_| "tansu".to_owned());
     match tradeflow_cluster::Cluster::container(&ContainerConfig::named(Some(&image))) {
-        Ok(cluster) => Some(cluster),
+        Ok(cluster) => {
+            exercised("container");
+            Some(cluster)
+        }
         Err(error) => {
             server_missing(test, "container", "a broker container", &error.to_string());
             None
@@ -152,7 +226,10 @@ pub fn container_cluster(test: &str) -> Option<tradeflow_cluster::Cluster> {
 pub fn kafka_cluster(test: &str) -> Option<tradeflow_cluster::Cluster> {
     init_logs();
     match tradeflow_cluster::Cluster::kafka() {
-        Ok(cluster) => Some(cluster),
+        Ok(cluster) => {
+            exercised("kafka");
+            Some(cluster)
+        }
         Err(error) => {
             server_missing(test, "kafka", "Apache Kafka (three nodes)", &error.to_string());
             None

@@ -1,6 +1,7 @@
-//! ARCHITECTURE.md's "Lessons → code" table and the lesson files agree: every file under
-//! `src/lessons/` has a row, and every file a row names exists (a tidy test, as
-//! rust-analyzer keeps its own).
+//! Tidy tests of the repository itself, as rust-analyzer keeps its own: ARCHITECTURE.md's
+//! "Lessons → code" table and the lesson files agree (every file under `src/lessons/` has a
+//! row, and every file a row names exists), and every ignored test says which server it
+//! needs in words `scripts/test` can report.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -83,4 +84,47 @@ fn every_experiment_has_a_lesson_file_named_after_it() {
         let file = workspace().join(LESSONS_DIR).join(format!("{}.rs", lesson.name.replace('-', "_")));
         assert!(file.is_file(), "experiment {} has no file {}", lesson.name, file.display());
     }
+}
+
+/// The workspace's integration-test files: `tests/it/*.rs` and each crate's `tests/*.rs`.
+fn integration_test_files() -> Vec<std::path::PathBuf> {
+    let mut directories = vec![workspace().join("tests/it")];
+    for entry in std::fs::read_dir(workspace().join("crates")).expect("the crates directory reads") {
+        directories.push(entry.expect("a directory entry").path().join("tests"));
+    }
+    directories
+        .iter()
+        .filter_map(|directory| std::fs::read_dir(directory).ok())
+        .flatten()
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "rs"))
+        .collect()
+}
+
+#[test]
+fn every_ignored_test_names_the_server_it_needs_as_scripts_test_reads_it() {
+    let script = std::fs::read_to_string(workspace().join("scripts/test")).expect("scripts/test reads");
+    for (backend, prefix) in tradeflow_tests::IGNORE_REASON_PREFIXES {
+        assert!(
+            script.lines().any(|line| line.contains(prefix) && line.contains(backend)),
+            "scripts/test has no line mapping ignore reasons that begin {prefix:?} to {backend}"
+        );
+    }
+    let mut ignored = 0;
+    for path in integration_test_files() {
+        let text = std::fs::read_to_string(&path).expect("a test file reads");
+        for line in text.lines().map(str::trim).filter(|line| line.starts_with("#[ignore")) {
+            ignored += 1;
+            let known = tradeflow_tests::IGNORE_REASON_PREFIXES
+                .iter()
+                .any(|(_, prefix)| line.starts_with(&format!("#[ignore = \"{prefix}")));
+            assert!(
+                known,
+                "{}: `{line}` does not begin with a reason scripts/test knows ({:?}): its last line could not name the backend",
+                path.display(),
+                tradeflow_tests::IGNORE_REASON_PREFIXES
+            );
+        }
+    }
+    assert!(ignored > 0, "no ignored test found: is the search looking in the right place?");
 }

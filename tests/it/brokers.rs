@@ -53,6 +53,7 @@ fn assert_correct(record: &RunRecord) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tansu: TANSU_BIN, or tansu on PATH (bash .ci/install-tansu)"]
 async fn the_stream_on_tansu_matches_the_oracle() {
     let Some(cluster) = tradeflow_tests::tansu_cluster("the_stream_on_tansu_matches_the_oracle") else {
         return;
@@ -64,6 +65,7 @@ async fn the_stream_on_tansu_matches_the_oracle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tansu: TANSU_BIN, or tansu on PATH (bash .ci/install-tansu)"]
 async fn a_paused_tansu_broker_delays_but_loses_nothing() {
     let Some(cluster) = tradeflow_tests::tansu_cluster("a_paused_tansu_broker_delays_but_loses_nothing") else {
         return;
@@ -85,7 +87,7 @@ async fn a_paused_tansu_broker_delays_but_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mock_broker_down_and_failing_produce_requests_lose_nothing() {
     let (store, _directory) = tradeflow_tests::sqlite_store().await;
-    let cluster = Cluster::mock(3).expect("mock cluster starts");
+    let cluster = tradeflow_tests::mock_cluster(3);
     let faults = [
         (
             Duration::from_millis(300),
@@ -112,7 +114,7 @@ async fn a_mock_broker_down_and_failing_produce_requests_lose_nothing() {
 
 #[tokio::test]
 async fn faults_a_backend_cannot_inject_are_refused_with_the_reason() {
-    let mock = Cluster::mock(1).expect("mock cluster starts");
+    let mock = tradeflow_tests::mock_cluster(1);
     let error = mock.inject(&Fault::Kill).await.expect_err("the mock is not a process");
     assert!(matches!(&error, ClusterError::Unsupported { backend: "mock", .. }), "{error}");
     assert!(
@@ -126,14 +128,20 @@ async fn faults_a_backend_cannot_inject_are_refused_with_the_reason() {
         .await
         .expect_err("nothing can be injected from here");
     assert!(error.to_string().contains("supports: none"), "{error}");
+}
 
-    if let Some(tansu) = tradeflow_tests::tansu_cluster("faults_a_backend_cannot_inject_are_refused_with_the_reason") {
-        let error = tansu
-            .inject(&Fault::BrokerDown { broker: 1 })
-            .await
-            .expect_err("tansu has one broker and no mock API");
-        assert!(error.to_string().contains("kill, pause, resume, restart"), "{error}");
-    }
+/// The tansu part of the refusals above, apart so that the mock's part needs no server.
+#[tokio::test]
+#[ignore = "needs tansu: TANSU_BIN, or tansu on PATH (bash .ci/install-tansu)"]
+async fn faults_tansu_cannot_inject_are_refused_with_the_reason() {
+    let Some(tansu) = tradeflow_tests::tansu_cluster("faults_tansu_cannot_inject_are_refused_with_the_reason") else {
+        return;
+    };
+    let error = tansu
+        .inject(&Fault::BrokerDown { broker: 1 })
+        .await
+        .expect_err("tansu has one broker and no mock API");
+    assert!(error.to_string().contains("kill, pause, resume, restart"), "{error}");
 }
 
 /// Runs the stream with a fault plan (printed first, as the command line does).
@@ -159,6 +167,7 @@ fn step(at_ms: u64, for_ms: u64, fault: Fault) -> PlanStep {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine with the local tansu image (just image)"]
 async fn a_container_broker_paused_and_cut_off_its_network_loses_nothing() {
     let Some(cluster) = tradeflow_tests::container_cluster("a_container_broker_paused_and_cut_off_its_network_loses_nothing") else {
         return;
@@ -172,6 +181,7 @@ async fn a_container_broker_paused_and_cut_off_its_network_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine with the local tansu image (just image)"]
 async fn a_container_broker_keeps_its_host_port_across_stop_and_start() {
     let Some(cluster) = tradeflow_tests::container_cluster("a_container_broker_keeps_its_host_port_across_stop_and_start") else {
         return;
@@ -195,6 +205,7 @@ async fn a_container_broker_keeps_its_host_port_across_stop_and_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tansu: TANSU_BIN, or tansu on PATH (bash .ci/install-tansu)"]
 async fn the_chaos_proxy_in_front_of_tansu_delays_resets_and_throttles_without_loss() {
     let Some(cluster) = tradeflow_tests::tansu_cluster("the_chaos_proxy_in_front_of_tansu_delays_resets_and_throttles_without_loss") else {
         return;
@@ -235,7 +246,7 @@ async fn the_chaos_proxy_in_front_of_tansu_delays_resets_and_throttles_without_l
 #[tokio::test]
 async fn a_plan_with_a_fault_the_backend_cannot_inject_is_refused_before_the_run() {
     let (store, _directory) = tradeflow_tests::sqlite_store().await;
-    let cluster = Cluster::mock(1).expect("mock cluster starts");
+    let cluster = tradeflow_tests::mock_cluster(1);
     let mut options = options(63, 1_000, 2);
     options.scenario.plan = FaultPlan::fixed(vec![step(100, 100, Fault::Pause)]);
     let (progress, _receiver) = watch::channel(RunProgress::default());

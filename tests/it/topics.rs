@@ -1,12 +1,11 @@
 //! Topics as code against a real Kafka protocol peer (the mock cluster, which has metadata
 //! but no CreateTopics).
 
-use tradeflow_cluster::Cluster;
 use tradeflow_cluster::topics::{Action, TopicsFile, plan};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_reads_the_cluster_and_refuses_or_warns_where_it_must() {
-    let cluster = Cluster::mock(1).expect("mock cluster starts");
+    let cluster = tradeflow_tests::mock_cluster(1);
     cluster.ensure_topic("trades", 4, 1).await.expect("topic");
     cluster.ensure_topic("shrinking", 4, 1).await.expect("topic");
     let file = TopicsFile::parse(

@@ -108,6 +108,32 @@ impl StoreConfig {
     }
 }
 
+/// What to do about a failed connection, by what answered: nothing (refused), no answer
+/// in time, a refusal of the credentials, a database that does not exist, or something
+/// that does not speak PostgreSQL.
+fn connect_hint(kind: StoreKind, error: &sqlx::Error) -> &'static str {
+    if kind == StoreKind::Sqlite {
+        return "check that the directory exists and is writable";
+    }
+    match error {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused: nothing listens at that host and port; start the server, or fix the URL (`.ci/run` shows how to start one and create the role)"
+        }
+        sqlx::Error::PoolTimedOut => "no answer within 10 s: is that address reachable, and is what listens there a PostgreSQL server?",
+        sqlx::Error::Database(database) => match database.code().as_deref() {
+            // invalid_password, invalid_authorization_specification
+            Some("28P01" | "28000") => "authentication failed: check the user and password in the URL (or DATABASE_URL)",
+            // invalid_catalog_name
+            Some("3D000") => "the database does not exist: create it (`CREATE DATABASE`, owned by the URL's user) or name another",
+            _ => "the server refused the connection; its message is above",
+        },
+        sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => {
+            "what answered does not speak PostgreSQL's protocol as expected: check the host and port"
+        }
+        _ => "is the server running and the URL right? (`.ci/run` shows how to start one and create the role)",
+    }
+}
+
 impl Store {
     /// Opens the store, creating the SQLite file if needed, and migrates the schema.
     pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
@@ -133,14 +159,10 @@ impl Store {
             }),
             StoreKind::Postgres => options.max_connections(POSTGRES_CONNECTIONS_MAX),
         };
-        let hint = match config.kind {
-            StoreKind::Sqlite => "check that the directory exists and is writable",
-            StoreKind::Postgres => "is the server running and the URL right? (`.ci/run` shows how to start one and create the role)",
-        };
         let connect_error = |error| StoreError::Connect {
             kind: config.kind,
             url: url_redacted.clone(),
-            hint,
+            hint: connect_hint(config.kind, &error),
             error,
         };
         // One direct attempt first: the pool would retry a refused connection until its
@@ -330,6 +352,16 @@ fn redact_query(query: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_connection_says_what_answered() {
+        assert_eq!(CONNECT_TIMEOUT, Duration::from_secs(10), "the timeout's hint says 10 s");
+        let refused = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(connect_hint(StoreKind::Postgres, &refused).starts_with("connection refused"));
+        assert!(connect_hint(StoreKind::Postgres, &sqlx::Error::PoolTimedOut).starts_with("no answer within 10 s"));
+        assert!(connect_hint(StoreKind::Postgres, &sqlx::Error::Protocol("x".into())).contains("protocol"));
+        assert!(connect_hint(StoreKind::Sqlite, &refused).contains("writable"));
+    }
 
     #[test]
     fn passwords_never_reach_messages() {

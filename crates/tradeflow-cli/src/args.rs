@@ -147,6 +147,26 @@ pub fn random_seed() -> u64 {
     (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
 }
 
+/// Checks, before a run, that `directory` can be created and written (a file made in it and
+/// removed again), so that an unwritable output path fails at once instead of after the run
+/// it was to hold. `flag` names the option in the error.
+pub fn ensure_writable_dir(directory: &std::path::Path, flag: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(directory).with_context(|| format!("creating the output directory {} ({flag})", directory.display()))?;
+    let probe = directory.join(format!(".tradeflow-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("writing in the output directory {} ({flag})", directory.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Checks, before a run, that the file `path` can be written: its directory as
+/// [`ensure_writable_dir`] checks it.
+pub fn ensure_writable_file(path: &std::path::Path, flag: &str) -> anyhow::Result<()> {
+    match path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        Some(parent) => ensure_writable_dir(parent, flag),
+        None => ensure_writable_dir(std::path::Path::new("."), flag),
+    }
+}
+
 /// Writes a JSON value to a file, creating its directory.
 pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {

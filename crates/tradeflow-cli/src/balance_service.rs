@@ -179,8 +179,9 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
     }
     // Bad settings are refused before anything is opened or created.
     consumer_configs(&arguments, &arguments.bootstrap)?;
-    let store = arguments.store.open().await?;
+    // The topic before the store: brokers that do not answer must not leave a new store.
     let partitions = wait_for_topic(&arguments.bootstrap, &arguments.topic).await?;
+    let store = arguments.store.open().await?;
     let metrics_text = MetricsText::default();
     let _server = match &arguments.metrics_addr {
         Some(address) => {

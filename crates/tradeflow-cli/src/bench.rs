@@ -98,7 +98,7 @@ pub async fn run(arguments: BenchArgs) -> anyhow::Result<bool> {
         .unwrap_or_else(|| "postgres://tradeflow:tradeflow@127.0.0.1:5432/tradeflow".to_owned());
     // SQLite files of the runs: beside the results, emptied by every run.
     let scratch = arguments.out.join("stores");
-    std::fs::create_dir_all(&scratch).map_err(|error| anyhow::anyhow!("creating {}: {error}", scratch.display()))?;
+    crate::args::ensure_writable_dir(&scratch, "--out")?;
     let setups = arguments
         .setups
         .iter()

@@ -103,9 +103,12 @@ pub async fn run(mut arguments: CompareArgs) -> anyhow::Result<bool> {
     arguments.workload.seed = Some(workload.seed);
     // Bad settings and a missing store are refused here, before any side starts.
     drop(side_options(&arguments)?);
+    if !arguments.no_ceilings {
+        check_ceiling_settings(&arguments)?;
+    }
+    crate::args::ensure_writable_dir(&arguments.out, "--out")?;
     arguments.store.open().await?.close().await;
     println!("seed: {}", workload.seed);
-    std::fs::create_dir_all(&arguments.out).with_context(|| format!("creating {}", arguments.out.display()))?;
     let mut runs = Vec::new();
     for side in [Side::Poller, Side::Stream] {
         runs.push(run_in_own_process(&arguments, side, None).await?);
@@ -222,17 +225,24 @@ struct Ceilings {
     stream: ceilings::SideCeilings,
 }
 
-/// Searches each side's highest sustainable rate under each SLO, every probe a process of
-/// its own.
-async fn search_ceilings(arguments: &CompareArgs, seed: u64) -> anyhow::Result<Ceilings> {
-    let mut slos_ms = arguments.slo_p99_ms.clone();
+/// The ceiling search's settings, refused with the reason before anything runs; returns
+/// the SLOs.
+fn check_ceiling_settings(arguments: &CompareArgs) -> anyhow::Result<Vec<f64>> {
+    let slos_ms = arguments.slo_p99_ms.clone();
     if slos_ms.is_empty() || slos_ms.iter().any(|slo| !slo.is_finite() || *slo <= 0.0) {
         anyhow::bail!("--slo-p99-ms wants positive numbers of ms, comma separated, got {slos_ms:?}");
     }
-    slos_ms.sort_by(|a, b| b.total_cmp(a));
     if !(arguments.probe_seconds > 0.0 && arguments.ceiling_start_rate > 0.0) {
         anyhow::bail!("--probe-seconds and --ceiling-start-rate must be above zero");
     }
+    Ok(slos_ms)
+}
+
+/// Searches each side's highest sustainable rate under each SLO, every probe a process of
+/// its own.
+async fn search_ceilings(arguments: &CompareArgs, seed: u64) -> anyhow::Result<Ceilings> {
+    let mut slos_ms = check_ceiling_settings(arguments)?;
+    slos_ms.sort_by(|a, b| b.total_cmp(a));
     let search = ceilings::Search {
         start_rate: arguments.ceiling_start_rate,
         probe_seconds: arguments.probe_seconds,

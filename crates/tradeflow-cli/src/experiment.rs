@@ -91,6 +91,7 @@ pub async fn run(arguments: ExperimentArgs) -> anyhow::Result<bool> {
     let seed = arguments.seed.unwrap_or_else(crate::args::random_seed);
     println!("seed: {seed}");
     println!("experiment {}: {}", lesson.name, lesson.what);
+    crate::args::ensure_writable_dir(&arguments.out, "--out")?;
     let broker = arguments.broker.as_str();
     let setup = Setup {
         seed,

@@ -47,6 +47,9 @@ pub async fn run(arguments: PollerArgs) -> anyhow::Result<bool> {
         shard_by_account: arguments.shard_by_account,
     };
     poller.validate().context("checking the poller options")?;
+    if let Some(path) = &arguments.json {
+        crate::args::ensure_writable_file(path, "--json")?;
+    }
     let store = arguments.store.open().await?;
     println!(
         "{} on {} ({}), {} events at {}/s ({})",

@@ -115,10 +115,14 @@ pub struct StreamArgs {
 pub async fn run(arguments: StreamArgs) -> anyhow::Result<bool> {
     let workload = arguments.workload.config()?;
     println!("seed: {}", workload.seed);
-    let store = arguments.store.open().await?;
-    let cluster = arguments.knobs.cluster()?;
+    if let Some(path) = &arguments.json {
+        crate::args::ensure_writable_file(path, "--json")?;
+    }
     let mut options = arguments.knobs.options(workload, Duration::from_secs(arguments.stall_timeout_s));
     options.validate().context("checking the stream options")?;
+    // The cluster next: a broker that does not answer must not leave a new store behind.
+    let cluster = arguments.knobs.cluster()?;
+    let store = arguments.store.open().await?;
     let _server = match &arguments.metrics_addr {
         Some(address) => {
             let text = tradeflow_stream::metrics::MetricsText::default();

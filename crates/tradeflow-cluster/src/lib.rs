@@ -429,7 +429,10 @@ impl Cluster {
             .map_err(|error| self.admin_error(&format!("creating topic {name}"), error.to_string()))?;
         for result in results {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(_) => {}
+                // A topic that exists must have the partitions the caller counts on: a run
+                // that reads partitions it does not have, or misses some, measures nothing.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => self.check_partitions(name, partitions).await?,
                 Err((topic, code)) => {
                     return Err(self.admin_error(
                         &format!("creating topic {topic} ({partitions} partitions, replication factor {replication})"),
@@ -439,6 +442,33 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Refuses an existing topic whose partition count is not `partitions`, saying what to do.
+    async fn check_partitions(&self, name: &str, partitions: i32) -> Result<(), ClusterError> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = topics::client_config(&self.bootstrap)
+            .create()
+            .map_err(|error| self.admin_error("creating a metadata client", error.to_string()))?;
+        let topic = name.to_owned();
+        let metadata = tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&topic), ADMIN_TIMEOUT))
+            .await
+            .map_err(|error| self.admin_error(&format!("reading the metadata of {name}"), error.to_string()))?
+            .map_err(|error| self.admin_error(&format!("reading the metadata of {name}"), error.to_string()))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|topic| topic.name() == name)
+            .map(|topic| topic.partitions().len());
+        match found {
+            Some(found) if found != partitions as usize => Err(self.admin_error(
+                &format!("using topic {name}"),
+                format!(
+                    "it exists with {found} partitions and this run counts on {partitions}: pass --partitions {found}, or delete the topic first (Kafka cannot take partitions away)"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn admin_error(&self, operation: &str, reason: String) -> ClusterError {

@@ -122,6 +122,9 @@ pub struct BenchConfig {
     pub probe_seconds: f64,
     /// Bisection steps after the doubling.
     pub bisect_steps: u32,
+    /// Probes run again at the highest sustainable rate found, to report the spread of its
+    /// throughput and p99 (0: none).
+    pub repeats: u32,
     /// Fractions of the highest sustainable rate at which latency is measured.
     pub fractions: Vec<f64>,
     /// Stream setups (broker + store); the poller runs on each distinct store.
@@ -156,6 +159,9 @@ pub async fn run(config: &BenchConfig, reporter: &dyn Reporter) -> anyhow::Resul
         slo: Slo {
             p99_ms: config.slo_p99_ms,
             drain_ms: config.slo_p99_ms,
+            achieved_min: ACHIEVED_MIN,
+            probe_seconds: config.probe_seconds,
+            repeats: config.repeats,
         },
         started_at,
         duration_s: started.elapsed().as_secs_f64(),
@@ -527,6 +533,18 @@ fn judge(config: &BenchConfig, offered: f64, record: &RunRecord) -> (bool, Optio
     if record.check.verdict != tradeflow_check::history::Verdict::Pass {
         return (false, Some(format!("checker: {:?}", record.check)));
     }
+    // Achieved over the whole probe (first intended send to last commit): a drain that the
+    // SLO allows on a short probe can hide a shortfall; on a 15 s probe 5% is 750 ms.
+    if record.throughput_per_s < ACHIEVED_MIN * offered {
+        return (
+            false,
+            Some(format!(
+                "achieved {:.0}/s, under {:.0}% of the {offered:.0}/s offered",
+                record.throughput_per_s,
+                ACHIEVED_MIN * 100.0
+            )),
+        );
+    }
     if record.latency_ms.p99 > config.slo_p99_ms {
         return (
             false,
@@ -562,6 +580,13 @@ fn point(config: &BenchConfig, offered: f64, measured: &Measured) -> Point {
     }
 }
 
+/// The least share of the offered rate a sustainable probe achieves.
+pub const ACHIEVED_MIN: f64 = 0.95;
+
+/// The least probe length over which a rate is decided (the default of `--probe-seconds`);
+/// shorter probes are a smoke test, and the report says so.
+pub const DECIDING_PROBE_S: f64 = 15.0;
+
 fn events_for(config: &BenchConfig, rate: f64) -> u64 {
     ((rate * config.probe_seconds) as u64).clamp(PROBE_EVENTS_MIN, PROBE_EVENTS_MAX)
 }
@@ -591,7 +616,9 @@ where
     let good = prober.highest_sustainable().await?;
     let mut series = std::mem::take(&mut prober.last_series);
     let mut at_fraction = Vec::new();
+    let mut repeats = Vec::new();
     if good > 0.0 {
+        repeats = prober.repeat(good).await?;
         at_fraction = prober.at_fractions(good, &mut series).await?;
     } else {
         let lowest = prober.probes.iter().map(|point| point.offered_per_s).fold(f64::INFINITY, f64::min);
@@ -605,6 +632,7 @@ where
         max_sustainable_per_s: good,
         probes,
         at_fraction,
+        repeats,
         series,
         efficiency: None,
         store_apply: None,
@@ -688,6 +716,26 @@ where
             }
         }
         Ok(good)
+    }
+
+    /// Runs the configuration at `good` again, `repeats` times, and reports each run: the
+    /// spread of the ceiling the search found (its own probe at `good` is in `probes`).
+    async fn repeat(&self, good: f64) -> anyhow::Result<Vec<Point>> {
+        let (config, setup, label) = (self.config, self.setup, self.label);
+        let mut points = Vec::new();
+        for run in 1..=config.repeats {
+            let measured = (self.run_at)(good, events_for(config, good)).await?;
+            let point = point(config, good, &measured);
+            self.reporter.line(&format!(
+                "[{setup}] {label} at {good:.0}/s again ({run} of {}): {:.0}/s, p99 {:.1} ms -> {}",
+                config.repeats,
+                point.throughput_per_s,
+                point.latency_ms.p99,
+                point.reason.clone().unwrap_or_else(|| "sustainable".into())
+            ));
+            points.push(point);
+        }
+        Ok(points)
     }
 
     /// Runs the configuration at each of the config's fractions of `good` and reports its
@@ -922,6 +970,49 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_414), (2025, 11, 22));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    /// A passing record of `events` events that took `duration_s` with this p99.
+    fn record(events: u64, duration_s: f64, p99: f64) -> RunRecord {
+        serde_json::from_value(serde_json::json!({
+            "seed": 1, "architecture": "stream", "label": "test", "store": "sqlite", "broker": "mock",
+            "config": {}, "events": events, "applied": events, "duration_s": duration_s,
+            "throughput_per_s": events as f64 / duration_s,
+            "latency_ms": { "p50": 1.0, "p90": 2.0, "p99": p99, "p999": p99, "max": p99 },
+            "db_statements": 0, "process": { "cpu_s": 0.0, "rss_max_mb": 0.0 },
+            "check": { "lost": 0, "duplicated": 0, "reordered": 0, "bad_balances": 0, "mismatched_accounts": 0, "verdict": "pass" }
+        }))
+        .expect("a record")
+    }
+
+    fn config(probe_seconds: f64) -> BenchConfig {
+        BenchConfig {
+            quick: true,
+            seed: 1,
+            slo_p99_ms: 500.0,
+            start_rate: 1_000.0,
+            probe_seconds,
+            bisect_steps: 0,
+            repeats: 0,
+            fractions: Vec::new(),
+            setups: Vec::new(),
+            service_binary: None,
+        }
+    }
+
+    #[test]
+    fn a_probe_is_sustainable_only_when_it_achieves_95_percent_of_the_offered_rate() {
+        // 2 s of 56,000/s applied over 2.33 s: 48,000/s achieved, the drain (330 ms)
+        // within the SLO. The case: sustainable before, not now.
+        let (sustainable, reason) = judge(&config(2.0), 56_000.0, &record(112_000, 2.333, 100.0));
+        assert!(!sustainable, "{reason:?}");
+        assert!(reason.is_some_and(|reason| reason.contains("under 95%")));
+        // 15 s at 10,000/s with a 300 ms drain: 98% achieved, sustainable.
+        let (sustainable, reason) = judge(&config(15.0), 10_000.0, &record(150_000, 15.3, 100.0));
+        assert!(sustainable, "{reason:?}");
+        // The p99 still decides on its own.
+        let (sustainable, _) = judge(&config(15.0), 10_000.0, &record(150_000, 15.3, 600.0));
+        assert!(!sustainable);
     }
 
     #[test]

@@ -146,9 +146,24 @@ pub fn markdown(results: &BenchResults) -> String {
     let _ = writeln!(text, "# tradeflow bench ({} matrix, seed {})\n", results.matrix, results.seed);
     let _ = writeln!(
         text,
-        "Started {} and took {:.0} s on {} cores. SLO: p99 (intended send → balance commit) ≤ {:.0} ms and everything applied within {:.0} ms of the last send (the backlog does not grow). Open loop: events leave at their intended times.\n",
-        results.started_at, results.duration_s, results.machine["cores"], results.slo.p99_ms, results.slo.drain_ms
+        "Started {} and took {:.0} s on {} cores. SLO: p99 (intended send → balance commit) ≤ {:.0} ms, everything applied within {:.0} ms of the last send (the backlog does not grow), and at least {:.0}% of the offered rate achieved over the probe. Probes of {:.0} s of events; the highest sustainable rate of each configuration run {} more time(s) for its spread. Open loop: events leave at their intended times.\n",
+        results.started_at,
+        results.duration_s,
+        results.machine["cores"],
+        results.slo.p99_ms,
+        results.slo.drain_ms,
+        results.slo.achieved_min * 100.0,
+        results.slo.probe_seconds,
+        results.slo.repeats
     );
+    if results.slo.probe_seconds < crate::harness::DECIDING_PROBE_S {
+        let _ = writeln!(
+            text,
+            "**Probes of {:.0} s are shorter than the {:.0} s over which a rate is decided: these numbers are a smoke test, not a measurement.**\n",
+            results.slo.probe_seconds,
+            crate::harness::DECIDING_PROBE_S
+        );
+    }
     write_summary(&mut text, results);
     write_limits(&mut text, results);
     write_configurations(&mut text, results);
@@ -332,7 +347,39 @@ fn write_probes(text: &mut String, results: &BenchResults) {
                 point.reason.clone().unwrap_or_else(|| "sustainable".into())
             );
         }
+        if let Some(spread) = ceiling_spread(config) {
+            let _ = writeln!(text, "  - {spread}");
+        }
     }
+}
+
+/// The spread of the runs at a configuration's highest sustainable rate: the search's probe
+/// there and the repeats. `None` when it was not run again.
+pub fn ceiling_spread(config: &ConfigResult) -> Option<String> {
+    if config.repeats.is_empty() {
+        return None;
+    }
+    let at_max = config
+        .probes
+        .iter()
+        .filter(|point| point.sustainable && point.offered_per_s == config.max_sustainable_per_s)
+        .take(1)
+        .chain(&config.repeats)
+        .collect::<Vec<_>>();
+    let range = |values: Vec<f64>| {
+        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (low, high)
+    };
+    let (achieved_low, achieved_high) = range(at_max.iter().map(|point| point.throughput_per_s).collect());
+    let (p99_low, p99_high) = range(at_max.iter().map(|point| point.latency_ms.p99).collect());
+    let sustained = at_max.iter().filter(|point| point.sustainable).count();
+    Some(format!(
+        "{} runs at {:.0}/s: achieved {achieved_low:.0} to {achieved_high:.0}/s, p99 {p99_low:.1} to {p99_high:.1} ms; {sustained} of {} sustainable",
+        at_max.len(),
+        config.max_sustainable_per_s,
+        at_max.len()
+    ))
 }
 
 /// The profile section: per configuration with a thread profile, what bounds its top run.

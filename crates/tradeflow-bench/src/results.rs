@@ -126,6 +126,8 @@ pub struct ConfigResult {
     pub probes: Vec<Point>,
     /// Runs at fractions of the maximum, as `(fraction, point)`.
     pub at_fraction: Vec<(f64, Point)>,
+    /// Runs at the maximum again after the search (`--repeats`): its spread.
+    pub repeats: Vec<Point>,
     /// Time series of the run at half the maximum (or the last probe).
     pub series: Series,
     /// Stream only: max / min(raw consume, raw apply at this configuration's batch size
@@ -200,6 +202,12 @@ pub struct Slo {
     pub p99_ms: f64,
     /// And everything applied within this of the last intended send, ms.
     pub drain_ms: f64,
+    /// And achieved at least this share of the offered rate over the probe.
+    pub achieved_min: f64,
+    /// Seconds of events per probe: the span over which each rate is decided.
+    pub probe_seconds: f64,
+    /// Runs at the highest sustainable rate after the search, for its spread.
+    pub repeats: u32,
 }
 
 /// Whether a fraction is the half at which latency targets and series are taken.

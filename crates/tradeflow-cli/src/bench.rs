@@ -38,9 +38,15 @@ pub struct BenchArgs {
     /// with the reason in the report.
     #[arg(long, value_delimiter = ',', default_value = "mock+sqlite,tansu+postgres")]
     setups: Vec<String>,
-    /// Seconds of events per probe run (default 2 quick, 5 full).
-    #[arg(long)]
-    probe_seconds: Option<f64>,
+    /// Seconds of events per probe run: the span over which a rate is decided (at least 95%
+    /// of it achieved, p99 and the drain within the SLO). Shorter than 15 s is a smoke test,
+    /// and the report says so.
+    #[arg(long, default_value_t = tradeflow_bench::harness::DECIDING_PROBE_S)]
+    probe_seconds: f64,
+    /// Runs at each configuration's highest sustainable rate after its search, to report
+    /// the spread of its throughput and p99.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    repeats: u32,
     /// Bisection steps after the doubling search (default 2 quick, 4 full).
     #[arg(long)]
     bisect_steps: Option<u32>,
@@ -111,7 +117,7 @@ pub async fn run(arguments: BenchArgs) -> anyhow::Result<bool> {
             arguments.slo_p99_ms
         );
     }
-    if arguments.probe_seconds.is_some_and(|seconds| !(seconds > 0.0 && seconds <= 600.0)) {
+    if !(arguments.probe_seconds > 0.0 && arguments.probe_seconds <= 600.0) {
         anyhow::bail!("--probe-seconds must be in (0, 600]");
     }
     if let Some(fraction) = arguments
@@ -130,7 +136,8 @@ pub async fn run(arguments: BenchArgs) -> anyhow::Result<bool> {
         seed: arguments.seed,
         slo_p99_ms: arguments.slo_p99_ms,
         start_rate: arguments.start_rate,
-        probe_seconds: arguments.probe_seconds.unwrap_or(if quick { 2.0 } else { 5.0 }),
+        probe_seconds: arguments.probe_seconds,
+        repeats: arguments.repeats,
         bisect_steps: arguments.bisect_steps.unwrap_or(if quick { 2 } else { 4 }),
         fractions: arguments.fractions.clone().unwrap_or_else(|| {
             if quick {

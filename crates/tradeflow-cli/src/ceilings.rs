@@ -1,9 +1,9 @@
 //! compare's ceiling search: each architecture's highest sustainable rate under a p99 SLO,
 //! for each of several SLOs, the way `tradeflow bench` searches (doubling, then bisecting)
 //! but shorter. Each probe is a run of its own, in a process of its own: a rate and its
-//! events, judged sustainable when the checker passes, p99 is within the SLO and
+//! events, judged sustainable when the checker passes, p99 is within the SLO,
 //! everything was applied within the SLO of the last intended send (the backlog did not
-//! grow).
+//! grow) and 95% of the offered rate was achieved, as the bench judges it.
 
 use std::future::Future;
 use tradeflow_check::RunRecord;
@@ -67,6 +67,16 @@ impl Probe {
         }
         if self.drain_ms > slo_ms {
             return Err(format!("backlog grew: applied {:.0} ms after the last send", self.drain_ms));
+        }
+        // As the bench judges it: a drain the SLO allows can still hide a shortfall.
+        let achieved_min = tradeflow_bench::harness::ACHIEVED_MIN;
+        if self.throughput_per_s < achieved_min * self.offered_per_s {
+            return Err(format!(
+                "achieved {:.0}/s, under {:.0}% of the {:.0}/s offered",
+                self.throughput_per_s,
+                achieved_min * 100.0,
+                self.offered_per_s
+            ));
         }
         Ok(())
     }
@@ -216,6 +226,11 @@ mod tests {
         assert!(probe(1_000.0, 110.0, 10.0, "pass").sustainable(500.0).is_ok());
         assert!(probe(1_000.0, 90.0, 600.0, "pass").sustainable(500.0).is_err());
         assert!(probe(1_000.0, 1.0, 1.0, "fail").sustainable(500.0).is_err());
+        let short = Probe {
+            throughput_per_s: 940.0,
+            ..probe(1_000.0, 90.0, 10.0, "pass")
+        };
+        assert!(short.sustainable(500.0).is_err_and(|why| why.contains("under 95%")));
     }
 
     #[test]

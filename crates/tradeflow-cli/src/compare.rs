@@ -318,7 +318,7 @@ fn ceilings_markdown(ceilings: &Ceilings, arguments: &CompareArgs, seed: u64) ->
         "
 ## Ceilings: how much more can the new system take?
 
-Each side's highest sustainable rate (checker passes, p99 within the SLO, everything applied within the SLO of the last send), searched by doubling from {:.0}/s then {} bisection steps per SLO, with {} s of events per probe, seed {seed}, every probe a process of its own. The {} lines below are this machine's; {FIELD_GAIN}.
+Each side's highest sustainable rate (checker passes, p99 within the SLO, everything applied within the SLO of the last send, 95% of the offered rate achieved), searched by doubling from {:.0}/s then {} bisection steps per SLO, with {} s of events per probe, seed {seed}, every probe a process of its own. The {} lines below are this machine's; {FIELD_GAIN}.
 
 ",
         arguments.ceiling_start_rate,

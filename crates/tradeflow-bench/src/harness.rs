@@ -868,16 +868,17 @@ async fn service_rss(binary: &std::path::Path, setup: &Setup, store: &Store, see
 /// Starts `tradeflow balance-service` on `topic` of the cluster, into the setup's store,
 /// its output discarded; it is killed when the returned child is dropped.
 fn spawn_balance_service(binary: &std::path::Path, cluster: &Cluster, setup: &Setup, topic: &str) -> anyhow::Result<tokio::process::Child> {
-    tokio::process::Command::new(binary)
+    let mut command = tokio::process::Command::new(binary);
+    command
         .args(["balance-service", "--bootstrap", cluster.bootstrap_servers(), "--topic", topic])
-        .args([
-            "--group",
-            "bench-rss",
-            "--store",
-            setup.store.kind.as_str(),
-            "--database-url",
-            &setup.store.url,
-        ])
+        .args(["--group", "bench-rss", "--store", setup.store.kind.as_str()]);
+    // A PostgreSQL URL carries its password: in the environment, not the arguments, where
+    // every user of the machine would read it in the process table.
+    match setup.store.kind {
+        tradeflow_store::StoreKind::Postgres => command.env("DATABASE_URL", &setup.store.url),
+        tradeflow_store::StoreKind::Sqlite => command.args(["--database-url", &setup.store.url]),
+    };
+    command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

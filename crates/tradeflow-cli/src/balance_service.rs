@@ -178,6 +178,7 @@ pub async fn run(arguments: ServiceArgs) -> anyhow::Result<bool> {
         Journal::stdout().write(&tradeflow_stream::journal::JournalEntry::Listening);
     }
     // Bad settings are refused before anything is opened or created.
+    tradeflow_cluster::external::check_bootstrap(&arguments.bootstrap).context("checking --bootstrap")?;
     consumer_configs(&arguments, &arguments.bootstrap)?;
     // The topic before the store: brokers that do not answer must not leave a new store.
     let partitions = wait_for_topic(&arguments.bootstrap, &arguments.topic).await?;

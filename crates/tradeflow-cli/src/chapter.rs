@@ -220,8 +220,13 @@ fn check(workspace: &Path, arguments: &ChapterRunArgs) -> anyhow::Result<bool> {
         command.args(["--seed", &seed.to_string()]);
     }
     command.args(["--store", arguments.store.choice_name()]);
+    // A PostgreSQL URL (it may hold a password) goes on in the environment, never on the
+    // child's command line; a SQLite path as it was given.
     if let Some(url) = &arguments.store.database_url {
-        command.args(["--database-url", url]);
+        match arguments.store.store {
+            crate::args::StoreChoice::Postgres => command.env("DATABASE_URL", url),
+            crate::args::StoreChoice::Sqlite => command.args(["--database-url", url]),
+        };
     }
     let status = command.status().with_context(|| format!("running {}", binary.display()))?;
     match status.code() {

@@ -105,6 +105,15 @@ enum RunCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     args::init_logging(cli.log_format);
+    // The one check of the environment's Kafka security settings, for every command that
+    // builds a Kafka client: invalid settings stop it here, with the reason and before it
+    // opens or starts anything, instead of a client connecting in plaintext.
+    if builds_kafka_clients(&cli.command)
+        && let Err(refused) = tradeflow_cluster::external::Security::from_env()
+    {
+        eprintln!("error: {refused}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -158,6 +167,27 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether the command builds Kafka clients, on any broker (the mock's clients get the
+/// environment's security settings too). Every command is named, so that a new one has to
+/// say. `experiment list` counts as an experiment: the name is the experiment's argument.
+fn builds_kafka_clients(command: &Command) -> bool {
+    use chapter::ChapterCommand;
+    match command {
+        Command::Run(RunCommand::Stream(_))
+        | Command::Compare(_)
+        | Command::BalanceService(_)
+        | Command::Dlq(_)
+        | Command::Topics(_)
+        | Command::Experiment(_)
+        | Command::Bench(_)
+        | Command::Chapter(ChapterCommand::Check(_) | ChapterCommand::Run(_)) => true,
+        Command::Run(RunCommand::Poller(_))
+        | Command::Balances(_)
+        | Command::Chapter(ChapterCommand::List { .. } | ChapterCommand::Hint { .. } | ChapterCommand::Solution { .. })
+        | Command::HoldSqliteLock { .. } => false,
     }
 }
 

@@ -139,6 +139,13 @@ fn every_command_fails_fast_and_clearly_on_bad_input_and_leaves_the_store_as_it_
             Some(&s2),
         ),
         case(
+            "balance-service: a malformed bootstrap list",
+            &["balance-service", "--bootstrap", "not-a-host-and-port", "--database-url", &s2s],
+            "bootstrap servers must be HOST:PORT",
+            5,
+            Some(&s2),
+        ),
+        case(
             "dlq replay: no broker at the address",
             &["dlq", "replay", "--bootstrap", "127.0.0.1:1", "--topic", "trades"],
             "127.0.0.1:1",

@@ -1,5 +1,6 @@
-//! The `tradeflow` binary as a user runs it: the main job writes a valid results file, and
-//! bad input is a one-line error.
+//! The `tradeflow` binary as a user runs it: the main job writes a valid results file, bad
+//! input is a one-line error, and a password shows on no command line and in nothing a run
+//! prints or writes.
 
 use std::process::Command;
 
@@ -157,6 +158,7 @@ fn compare_searches_each_sides_ceiling_under_each_slo_in_processes_of_their_own(
             last["verdict"] != "pass"
                 || last["p99_ms"].as_f64() > Some(500.0)
                 || last["drain_ms"].as_f64() > Some(500.0)
+                || last["throughput_per_s"].as_f64() < last["offered_per_s"].as_f64().map(|offered| 0.95 * offered)
                 || last["offered_per_s"].as_f64() >= Some(256_000.0),
             "{side}'s search ends at a failing rate: {probes:?}"
         );
@@ -312,23 +314,77 @@ fn external_security_settings_are_checked_and_the_password_never_printed() {
 /// A three-node Apache Kafka cluster, or `None` (said loudly) when there is no Java or no
 /// Kafka jars and `TRADEFLOW_REQUIRE_BACKENDS` does not name `kafka`.
 fn kafka(test: &str) -> Option<tradeflow_cluster::Cluster> {
-    match tradeflow_cluster::Cluster::kafka() {
+    server(test, "kafka", "Apache Kafka (three nodes)", tradeflow_cluster::Cluster::kafka)
+}
+
+/// A tansu broker, or `None` (said loudly) when there is no tansu binary and
+/// `TRADEFLOW_REQUIRE_BACKENDS` does not name `tansu`.
+fn tansu(test: &str) -> Option<tradeflow_cluster::Cluster> {
+    server(test, "tansu", "tansu", tradeflow_cluster::Cluster::tansu)
+}
+
+/// A cluster `start` brings up, recorded for `scripts/test`; when it cannot, `None` (said
+/// loudly), or a failure when `TRADEFLOW_REQUIRE_BACKENDS` names `backend`.
+fn server(
+    test: &str,
+    backend: &str,
+    what: &str,
+    start: impl FnOnce() -> Result<tradeflow_cluster::Cluster, tradeflow_cluster::ClusterError>,
+) -> Option<tradeflow_cluster::Cluster> {
+    match start() {
         Ok(cluster) => {
-            record_backend("exercised", "kafka", "");
+            record_backend("exercised", backend, "");
             Some(cluster)
         }
         Err(error) => {
-            let required = std::env::var("TRADEFLOW_REQUIRE_BACKENDS").is_ok_and(|list| list.split(',').any(|name| name.trim() == "kafka"));
+            let required = std::env::var("TRADEFLOW_REQUIRE_BACKENDS").is_ok_and(|list| list.split(',').any(|name| name.trim() == backend));
             let outcome = if required { "failed" } else { "skipped" };
-            record_backend(outcome, "kafka", &format!("Apache Kafka (three nodes) unavailable: {error}"));
+            record_backend(outcome, backend, &format!("{what} unavailable: {error}"));
             assert!(
                 !required,
-                "{test}: Apache Kafka is required (TRADEFLOW_REQUIRE_BACKENDS) but unavailable: {error}"
+                "{test}: {what} is required (TRADEFLOW_REQUIRE_BACKENDS) but unavailable: {error}"
             );
-            eprintln!("\n*** SKIPPED {test}: Apache Kafka unavailable ({error}) ***\n");
+            eprintln!("\n*** SKIPPED {test}: {what} unavailable ({error}) ***\n");
             None
         }
     }
+}
+
+#[test]
+#[ignore = "needs tansu: TANSU_BIN, or tansu on PATH (bash .ci/install-tansu)"]
+fn a_topic_with_another_partition_count_is_refused_with_what_to_do() {
+    let test = "a_topic_with_another_partition_count_is_refused_with_what_to_do";
+    let Some(cluster) = tansu(test) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime
+        .block_on(cluster.ensure_topic("trades", 2, 1))
+        .expect("the topic is created with 2 partitions");
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let store = directory.path().join("balances.db");
+    let output = tradeflow()
+        .args([
+            "run",
+            "stream",
+            "--bootstrap",
+            cluster.bootstrap_servers(),
+            "--partitions",
+            "6",
+            "--events",
+            "100",
+        ])
+        .arg("--database-url")
+        .arg(&store)
+        .output()
+        .expect("tradeflow runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error:") && last.contains("it exists with 2 partitions and this run counts on 6: pass --partitions 2"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -410,4 +466,370 @@ fn ctrl_c_stops_every_kafka_node_a_run_started() {
     assert!(!exit.success(), "an interrupted run does not report success: {exit}");
     let left: Vec<u32> = nodes.into_iter().filter(|pid| processes::alive(*pid)).collect();
     assert!(left.is_empty(), "JVMs left behind after Ctrl-C: {left:?}");
+}
+
+/// The Kafka security variables, removed from every run below that sets some of them, so
+/// that a developer's own settings do not change what the run sees.
+const KAFKA_SECURITY_VARIABLES: [&str; 5] = [
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SSL_CA_LOCATION",
+];
+
+#[test]
+fn invalid_kafka_security_settings_stop_every_command_that_builds_a_client_before_it_connects() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    // Where the commands that take bootstrap servers are sent: a connection here would be a
+    // client that went ahead in plaintext.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    listener.set_nonblocking(true).expect("a non-blocking listener");
+    let bootstrap = listener.local_addr().expect("its address").to_string();
+    let database = directory.path().join("store.db").display().to_string();
+    let out = directory.path().join("out").display().to_string();
+    let commands: [&[&str]; 6] = [
+        &["run", "stream", "--seed", "1", "--events", "100", "--database-url", &database],
+        &[
+            "compare",
+            "--seed",
+            "1",
+            "--events",
+            "100",
+            "--no-ceilings",
+            "--database-url",
+            &database,
+            "--out",
+            &out,
+        ],
+        &["balance-service", "--bootstrap", &bootstrap, "--database-url", &database],
+        &["topics", "plan", "--bootstrap", &bootstrap],
+        &["dlq", "replay", "--bootstrap", &bootstrap],
+        &[
+            "experiment",
+            "poison-message",
+            "--broker",
+            "external",
+            "--bootstrap",
+            &bootstrap,
+            "--database-url",
+            &database,
+            "--out",
+            &out,
+        ],
+    ];
+    let password = "kafka-pw-5d1c0e9a";
+    // What each setting must be refused for: the variable the message names.
+    let settings: [(&[(&str, &str)], &str); 2] = [
+        (
+            &[
+                ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+                ("KAFKA_SASL_MECHANISM", "PLAIN"),
+                ("KAFKA_SASL_USERNAME", "alice"),
+            ],
+            "KAFKA_SASL_PASSWORD not set",
+        ),
+        // Credentials with no protocol: librdkafka would connect in plaintext and send none.
+        (
+            &[
+                ("KAFKA_SASL_MECHANISM", "PLAIN"),
+                ("KAFKA_SASL_USERNAME", "alice"),
+                ("KAFKA_SASL_PASSWORD", password),
+            ],
+            "but KAFKA_SECURITY_PROTOCOL is plaintext",
+        ),
+    ];
+    for (variables, reason) in settings {
+        for arguments in commands {
+            let mut command = tradeflow();
+            command.current_dir(directory.path()).args(arguments).env("RUST_LOG", "debug");
+            for variable in KAFKA_SECURITY_VARIABLES {
+                command.env_remove(variable);
+            }
+            let output = command.envs(variables.iter().copied()).output().expect("tradeflow runs");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let shown = format!("tradeflow {arguments:?} with {variables:?}:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+            assert_eq!(output.status.code(), Some(1), "{shown}");
+            assert!(
+                stderr.starts_with("error: invalid Kafka security settings in the environment: ")
+                    && stderr.contains(reason)
+                    && stderr.lines().count() == 1,
+                "one line with the reason: {shown}"
+            );
+            assert!(stdout.is_empty(), "refused before it started anything: {shown}");
+            assert!(
+                !stdout.contains(password) && !stderr.contains(password),
+                "the password was printed: {shown}"
+            );
+        }
+    }
+    assert!(
+        matches!(listener.accept(), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock),
+        "a refused command connected to the bootstrap servers"
+    );
+    assert!(!directory.path().join("store.db").exists(), "a refused command opened its store");
+}
+
+/// A PostgreSQL role and database of their own, for a test that must find a password in
+/// nothing a run shows: the CI role's password is its own name, which every redacted URL
+/// shows, so this role's is random. Dropped with this value, also when the test fails.
+struct SecretDatabase {
+    /// The test server's URL, as the test role (which has CREATEDB and CREATEROLE).
+    admin_url: String,
+    /// The role, which owns the database of the same name.
+    role: String,
+    /// The role's password: 32 random hex digits.
+    password: String,
+    /// The database's URL, as the role, password included.
+    url: String,
+}
+
+/// 32 hex digits from the standard library's randomly keyed hasher: different in every test
+/// process and unlikely anywhere else.
+fn random_hex() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let state = RandomState::new();
+    format!("{:016x}{:016x}", state.hash_one(1_u8), state.hash_one(2_u8))
+}
+
+impl SecretDatabase {
+    /// Creates the role and its database, or returns `None` when there is no PostgreSQL
+    /// server (a failure instead when `TRADEFLOW_REQUIRE_BACKENDS` names postgres): the rule
+    /// `tests/lib.rs` keeps for every server.
+    async fn create(test: &str) -> Option<SecretDatabase> {
+        use sqlx::Connection;
+        let admin_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://tradeflow:tradeflow@127.0.0.1:5432/tradeflow".into());
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                let detail = format!("{}: {error}", tradeflow_store::connect::redact(&admin_url));
+                let required =
+                    std::env::var("TRADEFLOW_REQUIRE_BACKENDS").is_ok_and(|list| list.split(',').any(|name| name.trim() == "postgres"));
+                record_backend(
+                    if required { "failed" } else { "skipped" },
+                    "postgres",
+                    &format!("PostgreSQL unavailable: {detail}"),
+                );
+                assert!(
+                    !required,
+                    "{test}: PostgreSQL is required (TRADEFLOW_REQUIRE_BACKENDS) but unavailable: {detail}"
+                );
+                eprintln!("\n*** SKIPPED {test}: PostgreSQL unavailable ({detail}). Run `bash .ci/run` or set it up as it does ***\n");
+                return None;
+            }
+        };
+        let role = format!("tradeflow_secret_{}", &random_hex()[..16]);
+        let password = random_hex();
+        let host = admin_url
+            .split_once("://")
+            .map(|(_, rest)| rest.rsplit_once('@').map_or(rest, |(_, host)| host))
+            .and_then(|rest| rest.split(['/', '?']).next())
+            .unwrap_or_else(|| panic!("DATABASE_URL {} names no host", tradeflow_store::connect::redact(&admin_url)));
+        let database = SecretDatabase {
+            url: format!("postgres://{role}:{password}@{host}/{role}"),
+            admin_url,
+            role,
+            password,
+        };
+        // The test role joins the new one, so that it may make it the database's owner and
+        // drop both afterwards.
+        for statement in [
+            format!("CREATE ROLE {} LOGIN PASSWORD '{}'", database.role, database.password),
+            format!("GRANT {} TO CURRENT_USER", database.role),
+            format!("CREATE DATABASE {0} OWNER {0}", database.role),
+        ] {
+            if let Err(error) = sqlx::query(&statement).execute(&mut admin).await {
+                let shown = statement.replace(&database.password, "<password>");
+                panic!(
+                    "{test}: `{shown}` failed ({error}): the test role needs CREATEROLE and CREATEDB (.ci/run gives them: ALTER ROLE tradeflow CREATEDB CREATEROLE)"
+                );
+            }
+        }
+        let _ = admin.close().await;
+        record_backend("exercised", "postgres", "");
+        Some(database)
+    }
+
+    /// Drops the database and the role; says on standard error what it could not drop.
+    async fn remove(&self) {
+        use sqlx::Connection;
+        let mut admin = match sqlx::PgConnection::connect(&self.admin_url).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                eprintln!("could not drop role and database {}: {error}", self.role);
+                return;
+            }
+        };
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.role),
+            format!("DROP ROLE IF EXISTS {}", self.role),
+        ] {
+            if let Err(error) = sqlx::query(&statement).execute(&mut admin).await {
+                eprintln!("`{statement}` failed: {error}");
+            }
+        }
+        let _ = admin.close().await;
+    }
+}
+
+impl Drop for SecretDatabase {
+    fn drop(&mut self) {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(self.remove()),
+            Err(error) => eprintln!("could not drop role and database {}: {error}", self.role),
+        }
+    }
+}
+
+/// What the process table showed while a run went on.
+#[derive(Default)]
+struct ProcessTable {
+    /// Passes over `/proc`.
+    samples: u64,
+    /// Command lines that held the password (with it masked), by pid.
+    leaks: std::collections::BTreeMap<u32, String>,
+    /// The run's child processes whose command line names tradeflow.
+    children: std::collections::BTreeSet<u32>,
+}
+
+/// How often the process table is read while a run goes on.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl ProcessTable {
+    /// One pass over every process's command line.
+    fn sample(&mut self, needle: &str, run: u32) {
+        self.samples += 1;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) {
+                self.leaks.insert(pid, text.replace(needle, "<password>"));
+            }
+        }
+        self.children.extend(processes::pids_with_command_line("tradeflow", Some(run)));
+    }
+}
+
+/// Runs `command` to its end while reading every process's command line every
+/// [`SAMPLE_EVERY`]; returns its output and what the process table showed.
+fn run_watching_the_process_table(mut command: Command, needle: &str) -> (std::process::Output, ProcessTable) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tradeflow starts");
+    let run = child.id();
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (done, needle) = (done.clone(), needle.to_owned());
+        std::thread::spawn(move || {
+            let mut table = ProcessTable::default();
+            while !done.load(Ordering::Relaxed) {
+                table.sample(&needle, run);
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+            table
+        })
+    };
+    let output = child.wait_with_output().expect("tradeflow runs");
+    done.store(true, Ordering::Relaxed);
+    (output, sampler.join().expect("the sampler ends"))
+}
+
+/// The files under `directory` (recursively) whose bytes hold `needle`.
+fn files_holding(directory: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(directory).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_holding(&path, needle));
+        } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle.as_bytes())) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+#[ignore = "needs PostgreSQL at DATABASE_URL (default: the server .ci/run starts)"]
+fn a_database_password_reaches_no_command_line_and_nothing_a_run_prints_or_writes() {
+    let test = "a_database_password_reaches_no_command_line_and_nothing_a_run_prints_or_writes";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("an async runtime");
+    let Some(database) = runtime.block_on(SecretDatabase::create(test)) else {
+        return;
+    };
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    // compare runs each side as a child process of its own: the cheapest run that hands a
+    // PostgreSQL URL to children. It gets the URL as users are told to give it, in
+    // DATABASE_URL; with every log line there is.
+    let mut command = tradeflow();
+    command
+        .current_dir(directory.path())
+        .env("DATABASE_URL", &database.url)
+        .env("RUST_LOG", "debug")
+        .args([
+            "compare",
+            "--store",
+            "postgres",
+            "--no-ceilings",
+            "--seed",
+            "7",
+            "--events",
+            "3000",
+            "--out",
+            "out",
+        ]);
+    let (output, table) = run_watching_the_process_table(command, &database.password);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let masked = |text: &str| text.replace(&database.password, "<password>");
+    assert!(
+        output.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        masked(&stdout),
+        masked(&stderr)
+    );
+    eprintln!(
+        "{} passes over the process table, {} child tradeflow processes seen, {} bytes of output",
+        table.samples,
+        table.children.len(),
+        output.stdout.len() + output.stderr.len()
+    );
+    assert!(
+        !table.children.is_empty(),
+        "the sampling saw no child tradeflow process in {} passes: it could not have seen a leak",
+        table.samples
+    );
+    assert!(
+        stdout.contains(&format!("{}:***@", database.role)),
+        "the run shows the secret role's URL, redacted: it used it\n{}",
+        masked(&stdout)
+    );
+    assert!(table.leaks.is_empty(), "the password is on command lines: {:?}", table.leaks);
+    assert!(
+        !stdout.contains(&database.password),
+        "the password is on standard output:\n{}",
+        masked(&stdout)
+    );
+    assert!(
+        !stderr.contains(&database.password),
+        "the password is in the logs:\n{}",
+        masked(&stderr)
+    );
+    assert!(
+        directory.path().join("out/report.md").is_file() && directory.path().join("out/results.json").is_file(),
+        "the run wrote report.md and results.json, for the search below"
+    );
+    let files = files_holding(directory.path(), &database.password);
+    assert!(files.is_empty(), "the password is in files the run wrote: {files:?}");
 }

@@ -12,6 +12,12 @@
 //!
 //! TLS (`ssl`, `sasl_ssl`) and SCRAM need librdkafka built with OpenSSL: build with
 //! `--features ssl` (and the system's OpenSSL headers, Debian's `libssl-dev`).
+//!
+//! Invalid settings are refused, never dropped in favour of plaintext: one check
+//! ([`Security::from_env`]) that the CLI runs before any command that builds a Kafka client,
+//! that [`Cluster::external`](crate::Cluster::external) runs, and that
+//! [`apply_env_security`] runs for every client configuration, making the client's creation
+//! fail with the reason.
 
 use crate::ClusterError;
 use rdkafka::ClientConfig;
@@ -39,16 +45,32 @@ fn setting(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
 }
 
-fn invalid(reason: String) -> ClusterError {
-    ClusterError::Unsupported {
-        backend: "external",
-        reason,
+/// Why the environment's security settings were refused. The reason names the variable at
+/// fault and never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Kafka security settings in the environment: {reason}")]
+pub struct InvalidSecurity {
+    /// What is wrong, naming the variable.
+    pub reason: String,
+}
+
+fn invalid(reason: String) -> InvalidSecurity {
+    InvalidSecurity { reason }
+}
+
+impl From<InvalidSecurity> for ClusterError {
+    fn from(refused: InvalidSecurity) -> Self {
+        ClusterError::Unsupported {
+            backend: "external",
+            reason: refused.to_string(),
+        }
     }
 }
 
 impl Security {
-    /// Reads the settings from the environment and checks them.
-    pub fn from_env() -> Result<Security, ClusterError> {
+    /// Reads the settings from the environment and checks them: the one check every client
+    /// configuration goes through.
+    pub fn from_env() -> Result<Security, InvalidSecurity> {
         Security::checked(Security {
             protocol: setting("KAFKA_SECURITY_PROTOCOL").map(|protocol| protocol.to_ascii_lowercase()),
             mechanism: setting("KAFKA_SASL_MECHANISM").map(|mechanism| mechanism.to_ascii_uppercase()),
@@ -58,7 +80,11 @@ impl Security {
         })
     }
 
-    fn checked(security: Security) -> Result<Security, ClusterError> {
+    /// The settings, if librdkafka would use every one of them as given. A setting it would
+    /// ignore (SASL credentials or a CA file on a protocol without SASL or TLS) is refused
+    /// too: the client would connect in plaintext, or unauthenticated, while the settings
+    /// say otherwise.
+    fn checked(security: Security) -> Result<Security, InvalidSecurity> {
         let protocol = security.protocol.as_deref().unwrap_or("plaintext");
         if !PROTOCOLS.contains(&protocol) {
             return Err(invalid(format!(
@@ -67,26 +93,61 @@ impl Security {
             )));
         }
         let sasl = protocol.starts_with("sasl");
+        let tls = protocol.ends_with("ssl");
         if let Some(mechanism) = security.mechanism.as_deref().filter(|mechanism| !MECHANISMS.contains(mechanism)) {
             return Err(invalid(format!(
                 "KAFKA_SASL_MECHANISM must be one of {}, got {mechanism:?}",
                 MECHANISMS.join(", ")
             )));
         }
-        if sasl && (security.username.is_none() || security.password.is_none()) {
+        if sasl {
+            let missing: Vec<&str> = [
+                ("KAFKA_SASL_MECHANISM", security.mechanism.is_none()),
+                ("KAFKA_SASL_USERNAME", security.username.is_none()),
+                ("KAFKA_SASL_PASSWORD", security.password.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(variable, absent)| absent.then_some(variable))
+            .collect();
+            if !missing.is_empty() {
+                return Err(invalid(format!(
+                    "{} not set: KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
+                    missing.join(", ")
+                )));
+            }
+        } else {
+            let ignored: Vec<&str> = [
+                ("KAFKA_SASL_MECHANISM", security.mechanism.is_some()),
+                ("KAFKA_SASL_USERNAME", security.username.is_some()),
+                ("KAFKA_SASL_PASSWORD", security.password.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(variable, present)| present.then_some(variable))
+            .collect();
+            if !ignored.is_empty() {
+                return Err(invalid(format!(
+                    "{} set, but KAFKA_SECURITY_PROTOCOL is {protocol}, which sends no credentials: set it to sasl_plaintext or sasl_ssl, or unset them",
+                    ignored.join(", ")
+                )));
+            }
+        }
+        if !tls && security.ca_location.is_some() {
             return Err(invalid(format!(
-                "security protocol {protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+                "KAFKA_SSL_CA_LOCATION set, but KAFKA_SECURITY_PROTOCOL is {protocol}, which uses no TLS: set it to ssl or sasl_ssl, or unset KAFKA_SSL_CA_LOCATION"
             )));
         }
-        let needs_openssl = protocol.ends_with("ssl")
-            || security
-                .mechanism
-                .as_deref()
-                .is_some_and(|mechanism| mechanism.starts_with("SCRAM"));
-        if needs_openssl && !cfg!(feature = "ssl") {
+        let scram = security
+            .mechanism
+            .as_deref()
+            .is_some_and(|mechanism| mechanism.starts_with("SCRAM"));
+        if (tls || scram) && !cfg!(feature = "ssl") {
+            let variable = if tls {
+                format!("KAFKA_SECURITY_PROTOCOL={protocol}")
+            } else {
+                format!("KAFKA_SASL_MECHANISM={}", security.mechanism.as_deref().unwrap_or_default())
+            };
             return Err(invalid(format!(
-                "{protocol} with {} needs librdkafka built with OpenSSL: rebuild with `cargo build --release --features ssl` (needs libssl-dev)",
-                security.mechanism.as_deref().unwrap_or("no SASL")
+                "{variable} needs librdkafka built with OpenSSL: rebuild with `cargo build --release --features ssl` (needs libssl-dev)"
             )));
         }
         Ok(security)
@@ -114,14 +175,27 @@ impl Security {
     }
 }
 
-/// Applies the environment's security settings to a client configuration. Invalid
-/// settings apply nothing (the client connects in plaintext) and are logged here;
-/// [`Cluster::external`](crate::Cluster::external) refuses them with the reason.
+/// Applies the environment's security settings to a client configuration. Invalid settings
+/// fail closed: creating the client then fails with the reason (see [`refuse_in`]), instead
+/// of connecting in plaintext.
 pub fn apply_env_security(config: &mut ClientConfig) {
-    match Security::from_env() {
+    apply_or_refuse(config, Security::from_env());
+}
+
+fn apply_or_refuse(config: &mut ClientConfig, checked: Result<Security, InvalidSecurity>) {
+    match checked {
         Ok(security) => security.apply(config),
-        Err(error) => tracing::warn!(%error, "ignoring invalid Kafka security settings from the environment"),
+        Err(refused) => refuse_in(config, &refused),
     }
+}
+
+/// Makes creating a client from `config` fail, naming why: the refusal becomes the value of
+/// `security.protocol`, which librdkafka checks against its list of protocols when the
+/// client is created, so the creation fails with `Client config error: Invalid value
+/// "invalid Kafka security settings in the environment: ..." for configuration property
+/// "security.protocol"`. No other property is set, so no credential reaches the client.
+fn refuse_in(config: &mut ClientConfig, refused: &InvalidSecurity) {
+    config.set("security.protocol", refused.to_string());
 }
 
 impl fmt::Display for Security {
@@ -188,6 +262,40 @@ mod tests {
     }
 
     #[test]
+    fn settings_the_protocol_would_ignore_are_refused_not_dropped() {
+        let mut plaintext = security("plaintext", Some("PLAIN"), Some("s3cret-value"));
+        let refused = Security::checked(plaintext.clone()).expect_err("credentials on plaintext");
+        let text = refused.to_string();
+        assert!(text.contains("KAFKA_SASL_PASSWORD") && text.contains("plaintext"), "{text}");
+        assert!(!text.contains("s3cret-value"), "{text}");
+        plaintext.protocol = None;
+        let unset = Security::checked(plaintext).expect_err("credentials with no protocol: plaintext");
+        assert!(unset.to_string().contains("KAFKA_SASL_USERNAME"), "{unset}");
+        let no_mechanism = Security::checked(security("sasl_plaintext", None, Some("x"))).expect_err("SASL needs a mechanism");
+        assert!(no_mechanism.to_string().contains("KAFKA_SASL_MECHANISM not set"), "{no_mechanism}");
+        let mut ca = security("sasl_plaintext", Some("PLAIN"), Some("x"));
+        ca.ca_location = Some("/etc/ca.pem".into());
+        let no_tls = Security::checked(ca).expect_err("a CA file on a protocol without TLS");
+        assert!(no_tls.to_string().contains("KAFKA_SSL_CA_LOCATION"), "{no_tls}");
+    }
+
+    #[test]
+    fn a_refused_configuration_fails_to_create_a_client_naming_the_reason() {
+        use rdkafka::consumer::BaseConsumer;
+        let refused = Security::checked(security("sasl_plaintext", Some("PLAIN"), None)).expect_err("no password");
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:9");
+        apply_or_refuse(&mut config, Err(refused.clone()));
+        assert_eq!(config.get("sasl.username"), None, "no credential reaches a refused client");
+        let error = match config.create::<BaseConsumer>() {
+            Ok(_) => panic!("a client was created from refused security settings"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains(&refused.to_string()), "{error}");
+        assert!(error.contains("security.protocol"), "{error}");
+    }
+
+    #[test]
     fn settings_reach_the_client_configuration() {
         let mut config = ClientConfig::new();
         security("sasl_plaintext", Some("PLAIN"), Some("pw")).apply(&mut config);
@@ -225,6 +333,24 @@ impl rdkafka::ClientContext for LastError {
             last.get_or_insert_with(|| format!("{error}: {reason}"));
         }
     }
+}
+
+/// Checks a bootstrap list's form (`HOST:PORT[,HOST:PORT...]`), before any client is made
+/// of it: one check for every command that takes `--bootstrap`.
+pub fn check_bootstrap(bootstrap: &str) -> Result<(), crate::ClusterError> {
+    let valid = !bootstrap.is_empty()
+        && bootstrap.split(',').all(|server| {
+            server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        });
+    if valid {
+        return Ok(());
+    }
+    Err(crate::ClusterError::Unsupported {
+        backend: "external",
+        reason: format!("bootstrap servers must be HOST:PORT[,HOST:PORT...], got {bootstrap:?}"),
+    })
 }
 
 /// Asks the bootstrap servers for the cluster's metadata and waits at most

@@ -152,18 +152,7 @@ impl Cluster {
         if security.is_set() {
             tracing::info!(%security, "external cluster security settings");
         }
-        let valid = !bootstrap.is_empty()
-            && bootstrap.split(',').all(|server| {
-                server
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-            });
-        if !valid {
-            return Err(ClusterError::Unsupported {
-                backend: "external",
-                reason: format!("bootstrap servers must be HOST:PORT[,HOST:PORT...], got {bootstrap:?}"),
-            });
-        }
+        external::check_bootstrap(bootstrap)?;
         external::probe(bootstrap, &security)?;
         Ok(Cluster {
             backend: Backend::External,

@@ -241,6 +241,8 @@ pub fn decide(spec: &TopicSpec, state: Option<TopicState>, facts: ClusterFacts) 
 pub(crate) fn client_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
+    // Invalid settings make creating the client fail with the reason, never fall back to
+    // plaintext.
     crate::external::apply_env_security(&mut config);
     config
 }

@@ -143,7 +143,8 @@ pub const METADATA_REFRESH_MS: u32 = 2_000;
 /// limits are measured with the pipeline's own client settings).
 pub fn base_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    // SASL/SSL settings of an external cluster, from the environment (never logged).
+    // SASL/SSL settings of an external cluster, from the environment (never logged). Invalid
+    // ones make creating the client fail with the reason, never fall back to plaintext.
     tradeflow_cluster::external::apply_env_security(&mut config);
     config
         .set("bootstrap.servers", bootstrap)

@@ -731,7 +731,10 @@ where
                 config.repeats,
                 point.throughput_per_s,
                 point.latency_ms.p99,
-                point.reason.clone().unwrap_or_else(|| "sustainable".into())
+                point
+                    .reason
+                    .as_ref()
+                    .map_or_else(|| "sustainable".to_owned(), |reason| format!("not sustainable ({reason})"))
             ));
             points.push(point);
         }

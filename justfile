@@ -75,3 +75,12 @@ mutants SCOPE="checker":
     else \
         scripts/mutants-guarantees; \
     fi
+
+# Fuzz the event decoder (TARGET=decode_event) or the dead-letter headers replay reads
+# (dead_letter_headers) for SECONDS, one job. Needs nightly and cargo-fuzz: `rustup toolchain
+# install nightly` and `cargo +stable install cargo-fuzz --locked`. The committed seeds in
+# fuzz/corpus/ are only read; what a run finds goes to fuzz/target/corpus/, a crash to
+# fuzz/artifacts/. What each target checks, and the findings: docs/fuzzing.md.
+fuzz TARGET="decode_event" SECONDS="60":
+    mkdir -p fuzz/target/corpus/{{TARGET}}
+    cargo +nightly fuzz run {{TARGET}} fuzz/target/corpus/{{TARGET}} fuzz/corpus/{{TARGET}} -- -max_total_time={{SECONDS}} -print_final_stats=1

@@ -224,7 +224,7 @@ async fn a_missing_server_is_a_one_line_error_that_hides_the_password() {
     let message = error.to_string();
     assert!(matches!(error, StoreError::Connect { .. }), "{message}");
     assert!(
-        message.contains("127.0.0.1:1") && message.contains("is the server running"),
+        message.contains("127.0.0.1:1") && message.contains("connection refused: nothing listens at that host and port"),
         "{message}"
     );
     assert!(!message.contains("secret") && !message.contains('\n'), "{message}");

@@ -57,7 +57,7 @@ pub fn write(root: &Path, results: &BenchResults) -> anyhow::Result<PathBuf> {
 
 /// results.json: the run's metadata and, per configuration, OMB-like fields
 /// (`publishRate`, `consumeRate`, `aggregatedEndToEndLatency*`, `backlog`) next to
-/// tradeflow's own (`max_sustainable_per_s`, `efficiency`, probes, fractions).
+/// tradeflow's own (`max_sustainable_per_s`, `efficiency`, probes, repeats, fractions).
 pub fn omb_shape(results: &BenchResults) -> serde_json::Value {
     let configurations: Vec<serde_json::Value> = results
         .configurations
@@ -80,6 +80,7 @@ pub fn omb_shape(results: &BenchResults) -> serde_json::Value {
                 "aggregatedEndToEndLatency999pct": reference.map(|point| point.latency_ms.p999),
                 "aggregatedEndToEndLatencyMax": reference.map(|point| point.latency_ms.max),
                 "probes": config.probes,
+                "repeats": config.repeats,
                 "at_fraction": config.at_fraction.iter().map(|(fraction, point)| serde_json::json!({"fraction": fraction, "point": point})).collect::<Vec<_>>(),
             })
         })

@@ -334,7 +334,7 @@ fn every_command_fails_fast_and_clearly_on_bad_input_and_leaves_the_store_as_it_
 #[test]
 #[ignore = "needs PostgreSQL at DATABASE_URL (default: the server .ci/run starts)"]
 fn wrong_postgres_credentials_are_named_as_such() {
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://tradeflow:tradeflow@127.0.0.1:5432/tradeflow".to_owned());
+    let base = tradeflow_tests::postgres_base_url();
     let Some((scheme_user, rest)) = base
         .split_once("://")
         .and_then(|(_, rest)| rest.split_once('@'))
@@ -346,15 +346,12 @@ fn wrong_postgres_credentials_are_named_as_such() {
         panic!("DATABASE_URL {base:?} names no user and host");
     };
     let host = rest.split('/').next().unwrap_or_default().to_owned();
-    if std::net::TcpStream::connect(&host).is_err() {
-        let required = std::env::var("TRADEFLOW_REQUIRE_BACKENDS").is_ok_and(|list| list.split(',').any(|name| name.trim() == "postgres"));
-        assert!(
-            !required,
-            "PostgreSQL is required (TRADEFLOW_REQUIRE_BACKENDS) but nothing answers at {host}"
-        );
-        eprintln!("\n*** SKIPPED wrong_postgres_credentials_are_named_as_such: PostgreSQL unavailable (nothing answers at {host}) ***\n");
+    if let Err(error) = std::net::TcpStream::connect(&host) {
+        let test = "wrong_postgres_credentials_are_named_as_such";
+        tradeflow_tests::server_missing(test, "postgres", "PostgreSQL", &format!("nothing answers at {host}: {error}"));
         return;
     }
+    tradeflow_tests::exercised("postgres");
     let wrong = format!("postgres://{scheme_user}:not-the-password-{}@{rest}", std::process::id());
     check(&case(
         "run poller: a password the server refuses",

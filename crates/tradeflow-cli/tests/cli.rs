@@ -4,8 +4,7 @@
 
 use std::process::Command;
 
-#[path = "../../../tests/processes.rs"]
-mod processes;
+use tradeflow_tests::processes;
 
 fn tradeflow() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tradeflow"));
@@ -32,31 +31,9 @@ fn compare(directory: &std::path::Path, extra: &[&str]) -> (std::path::PathBuf, 
         String::from_utf8_lossy(&output.stderr)
     );
     // The embedded default ran: the mock cluster and a SQLite file.
-    record_backend("exercised", "mock", "");
-    record_backend("exercised", "sqlite", "");
+    tradeflow_tests::exercised("mock");
+    tradeflow_tests::exercised("sqlite");
     (out, stdout)
-}
-
-/// Appends one line of evidence for `scripts/test`'s last line when
-/// `TRADEFLOW_TEST_BACKENDS_DIR` is set: `OUTCOME<TAB>BACKEND<TAB>TEST<TAB>DETAIL` in its
-/// `backends.tsv`, the format `tradeflow_tests::BACKENDS_FILE` (`tests/lib.rs`) documents
-/// and the integration tests write (this crate does not depend on them). The test is named
-/// by its thread, which the test harness names after it.
-fn record_backend(outcome: &str, backend: &str, detail: &str) {
-    use std::io::Write;
-    let Some(directory) = std::env::var_os("TRADEFLOW_TEST_BACKENDS_DIR") else {
-        return;
-    };
-    let one_field = |text: &str| text.replace(['\t', '\n', '\r'], " ");
-    let test = std::thread::current().name().unwrap_or("unnamed").to_owned();
-    let line = format!("{outcome}\t{backend}\t{}\t{}\n", one_field(&test), one_field(detail));
-    let path = std::path::Path::new(&directory).join("backends.tsv");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut file| file.write_all(line.as_bytes()))
-        .unwrap_or_else(|error| panic!("recording backend {backend} in {}: {error}", path.display()));
 }
 
 #[test]
@@ -311,50 +288,11 @@ fn external_security_settings_are_checked_and_the_password_never_printed() {
     assert!(!everything.contains("hunter2-secret"), "the password leaked:\n{everything}");
 }
 
-/// A three-node Apache Kafka cluster, or `None` (said loudly) when there is no Java or no
-/// Kafka jars and `TRADEFLOW_REQUIRE_BACKENDS` does not name `kafka`.
-fn kafka(test: &str) -> Option<tradeflow_cluster::Cluster> {
-    server(test, "kafka", "Apache Kafka (three nodes)", tradeflow_cluster::Cluster::kafka)
-}
-
-/// A tansu broker, or `None` (said loudly) when there is no tansu binary and
-/// `TRADEFLOW_REQUIRE_BACKENDS` does not name `tansu`.
-fn tansu(test: &str) -> Option<tradeflow_cluster::Cluster> {
-    server(test, "tansu", "tansu", tradeflow_cluster::Cluster::tansu)
-}
-
-/// A cluster `start` brings up, recorded for `scripts/test`; when it cannot, `None` (said
-/// loudly), or a failure when `TRADEFLOW_REQUIRE_BACKENDS` names `backend`.
-fn server(
-    test: &str,
-    backend: &str,
-    what: &str,
-    start: impl FnOnce() -> Result<tradeflow_cluster::Cluster, tradeflow_cluster::ClusterError>,
-) -> Option<tradeflow_cluster::Cluster> {
-    match start() {
-        Ok(cluster) => {
-            record_backend("exercised", backend, "");
-            Some(cluster)
-        }
-        Err(error) => {
-            let required = std::env::var("TRADEFLOW_REQUIRE_BACKENDS").is_ok_and(|list| list.split(',').any(|name| name.trim() == backend));
-            let outcome = if required { "failed" } else { "skipped" };
-            record_backend(outcome, backend, &format!("{what} unavailable: {error}"));
-            assert!(
-                !required,
-                "{test}: {what} is required (TRADEFLOW_REQUIRE_BACKENDS) but unavailable: {error}"
-            );
-            eprintln!("\n*** SKIPPED {test}: {what} unavailable ({error}) ***\n");
-            None
-        }
-    }
-}
-
 #[test]
 #[ignore = "needs tansu: TANSU_BIN, or tansu on PATH (bash .ci/install-tansu)"]
 fn a_topic_with_another_partition_count_is_refused_with_what_to_do() {
     let test = "a_topic_with_another_partition_count_is_refused_with_what_to_do";
-    let Some(cluster) = tansu(test) else {
+    let Some(cluster) = tradeflow_tests::tansu_cluster(test) else {
         return;
     };
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
@@ -391,7 +329,7 @@ fn a_topic_with_another_partition_count_is_refused_with_what_to_do() {
 #[ignore = "needs Apache Kafka: Java 17 and KAFKA_HOME (bash .ci/install-kafka)"]
 fn the_readmes_topics_apply_creates_replicated_topics_on_kafka_and_refuses_too_few_replicas() {
     let test = "the_readmes_topics_apply_creates_replicated_topics_on_kafka_and_refuses_too_few_replicas";
-    let Some(cluster) = kafka(test) else {
+    let Some(cluster) = tradeflow_tests::kafka_cluster(test) else {
         return;
     };
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -434,7 +372,7 @@ fn ctrl_c_stops_every_kafka_node_a_run_started() {
     use std::io::{BufRead, BufReader};
     let test = "ctrl_c_stops_every_kafka_node_a_run_started";
     // Only to learn whether Kafka can start here (and to say so loudly when it cannot).
-    let Some(probe) = kafka(test) else {
+    let Some(probe) = tradeflow_tests::kafka_cluster(test) else {
         return;
     };
     drop(probe);
@@ -599,23 +537,12 @@ impl SecretDatabase {
     /// `tests/lib.rs` keeps for every server.
     async fn create(test: &str) -> Option<SecretDatabase> {
         use sqlx::Connection;
-        let admin_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://tradeflow:tradeflow@127.0.0.1:5432/tradeflow".into());
+        let admin_url = tradeflow_tests::postgres_base_url();
         let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
             Ok(connection) => connection,
             Err(error) => {
                 let detail = format!("{}: {error}", tradeflow_store::connect::redact(&admin_url));
-                let required =
-                    std::env::var("TRADEFLOW_REQUIRE_BACKENDS").is_ok_and(|list| list.split(',').any(|name| name.trim() == "postgres"));
-                record_backend(
-                    if required { "failed" } else { "skipped" },
-                    "postgres",
-                    &format!("PostgreSQL unavailable: {detail}"),
-                );
-                assert!(
-                    !required,
-                    "{test}: PostgreSQL is required (TRADEFLOW_REQUIRE_BACKENDS) but unavailable: {detail}"
-                );
-                eprintln!("\n*** SKIPPED {test}: PostgreSQL unavailable ({detail}). Run `bash .ci/run` or set it up as it does ***\n");
+                tradeflow_tests::server_missing(test, "postgres", "PostgreSQL", &detail);
                 return None;
             }
         };
@@ -647,7 +574,7 @@ impl SecretDatabase {
             }
         }
         let _ = admin.close().await;
-        record_backend("exercised", "postgres", "");
+        tradeflow_tests::exercised("postgres");
         Some(database)
     }
 

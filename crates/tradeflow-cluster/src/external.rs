@@ -100,36 +100,32 @@ impl Security {
                 MECHANISMS.join(", ")
             )));
         }
-        if sasl {
-            let missing: Vec<&str> = [
-                ("KAFKA_SASL_MECHANISM", security.mechanism.is_none()),
-                ("KAFKA_SASL_USERNAME", security.username.is_none()),
-                ("KAFKA_SASL_PASSWORD", security.password.is_none()),
-            ]
-            .into_iter()
-            .filter_map(|(variable, absent)| absent.then_some(variable))
-            .collect();
-            if !missing.is_empty() {
-                return Err(invalid(format!(
-                    "{} not set: KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
-                    missing.join(", ")
-                )));
-            }
-        } else {
-            let ignored: Vec<&str> = [
-                ("KAFKA_SASL_MECHANISM", security.mechanism.is_some()),
-                ("KAFKA_SASL_USERNAME", security.username.is_some()),
-                ("KAFKA_SASL_PASSWORD", security.password.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(variable, present)| present.then_some(variable))
-            .collect();
-            if !ignored.is_empty() {
-                return Err(invalid(format!(
-                    "{} set, but KAFKA_SECURITY_PROTOCOL is {protocol}, which sends no credentials: set it to sasl_plaintext or sasl_ssl, or unset them",
-                    ignored.join(", ")
-                )));
-            }
+        // The SASL settings, and whether each is set: all of them on a SASL protocol, none
+        // on another (librdkafka would ignore them there).
+        let sasl_settings = [
+            ("KAFKA_SASL_MECHANISM", security.mechanism.is_some()),
+            ("KAFKA_SASL_USERNAME", security.username.is_some()),
+            ("KAFKA_SASL_PASSWORD", security.password.is_some()),
+        ];
+        let named = |set: bool| -> Vec<&str> {
+            sasl_settings
+                .iter()
+                .filter(|(_, is_set)| *is_set == set)
+                .map(|(variable, _)| *variable)
+                .collect()
+        };
+        let (missing, ignored) = (named(false), named(true));
+        if sasl && !missing.is_empty() {
+            return Err(invalid(format!(
+                "{} not set: KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
+                missing.join(", ")
+            )));
+        }
+        if !sasl && !ignored.is_empty() {
+            return Err(invalid(format!(
+                "{} set, but KAFKA_SECURITY_PROTOCOL is {protocol}, which sends no credentials: set it to sasl_plaintext or sasl_ssl, or unset them",
+                ignored.join(", ")
+            )));
         }
         if !tls && security.ca_location.is_some() {
             return Err(invalid(format!(

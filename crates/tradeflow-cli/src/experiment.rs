@@ -434,7 +434,7 @@ fn write_faults(text: &mut String, outcome: &VariantOutcome) {
     if let Some(database) = outcome.config.get("database") {
         let _ = writeln!(
             text,
-            "    database ({} retries, max.poll.interval.ms {}): out {:.1} s; {} calls during the outage ({:.1}/s), {} failed in all; breaker opened {} times; taken out of the group {} times; {}",
+            "    database ({} retries, max.poll.interval.ms {}): out {:.1} s; {} calls during the outage ({:.1}/s), {} failed in all; breaker opened {} times; taken out of the group {} times; {}; {}",
             database["retry"].as_str().unwrap_or("?"),
             database["max_poll_interval_ms"],
             database["outage_ms"].as_f64().unwrap_or(0.0) / 1000.0,
@@ -443,6 +443,10 @@ fn write_faults(text: &mut String, outcome: &VariantOutcome) {
             outcome.config["database_failures"],
             outcome.config["breaker_opened"],
             outcome.config["max_poll_exceeded"],
+            match database["resumed_ms_after_return"].as_u64() {
+                Some(ms) => format!("first offset committed {:.1} s after the return", ms as f64 / 1000.0),
+                None => "NO offset committed after the return".into(),
+            },
             match database["drained_ms_after_return"].as_u64() {
                 Some(ms) => format!("time lag under 1 s again {:.1} s after the return", ms as f64 / 1000.0),
                 None => "time lag NOT under 1 s again by the end of the run".into(),

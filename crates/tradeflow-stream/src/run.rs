@@ -666,7 +666,7 @@ async fn drive(
                 tracing::warn!(
                     applied,
                     acked,
-                    "the group has committed the end of every partition's log for {LOG_READ_SAMPLES} lag samples and applied nothing meanwhile: the acknowledged events still unapplied are not in the log; stopping and reporting them as lost"
+                    "the group has committed the end of every partition's log for {LOG_READ_SAMPLES} lag samples and applied nothing meanwhile: the acknowledged events the service has not counted as applied are not in the log, or were applied by a database commit whose answer was lost; stopping, and the checker counts from the store what is missing"
                 );
                 return Ok(());
             }

@@ -171,6 +171,7 @@ pub(crate) fn database_into(
     let window = outage.window;
     let outage_ms = window.from_ms.zip(window.to_ms).map(|(from, to)| to.saturating_sub(from));
     let during = window.attempts.1.saturating_sub(window.attempts.0);
+    let resumed_ms = window.to_ms.and_then(|back| resumed_ms_after(lag, back));
     let drained_at_ms = window.to_ms.and_then(|back| {
         lag.iter()
             .map(|sample| ((sample.t_s * 1_000.0) as u64, sample.time_lag_ms))
@@ -195,9 +196,32 @@ pub(crate) fn database_into(
             "outage_ms": outage_ms,
             "calls_during_outage": during,
             "calls_per_s_during_outage": outage_ms.filter(|ms| *ms > 0).map(|ms| during as f64 * 1_000.0 / ms as f64),
+            "resumed_ms_after_return": resumed_ms,
             "drained_ms_after_return": drained_at_ms.zip(window.to_ms).map(|(drained, back)| drained - back),
         }),
     );
+}
+
+/// How long after `back_ms` (the database's return) the group first committed an offset
+/// past where it stood at the return: the first lag sample from `back_ms` on in which some
+/// partition's committed offset is ahead of the last sample before it. Read from the
+/// broker's committed offsets, which the service moves only after a database commit, so it
+/// times the service's first successful call after the return (its wait between tries
+/// included), apart from how fast the machine then drains the backlog.
+pub(crate) fn resumed_ms_after(lag: &[tradeflow_check::LagSample], back_ms: u64) -> Option<u64> {
+    let at_ms = |sample: &tradeflow_check::LagSample| (sample.t_s * 1_000.0) as u64;
+    let before = lag.iter().rev().find(|sample| at_ms(sample) < back_ms)?;
+    let committed = |sample: &tradeflow_check::LagSample, partition: i32| {
+        sample
+            .partitions
+            .iter()
+            .find(|lag| lag.partition == partition)
+            .map_or(0, |lag| lag.committed)
+    };
+    lag.iter()
+        .filter(|sample| at_ms(sample) >= back_ms)
+        .find(|sample| sample.partitions.iter().any(|lag| lag.committed > committed(before, lag.partition)))
+        .map(|sample| at_ms(sample) - back_ms)
 }
 
 /// A time lag under which the balance service counts as caught up after an outage, in ms.
@@ -298,5 +322,46 @@ pub(crate) fn stuck_into(
             .sum();
         object.insert("restarted".into(), 1.into());
         object.insert("others_changes_after_restart".into(), others.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resumed_ms_after;
+    use tradeflow_check::{LagSample, PartitionLag};
+
+    fn sample(t_s: f64, committed: &[i64]) -> LagSample {
+        let partitions: Vec<PartitionLag> = committed
+            .iter()
+            .enumerate()
+            .map(|(partition, &committed)| PartitionLag {
+                partition: partition as i32,
+                log_end: 1_000,
+                committed,
+                offset_lag: 1_000 - committed,
+            })
+            .collect();
+        LagSample {
+            t_s,
+            offset_lag_total: partitions.iter().map(|lag| lag.offset_lag).sum(),
+            time_lag_ms: 0.0,
+            partitions,
+        }
+    }
+
+    #[test]
+    fn resumes_at_the_first_sample_after_the_return_with_an_offset_moved() {
+        let lag = [
+            sample(1.0, &[10, 20]),
+            sample(1.5, &[10, 20]),
+            sample(2.0, &[10, 20]),
+            sample(2.5, &[10, 20]),
+            sample(3.0, &[10, 21]),
+        ];
+        // Back at 1.6 s: the 2.0 and 2.5 s samples show nothing moved, 3.0 s does.
+        assert_eq!(resumed_ms_after(&lag, 1_600), Some(1_400));
+        // Nothing moved after a return at 3.1 s, and no sample precedes one at 0.5 s.
+        assert_eq!(resumed_ms_after(&lag, 3_100), None);
+        assert_eq!(resumed_ms_after(&lag, 500), None);
     }
 }

@@ -82,9 +82,11 @@ pub fn variants(setup: &Setup) -> Result<Vec<Variant>, String> {
 /// database is away: the defaults make about one and a half (tried through PostgreSQL's
 /// proxy, seed 1); a consumer that tries again at once makes thousands.
 pub const CHAPTER_CALLS_PER_S_MAX: f64 = 10.0;
-/// In chapter 16, how soon after the database's return the time lag must be under a
-/// second again: the defaults took 3.1 s, the chapter's solution 5.4 and 5.6 s (seeds 1 and 2).
-pub const CHAPTER_DRAIN_MS_MAX: u64 = 15_000;
+/// In chapter 16, how soon after the database's return the group must commit again (its
+/// first successful call, the wait between tries included): the solution's waits are
+/// capped at 3 s. The time the lag then takes to drain is reported, not judged: it is the
+/// machine's apply rate (5.2 s on one machine, 16.5 s on another under load, seed 1).
+pub const CHAPTER_RESUME_MS_MAX: u64 = 8_000;
 
 /// Chapter 16's run: the lesson's outage, the learner's `after_database_failure` deciding
 /// what the service does after each failed call. Needs PostgreSQL, where a failed call
@@ -104,16 +106,14 @@ pub fn chapter(setup: &Setup) -> Result<Variant, String> {
 
 /// Chapter 16's judge: the checker's counts first; then taken out of the group (a
 /// rebalance, or librdkafka's max.poll.interval.ms error) fails as `evicted`, more than
-/// [`CHAPTER_CALLS_PER_S_MAX`] calls a second during the outage as `hammered`, and a time lag
-/// not back under a second within [`CHAPTER_DRAIN_MS_MAX`] of the return as `slow recovery`.
+/// [`CHAPTER_CALLS_PER_S_MAX`] calls a second during the outage as `hammered`, and no
+/// offset committed within [`CHAPTER_RESUME_MS_MAX`] of the return (or a time lag never back
+/// under a second) as `slow recovery`. A service that had not resumed when the run stopped
+/// waiting leaves events unapplied: that is named `slow recovery` too, with the count.
 pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::chapters::Judgement {
     use crate::chapters::Judgement;
     let Some((variant, record)) = runs.first() else {
         return Judgement::Unknown("the chapter ran nothing".into());
-    };
-    let judged = crate::chapters::judge_counts(variant, record, &crate::chapters::EVERY_COUNT);
-    let Judgement::Pass(evidence) = judged else {
-        return judged;
     };
     let count = |key: &str| record.config.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
     let database = record.config.get("database").cloned().unwrap_or_default();
@@ -121,6 +121,26 @@ pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::c
     let calls_per_s = database["calls_per_s_during_outage"].as_f64().unwrap_or(0.0);
     let calls = database["calls_during_outage"].as_u64().unwrap_or(0);
     let drained = database["drained_ms_after_return"].as_u64();
+    let resumed = database["resumed_ms_after_return"].as_u64();
+    let judged = crate::chapters::judge_counts(variant, record, &crate::chapters::EVERY_COUNT);
+    let resumed_late = !matches!(resumed, Some(ms) if ms <= CHAPTER_RESUME_MS_MAX);
+    if resumed_late && evicted == 0 && record.check.lost > 0 && matches!(judged, Judgement::Fail { .. }) {
+        return Judgement::Fail {
+            violation: "slow recovery after the outage",
+            detail: format!(
+                "slow recovery after the outage: {} when the run stopped waiting ({:.0} s without progress), so {} events were never applied; waits between tries too long?",
+                resumed.map_or("no offset committed after the database's return".to_owned(), |ms| format!(
+                    "the first offset committed {:.1} s after the database's return",
+                    ms as f64 / 1e3
+                )),
+                OUTAGE_MS.1 as f64 / 1e3 + STALL_AFTER_OUTAGE_S as f64,
+                record.check.lost
+            ),
+        };
+    }
+    let Judgement::Pass(evidence) = judged else {
+        return judged;
+    };
     if evicted > 0 || rebalances > 0 {
         return Judgement::Fail {
             violation: "evicted",
@@ -137,24 +157,34 @@ pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::c
             ),
         };
     }
-    match drained {
-        Some(ms) if ms <= CHAPTER_DRAIN_MS_MAX => Judgement::Pass(format!(
-            "no rebalance, {calls} database calls during the outage ({calls_per_s:.1}/s), time lag under 1 s {:.1} s after the return; {evidence}",
-            ms as f64 / 1e3
+    let seconds = |ms: u64| format!("{:.1} s", ms as f64 / 1e3);
+    match (resumed, drained) {
+        (Some(resumed), Some(drained)) if resumed <= CHAPTER_RESUME_MS_MAX => Judgement::Pass(format!(
+            "no rebalance, {calls} database calls during the outage ({calls_per_s:.1}/s), first commit {} after the return, time lag under 1 s {} after it; {evidence}",
+            seconds(resumed),
+            seconds(drained)
         )),
         _ => Judgement::Fail {
             violation: "slow recovery after the outage",
             detail: format!(
-                "slow recovery after the outage: the time lag was {} within {:.0} s of the database's return; waits between tries too long?",
-                drained.map_or("never under 1 s again".to_owned(), |ms| format!(
-                    "under 1 s only {:.1} s after",
-                    ms as f64 / 1e3
+                "slow recovery after the outage: {}, at most {} allowed; the time lag was {}: waits between tries too long?",
+                resumed.map_or("no offset committed after the database's return".to_owned(), |ms| format!(
+                    "the first offset committed {} after the database's return",
+                    seconds(ms)
                 )),
-                CHAPTER_DRAIN_MS_MAX as f64 / 1e3
+                seconds(CHAPTER_RESUME_MS_MAX),
+                drained.map_or("never under 1 s again".to_owned(), |ms| format!(
+                    "under 1 s {} after the return",
+                    seconds(ms)
+                )),
             ),
         },
     }
 }
+
+/// How long the run waits for progress beyond the longest outage before it stops and
+/// counts what is unapplied as lost, in seconds.
+const STALL_AFTER_OUTAGE_S: u64 = 15;
 
 /// One run: two consumers on four partitions, the outage at a seeded moment.
 fn variant(setup: &Setup, retry: DatabaseRetry, expected: Expected) -> Variant {
@@ -165,7 +195,7 @@ fn variant(setup: &Setup, retry: DatabaseRetry, expected: Expected) -> Variant {
     options.scenario.max_poll_interval_ms = Some(MAX_POLL_INTERVAL_MS);
     options.scenario.lock_holder = setup.service.as_ref().map(|service| service.executable.clone());
     // The outage is no stall: nothing is applied while it lasts.
-    options.stall_timeout = Duration::from_millis(OUTAGE_MS.1 + 15_000);
+    options.stall_timeout = Duration::from_millis(OUTAGE_MS.1 + STALL_AFTER_OUTAGE_S * 1_000);
     let publishing_ms = (EVENTS as f64 / RATE_PER_S * 1_000.0) as u64;
     options.scenario.plan = tradeflow_cluster::plan::FaultPlan::random(
         setup.seed,

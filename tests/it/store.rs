@@ -295,3 +295,35 @@ async fn an_outbox_row_committed_after_a_higher_id_is_skipped_by_the_naive_read_
     store.mark_relayed(&[low]).await.expect("mark");
     assert!(store.outbox_rows(None, 100).await.expect("claiming read").is_empty());
 }
+
+on_both_stores!(the_checker_reads_the_journal_back_and_counts_a_naive_double_apply);
+async fn the_checker_reads_the_journal_back_and_counts_a_naive_double_apply(store: Store) {
+    use tradeflow_store::Dedup;
+    let events = events(5, 300, 10);
+    let oracle = Oracle::from_events(&events[..200]);
+    store.apply_batch(&inputs(&events[..200]), "test").await.expect("apply");
+    let (report, applies) = tradeflow_check::check_store(&store, &events[..200], |_| true, &oracle)
+        .await
+        .expect("check");
+    assert_eq!((applies, report.verdict), (200, tradeflow_check::Verdict::Pass), "{report:?}");
+    // Fifty of them again, past the apply log: the journal holds 250 applies.
+    store
+        .apply_batch_as(&inputs(&events[..50]), "naive", Dedup::None)
+        .await
+        .expect("naive apply");
+    let (report, applies) = tradeflow_check::check_store(&store, &events[..200], |_| true, &oracle)
+        .await
+        .expect("check");
+    assert_eq!((applies, report.duplicated, report.lost), (250, 50, 0), "{report:?}");
+    assert!(report.mismatched_accounts > 0, "{report:?}");
+    // Checked against all 300, of which the last 100 had to be applied and never were.
+    let oracle = Oracle::from_events(&events);
+    let (report, _) = tradeflow_check::check_store(&store, &events, |_| true, &oracle)
+        .await
+        .expect("check");
+    assert_eq!(report.lost, 100, "{report:?}");
+    let (report, _) = tradeflow_check::check_store(&store, &events, |index| index < 200, &oracle)
+        .await
+        .expect("check");
+    assert_eq!(report.lost, 0, "only what had to be applied can be lost: {report:?}");
+}

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tradeflow_check::history::Verdict;
-use tradeflow_check::{RunProgress, RunRecord, check_store};
+use tradeflow_check::{RunProgress, RunRecord, check_workload};
 use tradeflow_cluster::Cluster;
-use tradeflow_domain::{EventId, Oracle, RateProfile, Workload, WorkloadConfig, encode};
+use tradeflow_domain::{RateProfile, Workload, WorkloadConfig, encode};
 use tradeflow_store::Store;
 use tradeflow_stream::dlq;
 use tradeflow_stream::publisher::{Deliveries, Publisher, PublisherConfig};
@@ -443,11 +443,7 @@ async fn messages_the_broker_deleted_before_they_were_read_are_counted_not_silen
 /// Checks the store against the workload's oracle: `count` events applied, each once, in
 /// order, with the right balances.
 async fn assert_every_event_applied_once(store: &Store, workload: &Workload, count: usize) {
-    let events: Vec<_> = workload.plain_events().cloned().collect();
-    let must_apply: HashSet<EventId> = events.iter().map(|event| event.event_id).collect();
-    let (report, applied) = check_store(store, &events, &must_apply, &Oracle::from_events(&events))
-        .await
-        .expect("check");
+    let (report, applied) = check_workload(store, workload, |_| true).await.expect("check");
     assert_eq!(applied, count as u64);
     assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
 }

@@ -15,16 +15,16 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tradeflow_domain::{AccountId, AccountState, Event, EventId, Ledger, Oracle};
 
-/// One apply, as the store's apply journal records it (event and index), placed by the
-/// workload's account and sequence of its event.
+/// One apply, as the store's apply journal records it: the event, the account the apply
+/// touched, and its number in that account's apply order. The checker places it by the
+/// workload's account and `account_seq` of its event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// The event.
     pub event_id: EventId,
-    /// Its account.
+    /// The account the apply touched (the checker reads it only for an event the
+    /// workload never generated).
     pub account_id: AccountId,
-    /// Its `account_seq`.
-    pub account_seq: u64,
     /// Position in the account's apply order (1, 2, 3, ...).
     pub account_apply_index: u64,
 }
@@ -74,86 +74,186 @@ pub struct CheckReport {
     pub verdict: Verdict,
 }
 
-/// Checks a history.
+/// Checks a history held in memory.
 pub fn check(input: &CheckInput<'_>) -> CheckReport {
-    let events_by_id: HashMap<EventId, &Event> = input.events.iter().map(|event| (event.event_id, event)).collect();
-
-    let mut applies_per_event: HashMap<EventId, u64> = HashMap::with_capacity(input.applied.len());
+    let mut fold = HistoryFold::new(input.events);
     for applied in input.applied {
-        *applies_per_event.entry(applied.event_id).or_insert(0) += 1;
+        fold.add(applied.event_id, &applied.account_id, applied.account_apply_index);
     }
-    let lost = input
+    // What had to be applied but is not among the workload's events (none, from a run)
+    // counts as lost unless the history applied it.
+    let lost_outside = input
         .must_apply
         .iter()
-        .filter(|event_id| !applies_per_event.contains_key(event_id))
+        .filter(|event_id| fold.index_of(**event_id).is_none() && !fold.unknown.contains_key(*event_id))
         .count() as u64;
-    let duplicated = applies_per_event.values().map(|count| count - 1).sum();
+    let mut report = fold.finish(
+        |index| input.must_apply.contains(&input.events[index].event_id),
+        input.final_state,
+        input.oracle,
+    );
+    report.lost += lost_outside;
+    report.verdict = Verdict::of(&report);
+    report
+}
 
-    let mut per_account: BTreeMap<&AccountId, Vec<&Applied>> = BTreeMap::new();
-    for applied in input.applied {
-        per_account.entry(&applied.account_id).or_default().push(applied);
+/// The checker's state while it reads a history one apply at a time, in any order. It
+/// keeps of each apply only the workload's index of its event and the apply's number (16
+/// bytes), and of each event its apply count, so that a history of millions of applies
+/// read from a store costs tens of bytes an event, not the rows' text. Each apply is
+/// placed by the workload's account and `account_seq` of its event, not the store's copy
+/// of them; an apply of an event the workload never generated goes by the account the
+/// history gives it, with no place in that account's order.
+pub struct HistoryFold<'a, E> {
+    events: &'a [E],
+    /// The workload's event indexes, sorted by event id.
+    by_id: Vec<u32>,
+    /// Per event index, how many times the history applied it.
+    applies: Vec<u32>,
+    /// Per account, its applies: (apply number, event index or [`UNKNOWN`]).
+    per_account: HashMap<AccountId, Vec<(u64, u32)>>,
+    /// Applies of events the workload never generated, per event id.
+    unknown: HashMap<EventId, u64>,
+}
+
+/// The event index of an apply of an event the workload never generated.
+const UNKNOWN: u32 = u32::MAX;
+
+impl<'a, E: AsRef<Event>> HistoryFold<'a, E> {
+    /// A fold over the workload's `events` (at most `u32::MAX - 1` of them).
+    pub fn new(events: &'a [E]) -> HistoryFold<'a, E> {
+        let mut by_id: Vec<u32> = (0..events.len() as u32).collect();
+        by_id.sort_unstable_by_key(|index| events[*index as usize].as_ref().event_id);
+        HistoryFold {
+            events,
+            by_id,
+            applies: vec![0; events.len()],
+            per_account: HashMap::new(),
+            unknown: HashMap::new(),
+        }
     }
-    let mut reordered = 0;
-    let mut misnumbered_accounts = 0;
-    let mut went_negative: HashSet<&AccountId> = HashSet::new();
-    let mut replay = Ledger::new();
-    for (account_id, applies) in &mut per_account {
-        applies.sort_by_key(|applied| applied.account_apply_index);
-        if !applies
+
+    /// The workload's index of an event.
+    pub fn index_of(&self, event_id: EventId) -> Option<usize> {
+        self.by_id
+            .binary_search_by_key(&event_id, |index| self.events[*index as usize].as_ref().event_id)
+            .ok()
+            .map(|position| self.by_id[position] as usize)
+    }
+
+    /// One apply: the event, the account the history says it touched, and its number in
+    /// that account's apply order.
+    pub fn add(&mut self, event_id: EventId, account_id: &AccountId, account_apply_index: u64) {
+        match self.index_of(event_id) {
+            Some(index) => {
+                self.applies[index] = self.applies[index].saturating_add(1);
+                let account = &self.events[index].as_ref().account_id;
+                self.per_account
+                    .entry(account.clone())
+                    .or_default()
+                    .push((account_apply_index, index as u32));
+            }
+            None => {
+                *self.unknown.entry(event_id).or_insert(0) += 1;
+                self.per_account
+                    .entry(account_id.clone())
+                    .or_default()
+                    .push((account_apply_index, UNKNOWN));
+            }
+        }
+    }
+
+    /// The counts, given which of the workload's events had to be applied (by index), the
+    /// store's final state and the oracle.
+    pub fn finish(
+        mut self,
+        must_apply: impl Fn(usize) -> bool,
+        final_state: &BTreeMap<AccountId, AccountState>,
+        oracle: &Oracle,
+    ) -> CheckReport {
+        let lost = self
+            .applies
             .iter()
             .enumerate()
-            .all(|(position, applied)| applied.account_apply_index == position as u64 + 1)
-        {
-            misnumbered_accounts += 1;
-        }
-        let mut highest_seq = 0;
-        for applied in applies.iter() {
-            if applied.account_seq < highest_seq {
-                reordered += 1;
-            }
-            highest_seq = highest_seq.max(applied.account_seq);
-            // An apply of an event the workload never generated cannot be replayed; the
-            // final-state comparison still catches what it did.
-            if let Some(event) = events_by_id.get(&applied.event_id)
-                && replay.apply_blind(event).is_negative()
+            .filter(|(index, count)| **count == 0 && must_apply(*index))
+            .count() as u64;
+        let duplicated = self.applies.iter().map(|count| u64::from(count.saturating_sub(1))).sum::<u64>()
+            + self.unknown.values().map(|count| count - 1).sum::<u64>();
+        let mut reordered = 0;
+        let mut misnumbered_accounts = 0;
+        let mut went_negative: HashSet<AccountId> = HashSet::new();
+        let mut replay = Ledger::new();
+        let mut accounts: Vec<(AccountId, Vec<(u64, u32)>)> = self.per_account.drain().collect();
+        accounts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (account_id, mut applies) in accounts {
+            applies.sort_by_key(|(account_apply_index, _)| *account_apply_index);
+            if !applies
+                .iter()
+                .enumerate()
+                .all(|(position, (account_apply_index, _))| *account_apply_index == position as u64 + 1)
             {
-                went_negative.insert(*account_id);
+                misnumbered_accounts += 1;
+            }
+            let mut highest_seq = 0;
+            for (_, index) in applies {
+                // An apply of an event the workload never generated has no place in the
+                // order and cannot be replayed; the final-state comparison still catches
+                // what it did.
+                let Some(event) = self.events.get(index as usize).map(AsRef::as_ref) else {
+                    continue;
+                };
+                if event.account_seq < highest_seq {
+                    reordered += 1;
+                }
+                highest_seq = highest_seq.max(event.account_seq);
+                if replay.apply_blind(event).is_negative() {
+                    went_negative.insert(account_id.clone());
+                }
             }
         }
-    }
-    for (account_id, state) in input.final_state {
-        if state.is_negative() {
-            went_negative.insert(account_id);
+        for (account_id, state) in final_state {
+            if state.is_negative() {
+                went_negative.insert(account_id.clone());
+            }
         }
+        let mut report = CheckReport {
+            lost,
+            duplicated,
+            reordered,
+            bad_balances: went_negative.len() as u64,
+            mismatched_accounts: mismatched_accounts(final_state, oracle),
+            misnumbered_accounts,
+            verdict: Verdict::Pass,
+        };
+        report.verdict = Verdict::of(&report);
+        report
     }
+}
 
-    let mismatched_accounts = mismatched_accounts(input);
-
-    let bad_balances = went_negative.len() as u64;
-    let all_zero =
-        lost == 0 && duplicated == 0 && reordered == 0 && bad_balances == 0 && mismatched_accounts == 0 && misnumbered_accounts == 0;
-    CheckReport {
-        lost,
-        duplicated,
-        reordered,
-        bad_balances,
-        mismatched_accounts,
-        misnumbered_accounts,
-        verdict: if all_zero { Verdict::Pass } else { Verdict::Fail },
+impl Verdict {
+    /// Pass when every count of `report` is zero.
+    fn of(report: &CheckReport) -> Verdict {
+        let all_zero = report.lost == 0
+            && report.duplicated == 0
+            && report.reordered == 0
+            && report.bad_balances == 0
+            && report.mismatched_accounts == 0
+            && report.misnumbered_accounts == 0;
+        if all_zero { Verdict::Pass } else { Verdict::Fail }
     }
 }
 
 /// Accounts whose final state differs from the oracle's (an account missing on one side
 /// counts as empty there).
-fn mismatched_accounts(input: &CheckInput<'_>) -> u64 {
+fn mismatched_accounts(final_state: &BTreeMap<AccountId, AccountState>, oracle: &Oracle) -> u64 {
     let empty = AccountState::default();
-    let expected = input.oracle.ledger();
-    let mut accounts: HashSet<&AccountId> = input.final_state.keys().collect();
+    let expected = oracle.ledger();
+    let mut accounts: HashSet<&AccountId> = final_state.keys().collect();
     accounts.extend(expected.accounts().map(|(account_id, _)| account_id));
     accounts
         .into_iter()
         .filter(|account_id| {
-            let actual = input.final_state.get(*account_id).unwrap_or(&empty);
+            let actual = final_state.get(*account_id).unwrap_or(&empty);
             let wanted = expected.account(account_id).unwrap_or(&empty);
             !actual.same_holdings(wanted)
         })

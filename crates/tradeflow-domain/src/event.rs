@@ -19,6 +19,12 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+impl AsRef<Event> for Event {
+    fn as_ref(&self) -> &Event {
+        self
+    }
+}
+
 /// Which way a trade goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {

@@ -213,6 +213,12 @@ pub struct ScheduledEvent {
     pub intended_offset_ns: u64,
 }
 
+impl AsRef<Event> for ScheduledEvent {
+    fn as_ref(&self) -> &Event {
+        &self.event
+    }
+}
+
 /// A generated workload.
 #[derive(Debug, Clone)]
 pub struct Workload {

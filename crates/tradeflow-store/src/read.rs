@@ -24,13 +24,14 @@ pub struct AppliedRow {
     pub applier: String,
 }
 
-/// One row of the apply journal: one apply, a repeated one included.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JournalRow {
+/// One row of the apply journal: one apply, a repeated one included, as it is read (the
+/// text borrowed from the row, not copied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalRow<'a> {
     /// The event id, as text.
-    pub event_id: String,
+    pub event_id: &'a str,
     /// The account the apply touched.
-    pub account_id: String,
+    pub account_id: &'a str,
     /// 1, 2, 3, ...: the order in which the account saw its applies.
     pub account_apply_index: i64,
 }
@@ -138,24 +139,29 @@ impl Store {
             .map_err(self.query_error(OPERATION))
     }
 
-    /// The apply journal in apply order: every apply, a repeated one included.
-    pub async fn apply_journal(&self) -> Result<Vec<JournalRow>, StoreError> {
+    /// The apply journal in apply order: every apply, a repeated one included, handed to
+    /// `each` one row at a time as the database streams it (a checker of millions of
+    /// applies keeps what it needs of each row, not the rows). Returns the rows read; an
+    /// error from `each` stops the read and is returned.
+    pub async fn each_journal_row(&self, mut each: impl FnMut(JournalRow<'_>) -> Result<(), StoreError>) -> Result<u64, StoreError> {
+        use futures_util::TryStreamExt;
         const OPERATION: &str = "reading the apply journal";
         self.count(1);
-        let rows = sqlx::query("SELECT event_id, account_id, account_apply_index FROM apply_journal ORDER BY journal_id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.query_error(OPERATION))?;
-        rows.iter()
-            .map(|row| {
-                Ok(JournalRow {
-                    event_id: row.try_get(0)?,
-                    account_id: row.try_get(1)?,
-                    account_apply_index: row.try_get(2)?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(self.query_error(OPERATION))
+        let mut rows =
+            sqlx::query("SELECT event_id, account_id, account_apply_index FROM apply_journal ORDER BY journal_id").fetch(&self.pool);
+        let mut read = 0;
+        while let Some(row) = rows.try_next().await.map_err(self.query_error(OPERATION))? {
+            let event_id: &str = row.try_get(0).map_err(self.query_error(OPERATION))?;
+            let account_id: &str = row.try_get(1).map_err(self.query_error(OPERATION))?;
+            let account_apply_index: i64 = row.try_get(2).map_err(self.query_error(OPERATION))?;
+            each(JournalRow {
+                event_id,
+                account_id,
+                account_apply_index,
+            })?;
+            read += 1;
+        }
+        Ok(read)
     }
 
     /// Rows of `trade_events` not yet processed, and the oldest one's intended send time.

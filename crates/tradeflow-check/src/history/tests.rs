@@ -37,7 +37,6 @@ fn store_history(events: &[Event], order: &[usize]) -> (Vec<Applied>, BTreeMap<A
             Applied {
                 event_id: event.event_id,
                 account_id: event.account_id.clone(),
-                account_seq: event.account_seq,
                 account_apply_index: *count,
             }
         })
@@ -46,16 +45,26 @@ fn store_history(events: &[Event], order: &[usize]) -> (Vec<Applied>, BTreeMap<A
     (applied, final_state)
 }
 
+/// The checker over a history held in memory.
+fn check_history(
+    fixture: &Fixture,
+    must_apply: &HashSet<EventId>,
+    applied: &[Applied],
+    final_state: &BTreeMap<AccountId, AccountState>,
+) -> CheckReport {
+    check(&CheckInput {
+        events: &fixture.events,
+        must_apply,
+        applied,
+        final_state,
+        oracle: &fixture.oracle,
+    })
+}
+
 fn run_check(fixture: &Fixture, order: &[usize]) -> CheckReport {
     let must_apply: HashSet<EventId> = fixture.events.iter().map(|event| event.event_id).collect();
     let (applied, final_state) = store_history(&fixture.events, order);
-    check(&CheckInput {
-        events: &fixture.events,
-        must_apply: &must_apply,
-        applied: &applied,
-        final_state: &final_state,
-        oracle: &fixture.oracle,
-    })
+    check_history(fixture, &must_apply, &applied, &final_state)
 }
 
 #[test]
@@ -134,13 +143,7 @@ fn applies_numbered_with_a_gap_or_twice_are_misnumbered() {
         .position(|apply| apply.account_id == account && apply.account_apply_index == 2)
         .expect("the account has two applies");
     applied[second].account_apply_index = 1;
-    let report = check(&CheckInput {
-        events: &fixture.events,
-        must_apply: &must_apply,
-        applied: &applied,
-        final_state: &final_state,
-        oracle: &fixture.oracle,
-    });
+    let report = check_history(&fixture, &must_apply, &applied, &final_state);
     assert_eq!(report.misnumbered_accounts, 1, "{report:?}");
     assert_eq!((report.lost, report.duplicated), (0, 0), "{report:?}");
     assert_eq!(report.verdict, Verdict::Fail);
@@ -156,4 +159,51 @@ fn an_apply_repeated_at_once_is_duplicated_not_reordered() {
     let report = run_check(&fixture, &order);
     assert_eq!(report.duplicated, 1, "{report:?}");
     assert_eq!(report.reordered, 0, "{report:?}");
+}
+
+#[test]
+fn an_apply_is_placed_by_the_workloads_account_not_the_one_the_history_gives() {
+    let fixture = fixture();
+    let order: Vec<usize> = (0..fixture.events.len()).collect();
+    let (mut applied, final_state) = store_history(&fixture.events, &order);
+    // The store's copy of the first apply names another account: the checker still
+    // numbers and orders it within its event's own account, so nothing is misnumbered.
+    let other = fixture
+        .events
+        .iter()
+        .map(|event| event.account_id.clone())
+        .find(|account| *account != applied[0].account_id)
+        .expect("two accounts");
+    applied[0].account_id = other;
+    let must_apply: HashSet<EventId> = fixture.events.iter().map(|event| event.event_id).collect();
+    let report = check_history(&fixture, &must_apply, &applied, &final_state);
+    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+}
+
+#[test]
+fn an_event_the_workload_never_generated_applied_twice_is_duplicated_and_lost_if_required() {
+    let fixture = fixture();
+    let order: Vec<usize> = (0..fixture.events.len()).collect();
+    let (mut applied, final_state) = store_history(&fixture.events, &order);
+    let stranger = EventId::parse("0190b7c4-8f3e-7b2a-9c1d-2e3f4a5b6c7d").expect("uuid");
+    let account = applied[0].account_id.clone();
+    for _ in 0..2 {
+        applied.push(Applied {
+            event_id: stranger,
+            account_id: account.clone(),
+            account_apply_index: 0,
+        });
+    }
+    let mut must_apply: HashSet<EventId> = fixture.events.iter().map(|event| event.event_id).collect();
+    let report = check_history(&fixture, &must_apply, &applied, &final_state);
+    // Numbered 0 twice beside the account's 1..n: misnumbered; applied twice: duplicated.
+    assert_eq!(
+        (report.duplicated, report.misnumbered_accounts, report.lost),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    // An id that had to be applied, outside the workload and never applied, is lost.
+    must_apply.insert(EventId::parse("0190b7c4-8f3e-7b2a-9c1d-2e3f4a5b6c7e").expect("uuid"));
+    let report = check_history(&fixture, &must_apply, &applied, &final_state);
+    assert_eq!(report.lost, 1, "{report:?}");
 }

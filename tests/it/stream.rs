@@ -756,17 +756,7 @@ async fn a_database_that_goes_away_pauses_the_partitions_and_keeps_the_member_in
     let (_cluster, bootstrap, workload) = published(seed, 1_000).await;
     // Another process takes the store's write lock before the service starts: every batch
     // it receives meets a database that does not answer.
-    let mut holder = tokio::process::Command::new(tradeflow_tests::tradeflow_executable())
-        .arg("hold-sqlite-lock")
-        .arg(directory.path().join("test.db"))
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the lock holder starts");
-    let mut said = tokio::io::BufReader::new(holder.stdout.take().expect("its stdout"));
-    let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut said, &mut line).await.expect("it says");
-    assert_eq!(line.trim(), "locked");
+    let mut holder = hold_sqlite_lock(directory.path()).await;
 
     let counters = Arc::new(ServiceCounters::default());
     let (stop, stop_receiver) = watch::channel(false);
@@ -803,6 +793,83 @@ async fn a_database_that_goes_away_pauses_the_partitions_and_keeps_the_member_in
     stop.send_replace(true);
     service.await.expect("join").expect("the service stops cleanly");
     assert_every_event_applied_once(&store, &workload, 1_000).await;
+}
+
+/// Starts a `tradeflow hold-sqlite-lock` process on the test store in `directory` and
+/// waits until it holds the file's write lock: the database is away for the balance
+/// service until the process is killed.
+async fn hold_sqlite_lock(directory: &std::path::Path) -> tokio::process::Child {
+    let mut holder = tokio::process::Command::new(tradeflow_tests::tradeflow_executable())
+        .arg("hold-sqlite-lock")
+        .arg(directory.join("test.db"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the lock holder starts");
+    let mut said = tokio::io::BufReader::new(holder.stdout.take().expect("its stdout"));
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut said, &mut line).await.expect("it says");
+    assert_eq!(line.trim(), "locked");
+    holder
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_partitions_handed_over_while_the_database_is_away_are_applied_once_it_is_back() {
+    let seed = 67;
+    eprintln!("seed: {seed}");
+    let (store, directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap) = trades_on_one_broker(4).await;
+    let workload = Workload::generate(&workload(seed, 2_000)).expect("workload");
+    publish_to(&bootstrap, &indexed(&workload)).await;
+    let mut holder = hold_sqlite_lock(directory.path()).await;
+    // Two members, each with a batch in hand, each breaker open.
+    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let mut members = Vec::new();
+    for name in ["patient", "leaver"] {
+        let counters = Arc::new(ServiceCounters::default());
+        let (stop, stop_receiver) = watch::channel(false);
+        let mut config = service_config(&bootstrap, name, 100);
+        config.max_poll_interval_ms = Some(6_000);
+        let task = tokio::spawn(run_service(store.clone(), config, stop_receiver, counters.clone()));
+        members.push((stop, task, counters));
+    }
+    wait_until("both breakers to open", Duration::from_secs(60), || {
+        members
+            .iter()
+            .all(|(_, task, counters)| task.is_finished() || read(&counters.breaker_opened) > 0)
+    })
+    .await;
+    // One member leaves with its batch unapplied: its partitions go to the other while that
+    // one waits with its own paused, so their messages reach it between two tries.
+    let (stop, task, _) = members.pop().expect("the leaver");
+    stop.send_replace(true);
+    task.await.expect("join").expect("the leaver stops cleanly");
+    let (stop, task, counters) = members.pop().expect("the patient member");
+    wait_until("the patient member to take the partitions over", Duration::from_secs(30), || {
+        read(&counters.rebalances) >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(read(&counters.applied), 0, "nothing applies while the file is locked");
+    holder.kill().await.expect("the lock holder dies");
+    // Before librdkafka's pause was undone on assignment, the partitions this member had
+    // paused came back to it paused and were never read again: 856 of 2,000 applied.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !task.is_finished() && read(&counters.applied) < 2_000 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "after the database came back: applied {}, redelivered {}, skipped {}, rebalances {}, fenced {}",
+        read(&counters.applied),
+        read(&counters.duplicates),
+        read(&counters.skipped),
+        read(&counters.rebalances),
+        read(&counters.fenced)
+    );
+    stop.send_replace(true);
+    task.await.expect("join").expect("the patient member stops cleanly");
+    assert_eq!(read(&counters.skipped), 0, "no offset was jumped over");
+    assert_every_event_applied_once(&store, &workload, 2_000).await;
 }
 
 /// The last JSON log line of a process whose message is "batch received": its fields.

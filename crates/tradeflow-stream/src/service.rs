@@ -602,11 +602,19 @@ impl ConsumerContext for ServiceContext {
         });
     }
 
-    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.counters.rebalances.fetch_add(1, Ordering::Relaxed);
         match rebalance {
             Rebalance::Assign(partitions) => {
                 self.generation.fetch_add(1, Ordering::Relaxed);
+                // librdkafka keeps a partition this client paused paused through a revoke
+                // and a new assignment of it (unlike Java's consumer): one paused while the
+                // database was away and handed back by a rebalance would never be fetched
+                // again. An assigned partition starts fetching; a breaker still holding
+                // pauses it again after its wait.
+                if let Err(error) = consumer.resume(partitions) {
+                    tracing::warn!(consumer = %self.name, %error, "resuming the partitions just assigned");
+                }
                 self.counters
                     .assigned_partitions
                     .fetch_add(i64::from(partitions.count() as i32), Ordering::Relaxed);

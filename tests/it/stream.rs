@@ -872,6 +872,42 @@ async fn messages_of_partitions_handed_over_while_the_database_is_away_are_appli
     assert_every_event_applied_once(&store, &workload, 2_000).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_retries_its_database_at_once_is_taken_out_of_its_group_and_says_so() {
+    let seed = 73;
+    eprintln!("seed: {seed}");
+    let (store, directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap, workload) = published(seed, 1_000).await;
+    let mut holder = hold_sqlite_lock(directory.path()).await;
+    let counters = Arc::new(ServiceCounters::default());
+    let (stop, stop_receiver) = watch::channel(false);
+    let mut config = service_config(&bootstrap, "hasty", 100);
+    config.database_retry = tradeflow_stream::service::DatabaseRetry::AtOnce;
+    config.max_poll_interval_ms = Some(6_000);
+    let service = tokio::spawn(run_service(store.clone(), config, stop_receiver, counters.clone()));
+    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until("a failed call", Duration::from_secs(60), || {
+        service.is_finished() || read(&counters.database_failures) > 0
+    })
+    .await;
+    // Past max.poll.interval.ms without a poll: librdkafka takes the member out, and says
+    // so at its next poll, once the database is back.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    holder.kill().await.expect("the lock holder dies");
+    wait_until("every event to be applied", Duration::from_secs(60), || {
+        service.is_finished() || read(&counters.applied) >= 1_000
+    })
+    .await;
+    wait_until("the eviction to be reported", Duration::from_secs(30), || {
+        service.is_finished() || read(&counters.max_poll_exceeded) > 0
+    })
+    .await;
+    stop.send_replace(true);
+    service.await.expect("join").expect("the service stops cleanly");
+    assert!(read(&counters.max_poll_exceeded) > 0, "taken out of the group for not polling");
+    assert_every_event_applied_once(&store, &workload, 1_000).await;
+}
+
 /// The last JSON log line of a process whose message is "batch received": its fields.
 fn last_batch_received(logs: &str) -> Option<serde_json::Value> {
     logs.lines()

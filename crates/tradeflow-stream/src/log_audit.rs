@@ -132,6 +132,7 @@ mod tests {
     async fn a_run_that_reads_its_log_back_counts_every_event_once() {
         let seed = 5;
         eprintln!("seed: {seed}");
+        // The store's file, its write-ahead log and shared memory: all removed at the end.
         let path = std::env::temp_dir().join(format!("tradeflow-log-audit-{}.db", std::process::id()));
         let store = tradeflow_store::Store::connect(&tradeflow_store::StoreConfig::sqlite_file(&path))
             .await
@@ -151,7 +152,10 @@ mod tests {
         options.scenario.audit_log = true;
         let (progress, _receiver) = tokio::sync::watch::channel(tradeflow_check::RunProgress::default());
         let record = crate::run(&store, &cluster, &options, &progress).await.expect("the run completes");
-        let _ = std::fs::remove_file(&path);
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
         let count = |key: &str| record.config.get(key).and_then(serde_json::Value::as_u64);
         assert_eq!(count("log_records"), Some(1_500), "{}", record.table());
         assert_eq!(count("log_copies"), Some(0), "{}", record.table());

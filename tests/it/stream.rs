@@ -99,6 +99,36 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
     }
 }
 
+/// A balance service running in this process: its stop switch, its task, its counters.
+struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<tradeflow_check::LatencyRecorder, tradeflow_stream::StreamError>>,
+    counters: Arc<ServiceCounters>,
+}
+
+/// Starts a balance service on `store` with `config` and `max.poll.interval.ms` 6 s: a
+/// member of the database-outage tests.
+fn start_member(store: &Store, mut config: ServiceConfig) -> Running {
+    config.max_poll_interval_ms = Some(6_000);
+    let counters = Arc::new(ServiceCounters::default());
+    let (stop, stop_receiver) = watch::channel(false);
+    let task = tokio::spawn(run_service(store.clone(), config, stop_receiver, counters.clone()));
+    Running { stop, task, counters }
+}
+
+impl Running {
+    /// Tells it to stop and waits until it has.
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        self.task.await.expect("join").expect("the service stops cleanly");
+    }
+}
+
+/// A counter's value.
+fn read(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !done() {
@@ -758,20 +788,20 @@ async fn a_database_that_goes_away_pauses_the_partitions_and_keeps_the_member_in
     // it receives meets a database that does not answer.
     let mut holder = hold_sqlite_lock(directory.path()).await;
 
-    let counters = Arc::new(ServiceCounters::default());
-    let (stop, stop_receiver) = watch::channel(false);
-    let mut config = service_config(&bootstrap, "patient", 100);
-    config.max_poll_interval_ms = Some(6_000);
-    let service = tokio::spawn(run_service(store.clone(), config, stop_receiver, counters.clone()));
-    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let patient = start_member(&store, service_config(&bootstrap, "patient", 100));
+    let counters = patient.counters.clone();
     wait_until("the breaker to open", Duration::from_secs(60), || {
-        service.is_finished() || read(&counters.breaker_opened) > 0
+        patient.task.is_finished() || read(&counters.breaker_opened) > 0
     })
     .await;
     // Past max.poll.interval.ms with the database still away: a member that stopped polling
     // would be out of its group by now.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert!(!service.is_finished(), "the service stopped by itself: {:?}", service.await);
+    assert!(
+        !patient.task.is_finished(),
+        "the service stopped by itself: {:?}",
+        patient.task.await
+    );
     let failures = read(&counters.database_failures);
     eprintln!(
         "while the database was away: {} calls, {failures} failed, breaker opened {} times, {} rebalances",
@@ -790,8 +820,7 @@ async fn a_database_that_goes_away_pauses_the_partitions_and_keeps_the_member_in
         read(&counters.applied) >= 1_000
     })
     .await;
-    stop.send_replace(true);
-    service.await.expect("join").expect("the service stops cleanly");
+    patient.stop().await;
     assert_every_event_applied_once(&store, &workload, 1_000).await;
 }
 
@@ -823,28 +852,18 @@ async fn messages_of_partitions_handed_over_while_the_database_is_away_are_appli
     publish_to(&bootstrap, &indexed(&workload)).await;
     let mut holder = hold_sqlite_lock(directory.path()).await;
     // Two members, each with a batch in hand, each breaker open.
-    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
-    let mut members = Vec::new();
-    for name in ["patient", "leaver"] {
-        let counters = Arc::new(ServiceCounters::default());
-        let (stop, stop_receiver) = watch::channel(false);
-        let mut config = service_config(&bootstrap, name, 100);
-        config.max_poll_interval_ms = Some(6_000);
-        let task = tokio::spawn(run_service(store.clone(), config, stop_receiver, counters.clone()));
-        members.push((stop, task, counters));
-    }
+    let patient = start_member(&store, service_config(&bootstrap, "patient", 100));
+    let leaver = start_member(&store, service_config(&bootstrap, "leaver", 100));
     wait_until("both breakers to open", Duration::from_secs(60), || {
-        members
+        [&patient, &leaver]
             .iter()
-            .all(|(_, task, counters)| task.is_finished() || read(&counters.breaker_opened) > 0)
+            .all(|member| member.task.is_finished() || read(&member.counters.breaker_opened) > 0)
     })
     .await;
     // One member leaves with its batch unapplied: its partitions go to the other while that
     // one waits with its own paused, so their messages reach it between two tries.
-    let (stop, task, _) = members.pop().expect("the leaver");
-    stop.send_replace(true);
-    task.await.expect("join").expect("the leaver stops cleanly");
-    let (stop, task, counters) = members.pop().expect("the patient member");
+    leaver.stop().await;
+    let counters = patient.counters.clone();
     wait_until("the patient member to take the partitions over", Duration::from_secs(30), || {
         read(&counters.rebalances) >= 2
     })
@@ -855,7 +874,7 @@ async fn messages_of_partitions_handed_over_while_the_database_is_away_are_appli
     // Before librdkafka's pause was undone on assignment, the partitions this member had
     // paused came back to it paused and were never read again: 856 of 2,000 applied.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !task.is_finished() && read(&counters.applied) < 2_000 && tokio::time::Instant::now() < deadline {
+    while !patient.task.is_finished() && read(&counters.applied) < 2_000 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!(
@@ -866,8 +885,7 @@ async fn messages_of_partitions_handed_over_while_the_database_is_away_are_appli
         read(&counters.rebalances),
         read(&counters.fenced)
     );
-    stop.send_replace(true);
-    task.await.expect("join").expect("the patient member stops cleanly");
+    patient.stop().await;
     assert_eq!(read(&counters.skipped), 0, "no offset was jumped over");
     assert_every_event_applied_once(&store, &workload, 2_000).await;
 }
@@ -879,15 +897,12 @@ async fn a_consumer_that_retries_its_database_at_once_is_taken_out_of_its_group_
     let (store, directory) = tradeflow_tests::sqlite_store().await;
     let (_cluster, bootstrap, workload) = published(seed, 1_000).await;
     let mut holder = hold_sqlite_lock(directory.path()).await;
-    let counters = Arc::new(ServiceCounters::default());
-    let (stop, stop_receiver) = watch::channel(false);
     let mut config = service_config(&bootstrap, "hasty", 100);
     config.database_retry = tradeflow_stream::service::DatabaseRetry::AtOnce;
-    config.max_poll_interval_ms = Some(6_000);
-    let service = tokio::spawn(run_service(store.clone(), config, stop_receiver, counters.clone()));
-    let read = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let hasty = start_member(&store, config);
+    let counters = hasty.counters.clone();
     wait_until("a failed call", Duration::from_secs(60), || {
-        service.is_finished() || read(&counters.database_failures) > 0
+        hasty.task.is_finished() || read(&counters.database_failures) > 0
     })
     .await;
     // Past max.poll.interval.ms without a poll: librdkafka takes the member out, and says
@@ -895,15 +910,14 @@ async fn a_consumer_that_retries_its_database_at_once_is_taken_out_of_its_group_
     tokio::time::sleep(Duration::from_secs(9)).await;
     holder.kill().await.expect("the lock holder dies");
     wait_until("every event to be applied", Duration::from_secs(60), || {
-        service.is_finished() || read(&counters.applied) >= 1_000
+        hasty.task.is_finished() || read(&counters.applied) >= 1_000
     })
     .await;
     wait_until("the eviction to be reported", Duration::from_secs(30), || {
-        service.is_finished() || read(&counters.max_poll_exceeded) > 0
+        hasty.task.is_finished() || read(&counters.max_poll_exceeded) > 0
     })
     .await;
-    stop.send_replace(true);
-    service.await.expect("join").expect("the service stops cleanly");
+    hasty.stop().await;
     assert!(read(&counters.max_poll_exceeded) > 0, "taken out of the group for not polling");
     assert_every_event_applied_once(&store, &workload, 1_000).await;
 }

@@ -124,15 +124,15 @@ pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::c
     let resumed = database["resumed_ms_after_return"].as_u64();
     let judged = crate::chapters::judge_counts(variant, record, &crate::chapters::EVERY_COUNT);
     let resumed_late = !matches!(resumed, Some(ms) if ms <= CHAPTER_RESUME_MS_MAX);
+    let seconds = |ms: u64| format!("{:.1} s", ms as f64 / 1e3);
+    let resumed_text = resumed.map_or("no offset committed after the database's return".to_owned(), |ms| {
+        format!("the first offset committed {} after the database's return", seconds(ms))
+    });
     if resumed_late && evicted == 0 && record.check.lost > 0 && matches!(judged, Judgement::Fail { .. }) {
         return Judgement::Fail {
             violation: "slow recovery after the outage",
             detail: format!(
-                "slow recovery after the outage: {} when the run stopped waiting ({:.0} s without progress), so {} events were never applied; waits between tries too long?",
-                resumed.map_or("no offset committed after the database's return".to_owned(), |ms| format!(
-                    "the first offset committed {:.1} s after the database's return",
-                    ms as f64 / 1e3
-                )),
+                "slow recovery after the outage: {resumed_text} when the run stopped waiting ({:.0} s without progress), so {} events were never applied; waits between tries too long?",
                 OUTAGE_MS.1 as f64 / 1e3 + STALL_AFTER_OUTAGE_S as f64,
                 record.check.lost
             ),
@@ -157,9 +157,8 @@ pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::c
             ),
         };
     }
-    let seconds = |ms: u64| format!("{:.1} s", ms as f64 / 1e3);
     match (resumed, drained) {
-        (Some(resumed), Some(drained)) if resumed <= CHAPTER_RESUME_MS_MAX => Judgement::Pass(format!(
+        (Some(resumed), Some(drained)) if !resumed_late => Judgement::Pass(format!(
             "no rebalance, {calls} database calls during the outage ({calls_per_s:.1}/s), first commit {} after the return, time lag under 1 s {} after it; {evidence}",
             seconds(resumed),
             seconds(drained)
@@ -167,11 +166,7 @@ pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::c
         _ => Judgement::Fail {
             violation: "slow recovery after the outage",
             detail: format!(
-                "slow recovery after the outage: {}, at most {} allowed; the time lag was {}: waits between tries too long?",
-                resumed.map_or("no offset committed after the database's return".to_owned(), |ms| format!(
-                    "the first offset committed {} after the database's return",
-                    seconds(ms)
-                )),
+                "slow recovery after the outage: {resumed_text}, at most {} allowed; the time lag was {}: waits between tries too long?",
                 seconds(CHAPTER_RESUME_MS_MAX),
                 drained.map_or("never under 1 s again".to_owned(), |ms| format!(
                     "under 1 s {} after the return",

@@ -36,11 +36,20 @@ fn events(seed: u64, count: u64, accounts: u32) -> Vec<Event> {
         skew: tradeflow_domain::workload::ACCOUNT_SKEW,
         mix: tradeflow_domain::EventMix::default(),
     };
-    Workload::generate(&config)
-        .expect("valid workload")
-        .plain_events()
-        .cloned()
-        .collect()
+    Workload::generate(&config).expect("valid workload").plain_events().collect()
+}
+
+/// Events as a workload holds them (in memory), for the checker.
+fn scheduled(events: &[Event]) -> tradeflow_domain::Events {
+    tradeflow_domain::Events::in_memory(
+        events
+            .iter()
+            .map(|event| tradeflow_domain::ScheduledEvent {
+                event: event.clone(),
+                intended_offset_ns: 0,
+            })
+            .collect(),
+    )
 }
 
 fn inputs(events: &[Event]) -> Vec<ApplyInput<'_>> {
@@ -302,7 +311,7 @@ async fn the_checker_reads_the_journal_back_and_counts_a_naive_double_apply(stor
     let events = events(5, 300, 10);
     let oracle = Oracle::from_events(&events[..200]);
     store.apply_batch(&inputs(&events[..200]), "test").await.expect("apply");
-    let (report, applies) = tradeflow_check::check_store(&store, &events[..200], |_| true, &oracle)
+    let (report, applies) = tradeflow_check::check_store(&store, &scheduled(&events[..200]), |_| true, &oracle)
         .await
         .expect("check");
     assert_eq!((applies, report.verdict), (200, tradeflow_check::Verdict::Pass), "{report:?}");
@@ -311,19 +320,123 @@ async fn the_checker_reads_the_journal_back_and_counts_a_naive_double_apply(stor
         .apply_batch_as(&inputs(&events[..50]), "naive", Dedup::None)
         .await
         .expect("naive apply");
-    let (report, applies) = tradeflow_check::check_store(&store, &events[..200], |_| true, &oracle)
+    let (report, applies) = tradeflow_check::check_store(&store, &scheduled(&events[..200]), |_| true, &oracle)
         .await
         .expect("check");
     assert_eq!((applies, report.duplicated, report.lost), (250, 50, 0), "{report:?}");
     assert!(report.mismatched_accounts > 0, "{report:?}");
     // Checked against all 300, of which the last 100 had to be applied and never were.
     let oracle = Oracle::from_events(&events);
-    let (report, _) = tradeflow_check::check_store(&store, &events, |_| true, &oracle)
+    let (report, _) = tradeflow_check::check_store(&store, &scheduled(&events), |_| true, &oracle)
         .await
         .expect("check");
     assert_eq!(report.lost, 100, "{report:?}");
-    let (report, _) = tradeflow_check::check_store(&store, &events, |index| index < 200, &oracle)
+    let (report, _) = tradeflow_check::check_store(&store, &scheduled(&events), |index| index < 200, &oracle)
         .await
         .expect("check");
     assert_eq!(report.lost, 0, "only what had to be applied can be lost: {report:?}");
+}
+
+on_both_stores!(the_checker_in_the_database_counts_what_the_checker_in_memory_counts);
+/// The checker that joins the journal to its copy of the workload in the database (what
+/// every run uses) against the one that holds the history in memory, on seeded histories
+/// with every kind of damage: applies lost, repeated, swapped within an account, numbered
+/// twice, and an event the workload never generated.
+async fn the_checker_in_the_database_counts_what_the_checker_in_memory_counts(store: Store) {
+    use std::collections::{HashMap, HashSet};
+    use tradeflow_check::{Applied, CheckInput};
+    let events = events(17, 400, 12);
+    let oracle = Oracle::from_events(&events);
+    for seed in 1..=6_u64 {
+        let mut random = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut roll = move |below: u64| {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            random % below
+        };
+        // The history: events in order, some dropped, some twice, some applied before the
+        // account's previous event.
+        let mut order: Vec<usize> = Vec::new();
+        for index in 0..events.len() {
+            let previous = order
+                .iter()
+                .rposition(|earlier| events[*earlier].account_id == events[index].account_id);
+            match (roll(30), previous) {
+                (0, _) => {}
+                (1, _) => order.extend([index, index]),
+                (2, Some(position)) => order.insert(position, index),
+                _ => order.push(index),
+            }
+        }
+        let mut next: HashMap<AccountId, u64> = HashMap::new();
+        let mut applied: Vec<Applied> = order
+            .iter()
+            .map(|index| {
+                let event = &events[*index];
+                let number = next.entry(event.account_id.clone()).or_insert(0);
+                *number += 1;
+                // Now and then a number given twice.
+                let account_apply_index = if roll(60) == 0 { (*number - 1).max(1) } else { *number };
+                Applied {
+                    event_id: event.event_id,
+                    account_id: event.account_id.clone(),
+                    account_apply_index,
+                }
+            })
+            .collect();
+        if seed % 2 == 0 {
+            applied.push(Applied {
+                event_id: tradeflow_domain::EventId::from_uuid(uuid::Uuid::from_u128(u128::from(seed))),
+                account_id: events[0].account_id.clone(),
+                account_apply_index: next.get(&events[0].account_id).copied().unwrap_or(0) + 1,
+            });
+        }
+        let must: Vec<bool> = (0..events.len()).map(|_| roll(10) != 0).collect();
+        store.reset().await.expect("reset");
+        for chunk in applied.chunks(200) {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|apply| {
+                    format!(
+                        "('{}', '{}', {}, 'test')",
+                        apply.event_id, apply.account_id, apply.account_apply_index
+                    )
+                })
+                .collect();
+            sqlx::query(&format!(
+                "INSERT INTO apply_journal (event_id, account_id, account_apply_index, applier) VALUES {}",
+                values.join(",")
+            ))
+            .execute(store.pool())
+            .await
+            .expect("journal rows");
+        }
+        let final_state = store.balances().await.expect("balances");
+        let must_apply: HashSet<_> = events
+            .iter()
+            .zip(&must)
+            .filter(|(_, must)| **must)
+            .map(|(event, _)| event.event_id)
+            .collect();
+        let held = tradeflow_check::check(&CheckInput {
+            events: &events,
+            must_apply: &must_apply,
+            applied: &applied,
+            final_state: &final_state,
+            oracle: &oracle,
+        });
+        let (joined, applies) = tradeflow_check::check_store(&store, &scheduled(&events), |index| must[index], &oracle)
+            .await
+            .expect("check");
+        assert_eq!(applies, applied.len() as u64, "history seed {seed}");
+        assert_eq!(
+            joined, held,
+            "history seed {seed}: the database's checker and the in-memory one disagree"
+        );
+        assert!(
+            held.lost > 0 && held.duplicated > 0 && held.reordered > 0,
+            "history seed {seed} has every damage: {held:?}"
+        );
+    }
 }

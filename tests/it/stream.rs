@@ -282,7 +282,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_while_the
         .create()
         .expect("producer");
 
-    let valid = workload.events[0].event.clone();
+    let valid = workload.events.get(0).expect("an event").event;
     let valid_json: serde_json::Value = serde_json::from_slice(&encode(&valid)).expect("json");
     let with = |field: &str, value: serde_json::Value| {
         let mut changed = valid_json.clone();
@@ -309,13 +309,13 @@ async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_while_the
     ];
     // Half the valid events, the poison, then the other half: the partitions must keep flowing.
     let mut publishing = Vec::new();
-    for scheduled in &workload.events[..250] {
+    for scheduled in workload.events.range(0, 250) {
         publishing.push((Some(scheduled.event.account_id.as_str().to_owned()), Some(encode(&scheduled.event))));
     }
     for (_, key, payload) in &poison {
         publishing.push((key.map(str::to_owned), payload.clone()));
     }
-    for scheduled in &workload.events[250..] {
+    for scheduled in workload.events.iter_from(250) {
         publishing.push((Some(scheduled.event.account_id.as_str().to_owned()), Some(encode(&scheduled.event))));
     }
     for (key, payload) in &publishing {
@@ -489,17 +489,17 @@ async fn trades_on_one_broker(partitions: i32) -> (Cluster, String) {
 }
 
 /// A workload's events with their indexes, as `publish_to` takes them.
-fn indexed(workload: &Workload) -> Vec<(usize, &tradeflow_domain::Event)> {
+fn indexed(workload: &Workload) -> Vec<(usize, tradeflow_domain::Event)> {
     workload
         .events
         .iter()
         .enumerate()
-        .map(|(index, scheduled)| (index, &scheduled.event))
+        .map(|(index, scheduled)| (index, scheduled.event))
         .collect()
 }
 
 /// Publishes `events` (their indexes in the workload) to `trades` at `bootstrap`.
-async fn publish_to(bootstrap: &str, events: &[(usize, &tradeflow_domain::Event)]) {
+async fn publish_to(bootstrap: &str, events: &[(usize, tradeflow_domain::Event)]) {
     let deliveries = Arc::new(Deliveries::new(events.iter().map(|(index, _)| index + 1).max().unwrap_or(0)));
     let publisher = Publisher::new(bootstrap, "trades", &PublisherConfig::default(), deliveries.clone()).expect("publisher");
     for (index, event) in events {

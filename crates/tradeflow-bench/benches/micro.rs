@@ -59,7 +59,7 @@ fn workload(events: u64) -> Workload {
 
 fn codec(criterion: &mut Criterion) {
     eprintln!("seed: {SEED}");
-    let events: Vec<Event> = workload(DOMAIN_EVENTS).plain_events().cloned().collect();
+    let events: Vec<Event> = workload(DOMAIN_EVENTS).plain_events().collect();
     let payloads: Vec<Vec<u8>> = events.iter().map(encode).collect();
     let mut group = criterion.benchmark_group("codec");
     group.throughput(Throughput::Elements(events.len() as u64));
@@ -81,7 +81,7 @@ fn codec(criterion: &mut Criterion) {
 }
 
 fn ledger(criterion: &mut Criterion) {
-    let events: Vec<Event> = workload(DOMAIN_EVENTS).plain_events().cloned().collect();
+    let events: Vec<Event> = workload(DOMAIN_EVENTS).plain_events().collect();
     let mut group = criterion.benchmark_group("ledger");
     group.throughput(Throughput::Elements(events.len() as u64));
     // A new ledger each iteration, so every iteration does the same work; the ledger is
@@ -228,7 +228,7 @@ fn store_apply(criterion: &mut Criterion) {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let events: Arc<Vec<Event>> = Arc::new(workload(STORE_EVENTS).plain_events().cloned().collect());
+    let events: Arc<Vec<Event>> = Arc::new(workload(STORE_EVENTS).plain_events().collect());
 
     let directory = tempfile::tempdir().expect("a temporary directory");
     let sqlite = runtime

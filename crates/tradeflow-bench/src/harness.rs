@@ -348,7 +348,7 @@ async fn store_apply_at(
 /// The events of the raw store-apply limit.
 fn raw_apply_events(seed: u64) -> anyhow::Result<Vec<tradeflow_domain::Event>> {
     let workload = Workload::generate(&workload_config(seed ^ 0x5eed, 10_000.0, RAW_APPLY_EVENTS)).context("raw-apply workload")?;
-    Ok(workload.plain_events().cloned().collect())
+    Ok(workload.plain_events().collect())
 }
 
 /// Sets a stream result's efficiency against the slower of its setup's raw consume and the
@@ -807,7 +807,7 @@ async fn raw_limits(config: &BenchConfig, setup: &Setup, store: &Store, batch: u
         .ensure_topic(topic, RAW_PARTITIONS, replication_factor(&cluster).await?)
         .await
         .with_context(|| format!("creating {topic}"))?;
-    let payloads: Vec<Vec<u8>> = workload.plain_events().map(encode).collect();
+    let payloads: Vec<Vec<u8>> = workload.plain_events().map(|event| encode(&event)).collect();
     let keys: Vec<String> = workload.plain_events().map(|event| event.account_id.as_str().to_owned()).collect();
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let produce = match limits::raw_produce(&bootstrap, topic, &payloads, &keys).await {

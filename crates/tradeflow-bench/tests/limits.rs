@@ -22,7 +22,7 @@ fn events(count: u64) -> Vec<Event> {
         mix: EventMix::default(),
     })
     .expect("a valid workload");
-    workload.plain_events().cloned().collect()
+    workload.plain_events().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

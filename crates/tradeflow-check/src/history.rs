@@ -179,55 +179,120 @@ impl<'a, E: AsRef<Event>> HistoryFold<'a, E> {
             .count() as u64;
         let duplicated = self.applies.iter().map(|count| u64::from(count.saturating_sub(1))).sum::<u64>()
             + self.unknown.values().map(|count| count - 1).sum::<u64>();
-        let mut reordered = 0;
-        let mut misnumbered_accounts = 0;
-        let mut went_negative: HashSet<AccountId> = HashSet::new();
-        let mut replay = Ledger::new();
+        let mut order = OrderCheck::default();
         let mut accounts: Vec<(AccountId, Vec<(u64, u32)>)> = self.per_account.drain().collect();
         accounts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (account_id, mut applies) in accounts {
             applies.sort_by_key(|(account_apply_index, _)| *account_apply_index);
-            if !applies
-                .iter()
-                .enumerate()
-                .all(|(position, (account_apply_index, _))| *account_apply_index == position as u64 + 1)
-            {
-                misnumbered_accounts += 1;
-            }
-            let mut highest_seq = 0;
-            for (_, index) in applies {
-                // An apply of an event the workload never generated has no place in the
-                // order and cannot be replayed; the final-state comparison still catches
-                // what it did.
-                let Some(event) = self.events.get(index as usize).map(AsRef::as_ref) else {
-                    continue;
-                };
-                if event.account_seq < highest_seq {
-                    reordered += 1;
-                }
-                highest_seq = highest_seq.max(event.account_seq);
-                if replay.apply_blind(event).is_negative() {
-                    went_negative.insert(account_id.clone());
-                }
+            order.start_account(account_id);
+            for (account_apply_index, index) in applies {
+                order.apply(account_apply_index, self.events.get(index as usize).map(AsRef::as_ref));
             }
         }
-        for (account_id, state) in final_state {
-            if state.is_negative() {
-                went_negative.insert(account_id.clone());
-            }
-        }
-        let mut report = CheckReport {
-            lost,
-            duplicated,
-            reordered,
-            bad_balances: went_negative.len() as u64,
-            mismatched_accounts: mismatched_accounts(final_state, oracle),
-            misnumbered_accounts,
-            verdict: Verdict::Pass,
-        };
-        report.verdict = Verdict::of(&report);
-        report
+        let (reordered, misnumbered_accounts, went_negative) = order.finish();
+        finish_report(
+            Counted {
+                lost,
+                duplicated,
+                reordered,
+                misnumbered_accounts,
+                went_negative,
+            },
+            final_state,
+            oracle,
+        )
     }
+}
+
+/// The checks of each account's applies, fed account after account, each in its apply
+/// order: the numbering (1, 2, 3, ... each once), the order of `account_seq`, and the
+/// balances replayed with the blind rule (what the store did).
+#[derive(Default)]
+pub(crate) struct OrderCheck {
+    replay: Ledger,
+    reordered: u64,
+    misnumbered_accounts: u64,
+    went_negative: HashSet<AccountId>,
+    /// The account being read: its id, applies so far, whether they were numbered right,
+    /// and the highest `account_seq` applied.
+    current: Option<(AccountId, u64, bool, u64)>,
+}
+
+impl OrderCheck {
+    /// The applies that follow are `account_id`'s.
+    pub(crate) fn start_account(&mut self, account_id: AccountId) {
+        self.end_account();
+        self.current = Some((account_id, 0, true, 0));
+    }
+
+    /// The account's next apply: its number and its event (none for an event the
+    /// workload never generated: it has no place in the order and cannot be replayed;
+    /// the final-state comparison still catches what it did).
+    pub(crate) fn apply(&mut self, account_apply_index: u64, event: Option<&Event>) {
+        let Some((account_id, position, numbered, highest_seq)) = &mut self.current else {
+            return;
+        };
+        *position += 1;
+        *numbered &= account_apply_index == *position;
+        let Some(event) = event else { return };
+        if event.account_seq < *highest_seq {
+            self.reordered += 1;
+        }
+        *highest_seq = (*highest_seq).max(event.account_seq);
+        if self.replay.apply_blind(event).is_negative() {
+            self.went_negative.insert(account_id.clone());
+        }
+    }
+
+    fn end_account(&mut self) {
+        if let Some((_, _, false, _)) = self.current.take() {
+            self.misnumbered_accounts += 1;
+        }
+    }
+
+    /// Reordered applies, misnumbered accounts, and the accounts that went below zero.
+    pub(crate) fn finish(mut self) -> (u64, u64, HashSet<AccountId>) {
+        self.end_account();
+        (self.reordered, self.misnumbered_accounts, self.went_negative)
+    }
+}
+
+/// What a checker counted from the history alone, before the final state is compared.
+pub(crate) struct Counted {
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) reordered: u64,
+    pub(crate) misnumbered_accounts: u64,
+    /// Accounts that went below zero somewhere in their apply order.
+    pub(crate) went_negative: HashSet<AccountId>,
+}
+
+/// The report: the counts, the accounts below zero at the end added to those that went
+/// below on the way, and the accounts whose final state differs from the oracle's.
+pub(crate) fn finish_report(counted: Counted, final_state: &BTreeMap<AccountId, AccountState>, oracle: &Oracle) -> CheckReport {
+    let Counted {
+        lost,
+        duplicated,
+        reordered,
+        misnumbered_accounts,
+        mut went_negative,
+    } = counted;
+    for (account_id, state) in final_state {
+        if state.is_negative() {
+            went_negative.insert(account_id.clone());
+        }
+    }
+    let mut report = CheckReport {
+        lost,
+        duplicated,
+        reordered,
+        bad_balances: went_negative.len() as u64,
+        mismatched_accounts: mismatched_accounts(final_state, oracle),
+        misnumbered_accounts,
+        verdict: Verdict::Pass,
+    };
+    report.verdict = Verdict::of(&report);
+    report
 }
 
 impl Verdict {

@@ -73,10 +73,14 @@ pub fn plan(workload: &Workload, seed: u64, per_s: f64) -> Vec<OrderRequest> {
         if truth.reached > 0 {
             // The first event that takes cash at or after a random one whose time has come.
             let from = random.below(truth.reached);
-            let taking = workload.events[from..truth.reached]
-                .iter()
-                .chain(&workload.events[..from])
-                .map(|scheduled| (&scheduled.event, Effect::of(&scheduled.event.kind).cash_delta))
+            let taking = workload
+                .events
+                .range(from, truth.reached)
+                .chain(workload.events.range(0, from))
+                .map(|scheduled| {
+                    let delta = Effect::of(&scheduled.event.kind).cash_delta;
+                    (scheduled.event, delta)
+                })
                 .find(|(_, delta)| delta.is_negative());
             if let Some((event, delta)) = taking {
                 requests.push(OrderRequest {

@@ -29,4 +29,4 @@ pub use ids::{AccountId, EventId, IdError, Symbol};
 pub use ledger::{AccountState, Effect, Ledger, Outcome, Rejection};
 pub use money::{Money, MoneyError, Quantity};
 pub use oracle::Oracle;
-pub use workload::{EventMix, RateProfile, ScheduledEvent, Workload, WorkloadConfig, WorkloadError};
+pub use workload::{EventMix, Events, RateProfile, RecordTable, ScheduledEvent, Workload, WorkloadConfig, WorkloadError};

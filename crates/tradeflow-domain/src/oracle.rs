@@ -14,11 +14,11 @@ pub struct Oracle {
 
 impl Oracle {
     /// Folds the events, in the order given, with the checked rule.
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Oracle {
+    pub fn from_events<E: AsRef<Event>>(events: impl IntoIterator<Item = E>) -> Oracle {
         let mut oracle = Oracle::default();
         for event in events {
             oracle.events += 1;
-            if let Outcome::Rejected(_) = oracle.ledger.apply_checked(event) {
+            if let Outcome::Rejected(_) = oracle.ledger.apply_checked(event.as_ref()) {
                 oracle.rejected += 1;
             }
         }

@@ -16,8 +16,12 @@ use fake::faker::name::en::Name;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-/// Most events one workload may hold (they are kept in memory).
+mod events;
+pub use events::{Events, Iter, MemoryTable, RECORD_BYTES, Record, RecordTable};
+
+/// Most events one workload may hold.
 pub const EVENTS_MAX: u64 = 20_000_000;
 /// Most accounts one workload may have.
 pub const ACCOUNTS_MAX: u32 = 1_000_000;
@@ -146,6 +150,12 @@ pub enum WorkloadError {
         /// The value given.
         given: f64,
     },
+    /// The workload could not be kept where it was to go (a temporary file).
+    #[error("cannot keep the workload outside memory: {reason}")]
+    Spill {
+        /// What failed.
+        reason: String,
+    },
     /// Unknown profile name.
     #[error("unknown rate profile {given:?} (expected steady, ramp or burst)")]
     Profile {
@@ -229,7 +239,7 @@ pub struct Workload {
     /// The instruments.
     pub symbols: Vec<Symbol>,
     /// The events in the order the system of record emits them.
-    pub events: Vec<ScheduledEvent>,
+    pub events: Events,
 }
 
 #[derive(Default)]
@@ -240,44 +250,42 @@ struct Holdings {
 }
 
 impl Workload {
-    /// Generates the workload for a configuration.
+    /// Generates the workload for a configuration, its events held in memory.
     pub fn generate(config: &WorkloadConfig) -> Result<Workload, WorkloadError> {
-        config.validate()?;
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let symbols = symbols(&mut rng);
-        let mut prices: Vec<i64> = symbols.iter().map(|_| rng.random_range(1_000..=50_000)).collect();
-        let accounts: Vec<Account> = (1..=config.accounts)
-            .map(|n| Account {
-                id: AccountId::new(format!("acct-{n:05}")).unwrap_or_else(|_| unreachable!("generated ids are valid")),
-                name: Name().fake_with_rng(&mut rng),
-            })
-            .collect();
-        let cumulative = zipf_cumulative(accounts.len(), config.skew);
-        let mut holdings: Vec<Holdings> = accounts.iter().map(|_| Holdings::default()).collect();
-        let mut events = Vec::with_capacity(usize::try_from(config.events).unwrap_or(0));
-        let mut offset_s = 0.0_f64;
-        for index in 0..config.events {
-            let fraction = index as f64 / config.events as f64;
-            let account_index = sample(&cumulative, rng.random::<f64>());
-            let account = &mut holdings[account_index];
-            account.next_seq += 1;
-            let kind = next_kind(&mut rng, &config.mix, account, &symbols, &mut prices);
-            let intended_offset_ns = (offset_s * 1e9) as u64;
-            let occurred_at_ns = EPOCH_NS.saturating_add(i64::try_from(intended_offset_ns).unwrap_or(i64::MAX));
-            let millis = u64::try_from(occurred_at_ns / 1_000_000).unwrap_or(0);
-            let event_id = EventId::from_uuid(uuid::Builder::from_unix_timestamp_millis(millis, &rng.random::<[u8; 10]>()).into_uuid());
-            events.push(ScheduledEvent {
-                event: Event {
-                    event_id,
-                    account_id: accounts[account_index].id.clone(),
-                    account_seq: account.next_seq,
-                    occurred_at_ns,
-                    kind,
-                },
-                intended_offset_ns,
-            });
-            offset_s += 1.0 / config.profile.rate_at(config.rate_per_s, fraction);
+        let (accounts, symbols, generator) = Generator::start(config)?;
+        let events = Events::in_memory(generator.map(|(scheduled, _)| scheduled).collect());
+        Ok(Workload {
+            config: config.clone(),
+            accounts,
+            symbols,
+            events,
+        })
+    }
+
+    /// Generates the workload for a configuration into `table`, outside the process's
+    /// memory: the same events as [`Workload::generate`], read back one at a time, so
+    /// that a run of millions of events does not hold them all.
+    pub fn generate_into(config: &WorkloadConfig, mut table: Box<dyn RecordTable>) -> Result<Workload, WorkloadError> {
+        const WRITE_RUN: usize = 4_096;
+        let (accounts, symbols, generator) = Generator::start(config)?;
+        let mut run = Vec::with_capacity(WRITE_RUN);
+        let mut len = 0;
+        let mut flush = |run: &mut Vec<Record>| {
+            if let Err(error) = table.append(run) {
+                panic!("writing the workload's events where they are kept: {error}");
+            }
+            run.clear();
+        };
+        for (scheduled, account) in generator {
+            run.push(events::pack(&scheduled, account, &symbols));
+            len += 1;
+            if run.len() == WRITE_RUN {
+                flush(&mut run);
+            }
         }
+        flush(&mut run);
+        let ids: Arc<[AccountId]> = accounts.iter().map(|account| account.id.clone()).collect();
+        let events = Events::in_table(table, len, ids, symbols.clone().into());
         Ok(Workload {
             config: config.clone(),
             accounts,
@@ -294,9 +302,7 @@ impl Workload {
     /// The end of the run of events from `from` that are due once `elapsed_ns` have passed
     /// since the start, taking at most `max` of them: what an open-loop source sends next.
     pub fn due(&self, from: usize, elapsed_ns: u64, max: usize) -> usize {
-        let limit = self.events.len().min(from.saturating_add(max));
-        let window = &self.events[from.min(limit)..limit];
-        from + window.partition_point(|scheduled| scheduled.intended_offset_ns <= elapsed_ns)
+        self.events.due(from, elapsed_ns, max)
     }
 
     /// Turns every `every`-th withdrawal from the event at index `from` on into a fee of
@@ -304,23 +310,109 @@ impl Workload {
     /// cash leaving the account is the same, so the workload stays valid and the oracle's
     /// balances do not change. Returns how many it turned.
     pub fn charge_fees_from(&mut self, from: usize, every: usize) -> usize {
-        let mut seen = 0;
+        let withdrawals: Vec<(usize, Money)> = self
+            .events
+            .iter_from(from)
+            .enumerate()
+            .filter_map(|(offset, scheduled)| match scheduled.event.kind {
+                EventKind::Withdrawal { amount } => Some((from + offset, amount)),
+                _ => None,
+            })
+            .collect();
         let mut turned = 0;
-        for scheduled in self.events.iter_mut().skip(from) {
-            if let EventKind::Withdrawal { amount } = scheduled.event.kind {
-                seen += 1;
-                if seen % every.max(1) == 0 {
-                    scheduled.event.kind = EventKind::FeeCharged { amount };
-                    turned += 1;
-                }
+        for (seen, (index, amount)) in withdrawals.into_iter().enumerate() {
+            if (seen + 1) % every.max(1) == 0 {
+                self.events.set_kind(index, EventKind::FeeCharged { amount });
+                turned += 1;
             }
         }
         turned
     }
 
     /// The events alone, in emission order.
-    pub fn plain_events(&self) -> impl Iterator<Item = &Event> {
-        self.events.iter().map(|scheduled| &scheduled.event)
+    pub fn plain_events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.events.iter().map(|scheduled| scheduled.event)
+    }
+}
+
+/// The generator's state between events: the seeded draws, the prices' walk and what
+/// each account holds (so that nothing it emits can go negative).
+struct Generator {
+    rng: ChaCha8Rng,
+    mix: EventMix,
+    profile: RateProfile,
+    rate_per_s: f64,
+    total: u64,
+    symbols: Vec<Symbol>,
+    ids: Vec<AccountId>,
+    prices: Vec<i64>,
+    cumulative: Vec<f64>,
+    holdings: Vec<Holdings>,
+    index: u64,
+    offset_s: f64,
+}
+
+impl Generator {
+    /// The accounts, the symbols, and the generator of the events.
+    fn start(config: &WorkloadConfig) -> Result<(Vec<Account>, Vec<Symbol>, Generator), WorkloadError> {
+        config.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let symbols = symbols(&mut rng);
+        let prices: Vec<i64> = symbols.iter().map(|_| rng.random_range(1_000..=50_000)).collect();
+        let accounts: Vec<Account> = (1..=config.accounts)
+            .map(|n| Account {
+                id: AccountId::new(format!("acct-{n:05}")).unwrap_or_else(|_| unreachable!("generated ids are valid")),
+                name: Name().fake_with_rng(&mut rng),
+            })
+            .collect();
+        let generator = Generator {
+            mix: config.mix,
+            profile: config.profile,
+            rate_per_s: config.rate_per_s,
+            total: config.events,
+            symbols: symbols.clone(),
+            ids: accounts.iter().map(|account| account.id.clone()).collect(),
+            prices,
+            cumulative: zipf_cumulative(accounts.len(), config.skew),
+            holdings: accounts.iter().map(|_| Holdings::default()).collect(),
+            index: 0,
+            offset_s: 0.0,
+            rng,
+        };
+        Ok((accounts, symbols, generator))
+    }
+}
+
+impl Iterator for Generator {
+    /// The next event, and its account's index.
+    type Item = (ScheduledEvent, u32);
+
+    fn next(&mut self) -> Option<(ScheduledEvent, u32)> {
+        if self.index >= self.total {
+            return None;
+        }
+        let fraction = self.index as f64 / self.total as f64;
+        let account_index = sample(&self.cumulative, self.rng.random::<f64>());
+        let account = &mut self.holdings[account_index];
+        account.next_seq += 1;
+        let kind = next_kind(&mut self.rng, &self.mix, account, &self.symbols, &mut self.prices);
+        let intended_offset_ns = (self.offset_s * 1e9) as u64;
+        let occurred_at_ns = EPOCH_NS.saturating_add(i64::try_from(intended_offset_ns).unwrap_or(i64::MAX));
+        let millis = u64::try_from(occurred_at_ns / 1_000_000).unwrap_or(0);
+        let event_id = EventId::from_uuid(uuid::Builder::from_unix_timestamp_millis(millis, &self.rng.random::<[u8; 10]>()).into_uuid());
+        let scheduled = ScheduledEvent {
+            event: Event {
+                event_id,
+                account_id: self.ids[account_index].clone(),
+                account_seq: account.next_seq,
+                occurred_at_ns,
+                kind,
+            },
+            intended_offset_ns,
+        };
+        self.offset_s += 1.0 / self.profile.rate_at(self.rate_per_s, fraction);
+        self.index += 1;
+        Some((scheduled, account_index as u32))
     }
 }
 

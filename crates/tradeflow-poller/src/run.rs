@@ -10,7 +10,7 @@ use tradeflow_check::orders::OrdersDuringRun;
 use tradeflow_check::{
     BacklogSample, Drain, DrainWatch, LatencyRecorder, ProcessStats, RunProgress, RunRecord, check_workload, duration_and_throughput,
 };
-use tradeflow_domain::{Workload, WorkloadConfig};
+use tradeflow_domain::{ScheduledEvent, Workload, WorkloadConfig};
 use tradeflow_store::{SourceRow, Store, now_ns};
 
 /// Most events the source inserts in one transaction when it has fallen behind.
@@ -37,7 +37,7 @@ pub struct RunOptions {
 /// Progress goes to `progress` while it runs.
 pub async fn run(store: &Store, options: &RunOptions, progress: &watch::Sender<RunProgress>) -> Result<RunRecord, PollerError> {
     options.poller.validate()?;
-    let workload = Arc::new(Workload::generate(&options.workload)?);
+    let workload = Arc::new(tradeflow_store::spill::generate(&options.workload)?);
     store.reset().await?;
     let statements_before = store.statements();
     let process_before = ProcessStats::current();
@@ -211,10 +211,12 @@ async fn source(store: Store, workload: Arc<Workload>, start: Instant, start_ns:
         let elapsed_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let end = workload.due(next, elapsed_ns, SOURCE_BATCH_MAX);
         if end == next {
-            tokio::time::sleep_until((start + Duration::from_nanos(workload.events[next].intended_offset_ns)).into()).await;
+            let due_ns = workload.events.get(next).map_or(0, |scheduled| scheduled.intended_offset_ns);
+            tokio::time::sleep_until((start + Duration::from_nanos(due_ns)).into()).await;
             continue;
         }
-        let rows: Vec<SourceRow<'_>> = workload.events[next..end]
+        let due: Vec<ScheduledEvent> = workload.events.range(next, end).collect();
+        let rows: Vec<SourceRow<'_>> = due
             .iter()
             .map(|scheduled| SourceRow {
                 event: &scheduled.event,

@@ -241,7 +241,14 @@ impl Store {
     /// Empties every tradeflow table, so that a run starts from nothing.
     pub async fn reset(&self) -> Result<(), StoreError> {
         let mut transaction = self.begin_write().await.map_err(self.query_error("starting the reset"))?;
-        for table in ["apply_log", "apply_journal", "positions", "balances", "trade_events"] {
+        for table in [
+            "apply_log",
+            "apply_journal",
+            "check_expected",
+            "positions",
+            "balances",
+            "trade_events",
+        ] {
             self.count(1);
             transaction
                 .execute(format!("DELETE FROM {table}").as_str())

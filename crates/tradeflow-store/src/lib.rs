@@ -15,11 +15,14 @@
 
 pub mod apply;
 pub mod connect;
+pub mod expected;
 pub mod read;
 pub mod source;
+pub mod spill;
 
 pub use apply::{ApplyInput, ApplySummary, Dedup};
 pub use connect::{StoreConfig, StoreKind};
+pub use expected::{AccountApply, ExpectedRow, JournalCounts};
 pub use read::{AppliedRow, Backlog, JournalRow};
 pub use source::{OutboxRow, PollOutcome, PolledFailure, Shard, SourceRow};
 

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tradeflow_domain::{EventId, Workload, decode};
+use tradeflow_domain::{EventId, ScheduledEvent, Workload, decode};
 use tradeflow_store::{Shard, SourceRow, Store};
 
 /// How the relay reads the outbox.
@@ -150,29 +150,29 @@ async fn write(
     counters: Arc<OutboxCounters>,
 ) -> Result<(), StreamError> {
     let seed = workload.config.seed;
-    let mine: Vec<usize> = (0..workload.events.len())
-        .filter(|index| shard.owns(&workload.events[*index].event.account_id))
+    let mine: Vec<(usize, ScheduledEvent)> = workload
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(_, scheduled)| shard.owns(&scheduled.event.account_id))
         .collect();
     let mut next = 0;
-    while let Some(first) = mine.get(next) {
+    while let Some((first, first_event)) = mine.get(next) {
         let elapsed_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let due = mine[next..]
             .iter()
             .take(WRITE_BATCH_MAX)
-            .take_while(|index| workload.events[**index].intended_offset_ns <= elapsed_ns)
+            .take_while(|(_, scheduled)| scheduled.intended_offset_ns <= elapsed_ns)
             .count();
         if due == 0 {
-            tokio::time::sleep_until((start + Duration::from_nanos(workload.events[*first].intended_offset_ns)).into()).await;
+            tokio::time::sleep_until((start + Duration::from_nanos(first_event.intended_offset_ns)).into()).await;
             continue;
         }
         let rows: Vec<SourceRow<'_>> = mine[next..next + due]
             .iter()
-            .map(|index| {
-                let scheduled = &workload.events[*index];
-                SourceRow {
-                    event: &scheduled.event,
-                    intended_at_ns: start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)),
-                }
+            .map(|(_, scheduled)| SourceRow {
+                event: &scheduled.event,
+                intended_at_ns: start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)),
             })
             .collect();
         let hold = if hold_max.is_zero() {
@@ -254,10 +254,10 @@ async fn relay(
             // again (the balance service's apply log skips the copies).
             // A row whose delivery failed stays unmarked and is read again.
             publisher.wait_for_reports(FLUSH_TIMEOUT).await?;
-            let reports = publisher.deliveries().reports();
+            let deliveries = publisher.deliveries();
             let ids: Vec<i64> = published
                 .iter()
-                .filter(|(_, index)| matches!(reports.get(*index), Some(Some(crate::publisher::Delivery::Acked { .. }))))
+                .filter(|(_, index)| deliveries.is_acked(*index))
                 .map(|(id, _)| *id)
                 .collect();
             store.mark_relayed(&ids).await?;

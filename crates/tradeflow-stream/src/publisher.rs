@@ -12,7 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tradeflow_domain::{Event, encode};
@@ -138,13 +138,16 @@ pub enum Delivery {
     },
 }
 
-/// The delivery reports of a run, indexed like the events.
+/// The delivery reports of a run, indexed like the events: a byte an event for what became
+/// of it, and four for where its main-topic copy sits, so that a run of millions of events
+/// keeps them in a few megabytes.
 #[derive(Debug, Default)]
 pub struct Deliveries {
-    reports: Mutex<Vec<Option<Delivery>>>,
-    /// (partition, offset) of each acknowledged event -> its index, so that the lag sampler
-    /// can age the oldest unapplied event without scanning every report.
-    by_offset: Mutex<HashMap<(i32, i64), usize>>,
+    /// Per event: [`PENDING`], [`ACKED`] or [`FAILED`].
+    states: Box<[AtomicU8]>,
+    /// Per partition of the main topic, the event acknowledged at each offset, so that the
+    /// lag sampler can age the oldest unapplied event without scanning every report.
+    by_offset: Mutex<HashMap<i32, OffsetIndex>>,
     acked: AtomicU64,
     failed: AtomicU64,
     /// How many failed deliveries gave each reason.
@@ -157,11 +160,48 @@ pub struct Deliveries {
     queued_peak: AtomicU64,
 }
 
+const PENDING: u8 = 0;
+const ACKED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// One partition's offsets from the lowest acknowledged on, each with its event's index
+/// ([`NO_EVENT`] where no event of the run sits: a failed send's gap, a transaction marker).
+#[derive(Debug, Default)]
+struct OffsetIndex {
+    first: i64,
+    events: Vec<u32>,
+}
+
+const NO_EVENT: u32 = u32::MAX;
+
+impl OffsetIndex {
+    fn insert(&mut self, offset: i64, index: usize) {
+        let index = u32::try_from(index).unwrap_or(NO_EVENT);
+        if self.events.is_empty() {
+            self.first = offset;
+        } else if offset < self.first {
+            let before = usize::try_from(self.first - offset).unwrap_or(0);
+            self.events.splice(0..0, std::iter::repeat_n(NO_EVENT, before));
+            self.first = offset;
+        }
+        let at = usize::try_from(offset - self.first).unwrap_or(0);
+        if at >= self.events.len() {
+            self.events.resize(at + 1, NO_EVENT);
+        }
+        self.events[at] = index;
+    }
+
+    fn get(&self, offset: i64) -> Option<usize> {
+        let at = usize::try_from(offset.checked_sub(self.first)?).ok()?;
+        self.events.get(at).filter(|index| **index != NO_EVENT).map(|index| *index as usize)
+    }
+}
+
 impl Deliveries {
     /// Room for `events` reports.
     pub fn new(events: usize) -> Deliveries {
         Deliveries {
-            reports: Mutex::new(vec![None; events]),
+            states: (0..events).map(|_| AtomicU8::new(PENDING)).collect(),
             ..Deliveries::default()
         }
     }
@@ -194,9 +234,10 @@ impl Deliveries {
         self.failure_reasons.lock().map(|reasons| reasons.clone()).unwrap_or_default()
     }
 
-    /// A copy of the reports.
-    pub fn reports(&self) -> Vec<Option<Delivery>> {
-        self.reports.lock().map(|reports| reports.clone()).unwrap_or_default()
+    /// Whether the event at `index` was acknowledged (its last report, when it was sent
+    /// more than once).
+    pub fn is_acked(&self, index: usize) -> bool {
+        self.states.get(index).is_some_and(|state| state.load(Ordering::Relaxed) == ACKED)
     }
 
     /// The index of the event acknowledged at this partition and offset.
@@ -204,28 +245,28 @@ impl Deliveries {
         self.by_offset
             .lock()
             .ok()
-            .and_then(|by_offset| by_offset.get(&(partition, offset)).copied())
+            .and_then(|by_offset| by_offset.get(&partition).and_then(|offsets| offsets.get(offset)))
     }
 
     fn record(&self, index: usize, delivery: Delivery, indexed: bool) {
-        match delivery {
+        let state = match delivery {
             Delivery::Acked { partition, offset } => {
                 if indexed && let Ok(mut by_offset) = self.by_offset.lock() {
-                    by_offset.insert((partition, offset), index);
+                    by_offset.entry(partition).or_default().insert(offset, index);
                 }
-                self.acked.fetch_add(1, Ordering::Relaxed)
+                self.acked.fetch_add(1, Ordering::Relaxed);
+                ACKED
             }
             Delivery::Failed { ref reason } => {
                 if let Ok(mut reasons) = self.failure_reasons.lock() {
                     *reasons.entry(reason.clone()).or_default() += 1;
                 }
-                self.failed.fetch_add(1, Ordering::Relaxed)
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                FAILED
             }
         };
-        if let Ok(mut reports) = self.reports.lock()
-            && let Some(slot) = reports.get_mut(index)
-        {
-            *slot = Some(delivery);
+        if let Some(slot) = self.states.get(index) {
+            slot.store(state, Ordering::Relaxed);
         }
     }
 }

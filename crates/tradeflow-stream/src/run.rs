@@ -7,7 +7,7 @@ use crate::fleet::{Fleet, FleetConfig};
 use crate::lag::{self, LagProbe};
 use crate::notifications::NotificationGroup;
 use crate::outage::DatabaseOutage;
-use crate::publisher::{Deliveries, Delivery, Publisher, PublisherConfig};
+use crate::publisher::{Deliveries, Publisher, PublisherConfig};
 use crate::service::{CommitPolicy, ServiceCounters};
 use crate::timeline::{FaultTimeline, PoisonTarget, TopicLayout, ensure_topics};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use tradeflow_check::orders::OrdersDuringRun;
 use tradeflow_check::{Drain, DrainWatch, LagSample, ProcessStats, RunProgress, RunRecord, check_workload, duration_and_throughput};
 use tradeflow_cluster::plan::FaultPlan;
 use tradeflow_cluster::{Cluster, MOCK_PARTITION_RETAINED_MB};
-use tradeflow_domain::{Workload, WorkloadConfig};
+use tradeflow_domain::WorkloadConfig;
 use tradeflow_store::{Store, now_ns};
 
 /// How often progress is published.
@@ -356,7 +356,7 @@ pub async fn run(
     for fault in options.scenario.plan.broker_faults() {
         cluster.supports(&fault)?;
     }
-    let mut workload = Workload::generate(&options.workload)?;
+    let mut workload = tradeflow_store::spill::generate(&options.workload)?;
     if let Some(change) = options.scenario.schema {
         let fees = workload.charge_fees_from(change.from_event, change.fees_every);
         tracing::info!(
@@ -495,9 +495,8 @@ pub async fn run(
     // What the broker acknowledged had to be applied; what it never acknowledged did not.
     // From an outbox, every event had to be: each was committed to the system of record
     // (a write that failed ends the run), and the relay owes it to Kafka.
-    let reports = deliveries.reports();
     let (mut check, applied) = check_workload(store, &workload, |index| {
-        options.scenario.outbox.is_some() || matches!(reports.get(index), Some(Some(Delivery::Acked { .. })))
+        options.scenario.outbox.is_some() || deliveries.is_acked(index)
     })
     .await?;
     let log = if options.scenario.audit_log {

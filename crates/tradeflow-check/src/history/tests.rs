@@ -18,7 +18,7 @@ fn fixture() -> Fixture {
         skew: tradeflow_domain::workload::ACCOUNT_SKEW,
         mix: tradeflow_domain::EventMix::default(),
     };
-    let events: Vec<Event> = Workload::generate(&config).expect("valid config").plain_events().cloned().collect();
+    let events: Vec<Event> = Workload::generate(&config).expect("valid config").plain_events().collect();
     let oracle = Oracle::from_events(&events);
     Fixture { events, oracle }
 }

@@ -40,8 +40,8 @@ proptest! {
         let mut checked = Ledger::new();
         let mut blind = Ledger::new();
         for event in workload.plain_events() {
-            prop_assert_eq!(checked.apply_checked(event), Outcome::Applied, "seed {} event {:?}", seed, event);
-            prop_assert!(!blind.apply_blind(event).is_negative(), "seed {} went negative at {:?}", seed, event);
+            prop_assert_eq!(checked.apply_checked(&event), Outcome::Applied, "seed {} event {:?}", seed, event);
+            prop_assert!(!blind.apply_blind(&event).is_negative(), "seed {} went negative at {:?}", seed, event);
         }
     }
 
@@ -50,7 +50,7 @@ proptest! {
         let workload = Workload::generate(&config(seed, events, accounts, RateProfile::Steady)).expect("valid config");
         let oracle = Oracle::from_events(workload.plain_events());
         let folded = workload.plain_events().fold(Ledger::new(), |mut ledger, event| {
-            ledger.apply_blind(event);
+            ledger.apply_blind(&event);
             ledger
         });
         prop_assert_eq!(oracle.rejected(), 0);
@@ -61,10 +61,10 @@ proptest! {
     #[test]
     fn account_seqs_count_up_from_one_and_send_times_never_go_back(seed in any::<u64>(), events in 1_u64..2_000, profile in profile()) {
         let workload = Workload::generate(&config(seed, events, 20, profile)).expect("valid config");
-        let mut last_seq: BTreeMap<&AccountId, u64> = BTreeMap::new();
+        let mut last_seq: BTreeMap<AccountId, u64> = BTreeMap::new();
         let mut last_offset = 0;
         for scheduled in &workload.events {
-            let last = last_seq.entry(&scheduled.event.account_id).or_insert(0);
+            let last = last_seq.entry(scheduled.event.account_id.clone()).or_insert(0);
             prop_assert_eq!(scheduled.event.account_seq, *last + 1);
             *last += 1;
             prop_assert!(scheduled.intended_offset_ns >= last_offset);
@@ -97,12 +97,15 @@ fn a_few_hot_accounts_carry_most_of_the_traffic() {
     );
 }
 
+fn sent_at(workload: &Workload, index: usize) -> u64 {
+    workload.events.get(index).expect("an event at that index").intended_offset_ns
+}
+
 #[test]
 fn the_burst_profile_sends_the_middle_tenth_ten_times_faster() {
     let steady = Workload::generate(&config(3, 10_000, 10, RateProfile::Steady)).expect("valid config");
     let burst = Workload::generate(&config(3, 10_000, 10, RateProfile::Burst)).expect("valid config");
-    let span =
-        |workload: &Workload, from: usize, to: usize| workload.events[to].intended_offset_ns - workload.events[from].intended_offset_ns;
+    let span = |workload: &Workload, from: usize, to: usize| sent_at(workload, to) - sent_at(workload, from);
     let ratio = span(&steady, 4_000, 4_999) as f64 / span(&burst, 4_000, 4_999) as f64;
     assert!((9.9..10.1).contains(&ratio), "spike ratio {ratio}");
     assert_eq!(span(&steady, 0, 3_999), span(&burst, 0, 3_999));
@@ -176,4 +179,44 @@ fn fees_replace_withdrawals_from_an_index_on_and_leave_every_balance_as_it_was()
     let oracle = |workload: &Workload| Oracle::from_events(workload.plain_events());
     assert_eq!(oracle(&upgraded).rejected(), 0);
     assert_eq!(oracle(&upgraded).ledger(), oracle(&plain).ledger());
+}
+
+#[test]
+fn a_workload_kept_outside_the_process_reads_back_the_same_events_and_changes_the_same_way() {
+    for (seed, profile) in [(21, RateProfile::Steady), (22, RateProfile::Burst)] {
+        let config = config(seed, 9_000, 40, profile);
+        let mut held = Workload::generate(&config).expect("valid config");
+        let mut kept = Workload::generate_into(&config, Box::<MemoryTable>::default()).expect("valid config");
+        assert!(kept.events.spilled() && !held.events.spilled());
+        assert_eq!(kept.accounts, held.accounts);
+        assert_eq!(kept.symbols, held.symbols);
+        assert_eq!(kept.events.len(), 9_000);
+        // In order (across read runs), one at a time, from an index on, and the last.
+        assert!(kept.events == held.events, "seed {seed}: the events read back in order differ");
+        for index in [0, 1, 1_023, 1_024, 1_025, 4_095, 4_096, 8_999] {
+            assert_eq!(kept.events.get(index), held.events.get(index), "seed {seed}, event {index}");
+        }
+        assert_eq!(kept.events.get(9_000), None);
+        assert!(kept.events.iter_from(5_000).eq(held.events.iter_from(5_000)));
+        assert_eq!(kept.events.last(), held.events.last());
+        for (from, elapsed_ns, max) in [
+            (0, 0, 50),
+            (0, 3_000_000_000, 100_000),
+            (100, 1_000_000_000, 7),
+            (8_990, u64::MAX, 50),
+        ] {
+            assert_eq!(
+                kept.due(from, elapsed_ns, max),
+                held.due(from, elapsed_ns, max),
+                "due({from}, {elapsed_ns}, {max})"
+            );
+        }
+        assert_eq!(kept.charge_fees_from(4_000, 3), held.charge_fees_from(4_000, 3));
+        assert!(kept.events == held.events, "seed {seed}: the events after the fees differ");
+        assert!(
+            kept.events
+                .iter()
+                .any(|scheduled| matches!(scheduled.event.kind, EventKind::FeeCharged { .. }))
+        );
+    }
 }

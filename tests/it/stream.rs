@@ -860,8 +860,13 @@ async fn messages_of_partitions_handed_over_while_the_database_is_away_are_appli
             .all(|member| member.task.is_finished() || read(&member.counters.breaker_opened) > 0)
     })
     .await;
-    // One member leaves with its batch unapplied: its partitions go to the other while that
-    // one waits with its own paused, so their messages reach it between two tries.
+    // Once the waits between tries are long (a second or more), one member leaves with its
+    // batch unapplied: its partitions go to the other while that one waits with its own
+    // paused, so their messages reach it between two tries (kept for its next batch).
+    wait_until("longer waits between tries", Duration::from_secs(60), || {
+        patient.task.is_finished() || read(&patient.counters.database_failures) >= 6
+    })
+    .await;
     leaver.stop().await;
     let counters = patient.counters.clone();
     wait_until("the patient member to take the partitions over", Duration::from_secs(30), || {

@@ -1011,3 +1011,45 @@ async fn a_stuck_balance_service_process_has_logged_the_topic_partitions_and_off
     );
     assert!(!held.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_topic_a_partition_waits_at_its_poison_and_its_offset_is_never_committed_past_it() {
+    let seed = 79;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap) = trades_on_one_broker(1).await;
+    let workload = Workload::generate(&workload(seed, 300)).expect("workload");
+    let events = indexed(&workload);
+    // One partition: offsets 0..=99 valid, 100 a message that is not an event, then 200
+    // valid ones. The service's first batch holds them all.
+    publish_to(&bootstrap, &events[..100]).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    let key = events[0].1.account_id.as_str().to_owned();
+    producer
+        .send(
+            FutureRecord::to("trades").key(&key).payload("{\"schema_version\": 1, "),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the poison is in the log");
+    publish_to(&bootstrap, &events[100..]).await;
+    let mut config = service_config(&bootstrap, "waiting", 500);
+    config.dead_letter = false;
+    let member = start_member(&store, config);
+    let counters = member.counters.clone();
+    wait_until("the first 100 applied and the poison read twice", Duration::from_secs(60), || {
+        member.task.is_finished() || (read(&counters.applied) >= 100 && read(&counters.poison_retries) >= 2)
+    })
+    .await;
+    let committed = committed_offset(&bootstrap, "balances");
+    member.stop().await;
+    assert_eq!(read(&counters.applied), 100, "nothing behind the poison is applied");
+    assert_eq!(
+        committed,
+        Some(100),
+        "the group's offset stops at the message it could not process (100), never past it: a restart would skip it"
+    );
+}

@@ -204,7 +204,15 @@ async fn a_failure_in_the_middle_of_a_batch_leaves_nothing_applied(store: Store)
 on_both_stores!(an_undecodable_row_is_refused_with_its_reason_and_the_rest_applied);
 async fn an_undecodable_row_is_refused_with_its_reason_and_the_rest_applied(store: Store) {
     let events = events(9, 10, 3);
-    let rows: Vec<SourceRow<'_>> = events.iter().map(|event| SourceRow { event, intended_at_ns: 0 }).collect();
+    let rows: Vec<SourceRow<'_>> = events
+        .iter()
+        .zip(0..)
+        .map(|(event, event_index)| SourceRow {
+            event,
+            event_index,
+            intended_at_ns: 0,
+        })
+        .collect();
     store.insert_source_events(&rows[..5]).await.expect("insert");
     store
         .insert_raw_source_row("poison-1", "acct-00001", "{\"schema_version\": 1, \"type\": \"deposit\"", 0)
@@ -250,7 +258,7 @@ async fn a_schema_from_a_newer_build_is_refused() {
     let error = Store::connect(&StoreConfig::sqlite_file(&directory.path().join("test.db")))
         .await
         .expect_err("unknown migration");
-    assert!(matches!(error, StoreError::UnknownSchema { found: 99, known: 2, .. }), "{error}");
+    assert!(matches!(error, StoreError::UnknownSchema { found: 99, known: 4, .. }), "{error}");
     assert!(error.to_string().contains("schema migration 99"), "{error}");
 }
 
@@ -266,6 +274,7 @@ async fn an_outbox_row_committed_after_a_higher_id_is_skipped_by_the_naive_read_
                 .insert_source_events_holding(
                     &[SourceRow {
                         event: &event,
+                        event_index: 0,
                         intended_at_ns: 0,
                     }],
                     std::time::Duration::from_millis(800),
@@ -277,6 +286,7 @@ async fn an_outbox_row_committed_after_a_higher_id_is_skipped_by_the_naive_read_
     store
         .insert_source_events(&[SourceRow {
             event: &events[1],
+            event_index: 1,
             intended_at_ns: 0,
         }])
         .await

@@ -218,7 +218,9 @@ async fn source(store: Store, workload: Arc<Workload>, start: Instant, start_ns:
         let due: Vec<ScheduledEvent> = workload.events.range(next, end).collect();
         let rows: Vec<SourceRow<'_>> = due
             .iter()
-            .map(|scheduled| SourceRow {
+            .zip(next as u64..)
+            .map(|(scheduled, event_index)| SourceRow {
+                event_index,
                 event: &scheduled.event,
                 intended_at_ns: start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)),
             })

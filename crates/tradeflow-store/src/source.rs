@@ -12,6 +12,8 @@ use tradeflow_domain::{AccountId, Event, decode, encode};
 pub struct SourceRow<'a> {
     /// The event, encoded with the wire format as the payload.
     pub event: &'a Event,
+    /// Its index in the run's workload.
+    pub event_index: u64,
     /// When it was meant to be sent, ns since the epoch.
     pub intended_at_ns: i64,
 }
@@ -25,6 +27,8 @@ pub struct OutboxRow {
     pub payload: String,
     /// When it was meant to be sent, ns since the epoch.
     pub intended_at_ns: i64,
+    /// Its index in the run's workload (none in a row written before the column was).
+    pub event_index: Option<i64>,
 }
 
 /// Which accounts a poller owns: those whose shard key modulo `count` is `index`.
@@ -111,8 +115,8 @@ impl Store {
                 let inserted_at_ns = now_ns();
                 for (chunk, encoded_chunk) in rows.chunks(ROWS_PER_STATEMENT_MAX).zip(encoded.chunks(ROWS_PER_STATEMENT_MAX)) {
                     let sql = format!(
-                        "INSERT INTO trade_events (event_id, account_id, account_seq, shard_key, payload, intended_at_ns, inserted_at_ns) VALUES {}",
-                        value_rows(self.kind, chunk.len(), 7)
+                        "INSERT INTO trade_events (event_id, account_id, account_seq, shard_key, payload, intended_at_ns, inserted_at_ns, event_index) VALUES {}",
+                        value_rows(self.kind, chunk.len(), 8)
                     );
                     let mut query = sqlx::query(&sql);
                     for (row, (event_id, payload)) in chunk.iter().zip(encoded_chunk) {
@@ -123,7 +127,8 @@ impl Store {
                             .bind(shard_key(&row.event.account_id))
                             .bind(payload.as_str())
                             .bind(row.intended_at_ns)
-                            .bind(inserted_at_ns);
+                            .bind(inserted_at_ns)
+                            .bind(i64::try_from(row.event_index).unwrap_or(i64::MAX));
                     }
                     self.count(1);
                     query.execute(&mut *transaction).await?;
@@ -146,11 +151,15 @@ impl Store {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // Placeholders in the order they appear: SQLite numbers `$N` by appearance.
         let query = match after {
-            Some(after) => sqlx::query("SELECT id, payload, intended_at_ns FROM trade_events WHERE id > $1 ORDER BY id LIMIT $2")
-                .bind(after)
-                .bind(limit),
-            None => sqlx::query("SELECT id, payload, intended_at_ns FROM trade_events WHERE processed_at_ns IS NULL ORDER BY id LIMIT $1")
-                .bind(limit),
+            Some(after) => {
+                sqlx::query("SELECT id, payload, intended_at_ns, event_index FROM trade_events WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after)
+                    .bind(limit)
+            }
+            None => sqlx::query(
+                "SELECT id, payload, intended_at_ns, event_index FROM trade_events WHERE processed_at_ns IS NULL ORDER BY id LIMIT $1",
+            )
+            .bind(limit),
         };
         self.count(1);
         let rows = query.fetch_all(&self.pool).await.map_err(self.query_error("reading the outbox"))?;
@@ -160,6 +169,7 @@ impl Store {
                     id: row.try_get(0)?,
                     payload: row.try_get(1)?,
                     intended_at_ns: row.try_get(2)?,
+                    event_index: row.try_get(3)?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()

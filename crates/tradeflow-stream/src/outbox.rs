@@ -16,11 +16,10 @@
 use crate::StreamError;
 use crate::process::jitter;
 use crate::publisher::{FLUSH_TIMEOUT, Publisher};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tradeflow_domain::{EventId, ScheduledEvent, Workload, decode};
+use tradeflow_domain::{ScheduledEvent, Workload, decode};
 use tradeflow_store::{Shard, SourceRow, Store};
 
 /// How the relay reads the outbox.
@@ -150,39 +149,42 @@ async fn write(
     counters: Arc<OutboxCounters>,
 ) -> Result<(), StreamError> {
     let seed = workload.config.seed;
-    let mine: Vec<(usize, ScheduledEvent)> = workload
+    // The shard's events, read in order as they come due (not gathered first: a run of
+    // millions of events would hold them all).
+    let mut mine = workload
         .events
         .iter()
         .enumerate()
         .filter(|(_, scheduled)| shard.owns(&scheduled.event.account_id))
-        .collect();
-    let mut next = 0;
-    while let Some((first, first_event)) = mine.get(next) {
+        .peekable();
+    while let Some((first, first_event)) = mine.peek() {
+        let (first, due_ns) = (*first, first_event.intended_offset_ns);
         let elapsed_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let due = mine[next..]
-            .iter()
-            .take(WRITE_BATCH_MAX)
-            .take_while(|(_, scheduled)| scheduled.intended_offset_ns <= elapsed_ns)
-            .count();
-        if due == 0 {
-            tokio::time::sleep_until((start + Duration::from_nanos(first_event.intended_offset_ns)).into()).await;
+        if due_ns > elapsed_ns {
+            tokio::time::sleep_until((start + Duration::from_nanos(due_ns)).into()).await;
             continue;
         }
-        let rows: Vec<SourceRow<'_>> = mine[next..next + due]
+        let mut due: Vec<(usize, ScheduledEvent)> = Vec::new();
+        while due.len() < WRITE_BATCH_MAX
+            && let Some(next) = mine.next_if(|(_, scheduled)| scheduled.intended_offset_ns <= elapsed_ns)
+        {
+            due.push(next);
+        }
+        let rows: Vec<SourceRow<'_>> = due
             .iter()
-            .map(|(_, scheduled)| SourceRow {
+            .map(|(index, scheduled)| SourceRow {
                 event: &scheduled.event,
+                event_index: *index as u64,
                 intended_at_ns: start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)),
             })
             .collect();
         let hold = if hold_max.is_zero() {
             Duration::ZERO
         } else {
-            jitter(seed, *first as u64, hold_max)
+            jitter(seed, first as u64, hold_max)
         };
         store.insert_source_events_holding(&rows, hold).await?;
-        counters.written.fetch_add(due as u64, Ordering::Relaxed);
-        next += due;
+        counters.written.fetch_add(due.len() as u64, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -197,12 +199,6 @@ async fn relay(
     writers_done: &AtomicBool,
     counters: &OutboxCounters,
 ) -> Result<(), StreamError> {
-    let index_of: HashMap<EventId, usize> = workload
-        .events
-        .iter()
-        .enumerate()
-        .map(|(index, scheduled)| (scheduled.event.event_id, index))
-        .collect();
     let (mut last, mut highest) = (0_i64, 0_i64);
     // Rows published by a read above an id, so that a read that returns only those (an
     // exercise that asks for the same ids again) ends like an empty one instead of
@@ -235,17 +231,28 @@ async fn relay(
             let event = decode(row.payload.as_bytes()).map_err(|error| StreamError::Config {
                 reason: format!("outbox row {} does not decode: {error}", row.id),
             })?;
-            let Some(index) = index_of.get(&event.event_id) else {
+            // The row says which of the workload's events it is; the event there must be
+            // the one the row holds.
+            let index = row.event_index.and_then(|index| usize::try_from(index).ok()).filter(|index| {
+                workload
+                    .events
+                    .get(*index)
+                    .is_some_and(|scheduled| scheduled.event.event_id == event.event_id)
+            });
+            let Some(index) = index else {
                 return Err(StreamError::Config {
-                    reason: format!("outbox row {} holds event {}, not in the run's workload", row.id, event.event_id),
+                    reason: format!(
+                        "outbox row {} holds event {}, which is not the run's workload's event {:?}",
+                        row.id, event.event_id, row.event_index
+                    ),
                 });
             };
             if row.id < highest {
                 counters.late.fetch_add(1, Ordering::Relaxed);
             }
             highest = highest.max(row.id);
-            publisher.publish(*index, &event, row.intended_at_ns).await?;
-            published.push((row.id, *index));
+            publisher.publish(index, &event, row.intended_at_ns).await?;
+            published.push((row.id, index));
             counters.relayed.fetch_add(1, Ordering::Relaxed);
         }
         last = last.max(rows.last().map_or(last, |row| row.id));

@@ -97,13 +97,13 @@ pub fn check(input: &CheckInput<'_>) -> CheckReport {
     report
 }
 
-/// The checker's state while it reads a history one apply at a time, in any order. It
-/// keeps of each apply only the workload's index of its event and the apply's number (16
-/// bytes), and of each event its apply count, so that a history of millions of applies
-/// read from a store costs tens of bytes an event, not the rows' text. Each apply is
-/// placed by the workload's account and `account_seq` of its event, not the store's copy
-/// of them; an apply of an event the workload never generated goes by the account the
-/// history gives it, with no place in that account's order.
+/// The checker's state while it reads a history held in memory one apply at a time, in
+/// any order (a store's history is checked in the database instead:
+/// [`crate::check_store`]). It keeps of each apply only the workload's index of its event
+/// and the apply's number, and of each event its apply count. Each apply is placed by the
+/// workload's account and `account_seq` of its event, not the history's copy of them; an
+/// apply of an event the workload never generated goes by the account the history gives
+/// it, with no place in that account's order.
 pub struct HistoryFold<'a, E> {
     events: &'a [E],
     /// The workload's event indexes, sorted by event id.

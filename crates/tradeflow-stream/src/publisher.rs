@@ -164,36 +164,65 @@ const PENDING: u8 = 0;
 const ACKED: u8 = 1;
 const FAILED: u8 = 2;
 
-/// One partition's offsets from the lowest acknowledged on, each with its event's index
-/// ([`NO_EVENT`] where no event of the run sits: a failed send's gap, a transaction marker).
-#[derive(Debug, Default)]
+/// One partition's offsets from `first` on, each with its event's index ([`NO_EVENT`] where
+/// no event of the run sits: a failed send's gap, a transaction marker). What lies below
+/// the group's committed offset is forgotten as the lag sampler passes it (nothing asks
+/// for it again), so the index holds the backlog, not the run.
+#[derive(Debug)]
 struct OffsetIndex {
+    /// The offset of the first entry held.
     first: i64,
-    events: Vec<u32>,
+    events: std::collections::VecDeque<u32>,
+    /// Offsets below this were forgotten.
+    forgotten: i64,
+}
+
+impl Default for OffsetIndex {
+    fn default() -> OffsetIndex {
+        OffsetIndex {
+            first: 0,
+            events: std::collections::VecDeque::new(),
+            forgotten: i64::MIN,
+        }
+    }
 }
 
 const NO_EVENT: u32 = u32::MAX;
 
 impl OffsetIndex {
     fn insert(&mut self, offset: i64, index: usize) {
-        let index = u32::try_from(index).unwrap_or(NO_EVENT);
+        if offset < self.forgotten {
+            return;
+        }
         if self.events.is_empty() {
             self.first = offset;
         } else if offset < self.first {
-            let before = usize::try_from(self.first - offset).unwrap_or(0);
-            self.events.splice(0..0, std::iter::repeat_n(NO_EVENT, before));
+            // Acknowledged out of order, below the first held.
+            for _ in offset..self.first {
+                self.events.push_front(NO_EVENT);
+            }
             self.first = offset;
         }
         let at = usize::try_from(offset - self.first).unwrap_or(0);
         if at >= self.events.len() {
             self.events.resize(at + 1, NO_EVENT);
         }
-        self.events[at] = index;
+        self.events[at] = u32::try_from(index).unwrap_or(NO_EVENT);
     }
 
     fn get(&self, offset: i64) -> Option<usize> {
         let at = usize::try_from(offset.checked_sub(self.first)?).ok()?;
         self.events.get(at).filter(|index| **index != NO_EVENT).map(|index| *index as usize)
+    }
+
+    /// Forgets the offsets below `offset`.
+    fn forget_below(&mut self, offset: i64) {
+        self.forgotten = self.forgotten.max(offset);
+        let drop = usize::try_from(offset.saturating_sub(self.first))
+            .unwrap_or(0)
+            .min(self.events.len());
+        self.events.drain(..drop);
+        self.first += drop as i64;
     }
 }
 
@@ -240,12 +269,14 @@ impl Deliveries {
         self.states.get(index).is_some_and(|state| state.load(Ordering::Relaxed) == ACKED)
     }
 
-    /// The index of the event acknowledged at this partition and offset.
-    pub fn event_at(&self, partition: i32, offset: i64) -> Option<usize> {
-        self.by_offset
-            .lock()
-            .ok()
-            .and_then(|by_offset| by_offset.get(&partition).and_then(|offsets| offsets.get(offset)))
+    /// The index of the event at the group's committed offset of a partition, the offsets
+    /// below it forgotten: the lag sampler's question, asked with offsets that only move
+    /// forward.
+    pub fn event_at_committed(&self, partition: i32, committed: i64) -> Option<usize> {
+        let mut by_offset = self.by_offset.lock().ok()?;
+        let offsets = by_offset.get_mut(&partition)?;
+        offsets.forget_below(committed);
+        offsets.get(committed)
     }
 
     fn record(&self, index: usize, delivery: Delivery, indexed: bool) {
@@ -494,5 +525,38 @@ impl Publisher {
             })?
             .map_err(|error| StreamError::kafka("flushing the producer", error))?;
         Ok(deliveries)
+    }
+}
+
+#[cfg(test)]
+mod offset_index_tests {
+    use super::OffsetIndex;
+
+    #[test]
+    fn offsets_acknowledged_in_any_order_are_found_until_forgotten_below_the_committed_offset() {
+        let mut index = OffsetIndex::default();
+        for (offset, event) in [(10, 0), (11, 1), (13, 3), (12, 2), (8, 7)] {
+            index.insert(offset, event);
+        }
+        assert_eq!(
+            (8..=14).map(|offset| index.get(offset)).collect::<Vec<_>>(),
+            [Some(7), None, Some(0), Some(1), Some(2), Some(3), None]
+        );
+        index.forget_below(12);
+        assert_eq!(
+            (10..=13).map(|offset| index.get(offset)).collect::<Vec<_>>(),
+            [None, None, Some(2), Some(3)]
+        );
+        assert_eq!(index.events.len(), 2, "the forgotten offsets are no longer held");
+        // A late acknowledgement below what was forgotten is not kept; above it, it is.
+        index.insert(11, 9);
+        index.insert(20, 20);
+        assert_eq!((index.get(11), index.get(20)), (None, Some(20)));
+        // Forgetting past everything held, then acknowledging again.
+        index.forget_below(30);
+        assert!(index.events.is_empty());
+        index.insert(31, 31);
+        index.insert(30, 30);
+        assert_eq!((index.get(29), index.get(30), index.get(31)), (None, Some(30), Some(31)));
     }
 }

@@ -426,7 +426,7 @@ pub async fn run(
         notifications.sample_from(start);
     }
     let intended_at = |partition: i32, offset: i64| {
-        let scheduled = workload.events.get(deliveries.event_at(partition, offset)?)?;
+        let scheduled = workload.events.get(deliveries.event_at_committed(partition, offset)?)?;
         Some(start_ns.saturating_add(i64::try_from(scheduled.intended_offset_ns).unwrap_or(i64::MAX)))
     };
     let switch = options

@@ -1053,3 +1053,31 @@ async fn without_a_dead_letter_topic_a_partition_waits_at_its_poison_and_its_off
         "the group's offset stops at the message it could not process (100), never past it: a restart would skip it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_batch_is_applied_the_group_has_committed_the_offset_after_it() {
+    let seed = 83;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap) = trades_on_one_broker(1).await;
+    let workload = Workload::generate(&workload(seed, 300)).expect("workload");
+    publish_to(&bootstrap, &indexed(&workload)).await;
+    let member = start_member(&store, service_config(&bootstrap, "committing", 100));
+    let counters = member.counters.clone();
+    wait_until("every event applied", Duration::from_secs(60), || {
+        member.task.is_finished() || read(&counters.applied) >= 300
+    })
+    .await;
+    // The commit follows the database commit without waiting: give it a moment to land.
+    let mut committed = None;
+    for _ in 0..50 {
+        committed = committed_offset(&bootstrap, "balances");
+        if committed == Some(300) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    member.stop().await;
+    assert_eq!(read(&counters.applied), 300);
+    assert_eq!(committed, Some(300), "the group's offset is the one after the last message applied");
+}

@@ -98,6 +98,12 @@ pub(crate) fn config(
             "passed_over".into(),
             counters.sum(|counters| counters.passed_over.load(Ordering::Relaxed)).into(),
         );
+        // Messages a batch still filling dropped when a rebalance took the assignment they
+        // were read under (in-process consumers; a process's are in its log).
+        object.insert(
+            "dropped_at_rebalance".into(),
+            counters.sum(|counters| counters.dropped_at_rebalance.load(Ordering::Relaxed)).into(),
+        );
         // The consumers' fetching ahead and, for members that are processes, their peak
         // resident set; with a backlog first, how fast they drained it.
         object.insert("prefetch".into(), options.scenario.prefetch.as_str().into());

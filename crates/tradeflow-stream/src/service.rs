@@ -361,6 +361,9 @@ pub struct ServiceCounters {
     pub crashes: AtomicU64,
     /// Messages dropped by the fence: held while their partitions were revoked.
     pub fenced: AtomicU64,
+    /// Messages dropped from a batch still filling when a rebalance changed the
+    /// consumer's partitions: they were read under the assignment before it.
+    pub dropped_at_rebalance: AtomicU64,
     /// Each crash or freeze of a consumer as it happened: which consumer, holding what.
     pub fault_log: std::sync::Mutex<Vec<FaultSeen>>,
     /// Times a consumer without a dead-letter topic went back to a message it could not
@@ -743,6 +746,9 @@ pub async fn run_controlled(
             }
             continue;
         }
+        // The assignment the batch's messages are read under; a rebalance during a
+        // receive ends it (see `receive`).
+        let mut generation = consumer.context().generation.load(Ordering::Relaxed);
         carried.take_into(&consumer, &mut batch, config.batch_size);
         if batch.is_empty() {
             let first = tokio::select! {
@@ -757,7 +763,7 @@ pub async fn run_controlled(
                 received = consumer.recv() => received,
             };
             match first {
-                Ok(message) => batch.push(message.detach()),
+                Ok(message) => receive(&consumer, &config, &mut batch, &mut generation, message.detach(), &counters),
                 Err(error) => {
                     consumer_error(&error, &counters);
                     tokio::time::sleep(ERROR_BACKOFF).await;
@@ -765,7 +771,7 @@ pub async fn run_controlled(
                 }
             }
         }
-        fill(&consumer, &config, &mut batch, &counters).await;
+        fill(&consumer, &config, &mut batch, &mut generation, &counters).await;
         positions.check(&consumer, &config, &batch, &counters).await;
         batches += 1;
         journal_received(&config, batches, &batch);
@@ -778,14 +784,14 @@ pub async fn run_controlled(
             // policy already did.
             return Ok(latency);
         }
-        // The generation at the end of the fill: every message of the batch was handed out
-        // under it (rebalance callbacks run only inside recv). A batch dropped by the fence
-        // later is read again: a revoked partition's next owner, this consumer included,
-        // starts from the committed offset.
+        // The generation every message of the batch was handed out under (`receive`
+        // dropped any read under an earlier one; rebalance callbacks run only inside
+        // recv). A batch dropped by the fence later is read again: a revoked partition's
+        // next owner, this consumer included, starts from the committed offset.
         let held = Held {
             number: batches,
             messages: &batch,
-            generation: consumer.context().generation.load(Ordering::Relaxed),
+            generation,
             received_at: tokio::time::Instant::now(),
             lease: Duration::from_millis(u64::from(config.session_timeout_ms)),
             floor: &mut positions.floor,
@@ -806,16 +812,51 @@ async fn fill(
     consumer: &StreamConsumer<ServiceContext>,
     config: &ServiceConfig,
     batch: &mut Vec<OwnedMessage>,
+    generation: &mut u64,
     counters: &ServiceCounters,
 ) {
     let deadline = tokio::time::Instant::now() + config.fill_wait;
     while batch.len() < config.batch_size {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(message)) => batch.push(message.detach()),
+            Ok(Ok(message)) => receive(consumer, config, batch, generation, message.detach(), counters),
             Ok(Err(error)) => consumer_error(&error, counters),
             Err(_) => break,
         }
     }
+}
+
+/// Adds a message just received to the batch. `generation` is the assignment the batch's
+/// messages were read under: if a rebalance ran inside the receive (its callbacks do),
+/// those messages are dropped. A partition revoked is another member's now, and its
+/// messages held here would be applied and their offsets committed by a consumer that no
+/// longer owns it, behind its new owner's back; a partition kept is read again from its
+/// committed offset, so they come again. The batch starts again from this message,
+/// handed out under the new assignment. This is the fence of a batch still filling; a
+/// batch filled is fenced by [`Held::revoked`].
+fn receive(
+    consumer: &StreamConsumer<ServiceContext>,
+    config: &ServiceConfig,
+    batch: &mut Vec<OwnedMessage>,
+    generation: &mut u64,
+    message: OwnedMessage,
+    counters: &ServiceCounters,
+) {
+    let now = consumer.context().generation.load(Ordering::Relaxed);
+    if now != *generation {
+        *generation = now;
+        // Without fencing (lesson-only), they are kept, to show what that costs.
+        if config.fencing && !batch.is_empty() {
+            tracing::warn!(
+                consumer = %config.name,
+                messages = batch.len(),
+                partitions = ?offset_ranges(batch),
+                "the partitions changed while this batch filled: dropping what was read before (a kept partition is read again from its committed offset)"
+            );
+            counters.dropped_at_rebalance.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.clear();
+        }
+    }
+    batch.push(message);
 }
 
 /// Logs an error the consumer handed out instead of a message, and counts the one that

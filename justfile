@@ -64,14 +64,15 @@ bench-full *ARGS:
 bench-micro:
     cargo bench -p tradeflow-bench --bench micro
 
-# Mutation testing of the code that carries the guarantees (cargo install cargo-mutants).
-# The checker's verdicts, against its unit tests: minutes. SCOPE=guarantees: the balance
-# service's batch loop and the store's batch apply, against the integration tests
-# (scripts/mutants-guarantees; PostgreSQL at DATABASE_URL): hours on 2 cores. Report in
+# Mutation testing of the code that carries the guarantees (cargo install cargo-mutants
+# cargo-nextest; PostgreSQL at DATABASE_URL). The checker's verdicts, in memory and in the
+# store, against its unit tests and the store tests (scripts/mutants-checker): about half
+# an hour. SCOPE=guarantees: the balance service's batch loop and the store's batch apply,
+# against the integration tests (scripts/mutants-guarantees): hours on 2 cores. Report in
 # docs/mutants.md.
 mutants SCOPE="checker":
     if [ {{SCOPE}} = checker ]; then \
-        cargo mutants -f crates/tradeflow-check/src/history.rs --test-package tradeflow-check --output target/mutants; \
+        scripts/mutants-checker; \
     else \
         scripts/mutants-guarantees; \
     fi

@@ -18,7 +18,7 @@ pub async fn check_store(
     must_apply: impl Fn(usize) -> bool,
     oracle: &Oracle,
 ) -> Result<(CheckReport, u64), StoreError> {
-    store
+    let written = store
         .write_expected(events.iter().enumerate().map(|(index, scheduled)| ExpectedRow {
             event_id: scheduled.event.event_id.to_string(),
             event_index: index as u64,
@@ -26,6 +26,14 @@ pub async fn check_store(
             must_apply: must_apply(index),
         }))
         .await?;
+    // A copy short of the workload would check fewer events than were sent.
+    if written != events.len() as u64 {
+        return Err(StoreError::Corrupt {
+            operation: "writing the checker's copy of the workload",
+            row: format!("{written} rows written"),
+            reason: format!("the workload has {} events", events.len()),
+        });
+    }
     let counts = store.journal_counts().await?;
     let mut order = OrderCheck::default();
     let mut current: Option<String> = None;

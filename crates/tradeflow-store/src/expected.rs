@@ -47,7 +47,8 @@ pub struct AccountApply<'a> {
 }
 
 impl Store {
-    /// Replaces the checker's copy of the workload with `rows` (one transaction).
+    /// Replaces the checker's copy of the workload with `rows` (one transaction); returns
+    /// the rows the database says it inserted.
     pub async fn write_expected(&self, rows: impl IntoIterator<Item = ExpectedRow>) -> Result<u64, StoreError> {
         const OPERATION: &str = "writing the checker's copy of the workload";
         let mut transaction = self.begin_write().await.map_err(self.query_error(OPERATION))?;
@@ -75,8 +76,11 @@ impl Store {
                     .bind(i32::from(row.must_apply));
             }
             self.count(1);
-            query.execute(&mut *transaction).await.map_err(self.query_error(OPERATION))?;
-            written += chunk.len() as u64;
+            written += query
+                .execute(&mut *transaction)
+                .await
+                .map_err(self.query_error(OPERATION))?
+                .rows_affected();
         }
         self.count(1);
         transaction.commit().await.map_err(self.query_error(OPERATION))?;

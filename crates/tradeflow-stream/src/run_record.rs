@@ -102,7 +102,9 @@ pub(crate) fn config(
         // were read under (in-process consumers; a process's are in its log).
         object.insert(
             "dropped_at_rebalance".into(),
-            counters.sum(|counters| counters.dropped_at_rebalance.load(Ordering::Relaxed)).into(),
+            counters
+                .sum(|counters| counters.dropped_at_rebalance.load(Ordering::Relaxed))
+                .into(),
         );
         // The consumers' fetching ahead and, for members that are processes, their peak
         // resident set; with a backlog first, how fast they drained it.

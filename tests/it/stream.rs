@@ -1159,3 +1159,39 @@ async fn a_batch_still_filling_when_its_partitions_are_revoked_keeps_none_of_the
     );
     assert_every_event_applied_once(&store, &workload, 2_000).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_held_past_the_session_timeout_is_dropped_neither_applied_nor_committed() {
+    let seed = 97;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap, _workload) = published(seed, 100).await;
+    let buffer = SharedBuffer::default();
+    // Each batch is held a second longer than the session timeout (6 s) before its
+    // database transaction: the group may have given its partitions to another member
+    // meanwhile, so the consumer must drop it (the zombie's fence).
+    let mut config = service_config(&bootstrap, "holding", 100);
+    config.apply_delay = Duration::from_secs(7);
+    config.journal = Some(Arc::new(tradeflow_stream::journal::Journal::to(Box::new(buffer.clone()))));
+    let member = start_member(&store, config);
+    wait_until("a batch fenced or applied", Duration::from_secs(30), || {
+        member.task.is_finished() || read(&member.counters.fenced) > 0 || read(&member.counters.applied) > 0
+    })
+    .await;
+    let fenced = read(&member.counters.fenced);
+    let applied = read(&member.counters.applied);
+    let committed = committed_offset(&bootstrap, "balances");
+    member.stop().await;
+    assert_eq!(fenced, 100, "the whole batch was dropped");
+    assert_eq!(applied, 0, "nothing of it applied");
+    assert!(store.apply_log().await.expect("apply log").is_empty(), "the apply log is empty");
+    assert_eq!(committed, Some(0), "no offset committed for it (the probe reads 0 for none)");
+    let text = String::from_utf8(buffer.0.lock().expect("the buffer").clone()).expect("UTF-8");
+    assert!(
+        text.lines().any(|line| matches!(
+            serde_json::from_str::<tradeflow_stream::journal::JournalEntry>(line),
+            Ok(tradeflow_stream::journal::JournalEntry::Fenced { batch: 1, messages: 100 })
+        )),
+        "the journal a host reads says batch 1 was fenced: {text}"
+    );
+}

@@ -1044,8 +1044,19 @@ async fn without_a_dead_letter_topic_a_partition_waits_at_its_poison_and_its_off
         member.task.is_finished() || (read(&counters.applied) >= 100 && read(&counters.poison_retries) >= 2)
     })
     .await;
+    // It goes back to the poison at most once per backoff (a busy machine only lowers the
+    // count): a partition stuck at a message does not spin on it.
+    let (before, started) = (read(&counters.poison_retries), std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let retries = read(&counters.poison_retries) - before;
+    let bound = started.elapsed().as_millis() / tradeflow_stream::service::POISON_RETRY_BACKOFF.as_millis() + 2;
     let committed = committed_offset(&bootstrap, "balances");
     member.stop().await;
+    assert!(
+        retries as u128 <= bound,
+        "{retries} retries of the poison in 2 s: at most one per {:?} ({bound})",
+        tradeflow_stream::service::POISON_RETRY_BACKOFF
+    );
     assert_eq!(read(&counters.applied), 100, "nothing behind the poison is applied");
     assert_eq!(
         committed,
@@ -1194,4 +1205,35 @@ async fn a_batch_held_past_the_session_timeout_is_dropped_neither_applied_nor_co
         )),
         "the journal a host reads says batch 1 was fenced: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_error_that_is_not_an_outage_stops_the_consumer_with_it_instead_of_retrying() {
+    let seed = 101;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    // A failure the database raises itself on every apply: not the database out of
+    // reach, so retrying cannot help, and the consumer must stop and say why.
+    sqlx::raw_sql("CREATE TRIGGER refuse_every_apply BEFORE INSERT ON apply_log BEGIN SELECT RAISE(ABORT, 'injected refusal'); END")
+        .execute(store.pool())
+        .await
+        .expect("trigger installs");
+    let (_cluster, bootstrap, _workload) = published(seed, 100).await;
+    let member = start_member(&store, service_config(&bootstrap, "refused", 100));
+    wait_until("the consumer to stop or retry", Duration::from_secs(30), || {
+        member.task.is_finished() || read(&member.counters.database_failures) > 0
+    })
+    .await;
+    assert_eq!(
+        read(&member.counters.database_failures),
+        0,
+        "a refusal is not counted as an outage and not retried"
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(10), member.task)
+        .await
+        .expect("the consumer stops")
+        .expect("join");
+    let error = outcome.expect_err("the consumer ends with the store's error");
+    assert!(error.to_string().contains("injected refusal"), "{error}");
+    assert!(store.apply_log().await.expect("apply log").is_empty(), "nothing applied");
 }

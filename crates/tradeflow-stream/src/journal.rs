@@ -35,7 +35,9 @@ pub enum JournalEntry {
         /// `(partition, first offset, last offset)`.
         ranges: Vec<(i32, i64, i64)>,
     },
-    /// The broker confirmed a commit: per partition, the next offset to read.
+    /// The broker confirmed a commit: per partition, the next offset to read. Written for
+    /// the auto-commit timer's commits and the before-database policy's; the commit after
+    /// each batch is not reported back to the consumer (see `commit_callback`).
     Committed {
         /// `(partition, offset)`.
         offsets: Vec<(i32, i64)>,

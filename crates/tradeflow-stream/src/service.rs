@@ -1423,7 +1423,7 @@ async fn apply(
                 breaker.close(consumer, config);
                 return Ok(Some(summary));
             }
-            Err(Failure::Store(error)) if config.database_retry != DatabaseRetry::AtOnce && !error.is_unavailable() => {
+            Err(Failure::Store(error)) if gives_up(config.database_retry, &error) => {
                 breaker.close(consumer, config);
                 return Err(error.into());
             }
@@ -1473,6 +1473,13 @@ async fn apply(
             return Ok(None);
         }
     }
+}
+
+/// Whether a store error ends the consumer instead of being tried again: one that is not
+/// the database out of reach (a refusal, a corrupt row) cannot be helped by retrying.
+/// The lesson-only at-once policy retries everything.
+fn gives_up(retry: DatabaseRetry, error: &tradeflow_store::StoreError) -> bool {
+    retry != DatabaseRetry::AtOnce && !error.is_unavailable()
 }
 
 /// Why a database call failed.
@@ -1786,6 +1793,26 @@ fn keyed(message: &OwnedMessage, event: Event, key_check: bool) -> Result<(Event
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_out_of_reach_is_tried_again_and_a_refusal_ends_the_consumer() {
+        let outage = tradeflow_store::StoreError::Query {
+            kind: tradeflow_store::StoreKind::Postgres,
+            operation: "applying a batch",
+            error: sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        };
+        let refusal = tradeflow_store::StoreError::Corrupt {
+            operation: "applying a batch",
+            row: "acct-00001".into(),
+            reason: "edited by hand".into(),
+        };
+        assert!(outage.is_unavailable() && !refusal.is_unavailable());
+        for retry in [DatabaseRetry::Backoff, DatabaseRetry::Exercise] {
+            assert!(!gives_up(retry, &outage), "{}: an outage is waited out", retry.as_str());
+            assert!(gives_up(retry, &refusal), "{}: a refusal ends the consumer", retry.as_str());
+        }
+        assert!(!gives_up(DatabaseRetry::AtOnce, &outage) && !gives_up(DatabaseRetry::AtOnce, &refusal));
+    }
 
     #[test]
     fn the_assignment_settles_once_every_running_member_holds_its_share() {

@@ -794,6 +794,12 @@ async fn a_database_that_goes_away_pauses_the_partitions_and_keeps_the_member_in
         patient.task.is_finished() || read(&counters.breaker_opened) > 0
     })
     .await;
+    let opened_after = read(&counters.database_failures);
+    assert!(
+        opened_after >= u64::from(tradeflow_stream::service::BREAKER_OPENS_AFTER),
+        "the breaker opens after {} failed calls in a row, not after {opened_after}",
+        tradeflow_stream::service::BREAKER_OPENS_AFTER
+    );
     // Past max.poll.interval.ms with the database still away: a member that stopped polling
     // would be out of its group by now.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -884,6 +890,10 @@ async fn messages_of_partitions_handed_over_while_the_database_is_away_are_appli
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(read(&counters.applied), 0, "nothing applies while the file is locked");
+    assert!(
+        read(&counters.fenced) > 0,
+        "the batch it held when the partitions changed hands was dropped (fenced), not tried again"
+    );
     holder.kill().await.expect("the lock holder dies");
     // Before librdkafka's pause was undone on assignment, the partitions this member had
     // paused came back to it paused and were never read again: 856 of 2,000 applied.

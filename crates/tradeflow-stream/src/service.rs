@@ -1794,6 +1794,94 @@ fn keyed(message: &OwnedMessage, event: Event, key_check: bool) -> Result<(Event
 mod tests {
     use super::*;
 
+    /// A consumer of `trades` on `bootstrap` with the service's defaults.
+    fn test_config(bootstrap: &str) -> ServiceConfig {
+        ServiceConfig {
+            bootstrap: bootstrap.to_owned(),
+            topic: "trades".into(),
+            group: "unit".into(),
+            name: "unit-0".into(),
+            batch_size: 100,
+            fill_wait: Duration::from_millis(5),
+            session_timeout_ms: 6_000,
+            commit: CommitPolicy::AfterDatabase,
+            dead_letter: true,
+            journal: None,
+            apply_delay: Duration::ZERO,
+            dedup: Dedup::ApplyLog,
+            fencing: true,
+            key_check: true,
+            poison_exercise: false,
+            database_retry: DatabaseRetry::Backoff,
+            max_poll_interval_ms: None,
+            schema_newest: tradeflow_domain::SCHEMA_VERSION,
+            prefetch: Prefetch::Bounded,
+            schema_exercise: false,
+            instance_id: None,
+            held_exercise: false,
+        }
+    }
+
+    /// A mock cluster whose one-partition `trades` holds one message, and a consumer of
+    /// the service assigned that partition from its start.
+    async fn assigned_to_one_message() -> (tradeflow_cluster::Cluster, StreamConsumer<ServiceContext>, ServiceConfig) {
+        let cluster = tradeflow_cluster::Cluster::mock(1).expect("mock cluster");
+        cluster.ensure_topic("trades", 1, 1).await.expect("topic");
+        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("producer");
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to("trades").key("acct-00001").payload("x"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("the message is in the log");
+        let config = test_config(cluster.bootstrap_servers());
+        let consumer = config.consumer(Arc::new(ServiceCounters::default())).expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset("trades", 0, Offset::Beginning).expect("partition");
+        consumer.assign(&assignment).expect("assigned");
+        (cluster, consumer, config)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_breaker_holding_pauses_the_partitions_and_closing_resumes_them() {
+        let (_cluster, consumer, config) = assigned_to_one_message().await;
+        let mut breaker = Breaker::Closed;
+        breaker.hold(&consumer, &config);
+        assert!(breaker == Breaker::Holding);
+        // Paused: the message in the log is not fetched (a busy machine could only make a
+        // consumer that is not paused look paused, never the other way round).
+        let held = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await;
+        assert!(held.is_err(), "a paused partition handed out a message");
+        breaker.close(&consumer, &config);
+        assert!(breaker == Breaker::Closed);
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("the message once resumed")
+            .expect("a message, not an error");
+        assert_eq!(message.offset(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_for_the_database_polls_for_the_whole_wait_and_carries_what_it_receives() {
+        let (_cluster, consumer, _config) = assigned_to_one_message().await;
+        let (mut carried, counters) = (Carried::default(), ServiceCounters::default());
+        let wait = Duration::from_millis(1_500);
+        let started = tokio::time::Instant::now();
+        wait_polling(&consumer, wait, &mut carried, &counters).await;
+        assert!(
+            started.elapsed() >= wait,
+            "returned after {:?} of a {wait:?} wait",
+            started.elapsed()
+        );
+        let mut batch = Vec::new();
+        carried.take_into(&consumer, &mut batch, 100);
+        assert_eq!(batch.len(), 1, "the message received during the wait is carried to the next batch");
+    }
+
     #[test]
     fn a_database_out_of_reach_is_tried_again_and_a_refusal_ends_the_consumer() {
         let outage = tradeflow_store::StoreError::Query {

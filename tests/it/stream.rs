@@ -49,6 +49,11 @@ fn assert_correct(record: &RunRecord) {
     assert_eq!(record.applied, record.events, "{}", record.table());
     assert_eq!(record.check.verdict, Verdict::Pass, "{}", record.table());
     assert!(!record.lag.is_empty(), "lag was sampled");
+    // Each applied event's latency (its intended send to its database commit) was
+    // recorded, and reads as one: a tenth of a millisecond or more (a producer linger, a
+    // fetch and a transaction lie between), below the run's own length.
+    let latency = record.latency_ms;
+    assert!(latency.p50 >= 0.1 && latency.max < 60_000.0, "latency recorded: {latency:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1320,3 +1320,34 @@ async fn a_batch_whose_transaction_ends_after_its_lease_ran_out_is_applied_but_n
     );
     assert_eq!(applied(&store).await, 100, "the batch was applied");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_without_an_intended_send_time_is_applied_and_adds_no_latency() {
+    let seed = 107;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap) = trades_on_one_broker(1).await;
+    let workload = Workload::generate(&workload(seed, 20)).expect("workload");
+    // Written by something other than the publisher: no intended-send-time header. Its
+    // latency cannot be known, so it is applied and not counted (counting it from time 0
+    // would read as decades).
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    for (_, event) in indexed(&workload) {
+        produce_raw(&producer, Some(event.account_id.as_str()), Some(&encode(&event))).await;
+    }
+    let member = start_member(&store, service_config(&bootstrap, "headerless", 100));
+    wait_until("the events applied", Duration::from_secs(30), || {
+        member.task.is_finished() || read(&member.counters.applied) >= 20
+    })
+    .await;
+    member.stop.send_replace(true);
+    let latency = member.task.await.expect("join").expect("the service stops cleanly").summary();
+    assert_eq!(applied(&store).await, 20);
+    assert_eq!(
+        latency.max, 0.0,
+        "no latency recorded for events without an intended send time: {latency:?}"
+    );
+}

@@ -347,6 +347,19 @@ async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_while_the
         counters.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
         poison.len() as u64
     );
+    // Counted per error kind too (the run record's dead letters by kind).
+    let mut per_kind: BTreeMap<String, u64> = BTreeMap::new();
+    for (kind, _, _) in &poison {
+        *per_kind.entry((*kind).to_owned()).or_default() += 1;
+    }
+    let counted: BTreeMap<String, u64> = counters
+        .dead_letter_kinds
+        .lock()
+        .expect("the kinds")
+        .iter()
+        .map(|(kind, (count, _))| (kind.clone(), *count))
+        .collect();
+    assert_eq!(counted, per_kind, "dead letters counted per error kind");
 
     let letters = read_dead_letters(&bootstrap, poison.len()).await;
     let kinds: HashSet<&str> = letters.iter().map(|letter| letter[dlq::HEADER_ERROR_KIND].as_str()).collect();

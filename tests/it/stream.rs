@@ -612,6 +612,26 @@ async fn a_balance_service_told_to_move_follows_the_producer_to_the_new_cluster_
 #[derive(Clone, Default)]
 struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
 
+impl SharedBuffer {
+    /// A consumer's journal written into this buffer.
+    fn journal(&self) -> Option<Arc<tradeflow_stream::journal::Journal>> {
+        Some(Arc::new(tradeflow_stream::journal::Journal::to(Box::new(self.clone()))))
+    }
+
+    /// What was written so far.
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("the buffer").clone()).expect("UTF-8")
+    }
+
+    /// The journal entries written so far, in order.
+    fn entries(&self) -> Vec<tradeflow_stream::journal::JournalEntry> {
+        self.text()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a journal line"))
+            .collect()
+    }
+}
+
 impl std::io::Write for SharedBuffer {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.0.lock().expect("the buffer").extend_from_slice(bytes);
@@ -643,7 +663,7 @@ async fn a_batch_fills_to_its_size_and_no_further_and_the_journal_numbers_what_e
     let mut config = service_config(&bootstrap, "batches", 100);
     // A fill wait long enough for every batch to fill from what the partition holds.
     config.fill_wait = Duration::from_millis(500);
-    config.journal = Some(Arc::new(tradeflow_stream::journal::Journal::to(Box::new(buffer.clone()))));
+    config.journal = buffer.journal();
     let counters = Arc::new(ServiceCounters::default());
     let (stop, stop_receiver) = watch::channel(false);
     let service = tokio::spawn(run_service(store.clone(), config, stop_receiver, counters.clone()));
@@ -669,11 +689,7 @@ async fn a_batch_fills_to_its_size_and_no_further_and_the_journal_numbers_what_e
 
     // The journal: batches numbered 1, 2, 3, ... as received, their offsets contiguous
     // from 0 to 999, each applied under its own number before the next is received.
-    let text = String::from_utf8(buffer.0.lock().expect("the buffer").clone()).expect("UTF-8");
-    let entries: Vec<tradeflow_stream::journal::JournalEntry> = text
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a journal line"))
-        .collect();
+    let entries = buffer.entries();
     let (mut next_offset, mut expected_batch, mut open) = (0_i64, 1_u64, None);
     for entry in &entries {
         match entry {
@@ -1143,7 +1159,7 @@ async fn rebalance_mid_fill(store: &Store, workload: &Workload, fencing: bool) -
     let mut config = service_config(&bootstrap, "filling", 10_000);
     config.fill_wait = Duration::from_secs(10);
     config.fencing = fencing;
-    config.journal = Some(Arc::new(tradeflow_stream::journal::Journal::to(Box::new(buffer.clone()))));
+    config.journal = buffer.journal();
     let first = start_member(store, config);
     let assigned = |counters: &ServiceCounters| counters.assigned_partitions.load(std::sync::atomic::Ordering::Relaxed);
     wait_until("the first member to own the four partitions", Duration::from_secs(30), || {
@@ -1167,11 +1183,10 @@ async fn rebalance_mid_fill(store: &Store, workload: &Workload, fencing: bool) -
     let dropped = read(&first.counters.dropped_at_rebalance);
     first.stop().await;
     second.stop().await;
-    let text = String::from_utf8(buffer.0.lock().expect("the buffer").clone()).expect("UTF-8");
     let mut owned: Vec<i32> = Vec::new();
     let (mut batches, mut rebalances, mut foreign) = (0, 0, 0);
-    for line in text.lines() {
-        match serde_json::from_str(line).expect("a journal line") {
+    for entry in buffer.entries() {
+        match entry {
             tradeflow_stream::journal::JournalEntry::Assigned { owned: now, .. } => {
                 owned = now;
                 rebalances += 1;
@@ -1188,7 +1203,11 @@ async fn rebalance_mid_fill(store: &Store, workload: &Workload, fencing: bool) -
     eprintln!(
         "first member (fencing {fencing}): {batches} batches, {foreign} holding a partition not owned, {rebalances} assignment changes, {dropped} messages dropped mid-fill"
     );
-    assert!(rebalances >= 3, "the first member was assigned, revoked and assigned again: {text}");
+    assert!(
+        rebalances >= 3,
+        "the first member was assigned, revoked and assigned again: {}",
+        buffer.text()
+    );
     (dropped, foreign)
 }
 
@@ -1233,7 +1252,7 @@ async fn a_batch_held_past_the_session_timeout_is_dropped_neither_applied_nor_co
     // meanwhile, so the consumer must drop it (the zombie's fence).
     let mut config = service_config(&bootstrap, "holding", 100);
     config.apply_delay = Duration::from_secs(7);
-    config.journal = Some(Arc::new(tradeflow_stream::journal::Journal::to(Box::new(buffer.clone()))));
+    config.journal = buffer.journal();
     let member = start_member(&store, config);
     wait_until("a batch fenced or applied", Duration::from_secs(30), || {
         member.task.is_finished() || read(&member.counters.fenced) > 0 || read(&member.counters.applied) > 0
@@ -1247,13 +1266,13 @@ async fn a_batch_held_past_the_session_timeout_is_dropped_neither_applied_nor_co
     assert_eq!(applied, 0, "nothing of it applied");
     assert!(store.apply_log().await.expect("apply log").is_empty(), "the apply log is empty");
     assert_eq!(committed, Some(0), "no offset committed for it (the probe reads 0 for none)");
-    let text = String::from_utf8(buffer.0.lock().expect("the buffer").clone()).expect("UTF-8");
     assert!(
-        text.lines().any(|line| matches!(
-            serde_json::from_str::<tradeflow_stream::journal::JournalEntry>(line),
-            Ok(tradeflow_stream::journal::JournalEntry::Fenced { batch: 1, messages: 100 })
-        )),
-        "the journal a host reads says batch 1 was fenced: {text}"
+        buffer
+            .entries()
+            .iter()
+            .any(|entry| matches!(entry, tradeflow_stream::journal::JournalEntry::Fenced { batch: 1, messages: 100 })),
+        "the journal a host reads says batch 1 was fenced: {}",
+        buffer.text()
     );
 }
 
@@ -1309,13 +1328,13 @@ async fn a_batch_whose_transaction_ends_after_its_lease_ran_out_is_applied_but_n
         let buffer = SharedBuffer::default();
         let mut config = service_config(&bootstrap, "outlasting", 100);
         config.apply_delay = Duration::from_secs(5);
-        config.journal = Some(Arc::new(tradeflow_stream::journal::Journal::to(Box::new(buffer.clone()))));
+        config.journal = buffer.journal();
         // Polling may stop for the 7 s without leaving the group (6 s would take the
         // member out, and the assignment lost would keep the commit back by itself).
         config.max_poll_interval_ms = Some(20_000);
         let member = start_member(&store, config);
         wait_until("a batch received", Duration::from_secs(30), || {
-            member.task.is_finished() || String::from_utf8_lossy(&buffer.0.lock().expect("the buffer")).contains("\"received\"")
+            member.task.is_finished() || buffer.text().contains("\"received\"")
         })
         .await;
         tokio::time::sleep(Duration::from_secs(7)).await;

@@ -332,6 +332,22 @@ impl RunRecord {
         }
     }
 
+    /// The lost count, and for a stream run that ended with events unapplied how it ended:
+    /// a group that stood still for the stall timeout, or one that had committed the end of
+    /// its log (`config.ended`, from the run loop).
+    fn lost_and_how_the_run_ended(&self) -> String {
+        let ended = match self.config.get("ended").and_then(serde_json::Value::as_str) {
+            Some("stalled") => " (the run ended stalled: nothing was applied for its stall timeout)",
+            Some("log_end") => " (the run ended with the group at the end of every partition's log)",
+            _ => "",
+        };
+        if self.check.lost == 0 {
+            "0".into()
+        } else {
+            format!("{}{ended}", self.check.lost)
+        }
+    }
+
     /// The human table printed at the end of a run.
     pub fn table(&self) -> String {
         let check = &self.check;
@@ -363,7 +379,7 @@ impl RunRecord {
                 "cpu / peak rss",
                 format!("{:.2} s / {:.1} MB", self.process.cpu_s, self.process.rss_max_mb),
             ),
-            ("lost", check.lost.to_string()),
+            ("lost", self.lost_and_how_the_run_ended()),
             ("duplicated", check.duplicated.to_string()),
             ("reordered", check.reordered.to_string()),
             ("bad balances", check.bad_balances.to_string()),
@@ -395,6 +411,34 @@ impl RunRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_says_how_a_run_with_events_lost_ended() {
+        let record = |lost: u64, ended: &str| -> RunRecord {
+            serde_json::from_value(serde_json::json!({
+                "seed": 1, "architecture": "stream", "label": "stream", "store": "sqlite", "broker": "mock",
+                "config": { "ended": ended }, "events": 10, "applied": 10 - lost, "duration_s": 1.0,
+                "throughput_per_s": 10.0,
+                "latency_ms": { "p50": 0.0, "p90": 0.0, "p99": 0.0, "p999": 0.0, "max": 0.0 },
+                "db_statements": 0, "process": { "cpu_s": 0.0, "rss_max_mb": 0.0 },
+                "check": { "lost": lost, "duplicated": 0, "reordered": 0, "bad_balances": 0,
+                           "mismatched_accounts": 0, "verdict": "fail" }
+            }))
+            .expect("a record")
+        };
+        let lost_row = |record: RunRecord| {
+            record
+                .table()
+                .lines()
+                .find(|line| line.trim_start().starts_with("lost "))
+                .map(|line| line.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+                .expect("a lost row")
+        };
+        assert!(lost_row(record(2, "stalled")).starts_with("2 (the run ended stalled"));
+        assert!(lost_row(record(2, "log_end")).starts_with("2 (the run ended with the group at the end"));
+        assert_eq!(lost_row(record(2, "drained")), "2");
+        assert_eq!(lost_row(record(0, "stalled")), "0");
+    }
 
     #[test]
     fn percentiles_come_from_the_recorded_values() {

@@ -472,7 +472,7 @@ pub async fn run(
         start,
         switched: switched.as_ref(),
     };
-    drive(&watching, &mut fleets, &mut faults, &mut lag, publishing, &intended_at, progress).await?;
+    let ended = drive(&watching, &mut fleets, &mut faults, &mut lag, publishing, &intended_at, progress).await?;
     let orders = match orders {
         Some(orders) => Some(orders.finish(&workload).await),
         None => None,
@@ -521,6 +521,9 @@ pub async fn run(
         rebalances_before,
         notifications.as_ref(),
     );
+    if let Some(object) = config.as_object_mut() {
+        object.insert("ended".into(), ended.as_str().into());
+    }
     if let Some(orders) = &orders {
         orders.record_into(&mut config);
     }
@@ -593,6 +596,29 @@ fn holds_no_more(options: &StreamOptions, at_log_end: u32, quiet: Duration) -> b
     at_log_end >= LOG_READ_SAMPLES && quiet >= LAG_INTERVAL * LOG_READ_SAMPLES && options.scenario.cutover.is_none()
 }
 
+/// How a run's loop ended, as its record says (`config.ended`): a run that ended stalled or
+/// at the log's end with events unapplied reports them lost, and which of the two it was
+/// tells a group that stood still from one that read past them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Everything acknowledged was applied (or deleted by retention before it was read).
+    Drained,
+    /// Nothing was applied for the stall timeout.
+    Stalled,
+    /// The group had committed the end of every partition's log and applied nothing more.
+    LogEnd,
+}
+
+impl Ended {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ended::Drained => "drained",
+            Ended::Stalled => "stalled",
+            Ended::LogEnd => "log_end",
+        }
+    }
+}
+
 /// The run loop: applies the fault plan at its times, publishes progress, samples lag, and
 /// returns once the source is done and everything it got acknowledged is applied, or once
 /// the lag stops shrinking for the stall timeout (what is unapplied then counts as lost).
@@ -604,7 +630,7 @@ async fn drive(
     publishing: JoinHandle<Result<(), StreamError>>,
     intended_at: &impl Fn(i32, i64) -> Option<i64>,
     progress: &watch::Sender<RunProgress>,
-) -> Result<(), StreamError> {
+) -> Result<Ended, StreamError> {
     let Watching { options, start, .. } = *watching;
     let mut publishing = Some(publishing);
     let mut watch = DrainWatch::new(options.stall_timeout);
@@ -667,10 +693,10 @@ async fn drive(
                     acked,
                     "the group has committed the end of every partition's log for {LOG_READ_SAMPLES} lag samples and applied nothing meanwhile: the acknowledged events the service has not counted as applied are not in the log, or were applied by a database commit whose answer was lost; stopping, and the checker counts from the store what is missing"
                 );
-                return Ok(());
+                return Ok(Ended::LogEnd);
             }
             Drain::Running => {}
-            Drain::Drained => return Ok(()),
+            Drain::Drained => return Ok(Ended::Drained),
             Drain::Stalled => {
                 tracing::warn!(
                     applied,
@@ -678,7 +704,7 @@ async fn drive(
                     "lag did not shrink for {:?}; stopping and reporting what is unapplied as lost",
                     options.stall_timeout
                 );
-                return Ok(());
+                return Ok(Ended::Stalled);
             }
         }
     }

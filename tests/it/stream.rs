@@ -85,6 +85,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         name: name.to_owned(),
         batch_size,
         fill_wait: Duration::from_millis(5),
+        fetch_wait_max_ms: tradeflow_stream::FETCH_WAIT_MAX_MS,
         session_timeout_ms: 6_000,
         commit: tradeflow_stream::CommitPolicy::AfterDatabase,
         dead_letter: true,

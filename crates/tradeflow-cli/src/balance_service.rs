@@ -70,6 +70,11 @@ pub struct ServiceArgs {
     /// How long a consumer waits to fill a batch once its first message is in, in ms.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     fill_wait_ms: u64,
+    /// How long a fetch waits at the broker for messages before it is answered empty
+    /// (librdkafka's `fetch.wait.max.ms`), in ms. Librdkafka's mock cluster waits all of
+    /// it on an empty fetch, so on the mock it adds up to this much to an event's latency.
+    #[arg(long, default_value_t = tradeflow_stream::FETCH_WAIT_MAX_MS, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    fetch_wait_max_ms: u32,
     /// Lesson-only: when offsets are committed. Only after-database is safe; the others
     /// exist for the experiments that show what they lose.
     #[arg(long, value_enum, default_value_t = CommitChoice::AfterDatabase, hide = true)]
@@ -425,6 +430,7 @@ fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<
                 },
                 batch_size: arguments.batch_size,
                 fill_wait: Duration::from_millis(arguments.fill_wait_ms),
+                fetch_wait_max_ms: arguments.fetch_wait_max_ms,
                 session_timeout_ms: arguments.session_timeout_ms,
                 commit: arguments.commit.into(),
                 dead_letter: !arguments.no_dead_letter,

@@ -522,14 +522,16 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
            more events) and on the batch a consumer gathers for the stream.\n\
          - **Ordering**: one poller keeps per-account order; several unsharded pollers on PostgreSQL do not \
            (`tradeflow run poller --pollers 2`), which the stream avoids by keying each account to one partition.\n\n\
-         The stream ran with {} partitions and {} consumers, producer linger {} ms, {} messages per transaction, on the `{}` \
-         broker{}.\n",
+         The stream ran with {} partitions and {} consumers, producer linger {} ms, {} messages per transaction, a batch \
+         fill wait of {} ms and a fetch wait of up to {} ms, on the `{}` broker{}.\n",
         arguments.poller.poll_interval_ms,
         arguments.poller.batch_size,
         arguments.knobs.partitions,
         arguments.knobs.consumers,
         arguments.knobs.linger_ms,
         arguments.knobs.stream_batch_size,
+        arguments.knobs.fill_wait_ms,
+        arguments.knobs.fetch_wait_max_ms,
         runs[1].broker.clone().unwrap_or_default(),
         if runs[1].broker.as_deref() == Some("mock") {
             " (librdkafka's in-process mock cluster: the real protocol, but no replication and no disk, so broker costs are lower than \

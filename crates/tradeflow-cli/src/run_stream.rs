@@ -52,6 +52,17 @@ pub struct StreamKnobs {
     /// Balance service batch: most messages applied in one database transaction.
     #[arg(long = "stream-batch-size", default_value_t = 500)]
     pub stream_batch_size: usize,
+    /// Balance service: how long a consumer waits to fill a batch once its first message
+    /// is in, in ms (0: it takes what librdkafka has fetched ahead, and waits for nothing).
+    /// Longer waits make fewer, larger transactions.
+    #[arg(long, default_value_t = tradeflow_stream::run::FILL_WAIT_DEFAULT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub fill_wait_ms: u64,
+    /// Balance service: how long a fetch waits at the broker for messages before it is
+    /// answered empty (librdkafka's `fetch.wait.max.ms`), in ms. The mock cluster waits all
+    /// of it on an empty fetch, so there it adds up to this much to an event's latency.
+    #[arg(long, default_value_t = tradeflow_stream::FETCH_WAIT_MAX_MS, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub fetch_wait_max_ms: u32,
     /// The broker: mock (librdkafka's mock cluster, three brokers in this process), tansu (a
     /// tansu process from TANSU_BIN or PATH, started on a free port), kafka (Apache Kafka,
     /// three JVM nodes, RF 3, from KAFKA_HOME), container, external (any Kafka at
@@ -84,6 +95,8 @@ impl StreamKnobs {
                 ..PublisherConfig::default()
             },
             batch_size: self.stream_batch_size,
+            fill_wait: Duration::from_millis(self.fill_wait_ms),
+            fetch_wait_max_ms: self.fetch_wait_max_ms,
             stall_timeout,
             ..StreamOptions::new(workload)
         }

@@ -41,7 +41,19 @@ fn compare_writes_a_valid_results_file_and_report() {
     let directory = tempfile::tempdir().expect("temporary directory");
     let (out, stdout) = compare(
         directory.path(),
-        &["--rate", "20000", "--partitions", "4", "--consumers", "2", "--no-ceilings"],
+        &[
+            "--rate",
+            "20000",
+            "--partitions",
+            "4",
+            "--consumers",
+            "2",
+            "--fill-wait-ms",
+            "2",
+            "--fetch-wait-max-ms",
+            "3",
+            "--no-ceilings",
+        ],
     );
     assert!(stdout.starts_with("seed: 7\n"), "{stdout}");
 
@@ -68,6 +80,13 @@ fn compare_writes_a_valid_results_file_and_report() {
         assert!(run["db_statements"].as_u64().is_some_and(|count| count > 0), "{run}");
     }
     assert_eq!(runs[1]["broker"], "mock");
+    // The balance service's waits reached the stream's own process and its record.
+    assert_eq!(
+        (&runs[1]["config"]["fill_wait_ms"], &runs[1]["config"]["fetch_wait_max_ms"]),
+        (&serde_json::json!(2), &serde_json::json!(3)),
+        "{}",
+        runs[1]["config"]
+    );
     assert!(
         runs[1]["lag"].as_array().is_some_and(|lag| !lag.is_empty()),
         "the stream record keeps its lag series"
@@ -80,7 +99,8 @@ fn compare_writes_a_valid_results_file_and_report() {
     assert!(
         report.contains("seed 7")
             && report.contains("| throughput (events/s) |")
-            && report.contains("| all applied after the last send (ms) |"),
+            && report.contains("| all applied after the last send (ms) |")
+            && report.contains("a batch fill wait of 2 ms and a fetch wait of up to 3 ms"),
         "{report}"
     );
     // Each side ran in a process of its own and left its record beside the results.

@@ -32,6 +32,8 @@ pub struct FleetConfig {
     pub batch_size: usize,
     /// How long a consumer waits to fill a batch.
     pub fill_wait: Duration,
+    /// Each consumer's `fetch.wait.max.ms`.
+    pub fetch_wait_max_ms: u32,
     /// When offsets are committed.
     pub commit: CommitPolicy,
     /// Whether bad messages go to the dead-letter topic.
@@ -209,6 +211,7 @@ impl Fleet {
             name,
             batch_size: self.config.batch_size,
             fill_wait: self.config.fill_wait,
+            fetch_wait_max_ms: self.config.fetch_wait_max_ms,
             session_timeout_ms: self.config.session_timeout_ms,
             commit: self.config.commit,
             dead_letter: self.config.dead_letter,
@@ -235,6 +238,7 @@ impl Fleet {
             group: self.config.group.clone(),
             batch_size: self.config.batch_size,
             fill_wait: self.config.fill_wait,
+            fetch_wait_max_ms: self.config.fetch_wait_max_ms,
             session_timeout_ms: self.config.session_timeout_ms,
             commit: self.config.commit,
             dead_letter: self.config.dead_letter,

@@ -49,6 +49,7 @@ pub(crate) struct ProcessArgs {
     pub(crate) group: String,
     pub(crate) batch_size: usize,
     pub(crate) fill_wait: Duration,
+    pub(crate) fetch_wait_max_ms: u32,
     pub(crate) session_timeout_ms: u32,
     pub(crate) commit: CommitPolicy,
     pub(crate) dead_letter: bool,
@@ -160,6 +161,7 @@ impl ServiceProcess {
             .args(["--name", name, "--consumers", "1", "--journal"])
             .args(["--batch-size", &args.batch_size.to_string()])
             .args(["--fill-wait-ms", &args.fill_wait.as_millis().to_string()])
+            .args(["--fetch-wait-max-ms", &args.fetch_wait_max_ms.to_string()])
             .args(["--session-timeout-ms", &args.session_timeout_ms.to_string()])
             .args(["--commit", &args.commit.as_str().replace('_', "-")])
             .args(["--apply-delay-ms", &args.apply_delay.as_millis().to_string()])

@@ -50,6 +50,8 @@ pub struct StreamOptions {
     pub batch_size: usize,
     /// How long a consumer waits to fill a batch.
     pub fill_wait: Duration,
+    /// Each consumer's `fetch.wait.max.ms` ([`crate::FETCH_WAIT_MAX_MS`] by default).
+    pub fetch_wait_max_ms: u32,
     /// How long the run waits, once every event is published, for lag that does not
     /// shrink before it gives up; what is unapplied then counts as lost.
     pub stall_timeout: Duration,
@@ -280,6 +282,7 @@ impl StreamOptions {
             publisher: PublisherConfig::default(),
             batch_size: BATCH_SIZE_DEFAULT,
             fill_wait: FILL_WAIT_DEFAULT,
+            fetch_wait_max_ms: crate::FETCH_WAIT_MAX_MS,
             stall_timeout: STALL_TIMEOUT_DEFAULT,
             metrics: None,
             lag_rule: crate::lag::LagRule::Monitor,
@@ -792,6 +795,7 @@ impl Fleets {
             group,
             batch_size: options.batch_size,
             fill_wait: options.fill_wait,
+            fetch_wait_max_ms: options.fetch_wait_max_ms,
             commit: options.scenario.commit,
             dead_letter: options.scenario.dead_letter,
             apply_delay: options.scenario.apply_delay,

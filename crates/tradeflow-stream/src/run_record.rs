@@ -93,6 +93,9 @@ pub(crate) fn config(
             .sum::<u64>(),
     });
     if let Some(object) = config.as_object_mut() {
+        // Beside `fill_wait_ms` (outside the literal above, which is at the macro's
+        // recursion limit).
+        object.insert("fetch_wait_max_ms".into(), options.fetch_wait_max_ms.into());
         // Messages chapter 17's tolerant reader passed over.
         object.insert(
             "passed_over".into(),

@@ -207,6 +207,9 @@ pub struct ServiceConfig {
     pub batch_size: usize,
     /// How long to wait to fill a batch once its first message is in.
     pub fill_wait: Duration,
+    /// `fetch.wait.max.ms`: how long a fetch waits for messages before the broker answers
+    /// it empty ([`FETCH_WAIT_MAX_MS`] unless a run says otherwise).
+    pub fetch_wait_max_ms: u32,
     /// `session.timeout.ms`: how long the group waits for a silent member.
     pub session_timeout_ms: u32,
     /// When offsets are committed (experiments change it; nothing else should).
@@ -327,7 +330,7 @@ impl ServiceConfig {
             // long is gone; the default (5 minutes) would stall the group that long.
             .set("max.poll.interval.ms", self.max_poll_interval_ms().to_string())
             // The mock cluster waits the whole fetch.wait.max.ms on an empty fetch.
-            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
+            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             .create_with_context(ServiceContext {
                 name: self.name.clone(),
                 group: self.group.clone(),
@@ -1803,6 +1806,7 @@ mod tests {
             name: "unit-0".into(),
             batch_size: 100,
             fill_wait: Duration::from_millis(5),
+            fetch_wait_max_ms: FETCH_WAIT_MAX_MS,
             session_timeout_ms: 6_000,
             commit: CommitPolicy::AfterDatabase,
             dead_letter: true,

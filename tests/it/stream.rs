@@ -59,7 +59,10 @@ fn assert_correct(record: &RunRecord) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_consumer_on_the_mock_cluster_matches_the_oracle() {
     let (store, _directory) = tradeflow_tests::sqlite_store().await;
-    assert_correct(&run(&store, 21, 4, 1).await);
+    let record = run(&store, 21, 4, 1).await;
+    assert_correct(&record);
+    // The record says the run ended with everything applied, not by a stall or at the log's end.
+    assert_eq!(record.config["ended"], "drained", "{}", record.config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

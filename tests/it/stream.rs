@@ -1155,16 +1155,20 @@ async fn once_a_batch_is_applied_the_group_has_committed_the_offset_after_it() {
 /// member joins while it fills, and the rebalance (its callbacks run inside the receive)
 /// lands in that fill. Returns the messages the first member dropped mid-fill and, from
 /// its journal in the order it happened, the batches it received holding a message of a
-/// partition it did not own by then.
-async fn rebalance_mid_fill(store: &Store, workload: &Workload, fencing: bool) -> (u64, usize) {
+/// partition it did not own by then. Seed 89, 2,000 events, a SQLite store of its own.
+async fn rebalance_mid_fill(fencing: bool) -> MidFill {
+    let seed = 89;
+    eprintln!("seed: {seed}");
+    let (store, directory) = tradeflow_tests::sqlite_store().await;
+    let workload = Workload::generate(&workload(seed, 2_000)).expect("workload");
     let (_cluster, bootstrap) = trades_on_one_broker(4).await;
-    publish_to(&bootstrap, &indexed(workload)).await;
+    publish_to(&bootstrap, &indexed(&workload)).await;
     let buffer = SharedBuffer::default();
     let mut config = service_config(&bootstrap, "filling", 10_000);
     config.fill_wait = Duration::from_secs(10);
     config.fencing = fencing;
     config.journal = buffer.journal();
-    let first = start_member(store, config);
+    let first = start_member(&store, config);
     let assigned = |counters: &ServiceCounters| counters.assigned_partitions.load(std::sync::atomic::Ordering::Relaxed);
     wait_until("the first member to own the four partitions", Duration::from_secs(30), || {
         assigned(&first.counters) == 4
@@ -1174,7 +1178,7 @@ async fn rebalance_mid_fill(store: &Store, workload: &Workload, fencing: bool) -
     assert_eq!(read(&first.counters.applied), 0, "the first batch is still filling");
     let mut joining = service_config(&bootstrap, "joining", 100);
     joining.fencing = fencing;
-    let second = start_member(store, joining);
+    let second = start_member(&store, joining);
     wait_until("the partitions to be shared", Duration::from_secs(30), || {
         assigned(&first.counters) == 2 && assigned(&second.counters) == 2
     })
@@ -1212,16 +1216,36 @@ async fn rebalance_mid_fill(store: &Store, workload: &Workload, fencing: bool) -
         "the first member was assigned, revoked and assigned again: {}",
         buffer.text()
     );
-    (dropped, foreign)
+    MidFill {
+        dropped,
+        foreign,
+        store,
+        workload,
+        _directory: directory,
+    }
+}
+
+/// What [`rebalance_mid_fill`] saw, and the store and workload it ran.
+struct MidFill {
+    /// Messages the first member dropped mid-fill.
+    dropped: u64,
+    /// Batches it received holding a partition it did not own by then.
+    foreign: usize,
+    store: Store,
+    workload: Workload,
+    _directory: tempfile::TempDir,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_still_filling_when_its_partitions_are_revoked_keeps_none_of_their_messages() {
-    let seed = 89;
-    eprintln!("seed: {seed}");
-    let (store, _directory) = tradeflow_tests::sqlite_store().await;
-    let workload = Workload::generate(&workload(seed, 2_000)).expect("workload");
-    let (dropped, foreign) = rebalance_mid_fill(&store, &workload, true).await;
+    let MidFill {
+        dropped,
+        foreign,
+        store,
+        workload,
+        // Kept to the end: the SQLite file lives in it.
+        _directory: _kept,
+    } = rebalance_mid_fill(true).await;
     // No batch holds a message of a partition the member no longer owns, so none is
     // applied or committed by it (a batch's commit is of its own partitions).
     assert_eq!(foreign, 0, "no batch holds a partition its member did not own");
@@ -1234,12 +1258,8 @@ async fn a_batch_still_filling_when_its_partitions_are_revoked_keeps_none_of_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_fencing_a_batch_still_filling_keeps_messages_of_partitions_revoked_meanwhile() {
-    let seed = 89;
-    eprintln!("seed: {seed}");
-    let (store, _directory) = tradeflow_tests::sqlite_store().await;
-    let workload = Workload::generate(&workload(seed, 2_000)).expect("workload");
     // The lesson-only configuration keeps what the fence would drop: that is what it shows.
-    let (dropped, foreign) = rebalance_mid_fill(&store, &workload, false).await;
+    let MidFill { dropped, foreign, .. } = rebalance_mid_fill(false).await;
     assert_eq!(dropped, 0, "nothing dropped without the fence");
     assert!(foreign > 0, "a batch holds messages of a partition its member no longer owned");
 }

@@ -236,6 +236,13 @@ fn every_command_fails_fast_and_clearly_on_bad_input_and_leaves_the_store_as_it_
             Some(&s4),
         ),
         case(
+            "run stream: an account skew past the largest Zipf exponent",
+            &["run", "stream", "--skew", "4.5", "--database-url", &s4s],
+            "account skew must be a Zipf exponent in [0, 4], got 4.5",
+            5,
+            Some(&s4),
+        ),
+        case(
             "compare: an SLO of zero",
             &[
                 "compare",

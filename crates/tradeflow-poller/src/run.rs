@@ -197,6 +197,7 @@ fn record_config(options: &RunOptions) -> serde_json::Value {
         "pollers": config.pollers,
         "shard_by_account": config.shard_by_account,
         "accounts": workload_config.accounts,
+        "skew": workload_config.skew,
         "rate_per_s": workload_config.rate_per_s,
         "profile": workload_config.profile.as_str(),
     })

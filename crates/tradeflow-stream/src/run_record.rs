@@ -96,6 +96,7 @@ pub(crate) fn config(
         // Beside `fill_wait_ms` (outside the literal above, which is at the macro's
         // recursion limit).
         object.insert("fetch_wait_max_ms".into(), options.fetch_wait_max_ms.into());
+        object.insert("skew".into(), options.workload.skew.into());
         // Messages chapter 17's tolerant reader passed over.
         object.insert(
             "passed_over".into(),

@@ -63,6 +63,9 @@ async fn one_consumer_on_the_mock_cluster_matches_the_oracle() {
     assert_correct(&record);
     // The record says the run ended with everything applied, not by a stall or at the log's end.
     assert_eq!(record.config["ended"], "drained", "{}", record.config);
+    // Where the consumer's time went: every batch ran a transaction, so applying took time.
+    let applying = record.config["consumer_time_s"]["applying"].as_f64().unwrap_or(0.0);
+    assert!(applying > 0.0, "no time applying: {}", record.config["consumer_time_s"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

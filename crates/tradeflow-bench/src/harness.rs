@@ -577,6 +577,7 @@ fn point(config: &BenchConfig, offered: f64, measured: &Measured) -> Point {
         verdict: format!("{:?}", record.check.verdict).to_lowercase(),
         threads: measured.rates.threads.clone(),
         machine_busy_cores: measured.rates.machine_cores,
+        consumer_time_s: serde_json::from_value(record.config["consumer_time_s"].clone()).ok(),
     }
 }
 

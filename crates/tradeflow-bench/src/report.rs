@@ -127,17 +127,34 @@ fn profile_verdict(results: &BenchResults, config: &ConfigResult) -> Option<Stri
             "each poller waits out its interval, then runs its claim-and-apply transaction, one poll after the other"
         }
         (Knobs::Stream { .. }, true) => {
-            "each consumer fills a batch, runs its transaction and commits its offsets in turn, and the consumers' transactions queue for SQLite's single writer connection"
+            "each consumer fills a batch, runs its transaction on SQLite's one connection (shared by the consumers of the process) and commits its offsets in turn"
         }
         (Knobs::Stream { .. }, false) => {
             "each consumer fills a batch, runs its transaction and commits its offsets in turn, waiting on round trips to the broker and to the database server"
         }
     };
     Some(format!(
-        "at {:.0}/s, {}",
+        "at {:.0}/s, {}{}",
         point.offered_per_s,
-        crate::threads::verdict(&point.threads, point.machine_busy_cores, cores, waiting)
+        crate::threads::verdict(&point.threads, point.machine_busy_cores, cores, waiting),
+        point.consumer_time_s.as_ref().map(consumer_time).unwrap_or_default()
     ))
+}
+
+/// Where the consumers' time went, largest share first: `; the consumers' time (20.1 s,
+/// summed over them): applying 75%, filling 12%, ...`.
+fn consumer_time(phases: &std::collections::BTreeMap<String, f64>) -> String {
+    let total: f64 = phases.values().sum();
+    if total <= 0.0 {
+        return String::new();
+    }
+    let mut shares: Vec<(&String, f64)> = phases.iter().map(|(phase, seconds)| (phase, seconds / total)).collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let list: Vec<String> = shares
+        .iter()
+        .map(|(phase, share)| format!("{phase} {:.0}%", share * 100.0))
+        .collect();
+    format!("; the consumers' time ({total:.1} s, summed over them): {}", list.join(", "))
 }
 
 /// report.md: the SLO, the limits, the configurations, the targets and what bounds each.
@@ -460,7 +477,7 @@ pub fn targets(results: &BenchResults) -> Vec<String> {
             ));
             if let (true, Knobs::Stream { linger_ms, .. }) = (point.latency_ms.p99 > TARGET_STREAM_P99_MS, &config.knobs) {
                 lines.push(format!(
-                    "  what bounds it: before its database transaction an event waits up to {} ms by configuration alone (producer linger {linger_ms} ms, batch fill wait {STREAM_FILL_WAIT_MS} ms, consumer fetch wait up to {FETCH_WAIT_MAX_MS} ms); the median is {:.1} ms, so the batch transaction and its commit take the rest, and p99 adds the batches that wait behind another consumer's transaction on the same database",
+                    "  what bounds it: before its database transaction an event waits up to {} ms by configuration alone (producer linger {linger_ms} ms, batch fill wait {STREAM_FILL_WAIT_MS} ms, consumer fetch wait up to {FETCH_WAIT_MAX_MS} ms); the median is {:.1} ms, and the batch transaction and its commit take the rest",
                     linger_ms + STREAM_FILL_WAIT_MS + FETCH_WAIT_MAX_MS,
                     point.latency_ms.p50
                 ));
@@ -538,4 +555,25 @@ pub fn charts(results: &BenchResults) -> Vec<(String, Chart)> {
         ("lag.svg".into(), lag),
         ("throughput-partitions.svg".into(), partitions),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consumer_time;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn the_consumers_time_is_given_in_shares_largest_first() {
+        let phases: BTreeMap<String, f64> = [("waiting", 1.0), ("filling", 2.0), ("triage", 1.0), ("applying", 16.0)]
+            .into_iter()
+            .map(|(phase, seconds)| (phase.to_owned(), seconds))
+            .collect();
+        assert_eq!(
+            consumer_time(&phases),
+            "; the consumers' time (20.0 s, summed over them): applying 80%, filling 10%, triage 5%, waiting 5%"
+        );
+        // A run whose consumers were never timed (other processes) says nothing.
+        let nothing: BTreeMap<String, f64> = [("applying".to_owned(), 0.0)].into_iter().collect();
+        assert_eq!(consumer_time(&nothing), "");
+    }
 }

@@ -96,6 +96,9 @@ pub struct Point {
     pub threads: Vec<ThreadShare>,
     /// The machine's busy cores meanwhile (tansu and the database server included).
     pub machine_busy_cores: Option<f64>,
+    /// Where the stream's consumers spent their time, wall-clock seconds summed over
+    /// consumers, by phase of their loop (the run record's `config.consumer_time_s`).
+    pub consumer_time_s: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// Throughput and lag over time of one run.

@@ -5,7 +5,7 @@ use crate::cutover::SwitchOutcome;
 use crate::notifications::NotificationsReport;
 use crate::publisher::Deliveries;
 use crate::run::{FleetCounters, StreamOptions};
-use crate::service::SeenKind;
+use crate::service::{Phase, SeenKind};
 use crate::timeline::TopicLayout;
 use std::sync::atomic::Ordering;
 
@@ -97,6 +97,29 @@ pub(crate) fn config(
         // recursion limit).
         object.insert("fetch_wait_max_ms".into(), options.fetch_wait_max_ms.into());
         object.insert("skew".into(), options.workload.skew.into());
+        // Where the consumers of this process spent their time, summed over them; null
+        // when they ran in processes of their own, whose counters this one does not see.
+        let phases: Vec<(Phase, u64)> = Phase::ALL
+            .iter()
+            .map(|phase| {
+                (
+                    *phase,
+                    counters.sum(|counters| counters.phase_us[*phase as usize].load(Ordering::Relaxed)),
+                )
+            })
+            .collect();
+        object.insert(
+            "consumer_time_s".into(),
+            if phases.iter().all(|(_, us)| *us == 0) {
+                serde_json::Value::Null
+            } else {
+                phases
+                    .iter()
+                    .map(|(phase, us)| (phase.as_str().to_owned(), serde_json::Value::from(*us as f64 / 1e6)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into()
+            },
+        );
         // Messages chapter 17's tolerant reader passed over.
         object.insert(
             "passed_over".into(),

@@ -362,6 +362,8 @@ pub struct ServiceCounters {
     pub last_commit_ns: AtomicI64,
     /// Consumers that crashed mid-batch.
     pub crashes: AtomicU64,
+    /// Where the consumers' time went, in µs summed over consumers (see [`Phase`]).
+    pub phase_us: [AtomicU64; Phase::ALL.len()],
     /// Messages dropped by the fence: held while their partitions were revoked.
     pub fenced: AtomicU64,
     /// Messages dropped from a batch still filling when a rebalance changed the
@@ -726,6 +728,42 @@ fn join(config: &ServiceConfig, counters: &Arc<ServiceCounters>) -> Result<Joine
     })
 }
 
+/// A part of a consumer's loop, timed by wall clock so that a run can say where the
+/// consumers' time went: waiting (on a partition or the database) shows as time, not CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for a batch's first message: nothing to do.
+    Waiting,
+    /// Filling a batch after its first message, up to the fill wait.
+    Filling,
+    /// Decoding the batch's messages and dead-lettering those that cannot be applied.
+    Triage,
+    /// The batch's database transaction, waiting for the store's connection included.
+    Applying,
+}
+
+impl Phase {
+    /// Every phase, in the order of [`ServiceCounters::phase_us`].
+    pub const ALL: [Phase; 4] = [Phase::Waiting, Phase::Filling, Phase::Triage, Phase::Applying];
+
+    /// The phase's name in the run record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting",
+            Phase::Filling => "filling",
+            Phase::Triage => "triage",
+            Phase::Applying => "applying",
+        }
+    }
+
+    /// Adds the time since `since` to this phase and returns now.
+    fn add(self, counters: &ServiceCounters, since: std::time::Instant) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        counters.phase_us[self as usize].fetch_add((now - since).as_micros() as u64, Ordering::Relaxed);
+        now
+    }
+}
+
 /// Runs one consumer of the balance service under a host's [`Control`]: until it is told
 /// to stop, or until it crashes mid-batch when told to.
 #[tracing::instrument(skip_all, fields(consumer = %config.name, messaging.consumer.group.name = %config.group))]
@@ -757,6 +795,7 @@ pub async fn run_controlled(
         // The assignment the batch's messages are read under; a rebalance during a
         // receive ends it (see `receive`).
         let mut generation = consumer.context().generation.load(Ordering::Relaxed);
+        let waiting_since = std::time::Instant::now();
         carried.take_into(&consumer, &mut batch, config.batch_size);
         if batch.is_empty() {
             let first = tokio::select! {
@@ -779,7 +818,9 @@ pub async fn run_controlled(
                 }
             }
         }
+        let filling_since = Phase::Waiting.add(&counters, waiting_since);
         fill(&consumer, &config, &mut batch, &mut generation, &counters).await;
+        Phase::Filling.add(&counters, filling_since);
         positions.check(&consumer, &config, &batch, &counters).await;
         batches += 1;
         journal_received(&config, batches, &batch);
@@ -1335,11 +1376,13 @@ async fn process(
         fence(config, &held, counters);
         return Ok(());
     }
+    let triage_since = std::time::Instant::now();
     let Triage {
         accepted,
         dead_lettered,
         stuck_at,
     } = triage(dead_letters, config, batch, counters).await?;
+    let applying_since = Phase::Triage.add(counters, triage_since);
     let inputs: Vec<ApplyInput<'_>> = accepted
         .iter()
         .map(|(_, event, intended_at_ns)| ApplyInput {
@@ -1347,7 +1390,9 @@ async fn process(
             intended_at_ns: *intended_at_ns,
         })
         .collect();
-    let Some(summary) = apply(store, consumer, config, &mut held, &inputs, counters, &mut steer).await? else {
+    let applied = apply(store, consumer, config, &mut held, &inputs, counters, &mut steer).await?;
+    Phase::Applying.add(counters, applying_since);
+    let Some(summary) = applied else {
         return Ok(());
     };
     let committed_at_ns = now_ns();

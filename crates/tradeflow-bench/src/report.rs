@@ -141,6 +141,43 @@ fn profile_verdict(results: &BenchResults, config: &ConfigResult) -> Option<Stri
     ))
 }
 
+/// The probe that failed at the lowest offered rate above the highest sustainable one:
+/// where the configuration first fell short.
+fn first_miss(config: &ConfigResult) -> Option<&Point> {
+    config
+        .probes
+        .iter()
+        .filter(|point| !point.sustainable && point.offered_per_s > config.max_sustainable_per_s)
+        .min_by(|a, b| a.offered_per_s.total_cmp(&b.offered_per_s))
+}
+
+/// A failed probe: its rate, why it failed, where the consumers' time went, and what that
+/// says. Consumers that spent more time waiting for messages (a batch's first one, then
+/// the rest) than applying them were handed less than they could apply: what feeds them
+/// (the publisher, the broker's fetch) bounds the run, not the database transaction.
+fn fell_short(point: &Point) -> String {
+    let mut text = format!(
+        "at {:.0}/s offered, {}",
+        point.offered_per_s,
+        point.reason.clone().unwrap_or_else(|| "not sustainable".into())
+    );
+    let Some(phases) = point.consumer_time_s.as_ref() else {
+        return text;
+    };
+    text.push_str(&consumer_time(phases));
+    let seconds = |phase: &str| phases.get(phase).copied().unwrap_or(0.0);
+    let waiting = seconds("waiting") + seconds("filling");
+    let applying = seconds("applying");
+    if waiting + applying > 0.0 {
+        text.push_str(if waiting > applying {
+            ": the consumers waited for messages longer than they applied them while the run fell behind, so what feeds them (the publisher, the broker's fetch) bounds it, not the database transaction"
+        } else {
+            ": the consumers spent more of their time in the batch transaction than waiting for messages, so the apply bounds it"
+        });
+    }
+    text
+}
+
 /// Where the consumers' time went, largest share first: `; the consumers' time (20.1 s,
 /// summed over them): applying 75%, filling 12%, ...`.
 fn consumer_time(phases: &std::collections::BTreeMap<String, f64>) -> String {
@@ -441,10 +478,13 @@ pub fn targets(results: &BenchResults) -> Vec<String> {
                 )),
                 config.bounded_by.clone().unwrap_or_default()
             ));
-            if efficiency < TARGET_EFFICIENCY
-                && let Some(verdict) = profile_verdict(results, config)
-            {
-                lines.push(format!("  what bounds it: {verdict}"));
+            if efficiency < TARGET_EFFICIENCY {
+                if let Some(verdict) = profile_verdict(results, config) {
+                    lines.push(format!("  what bounds it: {verdict}"));
+                }
+                if let Some(miss) = first_miss(config) {
+                    lines.push(format!("  where it fell short: {}", fell_short(miss)));
+                }
             }
         }
     }
@@ -559,7 +599,8 @@ pub fn charts(results: &BenchResults) -> Vec<(String, Chart)> {
 
 #[cfg(test)]
 mod tests {
-    use super::consumer_time;
+    use super::{consumer_time, fell_short};
+    use crate::results::Point;
     use std::collections::BTreeMap;
 
     #[test]
@@ -575,5 +616,47 @@ mod tests {
         // A run whose consumers were never timed (other processes) says nothing.
         let nothing: BTreeMap<String, f64> = [("applying".to_owned(), 0.0)].into_iter().collect();
         assert_eq!(consumer_time(&nothing), "");
+    }
+
+    fn failed_probe(phases: &[(&str, f64)]) -> Point {
+        Point {
+            offered_per_s: 48_000.0,
+            throughput_per_s: 34_000.0,
+            latency_ms: tradeflow_check::LatencySummary::default(),
+            sustainable: false,
+            reason: Some("achieved 34000/s, under 95% of the 48000/s offered".into()),
+            cpu_s: 0.0,
+            rss_max_mb: 0.0,
+            verdict: "pass".into(),
+            threads: Vec::new(),
+            machine_busy_cores: None,
+            consumer_time_s: Some(phases.iter().map(|(phase, seconds)| ((*phase).to_owned(), *seconds)).collect()),
+        }
+    }
+
+    #[test]
+    fn a_shortfall_names_the_apply_or_what_feeds_the_consumers_by_where_their_time_went() {
+        let fed = fell_short(&failed_probe(&[
+            ("waiting", 8.0),
+            ("filling", 6.0),
+            ("triage", 2.0),
+            ("applying", 12.0),
+        ]));
+        assert!(fed.starts_with("at 48000/s offered, achieved 34000/s"), "{fed}");
+        assert!(fed.contains("waiting 29%") && fed.contains("what feeds them"), "{fed}");
+        let applying = fell_short(&failed_probe(&[
+            ("waiting", 2.0),
+            ("filling", 3.0),
+            ("triage", 1.0),
+            ("applying", 20.0),
+        ]));
+        assert!(applying.ends_with("so the apply bounds it"), "{applying}");
+        // A probe whose consumers were not timed gives its reason alone.
+        let mut untimed = failed_probe(&[]);
+        untimed.consumer_time_s = None;
+        assert_eq!(
+            fell_short(&untimed),
+            "at 48000/s offered, achieved 34000/s, under 95% of the 48000/s offered"
+        );
     }
 }

@@ -732,7 +732,8 @@ fn join(config: &ServiceConfig, counters: &Arc<ServiceCounters>) -> Result<Joine
 /// consumers' time went: waiting (on a partition or the database) shows as time, not CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Waiting for a batch's first message: nothing to do.
+    /// Waiting for a batch's first message: nothing to do (the wait for the consumer's
+    /// very first message, its group's join, is not counted).
     Waiting,
     /// Filling a batch after its first message, up to the fill wait.
     Filling,
@@ -818,7 +819,13 @@ pub async fn run_controlled(
                 }
             }
         }
-        let filling_since = Phase::Waiting.add(&counters, waiting_since);
+        // The wait for the very first message is the group's join and the publisher's
+        // start, not the pipeline's: it is left out.
+        let filling_since = if batches > 0 {
+            Phase::Waiting.add(&counters, waiting_since)
+        } else {
+            std::time::Instant::now()
+        };
         fill(&consumer, &config, &mut batch, &mut generation, &counters).await;
         Phase::Filling.add(&counters, filling_since);
         positions.check(&consumer, &config, &batch, &counters).await;

@@ -450,3 +450,26 @@ async fn the_checker_in_the_database_counts_what_the_checker_in_memory_counts(st
         );
     }
 }
+
+/// SQLite has one connection, which a process's consumers take in turn: a batch that had
+/// to wait for it says how long, so a run can tell the queue for the connection from the
+/// transaction's own work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_for_sqlites_one_connection_says_how_long_it_waited() {
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let events = events(5, 100, 10);
+    let held = store.pool().acquire().await.expect("SQLite's one connection");
+    let hold = std::time::Duration::from_millis(300);
+    let batch = inputs(&events);
+    let (summary, ()) = tokio::join!(store.apply_batch(&batch, "test"), async move {
+        tokio::time::sleep(hold).await;
+        drop(held);
+    });
+    let summary = summary.expect("apply once the connection is free");
+    assert_eq!(summary.applied, 100);
+    assert!(
+        summary.queued >= hold,
+        "queued {:?} while the connection was held {hold:?}",
+        summary.queued
+    );
+}

@@ -153,8 +153,9 @@ fn first_miss(config: &ConfigResult) -> Option<&Point> {
 
 /// A failed probe: its rate, why it failed, where the consumers' time went, and what that
 /// says. Consumers that spent more time waiting for messages (a batch's first one, then
-/// the rest) than applying them were handed less than they could apply: what feeds them
-/// (the publisher, the broker's fetch) bounds the run, not the database transaction.
+/// the rest) than on the database (queued for its connection, then in their transaction)
+/// were handed less than they could apply: what feeds them (the publisher, the broker's
+/// fetch) bounds the run, not the database.
 fn fell_short(point: &Point) -> String {
     let mut text = format!(
         "at {:.0}/s offered, {}",
@@ -167,12 +168,12 @@ fn fell_short(point: &Point) -> String {
     text.push_str(&consumer_time(phases));
     let seconds = |phase: &str| phases.get(phase).copied().unwrap_or(0.0);
     let waiting = seconds("waiting") + seconds("filling");
-    let applying = seconds("applying");
-    if waiting + applying > 0.0 {
-        text.push_str(if waiting > applying {
-            ": the consumers waited for messages longer than they applied them while the run fell behind, so what feeds them (the publisher, the broker's fetch) bounds it, not the database transaction"
+    let database = seconds("queued") + seconds("applying");
+    if waiting + database > 0.0 {
+        text.push_str(if waiting > database {
+            ": the consumers waited for messages longer than for the database while the run fell behind, so what feeds them (the publisher, the broker's fetch) bounds it, not the database"
         } else {
-            ": the consumers spent more of their time in the batch transaction than waiting for messages, so the apply bounds it"
+            ": the consumers spent more of their time on the database (queued for its connection, then in their transaction) than waiting for messages, so the apply bounds it"
         });
     }
     text
@@ -651,6 +652,17 @@ mod tests {
             ("applying", 20.0),
         ]));
         assert!(applying.ends_with("so the apply bounds it"), "{applying}");
+        // Queued for the connection counts on the database's side.
+        let queued = fell_short(&failed_probe(&[
+            ("waiting", 4.0),
+            ("filling", 3.0),
+            ("queued", 5.0),
+            ("applying", 4.0),
+        ]));
+        assert!(
+            queued.contains("queued 31%") && queued.ends_with("so the apply bounds it"),
+            "{queued}"
+        );
         // A probe whose consumers were not timed gives its reason alone.
         let mut untimed = failed_probe(&[]);
         untimed.consumer_time_s = None;

@@ -45,6 +45,9 @@ pub struct ApplySummary {
     /// Events skipped because the apply log already held them (or the batch held them
     /// twice).
     pub duplicates: usize,
+    /// How long the transaction that committed waited for a connection that could write:
+    /// SQLite's one connection (shared by every task of the process) or a pool's.
+    pub queued: std::time::Duration,
 }
 
 /// Per account, the net cash delta of a batch and its number of events, in account order.
@@ -65,11 +68,13 @@ impl Store {
     pub async fn apply_batch_as(&self, events: &[ApplyInput<'_>], applier: &str, dedup: Dedup) -> Result<ApplySummary, StoreError> {
         check_batch_size("applying a batch", events.len())?;
         self.retrying("applying a batch", || async move {
+            let asked = std::time::Instant::now();
             let mut transaction = self.begin_write().await?;
+            let queued = asked.elapsed();
             let summary = self.apply_in(&mut transaction, events, applier, dedup).await?;
             self.count(1);
             transaction.commit().await?;
-            Ok(summary)
+            Ok(ApplySummary { queued, ..summary })
         })
         .await
     }
@@ -90,6 +95,7 @@ impl Store {
         let summary = ApplySummary {
             applied: fresh.len(),
             duplicates: events.len() - fresh.len(),
+            queued: std::time::Duration::ZERO,
         };
         if fresh.is_empty() {
             return Ok(summary);

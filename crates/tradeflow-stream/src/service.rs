@@ -739,13 +739,16 @@ pub enum Phase {
     Filling,
     /// Decoding the batch's messages and dead-lettering those that cannot be applied.
     Triage,
-    /// The batch's database transaction, waiting for the store's connection included.
+    /// Waiting for a connection that can write, before the batch's transaction: on SQLite
+    /// the process's one connection, which its consumers take in turn.
+    Queued,
+    /// The batch's database transaction (and its retries while the database is away).
     Applying,
 }
 
 impl Phase {
     /// Every phase, in the order of [`ServiceCounters::phase_us`].
-    pub const ALL: [Phase; 4] = [Phase::Waiting, Phase::Filling, Phase::Triage, Phase::Applying];
+    pub const ALL: [Phase; 5] = [Phase::Waiting, Phase::Filling, Phase::Triage, Phase::Queued, Phase::Applying];
 
     /// The phase's name in the run record.
     pub fn as_str(self) -> &'static str {
@@ -753,6 +756,7 @@ impl Phase {
             Phase::Waiting => "waiting",
             Phase::Filling => "filling",
             Phase::Triage => "triage",
+            Phase::Queued => "queued",
             Phase::Applying => "applying",
         }
     }
@@ -760,8 +764,12 @@ impl Phase {
     /// Adds the time since `since` to this phase and returns now.
     fn add(self, counters: &ServiceCounters, since: std::time::Instant) -> std::time::Instant {
         let now = std::time::Instant::now();
-        counters.phase_us[self as usize].fetch_add((now - since).as_micros() as u64, Ordering::Relaxed);
+        self.add_time(counters, now - since);
         now
+    }
+
+    fn add_time(self, counters: &ServiceCounters, time: Duration) {
+        counters.phase_us[self as usize].fetch_add(time.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -1398,7 +1406,10 @@ async fn process(
         })
         .collect();
     let applied = apply(store, consumer, config, &mut held, &inputs, counters, &mut steer).await?;
-    Phase::Applying.add(counters, applying_since);
+    // The wait for the connection, out of the apply's time.
+    let queued = applied.as_ref().map_or(Duration::ZERO, |summary| summary.queued);
+    Phase::Queued.add_time(counters, queued);
+    Phase::Applying.add_time(counters, applying_since.elapsed().saturating_sub(queued));
     let Some(summary) = applied else {
         return Ok(());
     };

@@ -66,6 +66,13 @@ async fn one_consumer_on_the_mock_cluster_matches_the_oracle() {
     // Where the consumer's time went: every batch ran a transaction, so applying took time.
     let applying = record.config["consumer_time_s"]["applying"].as_f64().unwrap_or(0.0);
     assert!(applying > 0.0, "no time applying: {}", record.config["consumer_time_s"]);
+    // Every event went through a batch transaction that committed, none of them empty.
+    let batches = record.config["batches_applied"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=record.applied).contains(&batches),
+        "{batches} batches for {} events",
+        record.applied
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

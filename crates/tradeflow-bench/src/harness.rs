@@ -578,6 +578,10 @@ fn point(config: &BenchConfig, offered: f64, measured: &Measured) -> Point {
         threads: measured.rates.threads.clone(),
         machine_busy_cores: measured.rates.machine_cores,
         consumer_time_s: serde_json::from_value(record.config["consumer_time_s"].clone()).ok(),
+        mean_batch: record.config["batches_applied"]
+            .as_u64()
+            .filter(|batches| *batches > 0)
+            .map(|batches| (record.applied + record.config["redelivered"].as_u64().unwrap_or(0)) as f64 / batches as f64),
     }
 }
 

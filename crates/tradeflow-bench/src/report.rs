@@ -162,6 +162,9 @@ fn fell_short(point: &Point) -> String {
         point.offered_per_s,
         point.reason.clone().unwrap_or_else(|| "not sustainable".into())
     );
+    if let Some(mean) = point.mean_batch {
+        text.push_str(&format!(", in batches of {mean:.0} events on average"));
+    }
     let Some(phases) = point.consumer_time_s.as_ref() else {
         return text;
     };
@@ -632,6 +635,7 @@ mod tests {
             threads: Vec::new(),
             machine_busy_cores: None,
             consumer_time_s: Some(phases.iter().map(|(phase, seconds)| ((*phase).to_owned(), *seconds)).collect()),
+            mean_batch: Some(250.0),
         }
     }
 
@@ -644,6 +648,10 @@ mod tests {
             ("applying", 12.0),
         ]));
         assert!(fed.starts_with("at 48000/s offered, achieved 34000/s"), "{fed}");
+        assert!(
+            fed.contains("offered, in batches of 250 events on average; the consumers' time"),
+            "{fed}"
+        );
         assert!(fed.contains("waiting 29%") && fed.contains("what feeds them"), "{fed}");
         let applying = fell_short(&failed_probe(&[
             ("waiting", 2.0),
@@ -666,6 +674,7 @@ mod tests {
         // A probe whose consumers were not timed gives its reason alone.
         let mut untimed = failed_probe(&[]);
         untimed.consumer_time_s = None;
+        untimed.mean_batch = None;
         assert_eq!(
             fell_short(&untimed),
             "at 48000/s offered, achieved 34000/s, under 95% of the 48000/s offered"

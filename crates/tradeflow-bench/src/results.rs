@@ -99,6 +99,9 @@ pub struct Point {
     /// Where the stream's consumers spent their time, wall-clock seconds summed over
     /// consumers, by phase of their loop (the run record's `config.consumer_time_s`).
     pub consumer_time_s: Option<std::collections::BTreeMap<String, f64>>,
+    /// Events per batch transaction on average (applied and skipped as already applied,
+    /// over the batches that committed; the stream's, where the record says).
+    pub mean_batch: Option<f64>,
 }
 
 /// Throughput and lag over time of one run.

@@ -120,6 +120,19 @@ pub(crate) fn config(
                     .into()
             },
         );
+        // Batch transactions that committed (calls less those that failed): the events
+        // applied per transaction, against the raw store apply's full batches.
+        object.insert(
+            "batches_applied".into(),
+            counters
+                .sum(|counters| {
+                    counters
+                        .database_attempts
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(counters.database_failures.load(Ordering::Relaxed))
+                })
+                .into(),
+        );
         // Messages chapter 17's tolerant reader passed over.
         object.insert(
             "passed_over".into(),

@@ -35,7 +35,7 @@ mod timeline;
 
 pub use notifications::{Notifications, NotifierGroup};
 pub use run::{Cutover, Runbook, Scenario, StreamOptions, run};
-pub use service::{CommitPolicy, Control, FETCH_WAIT_MAX_MS, Phase, ServiceConfig, ServiceCounters, run_controlled, run_service};
+pub use service::{CommitPolicy, Control, FETCH_WAIT_MAX_MS, ServiceConfig, ServiceCounters, run_controlled, run_service};
 
 use rdkafka::ClientConfig;
 use tradeflow_cluster::ClusterError;

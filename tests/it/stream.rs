@@ -115,6 +115,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         schema_exercise: false,
         instance_id: None,
         held_exercise: false,
+        pipeline: true,
     }
 }
 
@@ -967,9 +968,13 @@ async fn a_consumer_that_retries_its_database_at_once_is_taken_out_of_its_group_
     let seed = 73;
     eprintln!("seed: {seed}");
     let (store, directory) = tradeflow_tests::sqlite_store().await;
-    let (_cluster, bootstrap, workload) = published(seed, 1_000).await;
+    // One batch's worth, read whole into the first batch (a fill wait long enough for
+    // it): the partition is then empty while the batch meets the database's outage, so
+    // that a pipeline reading ahead would poll the whole outage if it did not stop.
+    let (_cluster, bootstrap, workload) = published(seed, 100).await;
     let mut holder = hold_sqlite_lock(directory.path()).await;
     let mut config = service_config(&bootstrap, "hasty", 100);
+    config.fill_wait = Duration::from_millis(500);
     config.database_retry = tradeflow_stream::service::DatabaseRetry::AtOnce;
     let hasty = start_member(&store, config);
     let counters = hasty.counters.clone();
@@ -982,7 +987,7 @@ async fn a_consumer_that_retries_its_database_at_once_is_taken_out_of_its_group_
     tokio::time::sleep(Duration::from_secs(9)).await;
     holder.kill().await.expect("the lock holder dies");
     wait_until("every event to be applied", Duration::from_secs(60), || {
-        hasty.task.is_finished() || read(&counters.applied) >= 1_000
+        hasty.task.is_finished() || read(&counters.applied) >= 100
     })
     .await;
     wait_until("the eviction to be reported", Duration::from_secs(30), || {
@@ -991,7 +996,7 @@ async fn a_consumer_that_retries_its_database_at_once_is_taken_out_of_its_group_
     .await;
     hasty.stop().await;
     assert!(read(&counters.max_poll_exceeded) > 0, "taken out of the group for not polling");
-    assert_every_event_applied_once(&store, &workload, 1_000).await;
+    assert_every_event_applied_once(&store, &workload, 100).await;
 }
 
 /// The last JSON log line of a process whose message is "batch received": its fields.
@@ -1079,6 +1084,90 @@ async fn a_stuck_balance_service_process_has_logged_the_topic_partitions_and_off
     assert!(!held.is_empty());
 }
 
+/// One consumer applies 2,000 events of one partition, in batches of 100 that each wait
+/// 50 ms before their transaction; what the pipeline read ahead, what it applied, and its
+/// journal's batches.
+async fn one_partition_applied(seed: u64, pipeline: bool) -> (u64, Applied) {
+    eprintln!("seed: {seed}, pipeline: {pipeline}");
+    let (store, directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap, workload) = published(seed, 2_000).await;
+    let buffer = SharedBuffer::default();
+    let mut config = service_config(&bootstrap, "pipelined", 100);
+    config.pipeline = pipeline;
+    // A transaction that takes a while: time for the next batch to be read meanwhile.
+    config.apply_delay = Duration::from_millis(50);
+    config.journal = buffer.journal();
+    let member = start_member(&store, config);
+    let counters = member.counters.clone();
+    wait_until("every event to be applied", Duration::from_secs(90), || {
+        member.task.is_finished() || read(&counters.applied) >= 2_000
+    })
+    .await;
+    member.stop().await;
+    (
+        read(&counters.prefetched),
+        Applied {
+            store,
+            _directory: directory,
+            workload,
+            entries: buffer.entries(),
+        },
+    )
+}
+
+/// What a run applied: its store (and the directory that holds the file), its workload,
+/// its consumer's journal.
+struct Applied {
+    store: Store,
+    _directory: tempfile::TempDir,
+    workload: Workload,
+    entries: Vec<tradeflow_stream::journal::JournalEntry>,
+}
+
+/// The journal's batches, checked: numbered as received, each applied before the next is
+/// received, their offsets contiguous from 0; the offsets received in all.
+fn contiguous_batches(entries: &[tradeflow_stream::journal::JournalEntry]) -> i64 {
+    let (mut next_offset, mut open) = (0_i64, None);
+    for entry in entries {
+        match entry {
+            tradeflow_stream::journal::JournalEntry::Received { batch, messages, ranges } => {
+                assert_eq!(open, None, "a batch received before the last one was applied: {entry:?}");
+                assert_eq!(ranges, &vec![(0, next_offset, next_offset + *messages as i64 - 1)], "{entry:?}");
+                next_offset += *messages as i64;
+                open = Some(*batch);
+            }
+            tradeflow_stream::journal::JournalEntry::Applied { batch, .. } => {
+                assert_eq!(open, Some(*batch), "applied under the number it was received with: {entry:?}");
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    next_offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_consumer_reads_its_next_batch_while_one_is_applied_and_applies_them_in_order() {
+    let (prefetched, run) = one_partition_applied(83, true).await;
+    // Each batch after the first can be read whole during the 50 ms before the transaction
+    // of the one before it.
+    assert!(
+        prefetched >= 1_000,
+        "{prefetched} of 2,000 messages were read while a batch was applied: the pipeline does not read ahead"
+    );
+    assert_eq!(
+        contiguous_batches(&run.entries),
+        2_000,
+        "the journal says every message was received"
+    );
+    assert_every_event_applied_once(&run.store, &run.workload, 2_000).await;
+
+    let (prefetched, run) = one_partition_applied(83, false).await;
+    assert_eq!(prefetched, 0, "without pipelining nothing is read while a batch is applied");
+    assert_eq!(contiguous_batches(&run.entries), 2_000);
+    assert_every_event_applied_once(&run.store, &run.workload, 2_000).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_dead_letter_topic_a_partition_waits_at_its_poison_and_its_offset_is_never_committed_past_it() {
     let seed = 79;
@@ -1088,7 +1177,8 @@ async fn without_a_dead_letter_topic_a_partition_waits_at_its_poison_and_its_off
     let workload = Workload::generate(&workload(seed, 300)).expect("workload");
     let events = indexed(&workload);
     // One partition: offsets 0..=99 valid, 100 a message that is not an event, then 200
-    // valid ones. The service's first batch holds them all.
+    // valid ones. Batches of 40: the one that holds the poison (80..=119) applies up to
+    // it while the pipeline reads ahead past it; what it read ahead must not be applied.
     publish_to(&bootstrap, &events[..100]).await;
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -1103,7 +1193,7 @@ async fn without_a_dead_letter_topic_a_partition_waits_at_its_poison_and_its_off
         .await
         .expect("the poison is in the log");
     publish_to(&bootstrap, &events[100..]).await;
-    let mut config = service_config(&bootstrap, "waiting", 500);
+    let mut config = service_config(&bootstrap, "waiting", 40);
     config.dead_letter = false;
     let member = start_member(&store, config);
     let counters = member.counters.clone();

@@ -523,7 +523,7 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
          - **Ordering**: one poller keeps per-account order; several unsharded pollers on PostgreSQL do not \
            (`tradeflow run poller --pollers 2`), which the stream avoids by keying each account to one partition.\n\n\
          The stream ran with {} partitions and {} consumers, producer linger {} ms, {} messages per transaction, a batch \
-         fill wait of {} ms and a fetch wait of up to {} ms, on the `{}` broker{}.\n",
+         fill wait of {} ms and a fetch wait of up to {} ms, {}, on the `{}` broker{}.\n",
         arguments.poller.poll_interval_ms,
         arguments.poller.batch_size,
         arguments.knobs.partitions,
@@ -532,6 +532,11 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
         arguments.knobs.stream_batch_size,
         arguments.knobs.fill_wait_ms,
         arguments.knobs.fetch_wait_max_ms,
+        if arguments.knobs.no_pipeline {
+            "each batch applied before the next was fetched (--no-pipeline)"
+        } else {
+            "each consumer filling its next batch while it applied one (pipelining)"
+        },
         runs[1].broker.clone().unwrap_or_default(),
         if runs[1].broker.as_deref() == Some("mock") {
             " (librdkafka's in-process mock cluster: the real protocol, but no replication and no disk, so broker costs are lower than \

@@ -32,6 +32,8 @@ pub struct FleetConfig {
     pub batch_size: usize,
     /// How long a consumer waits to fill a batch.
     pub fill_wait: Duration,
+    /// Whether each consumer fills its next batch while it applies one (see [`ServiceConfig`]).
+    pub pipeline: bool,
     /// Each consumer's `fetch.wait.max.ms`.
     pub fetch_wait_max_ms: u32,
     /// When offsets are committed.
@@ -211,6 +213,7 @@ impl Fleet {
             name,
             batch_size: self.config.batch_size,
             fill_wait: self.config.fill_wait,
+            pipeline: self.config.pipeline,
             fetch_wait_max_ms: self.config.fetch_wait_max_ms,
             session_timeout_ms: self.config.session_timeout_ms,
             commit: self.config.commit,
@@ -238,6 +241,7 @@ impl Fleet {
             group: self.config.group.clone(),
             batch_size: self.config.batch_size,
             fill_wait: self.config.fill_wait,
+            pipeline: self.config.pipeline,
             fetch_wait_max_ms: self.config.fetch_wait_max_ms,
             session_timeout_ms: self.config.session_timeout_ms,
             commit: self.config.commit,

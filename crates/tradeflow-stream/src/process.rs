@@ -49,6 +49,7 @@ pub(crate) struct ProcessArgs {
     pub(crate) group: String,
     pub(crate) batch_size: usize,
     pub(crate) fill_wait: Duration,
+    pub(crate) pipeline: bool,
     pub(crate) fetch_wait_max_ms: u32,
     pub(crate) session_timeout_ms: u32,
     pub(crate) commit: CommitPolicy,
@@ -199,6 +200,9 @@ impl ServiceProcess {
         }
         if args.held_exercise {
             command.arg("--held-exercise");
+        }
+        if !args.pipeline {
+            command.arg("--no-pipeline");
         }
         match args.prefetch {
             crate::service::Prefetch::Bounded => {}

@@ -50,6 +50,9 @@ pub struct StreamOptions {
     pub batch_size: usize,
     /// How long a consumer waits to fill a batch.
     pub fill_wait: Duration,
+    /// Whether each consumer fills its next batch while it applies one (pipelining; on
+    /// unless a run measures what it buys).
+    pub pipeline: bool,
     /// Each consumer's `fetch.wait.max.ms` ([`crate::FETCH_WAIT_MAX_MS`] by default).
     pub fetch_wait_max_ms: u32,
     /// How long the run waits, once every event is published, for lag that does not
@@ -282,6 +285,7 @@ impl StreamOptions {
             publisher: PublisherConfig::default(),
             batch_size: BATCH_SIZE_DEFAULT,
             fill_wait: FILL_WAIT_DEFAULT,
+            pipeline: true,
             fetch_wait_max_ms: crate::FETCH_WAIT_MAX_MS,
             stall_timeout: STALL_TIMEOUT_DEFAULT,
             metrics: None,
@@ -795,6 +799,7 @@ impl Fleets {
             group,
             batch_size: options.batch_size,
             fill_wait: options.fill_wait,
+            pipeline: options.pipeline,
             fetch_wait_max_ms: options.fetch_wait_max_ms,
             commit: options.scenario.commit,
             dead_letter: options.scenario.dead_letter,

@@ -96,6 +96,7 @@ pub(crate) fn config(
         // Beside `fill_wait_ms` (outside the literal above, which is at the macro's
         // recursion limit).
         object.insert("fetch_wait_max_ms".into(), options.fetch_wait_max_ms.into());
+        object.insert("pipeline".into(), options.pipeline.into());
         object.insert("skew".into(), options.workload.skew.into());
         // Where the consumers of this process spent their time, summed over them; null
         // when they ran in processes of their own, whose counters this one does not see.
@@ -118,6 +119,16 @@ pub(crate) fn config(
                     .map(|(phase, us)| (phase.as_str().to_owned(), serde_json::Value::from(*us as f64 / 1e6)))
                     .collect::<serde_json::Map<_, _>>()
                     .into()
+            },
+        );
+        // Messages read ahead while a batch was applied (pipelining); null when the
+        // consumers ran in processes of their own, whose counters this one does not see.
+        object.insert(
+            "prefetched".into(),
+            if phases.iter().all(|(_, us)| *us == 0) {
+                serde_json::Value::Null
+            } else {
+                counters.sum(|counters| counters.prefetched.load(Ordering::Relaxed)).into()
             },
         );
         // Batch transactions that committed (calls less those that failed): the events

@@ -255,6 +255,10 @@ pub struct ServiceConfig {
     /// Whether chapter 19's exercise says which partitions and offsets each "batch
     /// received" log line names (instead of each partition's first and last offset).
     pub held_exercise: bool,
+    /// Pipelining: whether the consumer fills its next batch while the batch in hand is
+    /// triaged and applied (see [`prefetch`]). Off: it fetches only between batches, the
+    /// consumer as it was before, kept to measure what pipelining buys.
+    pub pipeline: bool,
 }
 
 impl ServiceConfig {
@@ -392,6 +396,9 @@ pub struct ServiceCounters {
     pub database_failures: AtomicU64,
     /// Times a consumer's circuit breaker opened (it paused its partitions).
     pub breaker_opened: AtomicU64,
+    /// Messages a pipelined consumer received while the batch before them was being
+    /// triaged and applied (see [`prefetch`]).
+    pub prefetched: AtomicU64,
     /// Times a consumer heard from librdkafka that it had not polled within
     /// `max.poll.interval.ms` and had been taken out of its group.
     pub max_poll_exceeded: AtomicU64,
@@ -792,7 +799,14 @@ pub async fn run_controlled(
     let mut latency = LatencyRecorder::new();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(config.batch_size);
     let mut positions = Positions::default();
-    let mut carried = Carried::default();
+    // Messages received for the next batch while the one in hand was processed (by the
+    // prefetch, and while waiting for the database): shared by the two, which run
+    // together in this task and never hold the lock across an await.
+    let carried = std::sync::Mutex::new(Carried::default());
+    // Set by the batch in hand when its first database call fails (the prefetch stops,
+    // and the breaker's wait, which pauses the partitions, does the polling from then
+    // on) or before it seeks a partition back to a message it could not process.
+    let (stop_prefetch, _) = watch::channel(false);
     let mut batches = 0;
     while *control.borrow() != Control::Stop {
         if *control.borrow() == Control::Hold {
@@ -805,7 +819,8 @@ pub async fn run_controlled(
         // receive ends it (see `receive`).
         let mut generation = consumer.context().generation.load(Ordering::Relaxed);
         let waiting_since = std::time::Instant::now();
-        carried.take_into(&consumer, &mut batch, config.batch_size);
+        // When the batch's first message came in: its fill wait runs from then.
+        let mut first_at = lock(&carried).take_into(&consumer, &mut batch, config.batch_size);
         if batch.is_empty() {
             let first = tokio::select! {
                 changed = control.changed() => {
@@ -819,7 +834,10 @@ pub async fn run_controlled(
                 received = consumer.recv() => received,
             };
             match first {
-                Ok(message) => receive(&consumer, &config, &mut batch, &mut generation, message.detach(), &counters),
+                Ok(message) => {
+                    first_at = Some(tokio::time::Instant::now());
+                    receive(&consumer, &config, &mut batch, &mut generation, message.detach(), &counters);
+                }
                 Err(error) => {
                     consumer_error(&error, &counters);
                     tokio::time::sleep(ERROR_BACKOFF).await;
@@ -834,7 +852,8 @@ pub async fn run_controlled(
         } else {
             std::time::Instant::now()
         };
-        fill(&consumer, &config, &mut batch, &mut generation, &counters).await;
+        let fill_until = first_at.unwrap_or_else(tokio::time::Instant::now) + config.fill_wait;
+        fill(&consumer, &config, &mut batch, &mut generation, fill_until, &counters).await;
         Phase::Filling.add(&counters, filling_since);
         positions.check(&consumer, &config, &batch, &counters).await;
         batches += 1;
@@ -860,26 +879,40 @@ pub async fn run_controlled(
             lease: Duration::from_millis(u64::from(config.session_timeout_ms)),
             floor: &mut positions.floor,
         };
+        stop_prefetch.send_replace(false);
         let steer = Steer {
             control: &control,
-            carried: &mut carried,
+            carried: &carried,
             latency: &mut latency,
+            stop_prefetch: &stop_prefetch,
         };
-        process(&store, &consumer, &dead_letters, &config, held, &counters, steer).await?;
+        let processing = process(&store, &consumer, &dead_letters, &config, held, &counters, steer);
+        if config.pipeline {
+            // The next batch fills while this one is triaged and applied; it is applied
+            // only after this one, so a partition's events keep their order.
+            tokio::pin!(processing);
+            tokio::select! {
+                processed = &mut processing => processed?,
+                () = prefetch(&consumer, &config, &carried, stop_prefetch.subscribe(), &counters) => processing.await?,
+            }
+        } else {
+            processing.await?;
+        }
         batch.clear();
     }
     Ok(latency)
 }
 
-/// Fills a batch whose first message is in, until it is full or the fill wait is over.
+/// Fills a batch whose first message is in, until it is full or the fill wait is over
+/// (`deadline`: the fill wait after the batch's first message came in).
 async fn fill(
     consumer: &StreamConsumer<ServiceContext>,
     config: &ServiceConfig,
     batch: &mut Vec<OwnedMessage>,
     generation: &mut u64,
+    deadline: tokio::time::Instant,
     counters: &ServiceCounters,
 ) {
-    let deadline = tokio::time::Instant::now() + config.fill_wait;
     while batch.len() < config.batch_size {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(message)) => receive(consumer, config, batch, generation, message.detach(), counters),
@@ -923,6 +956,59 @@ fn receive(
     batch.push(message);
 }
 
+/// Pipelining: receives the next batch's messages into `carried` while the batch in hand
+/// is triaged and applied, as [`fill`] would after it: until a batch is full or the fill
+/// wait after its first message is over. It stops early, before it takes another message,
+/// when the batch in hand says so (`stop_prefetch`): when it meets a failing database (the
+/// consumer then holds its batch with its partitions paused, and only the breaker's wait
+/// polls, so that a consumer that retries without polling, the naive database-outage
+/// policy, is still seen by its group as stuck), and before it seeks a partition back
+/// (what was read ahead of that partition is dropped once the seek is done, and nothing
+/// read after it may be). The host drops it when the batch in hand is done. Messages of a
+/// partition reassigned meanwhile are dropped by [`Carried::keep`], as a batch filling
+/// drops them.
+async fn prefetch(
+    consumer: &StreamConsumer<ServiceContext>,
+    config: &ServiceConfig,
+    carried: &std::sync::Mutex<Carried>,
+    mut stop_prefetch: watch::Receiver<bool>,
+    counters: &ServiceCounters,
+) {
+    loop {
+        let (held, first_at) = {
+            let carried = lock(carried);
+            (carried.messages.len(), carried.first_at)
+        };
+        if held >= config.batch_size {
+            return;
+        }
+        let deadline = first_at.map(|at| at + config.fill_wait);
+        let received = tokio::select! {
+            biased;
+            _ = stop_prefetch.wait_for(|stop_prefetch| *stop_prefetch) => return,
+            received = async {
+                match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, consumer.recv()).await.ok(),
+                    None => Some(consumer.recv().await),
+                }
+            } => received,
+        };
+        match received {
+            Some(Ok(message)) => {
+                lock(carried).keep(consumer, message.detach());
+                counters.prefetched.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Err(error)) => consumer_error(&error, counters),
+            None => return,
+        }
+    }
+}
+
+/// Locks the carried messages (a panic elsewhere leaves them usable: each change is whole).
+fn lock(carried: &std::sync::Mutex<Carried>) -> std::sync::MutexGuard<'_, Carried> {
+    carried.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Logs an error the consumer handed out instead of a message, and counts the one that
 /// says the member was taken out of its group for not polling in time.
 fn consumer_error(error: &KafkaError, counters: &ServiceCounters) {
@@ -934,14 +1020,18 @@ fn consumer_error(error: &KafkaError, counters: &ServiceCounters) {
     }
 }
 
-/// Messages a consumer received while it waited for its database with the circuit breaker
-/// open (from partitions assigned to it meanwhile, before it paused them too): they start
-/// its next batch, unless its partitions changed hands since, in which case every
-/// partition is read again from its committed offset and they are dropped.
+/// Messages a consumer received for its next batch while it processed the one in hand:
+/// read ahead by the pipeline's [`prefetch`], or received while it waited for its database
+/// with the circuit breaker open (from partitions assigned to it meanwhile, before it
+/// paused them too), in the order received. They start its next batch, unless its
+/// partitions changed hands since, in which case every partition is read again from its
+/// committed offset and they are dropped.
 #[derive(Default)]
 struct Carried {
     messages: Vec<OwnedMessage>,
     generation: u64,
+    /// When the first of `messages` came in.
+    first_at: Option<tokio::time::Instant>,
 }
 
 impl Carried {
@@ -951,16 +1041,43 @@ impl Carried {
             self.messages.clear();
             self.generation = generation;
         }
+        if self.messages.is_empty() {
+            self.first_at = Some(tokio::time::Instant::now());
+        }
         self.messages.push(message);
     }
 
-    /// Moves up to `room` carried messages of the current generation into `batch`.
-    fn take_into(&mut self, consumer: &StreamConsumer<ServiceContext>, batch: &mut Vec<OwnedMessage>, room: usize) {
+    /// Moves up to `room` carried messages of the current generation into `batch`, and
+    /// says when the first of them came in (`None`: none moved).
+    fn take_into(
+        &mut self,
+        consumer: &StreamConsumer<ServiceContext>,
+        batch: &mut Vec<OwnedMessage>,
+        room: usize,
+    ) -> Option<tokio::time::Instant> {
         if self.generation != consumer.context().generation.load(Ordering::Relaxed) {
             self.messages.clear();
+            self.first_at = None;
         }
         let taken = self.messages.len().min(room.saturating_sub(batch.len()));
+        if taken == 0 {
+            return None;
+        }
+        let first_at = self.first_at;
         batch.extend(self.messages.drain(..taken));
+        // What is left came in after the messages taken: its wait starts now.
+        self.first_at = (!self.messages.is_empty()).then(tokio::time::Instant::now);
+        first_at
+    }
+
+    /// Drops the messages of `partition` at or after `offset`: the consumer went back
+    /// there, and will receive them again in order.
+    fn forget_from(&mut self, partition: i32, offset: i64) {
+        self.messages
+            .retain(|message| message.partition() != partition || message.offset() < offset);
+        if self.messages.is_empty() {
+            self.first_at = None;
+        }
     }
 }
 
@@ -969,9 +1086,12 @@ impl Carried {
 /// messages received meanwhile go.
 struct Steer<'a> {
     control: &'a watch::Receiver<Control>,
-    carried: &'a mut Carried,
+    carried: &'a std::sync::Mutex<Carried>,
     /// The consumer's latencies: each applied event's, from its intended send time.
     latency: &'a mut LatencyRecorder,
+    /// Stops the [`prefetch`]: set when the batch's first database call fails, and before
+    /// a partition is sought back.
+    stop_prefetch: &'a watch::Sender<bool>,
 }
 
 /// The cooperative crash of the in-process tests: lingers as long as a transaction would
@@ -1428,7 +1548,16 @@ async fn process(
             commit(consumer, &next, counters, batch.len());
         }
     }
-    seek_back(consumer, config, &stuck_at, counters).await;
+    if !stuck_at.is_empty() {
+        steer.stop_prefetch.send_replace(true);
+        seek_back(consumer, config, &stuck_at, counters).await;
+        // Read ahead before the seek: those messages come again, in order, after the one
+        // that failed.
+        let mut carried = lock(steer.carried);
+        for (partition, offset) in &stuck_at {
+            carried.forget_from(*partition, *offset);
+        }
+    }
     counters.applied.fetch_add(summary.applied as u64, Ordering::Relaxed);
     counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
     counters.dead_lettered.fetch_add(dead_lettered, Ordering::Relaxed);
@@ -1496,6 +1625,7 @@ async fn apply(
             Err(failure) => failure,
         };
         failures += 1;
+        steer.stop_prefetch.send_replace(true);
         counters.database_failures.fetch_add(1, Ordering::Relaxed);
         let wait = match config.database_retry {
             DatabaseRetry::AtOnce => None,
@@ -1577,11 +1707,16 @@ fn backoff(failures: u32, jitter: &mut impl rand::Rng) -> Duration {
 
 /// Waits `wait` while polling the consumer (its partitions paused): keeps `max.poll.interval.ms`
 /// from running out and serves rebalances.
-async fn wait_polling(consumer: &StreamConsumer<ServiceContext>, wait: Duration, carried: &mut Carried, counters: &ServiceCounters) {
+async fn wait_polling(
+    consumer: &StreamConsumer<ServiceContext>,
+    wait: Duration,
+    carried: &std::sync::Mutex<Carried>,
+    counters: &ServiceCounters,
+) {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(message)) => carried.keep(consumer, message.detach()),
+            Ok(Ok(message)) => lock(carried).keep(consumer, message.detach()),
             Ok(Err(error)) => consumer_error(&error, counters),
             Err(_) => return,
         }
@@ -1886,6 +2021,7 @@ mod tests {
             schema_exercise: false,
             instance_id: None,
             held_exercise: false,
+            pipeline: true,
         }
     }
 
@@ -1935,17 +2071,17 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiting_for_the_database_polls_for_the_whole_wait_and_carries_what_it_receives() {
         let (_cluster, consumer, _config) = assigned_to_one_message().await;
-        let (mut carried, counters) = (Carried::default(), ServiceCounters::default());
+        let (carried, counters) = (std::sync::Mutex::new(Carried::default()), ServiceCounters::default());
         let wait = Duration::from_millis(1_500);
         let started = tokio::time::Instant::now();
-        wait_polling(&consumer, wait, &mut carried, &counters).await;
+        wait_polling(&consumer, wait, &carried, &counters).await;
         assert!(
             started.elapsed() >= wait,
             "returned after {:?} of a {wait:?} wait",
             started.elapsed()
         );
         let mut batch = Vec::new();
-        carried.take_into(&consumer, &mut batch, 100);
+        lock(&carried).take_into(&consumer, &mut batch, 100);
         assert_eq!(batch.len(), 1, "the message received during the wait is carried to the next batch");
     }
 

@@ -855,6 +855,10 @@ pub async fn run_controlled(
         let fill_until = first_at.unwrap_or_else(tokio::time::Instant::now) + config.fill_wait;
         fill(&consumer, &config, &mut batch, &mut generation, fill_until, &counters).await;
         Phase::Filling.add(&counters, filling_since);
+        if batch.is_empty() {
+            // Dropped at a rebalance at the end of its fill.
+            continue;
+        }
         positions.check(&consumer, &config, &batch, &counters).await;
         batches += 1;
         journal_received(&config, batches, &batch);
@@ -867,10 +871,11 @@ pub async fn run_controlled(
             // policy already did.
             return Ok(latency);
         }
-        // The generation every message of the batch was handed out under (`receive`
-        // dropped any read under an earlier one; rebalance callbacks run only inside
-        // recv). A batch dropped by the fence later is read again: a revoked partition's
-        // next owner, this consumer included, starts from the committed offset.
+        // The generation every message of the batch was handed out under (`fill` dropped
+        // any read under an earlier one; rebalance callbacks run only inside recv, which
+        // the prefetch calls while the batch is processed). A batch dropped by the fence
+        // later is read again: a revoked partition's next owner, this consumer included,
+        // starts from the committed offset.
         let held = Held {
             number: batches,
             messages: &batch,
@@ -920,6 +925,8 @@ async fn fill(
             Err(_) => break,
         }
     }
+    // A rebalance also runs inside a receive that hands out nothing before the deadline.
+    fence_filling(consumer, config, batch, generation, counters);
 }
 
 /// Adds a message just received to the batch. `generation` is the assignment the batch's
@@ -938,6 +945,19 @@ fn receive(
     message: OwnedMessage,
     counters: &ServiceCounters,
 ) {
+    fence_filling(consumer, config, batch, generation, counters);
+    batch.push(message);
+}
+
+/// Drops what a batch still filling holds when the consumer's partitions changed since
+/// `generation` (see [`receive`]), and moves `generation` to the assignment now.
+fn fence_filling(
+    consumer: &StreamConsumer<ServiceContext>,
+    config: &ServiceConfig,
+    batch: &mut Vec<OwnedMessage>,
+    generation: &mut u64,
+    counters: &ServiceCounters,
+) {
     let now = consumer.context().generation.load(Ordering::Relaxed);
     if now != *generation {
         *generation = now;
@@ -953,7 +973,6 @@ fn receive(
             batch.clear();
         }
     }
-    batch.push(message);
 }
 
 /// Pipelining: receives the next batch's messages into `carried` while the batch in hand
@@ -1518,6 +1537,14 @@ async fn process(
         stuck_at,
     } = triage(dead_letters, config, batch, counters).await?;
     let applying_since = Phase::Triage.add(counters, triage_since);
+    // The prefetch serves rebalances while the batch is triaged: fenced again, as late as
+    // this loop can. (One that lands during the transaction is met after it: no offset is
+    // committed, and the partition's next owner, reading from the committed offset, finds
+    // the batch in the apply log.)
+    if config.fencing && held.revoked(consumer) {
+        fence(config, &held, counters);
+        return Ok(());
+    }
     let inputs: Vec<ApplyInput<'_>> = accepted
         .iter()
         .map(|(_, event, intended_at_ns)| ApplyInput {

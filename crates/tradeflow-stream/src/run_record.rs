@@ -109,9 +109,11 @@ pub(crate) fn config(
                 )
             })
             .collect();
+        // Only consumers in this process add to its counters.
+        let in_process = phases.iter().any(|(_, us)| *us > 0);
         object.insert(
             "consumer_time_s".into(),
-            if phases.iter().all(|(_, us)| *us == 0) {
+            if !in_process {
                 serde_json::Value::Null
             } else {
                 phases
@@ -125,10 +127,10 @@ pub(crate) fn config(
         // consumers ran in processes of their own, whose counters this one does not see.
         object.insert(
             "prefetched".into(),
-            if phases.iter().all(|(_, us)| *us == 0) {
-                serde_json::Value::Null
-            } else {
+            if in_process {
                 counters.sum(|counters| counters.prefetched.load(Ordering::Relaxed)).into()
+            } else {
+                serde_json::Value::Null
             },
         );
         // Batch transactions that committed (calls less those that failed): the events

@@ -1495,6 +1495,16 @@ impl Held<'_> {
     }
 }
 
+/// Whether the batch is dropped by the [`fence`] now (with fencing on and its partitions
+/// revoked, or possibly revoked, since it was received).
+fn fenced(config: &ServiceConfig, held: &Held<'_>, consumer: &StreamConsumer<ServiceContext>, counters: &ServiceCounters) -> bool {
+    let revoked = config.fencing && held.revoked(consumer);
+    if revoked {
+        fence(config, held, counters);
+    }
+    revoked
+}
+
 /// The fence: a batch held while its partitions were revoked is dropped, neither applied
 /// nor committed; their new owner reads the messages again from the committed offsets.
 fn fence(config: &ServiceConfig, held: &Held<'_>, counters: &ServiceCounters) {
@@ -1528,8 +1538,7 @@ async fn process(
     if !config.apply_delay.is_zero() {
         tokio::time::sleep(config.apply_delay).await;
     }
-    if config.fencing && held.revoked(consumer) {
-        fence(config, &held, counters);
+    if fenced(config, &held, consumer, counters) {
         return Ok(());
     }
     let triage_since = std::time::Instant::now();
@@ -1543,8 +1552,7 @@ async fn process(
     // this loop can. (One that lands during the transaction is met after it: no offset is
     // committed, and the partition's next owner, reading from the committed offset, finds
     // the batch in the apply log.)
-    if config.fencing && held.revoked(consumer) {
-        fence(config, &held, counters);
+    if fenced(config, &held, consumer, counters) {
         return Ok(());
     }
     let inputs: Vec<ApplyInput<'_>> = accepted

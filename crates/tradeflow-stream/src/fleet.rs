@@ -297,9 +297,8 @@ impl Fleet {
     pub fn freeze(&mut self, index: u32) -> Result<(), String> {
         self.kills += 1;
         let jitter = jitter(self.config.seed, self.kills, KILL_JITTER_MAX);
-        let counters = self.counters.clone();
         match self.members.get_mut(index as usize).and_then(Option::as_mut) {
-            Some(Member::Process(process)) => process.freeze(jitter, counters),
+            Some(Member::Process(process)) => process.freeze(jitter),
             Some(Member::Task { .. }) => Err("a consumer inside the run cannot be frozen; run the service as processes".into()),
             None => Err(format!("consumer-{index} is not running")),
         }

@@ -94,15 +94,16 @@ struct Frozen {
     owned: Vec<i32>,
     /// The topic and offsets its last "batch received" log line named.
     logged: Option<(String, String)>,
-    /// Partitions the other members of the fleet owned.
-    others_assigned: i64,
 }
 
 impl Frozen {
     /// Records the freeze in `counters`, ending now (woken or killed: `ended`); returns its
     /// effect in words.
-    fn record(self, name: &str, pid: u32, ended: &str, counters: &ServiceCounters, state: &Mutex<JournalState>) -> String {
-        let moved = others_assigned(counters, state) - self.others_assigned;
+    fn record(self, name: &str, pid: u32, ended: &str, counters: &ServiceCounters) -> String {
+        // Its partitions another member holds now: what the group gave away while it was
+        // frozen (read from the members' journals at the wake, not from a count taken at
+        // the freeze, which a rebalance still being read could make stale).
+        let moved = counters.owned_by_others(name, &self.owned);
         let logged = match &self.logged {
             Some((topic, offsets)) if *offsets == self.held_offsets => {
                 format!("its last log line named topic {topic}, offsets {offsets}: the batch it held")
@@ -138,12 +139,6 @@ impl Frozen {
         }
         effect
     }
-}
-
-/// Partitions the fleet's members other than the one with `state` own now.
-fn others_assigned(counters: &ServiceCounters, state: &Mutex<JournalState>) -> i64 {
-    let own = state.lock().map(|state| state.assigned).unwrap_or(0);
-    counters.assigned_partitions.load(Ordering::Relaxed) - own
 }
 
 impl ServiceProcess {
@@ -277,7 +272,7 @@ impl ServiceProcess {
             // A frozen process receives nothing more: it is killed as it is, and its freeze
             // ends here (recorded before the kill, while what it owned is still known).
             if let Ok(frozen) = freezing.await {
-                frozen.record(&self.name, self.pid, "killed (SIGKILL)", counters, &self.state);
+                frozen.record(&self.name, self.pid, "killed (SIGKILL)", counters);
             }
         } else {
             let deadline = tokio::time::Instant::now() + KILL_WAIT_FOR_BATCH;
@@ -324,7 +319,7 @@ impl ServiceProcess {
     /// Freezes the process with SIGSTOP while it holds a batch (`jitter` after it receives
     /// its next one, waiting for it as a kill does), beside the caller. Refused while a
     /// freeze is under way.
-    pub(crate) fn freeze(&mut self, jitter: Duration, counters: Arc<ServiceCounters>) -> Result<(), String> {
+    pub(crate) fn freeze(&mut self, jitter: Duration) -> Result<(), String> {
         if self.freezing.is_some() {
             return Err(format!("{} is frozen already", self.name));
         }
@@ -360,7 +355,6 @@ impl ServiceProcess {
                 held_offsets: held_offsets(&held_ranges),
                 owned,
                 logged: logs.lock().ok().and_then(|line| line.as_ref().and_then(logged_batch)),
-                others_assigned: others_assigned(&counters, &state),
             }
         }));
         Ok(())
@@ -374,11 +368,11 @@ impl ServiceProcess {
         let Some(freezing) = self.freezing.take() else {
             return Err(format!("{} is not frozen", self.name));
         };
-        let (name, pid, state) = (self.name.clone(), self.pid, self.state.clone());
+        let (name, pid) = (self.name.clone(), self.pid);
         tokio::spawn(async move {
             let Ok(frozen) = freezing.await else { return };
             signal(pid, "CONT");
-            frozen.record(&name, pid, "woken (SIGCONT)", &counters, &state);
+            frozen.record(&name, pid, "woken (SIGCONT)", &counters);
         });
         Ok(())
     }
@@ -522,10 +516,11 @@ fn feed(name: &str, state: &mut JournalState, entry: &JournalEntry, counters: &S
     let assigned_before = state.assigned;
     state.take(entry);
     match entry {
-        JournalEntry::Assigned { partitions, .. } => {
+        JournalEntry::Assigned { partitions, owned } => {
             counters
                 .assigned_partitions
                 .fetch_add(partitions - assigned_before, Ordering::Relaxed);
+            counters.member_owns(name, owned);
             counters.member_assigned(name, partitions - assigned_before);
             counters.member_changed(name);
             counters.rebalances.fetch_add(1, Ordering::Relaxed);
@@ -651,5 +646,25 @@ mod tests {
         assert_eq!(counters.duplicates.load(Ordering::Relaxed), 2);
         assert_eq!(counters.dead_lettered.load(Ordering::Relaxed), 1);
         assert_eq!(counters.last_commit_ns.load(Ordering::Relaxed), 99);
+    }
+
+    #[test]
+    fn a_frozen_members_partitions_count_as_moved_once_another_members_journal_names_them() {
+        let counters = ServiceCounters::default();
+        let (mut frozen, mut other) = (JournalState::default(), JournalState::default());
+        let assigned = |owned: Vec<i32>| JournalEntry::Assigned {
+            partitions: owned.len() as i64,
+            owned,
+        };
+        feed("consumer-0", &mut frozen, &assigned(vec![0, 1, 2]), &counters);
+        feed("consumer-1", &mut other, &assigned(vec![3, 4, 5]), &counters);
+        assert_eq!(counters.owned_by_others("consumer-0", &[0, 1, 2]), 0, "nothing moved yet");
+        // The group takes two of the frozen member's partitions away and gives them to the
+        // other member (the frozen one writes nothing while it is stopped).
+        feed("consumer-1", &mut other, &assigned(vec![0, 2, 3, 4, 5]), &counters);
+        assert_eq!(counters.owned_by_others("consumer-0", &[0, 1, 2]), 2);
+        // A member that ended owns nothing.
+        counters.member_gone("consumer-1");
+        assert_eq!(counters.owned_by_others("consumer-0", &[0, 1, 2]), 0);
     }
 }

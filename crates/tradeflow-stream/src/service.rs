@@ -392,6 +392,9 @@ pub struct ServiceCounters {
     /// Partitions each running member holds, by its name: set at each assignment,
     /// lowered at each revocation, forgotten when the member ends.
     pub partitions_by_member: std::sync::Mutex<BTreeMap<String, i64>>,
+    /// Which partitions each member running in a process of its own holds, by its name, as
+    /// its journal last said; forgotten when the member ends.
+    pub owned_by_member: std::sync::Mutex<BTreeMap<String, Vec<i32>>>,
     /// Database calls made to apply a batch (each try counts, the failed ones included).
     pub database_attempts: AtomicU64,
     /// Of those, the ones that failed or timed out because the database was out of reach.
@@ -503,6 +506,24 @@ impl ServiceCounters {
         }
     }
 
+    /// `member` (running in a process of its own) owns `partitions` now, as its journal says.
+    pub fn member_owns(&self, member: &str, partitions: &[i32]) {
+        if let Ok(mut owned) = self.owned_by_member.lock() {
+            owned.insert(member.to_owned(), partitions.to_vec());
+        }
+    }
+
+    /// How many of `partitions` members other than `member` own now.
+    pub fn owned_by_others(&self, member: &str, partitions: &[i32]) -> i64 {
+        let Ok(owned) = self.owned_by_member.lock() else { return 0 };
+        let others: std::collections::BTreeSet<i32> = owned
+            .iter()
+            .filter(|(name, _)| name.as_str() != member)
+            .flat_map(|(_, held)| held.iter().copied())
+            .collect();
+        partitions.iter().filter(|partition| others.contains(partition)).count() as i64
+    }
+
     /// `member` saw its assignment change (an assignment or a revocation).
     pub fn member_changed(&self, member: &str) {
         if let Ok(mut changes) = self.changes_by_member.lock() {
@@ -527,6 +548,9 @@ impl ServiceCounters {
     pub fn member_gone(&self, member: &str) {
         if let Ok(mut members) = self.partitions_by_member.lock() {
             members.remove(member);
+        }
+        if let Ok(mut owned) = self.owned_by_member.lock() {
+            owned.remove(member);
         }
     }
 

@@ -532,10 +532,10 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
         arguments.knobs.stream_batch_size,
         arguments.knobs.fill_wait_ms,
         arguments.knobs.fetch_wait_max_ms,
-        if arguments.knobs.pipeline {
-            "each consumer filling its next batch while it applied one (--pipeline)"
+        if arguments.knobs.no_pipeline {
+            "each batch applied before the next was fetched (--no-pipeline)"
         } else {
-            "each batch applied before the next was fetched"
+            "each consumer filling its next batch while it applied one"
         },
         runs[1].broker.clone().unwrap_or_default(),
         if runs[1].broker.as_deref() == Some("mock") {

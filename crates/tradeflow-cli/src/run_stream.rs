@@ -58,12 +58,12 @@ pub struct StreamKnobs {
     #[arg(long, default_value_t = tradeflow_stream::run::FILL_WAIT_DEFAULT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub fill_wait_ms: u64,
-    /// Balance service: each consumer fills its next batch while it triages and applies
-    /// one (pipelining; batches are still applied one after another, so each partition's
-    /// order holds). Off by default: the consumer applies each batch before fetching the
-    /// next.
+    /// Balance service: turn pipelining off, so that each consumer applies a batch before
+    /// it fetches the next. By default each consumer fills its next batch while it
+    /// triages and applies one (batches are still applied one after another, so each
+    /// partition's order holds).
     #[arg(long)]
-    pub pipeline: bool,
+    pub no_pipeline: bool,
     /// Balance service: how long a fetch waits at the broker for messages before it is
     /// answered empty (librdkafka's `fetch.wait.max.ms`), in ms. The mock cluster waits all
     /// of it on an empty fetch, so there it adds up to this much to an event's latency.
@@ -102,7 +102,7 @@ impl StreamKnobs {
             },
             batch_size: self.stream_batch_size,
             fill_wait: Duration::from_millis(self.fill_wait_ms),
-            pipeline: self.pipeline,
+            pipeline: !self.no_pipeline,
             fetch_wait_max_ms: self.fetch_wait_max_ms,
             stall_timeout,
             ..StreamOptions::new(workload)

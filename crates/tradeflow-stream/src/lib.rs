@@ -132,6 +132,54 @@ pub async fn topic_partitions(bootstrap: &str, topic: &str) -> Result<i32, Strea
     })?
 }
 
+/// How long [`leave_group`] gives a consumer to leave its group and close.
+pub const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes `consumer` (named `name` in logs) out of its group and closes it, without letting
+/// librdkafka's close hang the caller.
+///
+/// Dropping a consumer closes it, and the close serves the group's last rebalance inside
+/// it, where `rd_kafka_assign` can wait forever for the group's thread (librdkafka issue
+/// 4884, open for 2.12; seen here at the end of a pipelined run, a consumer task stuck in
+/// its drop while the rest of the run waited for it). So a dynamic member first
+/// unsubscribes and serves its own revocation in receives of its own, until it owns no
+/// partition, which is the order that issue's workaround gives; only then is it closed. A
+/// static member (`group.instance.id`, `unsubscribe` false) skips that: unsubscribing sends
+/// the LeaveGroup that a static member's close must not send, and its partitions would move
+/// before its restart. Messages received meanwhile are neither applied nor committed: the
+/// partitions' next owners read them from the committed offsets.
+///
+/// The close itself runs on a thread of its own. If it has not ended within
+/// [`LEAVE_TIMEOUT`] (counted from the start), the caller goes on with a warning and the
+/// thread is left to it: the group takes the member out after its session timeout, and the
+/// process's exit ends the thread.
+pub async fn leave_group<C>(consumer: std::sync::Arc<rdkafka::consumer::StreamConsumer<C>>, name: &str, unsubscribe: bool)
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    use rdkafka::consumer::Consumer;
+    let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
+    if unsubscribe {
+        consumer.unsubscribe();
+        while consumer.assignment().is_ok_and(|assigned| assigned.count() > 0) && tokio::time::Instant::now() < deadline {
+            // A revocation's callbacks run inside a receive; what it hands out is dropped.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), consumer.recv()).await;
+        }
+    }
+    let (closed, done) = tokio::sync::oneshot::channel();
+    let closing = std::thread::Builder::new().name(format!("close-{name}")).spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    if let Err(error) = closing {
+        tracing::warn!(consumer = %name, %error, "starting the thread that closes the consumer; it was dropped on this one");
+        return;
+    }
+    if tokio::time::timeout_at(deadline, done).await.is_err() {
+        tracing::warn!(consumer = %name, timeout = ?LEAVE_TIMEOUT, "the consumer's close did not end in time (librdkafka waiting inside a rebalance); going on without it");
+    }
+}
+
 /// How long a client waits for a broker's answer to a request before it gives up on the
 /// connection and reconnects.
 pub const SOCKET_TIMEOUT_MS: u32 = 10_000;

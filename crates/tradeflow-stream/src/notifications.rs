@@ -212,7 +212,7 @@ fn caught_up_at(samples: &[(f64, i64, bool)]) -> Option<f64> {
 async fn notify(consumer: Arc<StreamConsumer>, per_message: Duration, consumed: Arc<AtomicU64>, mut stopped: watch::Receiver<bool>) {
     loop {
         let received = tokio::select! {
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => break,
             received = consumer.recv() => received,
         };
         match received {
@@ -229,9 +229,10 @@ async fn notify(consumer: Arc<StreamConsumer>, per_message: Duration, consumed: 
             }
         }
         if *stopped.borrow() {
-            return;
+            break;
         }
     }
+    crate::leave_group(consumer, "notifications", true).await;
 }
 
 /// Samples the group's lag every [`LAG_INTERVAL`] until stopped: `(seconds since start,

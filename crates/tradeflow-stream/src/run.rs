@@ -285,7 +285,7 @@ impl StreamOptions {
             publisher: PublisherConfig::default(),
             batch_size: BATCH_SIZE_DEFAULT,
             fill_wait: FILL_WAIT_DEFAULT,
-            pipeline: false,
+            pipeline: true,
             fetch_wait_max_ms: crate::FETCH_WAIT_MAX_MS,
             stall_timeout: STALL_TIMEOUT_DEFAULT,
             metrics: None,

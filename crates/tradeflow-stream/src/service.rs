@@ -256,10 +256,8 @@ pub struct ServiceConfig {
     /// received" log line names (instead of each partition's first and last offset).
     pub held_exercise: bool,
     /// Pipelining: whether the consumer fills its next batch while the batch in hand is
-    /// triaged and applied (see [`prefetch`]). Off (the default of runs and processes): it
-    /// fetches only between batches. Off by default because a CI rehearsal with it on saw
-    /// a consumer's close hang (chapter 11's check, librdkafka's unassign during the
-    /// close never answered), not yet understood.
+    /// triaged and applied (see [`prefetch`]). On by default in runs and processes; off,
+    /// it fetches only between batches.
     pub pipeline: bool,
 }
 
@@ -893,8 +891,8 @@ pub async fn run_controlled(
         }
         if *control.borrow() == Control::CrashMidBatch {
             crash(&config, &batch, &counters).await;
-            // Dropping the consumer closes it without committing anything more than the
-            // policy already did.
+            // Closing the consumer commits nothing more than the policy already did.
+            crate::leave_group(consumer, &config.name, false).await;
             return Ok(latency);
         }
         // The generation every message of the batch was handed out under (`fill` dropped
@@ -931,6 +929,8 @@ pub async fn run_controlled(
         }
         batch.clear();
     }
+    // A static member keeps its partitions until its session ends (see `leave_group`).
+    crate::leave_group(consumer, &config.name, config.instance_id.is_none()).await;
     Ok(latency)
 }
 

@@ -166,6 +166,32 @@ async fn a_failure_in_the_middle_of_a_batch_leaves_nothing_applied(store: Store)
 
     // A real database failure, raised by the database itself while the batch's apply-log
     // insert reaches the third account: balances and positions have been updated by then.
+    install_failing_trigger(&store).await;
+    assert!(events[100..].iter().any(|event| event.account_id.as_str() == FAILING_ACCOUNT));
+    assert!(events[100..].iter().any(|event| event.account_id.as_str() < "acct-00003"));
+
+    let error = store
+        .apply_batch(&inputs(&events[100..]), "test")
+        .await
+        .expect_err("the trigger fails the batch");
+    assert!(error.to_string().contains("injected failure"), "{error}");
+    assert_eq!(store.balances().await.expect("balances"), balances_before);
+    assert_eq!(store.apply_log().await.expect("apply log"), log_before);
+
+    drop_failing_trigger(&store).await;
+    store
+        .apply_batch(&inputs(&events[100..]), "test")
+        .await
+        .expect("the batch applies once the failure is gone");
+    assert!(same_state(&store.balances().await.expect("balances"), &expected(&events)));
+}
+
+/// The account whose apply-log rows [`install_failing_trigger`] refuses.
+const FAILING_ACCOUNT: &str = "acct-00003";
+
+/// Installs a trigger with which the database itself fails any transaction that inserts an
+/// apply-log row of [`FAILING_ACCOUNT`] ("injected failure").
+async fn install_failing_trigger(store: &Store) {
     let install = match store.kind() {
         StoreKind::Sqlite => {
             "CREATE TRIGGER fail_mid_batch BEFORE INSERT ON apply_log WHEN NEW.account_id = 'acct-00003' \
@@ -178,27 +204,72 @@ async fn a_failure_in_the_middle_of_a_batch_leaves_nothing_applied(store: Store)
         }
     };
     sqlx::raw_sql(install).execute(store.pool()).await.expect("trigger installs");
-    assert!(events[100..].iter().any(|event| event.account_id.as_str() == "acct-00003"));
-    assert!(events[100..].iter().any(|event| event.account_id.as_str() < "acct-00003"));
+}
 
-    let error = store
-        .apply_batch(&inputs(&events[100..]), "test")
-        .await
-        .expect_err("the trigger fails the batch");
-    assert!(error.to_string().contains("injected failure"), "{error}");
-    assert_eq!(store.balances().await.expect("balances"), balances_before);
-    assert_eq!(store.apply_log().await.expect("apply log"), log_before);
-
+async fn drop_failing_trigger(store: &Store) {
     sqlx::raw_sql("DROP TRIGGER fail_mid_batch ON apply_log")
         .execute(store.pool())
         .await
         .or(sqlx::raw_sql("DROP TRIGGER fail_mid_batch").execute(store.pool()).await)
         .expect("trigger drops");
-    store
-        .apply_batch(&inputs(&events[100..]), "test")
-        .await
-        .expect("the batch applies once the failure is gone");
+}
+
+on_both_stores!(a_group_commit_applies_the_batches_waiting_together_and_each_event_once);
+async fn a_group_commit_applies_the_batches_waiting_together_and_each_event_once(store: Store) {
+    let store = store.group_committing();
+    let events = events(7, 1_200, 8);
+    // Handed over together: the first batch's transaction is still running when the others
+    // are handed over, so they wait for the writer and go in one transaction. The second
+    // and third share 100 events (a zombie's batch and its new owner's, say).
+    let batches = [&events[..600], &events[600..900], &events[800..1_100], &events[1_100..]].map(inputs);
+    let (first, second, third, fourth) = tokio::join!(
+        store.apply_batch(&batches[0], "first"),
+        store.apply_batch(&batches[1], "second"),
+        store.apply_batch(&batches[2], "third"),
+        store.apply_batch(&batches[3], "fourth"),
+    );
+    let summaries = [first, second, third, fourth].map(|summary| summary.expect("each batch applies"));
+    let applied: usize = summaries.iter().map(|summary| summary.applied).sum();
+    let duplicates: usize = summaries.iter().map(|summary| summary.duplicates).sum();
+    assert_eq!((applied, duplicates), (1_200, 100), "each event applied once: {summaries:?}");
     assert!(same_state(&store.balances().await.expect("balances"), &expected(&events)));
+    assert_eq!(store.apply_log().await.expect("apply log").len(), 1_200);
+    let commits = store.group_commits().expect("a group-committing store counts its commits");
+    eprintln!("{commits:?}");
+    assert_eq!((commits.batches, commits.failed), (4, 0));
+    assert!(
+        commits.transactions < commits.batches,
+        "the batches waiting were not committed together: {commits:?}"
+    );
+}
+
+on_both_stores!(a_batch_that_fails_in_a_group_commit_fails_alone);
+async fn a_batch_that_fails_in_a_group_commit_fails_alone(store: Store) {
+    install_failing_trigger(&store).await;
+    let store = store.group_committing();
+    let (refused, others): (Vec<Event>, Vec<Event>) = events(9, 900, 6)
+        .into_iter()
+        .partition(|event| event.account_id.as_str() == FAILING_ACCOUNT);
+    assert!(!refused.is_empty() && others.len() > 100);
+    let half = others.len() / 2;
+    let batches = [&others[..half], &refused[..], &others[half..]].map(inputs);
+    let (before, failing, after) = tokio::join!(
+        store.apply_batch(&batches[0], "before"),
+        store.apply_batch(&batches[1], "failing"),
+        store.apply_batch(&batches[2], "after"),
+    );
+    let error = failing.expect_err("the trigger fails its batch");
+    assert!(error.to_string().contains("injected failure"), "{error}");
+    assert_eq!(before.expect("the batch before applies").applied, half);
+    assert_eq!(after.expect("the batch after applies").applied, others.len() - half);
+    assert!(same_state(&store.balances().await.expect("balances"), &expected(&others)));
+    assert_eq!(store.apply_log().await.expect("apply log").len(), others.len());
+    let commits = store.group_commits().expect("a group-committing store counts its commits");
+    eprintln!("{commits:?}");
+    // The failing batch went in a group (it was handed over while the first batch's
+    // transaction ran), whose transaction failed; then each was applied alone.
+    assert_eq!(commits.failed, 1, "the failing batch was never in a group: {commits:?}");
+    assert_eq!(commits.batches, 2, "only the two batches that applied are counted: {commits:?}");
 }
 
 on_both_stores!(an_undecodable_row_is_refused_with_its_reason_and_the_rest_applied);

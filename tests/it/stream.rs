@@ -30,12 +30,17 @@ fn workload(seed: u64, events: u64) -> WorkloadConfig {
 }
 
 async fn run(store: &Store, seed: u64, partitions: i32, consumers: u32) -> RunRecord {
-    eprintln!("seed: {seed}");
+    run_with(store, seed, partitions, consumers, false).await
+}
+
+async fn run_with(store: &Store, seed: u64, partitions: i32, consumers: u32, group_commit: bool) -> RunRecord {
+    eprintln!("seed: {seed}, group commit: {group_commit}");
     let cluster = tradeflow_tests::mock_cluster(3);
     let options = StreamOptions {
         partitions,
         consumers,
         batch_size: 100,
+        group_commit,
         stall_timeout: Duration::from_secs(20),
         ..StreamOptions::new(workload(seed, 3_000))
     };
@@ -78,7 +83,31 @@ async fn one_consumer_on_the_mock_cluster_matches_the_oracle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_consumers_on_the_mock_cluster_match_the_oracle() {
     let (store, _directory) = tradeflow_tests::sqlite_store().await;
-    assert_correct(&run(&store, 22, 6, 3).await);
+    let record = run(&store, 22, 6, 3).await;
+    assert_correct(&record);
+    assert!(
+        record.config["group_commits"].is_null(),
+        "no writer, no group commits: {}",
+        record.config
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_that_hand_their_batches_to_one_group_commit_writer_match_the_oracle() {
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let record = run_with(&store, 24, 6, 3, true).await;
+    assert_correct(&record);
+    // Every batch the consumers applied went through the writer, in as many transactions
+    // as it committed (fewer when batches waited for it together).
+    let commits = &record.config["group_commits"];
+    let batches = record.config["batches_applied"].as_u64().unwrap_or(0);
+    assert_eq!(commits["batches"].as_u64(), Some(batches), "{}", record.config);
+    let transactions = commits["transactions"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=batches).contains(&transactions),
+        "{transactions} transactions for {batches} batches"
+    );
+    assert_eq!(record.config["group_commit"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

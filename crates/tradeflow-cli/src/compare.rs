@@ -532,10 +532,13 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
         arguments.knobs.stream_batch_size,
         arguments.knobs.fill_wait_ms,
         arguments.knobs.fetch_wait_max_ms,
-        if arguments.knobs.no_pipeline {
-            "each batch applied before the next was fetched (--no-pipeline)"
-        } else {
-            "each consumer filling its next batch while it applied one"
+        match (arguments.knobs.no_pipeline, arguments.knobs.group_commit) {
+            (true, false) => "each batch applied before the next was fetched (--no-pipeline)",
+            (true, true) =>
+                "each batch applied before the next was fetched (--no-pipeline), the consumers' batches group-committed by one writer (--group-commit)",
+            (false, false) => "each consumer filling its next batch while it applied one",
+            (false, true) =>
+                "each consumer filling its next batch while it applied one, the consumers' batches group-committed by one writer (--group-commit)",
         },
         runs[1].broker.clone().unwrap_or_default(),
         if runs[1].broker.as_deref() == Some("mock") {

@@ -64,6 +64,13 @@ pub struct StreamKnobs {
     /// partition's order holds).
     #[arg(long)]
     pub no_pipeline: bool,
+    /// Balance service: the consumers hand their batches to one writer, which applies the
+    /// batches waiting together in one transaction and commits once (group commit); off
+    /// by default: each consumer runs its own transaction (on SQLite they take the one
+    /// connection in turn). The run record's `group_commits` says how many transactions
+    /// held how many batches.
+    #[arg(long)]
+    pub group_commit: bool,
     /// Balance service: how long a fetch waits at the broker for messages before it is
     /// answered empty (librdkafka's `fetch.wait.max.ms`), in ms. The mock cluster waits all
     /// of it on an empty fetch, so there it adds up to this much to an event's latency.
@@ -103,6 +110,7 @@ impl StreamKnobs {
             batch_size: self.stream_batch_size,
             fill_wait: Duration::from_millis(self.fill_wait_ms),
             pipeline: !self.no_pipeline,
+            group_commit: self.group_commit,
             fetch_wait_max_ms: self.fetch_wait_max_ms,
             stall_timeout,
             ..StreamOptions::new(workload)

@@ -65,8 +65,17 @@ impl Store {
 
     /// Applies a batch in one transaction, deduplicated or not: [`Dedup::None`] is the
     /// naive consumer of the idempotence lesson, which applies every event it is handed.
+    /// With a group-commit writer ([`Store::group_committing`]), the batch is handed to it.
     pub async fn apply_batch_as(&self, events: &[ApplyInput<'_>], applier: &str, dedup: Dedup) -> Result<ApplySummary, StoreError> {
         check_batch_size("applying a batch", events.len())?;
+        match &self.group {
+            Some(writer) => writer.apply(events, applier, dedup).await,
+            None => self.apply_alone(events, applier, dedup).await,
+        }
+    }
+
+    /// Applies a batch in a transaction of its own.
+    pub(crate) async fn apply_alone(&self, events: &[ApplyInput<'_>], applier: &str, dedup: Dedup) -> Result<ApplySummary, StoreError> {
         self.retrying("applying a batch", || async move {
             let asked = std::time::Instant::now();
             let mut transaction = self.begin_write().await?;

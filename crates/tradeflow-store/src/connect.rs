@@ -197,6 +197,7 @@ impl Store {
             url_redacted,
             url: SecretUrl(config.url.clone()),
             statements: Arc::new(AtomicU64::new(0)),
+            group: None,
         })
     }
 

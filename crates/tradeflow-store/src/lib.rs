@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod connect;
 pub mod expected;
+mod group;
 pub mod read;
 pub mod source;
 pub mod spill;
@@ -23,6 +24,7 @@ pub mod spill;
 pub use apply::{ApplyInput, ApplySummary, Dedup};
 pub use connect::{StoreConfig, StoreKind};
 pub use expected::{AccountApply, ExpectedRow, JournalCounts};
+pub use group::GroupCommits;
 pub use read::{AppliedRow, Backlog, JournalRow};
 pub use source::{OutboxRow, PollOutcome, PolledFailure, Shard, SourceRow};
 
@@ -99,6 +101,12 @@ pub enum StoreError {
         /// The driver's error.
         error: sqlx::Error,
     },
+    /// The group-commit writer ended before it answered (its runtime ended).
+    #[error("{operation}: the group-commit writer is gone (its runtime ended) before it answered")]
+    GroupWriterGone {
+        /// What was being done.
+        operation: &'static str,
+    },
     /// A transaction kept losing races.
     #[error("{operation} on {kind} lost {attempts} races in a row; last: {error}")]
     RetriesExhausted {
@@ -141,6 +149,8 @@ pub struct Store {
     /// lesson's path through a chaos proxy); never printed.
     url: connect::SecretUrl,
     statements: Arc<AtomicU64>,
+    /// The group-commit writer its batches go to, if it has one.
+    group: Option<group::GroupWriter>,
 }
 
 impl StoreError {
@@ -196,6 +206,26 @@ impl Store {
     /// trigger, say).
     pub fn pool(&self) -> &sqlx::AnyPool {
         &self.pool
+    }
+
+    /// This store with a group-commit writer (see [`group`]): the batches its clones apply
+    /// through [`Store::apply_batch_as`] go to one writer, which applies those waiting
+    /// together in one transaction. Starts the writer on the current tokio runtime; it ends
+    /// when the last clone of the returned store is dropped. A store that has one already
+    /// is returned as it is.
+    pub fn group_committing(&self) -> Store {
+        if self.group.is_some() {
+            return self.clone();
+        }
+        Store {
+            group: Some(group::GroupWriter::start(self.clone())),
+            ..self.clone()
+        }
+    }
+
+    /// With a group-commit writer, what it did so far; `None` without one.
+    pub fn group_commits(&self) -> Option<GroupCommits> {
+        self.group.as_ref().map(|writer| writer.stats.read())
     }
 
     fn count(&self, statements: u64) {

@@ -50,9 +50,13 @@ pub struct StreamOptions {
     pub batch_size: usize,
     /// How long a consumer waits to fill a batch.
     pub fill_wait: Duration,
-    /// Whether each consumer fills its next batch while it applies one (pipelining; off
-    /// by default until a hang seen at a consumer's close with it on is understood).
+    /// Whether each consumer fills its next batch while it applies one (pipelining; on by
+    /// default).
     pub pipeline: bool,
+    /// Whether the consumers of this process hand their batches to one group-commit writer,
+    /// which applies those waiting together in one transaction (see
+    /// `Store::group_committing`); off by default: each consumer runs its own.
+    pub group_commit: bool,
     /// Each consumer's `fetch.wait.max.ms` ([`crate::FETCH_WAIT_MAX_MS`] by default).
     pub fetch_wait_max_ms: u32,
     /// How long the run waits, once every event is published, for lag that does not
@@ -286,6 +290,7 @@ impl StreamOptions {
             batch_size: BATCH_SIZE_DEFAULT,
             fill_wait: FILL_WAIT_DEFAULT,
             pipeline: true,
+            group_commit: false,
             fetch_wait_max_ms: crate::FETCH_WAIT_MAX_MS,
             stall_timeout: STALL_TIMEOUT_DEFAULT,
             metrics: None,
@@ -318,6 +323,9 @@ impl StreamOptions {
                 "a cutover needs another topic (or one on a second cluster) with 1..={PARTITIONS_MAX} partitions, got {} with {}",
                 cutover.topic, cutover.partitions
             )
+        } else if self.group_commit && self.scenario.processes.is_some() {
+            "group commit merges the batches of consumers inside one process; consumers in processes of their own have nothing to merge"
+                .to_owned()
         } else if let Some(outbox) = self.scenario.outbox
             && (self.scenario.cutover.is_some() || !(1..=crate::outbox::WRITERS_MAX).contains(&outbox.writers))
         {
@@ -336,7 +344,7 @@ impl StreamOptions {
     /// A short description, for tables and records.
     pub fn label(&self) -> String {
         format!(
-            "stream partitions={} consumers={} linger={}ms batch={}{}",
+            "stream partitions={} consumers={} linger={}ms batch={}{}{}",
             self.partitions,
             self.consumers,
             self.publisher.linger_ms,
@@ -344,7 +352,8 @@ impl StreamOptions {
             match self.scenario.outbox {
                 Some(outbox) => format!(" source=outbox writers={}", outbox.writers),
                 None => String::new(),
-            }
+            },
+            if self.group_commit { " group-commit" } else { "" }
         )
     }
 }
@@ -404,6 +413,11 @@ pub async fn run(
         None
     };
     let service_store = outage.as_ref().map_or_else(|| store.clone(), DatabaseOutage::service_store);
+    let service_store = if options.group_commit {
+        service_store.group_committing()
+    } else {
+        service_store
+    };
     let before = (store.statements(), ProcessStats::current());
     let mut fleets = Fleets::start(&service_store, options, &bootstrap, &next_bootstrap, &group).await?;
     // The partitions of the groups running now (a new group that waits for the old one's
@@ -530,6 +544,16 @@ pub async fn run(
     );
     if let Some(object) = config.as_object_mut() {
         object.insert("ended".into(), ended.as_str().into());
+        // The group-commit writer's transactions and the batches they held (null without one).
+        object.insert(
+            "group_commits".into(),
+            service_store
+                .group_commits()
+                .map(|commits| {
+                    serde_json::json!({ "transactions": commits.transactions, "batches": commits.batches, "failed": commits.failed })
+                })
+                .into(),
+        );
     }
     if let Some(orders) = &orders {
         orders.record_into(&mut config);

@@ -97,6 +97,7 @@ pub(crate) fn config(
         // recursion limit).
         object.insert("fetch_wait_max_ms".into(), options.fetch_wait_max_ms.into());
         object.insert("pipeline".into(), options.pipeline.into());
+        object.insert("group_commit".into(), options.group_commit.into());
         object.insert("skew".into(), options.workload.skew.into());
         // Where the consumers of this process spent their time, summed over them; null
         // when they ran in processes of their own, whose counters this one does not see.

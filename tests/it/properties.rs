@@ -508,6 +508,23 @@ fn fired(options: &StreamOptions, record: &RunRecord) -> Result<(), TestCaseErro
     Err(TestCaseError::reject("a planned fault did not fire"))
 }
 
+/// Whether every event a run on the mock cluster lost was lost by the broker itself: it
+/// acknowledged them at offsets past the end of the log it still served when the run
+/// ended (`config.acked_past_log_end`), so no consumer could read them. The mock has no
+/// replication and no disk; after a broker-down it was seen serving a partition's end two
+/// offsets short of what it had acknowledged there for seconds (the saved case of workload
+/// seed 2390823530616803027, 2026-12-02, in about one run in four beside two other runs of
+/// it, pipelining on or off, on the code of the stop before too). A run now waits for
+/// such events up to its stall timeout, and they came each time since; a case whose
+/// broker never served them cannot show that the pipeline loses nothing, nor that its
+/// balances match the oracle: it is rejected, not passed. A run that also lost an event its
+/// broker's log held is judged as any other. On the other backends a broker that did this
+/// would be losing acknowledged writes, which the properties exist to catch.
+fn lost_by_the_mock(backend: Backend, record: &RunRecord) -> bool {
+    let past_log_end = record.config["acked_past_log_end"].as_u64().unwrap_or(0);
+    matches!(backend, Backend::Mock) && record.check.lost > 0 && record.check.lost <= past_log_end
+}
+
 /// Which property a check looks at.
 #[derive(Debug, Clone, Copy)]
 enum Property {
@@ -593,10 +610,21 @@ fn holds(name: &str, backend: Backend, strategy: impl Strategy<Value = Case>, pr
             .expect("the backend was there a moment ago");
         eprintln!("  -> {}", summary(&record));
         fired(&options, &record)?;
+        let broker_lost = lost_by_the_mock(backend, &record);
         for property in properties {
+            if broker_lost && matches!(property, Property::NothingLost | Property::MatchesOracle) {
+                continue;
+            }
             property
                 .check(&record)
                 .map_err(|reason| TestCaseError::fail(format!("{reason}\n{}", record.table())))?;
+        }
+        if broker_lost {
+            eprintln!(
+                "  -> rejected: the mock cluster acknowledged {} events past the end of the log it served (its broker-down loses them); every event in its log was applied, and the other properties held, but this case cannot show that nothing is lost",
+                record.check.lost
+            );
+            return Err(TestCaseError::reject("the mock cluster lost acknowledged events itself"));
         }
         Ok(())
     });

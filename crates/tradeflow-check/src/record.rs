@@ -341,10 +341,17 @@ impl RunRecord {
             Some("log_end") => " (the run ended with the group at the end of every partition's log)",
             _ => "",
         };
+        // Of those, the ones the broker acknowledged past the end of the log it served.
+        let past_log_end = match self.config.get("acked_past_log_end").and_then(serde_json::Value::as_u64) {
+            Some(past) if past > 0 => {
+                format!("; {past} of them acknowledged by the broker past the end of the log it served when the run ended")
+            }
+            _ => String::new(),
+        };
         if self.check.lost == 0 {
             "0".into()
         } else {
-            format!("{}{ended}", self.check.lost)
+            format!("{}{ended}{past_log_end}", self.check.lost)
         }
     }
 
@@ -438,6 +445,10 @@ mod tests {
         assert!(lost_row(record(2, "log_end")).starts_with("2 (the run ended with the group at the end"));
         assert_eq!(lost_row(record(2, "drained")), "2");
         assert_eq!(lost_row(record(0, "stalled")), "0");
+        // Events the broker acknowledged past the end of the log it served are named.
+        let mut past = record(2, "stalled");
+        past.config["acked_past_log_end"] = 2.into();
+        assert!(lost_row(past).ends_with("; 2 of them acknowledged by the broker past the end of the log it served when the run ended"));
     }
 
     #[test]

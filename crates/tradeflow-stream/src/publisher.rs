@@ -215,6 +215,12 @@ impl OffsetIndex {
         self.events.get(at).filter(|index| **index != NO_EVENT).map(|index| *index as usize)
     }
 
+    /// Events held at `offset` or after.
+    fn events_from(&self, offset: i64) -> u64 {
+        let skip = usize::try_from(offset.saturating_sub(self.first)).unwrap_or(0);
+        self.events.iter().skip(skip).filter(|index| **index != NO_EVENT).count() as u64
+    }
+
     /// Forgets the offsets below `offset`.
     fn forget_below(&mut self, offset: i64) {
         self.forgotten = self.forgotten.max(offset);
@@ -277,6 +283,20 @@ impl Deliveries {
         let offsets = by_offset.get_mut(&partition)?;
         offsets.forget_below(committed);
         offsets.get(committed)
+    }
+
+    /// Events the broker acknowledged on the main topic at offsets at or past each
+    /// partition's log end in `log_end` (partition -> high watermark): acknowledged, yet
+    /// not in the log the broker serves, so no consumer could ever read them. A real broker
+    /// with `acks=all` never does this; librdkafka's mock cluster did, after a broker-down
+    /// fault (seen 2026-12-02: two events acknowledged at offsets 3 and 4 of a partition
+    /// whose log ended at 3).
+    pub fn acked_past_log_end(&self, log_end: &std::collections::BTreeMap<i32, i64>) -> u64 {
+        let Ok(by_offset) = self.by_offset.lock() else { return 0 };
+        log_end
+            .iter()
+            .filter_map(|(partition, end)| by_offset.get(partition).map(|offsets| offsets.events_from(*end)))
+            .sum()
     }
 
     fn record(&self, index: usize, delivery: Delivery, indexed: bool) {
@@ -558,5 +578,22 @@ mod offset_index_tests {
         index.insert(31, 31);
         index.insert(30, 30);
         assert_eq!((index.get(29), index.get(30), index.get(31)), (None, Some(30), Some(31)));
+    }
+
+    #[test]
+    fn events_acknowledged_at_or_past_a_partitions_log_end_are_counted() {
+        let deliveries = super::Deliveries::new(8);
+        for (event, partition, offset) in [(0, 2, 0), (1, 2, 1), (2, 2, 2), (3, 2, 3), (4, 2, 4), (5, 1, 0)] {
+            deliveries.record(event, super::Delivery::Acked { partition, offset }, true);
+        }
+        let ends = |ends: &[(i32, i64)]| ends.iter().copied().collect::<std::collections::BTreeMap<_, _>>();
+        // The broker serves partition 2 up to offset 3: events 3 and 4 are past its end.
+        assert_eq!(deliveries.acked_past_log_end(&ends(&[(1, 1), (2, 3)])), 2);
+        // The lag sampler forgets what lies below the committed offset; the count holds.
+        assert_eq!(deliveries.event_at_committed(2, 3), Some(3));
+        assert_eq!(deliveries.acked_past_log_end(&ends(&[(1, 1), (2, 3)])), 2);
+        // Once the log holds them, none is past its end.
+        assert_eq!(deliveries.acked_past_log_end(&ends(&[(1, 1), (2, 5)])), 0);
+        assert_eq!(deliveries.acked_past_log_end(&ends(&[(1, 0), (2, 5)])), 1);
     }
 }

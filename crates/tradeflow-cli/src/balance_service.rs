@@ -70,10 +70,10 @@ pub struct ServiceArgs {
     /// How long a consumer waits to fill a batch once its first message is in, in ms.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     fill_wait_ms: u64,
-    /// Apply each batch before fetching the next, instead of filling the next batch while
-    /// one is triaged and applied (pipelining, the default).
+    /// Fill the next batch while one is triaged and applied (pipelining), instead of
+    /// applying each batch before fetching the next (the default).
     #[arg(long)]
-    no_pipeline: bool,
+    pipeline: bool,
     /// How long a fetch waits at the broker for messages before it is answered empty
     /// (librdkafka's `fetch.wait.max.ms`), in ms. Librdkafka's mock cluster waits all of
     /// it on an empty fetch, so on the mock it adds up to this much to an event's latency.
@@ -434,7 +434,7 @@ fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<
                 },
                 batch_size: arguments.batch_size,
                 fill_wait: Duration::from_millis(arguments.fill_wait_ms),
-                pipeline: !arguments.no_pipeline,
+                pipeline: arguments.pipeline,
                 fetch_wait_max_ms: arguments.fetch_wait_max_ms,
                 session_timeout_ms: arguments.session_timeout_ms,
                 commit: arguments.commit.into(),

@@ -532,13 +532,13 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
         arguments.knobs.stream_batch_size,
         arguments.knobs.fill_wait_ms,
         arguments.knobs.fetch_wait_max_ms,
-        match (arguments.knobs.no_pipeline, arguments.knobs.group_commit) {
-            (true, false) => "each batch applied before the next was fetched (--no-pipeline)",
-            (true, true) =>
-                "each batch applied before the next was fetched (--no-pipeline), the consumers' batches group-committed by one writer (--group-commit)",
-            (false, false) => "each consumer filling its next batch while it applied one",
+        match (arguments.knobs.pipeline, arguments.knobs.group_commit) {
+            (false, false) => "each batch applied before the next was fetched",
             (false, true) =>
-                "each consumer filling its next batch while it applied one, the consumers' batches group-committed by one writer (--group-commit)",
+                "each batch applied before the next was fetched, the consumers' batches group-committed by one writer (--group-commit)",
+            (true, false) => "each consumer filling its next batch while it applied one (--pipeline)",
+            (true, true) =>
+                "each consumer filling its next batch while it applied one (--pipeline), the consumers' batches group-committed by one writer (--group-commit)",
         },
         runs[1].broker.clone().unwrap_or_default(),
         if runs[1].broker.as_deref() == Some("mock") {

@@ -58,12 +58,12 @@ pub struct StreamKnobs {
     #[arg(long, default_value_t = tradeflow_stream::run::FILL_WAIT_DEFAULT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub fill_wait_ms: u64,
-    /// Balance service: turn pipelining off, so that each consumer applies a batch before
-    /// it fetches the next. By default each consumer fills its next batch while it
-    /// triages and applies one (batches are still applied one after another, so each
-    /// partition's order holds).
+    /// Balance service: each consumer fills its next batch while it triages and applies
+    /// one (pipelining; batches are still applied one after another, so each partition's
+    /// order holds). Off by default: the consumer applies each batch before fetching the
+    /// next.
     #[arg(long)]
-    pub no_pipeline: bool,
+    pub pipeline: bool,
     /// Balance service: the consumers hand their batches to one writer, which applies the
     /// batches waiting together in one transaction and commits once (group commit); off
     /// by default: each consumer runs its own transaction (on SQLite they take the one
@@ -109,7 +109,7 @@ impl StreamKnobs {
             },
             batch_size: self.stream_batch_size,
             fill_wait: Duration::from_millis(self.fill_wait_ms),
-            pipeline: !self.no_pipeline,
+            pipeline: self.pipeline,
             group_commit: self.group_commit,
             fetch_wait_max_ms: self.fetch_wait_max_ms,
             stall_timeout,

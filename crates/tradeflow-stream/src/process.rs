@@ -196,8 +196,8 @@ impl ServiceProcess {
         if args.held_exercise {
             command.arg("--held-exercise");
         }
-        if !args.pipeline {
-            command.arg("--no-pipeline");
+        if args.pipeline {
+            command.arg("--pipeline");
         }
         match args.prefetch {
             crate::service::Prefetch::Bounded => {}

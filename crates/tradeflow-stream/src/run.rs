@@ -50,8 +50,8 @@ pub struct StreamOptions {
     pub batch_size: usize,
     /// How long a consumer waits to fill a batch.
     pub fill_wait: Duration,
-    /// Whether each consumer fills its next batch while it applies one (pipelining; on by
-    /// default).
+    /// Whether each consumer fills its next batch while it applies one (pipelining; off by
+    /// default, see `ServiceConfig::pipeline`).
     pub pipeline: bool,
     /// Whether the consumers of this process hand their batches to one group-commit writer,
     /// which applies those waiting together in one transaction (see
@@ -289,7 +289,7 @@ impl StreamOptions {
             publisher: PublisherConfig::default(),
             batch_size: BATCH_SIZE_DEFAULT,
             fill_wait: FILL_WAIT_DEFAULT,
-            pipeline: true,
+            pipeline: false,
             group_commit: false,
             fetch_wait_max_ms: crate::FETCH_WAIT_MAX_MS,
             stall_timeout: STALL_TIMEOUT_DEFAULT,

@@ -256,8 +256,10 @@ pub struct ServiceConfig {
     /// received" log line names (instead of each partition's first and last offset).
     pub held_exercise: bool,
     /// Pipelining: whether the consumer fills its next batch while the batch in hand is
-    /// triaged and applied (see [`prefetch`]). On by default in runs and processes; off,
-    /// it fetches only between batches.
+    /// triaged and applied (see [`prefetch`]). Off by default in runs and processes (it
+    /// fetches only between batches): with it on, CI's pipeline property on the mock once
+    /// ended stalled on its saved broker-down case, which 15 replays here did not repeat,
+    /// and there was no time for the rehearsals that would show it safe.
     pub pipeline: bool,
 }
 

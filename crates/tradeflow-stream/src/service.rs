@@ -1613,11 +1613,12 @@ async fn process(
     }
     if !stuck_at.is_empty() {
         steer.stop_prefetch.send_replace(true);
-        seek_back(consumer, config, &stuck_at, counters).await;
+        let sought = seek_back(consumer, config, &stuck_at, counters).await;
         // Read ahead before the seek: those messages come again, in order, after the one
-        // that failed.
+        // that failed. Where the seek failed the consumer reads on from where it was, so
+        // what it read ahead is kept (dropping it would skip it).
         let mut carried = lock(steer.carried);
-        for (partition, offset) in &stuck_at {
+        for (partition, offset) in stuck_at.iter().filter(|(partition, _)| sought.contains(partition)) {
             carried.forget_from(*partition, *offset);
         }
     }
@@ -1974,24 +1975,35 @@ fn record_applied(accepted: &[(&OwnedMessage, Event, i64)], committed_at_ns: i64
 }
 
 /// Without a dead-letter topic: each stuck partition goes back to the message that failed,
-/// to read it again after a pause (seeking blocks: off the async workers).
+/// to read it again after a pause (seeking blocks: off the async workers). Returns the
+/// partitions the seek moved.
 async fn seek_back(
     consumer: &Arc<StreamConsumer<ServiceContext>>,
     config: &ServiceConfig,
     stuck_at: &BTreeMap<i32, i64>,
     counters: &ServiceCounters,
-) {
+) -> std::collections::BTreeSet<i32> {
+    let mut done = std::collections::BTreeSet::new();
     for (partition, offset) in stuck_at {
         // Read the message again after a pause: it will fail again, and everything behind
         // it in the partition waits. That is what a dead-letter topic prevents. (Seeking
         // blocks: off the async workers.)
         let (seeking, topic, partition, offset) = (consumer.clone(), config.topic.clone(), *partition, *offset);
         let sought = tokio::task::spawn_blocking(move || seeking.seek(&topic, partition, Offset::Offset(offset), lag::PROBE_TIMEOUT)).await;
-        if let Ok(Err(error)) = sought {
-            tracing::warn!(%error, messaging.destination.name = %config.topic, messaging.destination.partition.id = partition, messaging.kafka.offset = offset, "seeking back to a message that failed");
+        match sought {
+            Ok(Ok(())) => {
+                done.insert(partition);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, messaging.destination.name = %config.topic, messaging.destination.partition.id = partition, messaging.kafka.offset = offset, "seeking back to a message that failed");
+            }
+            Err(error) => {
+                tracing::warn!(%error, messaging.destination.partition.id = partition, "the seek back's task");
+            }
         }
         counters.poison_retries.fetch_add(1, Ordering::Relaxed);
     }
+    done
 }
 
 /// Chapter 17: what the learner's `on_newer_version` makes of a message of a version the

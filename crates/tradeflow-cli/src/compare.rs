@@ -523,7 +523,7 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
          - **Ordering**: one poller keeps per-account order; several unsharded pollers on PostgreSQL do not \
            (`tradeflow run poller --pollers 2`), which the stream avoids by keying each account to one partition.\n\n\
          The stream ran with {} partitions and {} consumers, producer linger {} ms, {} messages per transaction, a batch \
-         fill wait of {} ms and a fetch wait of up to {} ms, {}, on the `{}` broker{}.\n",
+         fill wait of {} ms and a fetch wait of up to {} ms, {}{}, on the `{}` broker{}.\n",
         arguments.poller.poll_interval_ms,
         arguments.poller.batch_size,
         arguments.knobs.partitions,
@@ -532,13 +532,15 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
         arguments.knobs.stream_batch_size,
         arguments.knobs.fill_wait_ms,
         arguments.knobs.fetch_wait_max_ms,
-        match (arguments.knobs.pipeline, arguments.knobs.group_commit) {
-            (false, false) => "each batch applied before the next was fetched",
-            (false, true) =>
-                "each batch applied before the next was fetched, the consumers' batches group-committed by one writer (--group-commit)",
-            (true, false) => "each consumer filling its next batch while it applied one (--pipeline)",
-            (true, true) =>
-                "each consumer filling its next batch while it applied one (--pipeline), the consumers' batches group-committed by one writer (--group-commit)",
+        if arguments.knobs.pipeline {
+            "each consumer filling its next batch while it applied one (--pipeline)"
+        } else {
+            "each batch applied before the next was fetched"
+        },
+        if arguments.knobs.group_commit {
+            ", the consumers' batches group-committed by one writer (--group-commit)"
+        } else {
+            ""
         },
         runs[1].broker.clone().unwrap_or_default(),
         if runs[1].broker.as_deref() == Some("mock") {

@@ -65,7 +65,7 @@ fn start(backend: Backend) -> anyhow::Result<Cluster> {
 /// compiled their hot paths (JIT) during the probe itself, on the cores the pipeline
 /// needs: the stream on kafka+postgres measured a p99 of 550 to 690 ms at 700 to 2,000/s
 /// (seed 7, 2 cores, 2026-12-02). A production broker is warm. Warm, the tail stayed (p99
-/// 350 to 600 ms at 400 to 1,600/s): the JIT was not all of it, but a probe now measures the
+/// 210 to 600 ms at 400 to 1,600/s): the JIT was not all of it, but a probe now measures the
 /// pipeline, not the brokers' start. The mock and tansu start in
 /// a moment and have nothing to warm; tansu keeps its log in memory, so a fresh one per run
 /// also keeps memory flat.
@@ -77,6 +77,31 @@ fn keeps_warm(backend: Backend) -> bool {
 /// JVMs' compilers to settle, before the raw limits and the first probe.
 const WARM_UP: (Duration, f64) = (Duration::from_secs(20), 4_000.0);
 
+/// A setup's kept cluster (see [`keeps_warm`]), and how many runs it has served: each run
+/// has a topic of its own, named after its number, so no run reads another's messages or
+/// inherits its partition count (a run's group starts at its topic's end anyway).
+struct Kept {
+    backend: Backend,
+    cluster: Cluster,
+    runs: std::sync::atomic::AtomicU32,
+}
+
+impl Kept {
+    fn new(backend: Backend, cluster: Cluster) -> Kept {
+        Kept {
+            backend,
+            cluster,
+            runs: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// The topic of the next run, after `base`.
+    fn next_topic(&self, base: &str) -> String {
+        let run = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        format!("{base}-run{run}")
+    }
+}
+
 /// The cluster a run uses: the setup's kept one (see [`keeps_warm`]), or one of its own.
 enum Brokers<'a> {
     Kept(&'a Cluster),
@@ -84,9 +109,9 @@ enum Brokers<'a> {
 }
 
 impl Brokers<'_> {
-    fn for_run(backend: Backend, kept: Option<&Cluster>) -> anyhow::Result<Brokers<'_>> {
+    fn for_run(backend: Backend, kept: Option<&Kept>) -> anyhow::Result<Brokers<'_>> {
         Ok(match kept {
-            Some(cluster) => Brokers::Kept(cluster),
+            Some(kept) => Brokers::Kept(&kept.cluster),
             None => Brokers::Own(Box::new(start(backend)?)),
         })
     }
@@ -102,10 +127,6 @@ impl std::ops::Deref for Brokers<'_> {
         }
     }
 }
-
-/// Topics of runs on a kept cluster: each run its own, so no run reads another's messages
-/// or inherits its partition count (a run's group starts at its topic's end anyway).
-static KEPT_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The matrix: `quick` for `just bench`, otherwise every combination.
 pub fn matrix(quick: bool) -> (Vec<Knobs>, Vec<Knobs>) {
@@ -289,14 +310,14 @@ async fn search_streams(
         }
     };
     let kept = match start(setup.broker) {
-        Ok(cluster) => keeps_warm(setup.broker).then_some(cluster),
+        Ok(cluster) => keeps_warm(setup.broker).then(|| Kept::new(setup.broker, cluster)),
         Err(error) => {
             gathered.skipped.push(format!("{label}: {error:#}"));
             return Ok(());
         }
     };
     let warm_up = match (&kept, stream_matrix.first()) {
-        (Some(cluster), Some(knobs)) => Some(warm(config, reporter, &label, (setup.broker, cluster), &store, knobs).await?),
+        (Some(kept), Some(knobs)) => Some(warm(config, reporter, &label, kept, &store, knobs).await?),
         _ => None,
     };
     reporter.line(&format!("[{label}] raw limits"));
@@ -571,16 +592,15 @@ async fn run_poller(store: &Store, options: &RunOptions, reporter: &dyn Reporter
 /// broker, whose topic and group start empty, as in `tradeflow run`.
 async fn run_stream(
     broker: Backend,
-    kept: Option<&Cluster>,
+    kept: Option<&Kept>,
     store: &Store,
     mut options: StreamOptions,
     reporter: &dyn Reporter,
 ) -> anyhow::Result<Measured> {
-    let cluster = Brokers::for_run(broker, kept)?;
-    if let Brokers::Kept(_) = cluster {
-        let run = KEPT_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        options.topic = format!("{}-run{run}", options.topic);
+    if let Some(kept) = kept {
+        options.topic = kept.next_topic(&options.topic);
     }
+    let cluster = Brokers::for_run(broker, kept)?;
     let options = &options;
     let (progress, receiver) = watch::channel(RunProgress::default());
     reporter.run("stream", receiver.clone());
@@ -876,7 +896,7 @@ async fn warm(
     config: &BenchConfig,
     reporter: &dyn Reporter,
     label: &str,
-    (broker, cluster): (Backend, &Cluster),
+    kept: &Kept,
     store: &Store,
     knobs: &Knobs,
 ) -> anyhow::Result<String> {
@@ -887,7 +907,7 @@ async fn warm(
     ));
     let events = (rate * span.as_secs_f64()) as u64;
     let options = stream_options(config, knobs, rate, events);
-    let measured = run_stream(broker, Some(cluster), store, options, reporter)
+    let measured = run_stream(kept.backend, Some(kept), store, options, reporter)
         .await
         .context("the warm-up run")?;
     let record = &measured.record;
@@ -902,13 +922,7 @@ async fn warm(
 }
 
 /// Raw produce, consume and store-apply limits of a setup.
-async fn raw_limits(
-    config: &BenchConfig,
-    setup: &Setup,
-    store: &Store,
-    batch: usize,
-    kept: Option<&Cluster>,
-) -> anyhow::Result<SetupLimits> {
+async fn raw_limits(config: &BenchConfig, setup: &Setup, store: &Store, batch: usize, kept: Option<&Kept>) -> anyhow::Result<SetupLimits> {
     let workload = Workload::generate(&workload_config(config.seed, 10_000.0, RAW_MESSAGES as u64)).context("raw-limit workload")?;
     let mut notes = Vec::new();
     let cluster = Brokers::for_run(setup.broker, kept)?;
@@ -962,7 +976,7 @@ async fn service_rss(
     store: &Store,
     seed: u64,
     rate: f64,
-    kept: Option<&Cluster>,
+    kept: Option<&Kept>,
 ) -> anyhow::Result<f64> {
     const EVENTS: u64 = 30_000;
     let cluster = Brokers::for_run(setup.broker, kept)?;
@@ -1148,7 +1162,7 @@ mod tests {
     /// cluster, each in a topic of its own, each applying its own events and no other run's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn runs_on_a_kept_cluster_each_have_a_topic_of_their_own_and_apply_only_their_events() {
-        let cluster = Cluster::mock(3).expect("the mock cluster starts");
+        let kept = Kept::new(Backend::Mock, Cluster::mock(3).expect("the mock cluster starts"));
         let directory = tempfile::tempdir().expect("a temporary directory");
         let store = Store::connect(&tradeflow_store::StoreConfig::sqlite_file(&directory.path().join("kept.db")))
             .await
@@ -1166,7 +1180,7 @@ mod tests {
             eprintln!("seed: {seed}");
             let config = BenchConfig { seed, ..config(1.0) };
             let options = stream_options(&config, &knobs, 2_000.0, events);
-            let measured = run_stream(Backend::Mock, Some(&cluster), &store, options, &Quiet)
+            let measured = run_stream(Backend::Mock, Some(&kept), &store, options, &Quiet)
                 .await
                 .expect("the run");
             let record = &measured.record;

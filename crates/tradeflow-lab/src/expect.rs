@@ -24,10 +24,10 @@ pub struct Expected {
     /// Words a fault's recorded effect must contain: the proof that the fault did what the
     /// row is about (a new leader, an ISR below min.insync.replicas).
     pub effect: Option<&'static str>,
-    /// A count from the run's configuration record that must be above zero for the run to
-    /// have been able to show the lesson at all (a kill that caught a batch in hand); a run
-    /// without it that does not meet the expectation is unknown, not a counterexample.
-    pub shown_by: Option<&'static str>,
+    /// Counts from the run's configuration record that must each be above zero for the run
+    /// to have been able to show the lesson at all (a kill that caught a batch in hand); a
+    /// run without one that does not meet the expectation is unknown, not a counterexample.
+    pub shown_by: Vec<&'static str>,
     /// A count from the run's configuration record the violation must reach: what the
     /// faults were seen to put at stake (messages a kill caught committed and unapplied).
     pub at_least: Option<&'static str>,
@@ -93,7 +93,7 @@ impl Expected {
             observed: Vec::new(),
             never: None,
             effect: None,
-            shown_by: None,
+            shown_by: Vec::new(),
             at_least: None,
             time_lag: None,
             rss_mb: None,
@@ -110,7 +110,7 @@ impl Expected {
             observed: Vec::new(),
             never: None,
             effect: None,
-            shown_by: None,
+            shown_by: Vec::new(),
             at_least: None,
             time_lag: None,
             rss_mb: None,
@@ -128,7 +128,7 @@ impl Expected {
             observed: Vec::new(),
             never: None,
             effect: None,
-            shown_by: None,
+            shown_by: Vec::new(),
             at_least: None,
             time_lag: None,
             rss_mb: None,
@@ -155,9 +155,10 @@ impl Expected {
         self
     }
 
-    /// A count of the run's record without which the run could not show the lesson.
+    /// A count of the run's record without which the run could not show the lesson (each
+    /// one given must be above zero).
     pub fn shown_by(mut self, count: &'static str) -> Expected {
-        self.shown_by = Some(count);
+        self.shown_by.push(count);
         self
     }
 
@@ -186,10 +187,10 @@ impl Expected {
     }
 
     /// Whether the run could show the lesson: its faults put something at stake (the
-    /// `shown_by` count is above zero), or it shows the failure it must show, which is
+    /// `shown_by` counts are above zero), or it shows the failure it must show, which is
     /// proof enough. A pass without the stake proves nothing: unknown.
     pub fn could_show(&self, record: &RunRecord) -> bool {
-        let at_stake = self.shown_by.is_none_or(|count| config_count(record, count) > 0)
+        let at_stake = self.shown_by.iter().all(|count| config_count(record, count) > 0)
             && (self.rss_mb.is_none() || peak_rss_mb(record).is_some())
             && (self.queued_mib.is_none() || queued_peak_mib(record).is_some());
         at_stake || (self.verdict == Some(Verdict::Fail) && self.met_by(record))
@@ -335,5 +336,44 @@ impl RowVerdict {
         } else {
             RowVerdict::NotAsExpected
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A passing run whose configuration record holds `config`.
+    fn passing_run(config: serde_json::Value) -> RunRecord {
+        serde_json::from_value(serde_json::json!({
+            "seed": 1, "architecture": "stream", "label": "test", "store": "sqlite", "broker": "mock",
+            "config": config, "events": 10, "applied": 10, "duration_s": 1.0, "throughput_per_s": 10.0,
+            "latency_ms": { "p50": 1.0, "p90": 2.0, "p99": 3.0, "p999": 3.0, "max": 3.0 },
+            "db_statements": 0, "process": { "cpu_s": 0.0, "rss_max_mb": 0.0 },
+            "check": { "lost": 0, "duplicated": 0, "reordered": 0, "bad_balances": 0, "mismatched_accounts": 0, "verdict": "pass" }
+        }))
+        .expect("a record")
+    }
+
+    #[test]
+    fn a_pass_is_as_expected_only_when_every_count_it_is_shown_by_is_above_zero() {
+        let expected = Expected::pass("the group formed and fell behind")
+            .shown_by("notifications_formed")
+            .shown_by("notifications_peak_lag");
+        let verdict = |formed: u64, peak_lag: u64| {
+            RowVerdict::of(
+                &expected,
+                0,
+                &passing_run(serde_json::json!({ "notifications_formed": formed, "notifications_peak_lag": peak_lag })),
+            )
+        };
+        assert_eq!(verdict(1, 40), RowVerdict::AsExpected);
+        assert_eq!(verdict(0, 40), RowVerdict::Unknown, "a group that never formed shows nothing");
+        assert_eq!(verdict(1, 0), RowVerdict::Unknown, "a group that never fell behind shows nothing");
+        assert_eq!(
+            RowVerdict::of(&expected, 0, &passing_run(serde_json::json!({}))),
+            RowVerdict::Unknown,
+            "a record without the counts shows nothing"
+        );
     }
 }

@@ -50,6 +50,9 @@ impl NotifierGroup {
 pub struct NotificationsReport {
     /// Its group id.
     pub group: String,
+    /// Whether its consumers held partitions before the run started (each some, or all of
+    /// them between them); a group that did not could not show what it does.
+    pub formed: bool,
     /// Its consumers.
     pub consumers: u32,
     /// The work per message, in ms.
@@ -69,6 +72,7 @@ pub struct NotificationsReport {
 /// The running group.
 pub(crate) struct NotificationGroup {
     group: String,
+    formed: bool,
     settings: Notifications,
     consumed: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
@@ -80,8 +84,9 @@ pub(crate) struct NotificationGroup {
 
 impl NotificationGroup {
     /// Starts the group at the topic's end (like the balance service's, `balances`) and
-    /// waits until its consumers hold every partition, or each holds some: a group id the
-    /// balance service uses too is one group, whose partitions the two services split.
+    /// waits until its consumers hold every partition, or each holds some (a group id the
+    /// balance service uses too is one group, whose partitions the two services split), for
+    /// up to [`ASSIGNMENT_TIMEOUT`].
     pub(crate) async fn start(
         bootstrap: &str,
         topic: &str,
@@ -126,28 +131,36 @@ impl NotificationGroup {
                 stopped.clone(),
             )));
         }
+        // A group that never formed is no error: the run goes on, and its record says so
+        // (`notifications_formed` 0), so that an experiment or chapter that needs the group
+        // calls the run unknown. The mock cluster's coordinator answers a member whose
+        // SyncGroup comes after the leader's with an error, and the member rejoins: on a
+        // loaded machine that round can repeat for a minute.
         let deadline = Instant::now() + ASSIGNMENT_TIMEOUT;
-        loop {
+        let formed = loop {
             let held: Vec<usize> = members
                 .iter()
                 .map(|member| member.assignment().map(|list| list.count()).unwrap_or(0))
                 .collect();
             let assigned: usize = held.iter().sum();
             if assigned >= usize::try_from(partitions).unwrap_or(0) || held.iter().all(|count| *count > 0) {
-                break;
+                break true;
             }
             if Instant::now() >= deadline {
-                return Err(StreamError::Config {
-                    reason: format!(
-                        "the notification group {group} held {assigned} of {partitions} partitions after {ASSIGNMENT_TIMEOUT:?}"
-                    ),
-                });
+                tracing::warn!(
+                    group,
+                    assigned,
+                    partitions,
+                    "the notification group's consumers did not all get partitions within {ASSIGNMENT_TIMEOUT:?}: the run goes on, and cannot show what the group does"
+                );
+                break false;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
         Ok(NotificationGroup {
             probe: Arc::new(LagProbe::new(bootstrap, topic, &group, partitions)?),
             group,
+            formed,
             settings,
             consumed,
             stop,
@@ -181,6 +194,7 @@ impl NotificationGroup {
         let caught_up_at_s = caught_up_at(&samples);
         NotificationsReport {
             group: self.group,
+            formed: self.formed,
             consumers: self.settings.consumers,
             per_message_ms: self.settings.per_message.as_secs_f64() * 1e3,
             consumed: self.consumed.load(Ordering::Relaxed),

@@ -210,6 +210,7 @@ pub(crate) fn config(
     }
     if let (Some(report), Some(object)) = (notifications, config.as_object_mut()) {
         // The second group's counts, where an experiment's expectations read them.
+        object.insert("notifications_formed".into(), u64::from(report.formed).into());
         object.insert("notifications_peak_lag".into(), report.peak_lag.into());
         object.insert("notifications_caught_up".into(), u64::from(report.caught_up).into());
         object.insert("notifications_consumed".into(), report.consumed.into());

@@ -59,6 +59,14 @@ fn assert_correct(record: &RunRecord) {
     // fetch and a transaction lie between), below the run's own length.
     let latency = record.latency_ms;
     assert!(latency.p50 >= 0.1 && latency.max < 60_000.0, "latency recorded: {latency:?}");
+    // So was each acknowledgement's, from the same intended send: the producer lingers
+    // (5 ms by default) before a batch goes out, so none comes back in under a millisecond.
+    let acked: tradeflow_check::LatencySummary =
+        serde_json::from_value(record.config["acked_latency_ms"].clone()).expect("the record has the acknowledgement latency");
+    assert!(
+        acked.p50 >= 1.0 && acked.max < 60_000.0,
+        "acknowledgement latency recorded: {acked:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

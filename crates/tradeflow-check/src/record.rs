@@ -406,6 +406,25 @@ impl RunRecord {
                 ),
             );
         }
+        // A stream run: how much of each event's latency passed before the broker
+        // acknowledged it (and so before any consumer could read it).
+        if let Some(acked) = self
+            .config
+            .get("acked_latency_ms")
+            .and_then(|summary| serde_json::from_value::<LatencySummary>(summary.clone()).ok())
+        {
+            let after_latency = rows
+                .iter()
+                .position(|(name, _)| name.starts_with("latency"))
+                .map_or(rows.len(), |at| at + 1);
+            rows.insert(
+                after_latency,
+                (
+                    "acknowledged p50 / p99 / max",
+                    format!("{:.1} / {:.1} / {:.1} ms", acked.p50, acked.p99, acked.max),
+                ),
+            );
+        }
         let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
         let mut text = String::new();
         for (name, value) in rows {
@@ -449,6 +468,33 @@ mod tests {
         let mut past = record(2, "stalled");
         past.config["acked_past_log_end"] = 2.into();
         assert!(lost_row(past).ends_with("; 2 of them acknowledged by the broker past the end of the log it served when the run ended"));
+    }
+
+    #[test]
+    fn the_table_gives_the_acknowledgement_latency_right_under_the_apply_latency_when_the_record_has_it() {
+        let mut record: RunRecord = serde_json::from_value(serde_json::json!({
+            "seed": 1, "architecture": "stream", "label": "stream", "store": "sqlite", "broker": "mock",
+            "config": {}, "events": 10, "applied": 10, "duration_s": 1.0, "throughput_per_s": 10.0,
+            "latency_ms": { "p50": 9.0, "p90": 0.0, "p99": 30.0, "p999": 0.0, "max": 40.0 },
+            "db_statements": 0, "process": { "cpu_s": 0.0, "rss_max_mb": 0.0 },
+            "check": { "lost": 0, "duplicated": 0, "reordered": 0, "bad_balances": 0,
+                       "mismatched_accounts": 0, "verdict": "pass" }
+        }))
+        .expect("a record");
+        assert!(
+            !record.table().contains("acknowledged"),
+            "a record without it (a poller run) has no such row"
+        );
+        record.config["acked_latency_ms"] = serde_json::json!({ "p50": 2.5, "p90": 0.0, "p99": 12.0, "p999": 0.0, "max": 20.0 });
+        let table = record.table();
+        let lines: Vec<&str> = table.lines().map(str::trim_start).collect();
+        let latency = lines
+            .iter()
+            .position(|line| line.starts_with("latency p50"))
+            .expect("a latency row");
+        assert!(lines[latency].ends_with("9.0 / 30.0 / 40.0 ms"), "{table}");
+        assert!(lines[latency + 1].starts_with("acknowledged p50 / p99 / max"), "{table}");
+        assert!(lines[latency + 1].ends_with("2.5 / 12.0 / 20.0 ms"), "{table}");
     }
 
     #[test]

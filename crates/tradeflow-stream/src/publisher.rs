@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tradeflow_check::{LatencyRecorder, LatencySummary};
 use tradeflow_domain::{Event, encode};
+use tradeflow_store::now_ns;
 
 /// How long the publisher waits for outstanding deliveries at the end.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -158,6 +160,20 @@ pub struct Deliveries {
     /// The most bytes the producer held queued (not yet acknowledged) at one statistics
     /// sample, where its queue is measured.
     queued_peak: AtomicU64,
+    /// From each event's intended time to its acknowledgement, measured from the same
+    /// point as the balance service's apply latency: the share of an event's latency spent
+    /// before any consumer could read it (a broker makes a write readable once it would
+    /// acknowledge it with `acks=all`).
+    acked_latency: Mutex<LatencyRecorder>,
+}
+
+/// What the producer carries with each message to its delivery report.
+#[derive(Debug)]
+pub struct Sent {
+    /// The event's index in the workload.
+    index: usize,
+    /// When the event was due to be published, in ns since the Unix epoch.
+    intended_at_ns: i64,
 }
 
 const PENDING: u8 = 0;
@@ -245,6 +261,11 @@ impl Deliveries {
     /// its queue was measured; 0 otherwise.
     pub fn queued_peak_bytes(&self) -> u64 {
         self.queued_peak.load(Ordering::Relaxed)
+    }
+
+    /// From intended time to acknowledgement, over every acknowledged send so far.
+    pub fn acked_latency(&self) -> LatencySummary {
+        self.acked_latency.lock().map(|recorder| recorder.summary()).unwrap_or_default()
     }
 
     /// Events acknowledged so far.
@@ -336,18 +357,24 @@ impl ClientContext for PublishContext {
 }
 
 impl ProducerContext for PublishContext {
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = Box<Sent>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
+        let index = sent.index;
         match result {
-            Ok(message) => self.deliveries.record(
-                index,
-                Delivery::Acked {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                },
-                message.topic() == self.topic,
-            ),
+            Ok(message) => {
+                if let Ok(mut recorder) = self.deliveries.acked_latency.lock() {
+                    recorder.record_ns(now_ns() - sent.intended_at_ns);
+                }
+                self.deliveries.record(
+                    index,
+                    Delivery::Acked {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    },
+                    message.topic() == self.topic,
+                );
+            }
             Err((error, message)) => {
                 tracing::warn!(messaging.destination.name = message.topic(), messaging.destination.partition.id = message.partition(), %error, "delivery failed");
                 self.deliveries.record(index, Delivery::Failed { reason: error.to_string() }, false);
@@ -495,7 +522,7 @@ impl Publisher {
         let bytes = key.as_ref().len() + payload.len() + HEADER_INTENDED_AT_NS.len() + intended.len();
         self.deliveries.sent.fetch_add(1, Ordering::Relaxed);
         self.deliveries.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        let mut record = BaseRecord::with_opaque_to(topic, index)
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(Sent { index, intended_at_ns }))
             .key(key.as_ref())
             .payload(&payload)
             .headers(OwnedHeaders::new().insert(Header {

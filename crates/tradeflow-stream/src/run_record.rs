@@ -208,6 +208,14 @@ pub(crate) fn config(
                 .into(),
         );
     }
+    if let Some(object) = config.as_object_mut() {
+        // From each event's intended time to the broker's acknowledgement: how much of the
+        // run's latency passed before any consumer could read the event.
+        object.insert(
+            "acked_latency_ms".into(),
+            serde_json::to_value(deliveries.acked_latency()).unwrap_or_default(),
+        );
+    }
     if let (Some(report), Some(object)) = (notifications, config.as_object_mut()) {
         // The second group's counts, where an experiment's expectations read them.
         object.insert("notifications_formed".into(), u64::from(report.formed).into());

@@ -657,6 +657,7 @@ fn point(config: &BenchConfig, offered: f64, measured: &Measured) -> Point {
         offered_per_s: offered,
         throughput_per_s: record.throughput_per_s,
         latency_ms: record.latency_ms,
+        acked_latency_ms: serde_json::from_value(record.config["acked_latency_ms"].clone()).ok(),
         sustainable,
         reason,
         cpu_s: record.process.cpu_s,
@@ -842,8 +843,12 @@ where
             let rate = (good * fraction).max(100.0);
             let measured = (self.run_at)(rate, events_for(config, rate)).await?;
             let point = point(config, rate, &measured);
+            let acked = point
+                .acked_latency_ms
+                .map(|acked| format!("; acknowledged p50 {:.1} ms, p99 {:.1} ms", acked.p50, acked.p99))
+                .unwrap_or_default();
             self.reporter.line(&format!(
-                "[{setup}] {label} at {:.0}% of max ({rate:.0}/s): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+                "[{setup}] {label} at {:.0}% of max ({rate:.0}/s): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms{acked}",
                 fraction * 100.0,
                 point.latency_ms.p50,
                 point.latency_ms.p99,

@@ -520,8 +520,14 @@ pub fn targets(results: &BenchResults) -> Vec<String> {
                 point.offered_per_s
             ));
             if let (true, Knobs::Stream { linger_ms, .. }) = (point.latency_ms.p99 > TARGET_STREAM_P99_MS, &config.knobs) {
+                let acked = point.acked_latency_ms.map_or(String::new(), |acked| {
+                    format!(
+                        "; the broker acknowledged them at p50 {:.1} ms, p99 {:.1} ms of the same clock (an event becomes readable about when its acknowledgement goes out)",
+                        acked.p50, acked.p99
+                    )
+                });
                 lines.push(format!(
-                    "  what bounds it: before its database transaction an event waits up to {} ms by configuration alone (producer linger {linger_ms} ms, batch fill wait {STREAM_FILL_WAIT_MS} ms, consumer fetch wait up to {FETCH_WAIT_MAX_MS} ms); the median is {:.1} ms, and the batch transaction and its commit take the rest",
+                    "  what bounds it: before its database transaction an event waits up to {} ms by configuration alone (producer linger {linger_ms} ms, batch fill wait {STREAM_FILL_WAIT_MS} ms, consumer fetch wait up to {FETCH_WAIT_MAX_MS} ms); the median is {:.1} ms, and the batch transaction and its commit take the rest{acked}",
                     linger_ms + STREAM_FILL_WAIT_MS + FETCH_WAIT_MAX_MS,
                     point.latency_ms.p50
                 ));
@@ -603,8 +609,8 @@ pub fn charts(results: &BenchResults) -> Vec<(String, Chart)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{consumer_time, fell_short};
-    use crate::results::Point;
+    use super::{consumer_time, fell_short, targets};
+    use crate::results::{BenchResults, ConfigResult, Knobs, Point};
     use std::collections::BTreeMap;
 
     #[test]
@@ -627,6 +633,7 @@ mod tests {
             offered_per_s: 48_000.0,
             throughput_per_s: 34_000.0,
             latency_ms: tradeflow_check::LatencySummary::default(),
+            acked_latency_ms: None,
             sustainable: false,
             reason: Some("achieved 34000/s, under 95% of the 48000/s offered".into()),
             cpu_s: 0.0,
@@ -637,6 +644,70 @@ mod tests {
             consumer_time_s: Some(phases.iter().map(|(phase, seconds)| ((*phase).to_owned(), *seconds)).collect()),
             mean_batch: Some(250.0),
         }
+    }
+
+    #[test]
+    fn a_missed_latency_target_gives_the_brokers_acknowledgement_latency_where_the_run_measured_it() {
+        let at_half = |acked: Option<tradeflow_check::LatencySummary>| Point {
+            offered_per_s: 20_000.0,
+            throughput_per_s: 20_000.0,
+            latency_ms: tradeflow_check::LatencySummary {
+                p50: 12.0,
+                p99: 40.0,
+                ..tradeflow_check::LatencySummary::default()
+            },
+            acked_latency_ms: acked,
+            sustainable: true,
+            reason: None,
+            ..failed_probe(&[])
+        };
+        let results = |acked| BenchResults {
+            seed: 7,
+            matrix: "quick".into(),
+            slo: crate::results::Slo {
+                p99_ms: 500.0,
+                drain_ms: 500.0,
+                achieved_min: 0.95,
+                probe_seconds: 15.0,
+                repeats: 0,
+            },
+            started_at: String::new(),
+            duration_s: 0.0,
+            machine: serde_json::Value::Null,
+            limits: Vec::new(),
+            configurations: vec![ConfigResult {
+                label: "stream p6 c2 l5 b500".into(),
+                setup: "mock+sqlite".into(),
+                knobs: Knobs::Stream {
+                    partitions: 6,
+                    consumers: 2,
+                    linger_ms: 5,
+                    batch_size: 500,
+                },
+                max_sustainable_per_s: 40_000.0,
+                probes: Vec::new(),
+                at_fraction: vec![(0.5, at_half(acked))],
+                repeats: Vec::new(),
+                series: crate::results::Series::default(),
+                efficiency: None,
+                store_apply: None,
+                bounded_by: None,
+            }],
+            skipped: Vec::new(),
+        };
+        let acked = tradeflow_check::LatencySummary {
+            p50: 6.5,
+            p99: 31.0,
+            ..tradeflow_check::LatencySummary::default()
+        };
+        let lines = targets(&results(Some(acked))).join("\n");
+        assert!(
+            lines.contains("(stream p6 c2 l5 b500, mock+sqlite): MISSED (40.0 ms at 20000/s)"),
+            "{lines}"
+        );
+        assert!(lines.contains("the broker acknowledged them at p50 6.5 ms, p99 31.0 ms"), "{lines}");
+        let without = targets(&results(None)).join("\n");
+        assert!(without.contains("what bounds it") && !without.contains("acknowledged"), "{without}");
     }
 
     #[test]

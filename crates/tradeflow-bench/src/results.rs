@@ -81,6 +81,9 @@ pub struct Point {
     pub throughput_per_s: f64,
     /// Latency percentiles, ms.
     pub latency_ms: tradeflow_check::LatencySummary,
+    /// The stream's: from each event's intended time to the broker's acknowledgement, ms
+    /// (about the part of the latency before a consumer could read the event).
+    pub acked_latency_ms: Option<tradeflow_check::LatencySummary>,
     /// Whether the run met the SLO.
     pub sustainable: bool,
     /// Why not, when it did not.

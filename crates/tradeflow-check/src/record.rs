@@ -407,7 +407,7 @@ impl RunRecord {
             );
         }
         // A stream run: how much of each event's latency passed before the broker
-        // acknowledged it (and so before any consumer could read it).
+        // acknowledged it (about when a consumer could first read it).
         if let Some(acked) = self
             .config
             .get("acked_latency_ms")

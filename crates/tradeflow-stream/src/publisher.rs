@@ -161,9 +161,9 @@ pub struct Deliveries {
     /// sample, where its queue is measured.
     queued_peak: AtomicU64,
     /// From each event's intended time to its acknowledgement, measured from the same
-    /// point as the balance service's apply latency: the share of an event's latency spent
-    /// before any consumer could read it (a broker makes a write readable once it would
-    /// acknowledge it with `acks=all`).
+    /// point as the balance service's apply latency: about the share of an event's latency
+    /// spent before a consumer could read it (with `acks=all` a broker makes a write
+    /// readable when it has it on every in-sync replica, which is when it acknowledges it).
     acked_latency: Mutex<LatencyRecorder>,
 }
 

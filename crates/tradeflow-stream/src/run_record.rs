@@ -209,8 +209,8 @@ pub(crate) fn config(
         );
     }
     if let Some(object) = config.as_object_mut() {
-        // From each event's intended time to the broker's acknowledgement: how much of the
-        // run's latency passed before any consumer could read the event.
+        // From each event's intended time to the broker's acknowledgement: about how much of
+        // the run's latency passed before a consumer could read the event.
         object.insert(
             "acked_latency_ms".into(),
             serde_json::to_value(deliveries.acked_latency()).unwrap_or_default(),

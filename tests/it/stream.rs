@@ -61,8 +61,7 @@ fn assert_correct(record: &RunRecord) {
     assert!(latency.p50 >= 0.1 && latency.max < 60_000.0, "latency recorded: {latency:?}");
     // So was each acknowledgement's, from the same intended send: the producer lingers
     // (5 ms by default) before a batch goes out, so none comes back in under a millisecond.
-    let acked: tradeflow_check::LatencySummary =
-        serde_json::from_value(record.config["acked_latency_ms"].clone()).expect("the record has the acknowledgement latency");
+    let acked = record.acked_latency().expect("the record has the acknowledgement latency");
     assert!(
         acked.p50 >= 1.0 && acked.max < 60_000.0,
         "acknowledgement latency recorded: {acked:?}"

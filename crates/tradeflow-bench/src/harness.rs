@@ -657,7 +657,7 @@ fn point(config: &BenchConfig, offered: f64, measured: &Measured) -> Point {
         offered_per_s: offered,
         throughput_per_s: record.throughput_per_s,
         latency_ms: record.latency_ms,
-        acked_latency_ms: serde_json::from_value(record.config["acked_latency_ms"].clone()).ok(),
+        acked_latency_ms: record.acked_latency(),
         sustainable,
         reason,
         cpu_s: record.process.cpu_s,

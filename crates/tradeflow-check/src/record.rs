@@ -319,6 +319,12 @@ pub fn backward_commits(lag: &[LagSample]) -> Vec<BackwardCommit> {
 }
 
 impl RunRecord {
+    /// A stream run's acknowledgement latency (`config.acked_latency_ms`): from each event's
+    /// intended time to the broker's acknowledgement; `None` for a run without it.
+    pub fn acked_latency(&self) -> Option<LatencySummary> {
+        serde_json::from_value(self.config.get("acked_latency_ms")?.clone()).ok()
+    }
+
     /// The largest offset lag (stream) or backlog (poller) seen, with its time lag.
     pub fn worst_lag(&self) -> String {
         if let Some(worst) = self.lag.iter().max_by_key(|sample| sample.offset_lag_total) {
@@ -408,11 +414,7 @@ impl RunRecord {
         }
         // A stream run: how much of each event's latency passed before the broker
         // acknowledged it (about when a consumer could first read it).
-        if let Some(acked) = self
-            .config
-            .get("acked_latency_ms")
-            .and_then(|summary| serde_json::from_value::<LatencySummary>(summary.clone()).ok())
-        {
+        if let Some(acked) = self.acked_latency() {
             let after_latency = rows
                 .iter()
                 .position(|(name, _)| name.starts_with("latency"))
@@ -438,20 +440,24 @@ impl RunRecord {
 mod tests {
     use super::*;
 
+    /// A stream run of 10 events with `lost` of them lost, this configuration record and
+    /// these latency percentiles (p50, p99, max).
+    fn stream_record(lost: u64, config: serde_json::Value, (p50, p99, max): (f64, f64, f64)) -> RunRecord {
+        serde_json::from_value(serde_json::json!({
+            "seed": 1, "architecture": "stream", "label": "stream", "store": "sqlite", "broker": "mock",
+            "config": config, "events": 10, "applied": 10 - lost, "duration_s": 1.0,
+            "throughput_per_s": 10.0,
+            "latency_ms": { "p50": p50, "p90": 0.0, "p99": p99, "p999": 0.0, "max": max },
+            "db_statements": 0, "process": { "cpu_s": 0.0, "rss_max_mb": 0.0 },
+            "check": { "lost": lost, "duplicated": 0, "reordered": 0, "bad_balances": 0,
+                       "mismatched_accounts": 0, "verdict": if lost > 0 { "fail" } else { "pass" } }
+        }))
+        .expect("a record")
+    }
+
     #[test]
     fn the_table_says_how_a_run_with_events_lost_ended() {
-        let record = |lost: u64, ended: &str| -> RunRecord {
-            serde_json::from_value(serde_json::json!({
-                "seed": 1, "architecture": "stream", "label": "stream", "store": "sqlite", "broker": "mock",
-                "config": { "ended": ended }, "events": 10, "applied": 10 - lost, "duration_s": 1.0,
-                "throughput_per_s": 10.0,
-                "latency_ms": { "p50": 0.0, "p90": 0.0, "p99": 0.0, "p999": 0.0, "max": 0.0 },
-                "db_statements": 0, "process": { "cpu_s": 0.0, "rss_max_mb": 0.0 },
-                "check": { "lost": lost, "duplicated": 0, "reordered": 0, "bad_balances": 0,
-                           "mismatched_accounts": 0, "verdict": "fail" }
-            }))
-            .expect("a record")
-        };
+        let record = |lost: u64, ended: &str| stream_record(lost, serde_json::json!({ "ended": ended }), (0.0, 0.0, 0.0));
         let lost_row = |record: RunRecord| {
             record
                 .table()
@@ -472,15 +478,7 @@ mod tests {
 
     #[test]
     fn the_table_gives_the_acknowledgement_latency_right_under_the_apply_latency_when_the_record_has_it() {
-        let mut record: RunRecord = serde_json::from_value(serde_json::json!({
-            "seed": 1, "architecture": "stream", "label": "stream", "store": "sqlite", "broker": "mock",
-            "config": {}, "events": 10, "applied": 10, "duration_s": 1.0, "throughput_per_s": 10.0,
-            "latency_ms": { "p50": 9.0, "p90": 0.0, "p99": 30.0, "p999": 0.0, "max": 40.0 },
-            "db_statements": 0, "process": { "cpu_s": 0.0, "rss_max_mb": 0.0 },
-            "check": { "lost": 0, "duplicated": 0, "reordered": 0, "bad_balances": 0,
-                       "mismatched_accounts": 0, "verdict": "pass" }
-        }))
-        .expect("a record");
+        let mut record = stream_record(0, serde_json::json!({}), (9.0, 30.0, 40.0));
         assert!(
             !record.table().contains("acknowledged"),
             "a record without it (a poller run) has no such row"

@@ -137,6 +137,7 @@ fn service_config(bootstrap: &str, name: &str, batch_size: usize) -> ServiceConf
         fetch_wait_max_ms: tradeflow_stream::FETCH_WAIT_MAX_MS,
         session_timeout_ms: 6_000,
         commit: tradeflow_stream::CommitPolicy::AfterDatabase,
+        commit_interval: tradeflow_stream::service::COMMIT_INTERVAL_DEFAULT,
         dead_letter: true,
         journal: None,
         apply_delay: Duration::ZERO,
@@ -1268,22 +1269,67 @@ async fn once_a_batch_is_applied_the_group_has_committed_the_offset_after_it() {
     publish_to(&bootstrap, &indexed(&workload)).await;
     let member = start_member(&store, service_config(&bootstrap, "committing", 100));
     let counters = member.counters.clone();
-    wait_until("every event applied", Duration::from_secs(60), || {
-        member.task.is_finished() || read(&counters.applied) >= 300
-    })
-    .await;
-    // The commit follows the database commit without waiting: give it a moment to land.
-    let mut committed = None;
-    for _ in 0..50 {
-        committed = committed_offset(&bootstrap, "balances");
-        if committed == Some(300) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The commit follows the database commit within the commit interval (100 ms).
+    let committed = applied_then_committed(&member, &bootstrap, 300, Duration::from_secs(5)).await;
     member.stop().await;
     assert_eq!(read(&counters.applied), 300);
     assert_eq!(committed, Some(300), "the group's offset is the one after the last message applied");
+}
+
+/// Waits (up to a minute) until `member` has applied `events`, then up to `within` until
+/// group `balances` has committed offset `events` on the one partition; the offset read last.
+async fn applied_then_committed(member: &Running, bootstrap: &str, events: u64, within: Duration) -> Option<i64> {
+    wait_until("every event applied", Duration::from_secs(60), || {
+        member.task.is_finished() || read(&member.counters.applied) >= events
+    })
+    .await;
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let committed = committed_offset(bootstrap, "balances");
+        if committed == i64::try_from(events).ok() || std::time::Instant::now() >= deadline {
+            return committed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Applied offsets gather for the commit interval: with none, one commit request per batch
+/// applied; with 2 s, a few requests for the 40 or more batches of 2,000 events in batches
+/// of up to 50, and the last offsets are committed once due although nothing more comes to
+/// read. Seed 84, one partition, a SQLite store of its own each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_offsets_gather_for_the_commit_interval_and_the_last_are_committed_once_due() {
+    let seed = 84;
+    eprintln!("seed: {seed}");
+    for interval in [Duration::ZERO, Duration::from_secs(2)] {
+        let (store, _directory) = tradeflow_tests::sqlite_store().await;
+        let (_cluster, bootstrap, _workload) = published(seed, 2_000).await;
+        let mut config = service_config(&bootstrap, "gathering", 50);
+        config.commit_interval = interval;
+        let member = start_member(&store, config);
+        let counters = member.counters.clone();
+        // Nothing more comes: the last offsets go once due, from the idle wait.
+        let committed = applied_then_committed(&member, &bootstrap, 2_000, Duration::from_secs(10)).await;
+        let batches = read(&counters.database_attempts) - read(&counters.database_failures);
+        let requests = read(&counters.offset_commits);
+        member.stop().await;
+        eprintln!("interval {interval:?}: {batches} batches, {requests} commit requests");
+        assert_eq!(read(&counters.applied), 2_000);
+        assert_eq!(
+            committed,
+            Some(2_000),
+            "interval {interval:?}: the offset after the last message applied is committed"
+        );
+        assert!(batches >= 40, "batches of up to 50: {batches}");
+        if interval.is_zero() {
+            assert_eq!(requests, batches, "with no interval, one commit request per batch");
+        } else {
+            assert!(
+                requests >= 1 && requests * 4 < batches,
+                "with 2 s, a few requests for {batches} batches, not {requests}"
+            );
+        }
+    }
 }
 
 /// A rebalance landing in a fill: a member filling one batch larger than the topic, with a

@@ -70,6 +70,12 @@ pub struct ServiceArgs {
     /// How long a consumer waits to fill a batch once its first message is in, in ms.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     fill_wait_ms: u64,
+    /// How long, in ms, a consumer lets the offsets of the batches it applied gather before
+    /// it commits them in one request (also once due while it waits for messages, and at
+    /// once when it stops); 0: after every batch. With --commit after-database only.
+    #[arg(long, default_value_t = tradeflow_stream::service::COMMIT_INTERVAL_DEFAULT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    commit_interval_ms: u64,
     /// Fill the next batch while one is triaged and applied (pipelining), instead of
     /// applying each batch before fetching the next (the default).
     #[arg(long)]
@@ -438,6 +444,7 @@ fn consumer_configs(arguments: &ServiceArgs, bootstrap: &str) -> anyhow::Result<
                 fetch_wait_max_ms: arguments.fetch_wait_max_ms,
                 session_timeout_ms: arguments.session_timeout_ms,
                 commit: arguments.commit.into(),
+                commit_interval: Duration::from_millis(arguments.commit_interval_ms),
                 dead_letter: !arguments.no_dead_letter,
                 journal: journal.clone(),
                 apply_delay: Duration::from_millis(arguments.apply_delay_ms),

@@ -523,7 +523,7 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
          - **Ordering**: one poller keeps per-account order; several unsharded pollers on PostgreSQL do not \
            (`tradeflow run poller --pollers 2`), which the stream avoids by keying each account to one partition.\n\n\
          The stream ran with {} partitions and {} consumers, producer linger {} ms, {} messages per transaction, a batch \
-         fill wait of {} ms and a fetch wait of up to {} ms, {}{}, on the `{}` broker{}.\n",
+         fill wait of {} ms and a fetch wait of up to {} ms, {}, {}{}, on the `{}` broker{}.\n",
         arguments.poller.poll_interval_ms,
         arguments.poller.batch_size,
         arguments.knobs.partitions,
@@ -532,6 +532,10 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
         arguments.knobs.stream_batch_size,
         arguments.knobs.fill_wait_ms,
         arguments.knobs.fetch_wait_max_ms,
+        match arguments.knobs.commit_interval_ms {
+            0 => "offsets committed after every batch".to_owned(),
+            ms => format!("the offsets applied committed every {ms} ms at most"),
+        },
         if arguments.knobs.pipeline {
             "each consumer filling its next batch while it applied one (--pipeline)"
         } else {

@@ -58,6 +58,14 @@ pub struct StreamKnobs {
     #[arg(long, default_value_t = tradeflow_stream::run::FILL_WAIT_DEFAULT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub fill_wait_ms: u64,
+    /// Balance service: how long, in ms, a consumer lets the offsets of the batches it
+    /// applied gather before it commits them in one request (also once due while it waits
+    /// for messages, and at once when it stops). 0: a commit after every batch. Fewer commits keep the
+    /// group coordinator's answers to heartbeats from waiting behind them; a crash
+    /// redelivers up to this much more (the apply log skips it).
+    #[arg(long, default_value_t = tradeflow_stream::service::COMMIT_INTERVAL_DEFAULT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub commit_interval_ms: u64,
     /// Balance service: each consumer fills its next batch while it triages and applies
     /// one (pipelining; batches are still applied one after another, so each partition's
     /// order holds). Off by default: the consumer applies each batch before fetching the
@@ -109,6 +117,7 @@ impl StreamKnobs {
             },
             batch_size: self.stream_batch_size,
             fill_wait: Duration::from_millis(self.fill_wait_ms),
+            commit_interval: Duration::from_millis(self.commit_interval_ms),
             pipeline: self.pipeline,
             group_commit: self.group_commit,
             fetch_wait_max_ms: self.fetch_wait_max_ms,

@@ -38,6 +38,8 @@ pub struct FleetConfig {
     pub fetch_wait_max_ms: u32,
     /// When offsets are committed.
     pub commit: CommitPolicy,
+    /// How long applied offsets gather before they are committed.
+    pub commit_interval: Duration,
     /// Whether bad messages go to the dead-letter topic.
     pub dead_letter: bool,
     /// A pause before each batch's database transaction (see [`ServiceConfig`]).
@@ -217,6 +219,7 @@ impl Fleet {
             fetch_wait_max_ms: self.config.fetch_wait_max_ms,
             session_timeout_ms: self.config.session_timeout_ms,
             commit: self.config.commit,
+            commit_interval: self.config.commit_interval,
             dead_letter: self.config.dead_letter,
             journal: None,
             apply_delay: self.config.apply_delay,
@@ -245,6 +248,7 @@ impl Fleet {
             fetch_wait_max_ms: self.config.fetch_wait_max_ms,
             session_timeout_ms: self.config.session_timeout_ms,
             commit: self.config.commit,
+            commit_interval: self.config.commit_interval,
             dead_letter: self.config.dead_letter,
             apply_delay: self.config.apply_delay,
             dedup: self.config.dedup,

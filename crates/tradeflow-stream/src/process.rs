@@ -53,6 +53,7 @@ pub(crate) struct ProcessArgs {
     pub(crate) fetch_wait_max_ms: u32,
     pub(crate) session_timeout_ms: u32,
     pub(crate) commit: CommitPolicy,
+    pub(crate) commit_interval: Duration,
     pub(crate) dead_letter: bool,
     pub(crate) apply_delay: Duration,
     pub(crate) dedup: tradeflow_store::Dedup,
@@ -160,6 +161,7 @@ impl ServiceProcess {
             .args(["--fetch-wait-max-ms", &args.fetch_wait_max_ms.to_string()])
             .args(["--session-timeout-ms", &args.session_timeout_ms.to_string()])
             .args(["--commit", &args.commit.as_str().replace('_', "-")])
+            .args(["--commit-interval-ms", &args.commit_interval.as_millis().to_string()])
             .args(["--apply-delay-ms", &args.apply_delay.as_millis().to_string()])
             // JSON logs, with each batch received (its topic, partitions and offsets): the
             // host keeps the last such line and passes the others on.

@@ -50,6 +50,9 @@ pub struct StreamOptions {
     pub batch_size: usize,
     /// How long a consumer waits to fill a batch.
     pub fill_wait: Duration,
+    /// How long a consumer lets applied batches' offsets gather before it commits them
+    /// (`crate::service::COMMIT_INTERVAL_DEFAULT`; zero: after every batch).
+    pub commit_interval: Duration,
     /// Whether each consumer fills its next batch while it applies one (pipelining; off by
     /// default, see `ServiceConfig::pipeline`).
     pub pipeline: bool,
@@ -289,6 +292,7 @@ impl StreamOptions {
             publisher: PublisherConfig::default(),
             batch_size: BATCH_SIZE_DEFAULT,
             fill_wait: FILL_WAIT_DEFAULT,
+            commit_interval: crate::service::COMMIT_INTERVAL_DEFAULT,
             pipeline: false,
             group_commit: false,
             fetch_wait_max_ms: crate::FETCH_WAIT_MAX_MS,
@@ -853,6 +857,7 @@ impl Fleets {
             pipeline: options.pipeline,
             fetch_wait_max_ms: options.fetch_wait_max_ms,
             commit: options.scenario.commit,
+            commit_interval: options.commit_interval,
             dead_letter: options.scenario.dead_letter,
             apply_delay: options.scenario.apply_delay,
             dedup: options.scenario.dedup,

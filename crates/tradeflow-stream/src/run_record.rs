@@ -96,6 +96,7 @@ pub(crate) fn config(
         // Beside `fill_wait_ms` (outside the literal above, which is at the macro's
         // recursion limit).
         object.insert("fetch_wait_max_ms".into(), options.fetch_wait_max_ms.into());
+        object.insert("commit_interval_ms".into(), (options.commit_interval.as_millis() as u64).into());
         object.insert("pipeline".into(), options.pipeline.into());
         object.insert("group_commit".into(), options.group_commit.into());
         object.insert("skew".into(), options.workload.skew.into());
@@ -146,6 +147,12 @@ pub(crate) fn config(
                         .saturating_sub(counters.database_failures.load(Ordering::Relaxed))
                 })
                 .into(),
+        );
+        // The after-database offset commit requests the consumers sent (in-process
+        // consumers): against `batches_applied`, how many batches each gathered.
+        object.insert(
+            "offset_commits".into(),
+            counters.sum(|counters| counters.offset_commits.load(Ordering::Relaxed)).into(),
         );
         // Messages chapter 17's tolerant reader passed over.
         object.insert(

@@ -60,9 +60,9 @@ pub struct StreamKnobs {
     pub fill_wait_ms: u64,
     /// Balance service: how long, in ms, a consumer lets the offsets of the batches it
     /// applied gather before it commits them in one request (also once due while it waits
-    /// for messages, and at once when it stops). 0: a commit after every batch. Fewer commits keep the
-    /// group coordinator's answers to heartbeats from waiting behind them; a crash
-    /// redelivers up to this much more (the apply log skips it).
+    /// for messages, and at once when it stops). 0: a commit after every batch. Fewer commits are fewer
+    /// requests to the group coordinator, which answers heartbeats too; a crash redelivers
+    /// up to this much more (the apply log skips it).
     #[arg(long, default_value_t = tradeflow_stream::service::COMMIT_INTERVAL_DEFAULT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub commit_interval_ms: u64,

@@ -86,10 +86,8 @@ pub const COMMITTED_TIMEOUT: Duration = Duration::from_secs(2);
 pub const AUTO_COMMIT_INTERVAL_MS: u32 = 100;
 /// How long, at most, a consumer lets the offsets of batches it applied gather before it
 /// commits them (after-database policy): one OffsetCommit for every batch applied in that
-/// time instead of one per batch. On Apache Kafka here, one per batch (about 70 a second
-/// from two consumers) kept the group coordinator's heartbeat answers waiting behind the
-/// commits until the members' sessions timed out (the README's Kafka tail). Zero: commit
-/// after every batch.
+/// time instead of one per batch: fewer requests to the group coordinator, which answers
+/// the members' heartbeats too (the README's Kafka tail). Zero: commit after every batch.
 pub const COMMIT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
 
 /// How long one database call of the balance service may take before it is given up and
@@ -1564,7 +1562,10 @@ impl Uncommitted {
     /// member's now, and committing for them could move its offsets backwards (the events
     /// are applied, and the apply log skips their redelivery).
     fn flush(&mut self, consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfig, counters: &ServiceCounters) {
-        if self.since.is_none() {
+        if self.next.is_empty() {
+            // Nothing to commit (a batch all of whose partitions stopped at a message it
+            // could not process moves no offset).
+            self.clear();
             return;
         }
         let moved = consumer.assignment_lost() || consumer.context().generation.load(Ordering::Relaxed) != self.generation;

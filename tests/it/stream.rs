@@ -1332,6 +1332,31 @@ async fn applied_offsets_gather_for_the_commit_interval_and_the_last_are_committ
     }
 }
 
+/// Offsets still gathering when the consumer stops are committed before it leaves: with a
+/// commit interval of an hour, nothing is committed while it runs, and the group's offset
+/// is the end of the topic once it has stopped. Seed 85, one partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_still_gathering_when_the_consumer_stops_are_committed_before_it_leaves() {
+    let seed = 85;
+    eprintln!("seed: {seed}");
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let (_cluster, bootstrap, _workload) = published(seed, 500).await;
+    let mut config = service_config(&bootstrap, "leaving", 100);
+    config.commit_interval = Duration::from_secs(3600);
+    let member = start_member(&store, config);
+    let counters = member.counters.clone();
+    let running = applied_then_committed(&member, &bootstrap, 500, Duration::from_millis(500)).await;
+    member.stop().await;
+    assert_eq!(read(&counters.applied), 500);
+    assert_eq!(running, Some(0), "nothing committed within the hour (the probe reads 0 for none)");
+    assert_eq!(read(&counters.offset_commits), 1, "one request, at the stop");
+    assert_eq!(
+        committed_offset(&bootstrap, "balances"),
+        Some(500),
+        "the stop committed the offset after the last message applied before the member left"
+    );
+}
+
 /// A rebalance landing in a fill: a member filling one batch larger than the topic, with a
 /// fill wait far longer than the topic takes to read, over four partitions; a second
 /// member joins while it fills, and the rebalance (its callbacks run inside the receive)

@@ -848,7 +848,7 @@ pub async fn run_controlled(
     while *control.borrow() != Control::Stop {
         if *control.borrow() == Control::Hold {
             // What it applied is committed before it stops reading.
-            uncommitted.flush(&consumer, &config, &counters);
+            uncommitted.flush_before_leaving(&consumer, &config, &counters).await;
             if control.changed().await.is_err() {
                 break;
             }
@@ -953,7 +953,7 @@ pub async fn run_controlled(
     }
     // Stopped: what was applied is committed before the consumer leaves (a crash, above,
     // leaves it uncommitted, as a killed process would).
-    uncommitted.flush(&consumer, &config, &counters);
+    uncommitted.flush_before_leaving(&consumer, &config, &counters).await;
     // A static member keeps its partitions until its session ends (see `leave_group`).
     crate::leave_group(consumer, &config.name, config.instance_id.is_none()).await;
     Ok(latency)
@@ -1271,12 +1271,7 @@ async fn commit_first(
     counters: &ServiceCounters,
 ) {
     let next = next_offsets(batch, &BTreeMap::new());
-    let mut offsets = TopicPartitionList::new();
-    for ((topic, partition), offset) in &next {
-        if offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_err() {
-            return;
-        }
-    }
+    let Some(offsets) = offset_list(&next) else { return };
     let committing = consumer.clone();
     let outcome = tokio::task::spawn_blocking(move || committing.commit(&offsets, CommitMode::Sync))
         .await
@@ -1495,14 +1490,23 @@ fn forward_only(mut next: BTreeMap<(String, i32), i64>, floor: &mut BTreeMap<i32
     next
 }
 
-fn commit(consumer: &StreamConsumer<ServiceContext>, next: &BTreeMap<(String, i32), i64>, counters: &ServiceCounters, messages: usize) {
+/// Per (topic, partition), the next offset to read: what a commit sends.
+type NextOffsets = BTreeMap<(String, i32), i64>;
+
+/// The offset list a commit sends; `None` (and a warning) when one cannot be added.
+fn offset_list(next: &NextOffsets) -> Option<TopicPartitionList> {
     let mut offsets = TopicPartitionList::new();
     for ((topic, partition), offset) in next {
         if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
             tracing::warn!(%error, messaging.destination.name = %topic, messaging.destination.partition.id = partition, "building the offset list");
-            return;
+            return None;
         }
     }
+    Some(offsets)
+}
+
+fn commit(consumer: &StreamConsumer<ServiceContext>, next: &NextOffsets, counters: &ServiceCounters, messages: usize) {
+    let Some(offsets) = offset_list(next) else { return };
     match consumer.commit(&offsets, CommitMode::Async) {
         Ok(()) => {
             counters.committed.fetch_add(messages as u64, Ordering::Relaxed);
@@ -1520,7 +1524,7 @@ fn commit(consumer: &StreamConsumer<ServiceContext>, next: &BTreeMap<(String, i3
 /// one asynchronous commit.
 #[derive(Default)]
 struct Uncommitted {
-    next: BTreeMap<(String, i32), i64>,
+    next: NextOffsets,
     messages: usize,
     generation: u64,
     since: Option<tokio::time::Instant>,
@@ -1530,7 +1534,7 @@ impl Uncommitted {
     /// Adds a batch's next offsets (already forward-only), applied under `generation`. With
     /// fencing on, those of an earlier assignment still here are dropped (see
     /// [`Uncommitted::flush`]).
-    fn add(&mut self, next: BTreeMap<(String, i32), i64>, messages: usize, generation: u64, fencing: bool) {
+    fn add(&mut self, next: NextOffsets, messages: usize, generation: u64, fencing: bool) {
         if fencing && self.since.is_some() && self.generation != generation {
             self.clear();
         }
@@ -1557,24 +1561,62 @@ impl Uncommitted {
         }
     }
 
-    /// Commits what is here. With fencing on, offsets applied under an assignment the
-    /// consumer no longer has are dropped instead: their partitions may be another
-    /// member's now, and committing for them could move its offsets backwards (the events
-    /// are applied, and the apply log skips their redelivery).
+    /// Commits what is here, asynchronously. With fencing on, offsets applied under an
+    /// assignment the consumer no longer has are dropped instead (see [`Uncommitted::take`]).
     fn flush(&mut self, consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfig, counters: &ServiceCounters) {
-        if self.next.is_empty() {
+        if let Some((next, messages)) = self.take(consumer, config) {
+            commit(consumer, &next, counters, messages);
+        }
+    }
+
+    /// Commits what is here and waits for the broker's answer: before the consumer stops
+    /// reading or leaves its group. An asynchronous commit sent just before the member
+    /// leaves can land after its LeaveGroup and be refused, and the next owner of its
+    /// partitions then reads again what it applied (seen in the schema-evolution lesson on
+    /// the mock: its upgraded consumers applied, straight from the topic, events the old
+    /// ones had dead-lettered, ahead of the replay of the earlier ones).
+    async fn flush_before_leaving(
+        &mut self,
+        consumer: &Arc<StreamConsumer<ServiceContext>>,
+        config: &ServiceConfig,
+        counters: &ServiceCounters,
+    ) {
+        let Some((next, messages)) = self.take(consumer, config) else {
+            return;
+        };
+        let Some(offsets) = offset_list(&next) else { return };
+        let committing = consumer.clone();
+        match tokio::task::spawn_blocking(move || committing.commit(&offsets, CommitMode::Sync)).await {
+            Ok(Ok(())) => {
+                counters.committed.fetch_add(messages as u64, Ordering::Relaxed);
+                counters.offset_commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(consumer = %config.name, %error, offsets = ?next, "the last offset commit before leaving was refused; the events are applied and a redelivery will be skipped")
+            }
+            Err(error) => tracing::warn!(%error, "the commit task"),
+        }
+    }
+
+    /// What is here to commit, emptied. With fencing on, offsets applied under an
+    /// assignment the consumer no longer has are dropped instead: their partitions may be
+    /// another member's now, and committing for them could move its offsets backwards (the
+    /// events are applied, and the apply log skips their redelivery).
+    fn take(&mut self, consumer: &StreamConsumer<ServiceContext>, config: &ServiceConfig) -> Option<(NextOffsets, usize)> {
+        let taken = (std::mem::take(&mut self.next), self.messages);
+        let generation = self.generation;
+        self.clear();
+        if taken.0.is_empty() {
             // Nothing to commit (a batch all of whose partitions stopped at a message it
             // could not process moves no offset).
-            self.clear();
-            return;
+            return None;
         }
-        let moved = consumer.assignment_lost() || consumer.context().generation.load(Ordering::Relaxed) != self.generation;
+        let moved = consumer.assignment_lost() || consumer.context().generation.load(Ordering::Relaxed) != generation;
         if config.fencing && moved {
-            tracing::info!(consumer = %config.name, offsets = ?self.next, "the partitions changed since these offsets were applied: not committing them");
-        } else {
-            commit(consumer, &self.next, counters, self.messages);
+            tracing::info!(consumer = %config.name, offsets = ?taken.0, "the partitions changed since these offsets were applied: not committing them");
+            return None;
         }
-        self.clear();
+        Some(taken)
     }
 
     fn clear(&mut self) {

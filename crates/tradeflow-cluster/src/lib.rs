@@ -46,11 +46,30 @@ pub use tansu::find_binary as find_tansu;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
 /// How long admin requests may take.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times a topic's creation is asked for when it times out (see
+/// [`Cluster::ensure_topic_with`]).
+pub const CREATE_TOPIC_ATTEMPTS: u32 = 3;
+
+/// Whether an admin error code says the request or the operation timed out (at the
+/// client or at the broker), so that asking again may succeed.
+fn timed_out(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut)
+}
+
+/// What an error adds about the attempts made, when there were several.
+fn attempts(made: u32) -> String {
+    if made > 1 {
+        format!(", after {made} attempts")
+    } else {
+        String::new()
+    }
+}
 /// Most brokers a mock cluster may have.
 pub const MOCK_BROKERS_MAX: i32 = 16;
 
@@ -405,17 +424,40 @@ impl Cluster {
             }
             return mock.create_topic(name, partitions, replication).await;
         }
-        let admin: AdminClient<DefaultClientContext> = topics::client_config(&self.bootstrap)
-            .create()
-            .map_err(|error| self.admin_error("creating an admin client", error.to_string()))?;
         let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
         for (key, value) in configs {
             topic = topic.set(key, value);
         }
-        let results = admin
-            .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)))
-            .await
-            .map_err(|error| self.admin_error(&format!("creating topic {name}"), error.to_string()))?;
+        // A request that timed out here is sent again, from a new client (a new
+        // connection), up to CREATE_TOPIC_ATTEMPTS times in all: creating a topic that the
+        // first request did create answers "already exists", which is checked below. Seen
+        // once in CI: tansu left a CreateTopics unanswered until the client gave up.
+        let mut attempt = 1;
+        let results = loop {
+            let admin: AdminClient<DefaultClientContext> = topics::client_config(&self.bootstrap)
+                .create()
+                .map_err(|error| self.admin_error("creating an admin client", error.to_string()))?;
+            let options = AdminOptions::new()
+                .operation_timeout(Some(ADMIN_TIMEOUT))
+                .request_timeout(Some(ADMIN_TIMEOUT));
+            match admin.create_topics([&topic], &options).await {
+                Err(KafkaError::AdminOp(code)) if timed_out(code) && attempt < CREATE_TOPIC_ATTEMPTS => {
+                    tracing::warn!(backend = self.backend.as_str(), bootstrap = %self.bootstrap, topic = name, attempt, error = %code, "creating a topic timed out: asking again");
+                    attempt += 1;
+                }
+                Ok(results)
+                    if attempt < CREATE_TOPIC_ATTEMPTS
+                        && results.iter().any(|result| matches!(result, Err((_, code)) if timed_out(*code))) =>
+                {
+                    tracing::warn!(backend = self.backend.as_str(), bootstrap = %self.bootstrap, topic = name, attempt, "the broker timed out creating a topic: asking again");
+                    attempt += 1;
+                }
+                outcome => {
+                    break outcome
+                        .map_err(|error| self.admin_error(&format!("creating topic {name}{}", attempts(attempt)), error.to_string()))?;
+                }
+            }
+        };
         for result in results {
             match result {
                 Ok(_) => {}
@@ -424,7 +466,10 @@ impl Cluster {
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => self.check_partitions(name, partitions).await?,
                 Err((topic, code)) => {
                     return Err(self.admin_error(
-                        &format!("creating topic {topic} ({partitions} partitions, replication factor {replication})"),
+                        &format!(
+                            "creating topic {topic} ({partitions} partitions, replication factor {replication}){}",
+                            attempts(attempt)
+                        ),
                         code.to_string(),
                     ));
                 }

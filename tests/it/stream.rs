@@ -1269,7 +1269,7 @@ async fn once_a_batch_is_applied_the_group_has_committed_the_offset_after_it() {
     publish_to(&bootstrap, &indexed(&workload)).await;
     let member = start_member(&store, service_config(&bootstrap, "committing", 100));
     let counters = member.counters.clone();
-    // The commit follows the database commit within the commit interval (100 ms).
+    // The commit follows the database commit (the default interval is 0: at once).
     let committed = applied_then_committed(&member, &bootstrap, 300, Duration::from_secs(5)).await;
     member.stop().await;
     assert_eq!(read(&counters.applied), 300);

@@ -88,7 +88,12 @@ pub const AUTO_COMMIT_INTERVAL_MS: u32 = 100;
 /// commits them (after-database policy): one OffsetCommit for every batch applied in that
 /// time instead of one per batch: fewer requests to the group coordinator, which answers
 /// the members' heartbeats too (the README's Kafka tail). Zero: commit after every batch.
-pub const COMMIT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
+///
+/// Zero by default, gathering opt-in: with 100 ms, the schema-evolution upgrade on the mock
+/// came out of order in two CI rehearsals in a row (1,444 and 1,533 events: the upgraded
+/// consumers read again, straight from the topic, events the old ones had dead-lettered),
+/// the second with the last commit before leaving made synchronous; the cause is not found.
+pub const COMMIT_INTERVAL_DEFAULT: Duration = Duration::ZERO;
 
 /// How long one database call of the balance service may take before it is given up and
 /// counted as a failure (a blackholed connection, a lock that is not let go). Long against

@@ -1616,8 +1616,7 @@ impl Uncommitted {
             // could not process moves no offset).
             return None;
         }
-        let moved = consumer.assignment_lost() || consumer.context().generation.load(Ordering::Relaxed) != generation;
-        if config.fencing && moved {
+        if config.fencing && assignment_changed(consumer, generation) {
             tracing::info!(consumer = %config.name, offsets = ?taken.0, "the partitions changed since these offsets were applied: not committing them");
             return None;
         }
@@ -1629,6 +1628,12 @@ impl Uncommitted {
         self.messages = 0;
         self.since = None;
     }
+}
+
+/// Whether the consumer's partitions changed since assignment `generation`: a rebalance it
+/// took part in, or an assignment librdkafka gave up as lost.
+fn assignment_changed(consumer: &StreamConsumer<ServiceContext>, generation: u64) -> bool {
+    consumer.assignment_lost() || consumer.context().generation.load(Ordering::Relaxed) != generation
 }
 
 /// A batch in a consumer's hands: its number, its messages, the consumer's assignment
@@ -1658,9 +1663,7 @@ impl Held<'_> {
     /// lost, or a batch held past the session timeout (a process frozen that long wakes up
     /// before librdkafka notices its session is gone, so the flag alone comes too late).
     fn revoked(&self, consumer: &StreamConsumer<ServiceContext>) -> bool {
-        consumer.assignment_lost()
-            || consumer.context().generation.load(Ordering::Relaxed) != self.generation
-            || self.received_at.elapsed() >= self.lease
+        assignment_changed(consumer, self.generation) || self.received_at.elapsed() >= self.lease
     }
 }
 
@@ -1868,7 +1871,7 @@ async fn apply(
         }
         wait_polling(consumer, wait, steer.carried, counters).await;
         breaker.hold(consumer, config);
-        if consumer.assignment_lost() || consumer.context().generation.load(Ordering::Relaxed) != held.generation {
+        if assignment_changed(consumer, held.generation) {
             breaker.close(consumer, config);
             fence(config, held, counters);
             return Ok(None);

@@ -1357,6 +1357,74 @@ async fn offsets_still_gathering_when_the_consumer_stops_are_committed_before_it
     );
 }
 
+/// An upgrade of the consumers waits until the group has committed what the old ones
+/// handled, not only until they handled it. The schema-evolution lesson's producer-first row
+/// (the old consumers dead-letter version 2, the upgraded ones replay it) with offsets
+/// gathering for 5 s, so that the old consumers have handled everything while their last
+/// offsets still gather. Before the upgrade waited for the commits, those offsets left with
+/// the old consumers (dropped as an earlier assignment's once the new members' rebalance
+/// had begun), and the upgraded consumers, starting from the older committed offsets,
+/// applied version-2 events straight from the topic ahead of the replay of the same
+/// accounts' earlier ones. Seed 86, the lesson's 6,000 events at 2,000/s, SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_waits_until_the_group_has_committed_what_the_old_consumers_handled() {
+    use tradeflow_lab::RowVerdict;
+    use tradeflow_lab::lessons::schema_evolution;
+    use tradeflow_lab::variant::{Setup, VariantRun};
+    let seed = 86;
+    eprintln!("seed: {seed}");
+    let setup = Setup {
+        seed,
+        events: 6_000,
+        rate: 2_000.0,
+        broker: tradeflow_cluster::Backend::Mock,
+        store: tradeflow_store::StoreKind::Sqlite,
+        service: None,
+    };
+    let mut variant = schema_evolution::variants(&setup).expect("the lesson runs on the mock").remove(0);
+    let VariantRun::Stream(options) = &mut variant.run else {
+        panic!("the producer-first row runs the stream")
+    };
+    options.commit_interval = Duration::from_secs(5);
+    let (store, _directory) = tradeflow_tests::sqlite_store().await;
+    let cluster = tradeflow_tests::mock_cluster(3);
+    let (progress, _receiver) = watch::channel(RunProgress::default());
+    let record = variant.run_on(&store, Some(&cluster), &progress).await.expect("the run completes");
+    let count = |name: &str| record.config.get(name).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let (requests, batches) = (count("offset_commits"), count("batches_applied"));
+    eprintln!("{}\n{batches} batches, {requests} commit requests", record.table());
+    assert!(
+        requests * 4 < batches,
+        "the offsets gathered: {requests} commit requests for {batches} batches"
+    );
+    // The lag sample the upgrade waited for: the last one before it found the group's
+    // offsets at the end of every partition (without the wait, the last 5 s of what the old
+    // consumers handled were still gathering then).
+    let upgrade = record
+        .faults
+        .iter()
+        .find(|fault| fault.fault.contains("upgraded"))
+        .expect("the upgrade is recorded");
+    let upgraded_s = upgrade.at_ms as f64 / 1_000.0;
+    let before = record
+        .lag
+        .iter()
+        .rfind(|sample| sample.t_s <= upgraded_s)
+        .expect("a lag sample before the upgrade");
+    assert!(
+        before.offset_lag_total == 0 && before.partitions.len() == 4,
+        "upgraded at {upgraded_s:.2} s while the last lag sample ({:.2} s) had {} messages uncommitted",
+        before.t_s,
+        before.offset_lag_total
+    );
+    assert_eq!(
+        variant.verdict(&record),
+        RowVerdict::AsExpected,
+        "dead letters, the upgrade and the replay, every event applied once and in order:\n{}",
+        record.table()
+    );
+}
+
 /// A rebalance landing in a fill: a member filling one batch larger than the topic, with a
 /// fill wait far longer than the topic takes to read, over four partitions; a second
 /// member joins while it fills, and the rebalance (its callbacks run inside the receive)

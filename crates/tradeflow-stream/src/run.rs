@@ -51,7 +51,7 @@ pub struct StreamOptions {
     /// How long a consumer waits to fill a batch.
     pub fill_wait: Duration,
     /// How long a consumer lets applied batches' offsets gather before it commits them
-    /// (`crate::service::COMMIT_INTERVAL_DEFAULT`; zero: after every batch).
+    /// (`crate::service::COMMIT_INTERVAL_DEFAULT`, 100 ms; zero: after every batch).
     pub commit_interval: Duration,
     /// Whether each consumer fills its next batch while it applies one (pipelining; off by
     /// default, see `ServiceConfig::pipeline`).
@@ -701,6 +701,7 @@ async fn drive(
                 watching.layout,
                 &mut fleets.main,
                 watching.deliveries.acked(),
+                |since| lag.at_log_end_since(start, since),
             )
             .await;
         fleets
@@ -953,7 +954,7 @@ impl Fleets {
             _ => {}
         }
         let settled = Duration::from_millis(switched_at_ms) + LAG_INTERVAL * 2;
-        if self.waiting.is_some() && lag.at_log_end_since(settled) {
+        if self.waiting.is_some() && lag.at_log_end_since(start, settled) {
             self.start_waiting_group(switched_at_ms, start)?;
         }
         Ok(())
@@ -1085,6 +1086,8 @@ struct LagSampler {
     at_log_end: u32,
     last: Instant,
     probing: Option<JoinHandle<Result<Vec<tradeflow_check::PartitionLag>, StreamError>>>,
+    /// When the probe of the last sample started: what it read is no older than that.
+    last_sample_probed: Option<Instant>,
 }
 
 impl LagSampler {
@@ -1096,6 +1099,7 @@ impl LagSampler {
             at_log_end: 0,
             last: Instant::now(),
             probing: None,
+            last_sample_probed: None,
         }
     }
 
@@ -1115,6 +1119,7 @@ impl LagSampler {
                 let sample = lag::sample(start.elapsed().as_secs_f64(), partitions, intended_at, now_ns());
                 let at_end = sample.offset_lag_total == 0 && sample.partitions.len() == self.partitions;
                 self.at_log_end = if at_end { self.at_log_end + 1 } else { 0 };
+                self.last_sample_probed = Some(self.last);
                 self.samples.push(sample.clone());
                 Ok(Some(sample))
             }
@@ -1125,14 +1130,13 @@ impl LagSampler {
         }
     }
 
-    /// Whether the last sample was taken after `since` (counted from the run's start) and
-    /// showed the group at the end of every partition's log.
-    fn at_log_end_since(&self, since: Duration) -> bool {
+    /// Whether the last sample's probe started after `since` (counted from the run's
+    /// `start`) and showed the group at the end of every partition's log.
+    fn at_log_end_since(&self, start: Instant, since: Duration) -> bool {
         self.at_log_end > 0
             && self
-                .samples
-                .last()
-                .is_some_and(|sample| Duration::from_secs_f64(sample.t_s.max(0.0)) > since)
+                .last_sample_probed
+                .is_some_and(|probed| probed.saturating_duration_since(start) > since)
     }
 
     /// What chapter 12's exercise is told: whether the publisher has switched (at

@@ -73,6 +73,10 @@ pub(crate) struct FaultTimeline {
     /// Replays of the dead-letter topic under way beside the loop (index into `records`,
     /// task saying what it moved).
     replaying: Vec<(usize, JoinHandle<Result<String, String>>)>,
+    /// Since when (from the run's start) the consumers have handled every message the
+    /// broker acknowledged, with that count: looked at while a step is due, and taken
+    /// again whenever the count grows; `None` while they have not.
+    handled_all_since: Option<(Duration, u64)>,
 }
 
 impl FaultTimeline {
@@ -86,6 +90,7 @@ impl FaultTimeline {
             told: Vec::new(),
             database,
             replaying: Vec::new(),
+            handled_all_since: None,
         }
     }
 
@@ -110,16 +115,37 @@ impl FaultTimeline {
     /// Applies every step whose time has come, and records it.
     /// An upgrade of the consumers waits, past its time, until they have handled every
     /// message the broker acknowledged (`acked`): applied it or set it aside on the
-    /// dead-letter topic. Upgrading sooner would let the new consumers apply an account's
-    /// newer events before the replay brings back its older ones.
-    pub(crate) async fn apply_due(&mut self, start: Instant, cluster: &Cluster, layout: &TopicLayout, fleet: &mut Fleet, acked: u64) {
+    /// dead-letter topic; and until the group has committed them, which
+    /// `committed_to_log_end_since(t)` answers (a lag sample taken after `t`, counted from
+    /// the run's start, found the group's offsets at the end of every partition's log).
+    /// Upgrading sooner would let the new consumers apply an account's newer events before
+    /// the replay brings back its older ones: they start from the committed offsets, and
+    /// offsets an old consumer had not committed yet (gathering for the commit interval)
+    /// do not survive its leaving once the new members' rebalance has begun.
+    pub(crate) async fn apply_due(
+        &mut self,
+        start: Instant,
+        cluster: &Cluster,
+        layout: &TopicLayout,
+        fleet: &mut Fleet,
+        acked: u64,
+        committed_to_log_end_since: impl Fn(Duration) -> bool,
+    ) {
         while let Some((at, action)) = self.timeline.get(self.next_step).filter(|(at, _)| start.elapsed() >= *at).cloned() {
             // Applied, set aside on the dead-letter topic, or (chapter 17's tolerant
             // reader) passed over: handled either way.
             let handled = fleet.counters.applied.load(std::sync::atomic::Ordering::Relaxed)
                 + fleet.counters.dead_lettered.load(std::sync::atomic::Ordering::Relaxed)
                 + fleet.counters.passed_over.load(std::sync::atomic::Ordering::Relaxed);
-            if waits_for_the_consumers(&action) && !consumers_ready(&action, fleet, handled, acked) {
+            // A lag sample at the log's end taken after every message acknowledged so far
+            // was handled covers them all.
+            self.handled_all_since = match self.handled_all_since {
+                _ if handled < acked => None,
+                Some((since, then)) if then == acked => Some((since, then)),
+                _ => Some((start.elapsed(), acked)),
+            };
+            let committed = self.handled_all_since.is_some_and(|(since, _)| committed_to_log_end_since(since));
+            if waits_for_the_consumers(&action) && !consumers_ready(&action, fleet, handled, acked, committed) {
                 return;
             }
             self.next_step += 1;
@@ -236,13 +262,15 @@ fn waits_for_the_consumers(action: &Action) -> bool {
     matches!(action, Action::Service(ServiceFault::Upgrade | ServiceFault::ReplayDeadLetters))
 }
 
-/// Whether the consumers are ready for a step that waits on them. A replay that comes
-/// while a consumer of the old version is still leaving can be read by it, refused again
-/// and committed: the dead letters, replayed, would be lost for good (seen on tansu once,
-/// under CI's load: 3,000 of 6,000 events).
-fn consumers_ready(action: &Action, fleet: &Fleet, handled: u64, acked: u64) -> bool {
+/// Whether the consumers are ready for a step that waits on them. An upgrade waits until
+/// they have handled every acknowledged message and the group has `committed` them since
+/// (see [`FaultTimeline::apply_due`]). A replay that comes while a consumer of the old
+/// version is still leaving can be read by it, refused again and committed: the dead
+/// letters, replayed, would be lost for good (seen on tansu once, under CI's load: 3,000
+/// of 6,000 events).
+fn consumers_ready(action: &Action, fleet: &Fleet, handled: u64, acked: u64, committed: bool) -> bool {
     match action {
-        Action::Service(ServiceFault::Upgrade) => handled >= acked,
+        Action::Service(ServiceFault::Upgrade) => handled >= acked && committed,
         Action::Service(ServiceFault::ReplayDeadLetters) => fleet.gone(),
         _ => true,
     }

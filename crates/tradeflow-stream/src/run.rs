@@ -51,7 +51,7 @@ pub struct StreamOptions {
     /// How long a consumer waits to fill a batch.
     pub fill_wait: Duration,
     /// How long a consumer lets applied batches' offsets gather before it commits them
-    /// (`crate::service::COMMIT_INTERVAL_DEFAULT`, 100 ms; zero: after every batch).
+    /// (`crate::service::COMMIT_INTERVAL_DEFAULT`; zero: after every batch).
     pub commit_interval: Duration,
     /// Whether each consumer fills its next batch while it applies one (pipelining; off by
     /// default, see `ServiceConfig::pipeline`).

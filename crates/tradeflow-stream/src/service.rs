@@ -94,7 +94,14 @@ pub const AUTO_COMMIT_INTERVAL_MS: u32 = 100;
 /// hands its partitions over on purpose waits for the group's committed offsets first (the
 /// schema-evolution upgrade: see `timeline.rs`); a crash redelivers up to this much more,
 /// which the apply log skips.
-pub const COMMIT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
+///
+/// Zero by default, gathering opt-in: with 100 ms (and the upgrade fixed), a CI rehearsal
+/// of 2026-12-03 failed chapter 19's solution on the mock (seed 1: the frozen member's
+/// partitions' lag did not come out above every other's; the others' commits had been
+/// refused with REBALANCE_IN_PROGRESS). Run again by hand with 100 ms (seed 1, three side
+/// by side) it passed 3 of 3, so whether gathering caused it is not known: opt-in until a
+/// whole CI rehearsal passes with it.
+pub const COMMIT_INTERVAL_DEFAULT: Duration = Duration::ZERO;
 
 /// How long one database call of the balance service may take before it is given up and
 /// counted as a failure (a blackholed connection, a lock that is not let go). Long against

@@ -51,6 +51,11 @@ pub struct RawRate {
     pub per_s: f64,
     /// Payload bytes per second, where bytes mean something (messages, not store applies).
     pub bytes_per_s: Option<f64>,
+    /// A store apply's: microseconds an item spent inside its batch's transaction, summed
+    /// over the writers, each one's wait for a connection left out (what the pipeline's
+    /// consumers count as applying, for the same comparison).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_transaction_us_per_item: Option<f64>,
 }
 
 impl RawRate {
@@ -63,6 +68,7 @@ impl RawRate {
             seconds,
             per_s: per(items),
             bytes_per_s: bytes.map(per),
+            in_transaction_us_per_item: None,
         }
     }
 }
@@ -367,7 +373,7 @@ fn consume_blocking(consumer: &BaseConsumer, bootstrap: &str, topic: &str, expec
 /// Applies `events` to `store` from `writers` tasks at once, each applying its share of
 /// the accounts (an account's events stay in one task, in order, as a partition keeps
 /// them for one consumer) in batches of `batch_size`, one after the other; returns events
-/// applied per second over the whole.
+/// applied per second over the whole, and the time an event spent inside its transaction.
 ///
 /// The events must be new to the store (an empty store, or one reset): an event the apply
 /// log already holds is an error, because deduplicating is not applying.
@@ -395,12 +401,17 @@ pub async fn raw_store_apply(store: &Store, events: &[Event], batch_size: usize,
             tokio::spawn(async move { apply_share(&store, &share, batch_size, writer).await })
         })
         .collect();
-    let mut applied: u64 = 0;
+    let (mut applied, mut in_transaction) = (0_u64, Duration::ZERO);
     for task in tasks {
-        applied += task.await.context("a raw store-apply writer")??;
+        let (events, time) = task.await.context("a raw store-apply writer")??;
+        applied += events;
+        in_transaction += time;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let rate = RawRate::new(applied, seconds, None);
+    let rate = RawRate {
+        in_transaction_us_per_item: (applied > 0).then(|| in_transaction.as_secs_f64() * 1e6 / applied as f64),
+        ..RawRate::new(applied, seconds, None)
+    };
     tracing::info!(per_s = rate.per_s, seconds, "raw store apply done");
     Ok(rate)
 }
@@ -416,13 +427,16 @@ fn account_share(account: &str, writers: usize) -> usize {
     (hash % writers as u64) as usize
 }
 
-/// One writer of [`raw_store_apply`]: its share, batch after batch; returns events applied.
-async fn apply_share(store: &Store, events: &[Event], batch_size: usize, writer: usize) -> anyhow::Result<u64> {
+/// One writer of [`raw_store_apply`]: its share, batch after batch; returns events applied
+/// and the time its batches spent inside their transactions (the wait for a connection
+/// left out, as the pipeline's consumers count it).
+async fn apply_share(store: &Store, events: &[Event], batch_size: usize, writer: usize) -> anyhow::Result<(u64, Duration)> {
     let applier = format!("{RAW_APPLIER}-{writer}");
-    let mut applied = 0;
+    let (mut applied, mut in_transaction) = (0, Duration::ZERO);
     for (batch, chunk) in events.chunks(batch_size).enumerate() {
         let intended_at_ns = now_ns();
         let inputs: Vec<ApplyInput<'_>> = chunk.iter().map(|event| ApplyInput { event, intended_at_ns }).collect();
+        let asked = Instant::now();
         let summary = store.apply_batch(&inputs, &applier).await.with_context(|| {
             format!(
                 "writer {writer} applying batch {batch} ({} events) to {}",
@@ -436,9 +450,10 @@ async fn apply_share(store: &Store, events: &[Event], batch_size: usize, writer:
             summary.duplicates,
             store.url_redacted()
         );
+        in_transaction += asked.elapsed().saturating_sub(summary.queued);
         applied += summary.applied as u64;
     }
-    Ok(applied)
+    Ok((applied, in_transaction))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! series), `report.md` with the tables and the targets, and the SVG charts. A run writes
 //! into `ROOT/<date>-<time>/` and copies the files to `ROOT/latest/`.
 
-use crate::results::{BenchResults, ConfigResult, Knobs, Point, STREAM_FILL_WAIT_MS, is_half};
+use crate::results::{BenchResults, ConfigResult, Knobs, Point, is_half};
 use crate::svg::{self, Chart, Series};
 use anyhow::Context as _;
 use std::fmt::Write as _;
@@ -139,6 +139,41 @@ fn profile_verdict(results: &BenchResults, config: &ConfigResult) -> Option<Stri
         crate::threads::verdict(&point.threads, point.machine_busy_cores, cores, waiting),
         point.consumer_time_s.as_ref().map(consumer_time).unwrap_or_default()
     ))
+}
+
+/// What an event cost inside the store's transactions at a stream configuration's top run,
+/// against the raw store apply it is read against: the efficiency's denominator assumes
+/// the raw apply's cost. On SQLite the consumers share one connection, so that cost also
+/// says how busy the connection was and the most it could take at that cost.
+fn transaction_cost(config: &ConfigResult) -> Option<String> {
+    let point = top_point(config)?;
+    let cost = point.in_transaction_us_per_event?;
+    let mut text = format!(
+        "at {:.0}/s an event spent {cost:.1} µs inside its batch's transaction (summed over the consumers, their wait for the connection left out)",
+        point.offered_per_s
+    );
+    if let Some(mean) = point.mean_batch {
+        text.push_str(&format!(", in batches of {mean:.0} events on average"));
+    }
+    if let Some(raw) = config
+        .store_apply
+        .and_then(|raw| raw.in_transaction_us_per_event.map(|us| (raw, us)))
+    {
+        let (at, raw_cost) = raw;
+        text.push_str(&format!(
+            "; in the raw store apply, {raw_cost:.1} µs in batches of {} ({:.1}x as much an event in the pipeline)",
+            at.batch_size,
+            cost / raw_cost
+        ));
+    }
+    if config.setup.ends_with("+sqlite") {
+        text.push_str(&format!(
+            "; SQLite's one connection was inside a transaction {:.0}% of the run, and at that cost it could take at most {:.0} events/s",
+            cost * point.throughput_per_s / 1e4,
+            1e6 / cost
+        ));
+    }
+    Some(text)
 }
 
 /// The probe that failed at the lowest offered rate above the highest sustainable one:
@@ -486,6 +521,9 @@ pub fn targets(results: &BenchResults) -> Vec<String> {
                 if let Some(verdict) = profile_verdict(results, config) {
                     lines.push(format!("  what bounds it: {verdict}"));
                 }
+                if let Some(cost) = transaction_cost(config) {
+                    lines.push(format!("  its transactions: {cost}"));
+                }
                 if let Some(miss) = first_miss(config) {
                     lines.push(format!("  where it fell short: {}", fell_short(miss)));
                 }
@@ -519,7 +557,13 @@ pub fn targets(results: &BenchResults) -> Vec<String> {
                 point.latency_ms.p99,
                 point.offered_per_s
             ));
-            if let (true, Knobs::Stream { linger_ms, .. }) = (point.latency_ms.p99 > TARGET_STREAM_P99_MS, &config.knobs) {
+            if let (
+                true,
+                Knobs::Stream {
+                    linger_ms, fill_wait_ms, ..
+                },
+            ) = (point.latency_ms.p99 > TARGET_STREAM_P99_MS, &config.knobs)
+            {
                 let acked = point.acked_latency_ms.map_or(String::new(), |acked| {
                     format!(
                         "; the broker acknowledged them at p50 {:.1} ms, p99 {:.1} ms of the same clock (an event becomes readable about when its acknowledgement goes out)",
@@ -527,8 +571,8 @@ pub fn targets(results: &BenchResults) -> Vec<String> {
                     )
                 });
                 lines.push(format!(
-                    "  what bounds it: before its database transaction an event waits up to {} ms by configuration alone (producer linger {linger_ms} ms, batch fill wait {STREAM_FILL_WAIT_MS} ms, consumer fetch wait up to {FETCH_WAIT_MAX_MS} ms); the median is {:.1} ms, and the batch transaction and its commit take the rest{acked}",
-                    linger_ms + STREAM_FILL_WAIT_MS + FETCH_WAIT_MAX_MS,
+                    "  what bounds it: before its database transaction an event waits up to {} ms by configuration alone (producer linger {linger_ms} ms, batch fill wait {fill_wait_ms} ms, consumer fetch wait up to {FETCH_WAIT_MAX_MS} ms); the median is {:.1} ms, and the batch transaction and its commit take the rest{acked}",
+                    linger_ms + fill_wait_ms + FETCH_WAIT_MAX_MS,
                     point.latency_ms.p50
                 ));
             }
@@ -583,9 +627,10 @@ pub fn charts(results: &BenchResults) -> Vec<(String, Chart)> {
             consumers,
             linger_ms,
             batch_size,
+            fill_wait_ms,
         } = config.knobs
         {
-            let name = format!("{} c{consumers} l{linger_ms} b{batch_size}", config.setup);
+            let name = format!("{} c{consumers} l{linger_ms} b{batch_size} f{fill_wait_ms}", config.setup);
             let point = (f64::from(partitions), config.max_sustainable_per_s);
             match by_setup.iter_mut().find(|series| series.name == name) {
                 Some(series) => series.points.push(point),
@@ -609,7 +654,7 @@ pub fn charts(results: &BenchResults) -> Vec<(String, Chart)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{consumer_time, fell_short, targets};
+    use super::{consumer_time, fell_short, targets, transaction_cost};
     use crate::results::{BenchResults, ConfigResult, Knobs, Point};
     use std::collections::BTreeMap;
 
@@ -628,6 +673,50 @@ mod tests {
         assert_eq!(consumer_time(&nothing), "");
     }
 
+    /// A quick bench's results holding `configurations` alone.
+    fn quick_results(configurations: Vec<ConfigResult>) -> BenchResults {
+        BenchResults {
+            seed: 7,
+            matrix: "quick".into(),
+            slo: crate::results::Slo {
+                p99_ms: 500.0,
+                drain_ms: 500.0,
+                achieved_min: 0.95,
+                probe_seconds: 15.0,
+                repeats: 0,
+            },
+            started_at: String::new(),
+            duration_s: 0.0,
+            machine: serde_json::Value::Null,
+            limits: Vec::new(),
+            configurations,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// The quick matrix's stream configuration on `setup`, with nothing measured.
+    fn quick_stream(setup: &str) -> ConfigResult {
+        ConfigResult {
+            label: "stream p6 c2 l5 b500 f20".into(),
+            setup: setup.into(),
+            knobs: Knobs::Stream {
+                partitions: 6,
+                consumers: 2,
+                linger_ms: 5,
+                batch_size: 500,
+                fill_wait_ms: 20,
+            },
+            max_sustainable_per_s: 0.0,
+            probes: Vec::new(),
+            at_fraction: Vec::new(),
+            repeats: Vec::new(),
+            series: crate::results::Series::default(),
+            efficiency: None,
+            store_apply: None,
+            bounded_by: None,
+        }
+    }
+
     fn failed_probe(phases: &[(&str, f64)]) -> Point {
         Point {
             offered_per_s: 48_000.0,
@@ -643,6 +732,7 @@ mod tests {
             machine_busy_cores: None,
             consumer_time_s: Some(phases.iter().map(|(phase, seconds)| ((*phase).to_owned(), *seconds)).collect()),
             mean_batch: Some(250.0),
+            in_transaction_us_per_event: None,
         }
     }
 
@@ -661,39 +751,12 @@ mod tests {
             reason: None,
             ..failed_probe(&[])
         };
-        let results = |acked| BenchResults {
-            seed: 7,
-            matrix: "quick".into(),
-            slo: crate::results::Slo {
-                p99_ms: 500.0,
-                drain_ms: 500.0,
-                achieved_min: 0.95,
-                probe_seconds: 15.0,
-                repeats: 0,
-            },
-            started_at: String::new(),
-            duration_s: 0.0,
-            machine: serde_json::Value::Null,
-            limits: Vec::new(),
-            configurations: vec![ConfigResult {
-                label: "stream p6 c2 l5 b500".into(),
-                setup: "mock+sqlite".into(),
-                knobs: Knobs::Stream {
-                    partitions: 6,
-                    consumers: 2,
-                    linger_ms: 5,
-                    batch_size: 500,
-                },
+        let results = |acked| {
+            quick_results(vec![ConfigResult {
                 max_sustainable_per_s: 40_000.0,
-                probes: Vec::new(),
                 at_fraction: vec![(0.5, at_half(acked))],
-                repeats: Vec::new(),
-                series: crate::results::Series::default(),
-                efficiency: None,
-                store_apply: None,
-                bounded_by: None,
-            }],
-            skipped: Vec::new(),
+                ..quick_stream("mock+sqlite")
+            }])
         };
         let acked = tradeflow_check::LatencySummary {
             p50: 6.5,
@@ -702,12 +765,64 @@ mod tests {
         };
         let lines = targets(&results(Some(acked))).join("\n");
         assert!(
-            lines.contains("(stream p6 c2 l5 b500, mock+sqlite): MISSED (40.0 ms at 20000/s)"),
+            lines.contains("(stream p6 c2 l5 b500 f20, mock+sqlite): MISSED (40.0 ms at 20000/s)"),
             "{lines}"
         );
         assert!(lines.contains("the broker acknowledged them at p50 6.5 ms, p99 31.0 ms"), "{lines}");
         let without = targets(&results(None)).join("\n");
         assert!(without.contains("what bounds it") && !without.contains("acknowledged"), "{without}");
+    }
+
+    #[test]
+    fn a_missed_efficiency_says_what_an_event_cost_in_the_transactions_against_the_raw_apply() {
+        let top = Point {
+            offered_per_s: 48_000.0,
+            throughput_per_s: 47_500.0,
+            sustainable: true,
+            reason: None,
+            mean_batch: Some(302.0),
+            in_transaction_us_per_event: Some(13.4),
+            ..failed_probe(&[("applying", 9.6)])
+        };
+        let config = |setup: &str, raw_cost: Option<f64>| ConfigResult {
+            max_sustainable_per_s: 48_000.0,
+            probes: vec![top.clone(), failed_probe(&[("applying", 12.0)])],
+            efficiency: Some(0.37),
+            store_apply: Some(crate::results::StoreApplyAt {
+                batch_size: 500,
+                writers: 2,
+                per_s: 128_000.0,
+                in_transaction_us_per_event: raw_cost,
+            }),
+            bounded_by: Some("store apply".into()),
+            ..quick_stream(setup)
+        };
+        let sqlite = transaction_cost(&config("mock+sqlite", Some(7.8))).expect("a top run with its cost");
+        assert_eq!(
+            sqlite,
+            "at 48000/s an event spent 13.4 µs inside its batch's transaction (summed over the consumers, their wait for the connection left out), in batches of 302 events on average; in the raw store apply, 7.8 µs in batches of 500 (1.7x as much an event in the pipeline); SQLite's one connection was inside a transaction 64% of the run, and at that cost it could take at most 74627 events/s"
+        );
+        // A server's connections run side by side: no one connection's share; a raw apply
+        // that did not time its transactions is not compared.
+        let postgres = transaction_cost(&config("tansu+postgres", None)).expect("a top run with its cost");
+        assert!(postgres.ends_with("in batches of 302 events on average"), "{postgres}");
+        // Without a sustainable probe, or with consumers that were not timed, nothing.
+        let mut none_sustainable = config("mock+sqlite", Some(7.8));
+        none_sustainable.probes.retain(|point| !point.sustainable);
+        assert_eq!(transaction_cost(&none_sustainable), None);
+        // The targets give it under the missed efficiency.
+        let results = quick_results(vec![config("mock+sqlite", Some(7.8))]);
+        let lines = targets(&results);
+        let missed = lines
+            .iter()
+            .position(|line| line.starts_with("stream efficiency ≥ 0.8 on mock+sqlite, stream p6 c2 l5 b500 f20: MISSED (0.37"))
+            .unwrap_or_else(|| panic!("{lines:#?}"));
+        assert!(
+            lines[missed + 1..]
+                .iter()
+                .any(|line| *line == format!("  its transactions: {sqlite}")),
+            "{lines:#?}"
+        );
     }
 
     #[test]

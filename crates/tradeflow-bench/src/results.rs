@@ -8,9 +8,6 @@ use serde::Serialize;
 use tradeflow_cluster::Backend;
 use tradeflow_store::StoreConfig;
 
-/// How long a stream consumer waits to fill a batch, ms (the report reads it too).
-pub const STREAM_FILL_WAIT_MS: u32 = 5;
-
 /// A broker and a store the stream runs on (the poller needs only the store).
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -40,7 +37,7 @@ pub enum Knobs {
         /// Pollers.
         pollers: u32,
     },
-    /// The stream: partitions × consumers × linger × apply batch.
+    /// The stream: partitions × consumers × linger × apply batch × fill wait.
     Stream {
         /// Partitions of the topic.
         partitions: i32,
@@ -50,11 +47,13 @@ pub enum Knobs {
         linger_ms: u32,
         /// Most messages applied in one transaction.
         batch_size: usize,
+        /// How long a consumer waits to fill a batch once its first message is in, ms.
+        fill_wait_ms: u32,
     },
 }
 
 impl Knobs {
-    /// A short label: `poller i20 b500 x1`, `stream p6 c2 l5 b500`.
+    /// A short label: `poller i20 b500 x1`, `stream p6 c2 l5 b500 f20`.
     pub fn label(&self) -> String {
         match self {
             Knobs::Poller {
@@ -67,7 +66,8 @@ impl Knobs {
                 consumers,
                 linger_ms,
                 batch_size,
-            } => format!("stream p{partitions} c{consumers} l{linger_ms} b{batch_size}"),
+                fill_wait_ms,
+            } => format!("stream p{partitions} c{consumers} l{linger_ms} b{batch_size} f{fill_wait_ms}"),
         }
     }
 }
@@ -105,6 +105,11 @@ pub struct Point {
     /// Events per batch transaction on average (applied and skipped as already applied,
     /// over the batches that committed; the stream's, where the record says).
     pub mean_batch: Option<f64>,
+    /// Microseconds an event spent inside its batch's transaction, summed over the
+    /// consumers (their `applying` time over the events of those batches; the wait for the
+    /// connection is `queued`, left out): what the raw store apply's
+    /// [`StoreApplyAt::in_transaction_us_per_event`] is compared with.
+    pub in_transaction_us_per_event: Option<f64>,
 }
 
 /// Throughput and lag over time of one run.
@@ -158,6 +163,9 @@ pub struct StoreApplyAt {
     pub writers: usize,
     /// Events applied per second.
     pub per_s: f64,
+    /// Microseconds an event spent inside its batch's transaction, summed over the
+    /// writers, each one's wait for a connection left out.
+    pub in_transaction_us_per_event: Option<f64>,
 }
 
 /// Raw limits of one setup.

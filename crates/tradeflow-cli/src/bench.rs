@@ -18,8 +18,9 @@ use tradeflow_store::{StoreConfig, StoreKind};
 #[derive(Args)]
 pub struct BenchArgs {
     /// The whole matrix (poller: 2 intervals × 2 batch sizes × 1-2 pollers; stream: 3
-    /// partition counts × 2 consumer counts × 2 lingers × 2 batch sizes) instead of one
-    /// configuration of each architecture. Takes hours on 2 cores.
+    /// partition counts × 2 consumer counts × 2 lingers × 2 batch sizes × 2 fill waits, 5
+    /// and 20 ms) instead of one configuration of each architecture (the stream's fills its
+    /// batches for up to 20 ms). Takes hours on 2 cores.
     #[arg(long)]
     full: bool,
     /// Workload seed of every run.

@@ -51,7 +51,7 @@ up:
 down:
     scripts/compose down
 
-# The benchmark, quick matrix (about 16 minutes on 2 cores with its 15 s probes): results.json, report.md and
+# The benchmark, quick matrix (about 18 minutes on 2 cores with its 15 s probes): results.json, report.md and
 # charts in target/tradeflow-bench/latest/ (earlier runs kept beside it by date).
 bench *ARGS:
     cargo run --release --bin tradeflow -- bench {{ARGS}}

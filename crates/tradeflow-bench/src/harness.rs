@@ -439,17 +439,30 @@ fn raw_apply_events(seed: u64) -> anyhow::Result<Vec<tradeflow_domain::Event>> {
     Ok(workload.plain_events().collect())
 }
 
-/// Sets a stream result's efficiency against the slower of its setup's raw consume and the
-/// raw store apply at its own batch size and consumers (`apply`), and names that limit
-/// (left unset unless that limit is a positive, finite rate).
+/// Sets a stream result's efficiency against the slowest of the raw limits it cannot go
+/// faster than: its setup's raw produce and raw consume (where measured) and the raw store
+/// apply at its own batch size and consumers (`apply`), and names that limit. Left unset
+/// unless the store apply is a positive, finite rate: without it there is no ceiling to
+/// read the pipeline against.
 fn read_against_limits(result: &mut ConfigResult, setup_limits: &SetupLimits, apply_at: StoreApplyAt) {
     result.store_apply = Some(apply_at);
-    let consume = setup_limits.consume.map_or(f64::INFINITY, |rate| rate.per_s);
-    let apply = apply_at.per_s;
-    let ceiling = consume.min(apply);
-    if ceiling.is_finite() && ceiling > 0.0 {
-        result.efficiency = Some(result.max_sustainable_per_s / ceiling);
-        result.bounded_by = Some(if apply <= consume { "store apply" } else { "consume" }.to_owned());
+    let usable = |rate: f64| rate.is_finite() && rate > 0.0;
+    if !usable(apply_at.per_s) {
+        return;
+    }
+    let limits = [
+        ("produce", setup_limits.produce.map(|rate| rate.per_s)),
+        ("consume", setup_limits.consume.map(|rate| rate.per_s)),
+        ("store apply", Some(apply_at.per_s)),
+    ];
+    let slowest = limits
+        .into_iter()
+        .filter_map(|(name, rate)| rate.filter(|rate| usable(*rate)).map(|rate| (name, rate)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((name, rate)) = slowest {
+        result.efficiency = Some(result.max_sustainable_per_s / rate);
+        result.slowest_limit_per_s = Some(rate);
+        result.bounded_by = Some(name.to_owned());
     }
 }
 
@@ -751,6 +764,7 @@ where
         repeats,
         series,
         efficiency: None,
+        slowest_limit_per_s: None,
         store_apply: None,
         bounded_by: None,
     })
@@ -1219,6 +1233,55 @@ mod tests {
         }
         assert_ne!(topics[0], topics[1], "each run on a kept cluster has a topic of its own");
         assert!(topics.iter().all(|topic| topic.starts_with("trades-run")), "{topics:?}");
+    }
+
+    #[test]
+    fn efficiency_is_read_against_the_slowest_raw_limit_and_names_it() {
+        let limits = |produce: Option<f64>, consume: Option<f64>| SetupLimits {
+            setup: "kafka+postgres".into(),
+            produce: produce.map(|per_s| limits::RawRate::new((per_s * 2.0) as u64, 2.0, None)),
+            consume: consume.map(|per_s| limits::RawRate::new((per_s * 2.0) as u64, 2.0, None)),
+            store_apply: limits::RawRate::new(1, 1.0, None),
+            store_apply_batch: 500,
+            store_apply_by_config: Vec::new(),
+            balance_service_rss_mb: None,
+            notes: Vec::new(),
+        };
+        let apply = |per_s: f64| StoreApplyAt {
+            batch_size: 500,
+            writers: 2,
+            per_s,
+            in_transaction_us_per_event: None,
+        };
+        let read = |setup_limits: &SetupLimits, apply_at: StoreApplyAt| {
+            let mut result = ConfigResult {
+                label: "stream p6 c2 l5 b500 f20".into(),
+                setup: "kafka+postgres".into(),
+                knobs: matrix(true).1.remove(0),
+                max_sustainable_per_s: 14_000.0,
+                probes: Vec::new(),
+                at_fraction: Vec::new(),
+                repeats: Vec::new(),
+                series: Series::default(),
+                efficiency: None,
+                slowest_limit_per_s: None,
+                store_apply: None,
+                bounded_by: None,
+            };
+            read_against_limits(&mut result, setup_limits, apply_at);
+            (result.efficiency, result.slowest_limit_per_s, result.bounded_by)
+        };
+        // The broker takes fewer than the store: produce bounds it.
+        let (efficiency, slowest, bounded_by) = read(&limits(Some(64_000.0), Some(1_000_000.0)), apply(82_000.0));
+        assert_eq!((slowest, bounded_by.as_deref()), (Some(64_000.0), Some("produce")));
+        assert!((efficiency.expect("an efficiency") - 14_000.0 / 64_000.0).abs() < 1e-9);
+        // Limits not measured are left out; the slowest of the rest bounds it.
+        let (_, slowest, bounded_by) = read(&limits(None, Some(50_000.0)), apply(82_000.0));
+        assert_eq!((slowest, bounded_by.as_deref()), (Some(50_000.0), Some("consume")));
+        let (_, slowest, bounded_by) = read(&limits(Some(900_000.0), None), apply(82_000.0));
+        assert_eq!((slowest, bounded_by.as_deref()), (Some(82_000.0), Some("store apply")));
+        // A store apply that measured nothing gives no efficiency, whatever the broker did.
+        assert_eq!(read(&limits(Some(64_000.0), Some(1_000_000.0)), apply(0.0)), (None, None, None));
     }
 
     #[test]

@@ -269,7 +269,7 @@ pub fn markdown(results: &BenchResults) -> String {
     }
     let _ = writeln!(
         text,
-        "\nEfficiency = the stream's highest sustainable rate / min(raw consume, raw store apply) of the same setup: how close the pipeline gets to the slower of the two things it cannot go faster than. \"bounded by\" names that slower limit. Peak RSS of the bench process itself (mock broker, publisher and service together) is in results.json per point; the balance service's own is measured as a separate `tradeflow balance-service` process.\n"
+        "\nEfficiency = the stream's highest sustainable rate / min(raw produce, raw consume, raw store apply at its batch size and consumers) of the same setup: how close the pipeline gets to the slowest of the things it cannot go faster than. \"bounded by\" names that slowest limit. Peak RSS of the bench process itself (mock broker, publisher and service together) is in results.json per point; the balance service's own is measured as a separate `tradeflow balance-service` process.\n"
     );
     let _ = writeln!(
         text,
@@ -507,15 +507,20 @@ pub fn targets(results: &BenchResults) -> Vec<String> {
         }
         for config in judged {
             let efficiency = config.efficiency.unwrap_or(0.0);
+            let against = match (&config.bounded_by, config.slowest_limit_per_s) {
+                (Some(limit), Some(rate)) => format!(" against its slowest raw limit, {limit} at {rate:.0}/s"),
+                _ => String::new(),
+            };
+            let apply = config.store_apply.map_or(String::new(), |apply| {
+                format!(
+                    "; the raw store apply at its batch size and consumers: {:.0}/s in batches of {} from {} writers",
+                    apply.per_s, apply.batch_size, apply.writers
+                )
+            });
             lines.push(format!(
-                "stream efficiency ≥ {TARGET_EFFICIENCY} on {setup}, {}: {} ({efficiency:.2}{}; bounded by {})",
+                "stream efficiency ≥ {TARGET_EFFICIENCY} on {setup}, {}: {} ({efficiency:.2}{against}{apply})",
                 config.label,
                 if efficiency >= TARGET_EFFICIENCY { "met" } else { "MISSED" },
-                config.store_apply.map_or(String::new(), |apply| format!(
-                    " against a raw store apply of {:.0}/s in batches of {} from {} writers",
-                    apply.per_s, apply.batch_size, apply.writers
-                )),
-                config.bounded_by.clone().unwrap_or_default()
             ));
             if efficiency < TARGET_EFFICIENCY {
                 if let Some(verdict) = profile_verdict(results, config) {
@@ -712,6 +717,7 @@ mod tests {
             repeats: Vec::new(),
             series: crate::results::Series::default(),
             efficiency: None,
+            slowest_limit_per_s: None,
             store_apply: None,
             bounded_by: None,
         }
@@ -788,6 +794,7 @@ mod tests {
             max_sustainable_per_s: 48_000.0,
             probes: vec![top.clone(), failed_probe(&[("applying", 12.0)])],
             efficiency: Some(0.37),
+            slowest_limit_per_s: Some(128_000.0),
             store_apply: Some(crate::results::StoreApplyAt {
                 batch_size: 500,
                 writers: 2,
@@ -815,7 +822,9 @@ mod tests {
         let lines = targets(&results);
         let missed = lines
             .iter()
-            .position(|line| line.starts_with("stream efficiency ≥ 0.8 on mock+sqlite, stream p6 c2 l5 b500 f20: MISSED (0.37"))
+            .position(|line| {
+                line == "stream efficiency ≥ 0.8 on mock+sqlite, stream p6 c2 l5 b500 f20: MISSED (0.37 against its slowest raw limit, store apply at 128000/s; the raw store apply at its batch size and consumers: 128000/s in batches of 500 from 2 writers)"
+            })
             .unwrap_or_else(|| panic!("{lines:#?}"));
         assert!(
             lines[missed + 1..]

@@ -144,13 +144,15 @@ pub struct ConfigResult {
     pub repeats: Vec<Point>,
     /// Time series of the run at half the maximum (or the last probe).
     pub series: Series,
-    /// Stream only: max / min(raw consume, raw apply at this configuration's batch size
-    /// and consumers).
+    /// Stream only: max / min(raw produce, raw consume, raw apply at this configuration's
+    /// batch size and consumers).
     pub efficiency: Option<f64>,
+    /// Stream only: that minimum, the raw rate the efficiency divides by, events/s.
+    pub slowest_limit_per_s: Option<f64>,
     /// Stream only: the raw store apply this configuration is read against: its batch
     /// size, one writer per consumer.
     pub store_apply: Option<StoreApplyAt>,
-    /// Stream only: which raw limit is the smaller.
+    /// Stream only: which raw limit is the slowest (`produce`, `consume`, `store apply`).
     pub bounded_by: Option<String>,
 }
 

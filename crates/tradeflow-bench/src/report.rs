@@ -155,11 +155,9 @@ fn transaction_cost(config: &ConfigResult) -> Option<String> {
     if let Some(mean) = point.mean_batch {
         text.push_str(&format!(", in batches of {mean:.0} events on average"));
     }
-    if let Some(raw) = config
-        .store_apply
-        .and_then(|raw| raw.in_transaction_us_per_event.map(|us| (raw, us)))
+    if let Some(at) = config.store_apply
+        && let Some(raw_cost) = at.in_transaction_us_per_event
     {
-        let (at, raw_cost) = raw;
         text.push_str(&format!(
             "; in the raw store apply, {raw_cost:.1} µs in batches of {} ({:.1}x as much an event in the pipeline)",
             at.batch_size,
@@ -282,7 +280,7 @@ pub fn markdown(results: &BenchResults) -> String {
 fn backend_limits(setup: &str) -> &'static str {
     match setup.split('+').next().unwrap_or_default() {
         "mock" => {
-            "librdkafka's mock cluster: three brokers inside the bench process, no disk and no replication traffic, so broker costs are lower than a production cluster's, except that its fetch walks a partition's log from the start (10% of the CPU of a 24,000/s run, 2026-12-03); and it keeps 5 MB a partition, so a partition that falls about a second behind at these rates loses events"
+            "librdkafka's mock cluster: three brokers inside the bench process, no disk and no replication traffic, so broker costs are lower than a production cluster's, except that its fetch walks a partition's log from the start (it keeps no index; the README has a profile); and it keeps 5 MB a partition, so a partition that falls about a second behind at these rates loses events"
         }
         "tansu" => "tansu: one broker with memory storage, no replication",
         "kafka" => {

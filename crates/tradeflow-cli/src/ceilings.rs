@@ -110,16 +110,7 @@ where
     Fut: Future<Output = anyhow::Result<RunRecord>>,
 {
     let mut probes: Vec<Probe> = Vec::new();
-    let mut ceilings = Vec::new();
     for &slo in &search.slos_ms {
-        // What earlier probes already say under this SLO.
-        let good_of = |probes: &[Probe]| {
-            probes
-                .iter()
-                .filter(|probe| probe.sustainable(slo).is_ok())
-                .map(|probe| probe.offered_per_s)
-                .fold(0.0_f64, f64::max)
-        };
         let bad_of = |probes: &[Probe], above: f64| {
             probes
                 .iter()
@@ -127,7 +118,8 @@ where
                 .map(|probe| probe.offered_per_s)
                 .fold(f64::INFINITY, f64::min)
         };
-        let mut good = good_of(&probes);
+        // What earlier probes already say under this SLO.
+        let mut good = highest_sustainable(&probes, slo);
         let mut bad = bad_of(&probes, good);
         // Doubling, from the start rate or the best rate known, until a probe fails.
         let mut rate = if good > 0.0 { good * 2.0 } else { search.start_rate };
@@ -156,9 +148,22 @@ where
                 }
             }
         }
-        ceilings.push((slo, good));
     }
+    // Each SLO's ceiling is the highest rate any probe sustained under it: a tighter SLO's
+    // bisection can find one above the rate a looser SLO's ended at (a compare run, seed
+    // 1796305294208804593: the stream's search under 500 ms ended at 20,000/s, and the
+    // 100 ms search's probe at 22,000/s then held p99 162 ms, sustainable under 500 ms).
+    let ceilings = search.slos_ms.iter().map(|&slo| (slo, highest_sustainable(&probes, slo))).collect();
     Ok(SideCeilings { ceilings, probes })
+}
+
+/// The highest rate of the probes sustainable under `slo_ms` (0: none was).
+fn highest_sustainable(probes: &[Probe], slo_ms: f64) -> f64 {
+    probes
+        .iter()
+        .filter(|probe| probe.sustainable(slo_ms).is_ok())
+        .map(|probe| probe.offered_per_s)
+        .fold(0.0_f64, f64::max)
 }
 
 /// Runs (or reuses) the probe at `rate`; returns whether it was sustainable under `slo`.
@@ -231,6 +236,50 @@ mod tests {
             ..probe(1_000.0, 90.0, 10.0, "pass")
         };
         assert!(short.sustainable(500.0).is_err_and(|why| why.contains("under 95%")));
+    }
+
+    /// A passing run of a probe at `offered`/s that achieved it with this p99.
+    fn record(offered: f64, events: u64, p99: f64) -> RunRecord {
+        serde_json::from_value(serde_json::json!({
+            "seed": 1, "architecture": "stream", "label": "test", "store": "sqlite", "broker": "mock",
+            "config": {}, "events": events, "applied": events, "duration_s": events as f64 / offered,
+            "throughput_per_s": offered,
+            "latency_ms": { "p50": 1.0, "p90": 2.0, "p99": p99, "p999": p99, "max": p99 },
+            "db_statements": 0, "process": { "cpu_s": 0.0, "rss_max_mb": 0.0 },
+            "check": { "lost": 0, "duplicated": 0, "reordered": 0, "bad_balances": 0, "mismatched_accounts": 0, "verdict": "pass" }
+        }))
+        .expect("a record")
+    }
+
+    #[tokio::test]
+    async fn a_ceiling_is_the_highest_rate_sustained_under_its_slo_by_any_probe() {
+        // The stream's search of a compare run: p99 by offered rate. Under 500 ms the
+        // doubling fails at 32,000/s and bisection ends at 20,000/s (24,000/s missed it);
+        // the 100 ms search then tries 22,000/s, sustainable under 500 ms too.
+        let p99_at = |rate: f64| match rate as u64 {
+            ..=16_000 => 53.0,
+            20_000 => 99.6,
+            21_000 => 110.4,
+            22_000 => 161.5,
+            _ => 800.0,
+        };
+        let search = Search {
+            start_rate: 2_000.0,
+            probe_seconds: 4.0,
+            bisect_steps: 2,
+            slos_ms: vec![500.0, 100.0],
+        };
+        let found = super::search(
+            &search,
+            |rate, events| std::future::ready(Ok(record(rate, events, p99_at(rate)))),
+            |_| {},
+        )
+        .await
+        .expect("the search runs");
+        let offered: Vec<u64> = found.probes.iter().map(|probe| probe.offered_per_s as u64).collect();
+        assert_eq!(offered, [2_000, 4_000, 8_000, 16_000, 32_000, 24_000, 20_000, 22_000, 21_000]);
+        assert_eq!(found.at(500.0), Some(22_000.0), "{found:?}");
+        assert_eq!(found.at(100.0), Some(20_000.0), "{found:?}");
     }
 
     #[test]

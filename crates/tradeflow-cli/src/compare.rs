@@ -223,6 +223,44 @@ struct Ceilings {
     probe_seconds: f64,
     poller: ceilings::SideCeilings,
     stream: ceilings::SideCeilings,
+    /// What each side's settings alone let an event wait before its transaction.
+    waits: ConfiguredWaits,
+}
+
+/// How long each side's settings alone let an event wait before the transaction that
+/// applies it, in ms: a side whose wait reaches an SLO cannot meet it at any rate, and the
+/// headline says so instead of a bare 0/s.
+#[derive(Debug, Clone, serde::Serialize)]
+struct ConfiguredWaits {
+    /// The poll interval: a row that lands just after a poll waits all of it.
+    poller_ms: u64,
+    /// What sets it, to name in the headline.
+    poller_settings: &'static str,
+    /// The relay's interval (with the outbox source), the producer's linger, the batch fill
+    /// wait and the fetch wait (the mock broker waits all of it on an empty fetch).
+    stream_ms: u64,
+    stream_settings: &'static str,
+}
+
+impl ConfiguredWaits {
+    fn of(arguments: &CompareArgs) -> ConfiguredWaits {
+        let relay_ms = match arguments.source {
+            Source::Outbox => tradeflow_stream::outbox::RELAY_INTERVAL.as_millis() as u64,
+            Source::Memory => 0,
+        };
+        ConfiguredWaits {
+            poller_ms: arguments.poller.poll_interval_ms,
+            poller_settings: "--poll-interval-ms",
+            stream_ms: relay_ms
+                + u64::from(arguments.knobs.linger_ms)
+                + arguments.knobs.fill_wait_ms
+                + u64::from(arguments.knobs.fetch_wait_max_ms),
+            stream_settings: match arguments.source {
+                Source::Outbox => "the relay's 10 ms interval, --linger-ms, --fill-wait-ms, --fetch-wait-max-ms",
+                Source::Memory => "--linger-ms, --fill-wait-ms, --fetch-wait-max-ms",
+            },
+        }
+    }
 }
 
 /// The ceiling search's settings, refused with the reason before anything runs; returns
@@ -276,6 +314,7 @@ ceilings (seed {seed}): the highest sustainable rate of each under p99 ≤ {} ms
         probe_seconds: arguments.probe_seconds,
         poller,
         stream,
+        waits: ConfiguredWaits::of(arguments),
     })
 }
 
@@ -292,7 +331,20 @@ fn headline(ceilings: &Ceilings) -> Vec<String> {
             let ratio = ceilings::ratio(poller, stream).map_or("no ratio: a side sustained no rate tried".to_owned(), |ratio| {
                 format!("{ratio:.2}x")
             });
-            format!("at p99 ≤ {slo:.0} ms: poller {poller:.0}/s, stream {stream:.0}/s: stream/poller {ratio}")
+            let waits = &ceilings.waits;
+            let mut line = format!("at p99 ≤ {slo:.0} ms: poller {poller:.0}/s, stream {stream:.0}/s: stream/poller {ratio}");
+            for (name, ceiling, wait_ms, settings) in [
+                ("poller", poller, waits.poller_ms, waits.poller_settings),
+                ("stream", stream, waits.stream_ms, waits.stream_settings),
+            ] {
+                if ceiling == 0.0 && wait_ms as f64 >= *slo {
+                    let _ = write!(
+                        line,
+                        "; the {name}'s settings alone let an event wait up to {wait_ms} ms before its transaction ({settings}), so no rate could meet this SLO: shorten them to search it"
+                    );
+                }
+            }
+            line
         })
         .collect()
 }
@@ -555,4 +607,58 @@ fn report_markdown(runs: &[RunRecord], arguments: &CompareArgs, last_send_s: f64
         },
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(ceilings: &[(f64, f64)]) -> ceilings::SideCeilings {
+        ceilings::SideCeilings {
+            ceilings: ceilings.to_vec(),
+            probes: Vec::new(),
+        }
+    }
+
+    fn ceilings(poller: &[(f64, f64)], stream: &[(f64, f64)], poller_ms: u64, stream_ms: u64) -> Ceilings {
+        Ceilings {
+            slos_ms: vec![500.0, 100.0],
+            probe_seconds: 4.0,
+            poller: side(poller),
+            stream: side(stream),
+            waits: ConfiguredWaits {
+                poller_ms,
+                poller_settings: "--poll-interval-ms",
+                stream_ms,
+                stream_settings: "--linger-ms",
+            },
+        }
+    }
+
+    #[test]
+    fn a_side_whose_settings_alone_reach_the_slo_is_named_with_them_not_left_at_zero() {
+        // A compare run's case: the poller polling every 100 ms sustains nothing under
+        // p99 ≤ 100 ms.
+        let lines = headline(&ceilings(
+            &[(500.0, 32_000.0), (100.0, 0.0)],
+            &[(500.0, 22_000.0), (100.0, 20_000.0)],
+            100,
+            25,
+        ));
+        assert_eq!(lines[0], "at p99 ≤ 500 ms: poller 32000/s, stream 22000/s: stream/poller 0.69x");
+        assert_eq!(
+            lines[1],
+            "at p99 ≤ 100 ms: poller 0/s, stream 20000/s: stream/poller no ratio: a side sustained no rate tried; \
+             the poller's settings alone let an event wait up to 100 ms before its transaction (--poll-interval-ms), \
+             so no rate could meet this SLO: shorten them to search it"
+        );
+        // A side at 0/s whose settings stay under the SLO: no such reason is claimed.
+        let lines = headline(&ceilings(
+            &[(500.0, 32_000.0), (100.0, 0.0)],
+            &[(500.0, 22_000.0), (100.0, 20_000.0)],
+            20,
+            25,
+        ));
+        assert!(!lines[1].contains("settings alone"), "{}", lines[1]);
+    }
 }

@@ -81,6 +81,7 @@ pub fn omb_shape(results: &BenchResults) -> serde_json::Value {
                 "aggregatedEndToEndLatencyMax": reference.map(|point| point.latency_ms.max),
                 "probes": config.probes,
                 "repeats": config.repeats,
+                "unheld": config.unheld,
                 "at_fraction": config.at_fraction.iter().map(|(fraction, point)| serde_json::json!({"fraction": fraction, "point": point})).collect::<Vec<_>>(),
             })
         })
@@ -238,7 +239,7 @@ pub fn markdown(results: &BenchResults) -> String {
     let _ = writeln!(text, "# tradeflow bench ({} matrix, seed {})\n", results.matrix, results.seed);
     let _ = writeln!(
         text,
-        "Started {} and took {:.0} s on {} cores. SLO: p99 (intended send → balance commit) ≤ {:.0} ms, everything applied within {:.0} ms of the last send (the backlog does not grow), and at least {:.0}% of the offered rate achieved over the probe. Probes of {:.0} s of events; the highest sustainable rate of each configuration run {} more time(s) for its spread. Open loop: events leave at their intended times.\n",
+        "Started {} and took {:.0} s on {} cores. SLO: p99 (intended send → balance commit) ≤ {:.0} ms, everything applied within {:.0} ms of the last send (the backlog does not grow), and at least {:.0}% of the offered rate achieved over the probe. Probes of {:.0} s of events; the highest sustainable rate of each configuration run {} more time(s) for its spread, and one that most of its runs did not sustain stepped down to the next rate the search found sustainable (at most {} times). Open loop: events leave at their intended times.\n",
         results.started_at,
         results.duration_s,
         results.machine["cores"],
@@ -246,7 +247,8 @@ pub fn markdown(results: &BenchResults) -> String {
         results.slo.drain_ms,
         results.slo.achieved_min * 100.0,
         results.slo.probe_seconds,
-        results.slo.repeats
+        results.slo.repeats,
+        crate::harness::STEP_DOWNS_MAX
     );
     if results.slo.probe_seconds < crate::harness::DECIDING_PROBE_S {
         let _ = writeln!(
@@ -341,9 +343,9 @@ fn write_summary(text: &mut String, results: &BenchResults) {
             text,
             "- {setup}: highest sustainable poller {} /s ({}), stream {} /s ({}): stream/poller {ratio}; p99 at half load poller {}, stream {}",
             poller.map_or("-".to_owned(), |config| format!("{:.0}", config.max_sustainable_per_s)),
-            poller.map_or("-".to_owned(), |config| config.label.clone()),
+            poller.map_or("-".to_owned(), |config| format!("{}{}", config.label, unheld_note(config))),
             stream.map_or("-".to_owned(), |config| format!("{:.0}", config.max_sustainable_per_s)),
-            stream.map_or("-".to_owned(), |config| config.label.clone()),
+            stream.map_or("-".to_owned(), |config| format!("{}{}", config.label, unheld_note(config))),
             at_half(poller),
             at_half(stream),
         );
@@ -439,10 +441,34 @@ fn write_probes(text: &mut String, results: &BenchResults) {
                 point.reason.clone().unwrap_or_else(|| "sustainable".into())
             );
         }
+        for unheld in &config.unheld {
+            let (sustained, runs) = unheld.sustained();
+            let achieved = unheld.repeats.iter().map(|point| point.throughput_per_s);
+            let _ = writeln!(
+                text,
+                "  - {:.0}/s, sustainable in the search, held in {sustained} of {runs} runs (run again: achieved {:.0} to {:.0}/s): the highest sustainable rate stepped down from it",
+                unheld.offered_per_s,
+                achieved.clone().fold(f64::INFINITY, f64::min),
+                achieved.fold(f64::NEG_INFINITY, f64::max),
+            );
+        }
         if let Some(spread) = ceiling_spread(config) {
             let _ = writeln!(text, "  - {spread}");
         }
     }
+}
+
+/// `; 56000/s held in 1 of 3 runs` for each rate the search found sustainable that did not
+/// hold when run again, so that a summary's ceiling is read with what it stepped down from.
+fn unheld_note(config: &ConfigResult) -> String {
+    config
+        .unheld
+        .iter()
+        .map(|unheld| {
+            let (sustained, runs) = unheld.sustained();
+            format!("; {:.0}/s held in {sustained} of {runs} runs", unheld.offered_per_s)
+        })
+        .collect()
 }
 
 /// The spread of the runs at a configuration's highest sustainable rate: the search's probe
@@ -657,7 +683,7 @@ pub fn charts(results: &BenchResults) -> Vec<(String, Chart)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{consumer_time, fell_short, targets, transaction_cost};
+    use super::{consumer_time, fell_short, markdown, targets, transaction_cost, unheld_note};
     use crate::results::{BenchResults, ConfigResult, Knobs, Point};
     use std::collections::BTreeMap;
 
@@ -713,12 +739,39 @@ mod tests {
             probes: Vec::new(),
             at_fraction: Vec::new(),
             repeats: Vec::new(),
+            unheld: Vec::new(),
             series: crate::results::Series::default(),
             efficiency: None,
             slowest_limit_per_s: None,
             store_apply: None,
             bounded_by: None,
         }
+    }
+
+    #[test]
+    fn a_ceiling_that_stepped_down_says_from_what() {
+        let failed = |achieved: f64| Point {
+            offered_per_s: 56_000.0,
+            throughput_per_s: achieved,
+            ..failed_probe(&[])
+        };
+        let config = ConfigResult {
+            max_sustainable_per_s: 48_000.0,
+            unheld: vec![crate::results::Unheld {
+                offered_per_s: 56_000.0,
+                repeats: vec![failed(37_524.0), failed(52_114.0)],
+            }],
+            ..quick_stream("mock+sqlite")
+        };
+        assert_eq!(unheld_note(&config), "; 56000/s held in 1 of 3 runs");
+        assert_eq!(unheld_note(&quick_stream("mock+sqlite")), "");
+        let report = markdown(&quick_results(vec![config]));
+        assert!(
+            report.contains(
+                "  - 56000/s, sustainable in the search, held in 1 of 3 runs (run again: achieved 37524 to 52114/s): the highest sustainable rate stepped down from it"
+            ),
+            "{report}"
+        );
     }
 
     fn failed_probe(phases: &[(&str, f64)]) -> Point {

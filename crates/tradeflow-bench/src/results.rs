@@ -142,6 +142,9 @@ pub struct ConfigResult {
     pub at_fraction: Vec<(f64, Point)>,
     /// Runs at the maximum again after the search (`--repeats`): its spread.
     pub repeats: Vec<Point>,
+    /// Rates the search found sustainable that did not hold when run again (most of their
+    /// runs were not sustainable), highest first: the maximum stepped down from each.
+    pub unheld: Vec<Unheld>,
     /// Time series of the run at half the maximum (or the last probe).
     pub series: Series,
     /// Stream only: max / min(raw produce, raw consume, raw apply at this configuration's
@@ -154,6 +157,26 @@ pub struct ConfigResult {
     pub store_apply: Option<StoreApplyAt>,
     /// Stream only: which raw limit is the slowest (`produce`, `consume`, `store apply`).
     pub bounded_by: Option<String>,
+}
+
+/// A rate the search found sustainable that did not hold: run again, most of its runs
+/// (the search's probe and the repeats) were not sustainable.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unheld {
+    /// The offered rate, events/s.
+    pub offered_per_s: f64,
+    /// Its runs after the search's probe.
+    pub repeats: Vec<Point>,
+}
+
+impl Unheld {
+    /// `(sustainable runs, runs)`, the search's probe (sustainable) included.
+    pub fn sustained(&self) -> (usize, usize) {
+        (
+            1 + self.repeats.iter().filter(|point| point.sustainable).count(),
+            1 + self.repeats.len(),
+        )
+    }
 }
 
 /// The raw store apply at one batch size and number of writers.

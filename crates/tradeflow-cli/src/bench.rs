@@ -45,7 +45,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = tradeflow_bench::harness::DECIDING_PROBE_S)]
     probe_seconds: f64,
     /// Runs at each configuration's highest sustainable rate after its search, to report
-    /// the spread of its throughput and p99.
+    /// the spread of its throughput and p99. A rate that most of its runs (the search's
+    /// probe and these) did not sustain does not hold: the highest sustainable rate steps
+    /// down to the next one the search found (at most twice), and the report says so.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     repeats: u32,
     /// Bisection steps after the doubling search (default 2 quick, 4 full).

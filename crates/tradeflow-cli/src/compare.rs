@@ -256,7 +256,7 @@ impl ConfiguredWaits {
                 + arguments.knobs.fill_wait_ms
                 + u64::from(arguments.knobs.fetch_wait_max_ms),
             stream_settings: match arguments.source {
-                Source::Outbox => "the relay's 10 ms interval, --linger-ms, --fill-wait-ms, --fetch-wait-max-ms",
+                Source::Outbox => "the outbox relay's interval, --linger-ms, --fill-wait-ms, --fetch-wait-max-ms",
                 Source::Memory => "--linger-ms, --fill-wait-ms, --fetch-wait-max-ms",
             },
         }

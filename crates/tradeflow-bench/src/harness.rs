@@ -1230,6 +1230,25 @@ mod tests {
         fn run(&self, _label: &str, _progress: watch::Receiver<RunProgress>) {}
     }
 
+    /// A fake run of the configuration: sustainable (p99 60 ms, else 1.8 s) when
+    /// `sustainable(rate, run)` says so, `run` counting that rate's runs from 1.
+    fn runner(sustainable: impl Fn(f64, u32) -> bool) -> impl Fn(f64, u64) -> std::future::Ready<anyhow::Result<Measured>> {
+        let runs = std::sync::Mutex::new(std::collections::HashMap::<u64, u32>::new());
+        move |rate, events| {
+            let run = {
+                let mut runs = runs.lock().expect("the run counts");
+                let run = runs.entry(rate as u64).or_insert(0);
+                *run += 1;
+                *run
+            };
+            let p99 = if sustainable(rate, run) { 60.0 } else { 1_800.0 };
+            std::future::ready(Ok(Measured {
+                record: record(events, events as f64 / rate, p99),
+                rates: Rates::default(),
+            }))
+        }
+    }
+
     /// A ceiling that does not hold when run again steps down to the next rate the search
     /// found sustainable; the report says what it stepped down from.
     #[tokio::test]
@@ -1249,22 +1268,7 @@ mod tests {
         };
         // 56,000/s passes its first run only (as on 2026-12-03: 1 of 3); every rate up
         // to 48,000/s every time; 64,000/s never.
-        let runs = std::sync::Mutex::new(std::collections::HashMap::<u64, u32>::new());
-        let run_at = |rate: f64, events: u64| {
-            let run = {
-                let mut runs = runs.lock().expect("the run counts");
-                let run = runs.entry(rate as u64).or_insert(0);
-                *run += 1;
-                *run
-            };
-            let sustainable = rate <= 48_000.0 || (rate <= 56_000.0 && run == 1);
-            let p99 = if sustainable { 60.0 } else { 1_800.0 };
-            let record = record(events, events as f64 / rate, p99);
-            std::future::ready(Ok(Measured {
-                record,
-                rates: Rates::default(),
-            }))
-        };
+        let run_at = runner(|rate, run| rate <= 48_000.0 || (rate <= 56_000.0 && run == 1));
         let result = search(&config, &Quiet, &knobs, "mock+sqlite", run_at).await.expect("the search");
         let offered: Vec<u64> = result.probes.iter().map(|point| point.offered_per_s as u64).collect();
         assert_eq!(offered, [16_000, 32_000, 64_000, 48_000, 56_000]);
@@ -1286,20 +1290,7 @@ mod tests {
         );
         // Where every rate passes its first run only, it steps down STEP_DOWNS_MAX times
         // and stops there, with that rate's spread saying it did not hold either.
-        let first_only = std::sync::Mutex::new(std::collections::HashMap::<u64, u32>::new());
-        let first_run_only = |rate: f64, events: u64| {
-            let run = {
-                let mut runs = first_only.lock().expect("the run counts");
-                let run = runs.entry(rate as u64).or_insert(0);
-                *run += 1;
-                *run
-            };
-            let p99 = if rate <= 56_000.0 && run == 1 { 60.0 } else { 1_800.0 };
-            std::future::ready(Ok(Measured {
-                record: record(events, events as f64 / rate, p99),
-                rates: Rates::default(),
-            }))
-        };
+        let first_run_only = runner(|rate, run| rate <= 56_000.0 && run == 1);
         let result = search(&config, &Quiet, &knobs, "mock+sqlite", first_run_only)
             .await
             .expect("the search");

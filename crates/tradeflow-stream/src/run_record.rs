@@ -309,8 +309,11 @@ pub(crate) const DRAINED_TIME_LAG_MS: f64 = 1_000.0;
 /// line named the batch it held, how its partitions' offset lag moved against the others'
 /// while it was frozen, and what the other members saw after it was restarted.
 ///
-/// - `stuck_lag_apart`: 1 when, from the first lag sample of the freeze to the last,
-///   every partition it owned grew in lag and ended above every other partition's lag.
+/// - `stuck_lag_sampled`: 1 when the group's lag was sampled at least twice, a second
+///   apart, inside the freeze (see [`stuck_lag`]); without it the run cannot show the lag.
+/// - `stuck_lag_apart`: 1 when, over those samples, every partition it owned kept its
+///   committed offset while its lag grew, and every other partition's committed offset
+///   moved on ([`StuckLag::apart`]).
 /// - `log_named_held`: 1 when its last "batch received" log line named the run's topic and
 ///   exactly the offsets of the batch it held.
 /// - `others_changes_after_restart`: assignment changes the other members saw from its
@@ -331,47 +334,25 @@ pub(crate) fn stuck_into(
     };
     let Some(object) = config.as_object_mut() else { return };
     let at_s = |instant: std::time::Instant| instant.saturating_duration_since(start).as_secs_f64();
-    let (from_s, to_s) = (at_s(stuck.from), at_s(stuck.to));
-    let first = lag.iter().find(|sample| sample.t_s >= from_s);
-    let last = lag.iter().rev().find(|sample| sample.t_s <= to_s);
-    let lag_of = |sample: &tradeflow_check::LagSample, partition: i32| {
-        sample
-            .partitions
-            .iter()
-            .find(|lag| lag.partition == partition)
-            .map_or(0, |lag| lag.offset_lag)
-    };
     let mut apart = 0;
-    if let (Some(first), Some(last)) = (first, last)
-        && last.t_s > first.t_s
-        && !stuck.owned.is_empty()
-    {
-        let grew_by = stuck
-            .owned
-            .iter()
-            .map(|partition| lag_of(last, *partition) - lag_of(first, *partition))
-            .min()
-            .unwrap_or(0);
-        let others_max = last
-            .partitions
-            .iter()
-            .filter(|lag| !stuck.owned.contains(&lag.partition))
-            .map(|lag| lag.offset_lag)
-            .max()
-            .unwrap_or(0);
-        let stuck_min = stuck.owned.iter().map(|partition| lag_of(last, *partition)).min().unwrap_or(0);
-        apart = u64::from(grew_by > 0 && stuck_min > others_max);
+    let mut sampled = 0;
+    if let Some(moved) = stuck_lag(lag, &stuck.owned, at_s(stuck.from), at_s(stuck.to)) {
+        sampled = 1;
+        apart = u64::from(moved.apart());
         object.insert(
             "stuck_lag".into(),
             serde_json::json!({
-                "from_s": first.t_s,
-                "to_s": last.t_s,
-                "own_grew_by_at_least": grew_by,
-                "own_lag_at_least": stuck_min,
-                "others_lag_at_most": others_max,
+                "from_s": moved.from_s,
+                "to_s": moved.to_s,
+                "own_committed_moved_by_at_most": moved.own_committed_moved,
+                "own_grew_by_at_least": moved.own_grew,
+                "others_committed_moved_by_at_least": moved.others_committed_moved,
+                "own_lag_at_least": moved.own_lag,
+                "others_lag_at_most": moved.others_lag,
             }),
         );
     }
+    object.insert("stuck_lag_sampled".into(), sampled.into());
     object.insert("stuck_consumer".into(), name.into());
     object.insert("stuck_partitions".into(), serde_json::json!(stuck.owned));
     object.insert("stuck_held".into(), stuck.held.clone().into());
@@ -403,9 +384,83 @@ pub(crate) fn stuck_into(
     }
 }
 
+/// How the group's offsets moved while one member was frozen, between the first lag sample
+/// half a second into the freeze (a commit it sent just before it stopped has landed by
+/// then) and the last one before it ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StuckLag {
+    pub from_s: f64,
+    pub to_s: f64,
+    /// The most any of its partitions' committed offsets moved.
+    pub own_committed_moved: i64,
+    /// The least any of its partitions' lag grew.
+    pub own_grew: i64,
+    /// The least any other partition's committed offset moved (0 when there is none).
+    pub others_committed_moved: i64,
+    /// Its partitions' lowest lag, and the others' highest, at the last sample: the levels,
+    /// for the reader (a busy partition's consumer may trail a stuck one's and still move).
+    pub own_lag: i64,
+    pub others_lag: i64,
+}
+
+impl StuckLag {
+    /// What an operator reads off the lag: the stuck member's partitions stood still and
+    /// fell behind, while every other partition's consumer went on committing.
+    pub fn apart(&self) -> bool {
+        self.own_committed_moved == 0 && self.own_grew > 0 && self.others_committed_moved > 0
+    }
+}
+
+/// [`StuckLag`] for a member that owned `owned` and was frozen from `from_s` to `to_s`
+/// (seconds since the start of the run); `None` when the samples inside the freeze are
+/// fewer than two or span less than a second, which shows nothing.
+pub(crate) fn stuck_lag(lag: &[tradeflow_check::LagSample], owned: &[i32], from_s: f64, to_s: f64) -> Option<StuckLag> {
+    let settle_s = crate::run::LAG_INTERVAL.as_secs_f64();
+    let first = lag.iter().find(|sample| sample.t_s >= from_s + settle_s)?;
+    let last = lag.iter().rev().find(|sample| sample.t_s <= to_s)?;
+    if owned.is_empty() || last.t_s - first.t_s < 1.0 {
+        return None;
+    }
+    fn of(sample: &tradeflow_check::LagSample, partition: i32) -> Option<&tradeflow_check::PartitionLag> {
+        sample.partitions.iter().find(|lag| lag.partition == partition)
+    }
+    let moved = |partition: i32, field: fn(&tradeflow_check::PartitionLag) -> i64| {
+        let at = |sample| of(sample, partition).map_or(0, field);
+        at(last) - at(first)
+    };
+    let others: Vec<i32> = last
+        .partitions
+        .iter()
+        .map(|lag| lag.partition)
+        .filter(|partition| !owned.contains(partition))
+        .collect();
+    let level = |partition: i32| of(last, partition).map_or(0, |lag| lag.offset_lag);
+    Some(StuckLag {
+        from_s: first.t_s,
+        to_s: last.t_s,
+        own_committed_moved: owned
+            .iter()
+            .map(|&partition| moved(partition, |lag| lag.committed).abs())
+            .max()
+            .unwrap_or(0),
+        own_grew: owned
+            .iter()
+            .map(|&partition| moved(partition, |lag| lag.offset_lag))
+            .min()
+            .unwrap_or(0),
+        others_committed_moved: others
+            .iter()
+            .map(|&partition| moved(partition, |lag| lag.committed))
+            .min()
+            .unwrap_or(0),
+        own_lag: owned.iter().map(|&partition| level(partition)).min().unwrap_or(0),
+        others_lag: others.iter().map(|&partition| level(partition)).max().unwrap_or(0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::resumed_ms_after;
+    use super::{resumed_ms_after, stuck_lag};
     use tradeflow_check::{LagSample, PartitionLag};
 
     fn sample(t_s: f64, committed: &[i64]) -> LagSample {
@@ -441,5 +496,47 @@ mod tests {
         // Nothing moved after a return at 3.1 s, and no sample precedes one at 0.5 s.
         assert_eq!(resumed_ms_after(&lag, 3_100), None);
         assert_eq!(resumed_ms_after(&lag, 500), None);
+    }
+
+    #[test]
+    fn a_stuck_member_stands_apart_by_its_still_offsets_not_by_its_lag_level() {
+        // Partitions 0 and 1 are the frozen member's (frozen 10.0 s to 13.0 s); partition 2
+        // is a busy one whose consumer trails further behind but keeps committing.
+        let at = |t_s: f64, committed: &[i64], log_end: &[i64]| {
+            let mut sample = sample(t_s, committed);
+            for (lag, &end) in sample.partitions.iter_mut().zip(log_end) {
+                lag.log_end = end;
+                lag.offset_lag = end - lag.committed;
+            }
+            sample
+        };
+        let lag = [
+            at(10.2, &[100, 200, 300], &[110, 230, 900]),
+            at(10.7, &[100, 200, 350], &[150, 260, 1_000]),
+            at(12.7, &[100, 200, 500], &[300, 420, 1_400]),
+            at(13.2, &[100, 200, 600], &[320, 440, 1_450]),
+        ];
+        let moved = stuck_lag(&lag, &[0, 1], 10.0, 13.0).expect("two samples a second apart inside the freeze");
+        // The 10.2 s sample is inside the first half second (a commit may still land) and
+        // 13.2 s is after the freeze: the window is 10.7 s to 12.7 s.
+        assert_eq!((moved.from_s, moved.to_s), (10.7, 12.7));
+        assert_eq!(
+            (moved.own_committed_moved, moved.own_grew, moved.others_committed_moved),
+            (0, 150, 150)
+        );
+        assert_eq!((moved.own_lag, moved.others_lag), (200, 900));
+        assert!(moved.apart(), "{moved:?}");
+
+        // Its own offset moved: not stuck.
+        let mut moving = lag.clone();
+        moving[2].partitions[1].committed = 260;
+        moving[2].partitions[1].offset_lag = 160;
+        assert_eq!(stuck_lag(&moving, &[0, 1], 10.0, 13.0).map(|moved| moved.apart()), Some(false));
+        // Another partition stood still too: the stall is not the member's alone.
+        let mut stalled = lag.clone();
+        stalled[2].partitions[2].committed = 350;
+        assert_eq!(stuck_lag(&stalled, &[0, 1], 10.0, 13.0).map(|moved| moved.apart()), Some(false));
+        // A freeze with samples less than a second apart inside it shows nothing.
+        assert_eq!(stuck_lag(&lag, &[0, 1], 10.0, 11.5), None);
     }
 }

@@ -16,8 +16,10 @@
 //! process under the same name, half a second later. The run records:
 //! - what the stuck process's last "batch received" log line (JSON, on its standard error)
 //!   named, against the batch its journal says it held (`log_named_held`);
-//! - how its partitions' offset lag grew while it was frozen, against the others'
-//!   (`stuck_lag_apart`: each of its partitions grew and ended above every other one);
+//! - how the group's offsets moved while it was frozen (`stuck_lag_apart`: each of its
+//!   partitions kept its committed offset while its lag grew, and every other partition's
+//!   committed offset moved on; not the lag's level, which a busy partition's healthy
+//!   consumer can exceed on a loaded machine while it keeps committing);
 //! - the assignment changes the other members saw from the restart to the end of the run
 //!   (`others_changes_after_restart`).
 //!
@@ -28,7 +30,8 @@
 //! - **static membership** (`group.instance.id` = `<group>.<consumer>`): must pass, with the
 //!   log and lag as above and no assignment change at any other member.
 //!
-//! A run whose freeze caught no batch, or whose restart did not happen, is unknown.
+//! A run whose freeze caught no batch, whose restart did not happen, or whose lag was not
+//! sampled twice a second apart inside the freeze (`stuck_lag_sampled`), is unknown.
 //!
 //! Where it cannot be shown, it says so: the static row needs a broker that implements
 //! static membership ([`left_out`]). librdkafka's mock cluster does not (it finds a joining
@@ -141,7 +144,8 @@ fn variant(setup: &Setup, label: &str, static_membership: bool, expected: Expect
             .observing("log_named_held")
             .observing("stuck_lag_apart")
             .showing("SIGSTOP")
-            .shown_by("frozen_holding"),
+            .shown_by("frozen_holding")
+            .shown_by("stuck_lag_sampled"),
     })
 }
 
@@ -189,16 +193,20 @@ pub fn chapter(setup: &Setup) -> Result<Variant, String> {
     Ok(row)
 }
 
-/// Chapter 19's judge: unknown when the freeze caught no batch (or the restart did not
-/// happen); a failure named `log` when the stuck process's last "batch received" line did
-/// not name exactly what its journal says it held; then the checker's counts.
+/// Chapter 19's judge: unknown when the freeze caught no batch, the restart did not happen
+/// or the lag was not sampled inside the freeze; a failure named `log` when the stuck
+/// process's last "batch received" line did not name exactly what its journal says it
+/// held, one named `lag` when its partitions' offsets did not stand apart from the others'
+/// (with how they moved); then the checker's counts.
 pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::chapters::Judgement {
     use crate::chapters::Judgement;
     let Some((variant, record)) = runs.first() else {
         return Judgement::Unknown("the chapter ran nothing".into());
     };
     if variant.verdict(record) == crate::RowVerdict::Unknown {
-        return Judgement::Unknown("the freeze caught no batch in hand, or a planned fault did not fire; run the check again".into());
+        return Judgement::Unknown(
+            "the freeze caught no batch in hand, a planned fault did not fire, or the lag was not sampled twice inside the freeze; run the check again".into(),
+        );
     }
     let text = |key: &str| {
         record
@@ -223,6 +231,19 @@ pub fn chapter_judge(runs: &[(Variant, tradeflow_check::RunRecord)]) -> crate::c
             detail: format!(
                 "log the stuck process, {}, last logged {logged}, and it held {held}: where it stopped cannot be read from its logs",
                 text("stuck_consumer")
+            ),
+        };
+    }
+    if record.config.get("stuck_lag_apart").and_then(serde_json::Value::as_u64) != Some(1) {
+        let moved = record
+            .config
+            .get("stuck_lag")
+            .map_or_else(|| "no samples".to_owned(), ToString::to_string);
+        return Judgement::Fail {
+            violation: "lag",
+            detail: format!(
+                "lag the stuck process's partitions {} did not stand apart while it was frozen (its committed offsets still, its lag growing, every other partition's committed offset moving): {moved}",
+                record.config.get("stuck_partitions").map_or_else(String::new, ToString::to_string)
             ),
         };
     }

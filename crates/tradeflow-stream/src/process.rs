@@ -115,11 +115,30 @@ impl Frozen {
             ),
             None => "it had written no batch-received log line".to_owned(),
         };
+        // Each other member's assignment, and when it came relative to the freeze: a
+        // freeze that ends before the group moved anything says how far the group got.
+        let others = counters
+            .others_owning(name)
+            .iter()
+            .map(|(other, held, since)| {
+                let when = match since.checked_duration_since(self.at) {
+                    Some(after) => format!("{:.1} s into the freeze", after.as_secs_f64()),
+                    None => "before the freeze".to_owned(),
+                };
+                format!("{other} {held:?} from {when}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         let effect = format!(
-            "{name} (pid {pid}) was frozen (SIGSTOP) for {:.1} s until it was {ended}, owning partitions {:?} and holding {} received, unapplied messages; {logged}; meanwhile the other members gained {moved} partitions",
+            "{name} (pid {pid}) was frozen (SIGSTOP) for {:.1} s until it was {ended}, owning partitions {:?} and holding {} received, unapplied messages; {logged}; meanwhile the other members gained {moved} partitions ({})",
             self.at.elapsed().as_secs_f64(),
             self.owned,
-            self.held
+            self.held,
+            if others.is_empty() {
+                "no other member's journal named an assignment"
+            } else {
+                &others
+            }
         );
         if let Ok(mut log) = counters.fault_log.lock() {
             log.push(FaultSeen {
@@ -663,8 +682,20 @@ mod tests {
         assert_eq!(counters.owned_by_others("consumer-0", &[0, 1, 2]), 0, "nothing moved yet");
         // The group takes two of the frozen member's partitions away and gives them to the
         // other member (the frozen one writes nothing while it is stopped).
+        let before_move = std::time::Instant::now();
         feed("consumer-1", &mut other, &assigned(vec![0, 2, 3, 4, 5]), &counters);
         assert_eq!(counters.owned_by_others("consumer-0", &[0, 1, 2]), 2);
+        // When it came is kept, and the same assignment said again does not move it.
+        let since = |counters: &ServiceCounters| {
+            let others = counters.others_owning("consumer-0");
+            assert_eq!(others.len(), 1, "{others:?}");
+            assert_eq!(others[0].1, vec![0, 2, 3, 4, 5]);
+            others[0].2
+        };
+        let moved_at = since(&counters);
+        assert!(moved_at >= before_move);
+        feed("consumer-1", &mut other, &assigned(vec![0, 2, 3, 4, 5]), &counters);
+        assert_eq!(since(&counters), moved_at);
         // A member that ended owns nothing.
         counters.member_gone("consumer-1");
         assert_eq!(counters.owned_by_others("consumer-0", &[0, 1, 2]), 0);

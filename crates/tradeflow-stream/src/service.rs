@@ -416,8 +416,9 @@ pub struct ServiceCounters {
     /// lowered at each revocation, forgotten when the member ends.
     pub partitions_by_member: std::sync::Mutex<BTreeMap<String, i64>>,
     /// Which partitions each member running in a process of its own holds, by its name, as
-    /// its journal last said; forgotten when the member ends.
-    pub owned_by_member: std::sync::Mutex<BTreeMap<String, Vec<i32>>>,
+    /// its journal last said, and since when (the journal line that changed them);
+    /// forgotten when the member ends.
+    pub owned_by_member: std::sync::Mutex<BTreeMap<String, (Vec<i32>, std::time::Instant)>>,
     /// Database calls made to apply a batch (each try counts, the failed ones included).
     pub database_attempts: AtomicU64,
     /// Of those, the ones that failed or timed out because the database was out of reach.
@@ -531,9 +532,23 @@ impl ServiceCounters {
 
     /// `member` (running in a process of its own) owns `partitions` now, as its journal says.
     pub fn member_owns(&self, member: &str, partitions: &[i32]) {
-        if let Ok(mut owned) = self.owned_by_member.lock() {
-            owned.insert(member.to_owned(), partitions.to_vec());
+        if let Ok(mut owned) = self.owned_by_member.lock()
+            && owned.get(member).is_none_or(|(held, _)| held.as_slice() != partitions)
+        {
+            owned.insert(member.to_owned(), (partitions.to_vec(), std::time::Instant::now()));
         }
+    }
+
+    /// What each member other than `member` holds, and since when, by its name.
+    pub fn others_owning(&self, member: &str) -> Vec<(String, Vec<i32>, std::time::Instant)> {
+        let Ok(owned) = self.owned_by_member.lock() else {
+            return Vec::new();
+        };
+        owned
+            .iter()
+            .filter(|(name, _)| name.as_str() != member)
+            .map(|(name, (held, since))| (name.clone(), held.clone(), *since))
+            .collect()
     }
 
     /// How many of `partitions` members other than `member` own now.
@@ -542,7 +557,7 @@ impl ServiceCounters {
         let others: std::collections::BTreeSet<i32> = owned
             .iter()
             .filter(|(name, _)| name.as_str() != member)
-            .flat_map(|(_, held)| held.iter().copied())
+            .flat_map(|(_, (held, _))| held.iter().copied())
             .collect();
         partitions.iter().filter(|partition| others.contains(partition)).count() as i64
     }
